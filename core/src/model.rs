@@ -1,0 +1,110 @@
+//! The domain model shared by every part of Fieldpatch: versions and device identities.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+/// A firmware version as MCUboot and most vendors write it: `major.minor.revision+build`.
+///
+/// Ordering compares major, minor, revision, then build, numerically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Version {
+    pub major: u8,
+    pub minor: u8,
+    pub revision: u16,
+    pub build: u32,
+}
+
+impl Version {
+    pub const fn new(major: u8, minor: u8, revision: u16, build: u32) -> Self {
+        Self { major, minor, revision, build }
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.major, self.minor, self.revision, self.build).cmp(&(
+            other.major,
+            other.minor,
+            other.revision,
+            other.build,
+        ))
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.revision)?;
+        if self.build != 0 {
+            write!(f, "+{}", self.build)?;
+        }
+        Ok(())
+    }
+}
+
+/// Error parsing a [`Version`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid version {input:?}: expected MAJOR.MINOR.REVISION[+BUILD] with MAJOR, MINOR <= 255, REVISION <= 65535 (for example 1.4.2+7)"
+)]
+pub struct VersionParseError {
+    pub input: String,
+}
+
+impl FromStr for Version {
+    type Err = VersionParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || VersionParseError { input: s.to_string() };
+        let (main, build) = match s.split_once('+') {
+            Some((m, b)) => (m, b.parse::<u32>().map_err(|_| err())?),
+            None => (s, 0),
+        };
+        let mut parts = main.split('.');
+        let major = parts.next().ok_or_else(err)?.parse::<u8>().map_err(|_| err())?;
+        let minor = parts.next().unwrap_or("0").parse::<u8>().map_err(|_| err())?;
+        let revision = parts.next().unwrap_or("0").parse::<u16>().map_err(|_| err())?;
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Version { major, minor, revision, build })
+    }
+}
+
+/// What a device says about itself, as far as Fieldpatch needs to match it to the inventory and to
+/// patch bundles. Fields a transport cannot learn are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceIdentity {
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub hardware_revision: Option<String>,
+    pub serial_number: Option<String>,
+    pub firmware_version: Option<Version>,
+    /// SHA-256 of the running image as the device reports it (MCUboot image hash), hex.
+    pub image_hash: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_display_and_order() {
+        let v: Version = "1.4.2+7".parse().unwrap();
+        assert_eq!(v, Version::new(1, 4, 2, 7));
+        assert_eq!(v.to_string(), "1.4.2+7");
+        assert_eq!("2".parse::<Version>().unwrap().to_string(), "2.0.0");
+        assert!(Version::new(1, 10, 0, 0) > Version::new(1, 9, 300, 0));
+        assert!("1.2.3.4".parse::<Version>().is_err());
+        assert!("256.0.0".parse::<Version>().is_err());
+        let e = "x".parse::<Version>().unwrap_err().to_string();
+        assert!(e.contains("MAJOR.MINOR.REVISION"), "{e}");
+    }
+}

@@ -1,0 +1,48 @@
+//! A private X server (Xvfb) for tests that open real windows.
+
+use anyhow::{Context, bail};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+/// A running Xvfb on its own display; killed on drop.
+#[derive(Debug)]
+pub struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    /// Start Xvfb on a free display number (chosen by the server via `-displayfd`).
+    pub fn start() -> anyhow::Result<Self> {
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start Xvfb: install it (Debian: apt-get install xvfb)")?;
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match out.read(&mut byte)? {
+                0 => bail!("Xvfb exited before reporting its display"),
+                _ if byte[0] == b'\n' => break,
+                _ => buf.push(byte[0]),
+            }
+        }
+        let display = format!(":{}", String::from_utf8(buf)?.trim());
+        Ok(Xvfb { child, display })
+    }
+
+    /// The `DISPLAY` value for clients.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
