@@ -17,30 +17,45 @@ impl Session {
     /// Open a session on the driver at `base` (for example `http://127.0.0.1:4444`) that starts
     /// the Tauri application at `application`. Retries while the driver is still starting.
     pub fn start(base: &str, application: &std::path::Path) -> anyhow::Result<Self> {
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        let http =
+            reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "wry",
             "tauri:options": {"application": application}
         }}});
+        // tauri-driver answers before its native WebKitWebDriver is ready: retry until a session
+        // is created or the deadline passes, and report the last answer.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let resp = loop {
-            match http.post(format!("{base}/session")).json(&caps).send() {
-                Ok(r) => break r,
-                Err(e) if Instant::now() < deadline && e.is_connect() => {
-                    std::thread::sleep(Duration::from_millis(200))
+        let id = loop {
+            let attempt = http
+                .post(format!("{base}/session"))
+                .json(&caps)
+                .send()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(r.json::<Value>()?))
+                .and_then(|body| {
+                    body["value"]["sessionId"]
+                        .as_str()
+                        .map(str::to_string)
+                        .with_context(|| format!("no session id in WebDriver answer: {body}"))
+                });
+            match attempt {
+                Ok(id) => break id,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250))
                 }
-                Err(e) => return Err(e).context("WebDriver did not answer"),
+                Err(e) => return Err(e.context("WebDriver did not start a session in 30 s")),
             }
         };
-        let body: Value = resp.json()?;
-        let id = body["value"]["sessionId"]
-            .as_str()
-            .with_context(|| format!("no session id in WebDriver answer: {body}"))?
-            .to_string();
         Ok(Session { http, base: base.to_string(), id })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}/session/{}{}", self.base, self.id, path);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
@@ -69,7 +84,8 @@ impl Session {
                     .and_then(Value::as_str)
                     .context("element reference missing")?
                     .to_string();
-                let text = self.call(reqwest::Method::GET, &format!("/element/{eid}/text"), None)?;
+                let text =
+                    self.call(reqwest::Method::GET, &format!("/element/{eid}/text"), None)?;
                 return Ok(text.as_str().unwrap_or_default().to_string());
             }
             if Instant::now() > deadline {

@@ -2,13 +2,17 @@
 //! loads the built UI, and shows the version it got from the core over IPC.
 
 use fieldpatch_e2e::{artifacts_dir, built_binary, free_port, webdriver::Session, xvfb::Xvfb};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
+/// tauri-driver and the WebKitWebDriver it spawns, in their own process group; the whole group is
+/// ended on drop so no driver outlives the test.
+struct DriverGroup(std::process::Child);
+impl Drop for DriverGroup {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -26,9 +30,10 @@ fn window_shows_the_core_version_and_data_dir() {
         .env("FIELDPATCH_DATA_DIR", data.path())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .spawn()
         .expect("cannot start tauri-driver: install it with `cargo install tauri-driver --locked`");
-    let _driver = KillOnDrop(driver);
+    let _driver = DriverGroup(driver);
 
     let session = Session::start(&format!("http://127.0.0.1:{port}"), &app).unwrap();
     let version = session.wait_text("#core-version", Duration::from_secs(60)).unwrap();
