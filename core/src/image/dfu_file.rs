@@ -24,7 +24,11 @@
 //!
 //! This module only reads files; the bytes sent to the device are built by the DFU driver.
 
-use fieldpatch_drivers::dfu::{DfuseElement, DfuseTarget};
+use fieldpatch_drivers::dfu::{
+    DfuDevice, DfuError, DfuseElement, DfuseOptions, DfuseTarget, DownloadReport,
+};
+use fieldpatch_drivers::progress::Progress;
+use fieldpatch_drivers::usb::UsbControl;
 use serde::Serialize;
 
 /// Length of the standard DFU suffix.
@@ -231,6 +235,32 @@ impl DfuFile {
                 .collect(),
         }
     }
+}
+
+/// Why a DFU file could not be flashed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DfuFlashError {
+    #[error(transparent)]
+    File(#[from] DfuFileError),
+    #[error(transparent)]
+    Device(#[from] DfuError),
+}
+
+/// Flash a checked DFU file: refuse it unless its suffix matches the device's VID/PID (before any
+/// byte is sent), then hand the payload to the driver (plain DFU download, or DfuSe targets).
+pub fn download<D: UsbControl>(
+    device: &mut DfuDevice<D>,
+    file: &DfuFile,
+    options: DfuseOptions,
+    progress: &dyn Progress,
+) -> Result<DownloadReport, DfuFlashError> {
+    let ids = device.ids();
+    file.check_device(ids.vendor_id, ids.product_id)?;
+    let report = match &file.payload {
+        DfuPayload::Raw(image) => device.download(image, progress)?,
+        DfuPayload::Dfuse(_) => device.dfuse_download(&file.dfuse_targets(), options, progress)?,
+    };
+    Ok(report)
 }
 
 fn bad(what: impl Into<String>) -> DfuFileError {

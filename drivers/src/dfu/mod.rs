@@ -781,8 +781,9 @@ impl<D: UsbControl> DfuDevice<D> {
             }
             out.extend_from_slice(&buf[..n]);
             clock.report(out.len() as u64);
+            // dfuUPLOAD-IDLE accepts no DNLOAD (the next set-address): back to dfuIDLE.
+            self.abort()?;
         }
-        self.abort()?;
         Ok(out)
     }
 
