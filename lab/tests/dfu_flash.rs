@@ -108,7 +108,7 @@ fn dfuse_multi_element_multi_target_flash_is_read_back_and_leaves() {
         assert!(phases.contains(&p.to_string()), "{phases:?}");
     }
     let last =
-        rec.transfers.lock().unwrap().iter().filter(|t| t.total == report.bytes).last().copied();
+        rec.transfers.lock().unwrap().iter().rev().find(|t| t.total == report.bytes).copied();
     assert_eq!(last.map(|t| t.done), Some(report.bytes));
     // The device left DFU mode and runs its application.
     std::thread::sleep(Duration::from_millis(60));

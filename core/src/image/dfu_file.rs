@@ -184,7 +184,7 @@ impl DfuFile {
             if !body.starts_with(b"DfuSe") {
                 return Err(DfuFileError::MissingDfusePrefix);
             }
-            DfuPayload::Dfuse(parse_dfuse(body)?)
+            DfuPayload::Dfuse(parse_dfuse(body, suffix.length as usize)?)
         } else {
             DfuPayload::Raw(body.to_vec())
         };
@@ -267,7 +267,7 @@ fn bad(what: impl Into<String>) -> DfuFileError {
     DfuFileError::BadDfuse { what: what.into() }
 }
 
-fn parse_dfuse(body: &[u8]) -> Result<Vec<DfuseFileTarget>, DfuFileError> {
+fn parse_dfuse(body: &[u8], suffix_len: usize) -> Result<Vec<DfuseFileTarget>, DfuFileError> {
     if body.len() < DFUSE_PREFIX_LEN {
         return Err(bad(format!("prefix is {} bytes, expected 11", body.len())));
     }
@@ -275,10 +275,12 @@ fn parse_dfuse(body: &[u8]) -> Result<Vec<DfuseFileTarget>, DfuFileError> {
     if version != 0x01 {
         return Err(bad(format!("prefix version {version:#04x}, expected 0x01")));
     }
+    // DFUImageSize: `dfuse-pack` (and ST's tools) count the whole file including the suffix;
+    // some writers leave the suffix out. Both are accepted.
     let image_size = le32(body, 6) as usize;
-    if image_size != body.len() {
+    if image_size != body.len() && image_size != body.len() + suffix_len {
         return Err(bad(format!(
-            "prefix says the image is {image_size} bytes but {} bytes precede the suffix",
+            "prefix says the image is {image_size} bytes but the file has {} bytes (+{suffix_len} suffix)",
             body.len()
         )));
     }
@@ -374,7 +376,7 @@ pub fn build_dfuse(targets: &[DfuseFileTarget], vendor_id: u16, product_id: u16)
             body.extend_from_slice(&e.data);
         }
     }
-    let total = body.len() as u32;
+    let total = (body.len() + SUFFIX_LEN) as u32;
     body[6..10].copy_from_slice(&total.to_le_bytes());
     let suffix = DfuSuffix {
         bcd_device: WILDCARD,
@@ -409,7 +411,7 @@ mod tests {
         for cut in 0..body_len {
             let mut body = good[..cut].to_vec();
             if body.len() >= 10 {
-                let n = body.len() as u32;
+                let n = (body.len() + SUFFIX_LEN) as u32;
                 body[6..10].copy_from_slice(&n.to_le_bytes());
             }
             let suffix = DfuSuffix::parse(&good).unwrap();

@@ -289,7 +289,7 @@ impl<D: UsbControl> DfuDevice<D> {
             DfuMode::Dfu => AltSetting::is_dfu_mode,
             DfuMode::Runtime => AltSetting::is_dfu_runtime,
         };
-        let settings: Vec<AltSetting> = info.alts.into_iter().filter(|a| want(a)).collect();
+        let settings: Vec<AltSetting> = info.alts.into_iter().filter(want).collect();
         let first = settings
             .first()
             .cloned()
@@ -499,10 +499,10 @@ impl<D: UsbControl> DfuDevice<D> {
     /// with the device's status when it has one.
     fn dnload(&mut self, op: &'static str, block: u16, data: &[u8]) -> Result<(), DfuError> {
         if let Err(e) = self.out(op, DNLOAD, block, data) {
-            if let Ok(st) = self.status(op) {
-                if st.state == DfuState::DfuError || st.status != DfuStatus::Ok {
-                    return Err(self.device_error(op, st));
-                }
+            if let Ok(st) = self.status(op)
+                && (st.state == DfuState::DfuError || st.status != DfuStatus::Ok)
+            {
+                return Err(self.device_error(op, st));
             }
             return Err(e);
         }
@@ -547,10 +547,10 @@ impl<D: UsbControl> DfuDevice<D> {
         let started = Instant::now();
         loop {
             // A bus that errors while the device re-enumerates is retried until the deadline.
-            if let Ok(devices) = list(bus) {
-                if devices.iter().any(|d| d.location == location && d.mode == DfuMode::Dfu) {
-                    return Self::open(bus, location, opts);
-                }
+            if let Ok(devices) = list(bus)
+                && devices.iter().any(|d| d.location == location && d.mode == DfuMode::Dfu)
+            {
+                return Self::open(bus, location, opts);
             }
             if started.elapsed() >= opts.reenumerate_timeout {
                 return Err(DfuError::Reenumeration {
@@ -769,10 +769,10 @@ impl<D: UsbControl> DfuDevice<D> {
             let s = self.setup(REQ_IN, UPLOAD, 2);
             let n = self.dev.control_in(s, &mut buf, self.opts.control_timeout).map_err(usb(OP))?;
             if n < want {
-                if let Ok(st) = self.status(OP) {
-                    if st.state == DfuState::DfuError {
-                        return Err(self.device_error(OP, st));
-                    }
+                if let Ok(st) = self.status(OP)
+                    && st.state == DfuState::DfuError
+                {
+                    return Err(self.device_error(OP, st));
                 }
                 return Err(DfuError::Usb {
                     op: OP,

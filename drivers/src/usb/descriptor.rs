@@ -257,8 +257,7 @@ impl MemoryMap {
         let mut parts = rest.trim_end_matches(['\0', ' ']).split('/');
         let name = parts.next().unwrap_or_default().trim().to_string();
         let mut segments = Vec::new();
-        loop {
-            let Some(addr) = parts.next() else { break };
+        while let Some(addr) = parts.next() {
             let addr = addr.trim();
             let hex = addr
                 .strip_prefix("0x")

@@ -517,19 +517,14 @@ impl Inner {
         }
         self.span(a, data.len(), |r| r.writable)?;
         // NOR flash: erasable memory must be erased before it is programmed.
-        let mut erased = true;
         let alt = self.alt as usize;
-        for i in 0..data.len() {
-            let at = a as u64 + i as u64;
-            if let Some(r) =
-                self.regions[alt].iter().find(|r| (r.start as u64..r.end()).contains(&at))
-            {
-                if r.erasable && r.data[(at - r.start as u64) as usize] != 0xFF {
-                    erased = false;
-                    break;
-                }
-            }
-        }
+        let erased = (0..data.len() as u64).all(|i| {
+            let at = a as u64 + i;
+            self.regions[alt]
+                .iter()
+                .find(|r| (r.start as u64..r.end()).contains(&at))
+                .is_none_or(|r| !r.erasable || r.data[(at - r.start as u64) as usize] == 0xFF)
+        });
         if !erased {
             return Err(ERR_CHECK_ERASED);
         }
