@@ -1,7 +1,7 @@
 //! Flashing the lab DFU device through the real DFU driver: DFU 1.1 and DfuSe, readback,
 //! detach and re-enumeration, and the device's faults.
 
-use fieldpatch_drivers::dfu::protocol::{DfuStatus, StatusParseError};
+use fieldpatch_drivers::dfu::protocol::{DfuState, DfuStatus, StatusParseError};
 use fieldpatch_drivers::dfu::{
     DfuDevice, DfuError, DfuMode, DfuOptions, DfuseElement, DfuseOptions, DfuseTarget,
     Manifestation, VerifiedBy, list,
@@ -380,4 +380,39 @@ fn dfuse_upload_reads_memory() {
     // Reading unmapped memory is an errADDRESS from the device, not a panic or a hang.
     let err = dev.dfuse_upload(0x0900_0000, 16, &NoProgress).unwrap_err();
     assert!(matches!(err, DfuError::Device { status: DfuStatus::ErrAddress, .. }), "{err:?}");
+}
+
+#[test]
+fn a_device_stuck_busy_times_out() {
+    let mut cfg = LabDfuConfig::plain_dfu();
+    cfg.start_in_runtime = false;
+    cfg.faults.busy_forever = true;
+    cfg.poll_timeout_ms = 20;
+    let lab = LabDfu::new(cfg);
+    let mut o = opts();
+    o.busy_timeout = Duration::from_millis(200);
+    let mut dev = DfuDevice::open(&lab.bus(), &lab.location(), o).unwrap();
+    let err = dev.download(&pattern(100, 1), &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, DfuError::Timeout { op: "download", state: DfuState::DfuDnbusy, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn plain_images_are_refused_by_dfuse_devices_and_empty_images_everywhere() {
+    let lab = dfuse_lab();
+    let mut dev = open(&lab);
+    assert_eq!(dev.download(&[1, 2, 3], &NoProgress).unwrap_err(), DfuError::NeedsAddress);
+    let empty = vec![DfuseTarget { alt_setting: 0, elements: vec![] }];
+    assert_eq!(
+        dev.dfuse_download(&empty, DfuseOptions::default(), &NoProgress).unwrap_err(),
+        DfuError::EmptyImage
+    );
+    let mut cfg = LabDfuConfig::plain_dfu();
+    cfg.start_in_runtime = false;
+    let plain = LabDfu::new(cfg);
+    let mut dev = open(&plain);
+    assert_eq!(dev.download(&[], &NoProgress).unwrap_err(), DfuError::EmptyImage);
+    assert_eq!(lab.dnload_requests() + plain.dnload_requests(), 0);
 }

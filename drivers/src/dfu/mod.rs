@@ -104,6 +104,12 @@ pub enum DfuError {
         "{op} did not finish within {waited:?} (device still in {state}); power-cycle the device and retry"
     )]
     Timeout { op: &'static str, state: DfuState, waited: Duration },
+    #[error("the image is empty: nothing to download")]
+    EmptyImage,
+    #[error(
+        "this is a DfuSe device: a plain image has no addresses; build a DfuSe file (e.g. `dfuse-pack -b 0x08000000:fw.bin fw.dfu`) or give the start address"
+    )]
+    NeedsAddress,
     #[error("the device does not support download (bitCanDnload is clear)")]
     CannotDownload,
     #[error("the device does not support upload (bitCanUpload is clear)")]
@@ -578,6 +584,13 @@ impl<D: UsbControl> DfuDevice<D> {
         if !self.functional.can_download() {
             return Err(DfuError::CannotDownload);
         }
+        if self.functional.is_dfuse() {
+            // DNLOAD block 0 is a command to a DfuSe device, not data.
+            return Err(DfuError::NeedsAddress);
+        }
+        if image.is_empty() {
+            return Err(DfuError::EmptyImage);
+        }
         self.ensure_idle()?;
         progress.phase("download");
         let clock = Clock { progress, start: Instant::now(), total: image.len() as u64 };
@@ -838,6 +851,9 @@ impl<D: UsbControl> DfuDevice<D> {
         self.dfuse_check()?;
         if !self.functional.can_download() {
             return Err(DfuError::CannotDownload);
+        }
+        if targets.iter().all(|t| t.elements.iter().all(|e| e.data.is_empty())) {
+            return Err(DfuError::EmptyImage);
         }
         let maps = self.dfuse_plan(targets)?;
         let total: u64 =

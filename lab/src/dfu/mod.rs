@@ -11,8 +11,8 @@
 //! re-enumeration answers [`UsbError::Disconnected`], as a real one does.
 //!
 //! Faults ([`LabDfuFaults`]): errVERIFY at manifestation, errADDRESS for a protected address,
-//! a stall on the n-th data DNLOAD, a device that never leaves dfuMANIFEST, and raw bytes in
-//! place of a GETSTATUS answer.
+//! a stall on the n-th data DNLOAD, a device stuck in dfuDNBUSY or in dfuMANIFEST, and raw bytes
+//! in place of a GETSTATUS answer.
 
 use fieldpatch_drivers::usb::descriptor::MemoryMap;
 use fieldpatch_drivers::usb::{Setup, UsbBus, UsbControl, UsbDeviceEntry, UsbDeviceIds, UsbError};
@@ -57,6 +57,8 @@ pub struct LabDfuFaults {
     pub stall_on_data_dnload: Option<usize>,
     /// Stay in dfuMANIFEST forever.
     pub never_leave_manifest: bool,
+    /// Stay in dfuDNBUSY forever after a DNLOAD.
+    pub busy_forever: bool,
     /// Answer GETSTATUS with these bytes instead of a real status.
     pub raw_status: Option<Vec<u8>>,
 }
@@ -565,6 +567,7 @@ impl Inner {
                     }
                 }
             }
+            DNBUSY if self.cfg.faults.busy_forever => Ok(self.status_bytes(DNBUSY)),
             DNBUSY => {
                 self.state = DNLOAD_IDLE;
                 Ok(self.status_bytes(DNLOAD_IDLE))
