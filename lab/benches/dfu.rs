@@ -9,7 +9,8 @@ use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig};
 use std::time::Instant;
 
 fn main() {
-    let image: Vec<u8> = (0..512 * 1024u32).map(|i| (i * 2_654_435_761u32 >> 24) as u8).collect();
+    let image: Vec<u8> =
+        (0..512 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
 
     let mut cfg = LabDfuConfig::plain_dfu();
     cfg.start_in_runtime = false;
