@@ -416,3 +416,37 @@ fn plain_images_are_refused_by_dfuse_devices_and_empty_images_everywhere() {
     assert_eq!(dev.download(&[], &NoProgress).unwrap_err(), DfuError::EmptyImage);
     assert_eq!(lab.dnload_requests() + plain.dnload_requests(), 0);
 }
+
+/// The lab's STM32 face is byte-identical to the descriptors of the real STM32F4 ROM bootloader
+/// (the same bytes `drivers/tests/dfu_descriptors.rs` decodes).
+#[test]
+fn lab_stm32_descriptors_match_the_real_bootloader() {
+    use fieldpatch_drivers::usb::{UsbBus, UsbControl, get_descriptor};
+    const STM32_DEVICE: [u8; 18] = [
+        0x12, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x40, 0x83, 0x04, 0x11, 0xDF, 0x00, 0x22, 0x01,
+        0x02, 0x03, 0x01,
+    ];
+    const STM32_CONFIG: [u8; 54] = [
+        0x09, 0x02, 0x36, 0x00, 0x01, 0x01, 0x00, 0xC0, 0x32, //
+        0x09, 0x04, 0x00, 0x00, 0x00, 0xFE, 0x01, 0x02, 0x04, //
+        0x09, 0x04, 0x00, 0x01, 0x00, 0xFE, 0x01, 0x02, 0x05, //
+        0x09, 0x04, 0x00, 0x02, 0x00, 0xFE, 0x01, 0x02, 0x06, //
+        0x09, 0x04, 0x00, 0x03, 0x00, 0xFE, 0x01, 0x02, 0x07, //
+        0x09, 0x21, 0x0B, 0xFF, 0x00, 0x00, 0x08, 0x1A, 0x01,
+    ];
+    let lab = dfuse_lab();
+    let mut h = lab.bus().open(&lab.location()).unwrap();
+    let t = Duration::from_secs(1);
+    let mut buf = [0u8; 255];
+    let n = h.control_in(get_descriptor(0x01, 0, 0), &mut buf, t).unwrap();
+    assert_eq!(&buf[..n], &STM32_DEVICE);
+    // Hosts read the first 9 bytes, then wTotalLength.
+    let n = h.control_in(get_descriptor(0x02, 0, 0), &mut buf[..9], t).unwrap();
+    assert_eq!(&buf[..n], &STM32_CONFIG[..9]);
+    let n = h.control_in(get_descriptor(0x02, 0, 0), &mut buf[..54], t).unwrap();
+    assert_eq!(&buf[..n], &STM32_CONFIG);
+    assert_eq!(h.string(4, t).unwrap(), "@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg");
+    // Language table: en-US only.
+    let n = h.control_in(get_descriptor(0x03, 0, 0), &mut buf, t).unwrap();
+    assert_eq!(&buf[..n], &[0x04, 0x03, 0x09, 0x04]);
+}
