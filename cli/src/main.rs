@@ -19,12 +19,16 @@ struct Cli {
 enum Command {
     /// Show the version and the local data directory.
     Info,
+    /// USB DFU devices: list, flash.
+    #[command(subcommand)]
+    Dfu(cmd::dfu::DfuCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
+        Command::Dfu(c) => cmd::dfu::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -8,4 +8,6 @@
 //! verified and read back what the device reports. Every wait has a timeout, and malformed bytes
 //! from a device become errors, never panics.
 
+pub mod dfu;
 pub mod progress;
+pub mod usb;

@@ -8,4 +8,5 @@
 //! The simulators are checked against independent clients (for example `smpmgr`) so that a test
 //! passing against the lab means something for real hardware.
 
+pub mod dfu;
 pub mod pty;

@@ -1,0 +1,40 @@
+use std::process::Command;
+
+fn fieldpatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fieldpatch")).args(args).output().unwrap()
+}
+
+#[test]
+fn dfu_list_json_is_a_clean_list() {
+    let out = fieldpatch(&["dfu", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    if !std::path::Path::new("/dev/bus/usb").exists() && cfg!(target_os = "linux") {
+        assert!(list.is_empty(), "{v}");
+    }
+}
+
+#[test]
+fn dfu_flash_refuses_a_damaged_file_before_touching_usb() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fw.dfu");
+    std::fs::write(&p, [0u8; 64]).unwrap();
+    let out = fieldpatch(&["dfu", "flash", "--device", "1-1", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no DFU suffix signature"), "{err}");
+}
+
+#[test]
+fn dfu_flash_to_a_missing_device_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fw.dfu");
+    std::fs::write(&p, [1u8; 64]).unwrap();
+    let st = Command::new("dfu-suffix").arg("-a").arg(&p).output().unwrap();
+    assert!(st.status.success(), "dfu-suffix (Debian package dfu-util) is required");
+    let out = fieldpatch(&["dfu", "flash", "--device", "9-9.9", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no USB device at 9-9.9"), "{err}");
+}

@@ -1,0 +1,3 @@
+//! Firmware image formats Fieldpatch reads natively.
+
+pub mod dfu_file;
