@@ -15,9 +15,12 @@
 //! * **Progress is a callback.** Long jobs report through [`progress::Progress`]; the CLI renders
 //!   progress bars, the app forwards events to the window.
 
+pub mod flash;
 pub mod image;
 pub mod model;
 pub mod paths;
+pub mod plan;
+pub mod session;
 pub mod visitlog;
 
 pub use fieldpatch_drivers::progress;

@@ -1,0 +1,171 @@
+//! A fake MCUboot-like device and an in-memory event sink for the pipeline's and the session's
+//! unit tests (end-to-end tests use the lab devices over real ptys and sockets).
+
+use super::*;
+use crate::visitlog::EventKind;
+
+#[derive(Debug, Default)]
+struct Inner {
+    active: (Version, Vec<u8>),
+    confirmed: bool,
+    previous: Option<(Version, Vec<u8>)>,
+    uploaded: Option<(Version, Vec<u8>)>,
+    pending_test: bool,
+    fail_boot: bool,
+    corrupt_upload: bool,
+    interrupt_uploads: u32,
+    uploads: u32,
+}
+
+/// A shared fake device; [`FakeDevice::open`] gives a connection to it.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDevice(Arc<Mutex<Inner>>);
+
+impl FakeDevice {
+    pub fn new(version: &str) -> Self {
+        let v: Version = version.parse().unwrap();
+        let d = FakeDevice::default();
+        d.0.lock().unwrap().active = (v, Sha256::digest(version.as_bytes()).to_vec());
+        d.0.lock().unwrap().confirmed = true;
+        d
+    }
+    pub fn set_fail_boot(&self, on: bool) {
+        self.0.lock().unwrap().fail_boot = on;
+    }
+    pub fn set_corrupt_upload(&self, on: bool) {
+        self.0.lock().unwrap().corrupt_upload = on;
+    }
+    pub fn set_interrupt_uploads(&self, n: u32) {
+        self.0.lock().unwrap().interrupt_uploads = n;
+    }
+    pub fn uploads(&self) -> u32 {
+        self.0.lock().unwrap().uploads
+    }
+    pub fn snapshot(&self) -> DeviceState {
+        let i = self.0.lock().unwrap();
+        DeviceState {
+            running_version: Some(i.active.0),
+            running_hash: Some(i.active.1.clone()),
+            confirmed: i.confirmed,
+        }
+    }
+    pub fn open(&self) -> FakeTarget {
+        FakeTarget(self.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct FakeTarget(FakeDevice);
+
+#[async_trait]
+impl FlashTarget for FakeTarget {
+    fn describe(&self) -> String {
+        "fake device".into()
+    }
+    async fn state(&mut self) -> Result<DeviceState, TargetError> {
+        Ok(self.0.snapshot())
+    }
+    async fn upload(
+        &mut self,
+        image: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<UploadReport, TargetError> {
+        let total = image.len() as u64;
+        {
+            let mut i = self.0.0.lock().unwrap();
+            i.uploads += 1;
+            if i.interrupt_uploads > 0 {
+                i.interrupt_uploads -= 1;
+                return Err(TargetError::Timeout(Duration::from_millis(10)));
+            }
+        }
+        for done in (0..=total).step_by((total as usize / 8).max(1)) {
+            progress.transfer(TransferProgress {
+                done,
+                total,
+                elapsed: Duration::from_millis(done),
+            });
+        }
+        progress.transfer(TransferProgress {
+            done: total,
+            total,
+            elapsed: Duration::from_millis(total),
+        });
+        let mut i = self.0.0.lock().unwrap();
+        let mut hash = Sha256::digest(image).to_vec();
+        if i.corrupt_upload {
+            hash[0] ^= 1;
+        }
+        let v = Version::new(2, 0, 0, 0);
+        i.uploaded = Some((v, hash.clone()));
+        Ok(UploadReport { device_hash: Some(hash), check: HashCheck::DeviceReported })
+    }
+    fn supports_test_boot(&self) -> bool {
+        true
+    }
+    async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
+        let mut i = self.0.0.lock().unwrap();
+        let up = i.uploaded.clone().ok_or(TargetError::Device("no image in slot 1".into()))?;
+        if up.1 != image_hash {
+            return Err(TargetError::Device("hash does not match slot 1".into()));
+        }
+        i.pending_test = true;
+        // Reset: MCUboot swaps in the test image unless it fails to boot.
+        if !i.fail_boot {
+            let old = std::mem::replace(&mut i.active, up);
+            i.previous = Some(old);
+            i.confirmed = false;
+        }
+        Ok(())
+    }
+    async fn confirm(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
+        let mut i = self.0.0.lock().unwrap();
+        if i.active.1 != image_hash {
+            return Err(TargetError::Device("not running that image".into()));
+        }
+        i.confirmed = true;
+        i.pending_test = false;
+        Ok(())
+    }
+    async fn revert(&mut self) -> Result<(), TargetError> {
+        let mut i = self.0.0.lock().unwrap();
+        if !i.confirmed {
+            if let Some(prev) = i.previous.take() {
+                i.active = prev;
+            }
+            i.confirmed = true;
+        }
+        i.pending_test = false;
+        Ok(())
+    }
+    async fn reconnect(&mut self, _timeout: Duration) -> Result<DeviceState, TargetError> {
+        Ok(self.0.snapshot())
+    }
+}
+
+/// Records event kinds in memory.
+#[derive(Debug, Default)]
+pub struct MemorySink(pub Mutex<Vec<(String, EventKind)>>);
+
+impl MemorySink {
+    pub fn tags(&self) -> Vec<String> {
+        self.0.lock().unwrap().iter().map(|(_, k)| k.tag().to_string()).collect()
+    }
+    pub fn for_device(&self, id: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, _)| d == id)
+            .map(|(_, k)| k.tag().to_string())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventSink for MemorySink {
+    async fn record(&self, device: &str, kind: EventKind) -> Result<(), SinkError> {
+        self.0.lock().unwrap().push((device.to_string(), kind));
+        Ok(())
+    }
+}

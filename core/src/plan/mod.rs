@@ -1,0 +1,608 @@
+//! The planner: which approved bundles go to which device, in which order, and why a device
+//! cannot be patched.
+//!
+//! Planning is a pure function of its inputs (devices from the inventory, catalog entries that
+//! passed verification, the names of credentials in the keyring, rollback approvals and the
+//! current time), so the same inputs always give the same plan and the plan can be saved, shown
+//! (`fieldpatch plan`) and executed later by a batch session, offline.
+//!
+//! * **Upgrade paths.** A device is taken to the highest version it can reach through usable
+//!   bundles, following the fewest steps (A -> B -> C when no bundle goes from A to C directly).
+//! * **Refusals are reasons, not silence.** Every device ends in exactly one [`Disposition`]; an
+//!   [`Unpatchable`] names what is missing and what to do about it.
+//! * **Order.** Patchable devices first, by the highest severity (CVSS) their steps fix, then by
+//!   the device's criticality, then by id; scheduled devices (outside their maintenance window)
+//!   come next, then up-to-date and unpatchable ones.
+
+use crate::model::{DeviceIdentity, Version};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+/// How much the customer depends on a device (from the inventory).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Criticality {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+/// A period in which a device may be taken down for patching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// How to reach a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "transport", rename_all = "snake_case")]
+pub enum DeviceAddress {
+    /// SMP over a serial port.
+    Serial { port: String, baud: u32 },
+    /// SMP over UDP (`host:port`).
+    Udp { addr: String },
+    /// USB DFU, by vendor/product id and optional serial number.
+    Usb { vid: u16, pid: u16, serial: Option<String> },
+}
+
+impl std::fmt::Display for DeviceAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceAddress::Serial { port, baud } => write!(f, "serial:{port}@{baud}"),
+            DeviceAddress::Udp { addr } => write!(f, "udp:{addr}"),
+            DeviceAddress::Usb { vid, pid, serial } => {
+                write!(f, "usb:{vid:04x}:{pid:04x}")?;
+                if let Some(s) = serial {
+                    write!(f, ":{s}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A device as the planner sees it: inventory facts plus what was identified on site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Inventory id (stable across visits).
+    pub id: String,
+    pub address: DeviceAddress,
+    pub identity: DeviceIdentity,
+    #[serde(default)]
+    pub criticality: Criticality,
+    /// Empty means "any time".
+    #[serde(default)]
+    pub windows: Vec<MaintenanceWindow>,
+    /// Name of the keyring credential needed to open this device, if any.
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// An inclusive-exclusive version range; `None` bounds are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VersionRange {
+    /// Lowest version included.
+    pub min: Option<Version>,
+    /// First version excluded.
+    pub max_exclusive: Option<Version>,
+}
+
+impl VersionRange {
+    pub fn contains(&self, v: Version) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max_exclusive.is_none_or(|m| v < m)
+    }
+}
+
+/// One verified bundle, as the planner needs it. Built from a verified manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub bundle_id: String,
+    pub vendor: String,
+    pub model: String,
+    /// Hardware revisions accepted (inclusive bounds, compared as versions when both parse,
+    /// otherwise as text); `None` means any.
+    pub hw_min: Option<String>,
+    pub hw_max: Option<String>,
+    /// Installed versions this bundle applies to.
+    pub applies_to: VersionRange,
+    /// The version it installs.
+    pub installs: Version,
+    /// Highest CVSS score among the issues it fixes (0 when none).
+    pub cvss: f32,
+    #[serde(default)]
+    pub cves: Vec<String>,
+    /// Last moment the bundle may be used (its expiry, plus the offline grace period when the
+    /// catalog was verified online within it).
+    pub usable_until: DateTime<Utc>,
+    /// Whether opening the device for this bundle needs a credential from the keyring.
+    #[serde(default)]
+    pub needs_credential: bool,
+}
+
+impl CatalogEntry {
+    fn targets(&self, id: &DeviceIdentity) -> bool {
+        let (Some(vendor), Some(model)) = (&id.vendor, &id.model) else { return false };
+        if !vendor.eq_ignore_ascii_case(&self.vendor) || !model.eq_ignore_ascii_case(&self.model) {
+            return false;
+        }
+        match &id.hardware_revision {
+            Some(hw) => {
+                self.hw_min.as_deref().is_none_or(|m| cmp_rev(hw, m) != Ordering::Less)
+                    && self.hw_max.as_deref().is_none_or(|m| cmp_rev(hw, m) != Ordering::Greater)
+            }
+            None => self.hw_min.is_none() && self.hw_max.is_none(),
+        }
+    }
+}
+
+fn cmp_rev(a: &str, b: &str) -> Ordering {
+    match (a.parse::<Version>(), b.parse::<Version>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+/// A signed approval to install an older version: exactly `from` -> `to` on `model`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackApproval {
+    pub vendor: String,
+    pub model: String,
+    pub from: Version,
+    pub to: Version,
+}
+
+/// Everything planning depends on.
+#[derive(Debug, Clone, Default)]
+pub struct PlanInput {
+    pub devices: Vec<DeviceRecord>,
+    pub catalog: Vec<CatalogEntry>,
+    /// Names of credentials present in the keyring.
+    pub credentials: BTreeSet<String>,
+    pub rollback_approvals: Vec<RollbackApproval>,
+}
+
+/// One bundle applied to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub bundle_id: String,
+    pub from: Version,
+    pub to: Version,
+    pub cvss: f32,
+    /// True for an approved downgrade.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Why a device cannot be patched now. Messages say what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Unpatchable {
+    #[error("device not identified ({missing} unknown): reconnect it and identify it again")]
+    UnknownDevice { missing: String },
+    #[error("no approved bundle targets {vendor} {model}: sync the catalog or ask for a release")]
+    NoBundle { vendor: String, model: String },
+    #[error(
+        "no usable upgrade path from {from} towards {latest}: a bundle that applies to {from} is missing from the catalog"
+    )]
+    NoUpgradePath { from: Version, latest: Version },
+    #[error(
+        "bundle {bundle_id} expired (usable until {usable_until}) and is past its offline grace period: sync the catalog"
+    )]
+    BundleExpired { bundle_id: String, usable_until: DateTime<Utc> },
+    #[error(
+        "device runs {from}, newer than the approved {to}: a downgrade needs a signed rollback approval for exactly {from} -> {to}"
+    )]
+    DowngradeRefused { from: Version, to: Version },
+    #[error("credential {name:?} is not in the keyring: add it with `fieldpatch credentials set`")]
+    MissingCredential { name: String },
+    #[error("no maintenance window remains for this device: agree a window with the site owner")]
+    NoMaintenanceWindow,
+}
+
+/// What the plan says about one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "disposition", rename_all = "snake_case")]
+pub enum Disposition {
+    /// Flash these steps in order now. `latest` is the newest version the catalog has; when it
+    /// differs from the last step's `to`, the device stops short of it (see `short_reason`).
+    Patch { steps: Vec<Step>, latest: Version, short_reason: Option<Unpatchable> },
+    /// Outside its maintenance window: flash these steps from `not_before`.
+    Scheduled { steps: Vec<Step>, not_before: DateTime<Utc> },
+    /// Already at the newest approved version.
+    UpToDate { version: Version },
+    /// Cannot be patched, and why.
+    Unpatchable { why: Unpatchable },
+}
+
+/// The plan for one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicePlan {
+    pub device: DeviceRecord,
+    pub disposition: Disposition,
+}
+
+impl DevicePlan {
+    /// Steps to flash now (empty unless the disposition is `Patch`).
+    pub fn steps_now(&self) -> &[Step] {
+        match &self.disposition {
+            Disposition::Patch { steps, .. } => steps,
+            _ => &[],
+        }
+    }
+
+    fn rank(&self) -> (u8, i64, Criticality) {
+        let sev = |s: &[Step]| s.iter().map(|s| (s.cvss * 10.0) as i64).max().unwrap_or(0);
+        match &self.disposition {
+            Disposition::Patch { steps, .. } => (0, -sev(steps), self.device.criticality),
+            Disposition::Scheduled { steps, .. } => (1, -sev(steps), self.device.criticality),
+            Disposition::UpToDate { .. } => (2, 0, self.device.criticality),
+            Disposition::Unpatchable { .. } => (3, 0, self.device.criticality),
+        }
+    }
+}
+
+/// A plan: devices in the order they should be flashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub created: DateTime<Utc>,
+    pub devices: Vec<DevicePlan>,
+}
+
+impl Plan {
+    /// Devices with steps to flash now, in order.
+    pub fn patchable(&self) -> impl Iterator<Item = &DevicePlan> {
+        self.devices.iter().filter(|d| !d.steps_now().is_empty())
+    }
+}
+
+/// Make a plan for `input` at time `now`.
+pub fn plan(input: &PlanInput, now: DateTime<Utc>) -> Plan {
+    let mut devices: Vec<DevicePlan> = input
+        .devices
+        .iter()
+        .map(|d| DevicePlan { device: d.clone(), disposition: plan_device(input, d, now) })
+        .collect();
+    devices.sort_by(|a, b| {
+        let (ga, sa, ca) = a.rank();
+        let (gb, sb, cb) = b.rank();
+        ga.cmp(&gb).then(sa.cmp(&sb)).then(cb.cmp(&ca)).then(a.device.id.cmp(&b.device.id))
+    });
+    Plan { created: now, devices }
+}
+
+fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Disposition {
+    let unpatchable = |why| Disposition::Unpatchable { why };
+    let id = &d.identity;
+    let missing: Vec<&str> = [
+        ("vendor", id.vendor.is_none()),
+        ("model", id.model.is_none()),
+        ("firmware version", id.firmware_version.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(n, m)| m.then_some(n))
+    .collect();
+    if !missing.is_empty() {
+        return unpatchable(Unpatchable::UnknownDevice { missing: missing.join(", ") });
+    }
+    let current = id.firmware_version.expect("checked above");
+    let vendor = id.vendor.clone().unwrap_or_default();
+    let model = id.model.clone().unwrap_or_default();
+
+    let matching: Vec<&CatalogEntry> = input.catalog.iter().filter(|e| e.targets(id)).collect();
+    if matching.is_empty() {
+        return unpatchable(Unpatchable::NoBundle { vendor, model });
+    }
+    let latest = matching.iter().map(|e| e.installs).max().expect("non-empty");
+
+    let steps = if current > latest {
+        // Newer than anything approved: only an approved downgrade to `latest` moves it.
+        let approved = input.rollback_approvals.iter().any(|a| {
+            a.vendor.eq_ignore_ascii_case(&vendor)
+                && a.model.eq_ignore_ascii_case(&model)
+                && a.from == current
+                && a.to == latest
+        });
+        let entry = matching
+            .iter()
+            .filter(|e| e.installs == latest && e.usable_until >= now)
+            .min_by(|a, b| a.bundle_id.cmp(&b.bundle_id));
+        match (approved, entry) {
+            (true, Some(e)) => vec![Step {
+                bundle_id: e.bundle_id.clone(),
+                from: current,
+                to: latest,
+                cvss: e.cvss,
+                rollback: true,
+            }],
+            (true, None) => {
+                let e = matching.iter().find(|e| e.installs == latest).expect("latest exists");
+                return unpatchable(Unpatchable::BundleExpired {
+                    bundle_id: e.bundle_id.clone(),
+                    usable_until: e.usable_until,
+                });
+            }
+            (false, _) => {
+                return unpatchable(Unpatchable::DowngradeRefused { from: current, to: latest });
+            }
+        }
+    } else if current == latest {
+        return Disposition::UpToDate { version: current };
+    } else {
+        let usable: Vec<&CatalogEntry> =
+            matching.iter().copied().filter(|e| e.usable_until >= now).collect();
+        let path = shortest_path(&usable, current);
+        let reached = path.last().map(|s| s.to).unwrap_or(current);
+        if reached == current {
+            // Nothing usable moves it: say whether expiry is what stands in the way.
+            let all = shortest_path(&matching, current);
+            if let Some(step) = all.iter().find(|s| {
+                matching.iter().any(|e| e.bundle_id == s.bundle_id && e.usable_until < now)
+            }) {
+                let e = matching.iter().find(|e| e.bundle_id == step.bundle_id).expect("exists");
+                return unpatchable(Unpatchable::BundleExpired {
+                    bundle_id: e.bundle_id.clone(),
+                    usable_until: e.usable_until,
+                });
+            }
+            return unpatchable(Unpatchable::NoUpgradePath { from: current, latest });
+        }
+        path
+    };
+
+    // Credentials: the device's own, and any the bundles need.
+    let needs_cred = steps
+        .iter()
+        .any(|s| matching.iter().any(|e| e.bundle_id == s.bundle_id && e.needs_credential));
+    if let Some(name) = &d.credential {
+        if !input.credentials.contains(name) {
+            return unpatchable(Unpatchable::MissingCredential { name: name.clone() });
+        }
+    } else if needs_cred {
+        return unpatchable(Unpatchable::MissingCredential { name: format!("device/{}", d.id) });
+    }
+
+    if !d.windows.is_empty() && !d.windows.iter().any(|w| w.start <= now && now < w.end) {
+        return match d.windows.iter().filter(|w| w.start > now).map(|w| w.start).min() {
+            Some(not_before) => Disposition::Scheduled { steps, not_before },
+            None => unpatchable(Unpatchable::NoMaintenanceWindow),
+        };
+    }
+
+    let reached = steps.last().map(|s| s.to).unwrap_or(current);
+    let short_reason =
+        (reached < latest).then_some(Unpatchable::NoUpgradePath { from: reached, latest });
+    Disposition::Patch { steps, latest, short_reason }
+}
+
+/// Fewest steps from `from` to the highest reachable version (ties: lowest bundle id first, so
+/// the result is deterministic). Only upgrades are followed.
+fn shortest_path(entries: &[&CatalogEntry], from: Version) -> Vec<Step> {
+    let mut prev: HashMap<Version, (Version, &CatalogEntry)> = HashMap::new();
+    let mut queue = VecDeque::from([from]);
+    let mut seen = BTreeSet::from([from]);
+    let mut sorted: Vec<&CatalogEntry> = entries.to_vec();
+    sorted.sort_by(|a, b| a.bundle_id.cmp(&b.bundle_id));
+    while let Some(v) = queue.pop_front() {
+        for e in &sorted {
+            if e.applies_to.contains(v) && e.installs > v && seen.insert(e.installs) {
+                prev.insert(e.installs, (v, e));
+                queue.push_back(e.installs);
+            }
+        }
+    }
+    let best = *seen.iter().next_back().expect("contains from");
+    let mut steps = Vec::new();
+    let mut at = best;
+    while at != from {
+        let (p, e) = prev[&at];
+        steps.push(Step {
+            bundle_id: e.bundle_id.clone(),
+            from: p,
+            to: at,
+            cvss: e.cvss,
+            rollback: false,
+        });
+        at = p;
+    }
+    steps.reverse();
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    fn device(id: &str, fw: &str) -> DeviceRecord {
+        DeviceRecord {
+            id: id.into(),
+            address: DeviceAddress::Udp { addr: "127.0.0.1:1337".into() },
+            identity: DeviceIdentity {
+                vendor: Some("Acme".into()),
+                model: Some("Sensor".into()),
+                hardware_revision: Some("2".into()),
+                firmware_version: Some(v(fw)),
+                ..Default::default()
+            },
+            criticality: Criticality::Normal,
+            windows: vec![],
+            credential: None,
+        }
+    }
+
+    fn entry(id: &str, from: &str, to_excl: &str, installs: &str, cvss: f32) -> CatalogEntry {
+        CatalogEntry {
+            bundle_id: id.into(),
+            vendor: "acme".into(),
+            model: "sensor".into(),
+            hw_min: Some("1".into()),
+            hw_max: Some("3".into()),
+            applies_to: VersionRange { min: Some(v(from)), max_exclusive: Some(v(to_excl)) },
+            installs: v(installs),
+            cvss,
+            cves: vec![],
+            usable_until: Utc::now() + Duration::days(30),
+            needs_credential: false,
+        }
+    }
+
+    fn disposition(input: &PlanInput, id: &str) -> Disposition {
+        let p = plan(input, Utc::now());
+        p.devices.into_iter().find(|d| d.device.id == id).unwrap().disposition
+    }
+
+    #[test]
+    fn upgrade_path_goes_through_the_intermediate_version() {
+        let input = PlanInput {
+            devices: vec![device("d1", "1.0.0")],
+            catalog: vec![
+                entry("to-2", "1.0.0", "2.0.0", "2.0.0", 5.0),
+                entry("to-3", "2.0.0", "3.0.0", "3.0.0", 9.8),
+            ],
+            ..Default::default()
+        };
+        let Disposition::Patch { steps, latest, short_reason } = disposition(&input, "d1") else {
+            panic!()
+        };
+        assert_eq!(latest, v("3.0.0"));
+        assert_eq!(short_reason, None);
+        let path: Vec<_> = steps.iter().map(|s| (s.bundle_id.as_str(), s.from, s.to)).collect();
+        assert_eq!(path, vec![("to-2", v("1.0.0"), v("2.0.0")), ("to-3", v("2.0.0"), v("3.0.0"))]);
+    }
+
+    #[test]
+    fn direct_bundle_is_preferred_over_a_longer_path() {
+        let input = PlanInput {
+            devices: vec![device("d1", "1.0.0")],
+            catalog: vec![
+                entry("a", "1.0.0", "2.0.0", "2.0.0", 1.0),
+                entry("b", "2.0.0", "3.0.0", "3.0.0", 1.0),
+                entry("direct", "1.0.0", "3.0.0", "3.0.0", 1.0),
+            ],
+            ..Default::default()
+        };
+        let Disposition::Patch { steps, .. } = disposition(&input, "d1") else { panic!() };
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].bundle_id, "direct");
+    }
+
+    #[test]
+    fn every_refusal_has_its_reason() {
+        let mut unknown = device("unknown", "1.0.0");
+        unknown.identity.firmware_version = None;
+        let mut other = device("other-model", "1.0.0");
+        other.identity.model = Some("Gateway".into());
+        let mut hw = device("old-hw", "1.0.0");
+        hw.identity.hardware_revision = Some("7".into());
+        let mut cred = device("needs-cred", "1.0.0");
+        cred.credential = Some("site-a/sensor".into());
+        let mut expired_entry = entry("old", "0.5.0", "0.6.0", "0.9.0", 1.0);
+        expired_entry.usable_until = Utc::now() - Duration::days(1);
+        let input = PlanInput {
+            devices: vec![
+                unknown,
+                other,
+                hw,
+                cred,
+                device("newer", "4.0.0"),
+                device("gap", "0.1.0"),
+                device("expired", "0.5.0"),
+                device("current", "2.0.0"),
+            ],
+            catalog: vec![entry("to-2", "1.0.0", "2.0.0", "2.0.0", 5.0), expired_entry],
+            ..Default::default()
+        };
+        let reason = |id| match disposition(&input, id) {
+            Disposition::Unpatchable { why } => why,
+            other => panic!("{id}: {other:?}"),
+        };
+        assert!(matches!(reason("unknown"), Unpatchable::UnknownDevice { .. }));
+        assert!(matches!(reason("other-model"), Unpatchable::NoBundle { .. }));
+        assert!(matches!(reason("old-hw"), Unpatchable::NoBundle { .. }));
+        assert_eq!(
+            reason("needs-cred"),
+            Unpatchable::MissingCredential { name: "site-a/sensor".into() }
+        );
+        assert_eq!(
+            reason("newer"),
+            Unpatchable::DowngradeRefused { from: v("4.0.0"), to: v("2.0.0") }
+        );
+        assert!(matches!(reason("gap"), Unpatchable::NoUpgradePath { .. }));
+        assert!(
+            matches!(reason("expired"), Unpatchable::BundleExpired { ref bundle_id, .. } if bundle_id == "old")
+        );
+        assert_eq!(disposition(&input, "current"), Disposition::UpToDate { version: v("2.0.0") });
+        let msg = reason("newer").to_string();
+        assert!(msg.contains("rollback approval"), "{msg}");
+    }
+
+    #[test]
+    fn an_approved_downgrade_is_planned_as_a_rollback_step() {
+        let input = PlanInput {
+            devices: vec![device("newer", "4.0.0")],
+            catalog: vec![entry("to-2", "1.0.0", "5.0.0", "2.0.0", 0.0)],
+            rollback_approvals: vec![RollbackApproval {
+                vendor: "Acme".into(),
+                model: "Sensor".into(),
+                from: v("4.0.0"),
+                to: v("2.0.0"),
+            }],
+            ..Default::default()
+        };
+        let Disposition::Patch { steps, .. } = disposition(&input, "newer") else { panic!() };
+        assert!(steps[0].rollback);
+        assert_eq!((steps[0].from, steps[0].to), (v("4.0.0"), v("2.0.0")));
+    }
+
+    #[test]
+    fn outside_the_window_is_scheduled_and_order_follows_severity_then_criticality() {
+        let now = Utc::now();
+        let mut later = device("later", "1.0.0");
+        later.windows = vec![MaintenanceWindow {
+            start: now + Duration::hours(2),
+            end: now + Duration::hours(3),
+        }];
+        let mut past = device("past", "1.0.0");
+        past.windows = vec![MaintenanceWindow {
+            start: now - Duration::hours(3),
+            end: now - Duration::hours(2),
+        }];
+        let mut crit = device("crit", "1.0.0");
+        crit.criticality = Criticality::Critical;
+        let mut low_sev = device("low-sev", "1.5.0");
+        low_sev.criticality = Criticality::Critical;
+        let input = PlanInput {
+            devices: vec![device("a-normal", "1.0.0"), later, past, crit, low_sev],
+            catalog: vec![
+                entry("fix", "1.0.0", "1.5.0", "2.0.0", 9.1),
+                entry("minor", "1.5.0", "2.0.0", "2.0.0", 3.0),
+            ],
+            ..Default::default()
+        };
+        let p = plan(&input, now);
+        let order: Vec<&str> = p.devices.iter().map(|d| d.device.id.as_str()).collect();
+        assert_eq!(order, vec!["crit", "a-normal", "low-sev", "later", "past"]);
+        assert!(
+            matches!(p.devices[3].disposition, Disposition::Scheduled { not_before, .. } if not_before == now + Duration::hours(2))
+        );
+        assert_eq!(
+            p.devices[4].disposition,
+            Disposition::Unpatchable { why: Unpatchable::NoMaintenanceWindow }
+        );
+        assert_eq!(p.patchable().count(), 3);
+        // A plan survives a round trip through JSON (it is saved and run later).
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p);
+    }
+}

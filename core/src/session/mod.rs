@@ -1,0 +1,763 @@
+//! Offline batch sessions: a plan taken to patched, confirmed devices, safely.
+//!
+//! * **Canary first.** The first device of the plan is flashed alone, left to soak, and checked
+//!   again; only a healthy canary lets the session go on.
+//! * **Waves.** The rest go in waves of `wave_size`, at most `concurrency` at a time (each device
+//!   on its own port or address), with per-device retries.
+//! * **Failure threshold.** After each wave the failures (failed or rolled back) are counted; past
+//!   the threshold the session stops, leaving the remaining devices pending.
+//! * **Survives a restart.** The session state (each device's status) is saved through
+//!   [`SessionStore`] after every change, so a killed or paused session resumes where it was;
+//!   confirmed devices are never flashed again (and the flash pipeline itself recognises a device
+//!   that already runs its target confirmed).
+//! * **Dry run** walks the plan and says what would be done, touching no device.
+
+use crate::flash::{
+    EventSink, FlashOptions, FlashOutcome, FlashTarget, SinkError, TargetError, VerifiedImage,
+    flash,
+};
+use crate::plan::{DevicePlan, DeviceRecord, Plan, Step};
+use crate::progress::{Progress, TransferProgress};
+use crate::visitlog::EventKind;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// When to stop a session.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Threshold {
+    /// Stop once this many devices failed.
+    Count(u32),
+    /// Stop once this percentage of the devices attempted so far failed.
+    Percent(f32),
+}
+
+impl Threshold {
+    fn exceeded(&self, failed: u32, attempted: u32) -> bool {
+        match *self {
+            Threshold::Count(n) => failed >= n,
+            Threshold::Percent(p) => {
+                attempted > 0 && (failed as f32 * 100.0 / attempted as f32) > p
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("invalid failure threshold {s:?}: give a count (3) or a percentage (10%)");
+        match s.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(Threshold::Percent)
+                .ok_or_else(bad),
+            None => s
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Threshold::Count)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+/// How a session runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOptions {
+    pub canary: bool,
+    pub soak: Duration,
+    pub wave_size: usize,
+    pub concurrency: usize,
+    pub failure_threshold: Threshold,
+    /// Attempts after the first for a device whose flash failed (not for rollbacks).
+    pub retries: u32,
+    pub dry_run: bool,
+    pub reconnect_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            canary: true,
+            soak: Duration::from_secs(10),
+            wave_size: 8,
+            concurrency: 4,
+            failure_threshold: Threshold::Percent(20.0),
+            retries: 1,
+            dry_run: false,
+            reconnect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where one device stands in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DeviceStatus {
+    Pending,
+    /// Being flashed (step index); after a restart the device is checked and continued.
+    InProgress {
+        step: usize,
+    },
+    Patched {
+        version: String,
+    },
+    RolledBack {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+impl DeviceStatus {
+    fn is_final(&self) -> bool {
+        !matches!(self, DeviceStatus::Pending | DeviceStatus::InProgress { .. })
+    }
+    fn is_failure(&self) -> bool {
+        matches!(self, DeviceStatus::RolledBack { .. } | DeviceStatus::Failed { .. })
+    }
+}
+
+/// Where the session as a whole stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    NotStarted,
+    Running,
+    Paused,
+    Stopped { reason: String },
+    Finished,
+}
+
+/// Everything needed to resume a session. Saved after every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: Uuid,
+    pub plan: Plan,
+    pub options: SessionOptions,
+    pub phase: Phase,
+    pub canary_done: bool,
+    pub devices: BTreeMap<String, DeviceStatus>,
+}
+
+impl SessionState {
+    /// A new session for `plan`: every device with steps is pending; the others are skipped with
+    /// the plan's reason.
+    pub fn new(plan: Plan, options: SessionOptions) -> Self {
+        let devices = plan
+            .devices
+            .iter()
+            .map(|d| {
+                let status = if d.steps_now().is_empty() {
+                    DeviceStatus::Skipped { reason: skip_reason(d) }
+                } else {
+                    DeviceStatus::Pending
+                };
+                (d.device.id.clone(), status)
+            })
+            .collect();
+        Self {
+            id: Uuid::now_v7(),
+            plan,
+            options,
+            phase: Phase::NotStarted,
+            canary_done: false,
+            devices,
+        }
+    }
+
+    /// Counts by outcome.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for st in self.devices.values() {
+            match st {
+                DeviceStatus::Pending | DeviceStatus::InProgress { .. } => s.pending += 1,
+                DeviceStatus::Patched { .. } => s.patched += 1,
+                DeviceStatus::RolledBack { .. } => s.rolled_back += 1,
+                DeviceStatus::Failed { .. } => s.failed += 1,
+                DeviceStatus::Skipped { .. } => s.skipped += 1,
+            }
+        }
+        s
+    }
+}
+
+fn skip_reason(d: &DevicePlan) -> String {
+    use crate::plan::Disposition;
+    match &d.disposition {
+        Disposition::Patch { .. } => "nothing to flash".into(),
+        Disposition::Scheduled { not_before, .. } => {
+            format!("outside its maintenance window; scheduled from {not_before}")
+        }
+        Disposition::UpToDate { version } => format!("already at {version}"),
+        Disposition::Unpatchable { why } => why.to_string(),
+    }
+}
+
+/// Session totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub patched: u32,
+    pub rolled_back: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub pending: u32,
+}
+
+/// Persists session state (the local store implements it).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn save(&self, state: &SessionState) -> Result<(), SessionError>;
+}
+
+/// Opens a device for flashing (driver adapters behind it), with its credential from the keyring.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn open(&self, device: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError>;
+}
+
+/// Gives the verified image for a plan step (from the verified catalog).
+pub trait ImageSource: Send + Sync {
+    fn image(&self, device: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String>;
+}
+
+/// What the session tells its front end (CLI progress bars, the app).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    Phase { name: String },
+    Status(DeviceStatus),
+    Transfer(TransferProgress),
+    Note(String),
+}
+
+/// Receives session events per device (`None` for the session itself).
+pub type Observer = Arc<dyn Fn(Option<&str>, SessionEvent) + Send + Sync>;
+
+/// Errors that stop a session (device failures do not: they are statuses).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Log(#[from] SinkError),
+    #[error("cannot save the session state ({0}); stopped so that a restart does not redo work")]
+    Store(String),
+}
+
+/// What a session needs from the outside.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub connector: Arc<dyn Connector>,
+    pub images: Arc<dyn ImageSource>,
+    pub sink: Arc<dyn EventSink>,
+    pub store: Arc<dyn SessionStore>,
+    pub observer: Observer,
+    /// Set to pause: devices in flight finish, no new ones start.
+    pub pause: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for SessionDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionDeps").field("pause", &self.pause).finish_non_exhaustive()
+    }
+}
+
+struct DeviceProgress {
+    id: String,
+    observer: Observer,
+}
+
+impl Progress for DeviceProgress {
+    fn phase(&self, name: &str) {
+        (self.observer)(Some(&self.id), SessionEvent::Phase { name: name.to_string() });
+    }
+    fn transfer(&self, p: TransferProgress) {
+        (self.observer)(Some(&self.id), SessionEvent::Transfer(p));
+    }
+    fn note(&self, message: &str) {
+        (self.observer)(Some(&self.id), SessionEvent::Note(message.to_string()));
+    }
+}
+
+/// A session's state shared between its device tasks.
+pub type SharedState = Arc<tokio::sync::Mutex<SessionState>>;
+
+/// Run (or resume) a session until it finishes, stops on the failure threshold, or is paused.
+pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, SessionError> {
+    let (opts, order) = {
+        let st = state.lock().await;
+        let order: Vec<DevicePlan> = st
+            .plan
+            .patchable()
+            .filter(|d| !st.devices.get(&d.device.id).is_some_and(DeviceStatus::is_final))
+            .cloned()
+            .collect();
+        (st.options.clone(), order)
+    };
+    if opts.dry_run {
+        for d in &order {
+            let steps: Vec<String> = d
+                .steps_now()
+                .iter()
+                .map(|s| format!("{} ({} -> {})", s.bundle_id, s.from, s.to))
+                .collect();
+            let note = format!("would flash {}", steps.join(", then "));
+            (deps.observer)(Some(&d.device.id), SessionEvent::Note(note));
+        }
+        return Ok(state.lock().await.summary());
+    }
+    set_phase(state, deps, Phase::Running).await?;
+
+    let mut remaining = order;
+    let canary_done = state.lock().await.canary_done;
+    if opts.canary && !canary_done && !remaining.is_empty() {
+        let canary = remaining.remove(0);
+        let id = canary.device.id.clone();
+        (deps.observer)(None, SessionEvent::Note(format!("canary: {id}")));
+        let status = run_device(state, deps, &canary).await?;
+        if !matches!(status, DeviceStatus::Patched { .. }) {
+            return stop(state, deps, format!("canary {id} did not patch cleanly")).await;
+        }
+        if !opts.soak.is_zero() {
+            let note = format!("soaking the canary for {:?}", opts.soak);
+            (deps.observer)(None, SessionEvent::Note(note));
+            tokio::time::sleep(opts.soak).await;
+        }
+        if let Err(why) = recheck(deps, &canary).await {
+            let reason = format!("canary {id} unhealthy after its soak: {why}");
+            let kind = EventKind::Failed { stage: "soak".into(), reason: reason.clone() };
+            deps.sink.record(&id, kind).await?;
+            set_status(state, deps, &id, DeviceStatus::Failed { reason: reason.clone() }).await?;
+            return stop(state, deps, reason).await;
+        }
+        let mut st = state.lock().await;
+        st.canary_done = true;
+        deps.store.save(&st).await?;
+    }
+
+    for wave in remaining.chunks(opts.wave_size.max(1)) {
+        if deps.pause.load(Ordering::SeqCst) {
+            break;
+        }
+        let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for d in wave {
+            let (sem, state, deps, d) = (sem.clone(), state.clone(), deps.clone(), d.clone());
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore is never closed");
+                if deps.pause.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                run_device(&state, &deps, &d).await.map(|_| ())
+            });
+        }
+        let mut first_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            let err = match joined {
+                Ok(r) => r.err(),
+                Err(e) => Some(SessionError::Store(format!("a device task ended abnormally: {e}"))),
+            };
+            first_err = first_err.or(err);
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let (failed, attempted) = {
+            let st = state.lock().await;
+            let failed = st.devices.values().filter(|s| s.is_failure()).count() as u32;
+            let attempted = st
+                .devices
+                .values()
+                .filter(|s| s.is_final() && !matches!(s, DeviceStatus::Skipped { .. }))
+                .count() as u32;
+            (failed, attempted)
+        };
+        if opts.failure_threshold.exceeded(failed, attempted) {
+            let reason =
+                format!("{failed} of {attempted} devices failed: failure threshold reached");
+            return stop(state, deps, reason).await;
+        }
+    }
+    let unfinished = state.lock().await.devices.values().any(|s| !s.is_final());
+    let phase = if unfinished && deps.pause.load(Ordering::SeqCst) {
+        Phase::Paused
+    } else {
+        Phase::Finished
+    };
+    set_phase(state, deps, phase).await?;
+    Ok(state.lock().await.summary())
+}
+
+async fn set_phase(
+    state: &SharedState,
+    deps: &SessionDeps,
+    phase: Phase,
+) -> Result<(), SessionError> {
+    let mut st = state.lock().await;
+    st.phase = phase;
+    deps.store.save(&st).await
+}
+
+async fn stop(
+    state: &SharedState,
+    deps: &SessionDeps,
+    reason: String,
+) -> Result<Summary, SessionError> {
+    (deps.observer)(None, SessionEvent::Note(format!("session stopped: {reason}")));
+    set_phase(state, deps, Phase::Stopped { reason }).await?;
+    Ok(state.lock().await.summary())
+}
+
+async fn recheck(deps: &SessionDeps, d: &DevicePlan) -> Result<(), String> {
+    let last = d.steps_now().last().ok_or("no steps")?;
+    let image = deps.images.image(&d.device, last)?;
+    let mut target = deps.connector.open(&d.device).await.map_err(|e| e.to_string())?;
+    let s = target.state().await.map_err(|e| e.to_string())?;
+    if s.running_hash.as_deref() != Some(image.device_hash.as_slice()) || !s.confirmed {
+        return Err(format!(
+            "runs {} (confirmed: {})",
+            s.running_version.map(|v| v.to_string()).unwrap_or_else(|| "an unknown image".into()),
+            s.confirmed
+        ));
+    }
+    Ok(())
+}
+
+async fn set_status(
+    shared: &SharedState,
+    deps: &SessionDeps,
+    id: &str,
+    status: DeviceStatus,
+) -> Result<(), SessionError> {
+    (deps.observer)(Some(id), SessionEvent::Status(status.clone()));
+    let mut st = shared.lock().await;
+    st.devices.insert(id.to_string(), status);
+    deps.store.save(&st).await
+}
+
+async fn run_device(
+    shared: &SharedState,
+    deps: &SessionDeps,
+    d: &DevicePlan,
+) -> Result<DeviceStatus, SessionError> {
+    let id = d.device.id.as_str();
+    let (opts, start_step) = {
+        let st = shared.lock().await;
+        let start = match st.devices.get(id) {
+            Some(DeviceStatus::InProgress { step }) => *step,
+            _ => 0,
+        };
+        (st.options.clone(), start)
+    };
+    let progress = DeviceProgress { id: id.to_string(), observer: deps.observer.clone() };
+    let flash_opts =
+        FlashOptions { reconnect_timeout: opts.reconnect_timeout, ..Default::default() };
+    let steps = d.steps_now();
+    let mut version = String::new();
+    for (i, step) in steps.iter().enumerate().skip(start_step) {
+        set_status(shared, deps, id, DeviceStatus::InProgress { step: i }).await?;
+        let image = match deps.images.image(&d.device, step) {
+            Ok(img) => img,
+            Err(why) => {
+                deps.sink
+                    .record(
+                        id,
+                        EventKind::BundleRefused {
+                            bundle_id: step.bundle_id.clone(),
+                            reason: why.clone(),
+                        },
+                    )
+                    .await?;
+                let status =
+                    DeviceStatus::Failed { reason: format!("bundle {}: {why}", step.bundle_id) };
+                set_status(shared, deps, id, status.clone()).await?;
+                return Ok(status);
+            }
+        };
+        let mut attempt = 0;
+        let outcome = loop {
+            let outcome = match deps.connector.open(&d.device).await {
+                Ok(mut target) => {
+                    flash(id, target.as_mut(), &image, deps.sink.as_ref(), &progress, &flash_opts)
+                        .await?
+                }
+                Err(e) => {
+                    let reason = format!("cannot open {}: {e}", d.device.address);
+                    deps.sink
+                        .record(
+                            id,
+                            EventKind::Failed { stage: "open".into(), reason: reason.clone() },
+                        )
+                        .await?;
+                    FlashOutcome::Failed { stage: "open".into(), reason }
+                }
+            };
+            match &outcome {
+                FlashOutcome::Failed { .. } if attempt < opts.retries => {
+                    attempt += 1;
+                    progress.note(&format!("retrying (attempt {})", attempt + 1));
+                }
+                _ => break outcome,
+            }
+        };
+        match outcome {
+            FlashOutcome::Confirmed { version: v } | FlashOutcome::AlreadyDone { version: v } => {
+                version = v.to_string();
+            }
+            FlashOutcome::RolledBack { reason } => {
+                let status = DeviceStatus::RolledBack { reason };
+                set_status(shared, deps, id, status.clone()).await?;
+                return Ok(status);
+            }
+            FlashOutcome::Failed { stage, reason } => {
+                let status = DeviceStatus::Failed { reason: format!("{stage}: {reason}") };
+                set_status(shared, deps, id, status.clone()).await?;
+                return Ok(status);
+            }
+        }
+    }
+    let status = DeviceStatus::Patched { version };
+    set_status(shared, deps, id, status.clone()).await?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flash::fake::{FakeDevice, MemorySink};
+    use crate::model::DeviceIdentity;
+    use crate::plan::{CatalogEntry, DeviceAddress, PlanInput, VersionRange, plan};
+    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    struct Lab(HashMap<String, FakeDevice>);
+
+    #[async_trait]
+    impl Connector for Lab {
+        async fn open(&self, d: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError> {
+            let dev = self.0.get(&d.id).ok_or(TargetError::Device("no such device".into()))?;
+            Ok(Box::new(dev.open()))
+        }
+    }
+
+    struct Images;
+    impl ImageSource for Images {
+        fn image(&self, _d: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String> {
+            let bytes = vec![9u8; 3000];
+            let sha: [u8; 32] = Sha256::digest(&bytes).into();
+            Ok(VerifiedImage {
+                bundle_id: Some(step.bundle_id.clone()),
+                from: Some(step.from),
+                to: step.to,
+                bytes: bytes.into(),
+                sha256: sha,
+                device_hash: sha.to_vec(),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Saved(Mutex<Vec<SessionState>>);
+    #[async_trait]
+    impl SessionStore for Saved {
+        async fn save(&self, s: &SessionState) -> Result<(), SessionError> {
+            // Persist through JSON, as the store does.
+            let json = serde_json::to_string(s).map_err(|e| SessionError::Store(e.to_string()))?;
+            self.0.lock().unwrap().push(serde_json::from_str(&json).unwrap());
+            Ok(())
+        }
+    }
+
+    fn setup(n: usize) -> (Plan, HashMap<String, FakeDevice>) {
+        let mut devices = Vec::new();
+        let mut lab = HashMap::new();
+        for i in 0..n {
+            let id = format!("dev-{i:02}");
+            devices.push(DeviceRecord {
+                id: id.clone(),
+                address: DeviceAddress::Udp { addr: format!("127.0.0.1:{}", 2000 + i) },
+                identity: DeviceIdentity {
+                    vendor: Some("acme".into()),
+                    model: Some("sensor".into()),
+                    firmware_version: Some("1.0.0".parse().unwrap()),
+                    ..Default::default()
+                },
+                criticality: Default::default(),
+                windows: vec![],
+                credential: None,
+            });
+            lab.insert(id, FakeDevice::new("1.0.0"));
+        }
+        let catalog = vec![CatalogEntry {
+            bundle_id: "fw-2".into(),
+            vendor: "acme".into(),
+            model: "sensor".into(),
+            hw_min: None,
+            hw_max: None,
+            applies_to: VersionRange { min: None, max_exclusive: Some("2.0.0".parse().unwrap()) },
+            installs: "2.0.0".parse().unwrap(),
+            cvss: 7.5,
+            cves: vec![],
+            usable_until: chrono::Utc::now() + chrono::Duration::days(1),
+            needs_credential: false,
+        }];
+        let input = PlanInput { devices, catalog, ..Default::default() };
+        (plan(&input, chrono::Utc::now()), lab)
+    }
+
+    fn deps(
+        lab: HashMap<String, FakeDevice>,
+        store: Arc<Saved>,
+        sink: Arc<MemorySink>,
+    ) -> SessionDeps {
+        SessionDeps {
+            connector: Arc::new(Lab(lab)),
+            images: Arc::new(Images),
+            sink,
+            store,
+            observer: Arc::new(|_, _| {}),
+            pause: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn opts() -> SessionOptions {
+        SessionOptions {
+            soak: Duration::ZERO,
+            wave_size: 3,
+            concurrency: 2,
+            failure_threshold: Threshold::Count(2),
+            retries: 0,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn canary_then_waves_patch_every_device() {
+        let (plan, lab) = setup(7);
+        let store = Arc::new(Saved::default());
+        let sink = Arc::new(MemorySink::default());
+        let d = deps(lab.clone(), store.clone(), sink.clone());
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!(summary.patched, 7, "{summary:?}");
+        assert_eq!(state.lock().await.phase, Phase::Finished);
+        assert!(lab.values().all(|dev| dev.snapshot().confirmed && dev.uploads() == 1));
+        // The canary was finished before any other device started.
+        let tags = sink.0.lock().unwrap().clone();
+        let canary_done = tags.iter().position(|(_, k)| k.tag() == "confirmed").unwrap();
+        assert!(tags[..canary_done].iter().all(|(dev, _)| dev == &tags[0].0));
+        assert!(!store.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_device_does_not_stop_the_session_but_the_threshold_does() {
+        let (plan, lab) = setup(7);
+        lab["dev-02"].set_fail_boot(true);
+        let sink = Arc::new(MemorySink::default());
+        let d = deps(lab.clone(), Arc::new(Saved::default()), sink.clone());
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan.clone(), opts())));
+        let s = run(&state, &d).await.unwrap();
+        assert_eq!((s.patched, s.rolled_back), (6, 1), "{s:?}");
+        assert_eq!(sink.for_device("dev-02").last().unwrap(), "rolled_back");
+
+        let (plan, lab) = setup(7);
+        for id in ["dev-01", "dev-02"] {
+            lab[id].set_fail_boot(true);
+        }
+        let d = deps(lab.clone(), Arc::new(Saved::default()), Arc::new(MemorySink::default()));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let s = run(&state, &d).await.unwrap();
+        assert!(
+            matches!(state.lock().await.phase, Phase::Stopped { ref reason } if reason.contains("threshold"))
+        );
+        assert_eq!(s.rolled_back, 2);
+        assert!(s.pending > 0, "devices after the stop stay pending: {s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_canary_stops_everything() {
+        let (plan, lab) = setup(4);
+        let first = plan.devices[0].device.id.clone();
+        lab[&first].set_fail_boot(true);
+        let d = deps(lab.clone(), Arc::new(Saved::default()), Arc::new(MemorySink::default()));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let s = run(&state, &d).await.unwrap();
+        assert_eq!((s.patched, s.rolled_back, s.pending), (0, 1, 3));
+        assert!(lab.values().filter(|d| d.uploads() > 0).count() == 1);
+    }
+
+    #[tokio::test]
+    async fn paused_session_resumes_from_saved_state_without_reflashing() {
+        let (plan, lab) = setup(6);
+        let store = Arc::new(Saved::default());
+        let d = deps(lab.clone(), store.clone(), Arc::new(MemorySink::default()));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let mut d = d;
+        // Pause as soon as the canary is patched (what a technician's "pause" does mid-session).
+        let pause = d.pause.clone();
+        d.observer = Arc::new(move |_, e| {
+            if matches!(e, SessionEvent::Status(DeviceStatus::Patched { .. })) {
+                pause.store(true, Ordering::SeqCst);
+            }
+        });
+        let first = run(&state, &d).await.unwrap();
+        assert_eq!(state.lock().await.phase, Phase::Paused);
+        assert_eq!((first.patched, first.pending), (1, 5), "{first:?}");
+
+        // "Restart": load the last saved state and run it again.
+        let saved = store.0.lock().unwrap().last().unwrap().clone();
+        assert_eq!(saved.phase, Phase::Paused);
+        d.observer = Arc::new(|_, _| {});
+        d.pause.store(false, Ordering::SeqCst);
+        let resumed = Arc::new(tokio::sync::Mutex::new(saved));
+        let s = run(&resumed, &d).await.unwrap();
+        assert_eq!(s.patched, 6, "{s:?}");
+        assert!(lab.values().all(|d| d.uploads() == 1), "no device was flashed twice");
+    }
+
+    #[tokio::test]
+    async fn dry_run_touches_no_device() {
+        let (plan, lab) = setup(3);
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let mut d = deps(lab.clone(), Arc::new(Saved::default()), Arc::new(MemorySink::default()));
+        let n = notes.clone();
+        d.observer = Arc::new(move |_, e| {
+            if let SessionEvent::Note(t) = e {
+                n.lock().unwrap().push(t)
+            }
+        });
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(
+            plan,
+            SessionOptions { dry_run: true, ..opts() },
+        )));
+        let s = run(&state, &d).await.unwrap();
+        assert_eq!(s.pending, 3);
+        assert!(lab.values().all(|d| d.uploads() == 0));
+        assert_eq!(notes.lock().unwrap().len(), 3);
+        assert!(notes.lock().unwrap()[0].contains("fw-2 (1.0.0 -> 2.0.0)"));
+    }
+
+    #[test]
+    fn thresholds_parse() {
+        assert_eq!("3".parse::<Threshold>().unwrap(), Threshold::Count(3));
+        assert_eq!("10%".parse::<Threshold>().unwrap(), Threshold::Percent(10.0));
+        assert!("0".parse::<Threshold>().is_err());
+        assert!("150%".parse::<Threshold>().unwrap_err().contains("percentage"));
+        assert!(Threshold::Percent(20.0).exceeded(1, 4));
+        assert!(!Threshold::Percent(25.0).exceeded(1, 4));
+    }
+}
