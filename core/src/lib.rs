@@ -15,6 +15,8 @@
 //! * **Progress is a callback.** Long jobs report through [`progress::Progress`]; the CLI renders
 //!   progress bars, the app forwards events to the window.
 
+pub mod bundle;
+pub mod image;
 pub mod model;
 pub mod paths;
 pub mod visitlog;
