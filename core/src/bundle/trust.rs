@@ -169,20 +169,31 @@ impl TrustStore {
         TrustStore::from_json(&bytes)
     }
 
-    /// Accept `doc` as the initial trust anchor: structurally valid and signed by a threshold of
-    /// its own root keys.
+    /// Accept `doc` as a trust anchor: structurally valid and signed by a threshold of its own
+    /// root keys. Signatures by keys the document does not list (or lists as revoked) are set aside
+    /// here, since a rotated store legitimately carries signatures of departing root keys.
     pub fn provision(doc: SignedTrustStore) -> Result<TrustStore, BundleError> {
         let store = TrustStore::structural(doc)?;
-        let bytes = store.doc.store.canonical_bytes();
-        signature::check_threshold(
-            "trust store",
-            CONTEXT_TRUST_STORE,
-            &bytes,
-            &store.doc.signatures,
-            &store,
-            Role::Root,
-        )?;
+        store.self_signed("trust store")?;
         Ok(store)
+    }
+
+    fn self_signed(&self, document: &str) -> Result<Vec<String>, BundleError> {
+        let own: Vec<_> = self
+            .doc
+            .signatures
+            .iter()
+            .filter(|s| matches!(self.lookup(&s.key_id), Some((_, _, false))))
+            .cloned()
+            .collect();
+        signature::check_threshold(
+            document,
+            CONTEXT_TRUST_STORE,
+            &self.doc.store.canonical_bytes(),
+            &own,
+            self,
+            Role::Root,
+        )
     }
 
     fn structural(doc: SignedTrustStore) -> Result<TrustStore, BundleError> {
@@ -252,21 +263,7 @@ impl TrustStore {
             Role::Root,
         )?;
         let next = TrustStore::structural(next)?;
-        let new_sigs: Vec<_> = next
-            .doc
-            .signatures
-            .iter()
-            .filter(|s| matches!(next.lookup(&s.key_id), Some((_, _, false))))
-            .cloned()
-            .collect();
-        signature::check_threshold(
-            "trust store rotation (new root keys)",
-            CONTEXT_TRUST_STORE,
-            &bytes,
-            &new_sigs,
-            &next,
-            Role::Root,
-        )?;
+        next.self_signed("trust store rotation (new root keys)")?;
         Ok(next)
     }
 

@@ -102,7 +102,7 @@ impl Verdict {
         self.valid = false;
         self.checks.push(Check { name: name.into(), ok: false, detail: error.to_string() });
         self.error = Some(VerdictError { code: error.code().into(), message: error.to_string() });
-        Rejected { error, verdict: self }
+        Rejected { error, verdict: Box::new(self) }
     }
 }
 
@@ -111,7 +111,7 @@ impl Verdict {
 #[error("{error}")]
 pub struct Rejected {
     pub error: BundleError,
-    pub verdict: Verdict,
+    pub verdict: Box<Verdict>,
 }
 
 /// One verified payload held in memory: exactly the bytes that were hashed.
