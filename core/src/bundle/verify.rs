@@ -295,7 +295,7 @@ fn check_mcuboot(
     let img = McubootImage::parse(bytes).map_err(image_err)?;
     let hash = img.verify_hash().map_err(image_err)?;
     let vendor_keys = trust.keys_with_role(Role::VendorImage);
-    let mut detail = format!("MCUboot image {} hash {}", img.header.version, hex::encode(hash));
+    let mut detail = format!("MCUboot image {} hash {}", img.header.version, hex::encode(&hash));
     if vendor_keys.is_empty() {
         detail.push_str("; no vendor key in the trust store, vendor signature not checked");
     } else {

@@ -21,7 +21,7 @@
 use crate::model::Version;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub const IMAGE_MAGIC: u32 = 0x96f3_b83d;
 pub const TLV_INFO_MAGIC: u16 = 0x6907;
@@ -31,6 +31,8 @@ pub const HEADER_LEN: usize = 32;
 pub const TLV_KEYHASH: u16 = 0x01;
 pub const TLV_PUBKEY: u16 = 0x02;
 pub const TLV_SHA256: u16 = 0x10;
+pub const TLV_SHA384: u16 = 0x11;
+pub const TLV_SHA512: u16 = 0x12;
 pub const TLV_ED25519: u16 = 0x24;
 pub const TLV_SIG_PURE: u16 = 0x25;
 pub const TLV_DEPENDENCY: u16 = 0x40;
@@ -79,10 +81,10 @@ pub enum McubootError {
     UnprotectedMetadata { kind: u16 },
     #[error("TLV {kind:#06x} is {len} bytes, expected {expected}")]
     TlvLength { kind: u16, len: usize, expected: usize },
-    #[error("image has no SHA-256 TLV: sign it with imgtool")]
+    #[error("image has no SHA-256/384/512 TLV: sign it with imgtool")]
     MissingHash,
     #[error(
-        "image SHA-256 does not match its TLV (TLV {expected}, computed {actual}): the image was corrupted or altered after signing"
+        "image hash does not match its TLV (TLV {expected}, computed {actual}): the image was corrupted or altered after signing"
     )]
     HashMismatch { expected: String, actual: String },
     #[error(
@@ -97,6 +99,58 @@ pub enum McubootError {
         "the image's ED25519 signature does not verify with the vendor key: the image was altered or signed by someone else"
     )]
     BadSignature,
+}
+
+/// Which digest an image's hash TLV holds (imgtool uses SHA-256 by default, SHA-512 for
+/// ed25519 in pure mode or with `--sha 512`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashAlg {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HashAlg {
+    fn of_tlv(kind: u16) -> Option<HashAlg> {
+        match kind {
+            TLV_SHA256 => Some(HashAlg::Sha256),
+            TLV_SHA384 => Some(HashAlg::Sha384),
+            TLV_SHA512 => Some(HashAlg::Sha512),
+            _ => None,
+        }
+    }
+    fn of_len(len: usize) -> Option<HashAlg> {
+        match len {
+            32 => Some(HashAlg::Sha256),
+            48 => Some(HashAlg::Sha384),
+            64 => Some(HashAlg::Sha512),
+            _ => None,
+        }
+    }
+    /// Digest length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            HashAlg::Sha256 => 32,
+            HashAlg::Sha384 => 48,
+            HashAlg::Sha512 => 64,
+        }
+    }
+    /// Digest of the concatenation of `parts`.
+    pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+            let mut d = D::new();
+            for p in parts {
+                d.update(p);
+            }
+            d.finalize().to_vec()
+        }
+        match self {
+            HashAlg::Sha256 => run::<Sha256>(parts),
+            HashAlg::Sha384 => run::<Sha384>(parts),
+            HashAlg::Sha512 => run::<Sha512>(parts),
+        }
+    }
 }
 
 /// The fixed MCUboot image header.
@@ -144,6 +198,7 @@ pub struct McubootImage<'a> {
 pub struct ImageSummary {
     pub header: ImageHeader,
     pub image_hash: Option<String>,
+    pub hash_algorithm: Option<HashAlg>,
     pub pure_signature: bool,
     pub signed: bool,
     pub keyhash: Option<String>,
@@ -162,12 +217,10 @@ fn version_at(b: &[u8], o: usize) -> Version {
     Version::new(b[o], b[o + 1], u16_at(b, o + 2), u32_at(b, o + 4))
 }
 
-/// SHA-256 of an ed25519 key's DER SubjectPublicKeyInfo: what imgtool puts in KEYHASH.
-pub fn ed25519_keyhash(key: &VerifyingKey) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(ED25519_SPKI_PREFIX);
-    h.update(key.as_bytes());
-    h.finalize().into()
+/// Digest of an ed25519 key's DER SubjectPublicKeyInfo: what imgtool puts in KEYHASH (with the
+/// image's hash algorithm).
+pub fn ed25519_keyhash(key: &VerifyingKey, alg: HashAlg) -> Vec<u8> {
+    alg.digest(&[&ED25519_SPKI_PREFIX, key.as_bytes()])
 }
 
 impl<'a> McubootImage<'a> {
@@ -233,6 +286,11 @@ impl<'a> McubootImage<'a> {
             if count > 1 {
                 return Err(McubootError::DuplicateTlv { kind, count });
             }
+        }
+        let hashes: Vec<_> =
+            img.tlvs.iter().filter(|t| HashAlg::of_tlv(t.kind).is_some()).collect();
+        if hashes.len() > 1 {
+            return Err(McubootError::DuplicateTlv { kind: hashes[1].kind, count: hashes.len() });
         }
         for t in &img.tlvs {
             if !t.protected && matches!(t.kind, TLV_DEPENDENCY | TLV_SEC_CNT | TLV_BOOT_RECORD) {
@@ -315,9 +373,16 @@ impl<'a> McubootImage<'a> {
         self.end
     }
 
-    /// The SHA-256 TLV value: the image hash devices report.
-    pub fn image_hash(&self) -> Option<[u8; 32]> {
-        self.tlv(TLV_SHA256).and_then(|v| v.try_into().ok())
+    /// The hash TLV (SHA-256, -384 or -512) and its algorithm.
+    pub fn hash_tlv(&self) -> Option<(HashAlg, &'a [u8])> {
+        self.tlvs.iter().find_map(|t| {
+            HashAlg::of_tlv(t.kind).map(|a| (a, &self.bytes[t.offset..t.offset + t.len]))
+        })
+    }
+
+    /// The hash TLV value: the image hash devices report (SHA-256 unless signed otherwise).
+    pub fn image_hash(&self) -> Option<Vec<u8>> {
+        self.hash_tlv().map(|(_, v)| v.to_vec())
     }
 
     /// Dependencies (protected DEPENDENCY TLVs).
@@ -332,14 +397,20 @@ impl<'a> McubootImage<'a> {
             .collect()
     }
 
-    /// Compute the SHA-256 over the covered bytes and check it against the SHA-256 TLV. Returns the
+    /// Compute the digest over the covered bytes and check it against the hash TLV. Returns the
     /// image hash. The TLV is required.
-    pub fn verify_hash(&self) -> Result<[u8; 32], McubootError> {
-        let tlv = self.tlv(TLV_SHA256).ok_or(McubootError::MissingHash)?;
-        if tlv.len() != 32 {
-            return Err(McubootError::TlvLength { kind: TLV_SHA256, len: tlv.len(), expected: 32 });
+    pub fn verify_hash(&self) -> Result<Vec<u8>, McubootError> {
+        let (alg, tlv) = self.hash_tlv().ok_or(McubootError::MissingHash)?;
+        if tlv.len() != alg.digest_len() {
+            let kind =
+                self.tlvs.iter().find(|t| HashAlg::of_tlv(t.kind).is_some()).map_or(0, |t| t.kind);
+            return Err(McubootError::TlvLength {
+                kind,
+                len: tlv.len(),
+                expected: alg.digest_len(),
+            });
         }
-        let actual: [u8; 32] = Sha256::digest(self.covered()).into();
+        let actual = alg.digest(&[self.covered()]);
         if actual[..] != tlv[..] {
             return Err(McubootError::HashMismatch {
                 expected: hex::encode(tlv),
@@ -361,8 +432,13 @@ impl<'a> McubootImage<'a> {
         })?;
         let sig = Signature::from_bytes(&sig);
         let candidates: Vec<VerifyingKey> = if let Some(kh) = self.tlv(TLV_KEYHASH) {
+            let alg = HashAlg::of_len(kh.len()).ok_or(McubootError::TlvLength {
+                kind: TLV_KEYHASH,
+                len: kh.len(),
+                expected: 32,
+            })?;
             let found: Vec<_> =
-                keys.iter().filter(|k| ed25519_keyhash(k)[..] == kh[..]).copied().collect();
+                keys.iter().filter(|k| ed25519_keyhash(k, alg)[..] == kh[..]).copied().collect();
             if found.is_empty() {
                 return Err(McubootError::UnknownKey { keyhash: hex::encode(kh) });
             }
@@ -386,7 +462,7 @@ impl<'a> McubootImage<'a> {
         };
         let digest;
         let message: &[u8] = if self.is_pure() {
-            if self.tlv(TLV_SHA256).is_some() {
+            if self.hash_tlv().is_some() {
                 self.verify_hash()?;
             }
             self.covered()
@@ -405,6 +481,7 @@ impl<'a> McubootImage<'a> {
         ImageSummary {
             header: self.header,
             image_hash: self.image_hash().map(hex::encode),
+            hash_algorithm: self.hash_tlv().map(|(a, _)| a),
             pure_signature: self.is_pure(),
             signed: self.tlv(TLV_ED25519).is_some(),
             keyhash: self.tlv(TLV_KEYHASH).map(hex::encode),
