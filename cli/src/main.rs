@@ -19,12 +19,20 @@ struct Cli {
 enum Command {
     /// Show the version and the local data directory.
     Info,
+    /// Signing keys and trust stores.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCmd),
+    /// Create, sign, verify and inspect patch bundles.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCmd),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
+        Command::Keys(c) => cmd::keys::run(c, cli.json),
+        Command::Bundle(c) => cmd::bundle::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

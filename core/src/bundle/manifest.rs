@@ -190,6 +190,31 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Build a manifest from a JSON template (every field but `payloads`, any formatting, no
+    /// duplicate keys) and the payload entries.
+    pub fn from_template(
+        template: &[u8],
+        payloads: Vec<PayloadEntry>,
+    ) -> Result<Manifest, BundleError> {
+        let mut value = canonical::parse_strict(template).map_err(|e| match e {
+            CanonicalIssue::DuplicateKey(key) => {
+                BundleError::DuplicateKey { document: "manifest template".into(), key }
+            }
+            other => BundleError::InvalidManifest { reason: format!("template: {other:?}") },
+        })?;
+        let obj = value.as_object_mut().ok_or_else(|| BundleError::InvalidManifest {
+            reason: "the template must be a JSON object".into(),
+        })?;
+        let entries = serde_json::to_value(payloads)
+            .map_err(|e| BundleError::InvalidManifest { reason: e.to_string() })?;
+        obj.insert("payloads".into(), entries);
+        obj.entry("schema").or_insert(MANIFEST_SCHEMA.into());
+        let m: Manifest = serde_json::from_value(value)
+            .map_err(|e| BundleError::InvalidManifest { reason: format!("template: {e}") })?;
+        m.validate()?;
+        Ok(m)
+    }
+
     /// Check the manifest's own rules (names, digests, ranges, times).
     pub fn validate(&self) -> Result<(), BundleError> {
         let bad = |reason: String| Err(BundleError::InvalidManifest { reason });

@@ -120,6 +120,21 @@ impl TrustedKey {
     }
 }
 
+impl TrustedKey {
+    /// Describe a public key given as hex (as `fieldpatch keys generate` prints it).
+    pub fn from_hex(
+        public_hex: &str,
+        roles: Vec<Role>,
+        label: impl Into<String>,
+    ) -> Result<Self, BundleError> {
+        let raw = hex::decode(public_hex.trim()).ok().and_then(|r| <[u8; 32]>::try_from(r).ok());
+        let key = raw.and_then(|r| VerifyingKey::from_bytes(&r).ok()).ok_or_else(|| {
+            invalid(format!("{public_hex:?} is not an ed25519 public key (64 hex digits)"))
+        })?;
+        Ok(TrustedKey::new(&key, roles, label))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     key: VerifyingKey,
