@@ -96,7 +96,7 @@ fn main() {
         release_notes: String::new(),
     };
     let path = dir.path().join("bench.fpb");
-    create_bundle(&manifest, &[payload.clone()], &path).unwrap();
+    create_bundle(&manifest, std::slice::from_ref(&payload), &path).unwrap();
     std::fs::remove_file(&payload).unwrap();
     sign_bundle_file(&path, &release).unwrap();
     let file_len = std::fs::metadata(&path).unwrap().len();
