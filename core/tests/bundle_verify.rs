@@ -247,3 +247,24 @@ fn write_key(k: &ed25519_dalek::SigningKey, path: &std::path::Path) {
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
     std::io::Write::write_all(&mut f, pem.as_bytes()).unwrap();
 }
+
+#[test]
+fn payloads_too_large_to_hold_are_refused_for_flashing_but_verify_streaming() {
+    let kit = Kit::new();
+    let big = vec![0xa5u8; (64 << 20) + 1];
+    let m = kit.manifest(&[("big.bin", &big)]);
+    let path = kit.write("big.fpb", &kit.good(&m, &[&big]));
+    drop(big);
+    assert!(verify_file(&path, &kit.trust, &kit.policy()).unwrap().valid);
+    let e = VerifiedBundle::open(&path, &kit.trust, &kit.policy()).unwrap_err();
+    assert!(matches!(e.error, BundleError::PayloadTooLarge { .. }), "{e}");
+}
+
+#[test]
+fn hardware_revision_ranges_compare_versions_numerically_and_letters_as_text() {
+    let r = RevisionRange { min: Some("2".into()), max: Some("3.1".into()) };
+    assert!(r.contains("2") && r.contains("2.10") && r.contains("3.1"));
+    assert!(!r.contains("1.9") && !r.contains("3.2") && !r.contains("10"));
+    let letters = RevisionRange { min: Some("B".into()), max: None };
+    assert!(letters.contains("B") && letters.contains("C") && !letters.contains("A"));
+}

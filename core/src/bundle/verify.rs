@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
 
-/// Largest payload held in memory (for flashing, or to check an MCUboot image in it).
+/// Most payload bytes held in memory (for flashing, or to check an MCUboot image).
 pub const MAX_IN_MEMORY: u64 = 64 << 20;
 /// How far in the future a bundle's creation time may be before the clock is suspected.
 pub const CLOCK_SKEW: i64 = 300;
@@ -217,6 +217,15 @@ fn run(
     v.pass("manifest", "canonical, no duplicate keys, schema valid");
     if let Err((stage, e)) = check_header(&header, trust, policy, &mut v) {
         return Err(v.fail(stage, e));
+    }
+    let total = header.manifest.payload_total().unwrap_or(u64::MAX);
+    if hold == Hold::All && total > MAX_IN_MEMORY {
+        let e = BundleError::PayloadTooLarge {
+            name: "(all payloads together)".into(),
+            length: total,
+            limit: MAX_IN_MEMORY,
+        };
+        return Err(v.fail("payloads", e));
     }
     let mut buf = vec![0u8; CHUNK];
     for p in &header.manifest.payloads {
