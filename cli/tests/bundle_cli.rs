@@ -180,3 +180,143 @@ fn bad_key_files_and_missing_bundles_fail_with_advice() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing.fpb"));
 }
+
+#[test]
+fn a_downgrade_is_refused_until_two_rollback_approvers_sign_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut pubs = Vec::new();
+    for name in ["root", "rel", "rb1", "rb2"] {
+        let v = ok_json(d, &["--json", "keys", "generate", "--out", &format!("{name}.pem")]);
+        pubs.push((
+            v["key_id"].as_str().unwrap().to_string(),
+            v["public_key"].as_str().unwrap().to_string(),
+        ));
+    }
+    ok_json(
+        d,
+        &[
+            "--json",
+            "keys",
+            "trust-init",
+            "--out",
+            "trust.json",
+            "--key",
+            &format!("root={}", pubs[0].1),
+            "--key",
+            &format!("release={}", pubs[1].1),
+            "--key",
+            &format!("rollback={}", pubs[2].1),
+            "--key",
+            &format!("rollback={}", pubs[3].1),
+            "--threshold",
+            "rollback=2",
+            "--sign",
+            "root.pem",
+        ],
+    );
+    let template = serde_json::json!({
+        "bundle_id": "acme-s100-rollback-1.5.0",
+        "bundle_version": 1,
+        "target": {"vendor": "Acme", "model": "S-100", "hardware_revision": {}},
+        "applies_to": {"min": "2.0.0", "max": "2.0.0"},
+        "installs": "1.5.0",
+        "severity": {"cves": []},
+        "created": "2026-01-01T00:00:00Z",
+        "expires": "2026-06-01T00:00:00Z",
+        "evidence": {"test_report_sha256": "cd".repeat(32), "approvers": []},
+        "release_notes": "Back to 1.5.0: 2.0.0 drains the battery."
+    });
+    std::fs::write(d.join("tpl.json"), template.to_string()).unwrap();
+    std::fs::write(d.join("fw.bin"), b"older firmware").unwrap();
+    ok_json(
+        d,
+        &[
+            "--json",
+            "bundle",
+            "create",
+            "--template",
+            "tpl.json",
+            "--payload",
+            "fw.bin=fw.bin",
+            "--out",
+            "b.fpb",
+        ],
+    );
+    ok_json(d, &["--json", "bundle", "sign", "b.fpb", "--key", "rel.pem"]);
+
+    let check = |approval: bool| {
+        let mut args = vec![
+            "--json",
+            "bundle",
+            "check-device",
+            "b.fpb",
+            "--trust",
+            "trust.json",
+            "--vendor",
+            "Acme",
+            "--model",
+            "S-100",
+            "--installed",
+            "2.0.0",
+            "--at",
+            "2026-03-01T00:00:00Z",
+        ];
+        if approval {
+            args.extend(["--approval", "approval.json"]);
+        }
+        fp(d, &args)
+    };
+    let out = check(false);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("downgrade"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let approve = |key: &str| {
+        ok_json(
+            d,
+            &[
+                "--json",
+                "bundle",
+                "approve-rollback",
+                "--out",
+                "approval.json",
+                "--key",
+                key,
+                "--vendor",
+                "Acme",
+                "--model",
+                "S-100",
+                "--from",
+                "2.0.0",
+                "--to",
+                "1.5.0",
+                "--bundle-id",
+                "acme-s100-rollback-1.5.0",
+                "--reason",
+                "battery drain",
+                "--expires",
+                "2026-12-01T00:00:00Z",
+            ],
+        )
+    };
+    approve("rb1.pem");
+    let out = check(true);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requires 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let a = approve("rb2.pem");
+    assert_eq!(a["signatures"].as_array().unwrap().len(), 2);
+    let out = check(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["downgrade"], true);
+    assert_eq!(v["rollback_approved_by"].as_array().unwrap().len(), 2);
+}

@@ -211,6 +211,10 @@ fn a_bundle_carrying_an_imgtool_image_checks_the_vendor_signature() {
     assert!(check.detail.contains("vendor signature by"), "{}", check.detail);
     let held = bundle::VerifiedBundle::open(&ok, &trust, &k.policy()).unwrap();
     assert_eq!(held.payload("app.signed.bin").unwrap().bytes(), &image[..]);
+    assert_eq!(
+        held.payload("app.signed.bin").unwrap().device_image_hash(),
+        Some(imgtool_digest(&v, "app.signed.bin"))
+    );
 
     // A tampered image re-packed into a properly signed bundle: the bundle digest matches, the
     // vendor's MCUboot signature does not.

@@ -4,8 +4,10 @@ use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use clap::Subcommand;
 use fieldpatch_core::bundle::{
-    self, KeySource, Manifest, OfflineGrace, PayloadFormat, TrustStore, Verdict, VerifyPolicy,
+    self, KeySource, Manifest, OfflineGrace, PayloadFormat, RollbackApproval,
+    SignedRollbackApproval, TrustStore, Verdict, VerifyPolicy,
 };
+use fieldpatch_core::model::{DeviceIdentity, Version};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,6 +52,51 @@ pub enum BundleCmd {
     },
     /// Show a bundle's manifest and signatures (no trust decision).
     Inspect { bundle: PathBuf },
+    /// Create a signed rollback approval for one exact downgrade, or co-sign an existing one.
+    ApproveRollback {
+        /// Approval file: created if missing (all fields required), co-signed if present.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rollback approver's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        vendor: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// Version the device runs.
+        #[arg(long)]
+        from: Option<Version>,
+        /// Older version the bundle installs.
+        #[arg(long)]
+        to: Option<Version>,
+        #[arg(long)]
+        bundle_id: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        expires: Option<DateTime<Utc>>,
+    },
+    /// Verify a bundle, then check it against a device (target, versions, downgrade rule).
+    CheckDevice {
+        bundle: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        #[arg(long)]
+        vendor: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        hardware_revision: Option<String>,
+        /// Firmware version the device runs.
+        #[arg(long)]
+        installed: Version,
+        /// Rollback approval files.
+        #[arg(long = "approval")]
+        approvals: Vec<PathBuf>,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
 }
 
 pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
@@ -128,6 +175,94 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                 println!(
                     "signatures: {}",
                     if ids.is_empty() { "none".into() } else { ids.join(", ") }
+                );
+            }
+        }
+        BundleCmd::ApproveRollback {
+            out,
+            key,
+            vendor,
+            model,
+            from,
+            to,
+            bundle_id,
+            reason,
+            expires,
+        } => {
+            let key = KeySource::File(key).load()?;
+            let mut signed = if out.exists() {
+                SignedRollbackApproval::from_json(&std::fs::read(&out)?)?
+            } else {
+                let missing = || {
+                    anyhow::anyhow!(
+                        "a new approval needs --vendor --model --from --to --bundle-id --reason --expires"
+                    )
+                };
+                RollbackApproval {
+                    vendor: vendor.ok_or_else(missing)?,
+                    model: model.ok_or_else(missing)?,
+                    from: from.ok_or_else(missing)?,
+                    to: to.ok_or_else(missing)?,
+                    bundle_id: bundle_id.ok_or_else(missing)?,
+                    reason: reason.ok_or_else(missing)?,
+                    expires: expires.ok_or_else(missing)?,
+                }
+                .sign(&[])
+            };
+            signed.cosign(&key);
+            std::fs::write(&out, serde_json::to_vec_pretty(&signed)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            } else {
+                let a = &signed.approval;
+                println!(
+                    "approval {} {} {} -> {} now has {} signature(s)",
+                    a.vendor,
+                    a.model,
+                    a.from,
+                    a.to,
+                    signed.signatures.len()
+                );
+            }
+        }
+        BundleCmd::CheckDevice {
+            bundle: path,
+            trust,
+            vendor,
+            model,
+            hardware_revision,
+            installed,
+            approvals,
+            at,
+        } => {
+            let trust = TrustStore::load(&trust)?;
+            let now = at.unwrap_or_else(Utc::now);
+            let policy = VerifyPolicy { now, offline_grace: None };
+            let (manifest, _) =
+                bundle::verify_file_manifest(&path, &trust, &policy).map_err(|r| r.error)?;
+            let approvals = approvals
+                .iter()
+                .map(|p| {
+                    SignedRollbackApproval::from_json(&std::fs::read(p)?)
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let device = DeviceIdentity {
+                vendor: Some(vendor),
+                model: Some(model),
+                hardware_revision,
+                firmware_version: Some(installed),
+                ..Default::default()
+            };
+            let check = bundle::check_target(&manifest, &device, &trust, &approvals, now)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&check)?);
+            } else {
+                println!(
+                    "bundle applies: {} -> {}{}",
+                    check.installed,
+                    check.installs,
+                    if check.downgrade { " (approved downgrade)" } else { "" }
                 );
             }
         }

@@ -45,5 +45,5 @@ pub use signature::{SignatureEntry, key_id};
 pub use trust::{Role, SignedTrustStore, TrustStore, TrustStoreBody, TrustedKey};
 pub use verify::{
     AcceptRule, Check, OfflineGrace, Rejected, TargetCheck, Verdict, VerifiedBundle,
-    VerifiedPayload, VerifyPolicy, check_target, verify_file,
+    VerifiedPayload, VerifyPolicy, check_target, verify_file, verify_file_manifest,
 };

@@ -69,6 +69,12 @@ impl SignedRollbackApproval {
             .map_err(|e| BundleError::InvalidRollbackApproval { reason: e.to_string() })
     }
 
+    /// Add (or replace) `key`'s signature: a second approver co-signs the same approval.
+    pub fn cosign(&mut self, key: &SigningKey) {
+        let entry = signature::sign(CONTEXT_ROLLBACK, &self.approval.canonical_bytes(), key);
+        signature::upsert(&mut self.signatures, entry);
+    }
+
     /// Check the signatures reach the rollback threshold and the approval has not expired.
     pub fn verify(
         &self,

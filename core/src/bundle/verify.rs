@@ -128,6 +128,14 @@ impl VerifiedPayload {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// For an MCUboot payload, the image hash (hex) a device reports once this image is in a
+    /// slot: what the flash pipeline compares the device's answer with.
+    pub fn device_image_hash(&self) -> Option<String> {
+        if self.entry.format != PayloadFormat::Mcuboot {
+            return None;
+        }
+        McubootImage::parse(&self.bytes).ok()?.image_hash().map(hex::encode)
+    }
 }
 
 /// A bundle that passed verification, with its payloads held in memory read-only. These bytes are
@@ -180,8 +188,17 @@ pub fn verify_file(
     trust: &TrustStore,
     policy: &VerifyPolicy,
 ) -> Result<Verdict, Rejected> {
+    verify_file_manifest(path, trust, policy).map(|(_, v)| v)
+}
+
+/// [`verify_file`], also returning the manifest that was verified (read once, from the same pass).
+pub fn verify_file_manifest(
+    path: &Path,
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+) -> Result<(Manifest, Verdict), Rejected> {
     let mut held = Vec::new();
-    run(path, trust, policy, Hold::McubootOnly, &mut held).map(|(_, v)| v)
+    run(path, trust, policy, Hold::McubootOnly, &mut held).map(|(h, v)| (h.manifest, v))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
