@@ -432,6 +432,15 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
             BundleError::InvalidManifest { .. }
         ),
         case!(
+            "manifest with a malformed CVE id",
+            |k: &Kit| {
+                let mut m = k.manifest(&[("app.bin", A)]);
+                m.severity.cves.push("CVE-26-1; rm -rf /".into());
+                verify_bytes(k, "cve.fpb", &k.good(&m, &[A]), &k.policy())
+            },
+            BundleError::InvalidManifest { .. }
+        ),
+        case!(
             "manifest that is not JSON",
             |k: &Kit| {
                 let b = k.raw(b"{\"schema\":1", &[&k.release[0]], &[]);

@@ -259,6 +259,18 @@ impl Manifest {
                 return bad(format!("cvss {cvss:?} must be a decimal from 0.0 to 10.0"));
             }
         }
+        for cve in &self.severity.cves {
+            let ok =
+                cve.strip_prefix("CVE-").and_then(|r| r.split_once('-')).is_some_and(|(y, n)| {
+                    y.len() == 4
+                        && n.len() >= 4
+                        && y.bytes().all(|b| b.is_ascii_digit())
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !ok {
+                return bad(format!("{cve:?} is not a CVE id (CVE-YYYY-NNNN)"));
+            }
+        }
         if self.expires <= self.created {
             return bad("expires must be after created".into());
         }
