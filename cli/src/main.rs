@@ -22,6 +22,12 @@ enum Command {
     /// USB DFU devices: list, flash.
     #[command(subcommand)]
     Dfu(cmd::dfu::DfuCommand),
+    /// Signing keys and trust stores.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCmd),
+    /// Create, sign, verify and inspect patch bundles.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +35,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
         Command::Dfu(c) => cmd::dfu::run(c, cli.json),
+        Command::Keys(c) => cmd::keys::run(c, cli.json),
+        Command::Bundle(c) => cmd::bundle::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

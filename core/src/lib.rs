@@ -15,6 +15,7 @@
 //! * **Progress is a callback.** Long jobs report through [`progress::Progress`]; the CLI renders
 //!   progress bars, the app forwards events to the window.
 
+pub mod bundle;
 pub mod flash;
 pub mod image;
 pub mod model;

@@ -1,3 +1,6 @@
-//! Firmware image formats Fieldpatch reads natively.
+//! Firmware image formats Fieldpatch understands natively, parsed and checked before a byte is
+//! sent to a device. Parsers take bytes and never panic on hostile input; each format has its own
+//! error enum saying what was wrong.
 
 pub mod dfu_file;
+pub mod mcuboot;

@@ -1,0 +1,286 @@
+//! `fieldpatch bundle`: create, sign, verify and inspect patch bundles.
+
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use clap::Subcommand;
+use fieldpatch_core::bundle::{
+    self, KeySource, Manifest, OfflineGrace, PayloadFormat, RollbackApproval,
+    SignedRollbackApproval, TrustStore, Verdict, VerifyPolicy,
+};
+use fieldpatch_core::model::{DeviceIdentity, Version};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Create an unsigned bundle from a manifest template and payload files.
+    Create {
+        /// JSON manifest template: every manifest field except `payloads`.
+        #[arg(long)]
+        template: PathBuf,
+        /// A payload, in order: NAME=PATH.
+        #[arg(long = "payload", required = true)]
+        payloads: Vec<String>,
+        /// A payload's format: NAME=mcuboot|dfu|raw (default raw).
+        #[arg(long = "format")]
+        formats: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a detached signature over the bundle's manifest with a private key file.
+    Sign {
+        bundle: PathBuf,
+        /// Private key file (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify a bundle against a trust store; exit status 0 only when it is valid.
+    Verify {
+        bundle: PathBuf,
+        /// Trust store (JSON).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Verify as of this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+        /// When the catalog was last verified online (RFC 3339): enables offline grace.
+        #[arg(long, requires = "grace_days")]
+        last_online: Option<DateTime<Utc>>,
+        /// Offline grace period in days after a bundle's expiry.
+        #[arg(long, requires = "last_online")]
+        grace_days: Option<i64>,
+    },
+    /// Show a bundle's manifest and signatures (no trust decision).
+    Inspect { bundle: PathBuf },
+    /// Create a signed rollback approval for one exact downgrade, or co-sign an existing one.
+    ApproveRollback {
+        /// Approval file: created if missing (all fields required), co-signed if present.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rollback approver's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        vendor: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// Version the device runs.
+        #[arg(long)]
+        from: Option<Version>,
+        /// Older version the bundle installs.
+        #[arg(long)]
+        to: Option<Version>,
+        #[arg(long)]
+        bundle_id: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        expires: Option<DateTime<Utc>>,
+    },
+    /// Verify a bundle, then check it against a device (target, versions, downgrade rule).
+    CheckDevice {
+        bundle: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        #[arg(long)]
+        vendor: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        hardware_revision: Option<String>,
+        /// Firmware version the device runs.
+        #[arg(long)]
+        installed: Version,
+        /// Rollback approval files.
+        #[arg(long = "approval")]
+        approvals: Vec<PathBuf>,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+}
+
+pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BundleCmd::Create { template, payloads, formats, out } => {
+            let tpl = std::fs::read(&template)
+                .with_context(|| format!("reading {}", template.display()))?;
+            let mut entries = Vec::new();
+            let mut files = Vec::new();
+            for spec in &payloads {
+                let (name, path) = spec.split_once('=').context("--payload must be NAME=PATH")?;
+                let format = formats
+                    .iter()
+                    .find_map(|f| f.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                    .map_or(Ok(PayloadFormat::Raw), str::parse)
+                    .map_err(anyhow::Error::msg)?;
+                entries.push(bundle::container::payload_entry(name, format, path.as_ref())?);
+                files.push(PathBuf::from(path));
+            }
+            let manifest = Manifest::from_template(&tpl, entries)?;
+            bundle::create_bundle(&manifest, &files, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+            } else {
+                println!("bundle {} written to {} (unsigned)", manifest.bundle_id, out.display());
+            }
+        }
+        BundleCmd::Sign { bundle: path, key } => {
+            let key = KeySource::File(key).load()?;
+            let entry = bundle::sign_bundle_file(&path, &key)?;
+            if json {
+                println!("{}", serde_json::json!({"key_id": entry.key_id}));
+            } else {
+                println!("signed {} with key {}", path.display(), entry.key_id);
+            }
+        }
+        BundleCmd::Verify { bundle: path, trust, at, last_online, grace_days } => {
+            let trust = TrustStore::load(&trust)?;
+            let policy = VerifyPolicy {
+                now: at.unwrap_or_else(Utc::now),
+                offline_grace: last_online.zip(grace_days).map(|(last, days)| OfflineGrace {
+                    last_online_verification: last,
+                    grace: Duration::days(days),
+                }),
+            };
+            let (verdict, ok) = match bundle::verify_file(&path, &trust, &policy) {
+                Ok(v) => (v, true),
+                Err(r) => (*r.verdict, false),
+            };
+            print_verdict(&verdict, json)?;
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        BundleCmd::Inspect { bundle: path } => {
+            let info = bundle::inspect_file(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                let m = &info.manifest;
+                println!(
+                    "bundle {} (revision {}), {} bytes",
+                    m.bundle_id, m.bundle_version, info.file_len
+                );
+                println!(
+                    "target {} {} hw {}",
+                    m.target.vendor, m.target.model, m.target.hardware_revision
+                );
+                println!("applies to {}, installs {}", m.applies_to, m.installs);
+                println!("created {}, expires {}", m.created.to_rfc3339(), m.expires.to_rfc3339());
+                for p in &m.payloads {
+                    println!(
+                        "payload {} ({:?}) {} bytes sha256 {}",
+                        p.name, p.format, p.length, p.sha256
+                    );
+                }
+                let ids: Vec<_> = info.signatures.iter().map(|s| s.key_id.as_str()).collect();
+                println!(
+                    "signatures: {}",
+                    if ids.is_empty() { "none".into() } else { ids.join(", ") }
+                );
+            }
+        }
+        BundleCmd::ApproveRollback {
+            out,
+            key,
+            vendor,
+            model,
+            from,
+            to,
+            bundle_id,
+            reason,
+            expires,
+        } => {
+            let key = KeySource::File(key).load()?;
+            let mut signed = if out.exists() {
+                SignedRollbackApproval::from_json(&std::fs::read(&out)?)?
+            } else {
+                let missing = || {
+                    anyhow::anyhow!(
+                        "a new approval needs --vendor --model --from --to --bundle-id --reason --expires"
+                    )
+                };
+                RollbackApproval {
+                    vendor: vendor.ok_or_else(missing)?,
+                    model: model.ok_or_else(missing)?,
+                    from: from.ok_or_else(missing)?,
+                    to: to.ok_or_else(missing)?,
+                    bundle_id: bundle_id.ok_or_else(missing)?,
+                    reason: reason.ok_or_else(missing)?,
+                    expires: expires.ok_or_else(missing)?,
+                }
+                .sign(&[])
+            };
+            signed.cosign(&key);
+            std::fs::write(&out, serde_json::to_vec_pretty(&signed)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            } else {
+                let a = &signed.approval;
+                println!(
+                    "approval {} {} {} -> {} now has {} signature(s)",
+                    a.vendor,
+                    a.model,
+                    a.from,
+                    a.to,
+                    signed.signatures.len()
+                );
+            }
+        }
+        BundleCmd::CheckDevice {
+            bundle: path,
+            trust,
+            vendor,
+            model,
+            hardware_revision,
+            installed,
+            approvals,
+            at,
+        } => {
+            let trust = TrustStore::load(&trust)?;
+            let now = at.unwrap_or_else(Utc::now);
+            let policy = VerifyPolicy { now, offline_grace: None };
+            let (manifest, _) =
+                bundle::verify_file_manifest(&path, &trust, &policy).map_err(|r| r.error)?;
+            let approvals = approvals
+                .iter()
+                .map(|p| {
+                    SignedRollbackApproval::from_json(&std::fs::read(p)?)
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let device = DeviceIdentity {
+                vendor: Some(vendor),
+                model: Some(model),
+                hardware_revision,
+                firmware_version: Some(installed),
+                ..Default::default()
+            };
+            let check = bundle::check_target(&manifest, &device, &trust, &approvals, now)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&check)?);
+            } else {
+                println!(
+                    "bundle applies: {} -> {}{}",
+                    check.installed,
+                    check.installs,
+                    if check.downgrade { " (approved downgrade)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    for c in &v.checks {
+        println!("{} {:<16} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+    }
+    match &v.error {
+        None => println!("VALID"),
+        Some(e) => println!("INVALID ({}): {}", e.code, e.message),
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `fieldpatch keys`: signing keys and trust stores.
+
+use anyhow::Context;
+use clap::Subcommand;
+use fieldpatch_core::bundle::{KeySource, Role, TrustStoreBody, TrustedKey, generate_key_file};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Generate an ed25519 signing key. The private key goes to --out (mode 0600, never printed);
+    /// the key id and public key are printed.
+    Generate {
+        /// File for the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the key id and public key of a private key file.
+    Public {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Create a signed trust store from public keys, roles and thresholds.
+    TrustInit {
+        /// Where to write the trust store (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// A key: ROLE[,ROLE...]=PUBLIC_KEY_HEX[:LABEL] (roles: root, release, rollback, vendor_image).
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+        /// A threshold: ROLE=N (default 1 per role).
+        #[arg(long = "threshold")]
+        thresholds: Vec<String>,
+        /// Root private key files to sign the store with.
+        #[arg(long = "sign", required = true)]
+        signers: Vec<PathBuf>,
+        /// Trust-store version.
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+    },
+}
+
+/// Where a private key comes from. Only files today; the OS keyring is another source.
+fn key_source(path: &std::path::Path) -> KeySource {
+    KeySource::File(path.to_path_buf())
+}
+
+pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCmd::Generate { out } => {
+            let (id, public) = generate_key_file(&out)?;
+            print_key(&id, &public, json)?;
+            if !json {
+                eprintln!("private key written to {} (mode 0600)", out.display());
+            }
+        }
+        KeysCmd::Public { key } => {
+            let k = key_source(&key).load()?.verifying_key();
+            let id = fieldpatch_core::bundle::key_id(&k);
+            print_key(&id, &hex_encode(k.as_bytes()), json)?;
+        }
+        KeysCmd::TrustInit { out, keys, thresholds, signers, version } => {
+            let mut body =
+                TrustStoreBody { version, keys: Vec::new(), thresholds: BTreeMap::new() };
+            for spec in &keys {
+                let (roles, rest) =
+                    spec.split_once('=').context("--key must be ROLES=PUBLIC_HEX[:LABEL]")?;
+                let (public, label) = rest.split_once(':').unwrap_or((rest, ""));
+                let roles = roles
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<Role>, _>>()
+                    .map_err(anyhow::Error::msg)?;
+                body.keys.push(TrustedKey::from_hex(public, roles, label)?);
+            }
+            for spec in &thresholds {
+                let (role, n) = spec.split_once('=').context("--threshold must be ROLE=N")?;
+                body.thresholds.insert(
+                    role.parse().map_err(anyhow::Error::msg)?,
+                    n.parse().context("threshold must be a number")?,
+                );
+            }
+            let keys =
+                signers.iter().map(|p| key_source(p).load()).collect::<Result<Vec<_>, _>>()?;
+            let doc = body.sign(&keys.iter().collect::<Vec<_>>());
+            let store = fieldpatch_core::bundle::TrustStore::provision(doc)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(store.document())?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            if json {
+                println!("{}", serde_json::json!({"trust_store": out, "version": store.version()}));
+            } else {
+                println!("trust store version {} written to {}", store.version(), out.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn print_key(id: &str, public: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::json!({"key_id": id, "public_key": public}));
+    } else {
+        println!("key id:     {id}");
+        println!("public key: {public}");
+    }
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! The bundle file format.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "FPBUNDLE"
+//! 8       4     format version (u32 little-endian) = 1
+//! 12      4     manifest length M (u32 LE), at most MAX_MANIFEST_LEN
+//! 16      M     manifest: canonical JSON
+//! 16+M    4     signature block length S (u32 LE), at most MAX_SIGNATURES_LEN
+//! 20+M    S     signature block: canonical JSON array of {key_id, signature}
+//! 20+M+S  ...   payloads, concatenated in manifest order, exactly as long as the manifest says
+//! ```
+//!
+//! The header (everything before the payloads) is small and bounded, so it is read whole; the
+//! payloads are only ever streamed. Signing rewrites the signature block by streaming the payloads
+//! into a new file beside the old one and renaming it into place.
+
+use super::BundleError;
+use super::canonical::{self, CanonicalIssue};
+use super::manifest::{Manifest, PayloadEntry};
+use super::signature::{self, CONTEXT_MANIFEST, MAX_SIGNATURES, SignatureEntry};
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"FPBUNDLE";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MAX_MANIFEST_LEN: u64 = 1 << 20;
+pub const MAX_SIGNATURES_LEN: u64 = 64 << 10;
+/// Chunk size for streaming payloads.
+pub const CHUNK: usize = 1 << 20;
+
+/// The parsed header of a bundle: manifest, its exact bytes, and the signatures.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub signatures: Vec<SignatureEntry>,
+    /// Bytes before the first payload.
+    pub header_len: u64,
+}
+
+/// What `bundle inspect` shows: the structure, without any trust decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleInfo {
+    pub format_version: u32,
+    pub file_len: u64,
+    pub header_len: u64,
+    pub manifest: Manifest,
+    pub signatures: Vec<SignatureEntry>,
+}
+
+fn read_exact_counted<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+    what: &str,
+    remaining: &mut u64,
+) -> Result<(), BundleError> {
+    let need = buf.len() as u64;
+    if need > *remaining {
+        return Err(BundleError::Truncated {
+            what: what.into(),
+            needed: need,
+            available: *remaining,
+        });
+    }
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            BundleError::Truncated { what: what.into(), needed: need, available: 0 }
+        } else {
+            BundleError::io(format!("reading the {what}"), e)
+        }
+    })?;
+    *remaining -= need;
+    Ok(())
+}
+
+fn read_len<R: Read>(
+    r: &mut R,
+    what: &str,
+    limit: u64,
+    remaining: &mut u64,
+) -> Result<usize, BundleError> {
+    let mut b = [0u8; 4];
+    read_exact_counted(r, &mut b, &format!("{what} length"), remaining)?;
+    let len = u32::from_le_bytes(b) as u64;
+    if len > limit {
+        return Err(BundleError::LengthTooLarge { field: what.into(), value: len, limit });
+    }
+    if len > *remaining {
+        return Err(BundleError::Truncated {
+            what: what.into(),
+            needed: len,
+            available: *remaining,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Parse a signature block (canonical JSON array).
+pub fn parse_signatures(bytes: &[u8]) -> Result<Vec<SignatureEntry>, BundleError> {
+    let value = canonical::parse_canonical(bytes).map_err(|e| match e {
+        CanonicalIssue::DuplicateKey(key) => {
+            BundleError::DuplicateKey { document: "signature block".into(), key }
+        }
+        CanonicalIssue::NotCanonical | CanonicalIssue::Float => {
+            BundleError::NonCanonical { document: "signature block".into() }
+        }
+        CanonicalIssue::Syntax(reason) => BundleError::InvalidSignatureBlock { reason },
+    })?;
+    let sigs: Vec<SignatureEntry> = serde_json::from_value(value)
+        .map_err(|e| BundleError::InvalidSignatureBlock { reason: e.to_string() })?;
+    if sigs.len() > MAX_SIGNATURES {
+        return Err(BundleError::LengthTooLarge {
+            field: "signature count".into(),
+            value: sigs.len() as u64,
+            limit: MAX_SIGNATURES as u64,
+        });
+    }
+    Ok(sigs)
+}
+
+fn signatures_bytes(sigs: &[SignatureEntry]) -> Vec<u8> {
+    canonical::to_canonical_of(&sigs).unwrap_or_default()
+}
+
+/// Read and check the header from `r`, positioned at the start of a bundle of `file_len` bytes.
+/// Also checks that the payload lengths the manifest declares fill the rest of the file exactly.
+pub fn read_header<R: Read>(r: &mut R, file_len: u64) -> Result<Header, BundleError> {
+    let mut remaining = file_len;
+    let mut magic = [0u8; 8];
+    if file_len < 8 {
+        return Err(BundleError::BadMagic);
+    }
+    read_exact_counted(r, &mut magic, "magic", &mut remaining)?;
+    if &magic != MAGIC {
+        return Err(BundleError::BadMagic);
+    }
+    let mut v = [0u8; 4];
+    read_exact_counted(r, &mut v, "format version", &mut remaining)?;
+    let version = u32::from_le_bytes(v);
+    if version != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedFormatVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let mlen = read_len(r, "manifest", MAX_MANIFEST_LEN, &mut remaining)?;
+    let mut manifest_bytes = vec![0u8; mlen];
+    read_exact_counted(r, &mut manifest_bytes, "manifest", &mut remaining)?;
+    let slen = read_len(r, "signature block", MAX_SIGNATURES_LEN, &mut remaining)?;
+    let mut sig_bytes = vec![0u8; slen];
+    read_exact_counted(r, &mut sig_bytes, "signature block", &mut remaining)?;
+    let manifest = Manifest::from_canonical_bytes(&manifest_bytes)?;
+    let signatures = parse_signatures(&sig_bytes)?;
+    let declared = manifest.payload_total().ok_or_else(|| BundleError::LengthTooLarge {
+        field: "total payload length".into(),
+        value: u64::MAX,
+        limit: file_len,
+    })?;
+    if declared > remaining {
+        return Err(BundleError::Truncated {
+            what: "payloads".into(),
+            needed: declared,
+            available: remaining,
+        });
+    }
+    if declared < remaining {
+        return Err(BundleError::PayloadLengthMismatch { declared, actual: remaining });
+    }
+    Ok(Header { manifest, manifest_bytes, signatures, header_len: file_len - remaining })
+}
+
+/// Parse a whole bundle held in memory, header only (for fuzzing and small tools).
+pub fn parse_header_bytes(bytes: &[u8]) -> Result<Header, BundleError> {
+    read_header(&mut &bytes[..], bytes.len() as u64)
+}
+
+fn open(path: &Path) -> Result<(File, u64), BundleError> {
+    let f = File::open(path)
+        .map_err(|e| BundleError::io(format!("opening bundle {}", path.display()), e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| BundleError::io(format!("reading bundle {}", path.display()), e))?
+        .len();
+    Ok((f, len))
+}
+
+/// Open a bundle file and read its header; the returned file is positioned at the first payload.
+pub fn open_file(path: &Path) -> Result<(File, u64, Header), BundleError> {
+    let (mut f, len) = open(path)?;
+    let header = read_header(&mut f, len)?;
+    Ok((f, len, header))
+}
+
+/// Describe a bundle file's structure (no trust decision, payloads not hashed).
+pub fn inspect_file(path: &Path) -> Result<BundleInfo, BundleError> {
+    let (_, file_len, h) = open_file(path)?;
+    Ok(BundleInfo {
+        format_version: FORMAT_VERSION,
+        file_len,
+        header_len: h.header_len,
+        manifest: h.manifest,
+        signatures: h.signatures,
+    })
+}
+
+/// Describe a payload file: its length and SHA-256, streamed.
+pub fn payload_entry(
+    name: &str,
+    format: super::PayloadFormat,
+    path: &Path,
+) -> Result<PayloadEntry, BundleError> {
+    super::manifest::check_payload_name(name)?;
+    let mut f = File::open(path)
+        .map_err(|e| BundleError::io(format!("opening payload {}", path.display()), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut length = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| BundleError::io(format!("reading payload {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        length += n as u64;
+    }
+    Ok(PayloadEntry { name: name.into(), format, length, sha256: hex::encode(h.finalize()) })
+}
+
+fn write_header<W: Write>(
+    w: &mut W,
+    manifest_bytes: &[u8],
+    sigs: &[SignatureEntry],
+) -> std::io::Result<()> {
+    let sig_bytes = signatures_bytes(sigs);
+    w.write_all(MAGIC)?;
+    w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    w.write_all(&(manifest_bytes.len() as u32).to_le_bytes())?;
+    w.write_all(manifest_bytes)?;
+    w.write_all(&(sig_bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&sig_bytes)
+}
+
+/// Copy exactly `len` bytes from `r` to `w`, hashing them; returns the SHA-256.
+fn copy_hashed<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    len: u64,
+    buf: &mut [u8],
+) -> std::io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "payload ended early",
+            ));
+        }
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+fn temp_beside(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    out.with_file_name(name)
+}
+
+fn finish(tmp: &Path, out: &Path, file: File) -> Result<(), BundleError> {
+    file.sync_all().map_err(|e| BundleError::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(tmp, out)
+        .map_err(|e| BundleError::io(format!("moving the bundle into {}", out.display()), e))
+}
+
+/// Write a new, unsigned bundle to `out` from `manifest` and the payload files (in manifest
+/// order). Each payload is re-hashed while it is copied and must match its manifest entry.
+pub fn create_bundle(
+    manifest: &Manifest,
+    payload_files: &[PathBuf],
+    out: &Path,
+) -> Result<(), BundleError> {
+    manifest.validate()?;
+    if payload_files.len() != manifest.payloads.len() {
+        return Err(BundleError::InvalidManifest {
+            reason: format!(
+                "{} payload files given for {} manifest payloads",
+                payload_files.len(),
+                manifest.payloads.len()
+            ),
+        });
+    }
+    let manifest_bytes = manifest.canonical_bytes()?;
+    let tmp = temp_beside(out);
+    let result = (|| {
+        let file = File::create(&tmp)
+            .map_err(|e| BundleError::io(format!("creating {}", tmp.display()), e))?;
+        let mut w = std::io::BufWriter::new(file);
+        let werr = |e| BundleError::io(format!("writing {}", tmp.display()), e);
+        write_header(&mut w, &manifest_bytes, &[]).map_err(werr)?;
+        let mut buf = vec![0u8; CHUNK];
+        for (entry, path) in manifest.payloads.iter().zip(payload_files) {
+            let mut f = File::open(path)
+                .map_err(|e| BundleError::io(format!("opening payload {}", path.display()), e))?;
+            let actual_len = f
+                .metadata()
+                .map_err(|e| BundleError::io(format!("reading payload {}", path.display()), e))?
+                .len();
+            if actual_len != entry.length {
+                return Err(BundleError::PayloadLengthMismatch {
+                    declared: entry.length,
+                    actual: actual_len,
+                });
+            }
+            let digest = copy_hashed(&mut f, &mut w, entry.length, &mut buf).map_err(werr)?;
+            if hex::encode(digest) != entry.sha256 {
+                return Err(BundleError::PayloadHashMismatch {
+                    name: entry.name.clone(),
+                    expected: entry.sha256.clone(),
+                    actual: hex::encode(digest),
+                });
+            }
+        }
+        let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+        finish(&tmp, out, file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Add (or replace) `key`'s signature over the manifest of the bundle at `path`, in place.
+/// Returns the new signature entry. Payload bytes are copied unchanged.
+pub fn sign_bundle_file(path: &Path, key: &SigningKey) -> Result<SignatureEntry, BundleError> {
+    let (mut src, _, header) = open_file(path)?;
+    let entry = signature::sign(CONTEXT_MANIFEST, &header.manifest_bytes, key);
+    let mut sigs = header.signatures.clone();
+    signature::upsert(&mut sigs, entry.clone());
+    if sigs.len() > MAX_SIGNATURES {
+        return Err(BundleError::LengthTooLarge {
+            field: "signature count".into(),
+            value: sigs.len() as u64,
+            limit: MAX_SIGNATURES as u64,
+        });
+    }
+    let tmp = temp_beside(path);
+    let result = (|| {
+        let file = File::create(&tmp)
+            .map_err(|e| BundleError::io(format!("creating {}", tmp.display()), e))?;
+        let mut w = std::io::BufWriter::new(file);
+        let werr = |e| BundleError::io(format!("writing {}", tmp.display()), e);
+        write_header(&mut w, &header.manifest_bytes, &sigs).map_err(werr)?;
+        let total = header.manifest.payload_total().unwrap_or(0);
+        let copied = std::io::copy(&mut (&mut src).take(total), &mut w).map_err(werr)?;
+        if copied != total {
+            return Err(BundleError::Truncated {
+                what: "payloads".into(),
+                needed: total,
+                available: copied,
+            });
+        }
+        let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+        finish(&tmp, path, file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| entry)
+}
+
+/// Assemble a bundle in memory from parts, signatures included. For tests and tools that build
+/// deliberately odd bundles; no checks are made.
+pub fn assemble_raw(manifest_bytes: &[u8], sigs: &[SignatureEntry], payloads: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = write_header(&mut out, manifest_bytes, sigs);
+    for p in payloads {
+        out.extend_from_slice(p);
+    }
+    out
+}

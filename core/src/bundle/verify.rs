@@ -1,0 +1,522 @@
+//! Verification: a bundle file against a trust store and a time policy ([`verify_file`],
+//! [`VerifiedBundle::open`]), and a verified manifest against a device ([`check_target`]).
+//!
+//! Order of checks: container structure and lengths, manifest, signatures and threshold, approver
+//! evidence, validity period (with offline grace), then payload digests while streaming, then
+//! MCUboot image checks (digest TLV, vendor signature when the trust store knows vendor keys).
+
+use super::BundleError;
+use super::container::{self, CHUNK, Header};
+use super::manifest::{Manifest, PayloadEntry, PayloadFormat};
+use super::rollback::SignedRollbackApproval;
+use super::signature::{self, CONTEXT_MANIFEST};
+use super::trust::{Role, TrustStore};
+use crate::image::mcuboot::McubootImage;
+use crate::model::{DeviceIdentity, Version};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+
+/// Most payload bytes held in memory (for flashing, or to check an MCUboot image).
+pub const MAX_IN_MEMORY: u64 = 64 << 20;
+/// How far in the future a bundle's creation time may be before the clock is suspected.
+pub const CLOCK_SKEW: i64 = 300;
+
+/// Offline grace: the catalog was last verified online at `last_online_verification`; an expired
+/// bundle stays usable until `expires + grace` if it had not yet expired at that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OfflineGrace {
+    pub last_online_verification: DateTime<Utc>,
+    #[serde(serialize_with = "ser_duration")]
+    pub grace: Duration,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(d.num_seconds())
+}
+
+/// The time rules a verification applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    pub now: DateTime<Utc>,
+    pub offline_grace: Option<OfflineGrace>,
+}
+
+impl VerifyPolicy {
+    /// Verify as of now, online (no grace).
+    pub fn now() -> Self {
+        VerifyPolicy { now: Utc::now(), offline_grace: None }
+    }
+}
+
+/// Which rule let an accepted bundle through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum AcceptRule {
+    /// Signed, within its validity period.
+    Valid { expires: DateTime<Utc> },
+    /// Expired, but verified online before expiry and still within the offline grace period.
+    OfflineGrace {
+        expired_at: DateTime<Utc>,
+        grace_until: DateTime<Utc>,
+        last_online_verification: DateTime<Utc>,
+    },
+}
+
+/// One check and its outcome, in the order made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The error part of a verdict, for `--json` and the app bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerdictError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The structured outcome of verifying a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Verdict {
+    pub valid: bool,
+    pub bundle_id: Option<String>,
+    pub bundle_version: Option<u32>,
+    pub installs: Option<String>,
+    /// Key ids whose signatures verified.
+    pub signers: Vec<String>,
+    pub rule: Option<AcceptRule>,
+    pub checks: Vec<Check>,
+    pub error: Option<VerdictError>,
+}
+
+impl Verdict {
+    fn pass(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check { name: name.into(), ok: true, detail: detail.into() });
+    }
+    fn fail(mut self, name: &str, error: BundleError) -> Rejected {
+        self.valid = false;
+        self.checks.push(Check { name: name.into(), ok: false, detail: error.to_string() });
+        self.error = Some(VerdictError { code: error.code().into(), message: error.to_string() });
+        Rejected { error, verdict: Box::new(self) }
+    }
+}
+
+/// A refused bundle: the specific error and the verdict recording the checks made.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected {
+    pub error: BundleError,
+    pub verdict: Box<Verdict>,
+}
+
+/// One verified payload held in memory: exactly the bytes that were hashed.
+#[derive(Debug, Clone)]
+pub struct VerifiedPayload {
+    entry: PayloadEntry,
+    bytes: Vec<u8>,
+}
+
+impl VerifiedPayload {
+    pub fn entry(&self) -> &PayloadEntry {
+        &self.entry
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    /// For an MCUboot payload, the image hash (hex) a device reports once this image is in a
+    /// slot: what the flash pipeline compares the device's answer with.
+    pub fn device_image_hash(&self) -> Option<String> {
+        if self.entry.format != PayloadFormat::Mcuboot {
+            return None;
+        }
+        McubootImage::parse(&self.bytes).ok()?.image_hash().map(hex::encode)
+    }
+}
+
+/// A bundle that passed verification, with its payloads held in memory read-only. These bytes are
+/// what the flash pipeline sends.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    manifest: Manifest,
+    payloads: Vec<VerifiedPayload>,
+    verdict: Verdict,
+}
+
+impl VerifiedBundle {
+    /// Verify the bundle at `path` and hold its payloads (each at most [`MAX_IN_MEMORY`]).
+    pub fn open(
+        path: &Path,
+        trust: &TrustStore,
+        policy: &VerifyPolicy,
+    ) -> Result<VerifiedBundle, Rejected> {
+        let mut held = Vec::new();
+        let (header, verdict) = run(path, trust, policy, Hold::All, &mut held)?;
+        let payloads = header
+            .manifest
+            .payloads
+            .iter()
+            .cloned()
+            .zip(held)
+            .map(|(entry, bytes)| VerifiedPayload { entry, bytes: bytes.unwrap_or_default() })
+            .collect();
+        Ok(VerifiedBundle { manifest: header.manifest, payloads, verdict })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn payloads(&self) -> &[VerifiedPayload] {
+        &self.payloads
+    }
+    pub fn payload(&self, name: &str) -> Option<&VerifiedPayload> {
+        self.payloads.iter().find(|p| p.entry.name == name)
+    }
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+}
+
+/// Verify the bundle at `path` streaming: bounded memory whatever its size (only MCUboot payloads
+/// up to [`MAX_IN_MEMORY`] are held, to check the image inside). Returns the verdict when valid.
+pub fn verify_file(
+    path: &Path,
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+) -> Result<Verdict, Rejected> {
+    verify_file_manifest(path, trust, policy).map(|(_, v)| v)
+}
+
+/// [`verify_file`], also returning the manifest that was verified (read once, from the same pass).
+pub fn verify_file_manifest(
+    path: &Path,
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+) -> Result<(Manifest, Verdict), Rejected> {
+    let mut held = Vec::new();
+    run(path, trust, policy, Hold::McubootOnly, &mut held).map(|(h, v)| (h.manifest, v))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    All,
+    McubootOnly,
+}
+
+fn run(
+    path: &Path,
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+    hold: Hold,
+    held: &mut Vec<Option<Vec<u8>>>,
+) -> Result<(Header, Verdict), Rejected> {
+    let mut v = Verdict::default();
+    let (mut file, _len, header) = match container::open_file(path) {
+        Ok(x) => x,
+        Err(e) => return Err(v.fail("container", e)),
+    };
+    let m = &header.manifest;
+    v.bundle_id = Some(m.bundle_id.clone());
+    v.bundle_version = Some(m.bundle_version);
+    v.installs = Some(m.installs.to_string());
+    v.pass(
+        "container",
+        format!(
+            "format {}, {} payload(s), lengths fill the file",
+            container::FORMAT_VERSION,
+            m.payloads.len()
+        ),
+    );
+    v.pass("manifest", "canonical, no duplicate keys, schema valid");
+    if let Err((stage, e)) = check_header(&header, trust, policy, &mut v) {
+        return Err(v.fail(stage, e));
+    }
+    let total = header.manifest.payload_total().unwrap_or(u64::MAX);
+    if hold == Hold::All && total > MAX_IN_MEMORY {
+        let e = BundleError::PayloadTooLarge {
+            name: "(all payloads together)".into(),
+            length: total,
+            limit: MAX_IN_MEMORY,
+        };
+        return Err(v.fail("payloads", e));
+    }
+    let mut buf = vec![0u8; CHUNK];
+    for p in &header.manifest.payloads {
+        let keep = hold == Hold::All || p.format == PayloadFormat::Mcuboot;
+        let check = format!("payload:{}", p.name);
+        if keep && p.length > MAX_IN_MEMORY {
+            let e = BundleError::PayloadTooLarge {
+                name: p.name.clone(),
+                length: p.length,
+                limit: MAX_IN_MEMORY,
+            };
+            return Err(v.fail(&check, e));
+        }
+        let mut bytes = keep.then(|| Vec::with_capacity(p.length as usize));
+        match hash_payload(&mut file, p, &mut buf, bytes.as_mut()) {
+            Ok(()) => v.pass(&check, format!("{} bytes, sha256 {}", p.length, p.sha256)),
+            Err(e) => return Err(v.fail(&check, e)),
+        }
+        if p.format == PayloadFormat::Mcuboot {
+            let image_check = format!("image:{}", p.name);
+            match check_mcuboot(p, bytes.as_deref().unwrap_or_default(), &header.manifest, trust) {
+                Ok(detail) => v.pass(&image_check, detail),
+                Err(e) => return Err(v.fail(&image_check, e)),
+            }
+        }
+        held.push(if hold == Hold::All { bytes } else { None });
+    }
+    v.valid = true;
+    Ok((header, v))
+}
+
+fn hash_payload(
+    file: &mut std::fs::File,
+    p: &PayloadEntry,
+    buf: &mut [u8],
+    mut keep: Option<&mut Vec<u8>>,
+) -> Result<(), BundleError> {
+    let mut h = Sha256::new();
+    let mut left = p.length;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file
+            .read(&mut buf[..want])
+            .map_err(|e| BundleError::io(format!("reading payload {:?}", p.name), e))?;
+        if n == 0 {
+            return Err(BundleError::Truncated {
+                what: format!("payload {:?}", p.name),
+                needed: left,
+                available: 0,
+            });
+        }
+        h.update(&buf[..n]);
+        if let Some(k) = keep.as_deref_mut() {
+            k.extend_from_slice(&buf[..n]);
+        }
+        left -= n as u64;
+    }
+    let actual = hex::encode(h.finalize());
+    if actual != p.sha256 {
+        return Err(BundleError::PayloadHashMismatch {
+            name: p.name.clone(),
+            expected: p.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn check_mcuboot(
+    p: &PayloadEntry,
+    bytes: &[u8],
+    manifest: &Manifest,
+    trust: &TrustStore,
+) -> Result<String, BundleError> {
+    let image_err = |source| BundleError::Image { name: p.name.clone(), source };
+    let img = McubootImage::parse(bytes).map_err(image_err)?;
+    let hash = img.verify_hash().map_err(image_err)?;
+    let vendor_keys = trust.keys_with_role(Role::VendorImage);
+    let mut detail = format!("MCUboot image {} hash {}", img.header.version, hex::encode(&hash));
+    if vendor_keys.is_empty() {
+        detail.push_str("; no vendor key in the trust store, vendor signature not checked");
+    } else {
+        let keys: Vec<_> = vendor_keys.iter().map(|(_, k)| *k).collect();
+        let used = img.verify_ed25519(&keys).map_err(image_err)?;
+        detail.push_str(&format!("; vendor signature by {}", signature::key_id(&used)));
+    }
+    if manifest.payloads.len() == 1 && img.header.version != manifest.installs {
+        return Err(BundleError::InvalidManifest {
+            reason: format!(
+                "the manifest installs {} but the MCUboot image header says {}",
+                manifest.installs, img.header.version
+            ),
+        });
+    }
+    Ok(detail)
+}
+
+fn check_header(
+    header: &Header,
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+    v: &mut Verdict,
+) -> Result<(), (&'static str, BundleError)> {
+    let m = &header.manifest;
+    let signers = signature::check_threshold(
+        "bundle manifest",
+        CONTEXT_MANIFEST,
+        &header.manifest_bytes,
+        &header.signatures,
+        trust,
+        Role::Release,
+    )
+    .map_err(|e| ("signatures", e))?;
+    v.pass(
+        "signatures",
+        format!(
+            "{} valid release signature(s) ({}), threshold {}",
+            signers.len(),
+            signers.join(", "),
+            trust.threshold(Role::Release)
+        ),
+    );
+    v.signers = signers.clone();
+    for a in &m.evidence.approvers {
+        if !signers.contains(a) {
+            return Err(("evidence", BundleError::ApproverDidNotSign { key_id: a.clone() }));
+        }
+    }
+    v.pass(
+        "evidence",
+        format!(
+            "test report sha256 {}, approvers {} all signed",
+            m.evidence.test_report_sha256,
+            m.evidence.approvers.join(", ")
+        ),
+    );
+    let rule = time_rule(m, policy).map_err(|e| ("validity_period", e))?;
+    v.pass(
+        "validity_period",
+        match &rule {
+            AcceptRule::Valid { expires } => format!("valid until {}", expires.to_rfc3339()),
+            AcceptRule::OfflineGrace { expired_at, grace_until, last_online_verification } => {
+                format!(
+                    "expired at {}, accepted under offline grace until {} (last verified online {})",
+                    expired_at.to_rfc3339(),
+                    grace_until.to_rfc3339(),
+                    last_online_verification.to_rfc3339()
+                )
+            }
+        },
+    );
+    v.rule = Some(rule);
+    Ok(())
+}
+
+fn time_rule(m: &Manifest, policy: &VerifyPolicy) -> Result<AcceptRule, BundleError> {
+    if m.created > policy.now + Duration::seconds(CLOCK_SKEW) {
+        return Err(BundleError::NotYetValid { created: m.created.to_rfc3339() });
+    }
+    if policy.now <= m.expires {
+        return Ok(AcceptRule::Valid { expires: m.expires });
+    }
+    let expires = m.expires.to_rfc3339();
+    let Some(g) = policy.offline_grace else {
+        return Err(BundleError::Expired { expires, reason: "no offline grace applies".into() });
+    };
+    if g.last_online_verification > m.expires {
+        return Err(BundleError::Expired {
+            expires,
+            reason: format!(
+                "it was already expired when last verified online at {}",
+                g.last_online_verification.to_rfc3339()
+            ),
+        });
+    }
+    let grace_until = m.expires + g.grace;
+    if policy.now > grace_until {
+        return Err(BundleError::Expired {
+            expires,
+            reason: format!("the grace period ended at {}", grace_until.to_rfc3339()),
+        });
+    }
+    Ok(AcceptRule::OfflineGrace {
+        expired_at: m.expires,
+        grace_until,
+        last_online_verification: g.last_online_verification,
+    })
+}
+
+/// What [`check_target`] decided for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetCheck {
+    pub installed: Version,
+    pub installs: Version,
+    /// The bundle installs an older version than the device runs.
+    pub downgrade: bool,
+    /// Key ids that signed the rollback approval that allowed a downgrade.
+    pub rollback_approved_by: Vec<String>,
+}
+
+/// Check a verified manifest against a device: vendor, model, hardware revision range, installed
+/// version range, and the downgrade rule (an older version needs a valid rollback approval naming
+/// exactly this vendor, model, from, to and bundle).
+pub fn check_target(
+    manifest: &Manifest,
+    device: &DeviceIdentity,
+    trust: &TrustStore,
+    approvals: &[SignedRollbackApproval],
+    now: DateTime<Utc>,
+) -> Result<TargetCheck, BundleError> {
+    let need = |field: &str, v: &Option<String>| {
+        v.clone().ok_or_else(|| BundleError::DeviceIdentityIncomplete { field: field.into() })
+    };
+    let vendor = need("vendor", &device.vendor)?;
+    let model = need("model", &device.model)?;
+    let installed = device.firmware_version.ok_or_else(|| {
+        BundleError::DeviceIdentityIncomplete { field: "firmware version".into() }
+    })?;
+    let t = &manifest.target;
+    if vendor != t.vendor {
+        return Err(BundleError::WrongTarget {
+            field: "vendor".into(),
+            expected: t.vendor.clone(),
+            actual: vendor,
+        });
+    }
+    if model != t.model {
+        return Err(BundleError::WrongTarget {
+            field: "model".into(),
+            expected: t.model.clone(),
+            actual: model,
+        });
+    }
+    if t.hardware_revision.min.is_some() || t.hardware_revision.max.is_some() {
+        let rev = need("hardware revision", &device.hardware_revision)?;
+        if !t.hardware_revision.contains(&rev) {
+            return Err(BundleError::HardwareRevisionOutOfRange {
+                actual: rev,
+                range: t.hardware_revision.to_string(),
+            });
+        }
+    }
+    if !manifest.applies_to.contains(installed) {
+        return Err(BundleError::InstalledVersionNotApplicable {
+            installed,
+            range: manifest.applies_to.to_string(),
+        });
+    }
+    let downgrade = manifest.installs < installed;
+    let mut rollback_approved_by = Vec::new();
+    if downgrade {
+        let mut last_err = None;
+        for a in approvals {
+            if !a.names(&t.vendor, &t.model, installed, manifest.installs, &manifest.bundle_id) {
+                continue;
+            }
+            match a.verify(trust, now) {
+                Ok(signers) => {
+                    rollback_approved_by = signers;
+                    last_err = None;
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if let Some(e) = last_err {
+            return Err(e);
+        }
+        if rollback_approved_by.is_empty() {
+            return Err(BundleError::DowngradeNotApproved {
+                from: installed,
+                to: manifest.installs,
+            });
+        }
+    }
+    Ok(TargetCheck { installed, installs: manifest.installs, downgrade, rollback_approved_by })
+}
