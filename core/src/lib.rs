@@ -16,6 +16,7 @@
 //!   progress bars, the app forwards events to the window.
 
 pub mod bundle;
+pub mod catalog;
 pub mod flash;
 pub mod image;
 pub mod model;

@@ -85,18 +85,18 @@ pub struct DeviceRecord {
     pub credential: Option<String>,
 }
 
-/// An inclusive-exclusive version range; `None` bounds are open.
+/// An inclusive version range (as bundle manifests state it); `None` bounds are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct VersionRange {
     /// Lowest version included.
     pub min: Option<Version>,
-    /// First version excluded.
-    pub max_exclusive: Option<Version>,
+    /// Highest version included.
+    pub max: Option<Version>,
 }
 
 impl VersionRange {
     pub fn contains(&self, v: Version) -> bool {
-        self.min.is_none_or(|m| v >= m) && self.max_exclusive.is_none_or(|m| v < m)
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
     }
 }
 
@@ -441,14 +441,14 @@ mod tests {
         }
     }
 
-    fn entry(id: &str, from: &str, to_excl: &str, installs: &str, cvss: f32) -> CatalogEntry {
+    fn entry(id: &str, from: &str, to: &str, installs: &str, cvss: f32) -> CatalogEntry {
         CatalogEntry {
             bundle_id: id.into(),
             vendor: "acme".into(),
             model: "sensor".into(),
             hw_min: Some("1".into()),
             hw_max: Some("3".into()),
-            applies_to: VersionRange { min: Some(v(from)), max_exclusive: Some(v(to_excl)) },
+            applies_to: VersionRange { min: Some(v(from)), max: Some(v(to)) },
             installs: v(installs),
             cvss,
             cves: vec![],
@@ -551,7 +551,7 @@ mod tests {
     fn an_approved_downgrade_is_planned_as_a_rollback_step() {
         let input = PlanInput {
             devices: vec![device("newer", "4.0.0")],
-            catalog: vec![entry("to-2", "1.0.0", "5.0.0", "2.0.0", 0.0)],
+            catalog: vec![entry("to-2", "1.0.0", "1.9.0", "2.0.0", 0.0)],
             rollback_approvals: vec![RollbackApproval {
                 vendor: "Acme".into(),
                 model: "Sensor".into(),
@@ -585,7 +585,7 @@ mod tests {
         let input = PlanInput {
             devices: vec![device("a-normal", "1.0.0"), later, past, crit, low_sev],
             catalog: vec![
-                entry("fix", "1.0.0", "1.5.0", "2.0.0", 9.1),
+                entry("fix", "1.0.0", "1.4.0", "2.0.0", 9.1),
                 entry("minor", "1.5.0", "2.0.0", "2.0.0", 3.0),
             ],
             ..Default::default()

@@ -608,7 +608,7 @@ mod tests {
             model: "sensor".into(),
             hw_min: None,
             hw_max: None,
-            applies_to: VersionRange { min: None, max_exclusive: Some("2.0.0".parse().unwrap()) },
+            applies_to: VersionRange { min: None, max: Some("1.9.0".parse().unwrap()) },
             installs: "2.0.0".parse().unwrap(),
             cvss: 7.5,
             cves: vec![],

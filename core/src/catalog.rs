@@ -1,0 +1,158 @@
+//! The local patch catalog: a folder of bundle files, each verified against the trust store.
+//!
+//! Loading verifies every bundle (signatures, thresholds, payload hashes, MCUboot images, expiry
+//! with offline grace) and keeps the payload bytes of the accepted ones in memory: those bytes are
+//! what the flash pipeline sends. Refused bundles are kept with their reason, so a session can log
+//! `bundle_refused` and the technician sees why a bundle is missing from the plan.
+
+use crate::bundle::manifest::PayloadFormat;
+use crate::bundle::trust::TrustStore;
+use crate::bundle::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
+use crate::flash::VerifiedImage;
+use crate::plan::{CatalogEntry, DeviceRecord, Step, VersionRange};
+use crate::session::ImageSource;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File extension of patch bundles in a catalog folder.
+pub const BUNDLE_EXTENSION: &str = "fpb";
+
+/// Errors reading a catalog folder (individual bad bundles are refusals, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "cannot read the catalog folder {path}: {source} (sync the catalog or pass --catalog DIR)"
+    )]
+    ReadDir { path: PathBuf, source: std::io::Error },
+}
+
+/// A bundle that passed verification.
+#[derive(Debug, Clone)]
+pub struct CatalogBundle {
+    pub path: PathBuf,
+    pub bundle: Arc<VerifiedBundle>,
+    /// Last moment it may be used: its expiry, or the end of the offline grace period.
+    pub usable_until: DateTime<Utc>,
+}
+
+/// A bundle that did not verify, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub path: PathBuf,
+    pub bundle_id: Option<String>,
+    pub reason: String,
+}
+
+/// The verified catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub bundles: Vec<CatalogBundle>,
+    pub refused: Vec<Refusal>,
+}
+
+impl Catalog {
+    /// Verify every `*.fpb` file in `dir` (sorted by name, so loading is deterministic).
+    pub fn load_dir(
+        dir: &Path,
+        trust: &TrustStore,
+        policy: &VerifyPolicy,
+    ) -> Result<Catalog, CatalogError> {
+        let read = std::fs::read_dir(dir)
+            .map_err(|source| CatalogError::ReadDir { path: dir.to_path_buf(), source })?;
+        let mut paths: Vec<PathBuf> = read
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == BUNDLE_EXTENSION))
+            .collect();
+        paths.sort();
+        let mut catalog = Catalog::default();
+        for path in paths {
+            match VerifiedBundle::open(&path, trust, policy) {
+                Ok(bundle) => {
+                    let usable_until = match &bundle.verdict().rule {
+                        Some(AcceptRule::OfflineGrace { grace_until, .. }) => *grace_until,
+                        Some(AcceptRule::Valid { expires }) => *expires,
+                        None => bundle.manifest().expires,
+                    };
+                    catalog.bundles.push(CatalogBundle {
+                        path,
+                        bundle: Arc::new(bundle),
+                        usable_until,
+                    });
+                }
+                Err(rejected) => catalog.refused.push(Refusal {
+                    path,
+                    bundle_id: rejected.verdict.bundle_id.clone(),
+                    reason: rejected.error.to_string(),
+                }),
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// What the planner needs to know of each verified bundle.
+    pub fn entries(&self) -> Vec<CatalogEntry> {
+        self.bundles
+            .iter()
+            .map(|b| {
+                let m = b.bundle.manifest();
+                CatalogEntry {
+                    bundle_id: m.bundle_id.clone(),
+                    vendor: m.target.vendor.clone(),
+                    model: m.target.model.clone(),
+                    hw_min: m.target.hardware_revision.min.clone(),
+                    hw_max: m.target.hardware_revision.max.clone(),
+                    applies_to: VersionRange {
+                        min: Some(m.applies_to.min),
+                        max: Some(m.applies_to.max),
+                    },
+                    installs: m.installs,
+                    cvss: m.severity.cvss.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0.0),
+                    cves: m.severity.cves.clone(),
+                    usable_until: b.usable_until,
+                    needs_credential: false,
+                }
+            })
+            .collect()
+    }
+
+    /// The verified bundle with this id (the highest bundle version when several are loaded).
+    pub fn bundle(&self, bundle_id: &str) -> Option<&CatalogBundle> {
+        self.bundles
+            .iter()
+            .filter(|b| b.bundle.manifest().bundle_id == bundle_id)
+            .max_by_key(|b| b.bundle.manifest().bundle_version)
+    }
+}
+
+impl ImageSource for Catalog {
+    fn image(&self, _device: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String> {
+        let b = self
+            .bundle(&step.bundle_id)
+            .ok_or_else(|| format!("bundle {} is not in the verified catalog", step.bundle_id))?;
+        let payload = b
+            .bundle
+            .payloads()
+            .first()
+            .ok_or_else(|| format!("bundle {} has no payload", step.bundle_id))?;
+        let bytes: Arc<[u8]> = payload.bytes().into();
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let device_hash = match payload.entry().format {
+            PayloadFormat::Mcuboot => {
+                payload.device_image_hash().and_then(|h| hex::decode(h).ok()).ok_or_else(|| {
+                    format!("bundle {}: MCUboot payload has no image hash", step.bundle_id)
+                })?
+            }
+            _ => sha256.to_vec(),
+        };
+        Ok(VerifiedImage {
+            bundle_id: Some(step.bundle_id.clone()),
+            from: Some(step.from),
+            to: step.to,
+            bytes,
+            sha256,
+            device_hash,
+        })
+    }
+}
