@@ -19,12 +19,20 @@ struct Cli {
 enum Command {
     /// Show the version and the local data directory.
     Info,
+    /// The tamper-evident visit log: show, verify, add a note.
+    #[command(subcommand)]
+    Log(cmd::log::LogCommand),
+    /// Credentials in the OS keyring: set, get, delete, list (names only).
+    #[command(subcommand)]
+    Credentials(cmd::credentials::CredentialsCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
+        Command::Log(c) => cmd::log::run(c, cli.json),
+        Command::Credentials(c) => cmd::credentials::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

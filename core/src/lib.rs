@@ -15,8 +15,10 @@
 //! * **Progress is a callback.** Long jobs report through [`progress::Progress`]; the CLI renders
 //!   progress bars, the app forwards events to the window.
 
+pub mod credentials;
 pub mod model;
 pub mod paths;
+pub mod store;
 pub mod visitlog;
 
 pub use fieldpatch_drivers::progress;
