@@ -295,23 +295,47 @@ fn probe(backend: Backend, service: &str) -> Result<(), String> {
     }
 }
 
-/// Pick the backend from `FIELDPATCH_KEYRING` and what answers.
-fn choose_backend(service: &str) -> Result<Backend, CredentialError> {
-    let wanted = std::env::var(BACKEND_ENV).unwrap_or_default();
-    if !cfg!(target_os = "linux") {
-        return match wanted.as_str() {
-            "" | "auto" | "platform" => Ok(Backend::Platform),
+/// Which backend to use: forced, or the first that answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Secret Service if a session bus answers, else kernel keyutils (Linux); the platform store
+    /// elsewhere.
+    Auto,
+    SecretService,
+    Keyutils,
+}
+
+impl BackendChoice {
+    /// Read `FIELDPATCH_KEYRING` (`auto` when unset).
+    pub fn from_env() -> Result<BackendChoice, CredentialError> {
+        match std::env::var(BACKEND_ENV).unwrap_or_default().as_str() {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "secret-service" => Ok(BackendChoice::SecretService),
+            "keyutils" => Ok(BackendChoice::Keyutils),
             other => Err(CredentialError::UnknownBackend(other.into())),
+        }
+    }
+}
+
+/// Pick the backend: the forced one if it answers, else the first that answers.
+fn choose_backend(choice: BackendChoice, service: &str) -> Result<Backend, CredentialError> {
+    if !cfg!(target_os = "linux") {
+        return match choice {
+            BackendChoice::Auto => Ok(Backend::Platform),
+            BackendChoice::SecretService => {
+                Err(CredentialError::UnknownBackend("secret-service".into()))
+            }
+            BackendChoice::Keyutils => Err(CredentialError::UnknownBackend("keyutils".into())),
         };
     }
-    match wanted.as_str() {
-        "secret-service" => probe(Backend::SecretService, service)
+    match choice {
+        BackendChoice::SecretService => probe(Backend::SecretService, service)
             .map(|()| Backend::SecretService)
             .map_err(|detail| CredentialError::SecretServiceUnavailable { detail }),
-        "keyutils" => probe(Backend::Keyutils, service)
+        BackendChoice::Keyutils => probe(Backend::Keyutils, service)
             .map(|()| Backend::Keyutils)
             .map_err(|detail| CredentialError::KeyutilsUnavailable { detail }),
-        "" | "auto" => match probe(Backend::SecretService, service) {
+        BackendChoice::Auto => match probe(Backend::SecretService, service) {
             Ok(()) => Ok(Backend::SecretService),
             Err(ss) => match probe(Backend::Keyutils, service) {
                 Ok(()) => Ok(Backend::Keyutils),
@@ -320,16 +344,25 @@ fn choose_backend(service: &str) -> Result<Backend, CredentialError> {
                 }),
             },
         },
-        other => Err(CredentialError::UnknownBackend(other.into())),
     }
 }
 
 impl Credentials {
-    /// Open the credential store, choosing the keyring backend (see the module docs).
+    /// Open the credential store: backend from `FIELDPATCH_KEYRING` (default: the first that
+    /// answers), service from `FIELDPATCH_KEYRING_SERVICE` (default `fieldpatch`).
     pub async fn open(store: &Store) -> Result<Credentials, CredentialError> {
-        let service = service_name();
+        Credentials::open_with(store, BackendChoice::from_env()?, &service_name()).await
+    }
+
+    /// Open the credential store with an explicit backend choice and keyring service name.
+    pub async fn open_with(
+        store: &Store,
+        choice: BackendChoice,
+        service: &str,
+    ) -> Result<Credentials, CredentialError> {
+        let service = service.to_string();
         let svc = service.clone();
-        let backend = tokio::task::spawn_blocking(move || choose_backend(&svc))
+        let backend = tokio::task::spawn_blocking(move || choose_backend(choice, &svc))
             .await
             .map_err(|e| CredentialError::Worker(e.to_string()))??;
         Ok(Credentials { store: store.clone(), backend, service })
