@@ -168,3 +168,25 @@ fn a_note_needs_a_usable_keyring_and_says_what_to_do() {
     assert!(err.contains("gnome-keyring"), "{err}");
     assert!(err.contains("FIELDPATCH_KEYRING=keyutils"), "{err}");
 }
+
+#[tokio::test]
+async fn show_can_list_one_visit() {
+    use fieldpatch_core::credentials::{BackendChoice, Credentials};
+    use fieldpatch_core::store::Store;
+    use fieldpatch_core::visitlog::VisitLog;
+    let env = with_notes(1);
+    // The app opens visits through the core API with the same technician key.
+    let store = Store::open_in(env.dir.path()).await.unwrap();
+    let creds =
+        Credentials::open_with(&store, BackendChoice::Keyutils, &env.service).await.unwrap();
+    let log = VisitLog::open(&store, creds.technician_key().await.unwrap()).await.unwrap();
+    let (visit, _) = log.open_visit("site-5", None).await.unwrap();
+    log.close_visit(visit, 0, 3).await.unwrap();
+    store.close().await;
+    let out = env.ok(&["log", "show", "--visit", &visit.to_string()]);
+    assert!(out.contains("visit_opened") && out.contains("visit_closed"), "{out}");
+    assert!(!out.contains("note number 1"), "{out}");
+    let all: serde_json::Value = serde_json::from_str(&env.ok(&["log", "show", "--json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3, "one log: the note and the visit");
+    assert!(env.ok(&["log", "verify"]).contains("3 events verify"));
+}

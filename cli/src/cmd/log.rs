@@ -13,6 +13,9 @@ pub enum LogCommand {
         /// Only this log (UUID).
         #[arg(long)]
         log: Option<uuid::Uuid>,
+        /// Only the events of this visit (UUID).
+        #[arg(long, conflicts_with = "log")]
+        visit: Option<uuid::Uuid>,
     },
     /// Verify every visit log; exits non-zero and names the first bad event on any tampering.
     Verify,
@@ -27,7 +30,10 @@ pub fn run(cmd: LogCommand, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let store = Store::open_default().await?;
         match cmd {
-            LogCommand::Show { log } => show(&store, log, json).await,
+            LogCommand::Show { visit: Some(visit), .. } => {
+                print_events(&store.visit_events(visit).await?, json)
+            }
+            LogCommand::Show { log, visit: None } => show(&store, log, json).await,
             LogCommand::Verify => verify(&store, json).await,
             LogCommand::Note { text } => {
                 let key = Credentials::open(&store).await?.technician_key().await?;
@@ -70,6 +76,20 @@ async fn show(store: &Store, only: Option<uuid::Uuid>, json: bool) -> anyhow::Re
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {
         println!("the visit log is empty");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_events(events: &[Event], json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(events)?);
+    } else if events.is_empty() {
+        println!("no events");
+    }
+    if !json {
+        for e in events {
+            println!("{}", line(e));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

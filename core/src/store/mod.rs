@@ -98,10 +98,22 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate { path: path.to_path_buf(), source })?;
+        // Two processes opening a new store at once may race to apply the same migration; the
+        // loser sees it applied on a second look.
+        let mut attempt = 0;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(source) => {
+                    pool.close().await;
+                    return Err(StoreError::Migrate { path: path.to_path_buf(), source });
+                }
+            }
+        }
         Ok(Store { pool, path: path.to_path_buf() })
     }
 
