@@ -50,7 +50,8 @@ impl Env {
             .unwrap();
         let mut input = child.stdin.take().unwrap();
         if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
+            // A command that fails early (bad arguments) may exit before reading: a broken pipe.
+            let _ = input.write_all(s.as_bytes());
         }
         drop(input);
         let out = child.wait_with_output().unwrap();
@@ -210,4 +211,38 @@ fn a_full_cli_visit_leaves_no_secret_on_disk_or_in_output() {
         assert_eq!(files_containing(env.dir.path(), s), Vec::<String>::new(), "{s:.6}...");
     }
     assert!(!files_containing(env.dir.path(), "site/s1/m1/psk").is_empty(), "names are indexed");
+}
+
+#[test]
+fn the_keyring_in_use_is_remembered_and_never_silently_switched() {
+    require_session_bus();
+    let dir = tempfile::tempdir().unwrap();
+    let service = format!("fieldpatch-test-{}", uuid::Uuid::new_v4().simple());
+    let run = |args: &[&str], bus: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fieldpatch"));
+        c.args(args)
+            .env("FIELDPATCH_DATA_DIR", dir.path())
+            .env("FIELDPATCH_KEYRING_SERVICE", &service)
+            .env_remove("FIELDPATCH_KEYRING");
+        if !bus {
+            c.env_remove("DBUS_SESSION_BUS_ADDRESS");
+        }
+        c.output().unwrap()
+    };
+    // First use with a session bus: the Secret Service is chosen (and remembered).
+    let out = run(&["log", "note", "first"], true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without the bus the automatic choice does not fall back to another keyring (that would
+    // mint a new technician key and split the visit log): it says what is wrong.
+    let out = run(&["log", "note", "second"], false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keeps its credentials in the secret-service keyring"), "{err}");
+    let out = run(&["log", "note", "third"], true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let show = String::from_utf8(run(&["log", "show"], true).stdout).unwrap();
+    assert!(show.contains("first") && show.contains("third") && !show.contains("second"));
+    assert!(String::from_utf8(run(&["log", "verify"], true).stdout).unwrap().contains("2 events"));
+    let out = run(&["credentials", "delete", "technician-key"], true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

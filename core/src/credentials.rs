@@ -7,9 +7,12 @@
 //! Design decisions:
 //!
 //! * **Backend chosen at run time.** On Linux the Secret Service (gnome-keyring, KeePassXC, ...)
-//!   is used when a D-Bus session bus answers; otherwise the kernel keyutils store (per login
-//!   session, in memory). `FIELDPATCH_KEYRING=secret-service|keyutils` forces one. macOS and
-//!   Windows use their native stores. When nothing works the error says what to install.
+//!   is used when a D-Bus session bus answers; otherwise the kernel keyutils store (the user
+//!   keyring: in memory, lost at reboot). `FIELDPATCH_KEYRING=secret-service|keyutils` forces one.
+//!   macOS and Windows use their native stores. When nothing works the error says what to install.
+//! * **The choice is remembered** in the store. A later automatic choice insists on the same
+//!   backend and fails with advice if it is unavailable, instead of silently switching keyrings
+//!   (which would lose the technician key and start a new visit log).
 //! * **Values never leave [`Secret`].** It zeroizes its memory on drop and its `Debug` prints
 //!   `<redacted>`; error messages carry credential *names* only, never values (keyring errors are
 //!   re-described, not forwarded, because some carry the raw bytes).
@@ -31,6 +34,8 @@ pub const SERVICE: &str = "fieldpatch";
 pub const SERVICE_ENV: &str = "FIELDPATCH_KEYRING_SERVICE";
 /// Environment variable forcing a backend: `secret-service`, `keyutils` or `auto` (default).
 pub const BACKEND_ENV: &str = "FIELDPATCH_KEYRING";
+/// Store fact naming the backend this laptop's credentials were last kept in.
+const BACKEND_META: &str = "credentials.backend";
 
 /// A secret value. Zeroized on drop; never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -203,6 +208,12 @@ pub enum CredentialError {
     )]
     KeyutilsUnavailable { detail: String },
     #[error(
+        "this laptop keeps its credentials in the {backend} keyring, which is not available now: \
+         {detail}. Start or unlock it, or set {BACKEND_ENV} to use another keyring (credentials, \
+         including the technician key, then have to be set up again there)"
+    )]
+    RememberedBackendUnavailable { backend: Backend, detail: String },
+    #[error(
         "{BACKEND_ENV}={0:?} is not a known keyring backend; use secret-service, keyutils or auto"
     )]
     UnknownBackend(String),
@@ -361,10 +372,24 @@ impl Credentials {
         service: &str,
     ) -> Result<Credentials, CredentialError> {
         let service = service.to_string();
+        let remembered = store.meta(BACKEND_META).await?;
+        let pinned = match (choice, remembered.as_deref()) {
+            (BackendChoice::Auto, Some("secret-service")) => Some(Backend::SecretService),
+            (BackendChoice::Auto, Some("keyutils")) => Some(Backend::Keyutils),
+            _ => None,
+        };
         let svc = service.clone();
-        let backend = tokio::task::spawn_blocking(move || choose_backend(choice, &svc))
-            .await
-            .map_err(|e| CredentialError::Worker(e.to_string()))??;
+        let backend = tokio::task::spawn_blocking(move || match pinned {
+            Some(backend) => probe(backend, &svc).map(|()| backend).map_err(|detail| {
+                CredentialError::RememberedBackendUnavailable { backend, detail }
+            }),
+            None => choose_backend(choice, &svc),
+        })
+        .await
+        .map_err(|e| CredentialError::Worker(e.to_string()))??;
+        if remembered.as_deref() != Some(backend.as_str()) {
+            store.set_meta(BACKEND_META, backend.as_str()).await?;
+        }
         Ok(Credentials { store: store.clone(), backend, service })
     }
 
