@@ -246,3 +246,62 @@ fn the_keyring_in_use_is_remembered_and_never_silently_switched() {
     let out = run(&["credentials", "delete", "technician-key"], true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[cfg(unix)]
+#[test]
+fn set_prompts_on_a_terminal_without_echoing_the_secret() {
+    use std::io::Read;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let env = Env::new("keyutils");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldpatch"));
+    cmd.args(["credentials", "set", "device/dev-1/password"])
+        .env("FIELDPATCH_DATA_DIR", env.dir.path())
+        .env("FIELDPATCH_KEYRING", env.backend)
+        .env("FIELDPATCH_KEYRING_SERVICE", &env.service)
+        .stdin(Stdio::from(std::fs::File::from(pty.slave)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the terminal's slave side
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let _ = tx.send(seen.clone());
+        }
+    });
+    loop {
+        let seen = rx.recv_timeout(Duration::from_secs(30)).expect("a prompt on stderr");
+        if contains(&seen, "secret for device/dev-1/password") {
+            break;
+        }
+    }
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"typed-secret\n").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    // Everything the terminal showed (its echo) is readable from the master until it reports EIO.
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    assert!(!contains(&shown, "typed-secret"), "the secret was echoed: {shown:?}");
+    let attrs = nix::sys::termios::tcgetattr(&master).unwrap();
+    assert!(
+        attrs.local_flags.contains(nix::sys::termios::LocalFlags::ECHO),
+        "echo is restored after the prompt"
+    );
+    assert_eq!(env.reveal("device/dev-1/password"), "typed-secret");
+}

@@ -77,8 +77,9 @@ fn read_secret(name: &CredentialName) -> anyhow::Result<Secret> {
     let stdin = std::io::stdin();
     let mut value = String::new();
     if stdin.is_terminal() {
-        eprint!("secret for {name}: ");
+        // Echo goes off before the prompt shows, so nothing typed after the prompt is echoed.
         let _echo = EchoOff::new();
+        eprint!("secret for {name}: ");
         stdin.lock().read_line(&mut value).context("reading the secret")?;
         eprintln!();
     } else {
