@@ -29,6 +29,12 @@ use uuid::Uuid;
 /// How many rows verification and sync read at a time.
 const PAGE: i64 = 1000;
 
+/// Store fact: when a sync last found the laptop clock in step with the server's.
+const CLOCK_CHECKED_META: &str = "clock.server_checked_at";
+
+/// Largest clock difference to the server that still counts as "checked".
+pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
 /// Errors appending to or reading the visit log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -56,13 +62,15 @@ pub struct NewEvent {
     pub kind: EventKind,
     pub visit_id: Option<Uuid>,
     pub device: Option<String>,
-    pub time_source: TimeSource,
+    /// `None`: the log decides ([`TimeSource::ServerChecked`] once a sync has checked the clock,
+    /// [`TimeSource::SystemClock`] before).
+    pub time_source: Option<TimeSource>,
 }
 
 impl NewEvent {
     /// An event of `kind` about no particular visit or device, timed by the system clock.
     pub fn new(kind: EventKind) -> Self {
-        NewEvent { kind, visit_id: None, device: None, time_source: TimeSource::SystemClock }
+        NewEvent { kind, visit_id: None, device: None, time_source: None }
     }
     /// Attach the event to a visit.
     pub fn visit(mut self, visit_id: Uuid) -> Self {
@@ -74,11 +82,23 @@ impl NewEvent {
         self.device = Some(device.into());
         self
     }
-    /// Say where the time came from.
+    /// Say where the time came from (for example [`TimeSource::Device`]).
     pub fn time_source(mut self, source: TimeSource) -> Self {
-        self.time_source = source;
+        self.time_source = Some(source);
         self
     }
+}
+
+/// A visit as recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VisitRecord {
+    pub visit_id: Uuid,
+    pub log_id: Uuid,
+    pub site: String,
+    pub work_order: Option<String>,
+    pub opened_at: String,
+    /// `None` while the visit is open.
+    pub closed_at: Option<String>,
 }
 
 /// A log in the store, with its head and sync progress.
@@ -318,6 +338,17 @@ impl VisitLog {
         .bind(self.log_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
+        let time_source = match new.time_source {
+            Some(t) => t,
+            None => {
+                let checked: Option<String> =
+                    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                        .bind(CLOCK_CHECKED_META)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if checked.is_some() { TimeSource::ServerChecked } else { TimeSource::SystemClock }
+            }
+        };
         let (seq, prev_hash) = match head {
             Some((seq, hash)) => (seq as u64 + 1, hash),
             None => (1, GENESIS_HASH.to_string()),
@@ -327,7 +358,7 @@ impl VisitLog {
             log_id: self.log_id,
             seq,
             time: chrono::Utc::now(),
-            time_source: new.time_source,
+            time_source,
             signer: self.signer.clone(),
             visit_id: new.visit_id,
             device: new.device,
@@ -435,6 +466,45 @@ impl Row_ {
 }
 
 impl Store {
+    /// Record the outcome of comparing the laptop clock with the server's at sync
+    /// (`skew` = server time - laptop time). Within [`MAX_CLOCK_SKEW`] later events are stamped
+    /// [`TimeSource::ServerChecked`]; beyond it they fall back to [`TimeSource::SystemClock`].
+    pub async fn record_clock_check(&self, skew: chrono::TimeDelta) -> Result<(), LogError> {
+        if skew.abs() <= MAX_CLOCK_SKEW {
+            self.set_meta(CLOCK_CHECKED_META, &now_text()).await?;
+        } else {
+            sqlx::query("DELETE FROM meta WHERE key = ?")
+                .bind(CLOCK_CHECKED_META)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Visits, most recent first; only open ones when `open_only`.
+    pub async fn visits(&self, open_only: bool) -> Result<Vec<VisitRecord>, LogError> {
+        type VisitRow = (String, String, String, Option<String>, String, Option<String>);
+        let rows: Vec<VisitRow> = sqlx::query_as(
+            "SELECT id, log_id, site, work_order_id, opened_at, closed_at FROM visits
+                 WHERE (?1 = 0 OR closed_at IS NULL) ORDER BY opened_at DESC, id DESC",
+        )
+        .bind(open_only)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(id, log, site, work_order, opened_at, closed_at)| {
+                Ok(VisitRecord {
+                    visit_id: parse_uuid(&id)?,
+                    log_id: parse_uuid(&log)?,
+                    site,
+                    work_order,
+                    opened_at,
+                    closed_at,
+                })
+            })
+            .collect()
+    }
+
     /// Every visit log in the store, oldest first, with head and sync progress.
     pub async fn visit_logs(&self) -> Result<Vec<LogInfo>, LogError> {
         let ids: Vec<String> =

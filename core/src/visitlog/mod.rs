@@ -13,4 +13,6 @@ pub mod log;
 pub use event::{
     ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain,
 };
-pub use log::{LogError, LogInfo, LogProblem, LogVerification, NewEvent, SyncState, VisitLog};
+pub use log::{
+    LogError, LogInfo, LogProblem, LogVerification, NewEvent, SyncState, VisitLog, VisitRecord,
+};
