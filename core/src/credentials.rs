@@ -531,19 +531,57 @@ impl Credentials {
     /// The technician's signing key, generated and stored in the keyring on first use.
     pub async fn technician_key(&self) -> Result<SigningKey, CredentialError> {
         if let Some(s) = self.get_optional(&CredentialName::TechnicianKey).await? {
-            let bytes = Zeroizing::new(
-                hex::decode(s.expose()).map_err(|_| CredentialError::BadTechnicianKey)?,
-            );
-            let arr: [u8; 32] =
-                bytes.as_slice().try_into().map_err(|_| CredentialError::BadTechnicianKey)?;
-            let arr = Zeroizing::new(arr);
-            return Ok(SigningKey::from_bytes(&arr));
+            return key_from_hex(&s);
+        }
+        // Two processes starting at once must not mint two keys: hold the store's write lock
+        // while checking again and generating.
+        let mut lock =
+            self.store.pool().begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::Sql)?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('credentials.key_lock', '') ON CONFLICT(key) DO NOTHING")
+            .execute(&mut *lock)
+            .await
+            .map_err(StoreError::Sql)?;
+        if let Some(s) = self.get_optional(&CredentialName::TechnicianKey).await? {
+            lock.rollback().await.map_err(StoreError::Sql)?;
+            return key_from_hex(&s);
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let hex_key = Secret::new(hex::encode(key.to_bytes()));
-        self.set(&CredentialName::TechnicianKey, &hex_key).await?;
+        let user = CredentialName::TechnicianKey.to_string();
+        self.blocking(move |backend, service| {
+            let fail = |e: keyring::Error| CredentialError::Keyring {
+                backend,
+                op: "store",
+                name: user.clone(),
+                detail: describe(&e),
+            };
+            entry(backend, service, &user)
+                .map_err(fail)?
+                .set_password(hex_key.expose())
+                .map_err(fail)
+        })
+        .await??;
+        sqlx::query(
+            "INSERT INTO credential_names (name, backend, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT(name) DO UPDATE SET backend = excluded.backend, updated_at = excluded.updated_at",
+        )
+        .bind(CredentialName::TechnicianKey.to_string())
+        .bind(self.backend.as_str())
+        .bind(crate::store::now_text())
+        .execute(&mut *lock)
+        .await
+        .map_err(StoreError::Sql)?;
+        lock.commit().await.map_err(StoreError::Sql)?;
         Ok(key)
     }
+}
+
+fn key_from_hex(s: &Secret) -> Result<SigningKey, CredentialError> {
+    let bytes =
+        Zeroizing::new(hex::decode(s.expose()).map_err(|_| CredentialError::BadTechnicianKey)?);
+    let arr: [u8; 32] =
+        bytes.as_slice().try_into().map_err(|_| CredentialError::BadTechnicianKey)?;
+    Ok(SigningKey::from_bytes(&Zeroizing::new(arr)))
 }
 
 /// Kernel keyutils in the *user* keyring (`@u`).

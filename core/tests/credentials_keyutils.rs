@@ -73,3 +73,31 @@ async fn the_technician_key_is_kept_in_the_kernel_keyring() {
     assert_eq!(keyctl_read(creds.service(), "technician-key").unwrap(), hex::encode(k.to_bytes()));
     creds.delete(&CredentialName::TechnicianKey).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_uses_agree_on_one_technician_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = format!("fieldpatch-test-{}", uuid::Uuid::new_v4().simple());
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let creds =
+            Credentials::open_with(&store, BackendChoice::Keyutils, &service).await.unwrap();
+        let barrier = barrier.clone();
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            creds.technician_key().await.unwrap().to_bytes()
+        }));
+    }
+    let mut keys = Vec::new();
+    for h in handles {
+        keys.push(h.await.unwrap());
+    }
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "two technician keys were minted");
+    let store = Store::open_in(dir.path()).await.unwrap();
+    let creds = Credentials::open_with(&store, BackendChoice::Keyutils, &service).await.unwrap();
+    assert_eq!(creds.technician_key().await.unwrap().to_bytes(), keys[0]);
+    assert_eq!(creds.list().await.unwrap()[0].name, "technician-key");
+    creds.delete(&CredentialName::TechnicianKey).await.unwrap();
+}
