@@ -28,6 +28,12 @@ enum Command {
     /// Create, sign, verify and inspect patch bundles.
     #[command(subcommand)]
     Bundle(cmd::bundle::BundleCmd),
+    /// The tamper-evident visit log: show, verify, add a note.
+    #[command(subcommand)]
+    Log(cmd::log::LogCommand),
+    /// Credentials in the OS keyring: set, get, delete, list (names only).
+    #[command(subcommand)]
+    Credentials(cmd::credentials::CredentialsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +43,8 @@ fn main() -> std::process::ExitCode {
         Command::Dfu(c) => cmd::dfu::run(c, cli.json),
         Command::Keys(c) => cmd::keys::run(c, cli.json),
         Command::Bundle(c) => cmd::bundle::run(c, cli.json),
+        Command::Log(c) => cmd::log::run(c, cli.json),
+        Command::Credentials(c) => cmd::credentials::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -17,12 +17,14 @@
 
 pub mod bundle;
 pub mod catalog;
+pub mod credentials;
 pub mod flash;
 pub mod image;
 pub mod model;
 pub mod paths;
 pub mod plan;
 pub mod session;
+pub mod store;
 pub mod visitlog;
 
 pub use fieldpatch_drivers::progress;

@@ -1,6 +1,13 @@
 //! One module per subcommand group; each is a thin layer over `fieldpatch-core`.
 
 pub mod bundle;
+pub mod credentials;
 pub mod dfu;
 pub mod info;
 pub mod keys;
+pub mod log;
+
+/// A runtime for commands that call the async core.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
