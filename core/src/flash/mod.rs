@@ -21,6 +21,8 @@
 //! * **Resumable.** A device that already runs the target image confirmed is left alone; one that
 //!   runs it in test mode goes straight to the health check. Uploads resume where the driver can.
 
+pub mod dfu;
+
 use crate::model::Version;
 use crate::progress::{Progress, TransferProgress};
 use crate::visitlog::EventKind;

@@ -1,0 +1,114 @@
+//! USB DFU devices as flash targets.
+//!
+//! The payload is a DFU file (with its suffix, plain DFU 1.1 or DfuSe). It is parsed and its
+//! VID/PID checked against the device before any DNLOAD, then downloaded through the driver; when
+//! the device can UPLOAD, the image is read back and compared. DFU devices boot what they receive:
+//! there is no trial boot to revert, so the pipeline reports failures as such.
+//!
+//! The DFU driver is blocking; each operation runs on tokio's blocking pool and streams progress
+//! back through a channel.
+
+use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport};
+use crate::image::dfu_file::{self, DfuFile};
+use crate::progress::{Progress, TransferProgress};
+use async_trait::async_trait;
+use fieldpatch_drivers::dfu::{DfuDevice, DfuOptions, DfuseOptions, VerifiedBy};
+use fieldpatch_drivers::usb::UsbBus;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// A DFU device on a USB bus (the real one, or the lab's).
+#[derive(Debug)]
+pub struct DfuTarget<B> {
+    bus: B,
+    location: String,
+    options: DfuOptions,
+    /// Hash of the DFU file whose payload the device holds, once read back (or status-checked).
+    holds: Option<Vec<u8>>,
+}
+
+impl<B> DfuTarget<B> {
+    pub fn new(bus: B, location: impl Into<String>) -> Self {
+        Self { bus, location: location.into(), options: DfuOptions::default(), holds: None }
+    }
+}
+
+struct ChannelProgress(tokio::sync::mpsc::UnboundedSender<TransferProgress>);
+
+impl Progress for ChannelProgress {
+    fn transfer(&self, p: TransferProgress) {
+        let _ = self.0.send(p);
+    }
+}
+
+fn dev_err(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Device(e.to_string())
+}
+
+#[async_trait]
+impl<B> FlashTarget for DfuTarget<B>
+where
+    B: UsbBus + Clone + Send + Sync + 'static,
+    B::Device: 'static,
+{
+    fn describe(&self) -> String {
+        format!("USB DFU device at {}", self.location)
+    }
+
+    async fn state(&mut self) -> Result<DeviceState, TargetError> {
+        let (bus, loc, opts) = (self.bus.clone(), self.location.clone(), self.options);
+        tokio::task::spawn_blocking(move || DfuDevice::open(&bus, &loc, opts).map(|_| ()))
+            .await
+            .map_err(dev_err)?
+            .map_err(dev_err)?;
+        // A DFU device cannot say what it runs: only what this connection verified it holds.
+        Ok(DeviceState { running_version: None, running_hash: self.holds.clone(), confirmed: true })
+    }
+
+    async fn upload(
+        &mut self,
+        image: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<UploadReport, TargetError> {
+        let file = DfuFile::parse(image).map_err(dev_err)?;
+        let file_hash = Sha256::digest(image).to_vec();
+        let (bus, loc, opts) = (self.bus.clone(), self.location.clone(), self.options);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let mut dev = DfuDevice::open(&bus, &loc, opts).map_err(dev_err)?;
+            let p = ChannelProgress(tx);
+            let options = DfuseOptions { mass_erase: false, leave: true };
+            dfu_file::download(&mut dev, &file, options, &p).map_err(dev_err)
+        });
+        let report = loop {
+            tokio::select! {
+                Some(p) = rx.recv() => progress.transfer(p),
+                done = &mut job => break done.map_err(dev_err)??,
+            }
+        };
+        while let Ok(p) = rx.try_recv() {
+            progress.transfer(p);
+        }
+        let check = match report.verified_by {
+            VerifiedBy::Readback => HashCheck::Readback,
+            VerifiedBy::StatusOnly => HashCheck::StatusOnly,
+        };
+        // The driver compared the readback with exactly the payload of this (verified) file.
+        self.holds = Some(file_hash.clone());
+        let device_hash = (check == HashCheck::Readback).then_some(file_hash);
+        Ok(UploadReport { device_hash, check })
+    }
+
+    async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.state().await {
+                Ok(s) => return Ok(s),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) => return Err(TargetError::Timeout(timeout)),
+            }
+        }
+    }
+}
