@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
+pub mod batch;
 pub mod local;
 
 /// When to stop a session.

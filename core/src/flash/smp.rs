@@ -1,0 +1,131 @@
+//! SMP (MCUmgr) devices with MCUboot as flash targets, over serial or UDP.
+//!
+//! MCUboot semantics carry the pipeline: the image goes to the secondary slot, the device reports
+//! its SHA-256 TLV, a *test* mark plus a reset boots it once, and only a confirm makes it
+//! permanent; a reset without confirming reverts to the previous image.
+
+use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport};
+use crate::model::Version;
+use crate::progress::Progress;
+use async_trait::async_trait;
+use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, UploadOptions};
+use fieldpatch_drivers::transport::Link;
+use std::time::Duration;
+
+/// An SMP device on one link.
+#[derive(Debug)]
+pub struct SmpTarget<L: Link> {
+    client: SmpClient<L>,
+    what: String,
+}
+
+impl<L: Link> SmpTarget<L> {
+    pub fn new(link: L, what: impl Into<String>) -> Self {
+        Self { client: SmpClient::new(link), what: what.into() }
+    }
+}
+
+fn dev_err(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Device(e.to_string())
+}
+
+/// The running image of image 0, as [`DeviceState`].
+fn running(states: &[ImageSlotState]) -> Result<DeviceState, TargetError> {
+    let active = states
+        .iter()
+        .find(|s| s.image == 0 && s.active)
+        .ok_or_else(|| TargetError::Device("the device lists no active image".into()))?;
+    Ok(DeviceState {
+        running_version: parse_version(&active.version),
+        running_hash: Some(active.hash.clone()),
+        confirmed: active.confirmed || active.permanent,
+    })
+}
+
+/// MCUmgr reports `major.minor.revision` with an optional `.build`.
+fn parse_version(text: &str) -> Option<Version> {
+    let parts: Vec<&str> = text.split('.').collect();
+    match parts.as_slice() {
+        [a, b, c, d] => format!("{a}.{b}.{c}+{d}").parse().ok(),
+        _ => text.parse().ok(),
+    }
+}
+
+#[async_trait]
+impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    async fn state(&mut self) -> Result<DeviceState, TargetError> {
+        running(&self.client.image_list().await.map_err(dev_err)?)
+    }
+
+    async fn upload(
+        &mut self,
+        image: &[u8],
+        progress: &dyn Progress,
+    ) -> Result<UploadReport, TargetError> {
+        let (_, states) = self
+            .client
+            .upload_image(image, None, AfterUpload::Nothing, UploadOptions::default(), progress)
+            .await
+            .map_err(dev_err)?;
+        let slot = states.iter().find(|s| s.image == 0 && s.slot == 1);
+        Ok(UploadReport {
+            device_hash: slot.map(|s| s.hash.clone()),
+            check: HashCheck::DeviceReported,
+        })
+    }
+
+    fn supports_test_boot(&self) -> bool {
+        true
+    }
+
+    async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
+        self.client.image_test(image_hash).await.map_err(dev_err)?;
+        self.client.reset().await.map_err(dev_err)
+    }
+
+    async fn confirm(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
+        self.client.image_confirm(Some(image_hash)).await.map_err(dev_err)?;
+        let s = self.state().await?;
+        if !s.confirmed || s.running_hash.as_deref() != Some(image_hash) {
+            return Err(TargetError::Device(
+                "the device did not report the image as confirmed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn revert(&mut self) -> Result<(), TargetError> {
+        // An unconfirmed test image is dropped by MCUboot at the next reset.
+        self.client.reset().await.map_err(dev_err)
+    }
+
+    async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            match self.client.image_list().await {
+                Ok(states) => return running(&states),
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(match last {
+            Some(e) => TargetError::Device(format!("not back after {timeout:?}: {e}")),
+            None => TargetError::Timeout(timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mcumgr_versions_parse() {
+        assert_eq!(super::parse_version("1.2.3").unwrap().to_string(), "1.2.3");
+        assert_eq!(super::parse_version("1.2.3.4").unwrap().to_string(), "1.2.3+4");
+        assert!(super::parse_version("x").is_none());
+    }
+}

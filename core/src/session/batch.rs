@@ -1,0 +1,147 @@
+//! The offline batch job end to end, as the CLI and the app run it: load and verify the catalog,
+//! identify the devices, plan, and run a session inside a visit in the signed visit log.
+
+use super::local::{LogSink, StoreSessions};
+use super::{Connector, Observer, SessionDeps, SessionError, SessionState, SharedState, Summary};
+use crate::bundle::trust::TrustStore;
+use crate::bundle::verify::VerifyPolicy;
+use crate::catalog::{Catalog, CatalogError};
+use crate::credentials::Credentials;
+use crate::plan::{DeviceRecord, Plan, PlanInput, plan};
+use crate::store::Store;
+use crate::visitlog::{EventKind, VisitLog};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// Errors preparing or running a batch job.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("trust store {path}: {message}")]
+    Trust { path: String, message: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("devices file {path}: {message}")]
+    Devices { path: String, message: String },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("local store: {0}")]
+    Store(String),
+}
+
+/// Load the trust store and verify every bundle of the catalog folder against it.
+pub fn load_catalog(
+    catalog_dir: &Path,
+    trust_path: &Path,
+    policy: &VerifyPolicy,
+) -> Result<Catalog, BatchError> {
+    let trust = TrustStore::load(trust_path).map_err(|e| BatchError::Trust {
+        path: trust_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(Catalog::load_dir(catalog_dir, &trust, policy)?)
+}
+
+/// Read the devices of a work order from a JSON file (a list of device records).
+pub fn read_devices(path: &Path) -> Result<Vec<DeviceRecord>, BatchError> {
+    let bad = |message: String| BatchError::Devices { path: path.display().to_string(), message };
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        bad(format!("{e}; expected a JSON list of {{id, address: {{transport, ...}}, identity: {{vendor, model, ...}}}}"))
+    })
+}
+
+/// Connect to each device and fill in what it reports (running version and image hash).
+/// Devices that do not answer keep what the inventory says, with the error returned beside them.
+pub async fn identify(
+    connector: &dyn Connector,
+    devices: Vec<DeviceRecord>,
+    timeout: Duration,
+) -> Vec<(DeviceRecord, Option<String>)> {
+    let mut out = Vec::with_capacity(devices.len());
+    for mut d in devices {
+        let found = tokio::time::timeout(timeout, async {
+            let mut target = connector.open(&d).await.map_err(|e| e.to_string())?;
+            target.state().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        match found {
+            Ok(state) => {
+                if let Some(v) = state.running_version {
+                    d.identity.firmware_version = Some(v);
+                }
+                if let Some(h) = state.running_hash {
+                    d.identity.image_hash = Some(hex::encode(h));
+                }
+                out.push((d, None));
+            }
+            Err(e) => out.push((d, Some(e))),
+        }
+    }
+    out
+}
+
+/// Plan `devices` against the verified catalog, with the credential names in the keyring.
+pub async fn make_plan(
+    devices: Vec<DeviceRecord>,
+    catalog: &Catalog,
+    credentials: Option<&Credentials>,
+) -> Plan {
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(c) = credentials
+        && let Ok(list) = c.list().await
+    {
+        names.extend(list.into_iter().map(|n| n.name));
+    }
+    let input = PlanInput {
+        devices,
+        catalog: catalog.entries(),
+        credentials: names,
+        rollback_approvals: Vec::new(),
+    };
+    plan(&input, chrono::Utc::now())
+}
+
+/// Run (or resume) a session inside a visit of the technician's signed visit log.
+pub async fn run_in_visit(
+    store: &Store,
+    log: Arc<VisitLog>,
+    state: SessionState,
+    catalog: Arc<Catalog>,
+    connector: Arc<dyn Connector>,
+    observer: Observer,
+    pause: Arc<AtomicBool>,
+) -> Result<(Summary, SessionState), BatchError> {
+    let store_err = |e: &dyn std::fmt::Display| BatchError::Store(e.to_string());
+    let (visit, _) = log
+        .open_visit(&format!("batch session {}", state.id), None)
+        .await
+        .map_err(|e| store_err(&e))?;
+    let sink = Arc::new(LogSink { log: log.clone(), visit: Some(visit) });
+    for r in &catalog.refused {
+        let kind = EventKind::BundleRefused {
+            bundle_id: r.bundle_id.clone().unwrap_or_else(|| r.path.display().to_string()),
+            reason: r.reason.clone(),
+        };
+        log.append(crate::visitlog::NewEvent::new(kind).visit(visit)).await.map_err(|e| store_err(&e))?;
+    }
+    let deps = SessionDeps {
+        connector,
+        images: catalog,
+        sink,
+        store: Arc::new(StoreSessions(store.clone())),
+        observer,
+        pause,
+    };
+    let shared: SharedState = Arc::new(tokio::sync::Mutex::new(state));
+    let result = super::run(&shared, &deps).await;
+    let state = shared.lock().await.clone();
+    let summary = state.summary();
+    log.close_visit(visit, summary.patched, summary.failed + summary.rolled_back + summary.pending + summary.skipped)
+        .await
+        .map_err(|e| store_err(&e))?;
+    result?;
+    Ok((summary, state))
+}
