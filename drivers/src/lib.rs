@@ -9,3 +9,5 @@
 //! from a device become errors, never panics.
 
 pub mod progress;
+pub mod smp;
+pub mod transport;
