@@ -9,3 +9,4 @@
 //! passing against the lab means something for real hardware.
 
 pub mod pty;
+pub mod smp;

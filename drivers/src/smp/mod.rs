@@ -83,17 +83,19 @@ impl std::fmt::Display for DeviceError {
             Some(group) => {
                 let meaning = match (group, self.rc) {
                     (1, 3) => "no image in the slot",
-                    (1, 4) | (1, 5) => "image has no valid TLVs",
+                    (1, 4..=7) => "image has no valid TLVs",
                     (1, 8) => "no image with that hash",
                     (1, 9) => "no free slot for the upload",
-                    (1, 11) | (1, 16) => "flash write failed",
-                    (1, 13) => "flash erase failed",
-                    (1, 19) => "upload offset mismatch",
-                    (1, 20) | (1, 21) => "invalid image header",
-                    (1, 22) => "image hash mismatch after upload",
-                    (1, 23) => "image already pending",
-                    (1, 24) => "image is the confirmed running image",
-                    (1, 25) => "image is not valid",
+                    (1, 10..=13) => "flash access failed",
+                    (1, 20) => "upload offset mismatch",
+                    (1, 21) => "invalid upload length",
+                    (1, 22) | (1, 23) => "not an MCUboot image (bad header)",
+                    (1, 24) => "image hash is invalid",
+                    (1, 27) => "the running image is newer (upgrade-only upload refused)",
+                    (1, 28) => "another image is already pending",
+                    (1, 30) => "image is too large for the slot",
+                    (1, 32) => "image confirmation denied",
+                    (1, 33) => "cannot mark the active image for test",
                     _ => "see the group's error table",
                 };
                 write!(f, "group {group} rc {} ({meaning})", self.rc)
