@@ -19,12 +19,15 @@ struct Cli {
 enum Command {
     /// Show the version and the local data directory.
     Info,
+    /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset.
+    Device(cmd::device::DeviceArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
+        Command::Device(args) => cmd::device::run(args, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -68,10 +68,9 @@ async fn serial_upload_test_reset_confirm_over_a_real_pty() {
     assert_eq!(report.window, 4);
     assert_eq!(dev.slot_bytes(1).unwrap(), img, "device slot differs from the image sent");
     assert!(states.iter().any(|s| s.slot == 1 && s.pending && !s.permanent));
-    let t = rec.transfers.lock().unwrap();
+    let t = rec.transfers.lock().unwrap().clone();
     assert_eq!(t.last().unwrap().done, img.len() as u64);
     assert!(t.windows(2).all(|w| w[0].done <= w[1].done));
-    drop(t);
 
     c.reset().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -140,8 +139,8 @@ async fn udp_upload_survives_loss_corruption_stall_and_a_reboot() {
         f.stall_at = Some((20_000, Duration::from_millis(800)));
         f.reboot_at = Some(40_000);
     }
-    let (mut c, _s) = udp_client(&dev, NetConditions { loss: 0.05, seed: 3, ..Default::default() })
-        .await;
+    let (mut c, _s) =
+        udp_client(&dev, NetConditions { loss: 0.05, seed: 3, ..Default::default() }).await;
     let img = image("1.5.0", 60_000, 4);
     let rec = Recorder::default();
     let report = c.upload(&img, UploadOptions::default(), &rec).await.unwrap();

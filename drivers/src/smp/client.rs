@@ -196,8 +196,7 @@ impl<L: Link> SmpClient<L> {
 
     /// Mark the image with `hash` for a test boot.
     pub async fn image_test(&mut self, hash: &[u8]) -> Result<Vec<ImageSlotState>, SmpError> {
-        self.request(&commands::ImageStateWrite { hash: Some(hash.to_vec()), confirm: false })
-            .await
+        self.request(&commands::ImageStateWrite { hash: Some(hash.to_vec()), confirm: false }).await
     }
 
     /// Confirm the image with `hash`, or the running image when `None`.
@@ -283,9 +282,9 @@ impl<L: Link> SmpClient<L> {
         let params = self.params().await?;
         let total = data.len() as u64;
         let sha: [u8; 32] = Sha256::digest(data).into();
-        let budget = opts
-            .max_packet
-            .unwrap_or_else(|| self.link.fit_packet(self.link.packet_budget(params.buf_size as usize)));
+        let budget = opts.max_packet.unwrap_or_else(|| {
+            self.link.fit_packet(self.link.packet_budget(params.buf_size as usize))
+        });
         let window = opts.window.unwrap_or(params.buf_count as usize).clamp(1, 32);
         let chunk = max_data(budget, total, false, &opts, &sha);
         let first_chunk = max_data(budget, total, true, &opts, &sha);

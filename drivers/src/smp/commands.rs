@@ -88,8 +88,8 @@ pub fn check_error(map: &[(Value, Value)]) -> Result<(), SmpError> {
         let Value::Map(err) = err else {
             return Err(SmpError::Shape("`err` is not a map".into()));
         };
-        let group = int(&err, "group")?.unwrap_or(-1);
-        let rc = int(&err, "rc")?.unwrap_or(-1);
+        let group = int(err, "group")?.unwrap_or(-1);
+        let rc = int(err, "rc")?.unwrap_or(-1);
         if rc != 0 {
             let group = u16::try_from(group).unwrap_or(u16::MAX);
             return Err(SmpError::Device(DeviceError { group: Some(group), rc }));
@@ -502,7 +502,13 @@ mod tests {
         assert!(matches!(e, SmpError::Device(DeviceError { group: Some(1), rc: 9 })), "{e}");
         assert!(e.to_string().contains("no free slot"));
         // rc 0 is success.
-        let ok = response(Op::WriteRsp, 1, 1, 0, map(vec![("rc", Value::from(0)), ("off", Value::from(10))]));
+        let ok = response(
+            Op::WriteRsp,
+            1,
+            1,
+            0,
+            map(vec![("rc", Value::from(0)), ("off", Value::from(10))]),
+        );
         assert_eq!(ImageUpload::parse_response(&ok, 0).unwrap().off, 10);
     }
 
@@ -510,16 +516,26 @@ mod tests {
     fn wrong_shapes_are_clear_errors() {
         let arr = response(Op::ReadRsp, 0, 6, 1, Value::Array(vec![]));
         assert!(matches!(McumgrParams::parse_response(&arr, 1), Err(SmpError::Shape(_))));
-        let txt = response(Op::ReadRsp, 0, 6, 1, map(vec![("buf_size", t("big")), ("buf_count", Value::from(1))]));
+        let txt = response(
+            Op::ReadRsp,
+            0,
+            6,
+            1,
+            map(vec![("buf_size", t("big")), ("buf_count", Value::from(1))]),
+        );
         let e = McumgrParams::parse_response(&txt, 1).unwrap_err();
         assert!(e.to_string().contains("buf_size"), "{e}");
         let missing = response(Op::WriteRsp, 1, 1, 1, map(vec![]));
         assert!(ImageUpload::parse_response(&missing, 1).unwrap_err().to_string().contains("off"));
         let bad_images = response(Op::ReadRsp, 1, 0, 1, map(vec![("images", Value::from(3))]));
         assert!(matches!(ImageStateRead::parse_response(&bad_images, 1), Err(SmpError::Shape(_))));
-        let mut truncated = response(Op::ReadRsp, 1, 0, 1, map(vec![("images", Value::Array(vec![]))]));
+        let mut truncated =
+            response(Op::ReadRsp, 1, 0, 1, map(vec![("images", Value::Array(vec![]))]));
         truncated.pop();
-        assert!(matches!(ImageStateRead::parse_response(&truncated, 1), Err(SmpError::Malformed(_))));
+        assert!(matches!(
+            ImageStateRead::parse_response(&truncated, 1),
+            Err(SmpError::Malformed(_))
+        ));
         let mut garbage = Header::request(Op::ReadRsp, 1, 0, 1, 2).to_bytes().to_vec();
         garbage.extend([0xff, 0xff]);
         assert!(matches!(ImageStateRead::parse_response(&garbage, 1), Err(SmpError::Malformed(_))));

@@ -37,9 +37,13 @@ pub fn crc16(data: &[u8]) -> u16 {
 pub enum FrameError {
     #[error("serial frame is not valid base64 (corrupted bytes on the line)")]
     Base64,
-    #[error("serial packet CRC mismatch: packet says {expected:#06x}, computed {computed:#06x} (corrupted bytes on the line)")]
+    #[error(
+        "serial packet CRC mismatch: packet says {expected:#06x}, computed {computed:#06x} (corrupted bytes on the line)"
+    )]
     Crc { expected: u16, computed: u16 },
-    #[error("serial packet announces {len} bytes, more than the {max}-byte limit (corrupted length or wrong device)")]
+    #[error(
+        "serial packet announces {len} bytes, more than the {max}-byte limit (corrupted length or wrong device)"
+    )]
     Oversized { len: usize, max: usize },
     #[error("serial packet length field says {announced} bytes but {actual} arrived")]
     Length { announced: usize, actual: usize },
@@ -126,7 +130,7 @@ impl FrameDecoder {
             self.reset();
             return Some(Err(FrameError::Oversized { len: usize::MAX, max }));
         }
-        if self.text.len() % 4 != 0 {
+        if !self.text.len().is_multiple_of(4) {
             return None;
         }
         let raw = match STANDARD.decode(&self.text) {

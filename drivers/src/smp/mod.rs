@@ -27,11 +27,15 @@ use std::time::Duration;
 pub enum SmpError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("no answer from the device to {what} after {after:?} ({attempts} attempts); check the cable/address, the baud rate and that the device runs an SMP server")]
+    #[error(
+        "no answer from the device to {what} after {after:?} ({attempts} attempts); check the cable/address, the baud rate and that the device runs an SMP server"
+    )]
     Timeout { what: String, after: Duration, attempts: u32 },
     #[error("malformed SMP packet from the device: {0}")]
     Malformed(String),
-    #[error("SMP response has the wrong shape: {0} (is this an SMP server of a supported version?)")]
+    #[error(
+        "SMP response has the wrong shape: {0} (is this an SMP server of a supported version?)"
+    )]
     Shape(String),
     #[error("the device answered a different request: {0}")]
     Mismatch(String),
@@ -68,7 +72,9 @@ impl std::fmt::Display for DeviceError {
                     3 => "invalid argument",
                     4 => "timeout on the device",
                     5 => "no such entry (for example no image with that hash)",
-                    6 => "bad state (for example an upload of another image is in progress, or the image is not in the expected slot state)",
+                    6 => {
+                        "bad state (for example an upload of another image is in progress, or the image is not in the expected slot state)"
+                    }
                     7 => "message too large for the device buffer",
                     8 => "command not supported by this device",
                     9 => "corrupt data",

@@ -16,7 +16,9 @@ use std::time::Duration;
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot open serial port {port}: {source} (check the name, that no other program holds it, and permissions: the user may need to be in the `dialout` group)")]
+    #[error(
+        "cannot open serial port {port}: {source} (check the name, that no other program holds it, and permissions: the user may need to be in the `dialout` group)"
+    )]
     OpenSerial { port: String, source: serialport::Error },
     #[error("serial port I/O failed: {0} (was the device unplugged?)")]
     SerialIo(std::io::Error),

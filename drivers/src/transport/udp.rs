@@ -25,12 +25,11 @@ pub fn parse_addr(spec: &str) -> Result<SocketAddr, TransportError> {
     if let Ok(ip) = spec.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    let with_port =
-        if spec.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            spec.to_string()
-        } else {
-            format!("{spec}:{DEFAULT_PORT}")
-        };
+    let with_port = if spec.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        spec.to_string()
+    } else {
+        format!("{spec}:{DEFAULT_PORT}")
+    };
     with_port.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
 }
 

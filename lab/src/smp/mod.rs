@@ -206,7 +206,7 @@ impl SmpDevice {
         s.rx_count += 1;
         let n = s.rx_count;
         drop(s);
-        !self.faults().drop_rx_every.is_some_and(|every| every > 0 && n % every == 0)
+        !self.faults().drop_rx_every.is_some_and(|every| every > 0 && n.is_multiple_of(every))
     }
 
     /// Apply the transmit corruption fault to outgoing wire bytes.
@@ -215,7 +215,7 @@ impl SmpDevice {
         s.tx_count += 1;
         let n = s.tx_count;
         drop(s);
-        if self.faults().corrupt_tx_every.is_some_and(|every| every > 0 && n % every == 0)
+        if self.faults().corrupt_tx_every.is_some_and(|every| every > 0 && n.is_multiple_of(every))
             && !wire.is_empty()
         {
             let at = wire.len() / 2;
@@ -288,7 +288,10 @@ impl SmpDevice {
                 let (ver, boots) = {
                     let s = self.state();
                     (
-                        s.slots[0].as_ref().map(|sl| sl.info.version.to_string()).unwrap_or_default(),
+                        s.slots[0]
+                            .as_ref()
+                            .map(|sl| sl.info.version.to_string())
+                            .unwrap_or_default(),
                         s.boots,
                     )
                 };
@@ -388,7 +391,10 @@ impl SmpDevice {
                     return Err(ImgErr(24));
                 }
                 s.pending = Some(confirm);
-                s.log.push(format!("secondary marked {}", if confirm { "permanent" } else { "test" }));
+                s.log.push(format!(
+                    "secondary marked {}",
+                    if confirm { "permanent" } else { "test" }
+                ));
                 Ok(())
             }
             (Some(_), _) => Err(ImgErr(8)),

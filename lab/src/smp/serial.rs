@@ -138,7 +138,7 @@ impl Decoder {
                 continue;
             }
             self.text.extend(line[pos + 2..].iter().filter(|c| !c.is_ascii_whitespace()));
-            if self.text.len() % 4 != 0 {
+            if !self.text.len().is_multiple_of(4) {
                 continue;
             }
             let Ok(raw) = STANDARD.decode(&self.text) else {
