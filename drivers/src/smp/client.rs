@@ -7,8 +7,8 @@
 //! its current `off` without writing. So the client needs no bookkeeping beyond "resend from the
 //! `off` the device reports": after a lost or corrupted chunk, after a timeout, and after a reboot
 //! (the device then reports `off: 0`, the client resends the first chunk with `len` and `sha`, and
-//! a device that kept the partial upload answers with where it got to). The first chunk goes alone
-//! with a long timeout because it makes the device erase the slot.
+//! a device that kept the partial upload answers with where it got to). The first chunk has a long timeout because it makes the device erase the slot; the chunks after it are
+//! queued behind it in the device's buffers, so the link does not idle during the erase.
 
 use super::commands::{self, Command, ImageUpload, Params, UploadAck};
 use super::header::Header;
@@ -306,9 +306,10 @@ impl<L: Link> SmpClient<L> {
         progress.phase("erase");
 
         loop {
-            // Fill the window. The first chunk (off 0) always goes alone.
-            while next < total && (in_flight.is_empty() || (next != 0 && in_flight.len() < window))
-            {
+            // Fill the window. A first chunk (off 0) only starts an empty window; the chunks
+            // after it wait in the device's buffers while it erases, so their deadline is at
+            // least the first chunk's.
+            while next < total && in_flight.len() < window && (next != 0 || in_flight.is_empty()) {
                 let first = next == 0;
                 let len = if first { first_chunk } else { chunk };
                 let end = (next + len as u64).min(total);
@@ -323,11 +324,12 @@ impl<L: Link> SmpClient<L> {
                 let seq = self.next_seq();
                 self.link.send(&req.to_bytes(seq)).await?;
                 let wait = if first { self.timeouts.first_chunk } else { self.timeouts.request };
-                in_flight.push(InFlight { seq, off: next, end, deadline: Instant::now() + wait });
-                next = end;
-                if first {
-                    break;
+                let mut deadline = Instant::now() + wait;
+                if let Some(f) = in_flight.iter().find(|f| f.off == 0) {
+                    deadline = deadline.max(f.deadline);
                 }
+                in_flight.push(InFlight { seq, off: next, end, deadline });
+                next = end;
             }
             let Some(oldest) = in_flight.iter().map(|f| f.deadline).min() else {
                 // Nothing in flight and nothing to send: only when acked == total.

@@ -617,9 +617,12 @@ impl Pacer {
 
     /// Account for `n` bytes on the line and sleep until they would have been transmitted.
     pub fn consume(&mut self, n: usize) {
+        // A line that was idle gains no credit, but a thread that woke up late (the bytes were
+        // already waiting) may catch up: up to 10 ms of lag is carried over.
         let now = Instant::now();
-        if self.next_free < now {
-            self.next_free = now;
+        let max_lag = Duration::from_millis(10);
+        if self.next_free + max_lag < now {
+            self.next_free = now - max_lag;
         }
         self.next_free += Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
         let wait = self.next_free.saturating_duration_since(Instant::now());
