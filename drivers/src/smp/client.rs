@@ -133,6 +133,9 @@ impl<L: Link> SmpClient<L> {
             let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
                 match self.link.recv(left).await {
                     Ok(packet) => match Header::parse(&packet) {
                         Ok(h) if h.seq == seq => match C::parse_response(&packet, seq) {
@@ -222,7 +225,12 @@ impl<L: Link> SmpClient<L> {
         let deadline = Instant::now() + self.timeouts.request;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.link.recv(left).await {
+            let received = if left.is_zero() {
+                Err(TransportError::Timeout(left))
+            } else {
+                self.link.recv(left).await
+            };
+            match received {
                 Ok(p) if Header::parse(&p).is_ok_and(|h| h.seq == seq) => {
                     return commands::Reset::parse_response(&p, seq);
                 }
@@ -336,7 +344,13 @@ impl<L: Link> SmpClient<L> {
                 break;
             };
             let left = oldest.saturating_duration_since(Instant::now());
-            let outcome = match self.link.recv(left).await {
+            // A device flooding stale answers must not keep us past the deadline.
+            let received = if left.is_zero() {
+                Err(TransportError::Timeout(left))
+            } else {
+                self.link.recv(left).await
+            };
+            let outcome = match received {
                 Ok(packet) => {
                     let Ok(h) = Header::parse(&packet) else {
                         bad_frame = Some("a packet too short for an SMP header".into());
@@ -368,7 +382,10 @@ impl<L: Link> SmpClient<L> {
                             "device reports offset {off} beyond the image length {total}"
                         )));
                     }
-                    failures = 0;
+                    let progressed = off > acked || resumed_from.is_none();
+                    if progressed {
+                        failures = 0;
+                    }
                     if resumed_from.is_none() {
                         resumed_from = Some(off);
                         if off > 0 {
@@ -393,9 +410,15 @@ impl<L: Link> SmpClient<L> {
                     if off != sent.end {
                         // The device wants something else (a chunk was lost, or it rebooted and
                         // lost the session): everything in flight is void, resend from `off`.
-                        if off < sent.off {
-                            progress.note(&format!("device asked for byte {off} again; resending"));
+                        if !progressed {
                             retries += 1;
+                            failures += 1;
+                            if failures > self.timeouts.retries {
+                                return Err(SmpError::Upload(format!(
+                                    "the device keeps asking for byte {off} of {total} without making progress ({failures} times in a row); reset the device and upload again"
+                                )));
+                            }
+                            progress.note(&format!("device asked for byte {off} again; resending"));
                         }
                         in_flight.clear();
                         next = off;
