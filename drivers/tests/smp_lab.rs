@@ -28,6 +28,10 @@ fn image(v: &str, len: usize, seed: u8) -> Vec<u8> {
     build_image(v.parse::<Version>().unwrap(), &test_payload(len, seed))
 }
 
+fn hash_of(img: &[u8]) -> [u8; 32] {
+    fieldpatch_lab::smp::mcuboot::parse(img).unwrap().hash
+}
+
 fn fast_device() -> SmpDevice {
     SmpDevice::new(DeviceConfig {
         flash_bytes_per_sec: 50e6,
@@ -62,8 +66,10 @@ async fn serial_upload_test_reset_confirm_over_a_real_pty() {
 
     let img = image("1.1.0", 30_000, 1);
     let rec = Recorder::default();
-    let (report, states) =
-        c.upload_image(&img, AfterUpload::Test, UploadOptions::default(), &rec).await.unwrap();
+    let (report, states) = c
+        .upload_image(&img, Some(&hash_of(&img)), AfterUpload::Test, UploadOptions::default(), &rec)
+        .await
+        .unwrap();
     assert_eq!(report.bytes, img.len() as u64);
     assert_eq!(report.window, 4);
     assert_eq!(dev.slot_bytes(1).unwrap(), img, "device slot differs from the image sent");
@@ -93,7 +99,7 @@ async fn unconfirmed_test_image_reverts_on_the_next_reset() {
     let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
     let old = dev.active_image().unwrap().0;
     let img = image("2.0.0", 10_000, 2);
-    c.upload_image(&img, AfterUpload::Test, UploadOptions::default(), &Recorder::default())
+    c.upload_image(&img, None, AfterUpload::Test, UploadOptions::default(), &Recorder::default())
         .await
         .unwrap();
     c.reset().await.unwrap();
@@ -117,9 +123,15 @@ async fn failed_health_check_and_power_loss_leave_the_old_image_running() {
         let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
         let old = dev.active_image().unwrap().0;
         let img = image("2.0.0", 5_000, 3);
-        c.upload_image(&img, AfterUpload::Test, UploadOptions::default(), &Recorder::default())
-            .await
-            .unwrap();
+        c.upload_image(
+            &img,
+            None,
+            AfterUpload::Test,
+            UploadOptions::default(),
+            &Recorder::default(),
+        )
+        .await
+        .unwrap();
         c.reset().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let states = c.image_list().await.unwrap();
@@ -211,4 +223,54 @@ async fn windowed_upload_sends_no_more_than_the_device_buffers() {
     assert_eq!(report.retries, 0, "{report:?}");
     assert_eq!(report.window, 4);
     assert_eq!(dev.slot_bytes(1).unwrap(), img);
+}
+
+#[tokio::test]
+async fn an_image_is_not_marked_when_the_device_reports_another_hash() {
+    let dev = fast_device();
+    let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
+    let img = image("1.8.0", 4_000, 8);
+    let e = c
+        .upload_image(
+            &img,
+            Some(&[0x11; 32]),
+            AfterUpload::Test,
+            UploadOptions::default(),
+            &Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("was not marked"), "{e}");
+    let states = c.image_list().await.unwrap();
+    assert!(states.iter().all(|s| !s.pending), "{states:?}");
+}
+
+#[tokio::test]
+async fn serial_upload_through_console_noise_drops_and_corruption() {
+    let dev = SmpDevice::new(DeviceConfig {
+        flash_bytes_per_sec: 50e6,
+        erase_time: Duration::from_millis(20),
+        console_log_every: Some(Duration::from_millis(15)),
+        ..DeviceConfig::default()
+    });
+    {
+        let mut f = dev.faults();
+        f.drop_rx_every = Some(5);
+        f.corrupt_tx_every = Some(6);
+    }
+    let server = serve_pty(dev.clone(), 2_000_000).unwrap();
+    let mut c =
+        SmpClient::new(SerialLink::open(server.path().to_str().unwrap(), 2_000_000).unwrap());
+    c.timeouts = Timeouts {
+        request: Duration::from_millis(500),
+        first_chunk: Duration::from_secs(3),
+        retries: 8,
+        backoff: Duration::from_millis(20),
+    };
+    let img = image("1.9.0", 40_000, 9);
+    let rec = Recorder::default();
+    let report = c.upload(&img, UploadOptions::default(), &rec).await.unwrap();
+    assert!(report.retries > 0, "{report:?}");
+    assert_eq!(dev.slot_bytes(1).unwrap(), img, "{:?}", dev.log());
+    assert!(!rec.notes.lock().unwrap().is_empty());
 }

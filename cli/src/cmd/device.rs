@@ -104,7 +104,8 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                     (_, true) => AfterUpload::Confirm,
                     _ => AfterUpload::Nothing,
                 };
-                send_image(&mut client, &bytes, after, json).await?;
+                // Unverified: there is no verified hash to hold the device to.
+                send_image(&mut client, &bytes, None, after, json).await?;
             }
             DeviceCommand::Image(ImageCommand::Test { hash }) => {
                 print_states(&client.image_test(&parse_hash(&hash)?).await?, json)?;
@@ -132,16 +133,18 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Upload bytes that were verified (or explicitly allowed unverified) and mark them as asked.
+/// Upload bytes that were verified (or explicitly allowed unverified) and mark them as asked;
+/// `verified_hash` is the image hash established by verification, if any.
 pub async fn send_image(
     client: &mut SmpClient<AnyLink>,
     verified: &[u8],
+    verified_hash: Option<&[u8]>,
     after: AfterUpload,
     json: bool,
 ) -> anyhow::Result<()> {
     let bar = Bar::new(json);
     let (report, states) =
-        client.upload_image(verified, after, UploadOptions::default(), &bar).await?;
+        client.upload_image(verified, verified_hash, after, UploadOptions::default(), &bar).await?;
     bar.0.finish_and_clear();
     if json {
         let v = serde_json::json!({

@@ -249,9 +249,14 @@ impl<L: Link> SmpClient<L> {
 
     /// Upload `data` (an image whose bytes the caller has verified) to the device's secondary
     /// slot, then optionally mark it for test or confirm it. Returns the slot state after marking.
+    ///
+    /// `expected_hash` is the image hash the caller verified (for MCUboot images, the SHA-256 TLV):
+    /// when given, the image is marked only if the device reports exactly that hash for the
+    /// secondary slot. Without it, the device's own check of the upload `sha` is all there is.
     pub async fn upload_image(
         &mut self,
         data: &[u8],
+        expected_hash: Option<&[u8]>,
         after: AfterUpload,
         opts: UploadOptions,
         progress: &dyn Progress,
@@ -265,6 +270,15 @@ impl<L: Link> SmpClient<L> {
             ));
         };
         let hash = slot.hash.clone();
+        if let Some(expected) = expected_hash
+            && expected != hash.as_slice()
+        {
+            return Err(SmpError::Upload(format!(
+                "the device reports hash {} for the uploaded image but {} was verified; the image was not marked for boot. Upload again",
+                commands::hex_string(&hash),
+                commands::hex_string(expected)
+            )));
+        }
         let states = match after {
             AfterUpload::Nothing => states,
             AfterUpload::Test => self.image_test(&hash).await?,

@@ -41,6 +41,10 @@ pub struct DeviceConfig {
     pub slot_size: usize,
     /// The image in the primary slot at power-on.
     pub initial_image: Vec<u8>,
+    /// On serial, print a log line on the console this often (noise between SMP frames, as a
+    /// Zephyr application that logs on its mcumgr UART does). A boot banner is printed after every
+    /// reboot when this is set.
+    pub console_log_every: Option<Duration>,
 }
 
 impl Default for DeviceConfig {
@@ -56,6 +60,7 @@ impl Default for DeviceConfig {
                 Version { major: 1, minor: 0, revision: 0, build: 0 },
                 &mcuboot::test_payload(4096, 0),
             ),
+            console_log_every: None,
         }
     }
 }

@@ -67,17 +67,49 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
     });
 
     let dev = device.clone();
+    let replies = wire_tx.clone();
     std::thread::spawn(move || {
         while let Ok(packet) = buf_rx.recv() {
             if let Some(reply) = dev.handle(&packet).reply {
                 let mut wire = encode(&reply);
                 dev.corrupt_tx(&mut wire);
-                if wire_tx.send(wire).is_err() {
+                if replies.send(wire).is_err() {
                     return;
                 }
             }
         }
     });
+
+    if let Some(every) = device.config().console_log_every {
+        let dev = device.clone();
+        let noise = wire_tx;
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut boots = dev.boots();
+            loop {
+                std::thread::sleep(every);
+                let mut line = Vec::new();
+                if dev.boots() != boots {
+                    boots = dev.boots();
+                    line.extend_from_slice(b"*** Booting Zephyr OS build v3.7.0 ***\r\n");
+                }
+                let t = started.elapsed();
+                line.extend_from_slice(
+                    format!(
+                        "[{:02}:{:02}:{:02}.{:03},000] <inf> app: heartbeat\r\n",
+                        t.as_secs() / 3600,
+                        t.as_secs() / 60 % 60,
+                        t.as_secs() % 60,
+                        t.subsec_millis()
+                    )
+                    .as_bytes(),
+                );
+                if noise.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
 
     std::thread::spawn(move || {
         let mut pacer = Pacer::new(bytes_per_sec);
