@@ -274,3 +274,28 @@ async fn serial_upload_through_console_noise_drops_and_corruption() {
     assert_eq!(dev.slot_bytes(1).unwrap(), img, "{:?}", dev.log());
     assert!(!rec.notes.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn slow_serial_links_stretch_the_timeouts_instead_of_failing() {
+    // At 9600 baud a 512-byte packet spends over half a second on the wire: far longer than the
+    // 300 ms answer timeout, which must be counted from when the bytes can have arrived.
+    let dev = SmpDevice::new(DeviceConfig {
+        buf_size: 512,
+        buf_count: 2,
+        flash_bytes_per_sec: 50e6,
+        erase_time: Duration::from_millis(20),
+        ..DeviceConfig::default()
+    });
+    let server = serve_pty(dev.clone(), 9600).unwrap();
+    let mut c = SmpClient::new(SerialLink::open(server.path().to_str().unwrap(), 9600).unwrap());
+    c.timeouts = Timeouts {
+        request: Duration::from_millis(300),
+        first_chunk: Duration::from_millis(300),
+        retries: 0,
+        backoff: Duration::from_millis(20),
+    };
+    let img = image("1.0.1", 1_500, 10);
+    let report = c.upload(&img, UploadOptions::default(), &Recorder::default()).await.unwrap();
+    assert_eq!(report.retries, 0);
+    assert_eq!(dev.slot_bytes(1).unwrap(), img);
+}

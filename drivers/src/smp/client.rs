@@ -129,8 +129,10 @@ impl<L: Link> SmpClient<L> {
                 self.link.drain();
             }
             let seq = self.next_seq();
-            self.link.send(&cmd.to_bytes(seq)).await?;
-            let deadline = Instant::now() + timeout;
+            let bytes = cmd.to_bytes(seq);
+            self.link.send(&bytes).await?;
+            // Slow serial links: allow for the request and a generous answer on the wire.
+            let deadline = Instant::now() + timeout + self.link.wire_time(bytes.len() + 1024);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -222,7 +224,7 @@ impl<L: Link> SmpClient<L> {
         // Not retried: a second reset could hit the freshly booted image.
         let seq = self.next_seq();
         self.link.send(&commands::Reset.to_bytes(seq)).await?;
-        let deadline = Instant::now() + self.timeouts.request;
+        let deadline = Instant::now() + self.timeouts.request + self.link.wire_time(64);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let received = if left.is_zero() {
@@ -346,7 +348,9 @@ impl<L: Link> SmpClient<L> {
                 let seq = self.next_seq();
                 self.link.send(&req.to_bytes(seq)).await?;
                 let wait = if first { self.timeouts.first_chunk } else { self.timeouts.request };
-                let mut deadline = Instant::now() + wait;
+                // The chunks queued ahead of this one must cross the wire first.
+                let queued = in_flight.iter().map(|f| (f.end - f.off) as usize).sum::<usize>();
+                let mut deadline = Instant::now() + wait + self.link.wire_time(queued + budget);
                 if let Some(f) = in_flight.iter().find(|f| f.off == 0) {
                     deadline = deadline.max(f.deadline);
                 }

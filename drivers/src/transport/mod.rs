@@ -58,6 +58,11 @@ pub trait Link: Send {
     fn fit_packet(&self, budget: usize) -> usize {
         budget
     }
+
+    /// How long `bytes` of packets take on the wire (added to timeouts on slow links).
+    fn wire_time(&self, _bytes: usize) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Either transport, chosen at run time.
@@ -100,6 +105,13 @@ impl Link for AnyLink {
         match self {
             AnyLink::Serial(l) => l.fit_packet(budget),
             AnyLink::Udp(l) => l.fit_packet(budget),
+        }
+    }
+
+    fn wire_time(&self, bytes: usize) -> Duration {
+        match self {
+            AnyLink::Serial(l) => l.wire_time(bytes),
+            AnyLink::Udp(l) => l.wire_time(bytes),
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct SerialLink {
     ready: VecDeque<Result<Vec<u8>, frame::FrameError>>,
     stop: Arc<AtomicBool>,
     name: String,
+    baud: u32,
 }
 
 impl std::fmt::Debug for SerialLink {
@@ -88,6 +89,7 @@ impl SerialLink {
             ready: VecDeque::new(),
             stop,
             name: path.to_string(),
+            baud: baud.max(1),
         })
     }
 }
@@ -113,6 +115,11 @@ impl Link for SerialLink {
         } else {
             budget
         }
+    }
+
+    fn wire_time(&self, bytes: usize) -> Duration {
+        // 8N1: ten bit times per byte, after framing and base64.
+        Duration::from_secs_f64(frame::wire_len(bytes) as f64 * 10.0 / f64::from(self.baud))
     }
 
     async fn send(&mut self, packet: &[u8]) -> Result<(), TransportError> {
