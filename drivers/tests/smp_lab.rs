@@ -299,3 +299,18 @@ async fn slow_serial_links_stretch_the_timeouts_instead_of_failing() {
     assert_eq!(report.retries, 0);
     assert_eq!(dev.slot_bytes(1).unwrap(), img);
 }
+
+#[tokio::test]
+async fn lost_answers_do_not_stall_the_window() {
+    // Every 5th answer the device sends arrives damaged, which the client must treat like a lost
+    // answer: the chunk was written, and the answer to a later chunk acknowledges it. Only a
+    // damaged answer to the very last chunk can cost one resend round.
+    let dev = fast_device();
+    let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
+    c.params().await.unwrap();
+    dev.faults().corrupt_tx_every = Some(5);
+    let img = image("1.2.0", 60_000, 11);
+    let report = c.upload(&img, UploadOptions::default(), &Recorder::default()).await.unwrap();
+    assert_eq!(dev.slot_bytes(1).unwrap(), img);
+    assert!(report.retries <= 1, "{report:?}");
+}

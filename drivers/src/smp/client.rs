@@ -377,12 +377,19 @@ impl<L: Link> SmpClient<L> {
                     let Some(pos) = in_flight.iter().position(|f| f.seq == h.seq) else {
                         continue; // A late answer to a request we already gave up on.
                     };
-                    let sent = in_flight.remove(pos);
-                    match ImageUpload::parse_response(&packet, sent.seq) {
-                        Ok(ack) => Ok((sent, ack)),
-                        Err(SmpError::Device(e)) if e.is_transient() => Err(e.to_string()),
+                    match ImageUpload::parse_response(&packet, h.seq) {
+                        Ok(ack) => Ok((in_flight.remove(pos), ack)),
+                        Err(SmpError::Device(e)) if e.is_transient() => {
+                            in_flight.remove(pos);
+                            Err(e.to_string())
+                        }
                         Err(e @ SmpError::Device(_)) => return Err(e),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            // A damaged answer counts as a lost one: a later answer acknowledges
+                            // the chunk, or its deadline makes it go again.
+                            bad_frame = Some(e.to_string());
+                            continue;
+                        }
                     }
                 }
                 Err(TransportError::Timeout(_)) => Err("no answer in time".to_string()),
@@ -425,6 +432,9 @@ impl<L: Link> SmpClient<L> {
                     if acked == total {
                         break;
                     }
+                    // Chunks that end at or before `off` are written even if their own answers
+                    // were lost: stop waiting for them.
+                    in_flight.retain(|f| f.end > off);
                     if off != sent.end {
                         // The device wants something else (a chunk was lost, or it rebooted and
                         // lost the session): everything in flight is void, resend from `off`.
