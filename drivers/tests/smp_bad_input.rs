@@ -135,7 +135,7 @@ async fn garbage_and_wrong_shapes_are_clear_errors() {
     });
     let e = client(addr).await.echo("x").await.unwrap_err();
     assert!(matches!(e, SmpError::Malformed(_)), "{e}");
-    assert!(e.to_string().contains("announces"), "{e}");
+    assert!(e.to_string().contains("announces") && e.to_string().contains("3 attempts"), "{e}");
 }
 
 #[tokio::test]
@@ -194,4 +194,22 @@ async fn a_device_that_never_advances_makes_the_upload_give_up() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("without making progress"), "{e}");
+}
+
+#[tokio::test]
+async fn a_damaged_answer_is_asked_for_again() {
+    // The first answer to each sequence number is damaged CBOR, the second (to the retry) is fine.
+    let addr = hostile(|req| {
+        if req[6] % 2 == 0 {
+            let mut r = rsp(req, req[6], &Value::Map(vec![(text("r"), text("hi"))]));
+            let n = r.len();
+            r[n - 3] = 0xff;
+            r.truncate(n - 1);
+            r[2..4].copy_from_slice(&((n - 9) as u16).to_be_bytes());
+            vec![r]
+        } else {
+            vec![rsp(req, req[6], &Value::Map(vec![(text("r"), text("hi"))]))]
+        }
+    });
+    assert_eq!(client(addr).await.echo("hi").await.unwrap(), "hi");
 }

@@ -148,6 +148,11 @@ impl<L: Link> SmpClient<L> {
                             Err(SmpError::Mismatch(m)) => {
                                 last_bad = Some(SmpError::Mismatch(m));
                             }
+                            // Damaged on the way (UDP has no CRC): ask again.
+                            Err(SmpError::Malformed(m)) => {
+                                last_bad = Some(SmpError::Malformed(m));
+                                break;
+                            }
                             other => return other,
                         },
                         // A late answer to an earlier request, or noise: keep waiting.
@@ -164,10 +169,11 @@ impl<L: Link> SmpClient<L> {
         }
         Err(match last_bad {
             Some(e @ SmpError::Device(_)) => e,
-            Some(e) => SmpError::Upload(format!(
-                "{} failed after {attempts} attempts; last problem: {e}",
+            Some(SmpError::Malformed(m)) => SmpError::Malformed(format!(
+                "{m} (to {}, on every one of {attempts} attempts)",
                 cmd.name()
             )),
+            Some(e) => SmpError::Failed { what: cmd.name(), attempts, last: e.to_string() },
             None => SmpError::Timeout { what: cmd.name(), after: timeout, attempts },
         })
     }

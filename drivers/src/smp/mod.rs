@@ -41,6 +41,8 @@ pub enum SmpError {
     Mismatch(String),
     #[error("the device refused the request: {0}")]
     Device(DeviceError),
+    #[error("{what} failed after {attempts} attempts; last problem: {last}")]
+    Failed { what: String, attempts: u32, last: String },
     #[error("upload failed: {0}")]
     Upload(String),
     #[error("the image is {len} bytes; SMP uploads are limited to 4 GiB")]
