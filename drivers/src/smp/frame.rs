@@ -9,6 +9,9 @@
 //! lines from the device's console) is skipped. Base64 is decoded over the concatenated text of a
 //! packet's lines, so it accepts senders that cut lines at any multiple of 4 characters (smpclient
 //! uses 120, Zephyr 124).
+//!
+//! The decoder and the response parsers are fuzzed by `drivers/fuzz` (from `drivers/`:
+//! `cargo +nightly fuzz run smp_frame_decoder`, `cargo +nightly fuzz run smp_response_parser`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
