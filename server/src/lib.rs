@@ -13,9 +13,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(
-        "cannot listen on {addr}: {source} (is another server using the port? pick another with --listen)"
-    )]
+    #[error("cannot listen on {addr}: {source} (is another server using the port? pick another with --listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server stopped with an I/O error: {0}")]
     Serve(std::io::Error),
@@ -72,8 +70,12 @@ mod tests {
         let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = bound.local_addr();
         tokio::spawn(bound.serve());
-        let body: serde_json::Value =
-            reqwest::get(format!("http://{addr}/v1/health")).await.unwrap().json().await.unwrap();
+        let body: serde_json::Value = reqwest::get(format!("http://{addr}/v1/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["status"], "ok");
         assert_eq!(body["version"], VERSION);
     }
