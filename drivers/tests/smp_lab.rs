@@ -72,6 +72,8 @@ async fn serial_upload_test_reset_confirm_over_a_real_pty() {
         .unwrap();
     assert_eq!(report.bytes, img.len() as u64);
     assert_eq!(report.window, 4);
+    // Every packet fitted the device's buffers (an oversized one would be dropped and resent).
+    assert_eq!(report.retries, 0, "{report:?}");
     assert_eq!(dev.slot_bytes(1).unwrap(), img, "device slot differs from the image sent");
     assert!(states.iter().any(|s| s.slot == 1 && s.pending && !s.permanent));
     let t = rec.transfers.lock().unwrap().clone();
@@ -313,4 +315,17 @@ async fn lost_answers_do_not_stall_the_window() {
     let report = c.upload(&img, UploadOptions::default(), &Recorder::default()).await.unwrap();
     assert_eq!(dev.slot_bytes(1).unwrap(), img);
     assert!(report.retries <= 1, "{report:?}");
+}
+
+#[tokio::test]
+async fn packets_larger_than_the_device_buffer_are_lost_like_on_a_real_device() {
+    let dev = fast_device();
+    let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
+    c.timeouts.retries = 1;
+    c.timeouts.first_chunk = Duration::from_millis(300);
+    let img = image("1.0.2", 10_000, 12);
+    let opts = UploadOptions { max_packet: Some(3000), ..Default::default() };
+    let e = c.upload(&img, opts, &Recorder::default()).await.unwrap_err();
+    assert!(e.to_string().contains("no answer"), "{e}");
+    assert!(dev.slot_bytes(1).is_none());
 }

@@ -245,7 +245,8 @@ impl<L: Link> SmpClient<L> {
                 Ok(_) | Err(TransportError::BadFrame(_)) => {}
                 Err(TransportError::Timeout(_)) => {
                     return Err(SmpError::Timeout {
-                        what: "reset".into(),
+                        what: "reset (the device may have reset anyway: list its images to see)"
+                            .into(),
                         after: self.timeouts.request,
                         attempts: 1,
                     });
