@@ -325,7 +325,9 @@ async fn packets_larger_than_the_device_buffer_are_lost_like_on_a_real_device() 
     c.timeouts.first_chunk = Duration::from_millis(300);
     let img = image("1.0.2", 10_000, 12);
     let opts = UploadOptions { max_packet: Some(3000), ..Default::default() };
-    let e = c.upload(&img, opts, &Recorder::default()).await.unwrap_err();
-    assert!(e.to_string().contains("no answer"), "{e}");
+    // Depending on which chunks were small enough to get through, the client hears nothing or
+    // hears the device ask for the start again; either way it gives up with nothing written.
+    let e = c.upload(&img, opts, &Recorder::default()).await.unwrap_err().to_string();
+    assert!(e.contains("no answer") || e.contains("without making progress"), "{e}");
     assert!(dev.slot_bytes(1).is_none());
 }

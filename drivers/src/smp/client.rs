@@ -414,13 +414,13 @@ impl<L: Link> SmpClient<L> {
                             "device reports offset {off} beyond the image length {total}"
                         )));
                     }
-                    let progressed = off > acked || resumed_from.is_none();
+                    let progressed = off > acked;
                     if progressed {
                         failures = 0;
                     }
-                    if resumed_from.is_none() {
+                    if sent.off == 0 && resumed_from.is_none() {
                         resumed_from = Some(off);
-                        if off > 0 {
+                        if off > 0 && off != sent.end {
                             progress.note(&format!("resuming the upload at byte {off}"));
                         }
                         progress.phase("upload");
