@@ -34,6 +34,8 @@ enum Command {
     /// Credentials in the OS keyring: set, get, delete, list (names only).
     #[command(subcommand)]
     Credentials(cmd::credentials::CredentialsCommand),
+    /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset.
+    Device(cmd::device::DeviceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Bundle(c) => cmd::bundle::run(c, cli.json),
         Command::Log(c) => cmd::log::run(c, cli.json),
         Command::Credentials(c) => cmd::credentials::run(c, cli.json),
+        Command::Device(args) => cmd::device::run(args, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -10,4 +10,6 @@
 
 pub mod dfu;
 pub mod progress;
+pub mod smp;
+pub mod transport;
 pub mod usb;

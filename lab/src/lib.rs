@@ -10,3 +10,4 @@
 
 pub mod dfu;
 pub mod pty;
+pub mod smp;

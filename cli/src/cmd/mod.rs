@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod credentials;
+pub mod device;
 pub mod dfu;
 pub mod info;
 pub mod keys;

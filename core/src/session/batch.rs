@@ -125,7 +125,9 @@ pub async fn run_in_visit(
             bundle_id: r.bundle_id.clone().unwrap_or_else(|| r.path.display().to_string()),
             reason: r.reason.clone(),
         };
-        log.append(crate::visitlog::NewEvent::new(kind).visit(visit)).await.map_err(|e| store_err(&e))?;
+        log.append(crate::visitlog::NewEvent::new(kind).visit(visit))
+            .await
+            .map_err(|e| store_err(&e))?;
     }
     let deps = SessionDeps {
         connector,
@@ -139,9 +141,13 @@ pub async fn run_in_visit(
     let result = super::run(&shared, &deps).await;
     let state = shared.lock().await.clone();
     let summary = state.summary();
-    log.close_visit(visit, summary.patched, summary.failed + summary.rolled_back + summary.pending + summary.skipped)
-        .await
-        .map_err(|e| store_err(&e))?;
+    log.close_visit(
+        visit,
+        summary.patched,
+        summary.failed + summary.rolled_back + summary.pending + summary.skipped,
+    )
+    .await
+    .map_err(|e| store_err(&e))?;
     result?;
     Ok((summary, state))
 }

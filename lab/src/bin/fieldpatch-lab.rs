@@ -1,6 +1,9 @@
 //! `fieldpatch-lab`: run simulated devices by hand.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use fieldpatch_lab::smp::mcuboot::{self, Version};
+use fieldpatch_lab::smp::{DeviceConfig, Faults, SmpDevice};
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "fieldpatch-lab", version, about = "Simulated devices for Fieldpatch")]
@@ -13,6 +16,112 @@ struct Cli {
 enum Command {
     /// Open a raw pseudo-terminal and echo every byte back (checks a client's serial setup).
     Loopback,
+    /// Run a simulated Zephyr/MCUboot SMP device on a new pty (prints its path).
+    SmpSerial {
+        /// Line speed the pty is paced at (8N1).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Run a simulated Zephyr/MCUboot SMP device on a UDP port.
+    SmpUdp {
+        /// Address to bind (loopback only is sensible).
+        #[arg(long, default_value = "127.0.0.1:1337")]
+        bind: std::net::SocketAddr,
+        /// Added round-trip time in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
+        /// Datagram loss probability per direction (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Write an unsigned MCUboot test image (header, payload, SHA-256 TLV) to a file.
+    MakeImage {
+        /// Version MAJOR.MINOR.REVISION[.BUILD].
+        #[arg(long)]
+        version: Version,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 65_536)]
+        size: usize,
+        /// Seed for the payload bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u8,
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DeviceArgs {
+    /// SMP receive buffer size.
+    #[arg(long, default_value_t = 2048)]
+    buf_size: usize,
+    /// Number of SMP receive buffers.
+    #[arg(long, default_value_t = 4)]
+    buf_count: usize,
+    /// Flash write speed in KiB/s.
+    #[arg(long, default_value_t = 512.0)]
+    flash_kib_s: f64,
+    /// Version of the image running at power-on.
+    #[arg(long, default_value = "1.0.0")]
+    running_version: Version,
+    /// Fault: drop every Nth received packet.
+    #[arg(long)]
+    drop_every: Option<u32>,
+    /// Fault: corrupt every Nth sent packet.
+    #[arg(long)]
+    corrupt_every: Option<u32>,
+    /// Fault: reboot once the upload reaches this offset.
+    #[arg(long)]
+    reboot_at: Option<u64>,
+    /// Fault: stall for 3 s once the upload reaches this offset.
+    #[arg(long)]
+    stall_at: Option<u64>,
+    /// Fault: lose power during the test boot of a new image (it reverts).
+    #[arg(long)]
+    power_loss_on_test_boot: bool,
+    /// Fault: a new image fails its health check on its test boot (it reverts).
+    #[arg(long)]
+    fail_health_check: bool,
+}
+
+impl DeviceArgs {
+    fn device(&self) -> SmpDevice {
+        let dev = SmpDevice::new(DeviceConfig {
+            buf_size: self.buf_size,
+            buf_count: self.buf_count,
+            flash_bytes_per_sec: self.flash_kib_s * 1024.0,
+            initial_image: mcuboot::build_image(
+                self.running_version,
+                &mcuboot::test_payload(4096, 0),
+            ),
+            ..DeviceConfig::default()
+        });
+        *dev.faults() = Faults {
+            drop_rx_every: self.drop_every,
+            corrupt_tx_every: self.corrupt_every,
+            stall_at: self.stall_at.map(|o| (o, Duration::from_secs(3))),
+            reboot_at: self.reboot_at,
+            power_loss_on_test_boot: self.power_loss_on_test_boot,
+            fail_health_check: self.fail_health_check,
+        };
+        dev
+    }
+}
+
+/// Print the device's log as it grows, forever.
+fn follow(dev: &SmpDevice) -> ! {
+    let mut seen = 0;
+    loop {
+        let log = dev.log();
+        for line in &log[seen.min(log.len())..] {
+            eprintln!("device: {line}");
+        }
+        seen = log.len();
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +141,32 @@ fn main() -> anyhow::Result<()> {
                 }
                 tx.write_all(&buf[..n])?;
             }
+        }
+        Command::SmpSerial { baud, device } => {
+            let dev = device.device();
+            let server = fieldpatch_lab::smp::serial::serve_pty(dev.clone(), baud)?;
+            println!("{}", server.path().display());
+            follow(&dev)
+        }
+        Command::SmpUdp { bind, rtt_ms, loss, device } => {
+            anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1");
+            let dev = device.device();
+            let net = fieldpatch_lab::smp::udp::NetConditions {
+                added_rtt: Duration::from_millis(rtt_ms),
+                loss,
+                seed: 1,
+            };
+            let server = fieldpatch_lab::smp::udp::serve_udp(dev.clone(), bind, net)?;
+            println!("{}", server.local_addr());
+            follow(&dev)
+        }
+        Command::MakeImage { version, size, seed, out } => {
+            let img = mcuboot::build_image(version, &mcuboot::test_payload(size, seed));
+            std::fs::write(&out, &img)?;
+            let info = mcuboot::parse(&img).expect("a freshly built image parses");
+            let hash: String = info.hash.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{} {} bytes, version {}, hash {hash}", out.display(), img.len(), version);
+            Ok(())
         }
     }
 }

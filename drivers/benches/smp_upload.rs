@@ -1,0 +1,173 @@
+//! SMP upload throughput against the simulated device (prints figures; run with
+//! `cargo bench -p fieldpatch-drivers --bench smp_upload`).
+//!
+//! 1. Serial at 115200 baud 8N1 (11520 bytes/s on the line): payload throughput as a fraction of
+//!    what the console framing allows (93 data bytes per 127-byte line). Goal: at least 90%.
+//! 2. UDP with 20 ms added round-trip: windowed upload against stop-and-wait. Goal: at least 3x.
+//! 3. The same images uploaded by `smpmgr` to the same kind of device over the same links.
+
+use fieldpatch_drivers::progress::NoProgress;
+use fieldpatch_drivers::smp::{SmpClient, UploadOptions, UploadReport};
+use fieldpatch_drivers::transport::{Link, SerialLink, UdpLink};
+use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
+use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
+use fieldpatch_lab::smp::{DeviceConfig, SmpDevice, serial::serve_pty};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const BAUD: u32 = 115_200;
+const SERIAL_IMAGE: usize = 48 * 1024;
+const UDP_IMAGE: usize = 256 * 1024;
+const RTT: Duration = Duration::from_millis(20);
+
+fn image(len: usize) -> Vec<u8> {
+    build_image(Version { major: 2, minor: 0, revision: 0, build: 0 }, &test_payload(len, 42))
+}
+
+async fn upload<L: Link>(link: L, img: &[u8], window: Option<usize>) -> UploadReport {
+    let mut c = SmpClient::new(link);
+    let opts = UploadOptions { window, ..Default::default() };
+    c.upload(img, opts, &NoProgress).await.expect("upload")
+}
+
+fn rate(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64()
+}
+
+fn smpmgr() -> Option<PathBuf> {
+    let mut c: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("smpmgr")).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("HOME") {
+        c.push(PathBuf::from(h).join(".cache/fieldpatch/venv/bin/smpmgr"));
+    }
+    c.into_iter().find(|p| p.is_file())
+}
+
+/// Wall time of an `smpmgr` run, and of a bare `os echo` (interpreter start-up and connect).
+fn time_smpmgr(bin: &PathBuf, target: &[String], args: &[&str]) -> (Duration, Duration) {
+    let run = |a: &[&str]| {
+        let t = Instant::now();
+        let out = std::process::Command::new(bin)
+            .args(target)
+            .args(["--timeout", "10"])
+            .args(a)
+            .output()
+            .expect("smpmgr runs");
+        assert!(out.status.success(), "smpmgr failed: {}", String::from_utf8_lossy(&out.stderr));
+        t.elapsed()
+    };
+    let startup = run(&["os", "echo", "x"]);
+    (run(args), startup)
+}
+
+fn udp_1337(dev: &SmpDevice, net: NetConditions) -> Option<UdpServer> {
+    ["127.0.0.1:1337", "127.0.0.2:1337", "127.0.0.3:1337"]
+        .iter()
+        .find_map(|a| serve_udp(dev.clone(), a.parse().unwrap(), net).ok())
+}
+
+#[tokio::main]
+async fn main() {
+    let limit = f64::from(BAUD) / 10.0 * 93.0 / 127.0;
+    println!("== SMP upload benchmarks (lab device: buf_size 2048, buf_count 4)");
+
+    // 1. Serial.
+    let img = image(SERIAL_IMAGE);
+    let dev = SmpDevice::new(DeviceConfig::default());
+    let server = serve_pty(dev.clone(), BAUD).unwrap();
+    let port = server.path().to_str().unwrap().to_string();
+    let link = SerialLink::open(&port, BAUD).unwrap();
+    let r = upload(link, &img, None).await;
+    let ours_serial = rate(img.len(), r.elapsed);
+    println!(
+        "serial 115200: {} bytes in {:.2} s = {:.0} B/s; framing limit {:.0} B/s; {:.1}% of the limit (goal >= 90%); chunk {} B, window {}, {} retries",
+        img.len(),
+        r.elapsed.as_secs_f64(),
+        ours_serial,
+        limit,
+        100.0 * ours_serial / limit,
+        r.chunk,
+        r.window,
+        r.retries
+    );
+
+    // 2. UDP, windowed against stop-and-wait.
+    let img = image(UDP_IMAGE);
+    let net = NetConditions { added_rtt: RTT, ..Default::default() };
+    let mut udp_rates = Vec::new();
+    for window in [Some(1), None] {
+        let dev = SmpDevice::new(DeviceConfig::default());
+        let server = serve_udp(dev, "127.0.0.1:0".parse().unwrap(), net).unwrap();
+        let link = UdpLink::connect(server.local_addr()).await.unwrap();
+        let r = upload(link, &img, window).await;
+        let label = if window == Some(1) { "stop-and-wait" } else { "windowed" };
+        println!(
+            "udp rtt 20 ms, {label}: {} bytes in {:.2} s = {:.0} B/s (window {}, {} retries)",
+            img.len(),
+            r.elapsed.as_secs_f64(),
+            rate(img.len(), r.elapsed),
+            r.window,
+            r.retries
+        );
+        udp_rates.push(rate(img.len(), r.elapsed));
+    }
+    let ours_udp = udp_rates[1];
+    println!("udp windowed / stop-and-wait: {:.2}x (goal >= 3x)", udp_rates[1] / udp_rates[0]);
+
+    // 3. smpmgr side by side.
+    let Some(bin) = smpmgr() else {
+        println!("smpmgr: not installed (run scripts/setup); comparison skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("fieldpatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial_file = dir.join("serial.bin");
+    std::fs::write(&serial_file, image(SERIAL_IMAGE)).unwrap();
+    let udp_file = dir.join("udp.bin");
+    std::fs::write(&udp_file, image(UDP_IMAGE)).unwrap();
+
+    let dev = SmpDevice::new(DeviceConfig::default());
+    let server = serve_pty(dev, BAUD).unwrap();
+    let target = vec![
+        "--port".to_string(),
+        server.path().to_str().unwrap().to_string(),
+        "--baudrate".into(),
+        BAUD.to_string(),
+    ];
+    let (t, startup) = time_smpmgr(
+        &bin,
+        &target,
+        &["image", "upload", "--slot", "1", serial_file.to_str().unwrap()],
+    );
+    let theirs = rate(SERIAL_IMAGE, t.saturating_sub(startup));
+    println!(
+        "smpmgr serial 115200: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / smpmgr = {:.2}x",
+        t.as_secs_f64(),
+        startup.as_secs_f64(),
+        theirs,
+        ours_serial / theirs
+    );
+
+    let dev = SmpDevice::new(DeviceConfig::default());
+    match udp_1337(&dev, net) {
+        None => println!("smpmgr udp: no free loopback address for port 1337; skipped"),
+        Some(server) => {
+            let target = vec!["--ip".to_string(), server.local_addr().ip().to_string()];
+            let (t, startup) = time_smpmgr(
+                &bin,
+                &target,
+                &["image", "upload", "--slot", "1", udp_file.to_str().unwrap()],
+            );
+            let theirs = rate(UDP_IMAGE, t.saturating_sub(startup));
+            println!(
+                "smpmgr udp rtt 20 ms: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / smpmgr = {:.2}x",
+                t.as_secs_f64(),
+                startup.as_secs_f64(),
+                theirs,
+                ours_udp / theirs
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
