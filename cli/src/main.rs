@@ -34,6 +34,11 @@ enum Command {
     /// Credentials in the OS keyring: set, get, delete, list (names only).
     #[command(subcommand)]
     Credentials(cmd::credentials::CredentialsCommand),
+    /// Identify the work order's devices and plan which verified bundles go where.
+    Plan(cmd::session::PlanArgs),
+    /// Offline batch sessions: run a plan (canary, waves), resume, status.
+    #[command(subcommand)]
+    Session(cmd::session::SessionCommand),
     /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset.
     Device(cmd::device::DeviceArgs),
 }
@@ -47,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Bundle(c) => cmd::bundle::run(c, cli.json),
         Command::Log(c) => cmd::log::run(c, cli.json),
         Command::Credentials(c) => cmd::credentials::run(c, cli.json),
+        Command::Plan(args) => cmd::session::plan(args, cli.json),
+        Command::Session(c) => cmd::session::run(c, cli.json),
         Command::Device(args) => cmd::device::run(args, cli.json),
     };
     match result {

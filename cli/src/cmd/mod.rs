@@ -7,6 +7,7 @@ pub mod dfu;
 pub mod info;
 pub mod keys;
 pub mod log;
+pub mod session;
 
 /// A runtime for commands that call the async core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

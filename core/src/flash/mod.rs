@@ -21,7 +21,9 @@
 //! * **Resumable.** A device that already runs the target image confirmed is left alone; one that
 //!   runs it in test mode goes straight to the health check. Uploads resume where the driver can.
 
+pub mod connect;
 pub mod dfu;
+pub mod smp;
 
 use crate::model::Version;
 use crate::progress::{Progress, TransferProgress};

@@ -12,6 +12,11 @@ use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, UploadOpti
 use fieldpatch_drivers::transport::Link;
 use std::time::Duration;
 
+/// How long a device keeps answering after it accepted a reset (Zephyr resets
+/// `CONFIG_MCUMGR_GRP_OS_RESET_MS`, 250 ms by default, after its reply): state read before this
+/// would describe the image that is about to go away.
+pub const RESET_SETTLE: Duration = Duration::from_millis(750);
+
 /// An SMP device on one link.
 #[derive(Debug)]
 pub struct SmpTarget<L: Link> {
@@ -84,7 +89,9 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
 
     async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
         self.client.image_test(image_hash).await.map_err(dev_err)?;
-        self.client.reset().await.map_err(dev_err)
+        self.client.reset().await.map_err(dev_err)?;
+        tokio::time::sleep(RESET_SETTLE).await;
+        Ok(())
     }
 
     async fn confirm(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
@@ -100,7 +107,9 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
 
     async fn revert(&mut self) -> Result<(), TargetError> {
         // An unconfirmed test image is dropped by MCUboot at the next reset.
-        self.client.reset().await.map_err(dev_err)
+        self.client.reset().await.map_err(dev_err)?;
+        tokio::time::sleep(RESET_SETTLE).await;
+        Ok(())
     }
 
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {

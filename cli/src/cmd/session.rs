@@ -1,0 +1,345 @@
+//! `fieldpatch plan` and `fieldpatch session run|resume|status`: offline batch flashing.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use fieldpatch_core::bundle::verify::{OfflineGrace, VerifyPolicy};
+use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::credentials::Credentials;
+use fieldpatch_core::flash::connect::DriverConnector;
+use fieldpatch_core::plan::{Disposition, Plan};
+use fieldpatch_core::progress::TransferProgress;
+use fieldpatch_core::session::batch::{self, identify, make_plan, read_devices, run_in_visit};
+use fieldpatch_core::session::local::StoreSessions;
+use fieldpatch_core::session::{
+    DeviceStatus, Observer, Phase, SessionEvent, SessionOptions, SessionState, Threshold,
+};
+use fieldpatch_core::store::Store;
+use fieldpatch_core::visitlog::VisitLog;
+use fieldpatch_drivers::usb::rusb_backend::RusbBus;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where the verified catalog comes from.
+#[derive(Args, Debug, Clone)]
+pub struct CatalogArgs {
+    /// Folder of bundle files (*.fpb).
+    #[arg(long)]
+    catalog: PathBuf,
+    /// Trust store (JSON).
+    #[arg(long)]
+    trust: PathBuf,
+    /// When the catalog was last verified online (RFC 3339): allows expired bundles within the
+    /// grace period.
+    #[arg(long, requires = "grace_days")]
+    last_online: Option<chrono::DateTime<chrono::Utc>>,
+    /// Offline grace period in days after a bundle's expiry.
+    #[arg(long, requires = "last_online")]
+    grace_days: Option<i64>,
+}
+
+impl CatalogArgs {
+    fn load(&self) -> anyhow::Result<Catalog> {
+        let mut policy = VerifyPolicy::now();
+        if let (Some(last), Some(days)) = (self.last_online, self.grace_days) {
+            policy.offline_grace = Some(OfflineGrace {
+                last_online_verification: last,
+                grace: chrono::Duration::days(days),
+            });
+        }
+        Ok(batch::load_catalog(&self.catalog, &self.trust, &policy)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The work order's devices: a JSON list of device records.
+    #[arg(long)]
+    devices: PathBuf,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    /// Save the plan here (for `fieldpatch session run`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How long to wait for each device to answer when identifying it, in seconds.
+    #[arg(long, default_value_t = 10)]
+    identify_timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Run a saved plan: canary, soak, then waves.
+    Run {
+        /// The plan file written by `fieldpatch plan --out`.
+        plan: PathBuf,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        #[command(flatten)]
+        options: SessionArgs,
+    },
+    /// Resume a paused, stopped or interrupted session (the latest unfinished one by default).
+    Resume {
+        /// Session id.
+        id: Option<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
+    /// Show a saved session's state.
+    Status {
+        /// Session id (the latest unfinished one by default).
+        id: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SessionArgs {
+    /// Flash every device in waves without a canary first.
+    #[arg(long)]
+    no_canary: bool,
+    /// Seconds the canary runs before it is checked again.
+    #[arg(long, default_value_t = 10)]
+    soak: u64,
+    /// Devices per wave.
+    #[arg(long, default_value_t = 8)]
+    wave: usize,
+    /// Devices flashed at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Stop after this many failures (3) or this share of the attempted devices (10%).
+    #[arg(long, default_value = "20%")]
+    threshold: Threshold,
+    /// Extra attempts for a device whose flash failed.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
+    /// Say what would be done; touch no device.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds a device may take to come back after a reset.
+    #[arg(long, default_value_t = 30)]
+    reconnect_timeout: u64,
+}
+
+impl SessionArgs {
+    fn options(&self) -> SessionOptions {
+        SessionOptions {
+            canary: !self.no_canary,
+            soak: Duration::from_secs(self.soak),
+            wave_size: self.wave,
+            concurrency: self.concurrency,
+            failure_threshold: self.threshold,
+            retries: self.retries,
+            dry_run: self.dry_run,
+            reconnect_timeout: Duration::from_secs(self.reconnect_timeout),
+        }
+    }
+}
+
+fn connector() -> DriverConnector<RusbBus> {
+    DriverConnector { usb: RusbBus }
+}
+
+pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(async move {
+        let catalog = args.catalog.load()?;
+        for r in &catalog.refused {
+            eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
+        }
+        let devices = read_devices(&args.devices)?;
+        let timeout = Duration::from_secs(args.identify_timeout);
+        let mut identified = Vec::new();
+        for (d, err) in identify(&connector(), devices, timeout).await {
+            if let Some(e) = err {
+                eprintln!("{}: not identified ({e}); using the inventory's record", d.id);
+            }
+            identified.push(d);
+        }
+        let store = Store::open_default().await?;
+        let creds = Credentials::open(&store).await.ok();
+        let plan = make_plan(identified, &catalog, creds.as_ref()).await;
+        if let Some(out) = &args.out {
+            std::fs::write(out, serde_json::to_vec_pretty(&plan)?)
+                .with_context(|| format!("writing the plan to {}", out.display()))?;
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&plan);
+            if let Some(out) = &args.out {
+                println!("\nplan saved to {}", out.display());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_plan(plan: &Plan) {
+    println!("{:<16} {:<28} {:<10} PLAN", "DEVICE", "ADDRESS", "RUNS");
+    for d in &plan.devices {
+        let runs =
+            d.device.identity.firmware_version.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        let what = match &d.disposition {
+            Disposition::Patch { steps, short_reason, .. } => {
+                let path: Vec<String> = steps
+                    .iter()
+                    .map(|s| format!("{} -> {} ({})", s.from, s.to, s.bundle_id))
+                    .collect();
+                let mut t = format!("patch: {}", path.join(", "));
+                if let Some(r) = short_reason {
+                    t.push_str(&format!(" [stops short: {r}]"));
+                }
+                t
+            }
+            Disposition::Scheduled { not_before, .. } => format!("scheduled from {not_before}"),
+            Disposition::UpToDate { version } => format!("up to date ({version})"),
+            Disposition::Unpatchable { why } => format!("cannot patch: {why}"),
+        };
+        println!("{:<16} {:<28} {:<10} {}", d.device.id, d.device.address.to_string(), runs, what);
+    }
+}
+
+/// Renders session events as one progress line per device.
+fn observer(json: bool) -> (Observer, MultiProgress) {
+    let multi = MultiProgress::new();
+    if json {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let bars: Arc<Mutex<HashMap<String, ProgressBar>>> = Arc::default();
+    let m = multi.clone();
+    let style = ProgressStyle::with_template(
+        "{prefix:<14} {bar:30} {bytes:>9}/{total_bytes:<9} {binary_bytes_per_sec:>11} {msg}",
+    )
+    .expect("valid template");
+    let obs: Observer = Arc::new(move |device, event| {
+        let Some(device) = device else {
+            if let SessionEvent::Note(n) = event {
+                let _ = m.println(n);
+            }
+            return;
+        };
+        let mut bars = bars.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = bars.entry(device.to_string()).or_insert_with(|| {
+            let b = m.add(ProgressBar::new(0));
+            b.set_style(style.clone());
+            b.set_prefix(device.to_string());
+            b
+        });
+        match event {
+            SessionEvent::Phase { name } => bar.set_message(name),
+            SessionEvent::Transfer(TransferProgress { done, total, .. }) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            SessionEvent::Status(s) => bar.set_message(status_text(&s)),
+            SessionEvent::Note(n) => bar.set_message(n),
+        }
+    });
+    (obs, multi)
+}
+
+fn status_text(s: &DeviceStatus) -> String {
+    match s {
+        DeviceStatus::Pending => "pending".into(),
+        DeviceStatus::InProgress { step } => format!("flashing (step {})", step + 1),
+        DeviceStatus::Patched { version } => format!("patched: {version}"),
+        DeviceStatus::RolledBack { reason } => format!("rolled back: {reason}"),
+        DeviceStatus::Failed { reason } => format!("failed: {reason}"),
+        DeviceStatus::Skipped { reason } => format!("skipped: {reason}"),
+    }
+}
+
+pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(async move {
+        let store = Store::open_default().await?;
+        let sessions = StoreSessions(store.clone());
+        let (state, catalog_args) = match cmd {
+            SessionCommand::Status { id } => {
+                let state = find(&sessions, id.as_deref()).await?;
+                return report(&state, json);
+            }
+            SessionCommand::Run { plan, catalog, options } => {
+                let plan: Plan = read_plan(&plan)?;
+                (SessionState::new(plan, options.options()), catalog)
+            }
+            SessionCommand::Resume { id, catalog } => {
+                let state = find(&sessions, id.as_deref()).await?;
+                if state.phase == Phase::Finished {
+                    bail!("session {} already finished", state.id);
+                }
+                (state, catalog)
+            }
+        };
+        let catalog = Arc::new(catalog_args.load()?);
+        let key = Credentials::open(&store).await?.technician_key().await?;
+        let log = Arc::new(VisitLog::open(&store, key).await?);
+        let pause = Arc::new(AtomicBool::new(false));
+        let p = pause.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "pausing: devices in flight finish, no new ones start (Ctrl-C again to abort)"
+                );
+                p.store(true, Ordering::SeqCst);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        let (obs, multi) = observer(json);
+        if !json {
+            let _ = multi.println(format!("session {}", state.id));
+        }
+        let (_, state) =
+            run_in_visit(&store, log, state, catalog, Arc::new(connector()), obs, pause).await?;
+        multi.clear().ok();
+        report(&state, json)
+    })
+}
+
+fn read_plan(path: &Path) -> anyhow::Result<Plan> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading plan {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!("{} is not a plan written by `fieldpatch plan --out`", path.display())
+    })
+}
+
+async fn find(sessions: &StoreSessions, id: Option<&str>) -> anyhow::Result<SessionState> {
+    let found = match id {
+        Some(id) => sessions.load(id).await?,
+        None => sessions.latest_unfinished().await?,
+    };
+    found.context("no such session in the local store (see `fieldpatch session status`)")
+}
+
+fn report(state: &SessionState, json: bool) -> anyhow::Result<ExitCode> {
+    let s = state.summary();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "session": state.id,
+                "phase": state.phase,
+                "summary": s,
+                "devices": state.devices,
+            }))?
+        );
+    } else {
+        println!("{:<16} RESULT", "DEVICE");
+        for (id, st) in &state.devices {
+            println!("{:<16} {}", id, status_text(st));
+        }
+        let phase = match &state.phase {
+            Phase::Stopped { reason } => format!("stopped: {reason}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        println!(
+            "\nsession {} {phase}: {} patched, {} rolled back, {} failed, {} skipped, {} pending",
+            state.id, s.patched, s.rolled_back, s.failed, s.skipped, s.pending
+        );
+    }
+    let ok = s.failed == 0 && s.rolled_back == 0 && matches!(state.phase, Phase::Finished);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}

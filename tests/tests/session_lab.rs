@@ -1,0 +1,376 @@
+//! Batch sessions end to end against lab devices over real ptys, UDP sockets and the lab USB
+//! backend: bundles made and signed by the `fieldpatch` binary, verified into a catalog, devices
+//! identified and planned, flashed canary-first in waves, every step in the signed visit log.
+
+use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::flash::connect::DriverConnector;
+use fieldpatch_core::image::dfu_file::DfuSuffix;
+use fieldpatch_core::model::DeviceIdentity;
+use fieldpatch_core::plan::{DeviceAddress, DeviceRecord};
+use fieldpatch_core::session::batch::{identify, load_catalog, make_plan, run_in_visit};
+use fieldpatch_core::session::{Phase, SessionOptions, SessionState, Threshold};
+use fieldpatch_core::store::Store;
+use fieldpatch_core::visitlog::VisitLog;
+use fieldpatch_e2e::kit::{BundleSpec, Kit, fieldpatch};
+use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig};
+use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
+use fieldpatch_lab::smp::serial::{SerialServer, serve_pty};
+use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
+use fieldpatch_lab::smp::{DeviceConfig, SmpDevice};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+const V1: Version = Version { major: 1, minor: 0, revision: 0, build: 0 };
+const V2: Version = Version { major: 2, minor: 0, revision: 0, build: 0 };
+
+fn smp_device(seed: u8, flash_bytes_per_sec: f64) -> SmpDevice {
+    SmpDevice::new(DeviceConfig {
+        initial_image: build_image(V1, &test_payload(4096, seed)),
+        flash_bytes_per_sec,
+        ..Default::default()
+    })
+}
+
+fn record(id: &str, model: &str, address: DeviceAddress) -> DeviceRecord {
+    DeviceRecord {
+        id: id.into(),
+        address,
+        identity: DeviceIdentity {
+            vendor: Some("Lab".into()),
+            model: Some(model.into()),
+            ..Default::default()
+        },
+        criticality: Default::default(),
+        windows: vec![],
+        credential: None,
+    }
+}
+
+fn udp(dev: &SmpDevice) -> UdpServer {
+    serve_udp(dev.clone(), "127.0.0.1:0".parse().unwrap(), NetConditions::default()).unwrap()
+}
+
+/// The release: a 2.0.0 MCUboot image for the SMP sensors and a DFU file for the USB board.
+struct Release {
+    kit: Kit,
+    new_image: Vec<u8>,
+    dfu_payload: Vec<u8>,
+}
+
+fn release(dir: &std::path::Path) -> Release {
+    let kit = Kit::new(dir);
+    let new_image = build_image(V2, &test_payload(12 * 1024, 42));
+    kit.bundle(&BundleSpec {
+        id: "lab-sensor-2.0.0",
+        vendor: "Lab",
+        model: "sensor",
+        applies: ("1.0.0", "1.9.9"),
+        installs: "2.0.0",
+        cvss: "8.1",
+        format: "mcuboot",
+        payload: &new_image,
+    });
+    let dfu_payload: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let suffix = DfuSuffix {
+        bcd_device: 0xFFFF,
+        id_product: 0x0002,
+        id_vendor: 0x1209,
+        bcd_dfu: 0x0110,
+        length: 16,
+        crc: 0,
+    };
+    kit.bundle(&BundleSpec {
+        id: "lab-board-1.1.0",
+        vendor: "Lab",
+        model: "board",
+        applies: ("1.0.0", "1.0.9"),
+        installs: "1.1.0",
+        cvss: "5.0",
+        format: "dfu",
+        payload: &suffix.append_to(&dfu_payload),
+    });
+    Release { kit, new_image, dfu_payload }
+}
+
+fn catalog(r: &Release) -> Arc<Catalog> {
+    let c = load_catalog(
+        &r.kit.catalog,
+        &r.kit.trust,
+        &fieldpatch_core::bundle::verify::VerifyPolicy::now(),
+    )
+    .unwrap();
+    assert!(c.refused.is_empty(), "{:?}", c.refused);
+    assert_eq!(c.bundles.len(), 2);
+    Arc::new(c)
+}
+
+fn options(threshold: Threshold) -> SessionOptions {
+    SessionOptions {
+        canary: true,
+        soak: Duration::from_millis(200),
+        wave_size: 4,
+        concurrency: 4,
+        failure_threshold: threshold,
+        retries: 0,
+        dry_run: false,
+        reconnect_timeout: Duration::from_secs(20),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let catalog = catalog(&r);
+
+    // The site: one sensor on a serial console, three on the LAN (one whose new image fails its
+    // health check), one board on USB DFU.
+    let serial_dev = smp_device(1, 512.0 * 1024.0);
+    let serial: SerialServer = serve_pty(serial_dev.clone(), 115_200).unwrap();
+    let lan: Vec<SmpDevice> = (2..5).map(|s| smp_device(s, 512.0 * 1024.0)).collect();
+    lan[2].faults().fail_health_check = true;
+    let lan_servers: Vec<UdpServer> = lan.iter().map(udp).collect();
+    let mut dfu_cfg = LabDfuConfig::plain_dfu();
+    dfu_cfg.start_in_runtime = false;
+    let board = LabDfu::new(dfu_cfg);
+
+    let mut devices = vec![record(
+        "sensor-serial",
+        "sensor",
+        DeviceAddress::Serial { port: serial.path().display().to_string(), baud: 115_200 },
+    )];
+    for (i, s) in lan_servers.iter().enumerate() {
+        devices.push(record(
+            &format!("sensor-lan-{i}"),
+            "sensor",
+            DeviceAddress::Udp { addr: s.local_addr().to_string() },
+        ));
+    }
+    let mut usb =
+        record("board-usb", "board", DeviceAddress::Usb { vid: 0x1209, pid: 0x0002, serial: None });
+    usb.identity.firmware_version = Some("1.0.0".parse().unwrap()); // DFU devices cannot say
+    devices.push(usb);
+
+    let connector = DriverConnector { usb: board.bus() };
+    let identified = identify(&connector, devices, Duration::from_secs(15)).await;
+    for (d, err) in &identified {
+        assert!(err.is_none(), "{}: {err:?}", d.id);
+    }
+    assert_eq!(
+        identified[0].0.identity.firmware_version.map(|v| v.to_string()).as_deref(),
+        Some("1.0.0")
+    );
+    let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
+    assert_eq!(plan.patchable().count(), 5, "{plan:#?}");
+    // Higher severity first: the sensors (CVSS 8.1) before the board (5.0).
+    assert_eq!(plan.devices.last().unwrap().device.id, "board-usb");
+
+    let store = Store::open_in(&tmp.path().join("data")).await.unwrap();
+    let key = ed25519_key();
+    let log = Arc::new(VisitLog::open(&store, key).await.unwrap());
+    let state = SessionState::new(plan, options(Threshold::Count(3)));
+    let (summary, state) = run_in_visit(
+        &store,
+        log,
+        state,
+        catalog.clone(),
+        Arc::new(connector),
+        Arc::new(|_, _| {}),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!((summary.patched, summary.rolled_back, summary.failed), (4, 1, 0), "{state:#?}");
+    assert_eq!(state.phase, Phase::Finished);
+    let new_hash = fieldpatch_core::image::mcuboot::McubootImage::parse(&r.new_image)
+        .unwrap()
+        .image_hash()
+        .unwrap()
+        .to_vec();
+    for (name, dev) in [("serial", &serial_dev), ("lan-0", &lan[0]), ("lan-1", &lan[1])] {
+        let (hash, version) = dev.active_image().unwrap();
+        assert_eq!(
+            (hash.to_vec(), version.as_str()),
+            (new_hash.clone(), "2.0.0"),
+            "{name}: {:?}",
+            dev.log()
+        );
+        assert!(dev.active_confirmed(), "{name}");
+    }
+    let (_, version) = lan[2].active_image().unwrap();
+    assert_eq!(version, "1.0.0", "the unhealthy device runs its previous image");
+    assert!(lan[2].active_confirmed());
+    assert_eq!(board.firmware(), r.dfu_payload);
+
+    // Every step is in the signed visit log, and the log verifies.
+    let checks = store.verify_all_logs().await.unwrap();
+    assert!(checks.iter().all(|c| c.is_ok()), "{checks:?}");
+    let visits = store.visits(false).await.unwrap();
+    assert_eq!(visits.len(), 1);
+    let events = store.visit_events(visits[0].visit_id).await.unwrap();
+    let tags = |device: &str| -> Vec<&'static str> {
+        events
+            .iter()
+            .filter(|e| e.body.device.as_deref() == Some(device))
+            .map(|e| e.body.kind.tag())
+            .collect()
+    };
+    for d in ["sensor-serial", "sensor-lan-0", "sensor-lan-1"] {
+        let t = tags(d);
+        for must in
+            ["flash_started", "image_uploaded", "test_boot_requested", "health_check", "confirmed"]
+        {
+            assert!(t.contains(&must), "{d}: {t:?}");
+        }
+    }
+    assert_eq!(tags("sensor-lan-2").last(), Some(&"rolled_back"));
+    assert!(tags("board-usb").contains(&"confirmed"), "{:?}", tags("board-usb"));
+    assert_eq!(events.first().unwrap().body.kind.tag(), "visit_opened");
+    assert_eq!(events.last().unwrap().body.kind.tag(), "visit_closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failure_threshold_stops_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let catalog = catalog(&r);
+    let devs: Vec<SmpDevice> = (0..6).map(|s| smp_device(s, 1024.0 * 1024.0)).collect();
+    for d in &devs[1..4] {
+        d.faults().fail_health_check = true;
+    }
+    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
+    let records: Vec<DeviceRecord> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            record(
+                &format!("s{i}"),
+                "sensor",
+                DeviceAddress::Udp { addr: s.local_addr().to_string() },
+            )
+        })
+        .collect();
+    let board = LabDfu::new(LabDfuConfig::plain_dfu());
+    let connector = DriverConnector { usb: board.bus() };
+    let identified = identify(&connector, records, Duration::from_secs(10)).await;
+    let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
+    // The canary is the first in plan order (ties broken by id): s0, which is healthy.
+    assert_eq!(plan.devices[0].device.id, "s0");
+    let store = Store::open_in(&tmp.path().join("data")).await.unwrap();
+    let log = Arc::new(VisitLog::open(&store, ed25519_key()).await.unwrap());
+    let mut opts = options(Threshold::Count(2));
+    opts.wave_size = 3;
+    opts.concurrency = 3;
+    let (summary, state) = run_in_visit(
+        &store,
+        log,
+        SessionState::new(plan, opts),
+        catalog,
+        Arc::new(connector),
+        Arc::new(|_, _| {}),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(state.phase, Phase::Stopped { ref reason } if reason.contains("threshold")),
+        "{state:#?}"
+    );
+    assert_eq!((summary.patched, summary.rolled_back), (1, 3));
+    assert_eq!(summary.pending, 2, "the last wave never started");
+    for d in &devs[4..] {
+        assert_eq!(d.active_image().unwrap().1, "1.0.0", "{:?}", d.log());
+    }
+}
+
+#[test]
+fn a_killed_cli_session_resumes_without_reflashing_confirmed_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    // Slow flash so the session is still running when it is killed.
+    let devs: Vec<SmpDevice> = (0..4).map(|s| smp_device(s, 24.0 * 1024.0)).collect();
+    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
+    let records: Vec<DeviceRecord> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            record(
+                &format!("s{i}"),
+                "sensor",
+                DeviceAddress::Udp { addr: s.local_addr().to_string() },
+            )
+        })
+        .collect();
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
+    let catalog_args =
+        ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
+
+    let mut args = vec!["plan", "--devices", "devices.json", "--out", "plan.json"];
+    args.extend(catalog_args);
+    let out = fieldpatch(tmp.path(), &data, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("patch: 1.0.0 -> 2.0.0 (lab-sensor-2.0.0)"), "{table}");
+
+    let mut args = vec![
+        "session",
+        "run",
+        "plan.json",
+        "--soak",
+        "0",
+        "--wave",
+        "1",
+        "--concurrency",
+        "1",
+        "--threshold",
+        "1",
+    ];
+    args.extend(catalog_args);
+    let mut child = std::process::Command::new(fieldpatch_e2e::built_binary("fieldpatch"))
+        .args(&args)
+        .current_dir(tmp.path())
+        .env("FIELDPATCH_DATA_DIR", &data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once two devices are confirmed on the new image.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let done = |d: &SmpDevice| d.active_confirmed() && d.active_image().unwrap().1 == "2.0.0";
+    while devs.iter().filter(|d| done(d)).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "session made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "session ended before it was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let boots_before: Vec<u32> = devs.iter().map(SmpDevice::boots).collect();
+    let patched_before: Vec<bool> = devs.iter().map(done).collect();
+
+    let mut args = vec!["--json", "session", "resume"];
+    args.extend(catalog_args);
+    let out = fieldpatch(tmp.path(), &data, &args);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["summary"]["patched"], 4, "{report:#}");
+    for (i, d) in devs.iter().enumerate() {
+        assert!(done(d), "s{i}: {:?}", d.log());
+        if patched_before[i] {
+            assert_eq!(d.boots(), boots_before[i], "s{i} was flashed again after the resume");
+        }
+    }
+    let out = fieldpatch(tmp.path(), &data, &["log", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ed25519_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng)
+}
