@@ -1,0 +1,142 @@
+//! Batch session scaling: one lab SMP device over UDP alone, then 32 in one session (each its own
+//! socket), the same signed MCUboot bundle, events into a real store. Prints wall times and the
+//! ratio (goal: 32 devices take no more than 1.5x one device).
+//!
+//! `cargo bench -p fieldpatch-core --bench session_scale`
+
+#[path = "../tests/fixtures/bundle_kit.rs"]
+mod kit;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use fieldpatch_core::bundle::*;
+use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::flash::connect::DriverConnector;
+use fieldpatch_core::model::{DeviceIdentity, Version as FpVersion};
+use fieldpatch_core::plan::{DeviceAddress, DeviceRecord};
+use fieldpatch_core::session::batch::{identify, make_plan, run_in_visit};
+use fieldpatch_core::session::{SessionOptions, SessionState, Threshold};
+use fieldpatch_core::store::Store;
+use fieldpatch_core::visitlog::VisitLog;
+use fieldpatch_drivers::usb::rusb_backend::RusbBus;
+use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
+use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
+use fieldpatch_lab::smp::{DeviceConfig, SmpDevice};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+const IMAGE_KIB: usize = 96;
+
+fn catalog(kit: &kit::Kit, image: &[u8]) -> Catalog {
+    let mut m = kit.manifest(&[("app.bin", image)]);
+    m.bundle_id = "bench-2.0.0".into();
+    m.target.model = "bench".into();
+    m.target.hardware_revision = RevisionRange::default();
+    m.applies_to =
+        VersionRange { min: FpVersion::new(1, 0, 0, 0), max: FpVersion::new(1, 9, 0, 0) };
+    m.installs = FpVersion::new(2, 0, 0, 0);
+    m.payloads[0].format = PayloadFormat::Mcuboot;
+    m.created = Utc::now() - ChronoDuration::days(1);
+    m.expires = Utc::now() + ChronoDuration::days(30);
+    kit.write("bench.fpb", &kit.good(&m, &[image]));
+    let c = Catalog::load_dir(kit.dir.path(), &kit.trust, &VerifyPolicy::now()).unwrap();
+    assert!(c.refused.is_empty(), "{:?}", c.refused);
+    c
+}
+
+async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
+    let devices: Vec<SmpDevice> = (0..n)
+        .map(|i| {
+            SmpDevice::new(DeviceConfig {
+                initial_image: build_image(
+                    Version { major: 1, minor: 0, revision: 0, build: 0 },
+                    &test_payload(4096, i as u8),
+                ),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let net = NetConditions { added_rtt: rtt, ..Default::default() };
+    let servers: Vec<UdpServer> = devices
+        .iter()
+        .map(|d| serve_udp(d.clone(), "127.0.0.1:0".parse().unwrap(), net).unwrap())
+        .collect();
+    let records: Vec<DeviceRecord> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| DeviceRecord {
+            id: format!("dev-{i:02}"),
+            address: DeviceAddress::Udp { addr: s.local_addr().to_string() },
+            identity: DeviceIdentity {
+                vendor: Some("Acme".into()),
+                model: Some("bench".into()),
+                ..Default::default()
+            },
+            criticality: Default::default(),
+            windows: vec![],
+            credential: None,
+        })
+        .collect();
+    let connector = DriverConnector { usb: RusbBus };
+    let identified = identify(&connector, records, Duration::from_secs(10)).await;
+    let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
+    assert_eq!(plan.patchable().count(), n);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(dir.path()).await.unwrap();
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let log = Arc::new(VisitLog::open(&store, key).await.unwrap());
+    let options = SessionOptions {
+        canary: false,
+        soak: Duration::ZERO,
+        wave_size: n,
+        concurrency: n,
+        failure_threshold: Threshold::Count(1),
+        retries: 0,
+        dry_run: false,
+        reconnect_timeout: Duration::from_secs(30),
+    };
+    let started = Instant::now();
+    let (summary, _) = run_in_visit(
+        &store,
+        log,
+        SessionState::new(plan, options),
+        catalog,
+        Arc::new(connector),
+        Arc::new(|_, _| {}),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(summary.patched as usize, n, "{summary:?}");
+    for d in &devices {
+        assert_eq!(d.active_image().unwrap().1, "2.0.0");
+    }
+    took
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let kit = kit::Kit::new();
+    let image = build_image(
+        Version { major: 2, minor: 0, revision: 0, build: 0 },
+        &test_payload(IMAGE_KIB * 1024, 9),
+    );
+    let catalog = Arc::new(catalog(&kit, &image));
+    println!(
+        "session scaling: {IMAGE_KIB} KiB MCUboot image, lab SMP devices over UDP on loopback"
+    );
+    for rtt in [Duration::ZERO, Duration::from_millis(20)] {
+        let one = rt.block_on(session(1, catalog.clone(), rtt));
+        let many = rt.block_on(session(32, catalog.clone(), rtt));
+        let ratio = many.as_secs_f64() / one.as_secs_f64();
+        println!(
+            "  added RTT {:>3} ms: 1 device {:>6.2} s | 32 devices {:>6.2} s | ratio {:.2} (goal <= 1.50) {}",
+            rtt.as_millis(),
+            one.as_secs_f64(),
+            many.as_secs_f64(),
+            ratio,
+            if ratio <= 1.5 { "ok" } else { "MISSED" }
+        );
+    }
+}
