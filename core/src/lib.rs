@@ -18,6 +18,8 @@
 pub mod bundle;
 pub mod catalog;
 pub mod credentials;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod flash;
 pub mod image;
 pub mod model;

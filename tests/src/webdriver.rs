@@ -95,6 +95,68 @@ impl Session {
         }
     }
 
+    fn find(&self, css: &str) -> anyhow::Result<String> {
+        let el = self.call(
+            reqwest::Method::POST,
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        )?;
+        Ok(el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .context("element reference missing")?
+            .to_string())
+    }
+
+    /// Click the element matching the CSS selector (waiting for it to exist and be enabled).
+    pub fn click(&self, css: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self.find(css).and_then(|eid| {
+                let enabled =
+                    self.call(reqwest::Method::GET, &format!("/element/{eid}/enabled"), None)?;
+                if enabled != Value::Bool(true) {
+                    bail!("{css} is disabled");
+                }
+                self.call(reqwest::Method::POST, &format!("/element/{eid}/click"), Some(json!({})))
+            });
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("clicking {css}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Wait until the text of the element matching `css` satisfies `ok`; returns that text.
+    pub fn wait_for(
+        &self,
+        css: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Ok(eid) = self.find(css)
+                && let Ok(t) =
+                    self.call(reqwest::Method::GET, &format!("/element/{eid}/text"), None)
+            {
+                last = t.as_str().unwrap_or_default().to_string();
+                if ok(&last) {
+                    return Ok(last);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{css}: still {last:?} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// A PNG screenshot of the window.
     pub fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None)?;

@@ -1,5 +1,7 @@
 //! The real desktop window under Xvfb, driven through tauri-driver + WebKitWebDriver: it opens,
-//! loads the built UI, and shows the version it got from the core over IPC.
+//! loads the built UI, shows the version it got from the core over IPC, then identifies the demo
+//! site's lab devices, plans, runs a batch session (one sensor rolls back) and verifies the visit
+//! log, all from the window. Screenshots are kept in `artifacts/`.
 
 use fieldpatch_e2e::{artifacts_dir, built_binary, free_port, webdriver::Session, xvfb::Xvfb};
 use std::os::unix::process::CommandExt;
@@ -18,7 +20,7 @@ impl Drop for DriverGroup {
 }
 
 #[test]
-fn window_shows_the_core_version_and_data_dir() {
+fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     let app = built_binary("fieldpatch-app");
     let xvfb = Xvfb::start().unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -40,7 +42,45 @@ fn window_shows_the_core_version_and_data_dir() {
     let data_dir = session.wait_text("#data-dir", Duration::from_secs(5)).unwrap();
     let png = session.screenshot().unwrap();
     std::fs::write(artifacts_dir().join("app-window.png"), &png).unwrap();
+
+    // The demo site: identify, plan, run a session from the window, verify the visit log.
+    let long = Duration::from_secs(120);
+    session
+        .wait_for("tr[data-device='sensor-01'] td:nth-child(4)", long, |t| t == "1.4.0")
+        .unwrap();
+    session
+        .wait_for("tr[data-device='gateway-01'] td:nth-child(4)", long, |t| t == "3.0.0")
+        .unwrap();
+    session.click("#plan", long).unwrap();
+    let planned =
+        session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();
+    session.click("#run", long).unwrap();
+    session.wait_for("#session-done", long, |t| t.contains("finished")).unwrap();
+    let result = |id: &str| {
+        session
+            .wait_for(&format!("tr[data-device='{id}'] td.result"), long, |t| !t.is_empty())
+            .unwrap()
+    };
+    let results: Vec<(String, String)> =
+        ["pump-ctl-01", "sensor-01", "sensor-02", "sensor-03", "sensor-04", "gateway-01"]
+            .iter()
+            .map(|id| (id.to_string(), result(id)))
+            .collect();
+    session.click("#verify", long).unwrap();
+    let log = session.wait_for("#log-status", long, |t| !t.is_empty()).unwrap();
+    let png2 = session.screenshot().unwrap();
+    std::fs::write(artifacts_dir().join("app-session.png"), &png2).unwrap();
     session.close().unwrap();
+
+    assert_eq!(planned, "1.4.0 → 1.5.0");
+    for (id, r) in &results {
+        if id == "sensor-04" {
+            assert!(r.starts_with("rolled back"), "{id}: {r}");
+        } else {
+            assert!(r.starts_with("patched"), "{id}: {r}");
+        }
+    }
+    assert_eq!(log, "visit log verifies");
 
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(data_dir.contains(data.path().to_str().unwrap()), "{data_dir}");

@@ -1,6 +1,8 @@
 // Calls into the desktop shell. Errors cross the bridge as {code, message}; the UI branches on
 // `code`, never on message text.
 import { invoke } from "@tauri-apps/api/core";
+import { listen, type UnlistenFn } from "@tauri-apps/api/event";
+import type { DeviceRecord, Plan, SessionEventView } from "./session";
 
 export interface AppInfo {
   version: string;
@@ -31,10 +33,32 @@ export function describeDataDir(info: AppInfo): string {
   return `${info.data_dir} (${origin})`;
 }
 
-export async function appInfo(): Promise<AppInfo> {
+
+export interface SiteView {
+  devices: DeviceRecord[];
+  unreachable: [string, string][];
+  bundles: { bundle_id: string; model: string; installs: { major: number; minor: number; revision: number; build: number }; cvss: number }[];
+  refused: { path: string; bundle_id: string | null; reason: string }[];
+}
+
+async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
   try {
-    return await invoke<AppInfo>("app_info");
+    return await invoke<T>(cmd, args);
   } catch (e) {
     throw toBridgeError(e);
   }
+}
+
+export const appInfo = () => call<AppInfo>("app_info");
+export const site = () => call<SiteView>("site");
+export const makePlan = () => call<Plan>("plan");
+export const runSession = (plan: Plan, canary: boolean) => call<string>("run_session", { plan, canary });
+export const verifyLog = () => call<{ problem: unknown }[]>("verify_log");
+
+export function onSessionEvent(f: (e: SessionEventView) => void): Promise<UnlistenFn> {
+  return listen<SessionEventView>("session", (e) => f(e.payload));
+}
+
+export function onSessionFinished(f: (r: unknown) => void): Promise<UnlistenFn> {
+  return listen("session-finished", (e) => f(e.payload));
 }
