@@ -6,8 +6,18 @@ use fieldpatch_lab::smp::{DeviceConfig, SmpDevice, serial::serve_pty};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+/// Each test process gets its own local store (the visit log records uploads).
+fn data_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn fieldpatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldpatch")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_fieldpatch"))
+        .args(args)
+        .env("FIELDPATCH_DATA_DIR", data_dir())
+        .output()
+        .unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -50,7 +60,7 @@ fn upload_test_reset_confirm_over_udp() {
     let out = fieldpatch(&["device", "--udp", &addr, "image", "upload", f, "--test"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--allow-unverified") && err.contains("not verified"), "{err}");
+    assert!(err.contains("--allow-unverified") && err.contains("could not verify"), "{err}");
     assert!(dev.slot_bytes(1).is_none());
 
     let out = ok(&fieldpatch(&[
@@ -71,6 +81,10 @@ fn upload_test_reset_confirm_over_udp() {
     assert_eq!(slot1["hash"], hash);
     assert_eq!(slot1["pending"], true);
     assert_eq!(dev.slot_bytes(1).unwrap(), img);
+    // The visit log says an unverified image was sent, and which.
+    let events = ok(&fieldpatch(&["--json", "log", "show"]));
+    assert!(events.contains("unverified_image_allowed"), "{events}");
+    assert!(events.contains("sent with --allow-unverified"), "{events}");
 
     ok(&fieldpatch(&["device", "--udp", &addr, "reset"]));
     std::thread::sleep(Duration::from_millis(300));

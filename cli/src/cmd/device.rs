@@ -6,10 +6,16 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use fieldpatch_core::bundle::input::{Clearance, ClearedImage, clear_for_device};
+use fieldpatch_core::bundle::{TrustStore, VerifyPolicy};
+use fieldpatch_core::credentials::Credentials;
+use fieldpatch_core::store::Store;
+use fieldpatch_core::visitlog::{EventKind, NewEvent, VisitLog};
 use fieldpatch_drivers::progress::{Progress, TransferProgress};
 use fieldpatch_drivers::smp::commands::hex_string;
 use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, UploadOptions};
 use fieldpatch_drivers::transport::{AnyLink, SerialLink, UdpLink, serial, udp};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,7 +60,10 @@ enum ImageCommand {
         /// Mark the image permanent after the upload (no test boot: risky).
         #[arg(long)]
         confirm: bool,
-        /// Send a bare image file that Fieldpatch has not verified.
+        /// Trust store (JSON) to verify a bundle or a vendor-signed image against.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Send a bare image file that Fieldpatch has not verified (recorded in the visit log).
         #[arg(long)]
         allow_unverified: bool,
     },
@@ -88,24 +97,34 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
             DeviceCommand::Image(ImageCommand::List) => {
                 print_states(&client.image_list().await?, json)?;
             }
-            DeviceCommand::Image(ImageCommand::Upload { file, test, confirm, allow_unverified }) => {
-                if !allow_unverified {
-                    bail!(
-                        "refusing to send {}: it is a bare image file that Fieldpatch has not verified \
-                         (no signed bundle, no trusted vendor signature). Use a signed patch bundle, \
-                         or pass --allow-unverified to send it anyway",
-                        file.display()
-                    );
-                }
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
+            DeviceCommand::Image(ImageCommand::Upload {
+                file,
+                test,
+                confirm,
+                trust,
+                allow_unverified,
+            }) => {
+                let trust = trust.as_deref().map(TrustStore::load).transpose()?;
+                let cleared = clear_for_device(
+                    &file,
+                    trust.as_ref(),
+                    &VerifyPolicy::now(),
+                    allow_unverified,
+                )?;
+                record_clearance(&cleared, &file).await?;
                 let after = match (test, confirm) {
                     (true, _) => AfterUpload::Test,
                     (_, true) => AfterUpload::Confirm,
                     _ => AfterUpload::Nothing,
                 };
-                // Unverified: there is no verified hash to hold the device to.
-                send_image(&mut client, &bytes, None, after, json).await?;
+                send_image(
+                    &mut client,
+                    &cleared.bytes,
+                    cleared.device_hash.as_deref(),
+                    after,
+                    json,
+                )
+                .await?;
             }
             DeviceCommand::Image(ImageCommand::Test { hash }) => {
                 print_states(&client.image_test(&parse_hash(&hash)?).await?, json)?;
@@ -131,6 +150,30 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Record in the technician's visit log why these bytes may be sent, before the first byte goes.
+async fn record_clearance(c: &ClearedImage, file: &std::path::Path) -> anyhow::Result<()> {
+    let store = Store::open_default().await?;
+    let key = Credentials::open(&store).await?.technician_key().await?;
+    let log = VisitLog::open(&store, key).await?;
+    let sha = hex_string(&Sha256::digest(&c.bytes));
+    let kind = match &c.how {
+        Clearance::Bundle { bundle_id, bundle_version, rule } => EventKind::BundleVerified {
+            bundle_id: bundle_id.clone(),
+            bundle_version: bundle_version.clone(),
+            rule: rule.clone(),
+        },
+        Clearance::VendorSigned { key_id } => EventKind::Note {
+            text: format!("image {} ({sha}) verified by vendor key {key_id}", file.display()),
+        },
+        Clearance::Unverified => EventKind::UnverifiedImageAllowed {
+            image_sha256: sha,
+            reason: format!("{}: sent with --allow-unverified", file.display()),
+        },
+    };
+    log.append(NewEvent::new(kind)).await.context("cannot record the upload in the visit log")?;
+    Ok(())
 }
 
 /// Upload bytes that were verified (or explicitly allowed unverified) and mark them as asked;

@@ -27,6 +27,7 @@
 pub mod canonical;
 pub mod container;
 mod error;
+pub mod input;
 pub mod keys;
 pub mod manifest;
 pub mod rollback;
