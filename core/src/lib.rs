@@ -17,6 +17,7 @@
 
 pub mod model;
 pub mod paths;
+pub mod sync;
 pub mod visitlog;
 
 pub use fieldpatch_drivers::progress;

@@ -1,0 +1,432 @@
+//! The `/v1` HTTP API. Documented in `openapi.json` (served at `/v1/openapi.json`).
+//!
+//! Authentication is a bearer token. Tokens are random (32 bytes, hex, prefixed `fpt_`) and only
+//! their SHA-256 is stored. Technician tokens see only their assigned sites; admin tokens are for
+//! inventory management and reports across all sites.
+
+use crate::push;
+use crate::store::{Principal, Store, StoreError, Technician};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use ed25519_dalek::SigningKey;
+use fieldpatch_core::model::Version;
+use fieldpatch_core::sync::wire::{
+    ApiErrorBody, Device, MAX_PUSH_EVENTS, PlannedNotPatched, PullResponse, PushAck, PushRequest,
+    Site, WorkOrder,
+};
+use fieldpatch_core::visitlog::Event;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The OpenAPI document, kept next to the handlers it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Shared state of the API.
+#[derive(Debug)]
+pub struct App<S> {
+    pub store: S,
+    pub key: SigningKey,
+    push_lock: tokio::sync::Mutex<()>,
+}
+
+impl<S: Store> App<S> {
+    pub fn new(store: S, key: SigningKey) -> Self {
+        Self { store, key, push_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Hex of the checkpoint key's public half.
+    pub fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+}
+
+/// A new random API token (shown once; store only [`token_hash`]).
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("fpt_{}", hex::encode(bytes))
+}
+
+/// SHA-256 of a token, hex: what the database holds.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// An API error: HTTP status plus `{code, message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown token: send `Authorization: Bearer <token>` with a token from the inventory team",
+        )
+    }
+    fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", msg)
+    }
+    fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", msg)
+    }
+    fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", msg)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
+            StoreError::Invalid(m) => Self::bad_request(m),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the inventory database is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message }))
+            .into_response()
+    }
+}
+
+type Shared<S> = State<Arc<App<S>>>;
+
+async fn principal<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    app.store.principal(&token_hash(token)).await?.ok_or_else(ApiError::unauthorized)
+}
+
+async fn technician<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Technician, ApiError> {
+    match principal(app, headers).await? {
+        Principal::Technician(t) => Ok(t),
+        Principal::Admin => Err(ApiError::forbidden(
+            "this endpoint is for technicians; use a technician token",
+        )),
+    }
+}
+
+async fn admin<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<(), ApiError> {
+    match principal(app, headers).await? {
+        Principal::Admin => Ok(()),
+        Principal::Technician(_) => Err(ApiError::forbidden("this operation needs an admin token")),
+    }
+}
+
+/// `None` = admin (all sites), `Some(id)` = that technician's sites only.
+async fn scope<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(match principal(app, headers).await? {
+        Principal::Admin => None,
+        Principal::Technician(t) => Some(t.id),
+    })
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    api: &'static str,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok", version: crate::VERSION, api: "v1" })
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServerKey {
+    public_key: String,
+}
+
+async fn server_key<S: Store>(State(app): Shared<S>) -> Json<ServerKey> {
+    Json(ServerKey { public_key: app.public_key() })
+}
+
+async fn pull<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<PullResponse>, ApiError> {
+    let t = technician(&app, &headers).await?;
+    Ok(Json(PullResponse {
+        server_time: chrono::Utc::now(),
+        server_key: app.public_key(),
+        technician_id: t.id.clone(),
+        sites: app.store.sites(Some(&t.id)).await?,
+        devices: app.store.devices(Some(&t.id)).await?,
+        work_orders: app.store.work_orders(Some(&t.id)).await?,
+        catalog: app.store.catalog().await?,
+        trust_store: app.store.trust_store().await?,
+    }))
+}
+
+async fn bundle<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    principal(&app, &headers).await?;
+    let bytes = app
+        .store
+        .bundle_bytes(&sha256.to_ascii_lowercase())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no bundle with SHA-256 {sha256} in the catalog")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn push_events<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PushAck>, ApiError> {
+    let t = technician(&app, &headers).await?;
+    let req: PushRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("push body is not a valid event batch: {e}")))?;
+    if req.events.len() > MAX_PUSH_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {MAX_PUSH_EVENTS} events per push; split the batch"),
+        ));
+    }
+    let _guard = app.push_lock.lock().await;
+    let (ack, added) = push::push(&app.store, &app.key, &t, req.events).await?;
+    tracing::info!(technician = %t.id, added, stored = ack.stored.len(), retryable = ack.retryable.len(), rejected = ack.rejected.len(), "push");
+    Ok(Json(ack))
+}
+
+async fn device_history<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    let device = app.store.device(&id).await?;
+    let device = match (device, &scope) {
+        (Some(d), Some(t)) if !app.store.is_assigned(t, &d.site_id).await? => {
+            return Err(ApiError::forbidden(format!("device {id} is not at a site assigned to you")));
+        }
+        (Some(d), _) => d,
+        (None, _) => return Err(ApiError::not_found(format!("device {id} is not in the inventory"))),
+    };
+    Ok(Json(app.store.device_history(&device).await?))
+}
+
+/// Whether a device runs its approved version (versions compared numerically when both parse).
+fn at_approved(d: &Device) -> bool {
+    match (&d.approved_version, &d.current_firmware) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(c)) => match (a.parse::<Version>(), c.parse::<Version>()) {
+            (Ok(a), Ok(c)) => a == c,
+            _ => a == c,
+        },
+    }
+}
+
+async fn not_at_approved<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    let devices = app.store.devices(scope.as_deref()).await?;
+    Ok(Json(devices.into_iter().filter(|d| !at_approved(d)).collect()))
+}
+
+async fn planned_not_patched<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PlannedNotPatched>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    let devices = app.store.devices(scope.as_deref()).await?;
+    let mut out = Vec::new();
+    for w in app.store.work_orders(scope.as_deref()).await? {
+        for id in &w.devices {
+            if let Some(d) = devices.iter().find(|d| &d.id == id) {
+                if !at_approved(d) {
+                    out.push(PlannedNotPatched { work_order_id: w.id.clone(), device: d.clone() });
+                }
+            }
+        }
+    }
+    Ok(Json(out))
+}
+
+/// `POST /v1/admin/technicians` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NewTechnician {
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
+}
+
+/// A token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+}
+
+/// Register a technician after checking the key is a valid ed25519 public key.
+pub async fn create_technician<S: Store>(store: &S, t: NewTechnician) -> Result<Technician, StoreError> {
+    if fieldpatch_core::sync::wire::parse_key(&t.public_key).is_none() {
+        return Err(StoreError::Invalid(format!(
+            "public key {:?} is not a hex ed25519 public key (64 hex digits)",
+            t.public_key
+        )));
+    }
+    if t.id.trim().is_empty() {
+        return Err(StoreError::Invalid("technician id must not be empty".into()));
+    }
+    let tech = Technician { id: t.id, name: t.name, public_key: t.public_key.to_ascii_lowercase() };
+    store.create_technician(&tech).await?;
+    Ok(tech)
+}
+
+/// Issue a new token for a technician (or an admin token for `None`).
+pub async fn issue_token<S: Store>(store: &S, technician_id: Option<&str>, label: &str) -> Result<String, StoreError> {
+    let token = new_token();
+    store.add_token(&token_hash(&token), technician_id, label).await?;
+    Ok(token)
+}
+
+async fn admin_create_technician<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(body): Json<NewTechnician>,
+) -> Result<(StatusCode, Json<Technician>), ApiError> {
+    admin(&app, &headers).await?;
+    Ok((StatusCode::CREATED, Json(create_technician(&app.store, body).await?)))
+}
+
+async fn admin_issue_token<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    admin(&app, &headers).await?;
+    let token = issue_token(&app.store, Some(&id), "api").await?;
+    Ok((StatusCode::CREATED, Json(IssuedToken { token })))
+}
+
+async fn admin_sites<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(sites): Json<Vec<Site>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for s in &sites {
+        app.store.upsert_site(s).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_devices<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(devices): Json<Vec<Device>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for d in &devices {
+        app.store.upsert_device(d).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_work_orders<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(orders): Json<Vec<WorkOrder>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for w in &orders {
+        app.store.upsert_work_order(w).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_assign<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((tech, site)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    app.store.assign(&tech, &site).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_unassign<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((tech, site)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    if app.store.unassign(&tech, &site).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("site {site} is not assigned to {tech}")))
+    }
+}
+
+async fn admin_trust_store<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(doc): Json<serde_json::Value>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    app.store.set_trust_store(&doc).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `/v1` API over `app`.
+pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/server-key", get(server_key::<S>))
+        .route("/v1/pull", get(pull::<S>))
+        .route("/v1/catalog/{sha256}", get(bundle::<S>))
+        .route("/v1/push", post(push_events::<S>))
+        .route("/v1/devices/{id}/history", get(device_history::<S>))
+        .route("/v1/reports/not-at-approved-version", get(not_at_approved::<S>))
+        .route("/v1/reports/planned-not-patched", get(planned_not_patched::<S>))
+        .route("/v1/admin/technicians", post(admin_create_technician::<S>))
+        .route("/v1/admin/technicians/{id}/tokens", post(admin_issue_token::<S>))
+        .route("/v1/admin/sites", post(admin_sites::<S>))
+        .route("/v1/admin/devices", post(admin_devices::<S>))
+        .route("/v1/admin/work-orders", post(admin_work_orders::<S>))
+        .route(
+            "/v1/admin/assignments/{technician}/{site}",
+            put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
+        )
+        .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(app)
+}
