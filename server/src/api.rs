@@ -126,9 +126,9 @@ async fn principal<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Princi
 async fn technician<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Technician, ApiError> {
     match principal(app, headers).await? {
         Principal::Technician(t) => Ok(t),
-        Principal::Admin => Err(ApiError::forbidden(
-            "this endpoint is for technicians; use a technician token",
-        )),
+        Principal::Admin => {
+            Err(ApiError::forbidden("this endpoint is for technicians; use a technician token"))
+        }
     }
 }
 
@@ -194,11 +194,9 @@ async fn bundle<S: Store>(
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
     principal(&app, &headers).await?;
-    let bytes = app
-        .store
-        .bundle_bytes(&sha256.to_ascii_lowercase())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no bundle with SHA-256 {sha256} in the catalog")))?;
+    let bytes = app.store.bundle_bytes(&sha256.to_ascii_lowercase()).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no bundle with SHA-256 {sha256} in the catalog"))
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -232,10 +230,14 @@ async fn device_history<S: Store>(
     let device = app.store.device(&id).await?;
     let device = match (device, &scope) {
         (Some(d), Some(t)) if !app.store.is_assigned(t, &d.site_id).await? => {
-            return Err(ApiError::forbidden(format!("device {id} is not at a site assigned to you")));
+            return Err(ApiError::forbidden(format!(
+                "device {id} is not at a site assigned to you"
+            )));
         }
         (Some(d), _) => d,
-        (None, _) => return Err(ApiError::not_found(format!("device {id} is not in the inventory"))),
+        (None, _) => {
+            return Err(ApiError::not_found(format!("device {id} is not in the inventory")));
+        }
     };
     Ok(Json(app.store.device_history(&device).await?))
 }
@@ -270,10 +272,10 @@ async fn planned_not_patched<S: Store>(
     let mut out = Vec::new();
     for w in app.store.work_orders(scope.as_deref()).await? {
         for id in &w.devices {
-            if let Some(d) = devices.iter().find(|d| &d.id == id) {
-                if !at_approved(d) {
-                    out.push(PlannedNotPatched { work_order_id: w.id.clone(), device: d.clone() });
-                }
+            if let Some(d) = devices.iter().find(|d| &d.id == id)
+                && !at_approved(d)
+            {
+                out.push(PlannedNotPatched { work_order_id: w.id.clone(), device: d.clone() });
             }
         }
     }
@@ -295,7 +297,10 @@ pub struct IssuedToken {
 }
 
 /// Register a technician after checking the key is a valid ed25519 public key.
-pub async fn create_technician<S: Store>(store: &S, t: NewTechnician) -> Result<Technician, StoreError> {
+pub async fn create_technician<S: Store>(
+    store: &S,
+    t: NewTechnician,
+) -> Result<Technician, StoreError> {
     if fieldpatch_core::sync::wire::parse_key(&t.public_key).is_none() {
         return Err(StoreError::Invalid(format!(
             "public key {:?} is not a hex ed25519 public key (64 hex digits)",
@@ -311,7 +316,11 @@ pub async fn create_technician<S: Store>(store: &S, t: NewTechnician) -> Result<
 }
 
 /// Issue a new token for a technician (or an admin token for `None`).
-pub async fn issue_token<S: Store>(store: &S, technician_id: Option<&str>, label: &str) -> Result<String, StoreError> {
+pub async fn issue_token<S: Store>(
+    store: &S,
+    technician_id: Option<&str>,
+    label: &str,
+) -> Result<String, StoreError> {
     let token = new_token();
     store.add_token(&token_hash(&token), technician_id, label).await?;
     Ok(token)

@@ -52,27 +52,41 @@ fn parse_csv_line(line: &str) -> Result<Vec<String>, String> {
 
 fn read_rows<T: DeserializeOwned>(path: &Path, allowed: &[&str]) -> Result<Vec<T>, ImportError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ImportError::Read { path: p.clone(), source })?;
     let fmt = |detail: String| ImportError::Format { path: p.clone(), detail };
     let is_json = path.extension().map(|e| e.eq_ignore_ascii_case("json")).unwrap_or(false)
         || text.trim_start().starts_with('[');
     if is_json {
-        return serde_json::from_str(&text).map_err(|e| fmt(format!("not a JSON array of records: {e}")));
+        return serde_json::from_str(&text)
+            .map_err(|e| fmt(format!("not a JSON array of records: {e}")));
     }
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or_else(|| fmt("empty file: expected a header row".into()))?;
-    let header: Vec<String> =
-        parse_csv_line(header).map_err(|e| fmt(format!("line 1: {e}")))?.into_iter().map(|h| h.trim().to_string()).collect();
+    let (_, header) =
+        lines.next().ok_or_else(|| fmt("empty file: expected a header row".into()))?;
+    let header: Vec<String> = parse_csv_line(header)
+        .map_err(|e| fmt(format!("line 1: {e}")))?
+        .into_iter()
+        .map(|h| h.trim().to_string())
+        .collect();
     for h in &header {
         if !allowed.contains(&h.as_str()) {
-            return Err(fmt(format!("unknown column {h:?}; expected some of {}", allowed.join(", "))));
+            return Err(fmt(format!(
+                "unknown column {h:?}; expected some of {}",
+                allowed.join(", ")
+            )));
         }
     }
     let mut out = Vec::new();
     for (i, line) in lines {
         let fields = parse_csv_line(line).map_err(|e| fmt(format!("line {}: {e}", i + 1)))?;
         if fields.len() != header.len() {
-            return Err(fmt(format!("line {}: {} fields, but the header names {}", i + 1, fields.len(), header.len())));
+            return Err(fmt(format!(
+                "line {}: {} fields, but the header names {}",
+                i + 1,
+                fields.len(),
+                header.len()
+            )));
         }
         let obj: BTreeMap<&str, serde_json::Value> = header
             .iter()

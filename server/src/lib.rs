@@ -34,9 +34,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source} (is another server using the port? pick another with --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another server using the port? pick another with --listen)"
+    )]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("refusing to listen on {0} without TLS: API tokens would cross the network in the clear. Configure --tls-cert and --tls-key, listen on a loopback address (127.0.0.1 or ::1), or pass --allow-insecure-non-loopback if a TLS-terminating proxy guards this port")]
+    #[error(
+        "refusing to listen on {0} without TLS: API tokens would cross the network in the clear. Configure --tls-cert and --tls-key, listen on a loopback address (127.0.0.1 or ::1), or pass --allow-insecure-non-loopback if a TLS-terminating proxy guards this port"
+    )]
     InsecureNonLoopback(SocketAddr),
     #[error("TLS configuration: {0}")]
     Tls(String),
@@ -59,12 +63,15 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerE
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServerError::Tls(format!("cannot read certificates from {}: {e}", files.cert.display())))?;
+        .map_err(|e| {
+            ServerError::Tls(format!("cannot read certificates from {}: {e}", files.cert.display()))
+        })?;
     if certs.is_empty() {
         return Err(ServerError::Tls(format!("{} holds no PEM certificate", files.cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| ServerError::Tls(format!("cannot read a private key from {}: {e}", files.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ServerError::Tls(format!("cannot read a private key from {}: {e}", files.key.display()))
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -155,7 +162,8 @@ impl Bound {
             let router = router.clone();
             tokio::spawn(async move {
                 let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                        .await;
                 let stream = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -168,8 +176,9 @@ impl Bound {
                     }
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router);
-                let builder =
-                    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .await

@@ -18,7 +18,12 @@ use std::sync::Arc;
 #[command(name = "fieldpatch-server", version, about = "Fieldpatch central inventory and sync API")]
 struct Cli {
     /// Directory for the server key and the default SQLite database.
-    #[arg(long, env = "FIELDPATCH_SERVER_DATA", default_value = "fieldpatch-server-data", global = true)]
+    #[arg(
+        long,
+        env = "FIELDPATCH_SERVER_DATA",
+        default_value = "fieldpatch-server-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Database: `postgres://...` for PostgreSQL; default is `inventory.db` (SQLite) in the data
     /// directory; a `sqlite://PATH` URL picks another SQLite file.
@@ -145,7 +150,9 @@ async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen, tls_cert, tls_key, allow_insecure_non_loopback } => {
             let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some(fieldpatch_server::tls_config(&TlsFiles { cert, key })?),
+                (Some(cert), Some(key)) => {
+                    Some(fieldpatch_server::tls_config(&TlsFiles { cert, key })?)
+                }
                 _ => None,
             };
             let https = tls.is_some();
@@ -161,7 +168,11 @@ async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin<S: Store>(store: &S, key: &ed25519_dalek::SigningKey, cmd: Admin) -> anyhow::Result<()> {
+async fn admin<S: Store>(
+    store: &S,
+    key: &ed25519_dalek::SigningKey,
+    cmd: Admin,
+) -> anyhow::Result<()> {
     match cmd {
         Admin::CreateTechnician { id, name, public_key } => {
             let t = api::create_technician(store, NewTechnician { id, name, public_key }).await?;
@@ -190,8 +201,9 @@ async fn admin<S: Store>(store: &S, key: &ed25519_dalek::SigningKey, cmd: Admin)
         Admin::ImportWorkOrders { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let orders: Vec<WorkOrder> = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a JSON array of work orders", file.display()))?;
+            let orders: Vec<WorkOrder> = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a JSON array of work orders", file.display())
+            })?;
             for w in &orders {
                 store.upsert_work_order(w).await?;
             }
@@ -212,8 +224,8 @@ async fn admin<S: Store>(store: &S, key: &ed25519_dalek::SigningKey, cmd: Admin)
                 .with_context(|| format!("cannot read {}", manifest.display()))?;
             let manifest_json: serde_json::Value = serde_json::from_str(&manifest_text)
                 .with_context(|| format!("{} is not JSON", manifest.display()))?;
-            let bytes =
-                std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
             let entry = CatalogEntry {
                 bundle_id,
                 version,
@@ -228,8 +240,8 @@ async fn admin<S: Store>(store: &S, key: &ed25519_dalek::SigningKey, cmd: Admin)
         Admin::TrustStore { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let doc: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
             store.set_trust_store(&doc).await?;
             println!("trust store published");
         }

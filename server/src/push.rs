@@ -16,7 +16,13 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 fn problem(e: &Event, code: &str, reason: String) -> EventProblem {
-    EventProblem { id: e.body.id, log_id: e.body.log_id, seq: e.body.seq, code: code.into(), reason }
+    EventProblem {
+        id: e.body.id,
+        log_id: e.body.log_id,
+        seq: e.body.seq,
+        code: code.into(),
+        reason,
+    }
 }
 
 enum Verdict {
@@ -49,14 +55,18 @@ pub async fn push<S: Store>(
         batch.sort_by_key(|(_, e)| e.body.seq);
         let log = log_id.to_string();
         let head = store.log_head(&log).await?;
-        if let Some(h) = &head {
-            if h.technician_id != tech.id {
-                for (i, e) in &batch {
-                    let p = problem(e, "foreign_log", format!("log {log_id} belongs to another technician"));
-                    verdicts.push((*i, e.body.id, Verdict::Reject(p)));
-                }
-                continue;
+        if let Some(h) = &head
+            && h.technician_id != tech.id
+        {
+            for (i, e) in &batch {
+                let p = problem(
+                    e,
+                    "foreign_log",
+                    format!("log {log_id} belongs to another technician"),
+                );
+                verdicts.push((*i, e.body.id, Verdict::Reject(p)));
             }
+            continue;
         }
         let (head_seq, mut prev_hash) = match &head {
             Some(h) => (h.last_seq, h.last_hash.clone()),
@@ -84,41 +94,67 @@ pub async fn push<S: Store>(
                     Some(_) => Verdict::Reject(problem(
                         &e,
                         "conflict",
-                        format!("the server already holds a different event at seq {seq} of this log (the log was forked or edited)"),
+                        format!(
+                            "the server already holds a different event at seq {seq} of this log (the log was forked or edited)"
+                        ),
                     )),
-                    None => Verdict::Reject(problem(&e, "conflict", format!("seq {seq} is below the server's head but not stored"))),
+                    None => Verdict::Reject(problem(
+                        &e,
+                        "conflict",
+                        format!("seq {seq} is below the server's head but not stored"),
+                    )),
                 }
             } else if accepted.last().map(|(a, _)| a.body.seq == seq).unwrap_or(false) {
                 // The same seq twice in one batch: only the identical event is fine.
                 if accepted.last().map(|(a, _)| a == &e).unwrap_or(false) {
                     Verdict::Stored
                 } else {
-                    Verdict::Reject(problem(&e, "conflict", format!("two different events with seq {seq} in one batch")))
+                    Verdict::Reject(problem(
+                        &e,
+                        "conflict",
+                        format!("two different events with seq {seq} in one batch"),
+                    ))
                 }
             } else if let Some((rejected, at)) = blocked {
                 if rejected {
-                    Verdict::Reject(problem(&e, "after_rejected", format!("follows event seq {at}, which was rejected")))
+                    Verdict::Reject(problem(
+                        &e,
+                        "after_rejected",
+                        format!("follows event seq {at}, which was rejected"),
+                    ))
                 } else {
-                    Verdict::Retry(problem(&e, "after_gap", format!("follows missing events before seq {at}; push those first")))
+                    Verdict::Retry(problem(
+                        &e,
+                        "after_gap",
+                        format!("follows missing events before seq {at}; push those first"),
+                    ))
                 }
             } else if seq > next {
                 blocked = Some((false, seq));
                 Verdict::Retry(problem(
                     &e,
                     "gap",
-                    format!("events {next}..{} of this log have not reached the server; push them first", seq - 1),
+                    format!(
+                        "events {next}..{} of this log have not reached the server; push them first",
+                        seq - 1
+                    ),
                 ))
             } else if !e.body.signer.eq_ignore_ascii_case(&tech.public_key) {
                 blocked = Some((true, seq));
                 Verdict::Reject(problem(
                     &e,
                     "foreign_signer",
-                    format!("signed by key {}, not by the pushing technician's registered key", e.body.signer),
+                    format!(
+                        "signed by key {}, not by the pushing technician's registered key",
+                        e.body.signer
+                    ),
                 ))
             } else if let Err(err) = e.verify_signature() {
                 blocked = Some((true, seq));
                 let reason = match err {
-                    ChainError::BadSignature { .. } => "signature does not match the content (edited after signing)".to_string(),
+                    ChainError::BadSignature { .. } => {
+                        "signature does not match the content (edited after signing)".to_string()
+                    }
                     other => other.to_string(),
                 };
                 Verdict::Reject(problem(&e, "bad_signature", reason))
@@ -139,7 +175,8 @@ pub async fn push<S: Store>(
             verdicts.push((i, id, verdict));
         }
         let new_head = if let Some((last, hash)) = accepted.last() {
-            let cp = Checkpoint { log_id, last_seq: last.body.seq, last_hash: hash.clone() }.sign(key);
+            let cp =
+                Checkpoint { log_id, last_seq: last.body.seq, last_hash: hash.clone() }.sign(key);
             let head = LogHead {
                 technician_id: tech.id.clone(),
                 last_seq: cp.checkpoint.last_seq,
@@ -149,7 +186,9 @@ pub async fn push<S: Store>(
             added += store.commit_events(&tech.id, &log, &accepted, &head).await?;
             Some(cp)
         } else {
-            head.map(|h| Checkpoint { log_id, last_seq: h.last_seq, last_hash: h.last_hash }.sign(key))
+            head.map(|h| {
+                Checkpoint { log_id, last_seq: h.last_seq, last_hash: h.last_hash }.sign(key)
+            })
         };
         checkpoints.extend(new_head);
     }

@@ -222,7 +222,9 @@ enum Fold<'a> {
 fn fold_of(kind: &EventKind) -> Fold<'_> {
     match kind {
         EventKind::Confirmed { version, .. } => Fold::Firmware(version.as_deref()),
-        EventKind::Failed { reason, .. } | EventKind::RolledBack { reason } => Fold::Failure(reason),
+        EventKind::Failed { reason, .. } | EventKind::RolledBack { reason } => {
+            Fold::Failure(reason)
+        }
         EventKind::DeviceNotPatched { reason } => Fold::NotPatched(reason),
         _ => Fold::VisitOnly,
     }
@@ -804,7 +806,9 @@ store_impl!(PgStore, sqlx::Postgres, sqlx::PgPool, POSTGRES_MIGRATIONS);
 impl SqliteStore {
     /// Open (creating if needed) the SQLite database file, with WAL and foreign keys on.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        use sqlx::sqlite::{
+            SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+        };
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -138,9 +138,13 @@ impl SyncConfig {
 /// Why sync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("cannot reach the inventory server at {server} after {attempts} attempts: {detail}; nothing is lost, sync again when online")]
+    #[error(
+        "cannot reach the inventory server at {server} after {attempts} attempts: {detail}; nothing is lost, sync again when online"
+    )]
     Unreachable { server: String, attempts: u32, detail: String },
-    #[error("the inventory server refused the token (HTTP 401): ask the inventory team for a new token")]
+    #[error(
+        "the inventory server refused the token (HTTP 401): ask the inventory team for a new token"
+    )]
     Unauthorized,
     #[error("the inventory server answered {status} to {what}: {code}: {message}")]
     Server { what: String, status: u16, code: String, message: String },
@@ -148,9 +152,13 @@ pub enum SyncError {
     BadResponse { what: String, detail: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("the server acknowledged log {log_id} up to seq {seq} with hash {server_hash}, but the local event has hash {local_hash}: the local log and the server disagree; do not delete the local log and contact the inventory team")]
+    #[error(
+        "the server acknowledged log {log_id} up to seq {seq} with hash {server_hash}, but the local event has hash {local_hash}: the local log and the server disagree; do not delete the local log and contact the inventory team"
+    )]
     CheckpointMismatch { log_id: Uuid, seq: u64, server_hash: String, local_hash: String },
-    #[error("bundle {bundle_id} {version} from the catalog does not match its published SHA-256; it was not stored")]
+    #[error(
+        "bundle {bundle_id} {version} from the catalog does not match its published SHA-256; it was not stored"
+    )]
     BundleHash { bundle_id: String, version: String },
     #[error("invalid TLS root certificate: {0}")]
     Certificate(String),
@@ -236,7 +244,12 @@ impl Http {
         if status.is_server_error() || status.as_u16() == 429 {
             return Attempt::Retry(format!("HTTP {status}: {code}: {message}"));
         }
-        Attempt::Fail(SyncError::Server { what: what.to_string(), status: status.as_u16(), code, message })
+        Attempt::Fail(SyncError::Server {
+            what: what.to_string(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
     }
 
     /// Send a request built by `build` until the whole answer body arrives, retrying transport
@@ -371,7 +384,11 @@ pub async fn sync<L: SyncLocal>(
                     pushed = cp.checkpoint.last_seq;
                 }
             }
-            progress(PushProgress { log_id: cursor.log_id, pushed_seq: pushed, last_seq: cursor.last_seq });
+            progress(PushProgress {
+                log_id: cursor.log_id,
+                pushed_seq: pushed,
+                last_seq: cursor.last_seq,
+            });
             report.retryable.extend(ack.retryable);
             report.rejected.extend(ack.rejected);
             if pushed == before {
@@ -385,7 +402,8 @@ pub async fn sync<L: SyncLocal>(
     }
 
     // Pull.
-    let pull: PullResponse = http.send_json("GET /v1/pull", |c| c.get(http.url("/v1/pull"))).await?;
+    let pull: PullResponse =
+        http.send_json("GET /v1/pull", |c| c.get(http.url("/v1/pull"))).await?;
     let mut bundles = Vec::new();
     for entry in &pull.catalog {
         if store.has_bundle(&entry.sha256).await.map_err(local)? {
@@ -436,7 +454,10 @@ impl Default for WatchOptions {
 #[derive(Debug)]
 pub enum WatchEvent {
     /// The server did not answer the probe; the next probe is in `retry_in`.
-    Offline { retry_in: Duration, detail: String },
+    Offline {
+        retry_in: Duration,
+        detail: String,
+    },
     /// The server answered; a sync starts.
     Reachable,
     Synced(SyncReport),

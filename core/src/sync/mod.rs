@@ -24,5 +24,5 @@ pub use client::{
     WatchOptions, sync, watch,
 };
 pub use wire::{
-    Checkpoint, CheckpointError, EventProblem, PushAck, PushRequest, PullResponse, SignedCheckpoint,
+    Checkpoint, CheckpointError, EventProblem, PullResponse, PushAck, PushRequest, SignedCheckpoint,
 };

@@ -64,7 +64,9 @@ pub struct SignedCheckpoint {
 /// Why a countersigned checkpoint does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint for log {0} is signed by an unexpected server key; check the server address, or re-pin the server key if it was rotated")]
+    #[error(
+        "checkpoint for log {0} is signed by an unexpected server key; check the server address, or re-pin the server key if it was rotated"
+    )]
     WrongKey(Uuid),
     #[error("checkpoint for log {0} has a malformed signature or key")]
     Malformed(Uuid),
