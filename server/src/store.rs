@@ -211,23 +211,55 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// How an event changes the device it names.
-enum Fold<'a> {
-    Firmware(Option<&'a str>),
-    Failure(&'a str),
-    NotPatched(&'a str),
-    VisitOnly,
+/// Rows per multi-row `INSERT` (10 binds each; below SQLite's and PostgreSQL's bind limits).
+const INSERT_CHUNK: usize = 500;
+
+/// What a run of events (in seq order) changes on one device.
+#[derive(Debug, Default)]
+struct DeviceFold {
+    last_visit: Option<DateTime<Utc>>,
+    /// The version of the last `confirmed` event that names one.
+    firmware: Option<String>,
+    /// Whether `not_patched_reason` changes: set by `device_not_patched`, cleared by a later
+    /// `confirmed`.
+    not_patched_changed: bool,
+    not_patched_reason: Option<String>,
+    failures: u64,
+    last_failure: Option<String>,
 }
 
-fn fold_of(kind: &EventKind) -> Fold<'_> {
-    match kind {
-        EventKind::Confirmed { version, .. } => Fold::Firmware(version.as_deref()),
-        EventKind::Failed { reason, .. } | EventKind::RolledBack { reason } => {
-            Fold::Failure(reason)
+/// Fold events into per-device changes, in first-seen order.
+fn fold_batch(events: &[(Event, String)]) -> Vec<(String, DeviceFold)> {
+    let mut out: Vec<(String, DeviceFold)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (e, _) in events {
+        let Some(device) = &e.body.device else { continue };
+        let i = *index.entry(device.as_str()).or_insert_with(|| {
+            out.push((device.clone(), DeviceFold::default()));
+            out.len() - 1
+        });
+        let f = &mut out[i].1;
+        f.last_visit = Some(f.last_visit.map_or(e.body.time, |t| t.max(e.body.time)));
+        match &e.body.kind {
+            EventKind::Confirmed { version, .. } => {
+                if let Some(v) = version {
+                    f.firmware = Some(v.clone());
+                }
+                f.not_patched_changed = true;
+                f.not_patched_reason = None;
+            }
+            EventKind::Failed { reason, .. } | EventKind::RolledBack { reason } => {
+                f.failures += 1;
+                f.last_failure = Some(reason.clone());
+            }
+            EventKind::DeviceNotPatched { reason } => {
+                f.not_patched_changed = true;
+                f.not_patched_reason = Some(reason.clone());
+            }
+            _ => {}
         }
-        EventKind::DeviceNotPatched { reason } => Fold::NotPatched(reason),
-        _ => Fold::VisitOnly,
     }
+    out
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.site_id, d.vendor, d.model, d.hardware_revision, d.serial_number, \
@@ -711,41 +743,53 @@ macro_rules! store_impl {
                 let mut tx = self.pool.begin().await?;
                 let now = Utc::now();
                 let mut added = 0;
-                for (e, hash) in events {
-                    let body = serde_json::to_string(e)
-                        .map_err(|err| StoreError::Invalid(format!("event {}: {err}", e.body.id)))?;
-                    let r = sqlx::query(
-                        "INSERT INTO events (id, log_id, seq, technician_id, device, kind, time, hash, body, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                // Multi-row inserts: one round trip per chunk instead of per event.
+                for chunk in events.chunks(INSERT_CHUNK) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for (e, hash) in chunk {
+                        let body = serde_json::to_string(e).map_err(|err| {
+                            StoreError::Invalid(format!("event {}: {err}", e.body.id))
+                        })?;
+                        rows.push((e, hash.clone(), body));
+                    }
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO events (id, log_id, seq, technician_id, device, kind, time, hash, body, received_at) ",
+                    );
+                    qb.push_values(rows, |mut b, (e, hash, body)| {
+                        b.push_bind(e.body.id.to_string())
+                            .push_bind(log_id.to_string())
+                            .push_bind(to_i64(e.body.seq))
+                            .push_bind(technician_id.to_string())
+                            .push_bind(e.body.device.clone())
+                            .push_bind(e.body.kind.tag())
+                            .push_bind(e.body.time)
+                            .push_bind(hash)
+                            .push_bind(body)
+                            .push_bind(now);
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    added += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                // One update per device named in the batch.
+                for (device, f) in fold_batch(events) {
+                    sqlx::query(
+                        "UPDATE devices SET \
+                         last_visit = CASE WHEN last_visit IS NULL OR last_visit < $2 THEN $2 ELSE last_visit END, \
+                         current_firmware = COALESCE($3, current_firmware), \
+                         not_patched_reason = CASE WHEN $4 THEN $5 ELSE not_patched_reason END, \
+                         failures = failures + $6, \
+                         last_failure = COALESCE($7, last_failure) \
+                         WHERE id = $1 OR (serial_number = $1 AND NOT EXISTS (SELECT 1 FROM devices x WHERE x.id = $1))",
                     )
-                    .bind(e.body.id.to_string())
-                    .bind(log_id)
-                    .bind(to_i64(e.body.seq))
-                    .bind(technician_id)
-                    .bind(&e.body.device)
-                    .bind(e.body.kind.tag())
-                    .bind(e.body.time)
-                    .bind(hash)
-                    .bind(body)
-                    .bind(now)
+                    .bind(device)
+                    .bind(f.last_visit)
+                    .bind(f.firmware)
+                    .bind(f.not_patched_changed)
+                    .bind(f.not_patched_reason)
+                    .bind(to_i64(f.failures))
+                    .bind(f.last_failure)
                     .execute(&mut *tx)
                     .await?;
-                    added += r.rows_affected();
-                    let Some(device) = &e.body.device else { continue };
-                    let dev_where = "(id = $1 OR (serial_number = $1 AND NOT EXISTS (SELECT 1 FROM devices x WHERE x.id = $1)))";
-                    let visit = "last_visit = CASE WHEN last_visit IS NULL OR last_visit < $2 THEN $2 ELSE last_visit END";
-                    let (set, value) = match fold_of(&e.body.kind) {
-                        Fold::Firmware(Some(v)) => ("current_firmware = $3, not_patched_reason = NULL,", Some(v)),
-                        Fold::Failure(r) => ("failures = failures + 1, last_failure = $3,", Some(r)),
-                        Fold::NotPatched(r) => ("not_patched_reason = $3,", Some(r)),
-                        Fold::Firmware(None) | Fold::VisitOnly => ("", None),
-                    };
-                    let sql = format!("UPDATE devices SET {set} {visit} WHERE {dev_where}");
-                    let mut q = sqlx::query(&sql).bind(device).bind(e.body.time);
-                    if let Some(v) = value {
-                        q = q.bind(v);
-                    }
-                    q.execute(&mut *tx).await?;
                 }
                 sqlx::query(
                     "INSERT INTO checkpoints (log_id, technician_id, last_seq, last_hash, signature, updated_at) \

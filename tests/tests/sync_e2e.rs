@@ -504,7 +504,12 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
             }
             Ok(Ok(r)) => {
                 assert!(r.rejected.is_empty(), "{:?}", r.rejected);
-                if r.pending_total() == 0 && rounds > 20 && kills.load(Ordering::SeqCst) >= 10 {
+                let chaos_so_far = cuts.load(Ordering::SeqCst) + client_aborts;
+                if r.pending_total() == 0
+                    && rounds > 20
+                    && kills.load(Ordering::SeqCst) >= 10
+                    && chaos_so_far >= 10
+                {
                     break;
                 }
             }
