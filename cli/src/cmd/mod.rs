@@ -1,3 +1,4 @@
 //! One module per subcommand group; each is a thin layer over `fieldpatch-core`.
 
 pub mod info;
+pub mod sync;
