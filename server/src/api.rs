@@ -5,7 +5,7 @@
 //! inventory management and reports across all sites.
 
 use crate::push;
-use crate::store::{Principal, Store, StoreError, Technician};
+use crate::store::{Principal, Store, StoreError, StoredCredential, Technician};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::model::Version;
+use fieldpatch_core::sync::sealed::{self, SealedCredential};
 use fieldpatch_core::sync::wire::{
     ApiErrorBody, Device, MAX_PUSH_EVENTS, PlannedNotPatched, PullResponse, PushAck, PushRequest,
     Site, WorkOrder,
@@ -22,21 +23,89 @@ use fieldpatch_core::visitlog::Event;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// The OpenAPI document, kept next to the handlers it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Shared state of the API.
-#[derive(Debug)]
 pub struct App<S> {
     pub store: S,
     pub key: SigningKey,
+    /// Data key for device credentials at rest; without it no credentials are served.
+    credential_key: Option<Zeroizing<[u8; 32]>>,
     push_lock: tokio::sync::Mutex<()>,
+}
+
+impl<S> std::fmt::Debug for App<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("server_key", &hex::encode(self.key.verifying_key().as_bytes()))
+            .field("credentials", &self.credential_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Store> App<S> {
     pub fn new(store: S, key: SigningKey) -> Self {
-        Self { store, key, push_lock: tokio::sync::Mutex::new(()) }
+        Self { store, key, credential_key: None, push_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Serve device credentials, kept encrypted at rest under `data_key`.
+    pub fn with_credential_key(mut self, data_key: [u8; 32]) -> Self {
+        self.credential_key = Some(Zeroizing::new(data_key));
+        self
+    }
+
+    /// Encrypt and store a device credential.
+    pub async fn set_credential(
+        &self,
+        device_id: &str,
+        kind: &str,
+        secret: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.credential_key.as_ref().ok_or_else(|| {
+            StoreError::Invalid("this server has no credential data key configured".into())
+        })?;
+        if kind.is_empty() || kind.len() > 64 {
+            return Err(StoreError::Invalid("credential kind must be 1 to 64 characters".into()));
+        }
+        let (nonce, ciphertext) = sealed::encrypt_at_rest(key, device_id, kind, secret);
+        self.store
+            .set_credential(&StoredCredential {
+                device_id: device_id.into(),
+                kind: kind.into(),
+                nonce,
+                ciphertext,
+            })
+            .await
+    }
+
+    /// The technician's device credentials, decrypted and sealed to their key.
+    async fn sealed_credentials(&self, t: &Technician) -> Result<Vec<SealedCredential>, ApiError> {
+        let Some(key) = &self.credential_key else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for c in self.store.credentials_for(&t.id).await? {
+            let secret = sealed::decrypt_at_rest(key, &c.device_id, &c.kind, &c.nonce, &c.ciphertext)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "stored credential does not decrypt with the data key");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credential_store",
+                        "a stored device credential cannot be decrypted; the inventory team must check the server's credential key",
+                    )
+                })?;
+            out.push(sealed::seal(&t.public_key, &t.id, &c.device_id, &c.kind, &secret).map_err(
+                |e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credential_store",
+                        e.to_string(),
+                    )
+                },
+            )?);
+        }
+        Ok(out)
     }
 
     /// Hex of the checkpoint key's public half.
@@ -185,6 +254,7 @@ async fn pull<S: Store>(
         work_orders: app.store.work_orders(Some(&t.id)).await?,
         catalog: app.store.catalog().await?,
         trust_store: app.store.trust_store().await?,
+        credentials: app.sealed_credentials(&t).await?,
     }))
 }
 
@@ -404,6 +474,30 @@ async fn admin_unassign<S: Store>(
     }
 }
 
+/// `PUT /v1/admin/devices/{id}/credentials/{kind}` body.
+#[derive(Deserialize)]
+pub struct NewCredential {
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewCredential { secret: <redacted> }")
+    }
+}
+
+async fn admin_set_credential<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((device, kind)): Path<(String, String)>,
+    Json(body): Json<NewCredential>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    let secret = Zeroizing::new(body.secret.into_bytes());
+    app.set_credential(&device, &kind, &secret).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn admin_trust_store<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
@@ -436,6 +530,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
             put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
         )
         .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
+        .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(app)
 }

@@ -44,7 +44,7 @@ pub enum ServerError {
     InsecureNonLoopback(SocketAddr),
     #[error("TLS configuration: {0}")]
     Tls(String),
-    #[error("server key {path}: {detail}")]
+    #[error("key file {path}: {detail}")]
     Key { path: PathBuf, detail: String },
     #[error("server stopped with an I/O error: {0}")]
     Serve(std::io::Error),
@@ -84,7 +84,18 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerE
 
 /// Load the server's checkpoint key from `dir/server-key`, creating it (mode 0600) on first start.
 pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ServerError> {
-    let path = dir.join("server-key");
+    load_or_create_secret(dir, "server-key").map(|b| SigningKey::from_bytes(&b))
+}
+
+/// Load the data key that encrypts device credentials at rest from `dir/credential-key`, creating
+/// it (mode 0600) on first start. Back it up with the database: without it the stored credentials
+/// cannot be decrypted.
+pub fn load_or_create_credential_key(dir: &Path) -> Result<[u8; 32], ServerError> {
+    load_or_create_secret(dir, "credential-key")
+}
+
+fn load_or_create_secret(dir: &Path, name: &str) -> Result<[u8; 32], ServerError> {
+    let path = dir.join(name);
     let err = |detail: String| ServerError::Key { path: path.clone(), detail };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -92,11 +103,11 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ServerError> {
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .ok_or_else(|| err("not 64 hex digits; restore it from backup".into()))?;
-            Ok(SigningKey::from_bytes(&bytes))
+            Ok(bytes)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let key: [u8; 32] = rand::random();
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -106,7 +117,7 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ServerError> {
             }
             use std::io::Write;
             let mut f = opts.open(&path).map_err(|e| err(e.to_string()))?;
-            f.write_all(hex::encode(key.to_bytes()).as_bytes()).map_err(|e| err(e.to_string()))?;
+            f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
             Ok(key)
         }
         Err(e) => Err(err(e.to_string())),

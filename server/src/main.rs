@@ -108,6 +108,15 @@ enum Admin {
     },
     /// Publish the trust store document (JSON).
     TrustStore { file: PathBuf },
+    /// Store a device credential, encrypted at rest; the secret is read from standard input
+    /// (never from the command line, where other users could see it).
+    SetCredential {
+        #[arg(long)]
+        device: String,
+        /// What the secret is for, e.g. `smp-password`.
+        #[arg(long)]
+        kind: String,
+    },
     /// Print the server's checkpoint public key.
     ServerKey,
 }
@@ -161,18 +170,20 @@ async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%addr, https, "listening");
             // Tests and scripts read the bound address from stdout.
             println!("listening on {}://{addr}", if https { "https" } else { "http" });
-            bound.serve(Arc::new(App::new(store, key))).await?;
+            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            let app = App::new(store, key).with_credential_key(credential_key);
+            bound.serve(Arc::new(app)).await?;
         }
-        Command::Admin(cmd) => admin(&store, &key, cmd).await?,
+        Command::Admin(cmd) => {
+            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            admin(App::new(store, key).with_credential_key(credential_key), cmd).await?
+        }
     }
     Ok(())
 }
 
-async fn admin<S: Store>(
-    store: &S,
-    key: &ed25519_dalek::SigningKey,
-    cmd: Admin,
-) -> anyhow::Result<()> {
+async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
+    let store = &app.store;
     match cmd {
         Admin::CreateTechnician { id, name, public_key } => {
             let t = api::create_technician(store, NewTechnician { id, name, public_key }).await?;
@@ -245,7 +256,20 @@ async fn admin<S: Store>(
             store.set_trust_store(&doc).await?;
             println!("trust store published");
         }
-        Admin::ServerKey => println!("{}", hex::encode(key.verifying_key().as_bytes())),
+        Admin::SetCredential { device, kind } => {
+            use std::io::Read;
+            let mut secret = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .read_to_end(&mut secret)
+                .context("cannot read the secret from standard input")?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            app.set_credential(&device, &kind, &secret).await?;
+            println!("credential {kind} stored for device {device} (encrypted at rest)");
+        }
+        Admin::ServerKey => println!("{}", app.public_key()),
     }
     Ok(())
 }

@@ -65,6 +65,24 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
+/// A device credential as stored: encrypted under the server's data key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    pub device_id: String,
+    pub kind: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCredential")
+            .field("device_id", &self.device_id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Row counts, for reports and the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -179,6 +197,17 @@ pub trait Store: Send + Sync + 'static {
         device: &Device,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts, StoreError>> + Send;
+
+    /// Insert or replace a device credential (already encrypted at rest).
+    fn set_credential(
+        &self,
+        c: &StoredCredential,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Credentials of devices at the technician's assigned sites.
+    fn credentials_for(
+        &self,
+        technician_id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredCredential>, StoreError>> + Send;
 }
 
 fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
@@ -198,10 +227,14 @@ fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
-const SQLITE_MIGRATIONS: &[(&str, &str)] =
-    &[("inventory", include_str!("../migrations/sqlite/0001_inventory.sql"))];
-const POSTGRES_MIGRATIONS: &[(&str, &str)] =
-    &[("inventory", include_str!("../migrations/postgres/0001_inventory.sql"))];
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
+    ("inventory", include_str!("../migrations/sqlite/0001_inventory.sql")),
+    ("device credentials", include_str!("../migrations/sqlite/0002_device_credentials.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    ("inventory", include_str!("../migrations/postgres/0001_inventory.sql")),
+    ("device credentials", include_str!("../migrations/postgres/0002_device_credentials.sql")),
+];
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -839,6 +872,51 @@ macro_rules! store_impl {
                     events: to_u64(r.try_get::<i64, _>("events")?),
                     checkpoints: to_u64(r.try_get::<i64, _>("checkpoints")?),
                 })
+            }
+
+            async fn set_credential(&self, c: &StoredCredential) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO device_credentials (device_id, kind, nonce, ciphertext, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, kind) DO UPDATE SET \
+                     nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                )
+                .bind(&c.device_id)
+                .bind(&c.kind)
+                .bind(&c.nonce)
+                .bind(&c.ciphertext)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(x) if x.is_foreign_key_violation() => {
+                        StoreError::NotFound(format!("device {:?}", c.device_id))
+                    }
+                    _ => StoreError::Db(e),
+                })?;
+                Ok(())
+            }
+
+            async fn credentials_for(&self, technician_id: &str) -> Result<Vec<StoredCredential>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT c.device_id, c.kind, c.nonce, c.ciphertext FROM device_credentials c \
+                     JOIN devices d ON d.id = c.device_id \
+                     JOIN assignments a ON a.site_id = d.site_id \
+                     WHERE a.technician_id = $1 ORDER BY c.device_id, c.kind",
+                )
+                .bind(technician_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredCredential {
+                            device_id: r.try_get("device_id")?,
+                            kind: r.try_get("kind")?,
+                            nonce: r.try_get("nonce")?,
+                            ciphertext: r.try_get("ciphertext")?,
+                        })
+                    })
+                    .collect()
             }
         }
     };

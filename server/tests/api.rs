@@ -5,6 +5,7 @@ mod common;
 use common::{Backend, TestServer, chain, chain_in, note};
 use fieldpatch_core::sync::wire::{Device, PlannedNotPatched, PullResponse, PushAck, PushRequest};
 use fieldpatch_core::visitlog::{Event, EventKind};
+use fieldpatch_server::Store;
 use reqwest::StatusCode;
 
 async fn push(server: &TestServer, token: &str, events: &[Event]) -> PushAck {
@@ -290,4 +291,76 @@ async fn openapi_document_names_every_route() {
         let name = r.split('"').next().unwrap();
         assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
     }
+}
+
+both_backends!(device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_technician);
+async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_technician(
+    backend: Backend,
+) {
+    use reqwest::Method;
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    let bob = server.technician("bob").await;
+    server.assign("alice", "s1").await;
+    server.assign("bob", "s2").await;
+    let secret = "s3cret-pa55-for-d1";
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d1/credentials/smp-password",
+            serde_json::json!({"secret": secret}),
+        )
+        .await;
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d9/credentials/smp-password",
+            serde_json::json!({"secret": "other"}),
+        )
+        .await;
+    // Only admins set credentials; unknown devices are refused.
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/d1/credentials/smp-password"))
+        .bearer_auth(&alice.token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/nope/credentials/smp-password"))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // At rest: the database holds no plaintext.
+    let rows = match &server.app {
+        common::AnyStore::Sqlite(a) => a.store.credentials_for("alice").await.unwrap(),
+        common::AnyStore::Postgres(a) => a.store.credentials_for("alice").await.unwrap(),
+    };
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].ciphertext.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    // Alice gets d1's credential sealed to her key; Bob cannot open it; Bob gets only d9's.
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert_eq!(pull.credentials.len(), 1);
+    let sealed = &pull.credentials[0];
+    assert_eq!((sealed.device_id.as_str(), sealed.kind.as_str()), ("d1", "smp-password"));
+    assert!(!serde_json::to_string(&pull).unwrap().contains(secret));
+    assert_eq!(sealed.open(&alice.key, "alice").unwrap().as_slice(), secret.as_bytes());
+    assert!(sealed.open(&bob.key, "bob").is_err());
+    let pull: PullResponse = get(&server, &bob.token, "/v1/pull").await;
+    assert_eq!(pull.credentials.iter().map(|c| c.device_id.as_str()).collect::<Vec<_>>(), ["d9"]);
+    assert_eq!(pull.credentials[0].open(&bob.key, "bob").unwrap().as_slice(), b"other");
+
+    // Revoking the assignment stops delivery.
+    server
+        .admin_json(Method::DELETE, "/v1/admin/assignments/alice/s1", serde_json::json!(null))
+        .await;
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert!(pull.credentials.is_empty());
 }

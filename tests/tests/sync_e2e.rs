@@ -8,6 +8,7 @@
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
+use fieldpatch_core::sync::sealed::{SealedCredential, encrypt_at_rest};
 use fieldpatch_core::sync::wire::{CatalogEntry, Device, Site, WorkOrder};
 use fieldpatch_core::sync::{
     LogCursor, PullResponse, RetryPolicy, SignedCheckpoint, SyncConfig, SyncLocal, WatchEvent,
@@ -15,7 +16,11 @@ use fieldpatch_core::sync::{
 };
 use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
 use fieldpatch_server::api::{self, NewTechnician};
+use fieldpatch_server::store::StoredCredential;
 use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store};
+
+/// The server's credential data key in these tests.
+const DATA_KEY: [u8; 32] = [7; 32];
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,10 +42,14 @@ impl std::fmt::Display for LocalError {
 }
 impl std::error::Error for LocalError {}
 
+/// The laptop's store over JSON files. Device credentials are opened with the technician's key
+/// and kept only in `keyring` (memory), standing in for the OS keyring: never in a file.
 #[derive(Debug)]
 struct JsonLocal {
     dir: PathBuf,
     lock: Mutex<()>,
+    technician: Option<(String, SigningKey)>,
+    keyring: Mutex<BTreeMap<(String, String), Vec<u8>>>,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> LocalError {
@@ -51,7 +60,12 @@ impl JsonLocal {
     fn new(dir: &Path) -> Self {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         std::fs::create_dir_all(dir.join("bundles")).unwrap();
-        Self { dir: dir.to_path_buf(), lock: Mutex::new(()) }
+        Self {
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(()),
+            technician: None,
+            keyring: Mutex::default(),
+        }
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
@@ -135,6 +149,19 @@ impl SyncLocal for JsonLocal {
             &self.dir.join("checkpoints.json"),
             &serde_json::to_vec(&cps).map_err(io)?,
         )
+    }
+
+    async fn apply_credentials(&self, sealed: Vec<SealedCredential>) -> Result<(), LocalError> {
+        let (id, key) =
+            self.technician.as_ref().ok_or_else(|| LocalError("no technician key".into()))?;
+        let mut opened = BTreeMap::new();
+        for c in &sealed {
+            let secret = c.open(key, id).map_err(io)?;
+            opened.insert((c.device_id.clone(), c.kind.clone()), secret.to_vec());
+        }
+        // Exactly the delivered set: credentials of revoked sites go.
+        *self.keyring.lock().unwrap() = opened;
+        Ok(())
     }
 
     async fn has_bundle(&self, sha256: &str) -> Result<bool, LocalError> {
@@ -223,12 +250,16 @@ impl ServerThread {
                     Db::Sqlite(p) => {
                         let s = SqliteStore::open(&p).await.unwrap();
                         s.migrate().await.unwrap();
-                        tokio::spawn(bound.serve(Arc::new(App::new(s, key))));
+                        tokio::spawn(
+                            bound.serve(Arc::new(App::new(s, key).with_credential_key(DATA_KEY))),
+                        );
                     }
                     Db::Postgres(u) => {
                         let s = PgStore::connect(&u).await.unwrap();
                         s.migrate().await.unwrap();
-                        tokio::spawn(bound.serve(Arc::new(App::new(s, key))));
+                        tokio::spawn(
+                            bound.serve(Arc::new(App::new(s, key).with_credential_key(DATA_KEY))),
+                        );
                     }
                 }
             });
@@ -292,6 +323,20 @@ async fn provision(db: &Db, tech_key: &SigningKey, tech: &str) -> String {
         .unwrap();
         s.assign(tech, "s1").await.unwrap();
         s.assign(tech, "s2").await.unwrap();
+        for site in ["s1", "s2"] {
+            let device = format!("{site}-dev");
+            let secret = format!("password-of-{device}");
+            let (nonce, ciphertext) =
+                encrypt_at_rest(&DATA_KEY, &device, "smp-password", secret.as_bytes());
+            s.set_credential(&StoredCredential {
+                device_id: device,
+                kind: "smp-password".into(),
+                nonce,
+                ciphertext,
+            })
+            .await
+            .unwrap();
+        }
         let bytes = b"bundle-file-bytes".to_vec();
         use sha2::Digest;
         s.publish_bundle(
@@ -438,7 +483,8 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
     let server_key = SigningKey::generate(&mut rand::rngs::OsRng);
     let token = provision(&db, &tech_key, "alice").await;
 
-    let local = JsonLocal::new(&dir.path().join("laptop"));
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
     let mut logs: Vec<Vec<Event>> =
         [300, 250, 200].iter().map(|n| make_log(&tech_key, *n)).collect();
     for log in &logs {
@@ -573,7 +619,8 @@ async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments()
     let token = provision(&db, &tech_key, "alice").await;
     let server = ServerThread::start(db.clone(), server_key.clone(), 0);
 
-    let local = JsonLocal::new(&dir.path().join("laptop"));
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
     let good = make_log(&tech_key, 10);
     let mut bad = make_log(&tech_key, 6);
     bad[2].body.kind = EventKind::Note { text: "edited after signing".into() };
@@ -611,6 +658,17 @@ async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments()
     // The confirmed event reached the inventory.
     let dev = pull.devices.iter().find(|d| d.id == "s1-dev").unwrap();
     assert_eq!(dev.current_firmware.as_deref(), Some("2.0.0"));
+    // Device credentials: opened into the (stand-in) keyring, never written to the laptop's files.
+    assert_eq!(report.credentials, 2);
+    assert!(pull.credentials.is_empty(), "credentials must not reach the local store's files");
+    assert_eq!(
+        local.keyring.lock().unwrap().get(&("s2-dev".to_string(), "smp-password".to_string())),
+        Some(&b"password-of-s2-dev".to_vec())
+    );
+    for entry in walk(&local.dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"password-of"), "secret in {}", entry.display());
+    }
 
     // A second sync downloads nothing new; a revoked assignment disappears from the laptop.
     async fn unassign<S: Store>(s: S) {
@@ -640,6 +698,19 @@ async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments()
     let e = fieldpatch_core::sync::sync(&pinned, &local, &|_| {}).await.unwrap_err().to_string();
     assert!(e.contains("unexpected server key"), "{e}");
     server.kill();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// `n` more events continuing `log`.
@@ -673,7 +744,9 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
     let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
     let server_key = SigningKey::generate(&mut rand::rngs::OsRng);
     let token = provision(&db, &tech_key, "alice").await;
-    let local = Arc::new(JsonLocal::new(&dir.path().join("laptop")));
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
+    let local = Arc::new(local);
     let log = make_log(&tech_key, 20);
     local.append(&log);
 

@@ -1,5 +1,6 @@
 //! The sync client: push-then-pull over HTTPS (reqwest + rustls), retries, and `--watch`.
 
+use super::sealed::SealedCredential;
 use super::wire::{
     ApiErrorBody, CatalogEntry, CheckpointError, EventProblem, PullResponse, PushAck, PushRequest,
     SignedCheckpoint,
@@ -48,6 +49,15 @@ pub trait SyncLocal: Send + Sync {
 
     /// Whether the bundle file with this SHA-256 (hex) is already stored locally.
     fn has_bundle(&self, sha256: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Make the OS keyring hold exactly these device credentials among those sync provisioned:
+    /// open each with the technician's signing key ([`SealedCredential::open`]), write it to the
+    /// keyring, and delete sync-provisioned credentials that are no longer listed (a revoked
+    /// assignment). Never write them to the database or a file.
+    fn apply_credentials(
+        &self,
+        sealed: Vec<SealedCredential>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Replace the local copy of sites, devices, work orders, catalog and trust store with `pull`,
     /// storing the new bundle files given (each already checked against its SHA-256), in one
@@ -185,6 +195,8 @@ pub struct SyncReport {
     pub catalog: usize,
     /// Bundle files downloaded in this sync.
     pub bundles_downloaded: usize,
+    /// Device credentials delivered for the assigned sites.
+    pub credentials: usize,
 }
 
 impl SyncReport {
@@ -402,7 +414,7 @@ pub async fn sync<L: SyncLocal>(
     }
 
     // Pull.
-    let pull: PullResponse =
+    let mut pull: PullResponse =
         http.send_json("GET /v1/pull", |c| c.get(http.url("/v1/pull"))).await?;
     let mut bundles = Vec::new();
     for entry in &pull.catalog {
@@ -426,6 +438,9 @@ pub async fn sync<L: SyncLocal>(
     report.work_orders = pull.work_orders.len();
     report.catalog = pull.catalog.len();
     report.bundles_downloaded = bundles.len();
+    let credentials = std::mem::take(&mut pull.credentials);
+    report.credentials = credentials.len();
+    store.apply_credentials(credentials).await.map_err(local)?;
     store.apply_pull(&pull, bundles).await.map_err(local)?;
     Ok(report)
 }

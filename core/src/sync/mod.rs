@@ -12,17 +12,23 @@
 //!    assigned sites; bundle files the laptop does not have yet are fetched and checked against
 //!    their SHA-256 before the whole snapshot is handed to the local store in one call.
 //!
+//! Device credentials for the assigned sites arrive sealed to the technician's key
+//! ([`sealed`]) and are handed to [`SyncLocal::apply_credentials`] separately from the rest of
+//! the pull, so a store cannot persist them by accident: they belong in the OS keyring only.
+//!
 //! The local store is reached through the [`SyncLocal`] trait so this module knows nothing of SQL.
 //! Transport failures (connection refused or cut, timeouts, 5xx) are retried with exponential
 //! backoff and jitter; authorization and request errors are not.
 
 pub mod client;
+pub mod sealed;
 pub mod wire;
 
 pub use client::{
     LogCursor, PushProgress, RetryPolicy, SyncConfig, SyncError, SyncLocal, SyncReport, WatchEvent,
     WatchOptions, sync, watch,
 };
+pub use sealed::SealedCredential;
 pub use wire::{
     Checkpoint, CheckpointError, EventProblem, PullResponse, PushAck, PushRequest, SignedCheckpoint,
 };

@@ -213,6 +213,10 @@ pub struct PullResponse {
     pub catalog: Vec<CatalogEntry>,
     /// The trust store document as published, if any.
     pub trust_store: Option<serde_json::Value>,
+    /// Credentials of devices at the assigned sites, sealed to the technician's key. The sync
+    /// client takes them out before the rest is handed to the local store.
+    #[serde(default)]
+    pub credentials: Vec<super::sealed::SealedCredential>,
 }
 
 /// A device planned for a visit that is not at its approved version.

@@ -94,7 +94,10 @@ async fn start_on<S: Store>(
 ) -> (Arc<App<S>>, String, String, tokio::task::JoinHandle<()>) {
     store.migrate().await.unwrap();
     let admin_token = api::issue_token(&store, None, "test").await.unwrap();
-    let app = Arc::new(App::new(store, SigningKey::generate(&mut rand::rngs::OsRng)));
+    let app = Arc::new(
+        App::new(store, SigningKey::generate(&mut rand::rngs::OsRng))
+            .with_credential_key(rand::random()),
+    );
     let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None, false).await.unwrap();
     let base = format!("http://{}", bound.local_addr());
     let serving = app.clone();
