@@ -954,3 +954,54 @@ impl PgStore {
         Ok(Self::new(pool))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldpatch_core::visitlog::{TimeSource, UnsignedEvent};
+
+    fn ev(device: &str, kind: EventKind, secs: i64) -> (Event, String) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let e = UnsignedEvent {
+            id: uuid::Uuid::now_v7(),
+            log_id: uuid::Uuid::nil(),
+            seq: 1,
+            time: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
+            time_source: TimeSource::SystemClock,
+            signer: String::new(),
+            visit_id: None,
+            device: Some(device.into()),
+            prev_hash: String::new(),
+            kind,
+        }
+        .sign(&key);
+        let h = e.hash();
+        (e, h)
+    }
+
+    #[test]
+    fn a_batch_folds_per_device_in_order() {
+        let events = vec![
+            ev("a", EventKind::DeviceNotPatched { reason: "locked".into() }, 5),
+            ev("b", EventKind::Failed { stage: "upload".into(), reason: "r1".into() }, 1),
+            ev(
+                "a",
+                EventKind::Confirmed { version: Some("2.0.0".into()), image_sha256: String::new() },
+                3,
+            ),
+            ev("b", EventKind::RolledBack { reason: "r2".into() }, 2),
+            ev("b", EventKind::DeviceNotPatched { reason: "gave up".into() }, 4),
+        ];
+        let folded = fold_batch(&events);
+        assert_eq!(folded.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let a = &folded[0].1;
+        assert_eq!(a.firmware.as_deref(), Some("2.0.0"));
+        // Confirmed after not-patched clears the reason; the latest time wins for last visit.
+        assert!(a.not_patched_changed && a.not_patched_reason.is_none());
+        assert_eq!(a.last_visit.unwrap().timestamp(), 1_800_000_005);
+        let b = &folded[1].1;
+        assert_eq!((b.failures, b.last_failure.as_deref()), (2, Some("r2")));
+        assert_eq!(b.not_patched_reason.as_deref(), Some("gave up"));
+        assert!(b.firmware.is_none());
+    }
+}

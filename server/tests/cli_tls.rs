@@ -135,6 +135,30 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     std::fs::write(dir.path().join("trust.json"), r#"{"keys":[],"threshold":1}"#).unwrap();
     admin(&data, &["trust-store", dir.path().join("trust.json").to_str().unwrap()]);
     let server_key = admin(&data, &["server-key"]).trim().to_string();
+    // A device credential from standard input, encrypted at rest.
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["admin", "set-credential", "--device", "d1", "--kind", "smp-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"pa55word-d1\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("encrypted at rest"));
+    let db = std::fs::read(data.join("inventory.db")).unwrap();
+    let wal = std::fs::read(data.join("inventory.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(11).any(|w| w == b"pa55word-d1"),
+            "plaintext credential in the database"
+        );
+    }
 
     // A missing device site is a clear error.
     std::fs::write(dir.path().join("bad.csv"), "id,site_id\nd7,nowhere\n").unwrap();
@@ -181,6 +205,8 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     assert_eq!(pull.sites[0].address.as_deref(), Some("Dock 4, North"));
     assert_eq!(pull.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d1"]);
     assert_eq!(pull.trust_store.unwrap()["threshold"], 1);
+    assert_eq!(pull.credentials.len(), 1);
+    assert_eq!(pull.credentials[0].open(&key, "alice").unwrap().as_slice(), b"pa55word-d1");
     let entry = &pull.catalog[0];
     assert_eq!(entry.manifest["installs"], "1.4.0");
     let got = client

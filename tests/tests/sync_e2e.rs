@@ -234,6 +234,15 @@ struct ServerThread {
 impl ServerThread {
     /// Start a server on `db` (port 0 = any free port).
     fn start(db: Db, key: SigningKey, port: u16) -> Self {
+        Self::start_with(db, key, port, None)
+    }
+
+    fn start_with(
+        db: Db,
+        key: SigningKey,
+        port: u16,
+        tls: Option<fieldpatch_server::TlsFiles>,
+    ) -> Self {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -244,7 +253,8 @@ impl ServerThread {
                 .unwrap();
             rt.block_on(async move {
                 let addr = format!("127.0.0.1:{port}").parse().unwrap();
-                let bound = Bound::bind(addr, None, false).await.unwrap();
+                let tls = tls.map(|f| fieldpatch_server::tls_config(&f).unwrap());
+                let bound = Bound::bind(addr, tls, false).await.unwrap();
                 port_tx.send(bound.local_addr().port()).unwrap();
                 match db {
                     Db::Sqlite(p) => {
@@ -794,5 +804,55 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("stopped"));
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_over_https_trusts_only_the_configured_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=fieldpatch-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let db = Db::Sqlite(dir.path().join("inventory.db"));
+    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let token = provision(&db, &tech_key, "alice").await;
+    let files = fieldpatch_server::TlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    let server =
+        ServerThread::start_with(db, SigningKey::generate(&mut rand::rngs::OsRng), 0, Some(files));
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
+    local.append(&make_log(&tech_key, 5));
+
+    let mut cfg = SyncConfig::new(format!("https://127.0.0.1:{}", server.port), &token);
+    fast_retry(&mut cfg);
+    let e = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert!(local.checkpoints().is_empty());
+
+    cfg.root_certificate_pem = Some(std::fs::read(dir.path().join("cert.pem")).unwrap());
+    let report = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap();
+    assert_eq!(report.pushed, 5);
+    assert_eq!(report.credentials, 2);
     server.kill();
 }
