@@ -285,8 +285,18 @@ async fn push_events<S: Store>(
             format!("at most {MAX_PUSH_EVENTS} events per push; split the batch"),
         ));
     }
+    // Signatures and hashes do not depend on the log's state: check them before taking the lock.
+    let prepared =
+        tokio::task::spawn_blocking(move || push::prepare(req.events)).await.map_err(|e| {
+            tracing::error!(error = %e, "signature check task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "signature check failed; retry",
+            )
+        })?;
     let _guard = app.push_lock.lock().await;
-    let (ack, added) = push::push(&app.store, &app.key, &t, req.events).await?;
+    let (ack, added) = push::push(&app.store, &app.key, &t, prepared).await?;
     tracing::info!(technician = %t.id, added, stored = ack.stored.len(), retryable = ack.retryable.len(), rejected = ack.rejected.len(), "push");
     Ok(Json(ack))
 }

@@ -25,6 +25,46 @@ fn problem(e: &Event, code: &str, reason: String) -> EventProblem {
     }
 }
 
+/// What can be computed for an event without the log's state: its signature check and its hash.
+/// Done before taking the push lock, spread over the CPU cores.
+#[derive(Debug)]
+pub struct Prepared {
+    pub signature: Result<(), ChainError>,
+    pub hash: String,
+}
+
+/// Check signatures and compute hashes of `events`, in parallel. Blocking: call it from
+/// `spawn_blocking`.
+pub fn prepare(events: Vec<Event>) -> Vec<(Event, Prepared)> {
+    fn one(e: Event) -> (Event, Prepared) {
+        let p = Prepared { signature: e.verify_signature(), hash: e.hash() };
+        (e, p)
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if threads < 2 || events.len() < 64 {
+        return events.into_iter().map(one).collect();
+    }
+    let chunk = events.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Event>> = Vec::new();
+    let mut rest = events;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || c.into_iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("signature check does not panic"))
+            .collect()
+    })
+}
+
 enum Verdict {
     Stored,
     Retry(EventProblem),
@@ -36,29 +76,29 @@ pub async fn push<S: Store>(
     store: &S,
     key: &SigningKey,
     tech: &Technician,
-    events: Vec<Event>,
+    events: Vec<(Event, Prepared)>,
 ) -> Result<(PushAck, u64), StoreError> {
     // Group by log, keeping the request order of logs; sort each log by seq.
-    let mut logs: BTreeMap<Uuid, Vec<(usize, Event)>> = BTreeMap::new();
+    let mut logs: BTreeMap<Uuid, Vec<(usize, Event, Prepared)>> = BTreeMap::new();
     let mut order: Vec<Uuid> = Vec::new();
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, (e, p)) in events.into_iter().enumerate() {
         if !logs.contains_key(&e.body.log_id) {
             order.push(e.body.log_id);
         }
-        logs.entry(e.body.log_id).or_default().push((i, e));
+        logs.entry(e.body.log_id).or_default().push((i, e, p));
     }
     let mut verdicts: Vec<(usize, Uuid, Verdict)> = Vec::new();
     let mut checkpoints = Vec::new();
     let mut added = 0;
     for log_id in order {
         let mut batch = logs.remove(&log_id).unwrap_or_default();
-        batch.sort_by_key(|(_, e)| e.body.seq);
+        batch.sort_by_key(|(_, e, _)| e.body.seq);
         let log = log_id.to_string();
         let head = store.log_head(&log).await?;
         if let Some(h) = &head
             && h.technician_id != tech.id
         {
-            for (i, e) in &batch {
+            for (i, e, _) in &batch {
                 let p = problem(
                     e,
                     "foreign_log",
@@ -73,8 +113,8 @@ pub async fn push<S: Store>(
             None => (0, GENESIS_HASH.to_string()),
         };
         // Already-held events: compare with what is stored.
-        let max_seq = batch.last().map(|(_, e)| e.body.seq).unwrap_or(0);
-        let min_seq = batch.first().map(|(_, e)| e.body.seq).unwrap_or(0);
+        let max_seq = batch.last().map(|(_, e, _)| e.body.seq).unwrap_or(0);
+        let min_seq = batch.first().map(|(_, e, _)| e.body.seq).unwrap_or(0);
         let held = if min_seq <= head_seq {
             store.stored_events(&log, min_seq, head_seq.min(max_seq)).await?
         } else {
@@ -83,14 +123,14 @@ pub async fn push<S: Store>(
         let mut next = head_seq + 1;
         let mut accepted: Vec<(Event, String)> = Vec::new();
         let mut blocked: Option<(bool, u64)> = None; // (rejected?, seq that blocked)
-        for (i, e) in batch {
+        for (i, e, prepared) in batch {
             let id = e.body.id;
             let seq = e.body.seq;
             let verdict = if seq == 0 {
                 Verdict::Reject(problem(&e, "invalid", "sequence numbers start at 1".into()))
             } else if seq <= head_seq {
                 match held.iter().find(|h| h.seq == seq) {
-                    Some(h) if h.id == id.to_string() && h.hash == e.hash() => Verdict::Stored,
+                    Some(h) if h.id == id.to_string() && h.hash == prepared.hash => Verdict::Stored,
                     Some(_) => Verdict::Reject(problem(
                         &e,
                         "conflict",
@@ -149,7 +189,7 @@ pub async fn push<S: Store>(
                         e.body.signer
                     ),
                 ))
-            } else if let Err(err) = e.verify_signature() {
+            } else if let Err(err) = &prepared.signature {
                 blocked = Some((true, seq));
                 let reason = match err {
                     ChainError::BadSignature { .. } => {
@@ -166,7 +206,7 @@ pub async fn push<S: Store>(
                     "prev_hash does not name the previous event the server holds (an event was removed, inserted or edited)".into(),
                 ))
             } else {
-                let hash = e.hash();
+                let hash = prepared.hash.clone();
                 prev_hash = hash.clone();
                 next = seq + 1;
                 accepted.push((e, hash));
