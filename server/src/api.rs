@@ -285,9 +285,18 @@ async fn push_events<S: Store>(
             format!("at most {MAX_PUSH_EVENTS} events per push; split the batch"),
         ));
     }
-    // Signatures and hashes do not depend on the log's state: check them before taking the lock.
-    let prepared =
-        tokio::task::spawn_blocking(move || push::prepare(req.events)).await.map_err(|e| {
+    // Signatures and hashes do not depend on the log's state: check them before taking the lock,
+    // skipping events the server already holds (heads only move forward).
+    let mut held = std::collections::BTreeMap::new();
+    for e in &req.events {
+        if let std::collections::btree_map::Entry::Vacant(v) = held.entry(e.body.log_id) {
+            let head = app.store.log_head(&e.body.log_id.to_string()).await?;
+            v.insert(head.map(|h| h.last_seq).unwrap_or(0));
+        }
+    }
+    let prepared = tokio::task::spawn_blocking(move || push::prepare(req.events, &held))
+        .await
+        .map_err(|e| {
             tracing::error!(error = %e, "signature check task failed");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -29,17 +29,22 @@ fn problem(e: &Event, code: &str, reason: String) -> EventProblem {
 /// Done before taking the push lock, spread over the CPU cores.
 #[derive(Debug)]
 pub struct Prepared {
-    pub signature: Result<(), ChainError>,
+    /// `None` when not checked up front: the event is at or below the server's head for its log,
+    /// so it is compared with the stored event by hash instead (a replay).
+    pub signature: Option<Result<(), ChainError>>,
     pub hash: String,
 }
 
-/// Check signatures and compute hashes of `events`, in parallel. Blocking: call it from
-/// `spawn_blocking`.
-pub fn prepare(events: Vec<Event>) -> Vec<(Event, Prepared)> {
-    fn one(e: Event) -> (Event, Prepared) {
-        let p = Prepared { signature: e.verify_signature(), hash: e.hash() };
+/// Check signatures and compute hashes of `events`, in parallel. Events at or below `held`'s
+/// seq for their log (the server's heads, read before; heads never move back) skip the signature
+/// check. Blocking: call it from `spawn_blocking`.
+pub fn prepare(events: Vec<Event>, held: &BTreeMap<Uuid, u64>) -> Vec<(Event, Prepared)> {
+    let one = |e: Event| {
+        let replay = held.get(&e.body.log_id).is_some_and(|h| e.body.seq <= *h);
+        let signature = if replay { None } else { Some(e.verify_signature()) };
+        let p = Prepared { signature, hash: e.hash() };
         (e, p)
-    }
+    };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads < 2 || events.len() < 64 {
         return events.into_iter().map(one).collect();
@@ -189,7 +194,7 @@ pub async fn push<S: Store>(
                         e.body.signer
                     ),
                 ))
-            } else if let Err(err) = &prepared.signature {
+            } else if let Err(err) = prepared.signature.unwrap_or_else(|| e.verify_signature()) {
                 blocked = Some((true, seq));
                 let reason = match err {
                     ChainError::BadSignature { .. } => {
