@@ -550,6 +550,6 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
         .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app)
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(name = "fieldpatch-server", version, about = "Fieldpatch central inventory and sync API")]
 struct Cli {
-    /// Directory for the server key and the default SQLite database.
+    /// Directory for the server keys (checkpoint signing, credential encryption) and the default
+    /// SQLite database. Back it up together with the database.
     #[arg(
         long,
         env = "FIELDPATCH_SERVER_DATA",
