@@ -527,6 +527,22 @@ async fn admin_trust_store<S: Store>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest a request may take, body upload included; a stalled client gets 408 and the
+/// connection's resources back.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request did not complete within {}s; retry", REQUEST_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
 /// The `/v1` API over `app`.
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     Router::new()
@@ -550,6 +566,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
         .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
+        .layer(axum::middleware::from_fn(request_timeout))
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app)
 }

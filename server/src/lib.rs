@@ -24,6 +24,7 @@ use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use api::{App, router};
 pub use store::{PgStore, SqliteStore, Store, StoreError};
@@ -156,47 +157,52 @@ impl Bound {
     /// Serve `app` until the task is dropped.
     pub async fn serve<S: Store>(self, app: Arc<App<S>>) -> Result<(), ServerError> {
         let router = router(app);
-        let Some(tls) = self.tls else {
-            return axum::serve(self.listener, router).await.map_err(ServerError::Serve);
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                        .await;
-                let stream = match handshake {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                match acceptor {
+                    None => serve_connection(tcp, router, peer).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, router, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let service = hyper_util::service::TowerToHyperService::new(router);
-                let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
+    }
+}
+
+/// A TLS handshake must finish within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this time (no connection is held open by a silent peer).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn serve_connection<I>(io: I, router: axum::Router, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    if let Err(e) =
+        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
