@@ -777,6 +777,7 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
             let on_event = move |e: WatchEvent| {
                 let s = match e {
                     WatchEvent::Offline { .. } => "offline".to_string(),
+                    WatchEvent::NetworkChanged => "network changed".to_string(),
                     WatchEvent::Reachable => "reachable".to_string(),
                     WatchEvent::Synced(r) => format!("synced {}", r.pushed),
                     WatchEvent::Failed(e) => format!("failed {e}"),
@@ -784,7 +785,7 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
                 };
                 seen.lock().unwrap().push(s);
             };
-            fieldpatch_core::sync::watch(&cfg, &*local, options, stop_rx, &on_event).await
+            fieldpatch_core::sync::watch(&cfg, &*local, options, stop_rx, None, &on_event).await
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -854,5 +855,57 @@ async fn sync_over_https_trusts_only_the_configured_root() {
     let report = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap();
     assert_eq!(report.pushed, 5);
     assert_eq!(report.credentials, 2);
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_change_nudge_makes_watch_probe_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("inventory.db"));
+    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let token = provision(&db, &tech_key, "alice").await;
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
+    local.append(&make_log(&tech_key, 3));
+    let local = Arc::new(local);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = SyncConfig::new(format!("http://127.0.0.1:{port}"), &token);
+    fast_retry(&mut cfg);
+    // After the first failed probe the next one would be a minute away.
+    let options = WatchOptions {
+        interval: Duration::from_secs(60),
+        initial_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+    };
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let events = Arc::new(AtomicUsize::new(0));
+    let synced = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (local, nudge, events, synced) =
+            (local.clone(), nudge.clone(), events.clone(), synced.clone());
+        tokio::spawn(async move {
+            let on_event = move |e: WatchEvent| {
+                events.fetch_add(1, Ordering::SeqCst);
+                if matches!(e, WatchEvent::Synced(ref r) if r.pushed == 3) {
+                    synced.store(true, Ordering::SeqCst);
+                }
+            };
+            fieldpatch_core::sync::watch(&cfg, &*local, options, stop_rx, Some(&nudge), &on_event)
+                .await
+        })
+    };
+    while events.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = ServerThread::start(db, SigningKey::generate(&mut rand::rngs::OsRng), port);
+    nudge.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !synced.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the nudge did not trigger a sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap().unwrap();
     server.kill();
 }

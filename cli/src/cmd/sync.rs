@@ -92,6 +92,7 @@ pub fn render_watch_event(e: &WatchEvent) -> String {
         WatchEvent::Offline { retry_in, detail } => {
             format!("server unreachable ({detail}); next try in {}s", retry_in.as_secs_f32().ceil())
         }
+        WatchEvent::NetworkChanged => "network changed: probing the server now".to_string(),
         WatchEvent::Reachable => "server reachable: syncing".to_string(),
         WatchEvent::Synced(r) => format!(
             "synced: pushed {}, pending {}, rejected {}",
@@ -132,7 +133,14 @@ pub fn run<L: SyncLocal>(
                     println!("{}", render_watch_event(&e));
                 }
             };
-            watch(&cfg, store, options, stop_rx, &on_event).await?;
+            // Network changes (where the OS exposes them) make watch probe at once.
+            let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
+            let _monitor = fieldpatch_core::sync::netwatch::spawn_monitor(
+                "/".into(),
+                Duration::from_secs(2),
+                nudge.clone(),
+            );
+            watch(&cfg, store, options, stop_rx, Some(&nudge), &on_event).await?;
             return Ok(ExitCode::SUCCESS);
         }
         let report = sync_once(&cfg, store, &|p| {

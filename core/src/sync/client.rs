@@ -473,6 +473,8 @@ pub enum WatchEvent {
         retry_in: Duration,
         detail: String,
     },
+    /// The network changed (or the app asked): probing now.
+    NetworkChanged,
     /// The server answered; a sync starts.
     Reachable,
     Synced(SyncReport),
@@ -482,14 +484,20 @@ pub enum WatchEvent {
 
 /// Probe the server and sync whenever it is reachable, until `stop` turns true. Unreachable
 /// servers are probed with exponential backoff; a reachable server is synced every
-/// `options.interval` (and immediately when it comes back).
+/// `options.interval` (and immediately when it comes back). A notification on `nudge` (a network
+/// change reported by the OS, see [`super::netwatch`], or the app) probes at once and resets the
+/// backoff. The server key announced by the first sync is pinned for the following ones.
 pub async fn watch<L: SyncLocal>(
     cfg: &SyncConfig,
     store: &L,
     options: WatchOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    nudge: Option<&tokio::sync::Notify>,
     on_event: &(dyn Fn(WatchEvent) + Send + Sync),
 ) -> Result<(), SyncError> {
+    let idle = tokio::sync::Notify::new();
+    let nudge = nudge.unwrap_or(&idle);
+    let mut pinned = cfg.server_key.clone();
     let probe = Http::new(&SyncConfig {
         retry: RetryPolicy { attempts: 1, ..cfg.retry },
         timeout: cfg.timeout.min(Duration::from_secs(10)),
@@ -504,9 +512,12 @@ pub async fn watch<L: SyncLocal>(
             Ok(_) => {
                 on_event(WatchEvent::Reachable);
                 backoff = options.initial_backoff;
-                let once = SyncConfig { server_key: cfg.server_key.clone(), ..cfg.clone() };
+                let once = SyncConfig { server_key: pinned.clone(), ..cfg.clone() };
                 match sync(&once, store, &|_| {}).await {
-                    Ok(r) => on_event(WatchEvent::Synced(r)),
+                    Ok(r) => {
+                        pinned = Some(r.server_key.clone());
+                        on_event(WatchEvent::Synced(r))
+                    }
                     Err(e) => on_event(WatchEvent::Failed(e)),
                 }
                 options.interval
@@ -520,6 +531,10 @@ pub async fn watch<L: SyncLocal>(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = nudge.notified() => {
+                backoff = options.initial_backoff;
+                on_event(WatchEvent::NetworkChanged);
+            }
             changed = stop.changed() => {
                 if changed.is_err() { break; }
             }

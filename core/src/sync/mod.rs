@@ -21,6 +21,7 @@
 //! backoff and jitter; authorization and request errors are not.
 
 pub mod client;
+pub mod netwatch;
 pub mod sealed;
 pub mod wire;
 
