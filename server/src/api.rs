@@ -160,6 +160,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
             StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Conflict(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "concurrent_push", m)
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 Self::new(

@@ -219,6 +219,38 @@ pub async fn push<S: Store>(
             };
             verdicts.push((i, id, verdict));
         }
+        // An event id the server already holds elsewhere (another log) cannot be stored again:
+        // reject it and everything after it in this log.
+        if !accepted.is_empty() {
+            let ids: Vec<String> = accepted.iter().map(|(e, _)| e.body.id.to_string()).collect();
+            let taken = store.existing_event_ids(&ids).await?;
+            if let Some(cut) =
+                accepted.iter().position(|(e, _)| taken.contains(&e.body.id.to_string()))
+            {
+                let first = accepted[cut].0.body.seq;
+                for (e, _) in accepted.drain(cut..) {
+                    let p = if e.body.seq == first {
+                        problem(
+                            &e,
+                            "duplicate_id",
+                            format!(
+                                "event id {} is already used by another event on the server",
+                                e.body.id
+                            ),
+                        )
+                    } else {
+                        problem(
+                            &e,
+                            "after_rejected",
+                            format!("follows event seq {first}, which was rejected"),
+                        )
+                    };
+                    for v in verdicts.iter_mut().filter(|(_, id, _)| *id == e.body.id) {
+                        v.2 = Verdict::Reject(p.clone());
+                    }
+                }
+            }
+        }
         let new_head = if let Some((last, hash)) = accepted.last() {
             let cp =
                 Checkpoint { log_id, last_seq: last.body.seq, last_hash: hash.clone() }.sign(key);

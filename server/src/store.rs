@@ -30,6 +30,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A registered technician.
@@ -182,8 +184,15 @@ pub trait Store: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// Which of these event ids are already stored (in any log).
+    fn existing_event_ids(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Store verified events (each with its hash) that continue `log_id`, fold them into the
-    /// inventory and move the log's checkpoint, atomically. Returns the rows added.
+    /// inventory and move the log's checkpoint, atomically. Returns the rows added. Fails with
+    /// [`StoreError::Conflict`] (and changes nothing) when any event or the checkpoint was written
+    /// concurrently by another server instance.
     fn commit_events(
         &self,
         technician_id: &str,
@@ -745,6 +754,23 @@ macro_rules! store_impl {
                 .transpose()
             }
 
+            async fn existing_event_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+                use sqlx::Row;
+                let mut out = Vec::new();
+                for chunk in ids.chunks(INSERT_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM events WHERE id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&self.pool).await? {
+                        out.push(r.try_get("id")?);
+                    }
+                }
+                Ok(out)
+            }
+
             async fn stored_events(&self, log_id: &str, from: u64, to: u64) -> Result<Vec<StoredEvent>, StoreError> {
                 use sqlx::Row;
                 let rows = sqlx::query(
@@ -803,6 +829,11 @@ macro_rules! store_impl {
                     qb.push(" ON CONFLICT DO NOTHING");
                     added += qb.build().execute(&mut *tx).await?.rows_affected();
                 }
+                if added != events.len() as u64 {
+                    return Err(StoreError::Conflict(format!(
+                        "log {log_id} was extended concurrently; push again"
+                    )));
+                }
                 // One update per device named in the batch.
                 for (device, f) in fold_batch(events) {
                     sqlx::query(
@@ -824,7 +855,7 @@ macro_rules! store_impl {
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query(
+                let moved = sqlx::query(
                     "INSERT INTO checkpoints (log_id, technician_id, last_seq, last_hash, signature, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (log_id) DO UPDATE SET \
                      last_seq = excluded.last_seq, last_hash = excluded.last_hash, \
@@ -839,6 +870,11 @@ macro_rules! store_impl {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if moved.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "the checkpoint of log {log_id} moved concurrently; push again"
+                    )));
+                }
                 tx.commit().await?;
                 Ok(added)
             }

@@ -176,6 +176,19 @@ async fn gaps_are_retryable_tampered_and_foreign_events_are_rejected(backend: Ba
     let ack = push(&server, &alice.token, &[fork0]).await;
     assert_eq!(ack.rejected[0].code, "conflict");
 
+    // An event id already used in another log is refused, and so is what follows it.
+    let other = chain(&alice.key, vec![note("o1"), note("o2")]);
+    let mut reuse = other[0].body.clone();
+    reuse.id = events[0].body.id;
+    let reused = reuse.sign(&alice.key);
+    let follow = chain_in(&alice.key, other[0].body.log_id, 2, reused.hash(), vec![note("o2")]);
+    let ack = push(&server, &alice.token, &[reused, follow[0].clone()]).await;
+    assert_eq!(
+        ack.rejected.iter().map(|p| p.code.as_str()).collect::<Vec<_>>(),
+        ["duplicate_id", "after_rejected"]
+    );
+    assert!(ack.stored.is_empty() && ack.checkpoints.is_empty());
+
     assert_eq!(server.counts().await.events, 1);
     // The genuine events all go in afterwards.
     let ack = push(&server, &alice.token, &events).await;

@@ -117,7 +117,7 @@ pub struct EventProblem {
     pub log_id: Uuid,
     pub seq: u64,
     /// Stable machine-readable code: `gap`, `foreign_signer`, `foreign_log`, `bad_signature`,
-    /// `broken_chain`, `conflict`, `after_rejected`, `after_gap`, `invalid`.
+    /// `broken_chain`, `conflict`, `duplicate_id`, `after_rejected`, `after_gap`, `invalid`.
     pub code: String,
     /// What was wrong, for the technician.
     pub reason: String,
