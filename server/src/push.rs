@@ -76,6 +76,29 @@ enum Verdict {
     Reject(EventProblem),
 }
 
+/// Reject `accepted[cut]` (its id is taken by another stored event) and everything after it.
+fn reject_from(
+    accepted: &mut Vec<(Event, String)>,
+    cut: usize,
+    verdicts: &mut [(usize, Uuid, Verdict)],
+) {
+    let first = accepted[cut].0.body.seq;
+    for (e, _) in accepted.drain(cut..) {
+        let p = if e.body.seq == first {
+            problem(
+                &e,
+                "duplicate_id",
+                format!("event id {} is already used by another event on the server", e.body.id),
+            )
+        } else {
+            problem(&e, "after_rejected", format!("follows event seq {first}, which was rejected"))
+        };
+        for v in verdicts.iter_mut().filter(|(_, id, _)| *id == e.body.id) {
+            v.2 = Verdict::Reject(p.clone());
+        }
+    }
+}
+
 /// Verify, store and fold a batch; return the acknowledgement.
 pub async fn push<S: Store>(
     store: &S,
@@ -219,53 +242,44 @@ pub async fn push<S: Store>(
             };
             verdicts.push((i, id, verdict));
         }
-        // An event id the server already holds elsewhere (another log) cannot be stored again:
-        // reject it and everything after it in this log.
-        if !accepted.is_empty() {
-            let ids: Vec<String> = accepted.iter().map(|(e, _)| e.body.id.to_string()).collect();
-            let taken = store.existing_event_ids(&ids).await?;
-            if let Some(cut) =
-                accepted.iter().position(|(e, _)| taken.contains(&e.body.id.to_string()))
-            {
-                let first = accepted[cut].0.body.seq;
-                for (e, _) in accepted.drain(cut..) {
-                    let p = if e.body.seq == first {
-                        problem(
-                            &e,
-                            "duplicate_id",
-                            format!(
-                                "event id {} is already used by another event on the server",
-                                e.body.id
-                            ),
-                        )
-                    } else {
-                        problem(
-                            &e,
-                            "after_rejected",
-                            format!("follows event seq {first}, which was rejected"),
-                        )
-                    };
-                    for v in verdicts.iter_mut().filter(|(_, id, _)| *id == e.body.id) {
-                        v.2 = Verdict::Reject(p.clone());
-                    }
-                }
-            }
-        }
-        let new_head = if let Some((last, hash)) = accepted.last() {
+        // Commit. A conflict means an event id is already used in another log (rejected, with
+        // everything after it in this log), or another server instance wrote this log meanwhile
+        // (retryable: the error goes back to the client).
+        let mut checked_ids = false;
+        let new_head = loop {
+            let Some((last, hash)) = accepted.last() else {
+                break head.as_ref().map(|h| {
+                    Checkpoint { log_id, last_seq: h.last_seq, last_hash: h.last_hash.clone() }
+                        .sign(key)
+                });
+            };
             let cp =
                 Checkpoint { log_id, last_seq: last.body.seq, last_hash: hash.clone() }.sign(key);
-            let head = LogHead {
+            let new = LogHead {
                 technician_id: tech.id.clone(),
                 last_seq: cp.checkpoint.last_seq,
                 last_hash: cp.checkpoint.last_hash.clone(),
                 signature: cp.signature.clone(),
             };
-            added += store.commit_events(&tech.id, &log, &accepted, &head).await?;
-            Some(cp)
-        } else {
-            head.map(|h| {
-                Checkpoint { log_id, last_seq: h.last_seq, last_hash: h.last_hash }.sign(key)
-            })
+            match store.commit_events(&tech.id, &log, &accepted, &new).await {
+                Ok(n) => {
+                    added += n;
+                    break Some(cp);
+                }
+                Err(StoreError::Conflict(m)) if !checked_ids => {
+                    checked_ids = true;
+                    let ids: Vec<String> =
+                        accepted.iter().map(|(e, _)| e.body.id.to_string()).collect();
+                    let taken = store.existing_event_ids(&ids).await?;
+                    let Some(cut) =
+                        accepted.iter().position(|(e, _)| taken.contains(&e.body.id.to_string()))
+                    else {
+                        return Err(StoreError::Conflict(m));
+                    };
+                    reject_from(&mut accepted, cut, &mut verdicts);
+                }
+                Err(e) => return Err(e),
+            }
         };
         checkpoints.extend(new_head);
     }
