@@ -377,3 +377,150 @@ async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_tec
     let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
     assert!(pull.credentials.is_empty());
 }
+
+/// Check `value` against the subset of JSON Schema the document uses: `$ref`, object
+/// `properties`/`required`/`additionalProperties`, array `items`, and `type`.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) {
+    let schema = match schema.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    let types: Vec<&str> = match &schema["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => vec![],
+    };
+    let actual = match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    if !types.is_empty() {
+        assert!(types.contains(&actual), "{at}: documented as {types:?}, got {actual}");
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for req in schema["required"].as_array().into_iter().flatten() {
+            assert!(obj.contains_key(req.as_str().unwrap()), "{at}: required {req} missing");
+        }
+        for (k, v) in obj {
+            match props.get(k) {
+                Some(s) => conforms(doc, s, v, &format!("{at}.{k}")),
+                None => assert!(
+                    schema["additionalProperties"] == true,
+                    "{at}: property {k:?} is not documented"
+                ),
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_match_the_openapi_schemas() {
+    use reqwest::Method;
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d1/credentials/smp-password",
+            serde_json::json!({"secret": "x"}),
+        )
+        .await;
+    server.admin_json(Method::PUT, "/v1/admin/trust-store", serde_json::json!({"keys": []})).await;
+    let doc: serde_json::Value =
+        reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
+    let schema = |path: &str, method: &str, status: &str| {
+        doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let base = server.base.clone();
+    let raw = |token: String, path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let events = chain(
+        &alice.key,
+        vec![
+            (
+                Some("d1"),
+                EventKind::Confirmed {
+                    version: Some("1.4.0".into()),
+                    image_sha256: "aa".repeat(32),
+                },
+            ),
+            (Some("d2"), EventKind::DeviceNotPatched { reason: "locked".into() }),
+        ],
+    );
+    let mut batch = events.clone();
+    batch.push(
+        chain_in(&alice.key, events[0].body.log_id, 5, "00".repeat(32), vec![note("late")])
+            .remove(0),
+    );
+    let ack: serde_json::Value = reqwest::Client::new()
+        .post(server.url("/v1/push"))
+        .bearer_auth(&alice.token)
+        .json(&PushRequest { events: batch })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["retryable"].as_array().unwrap().len(), 1);
+    conforms(&doc, &schema("/v1/push", "post", "200"), &ack, "PushAck");
+    for e in &events {
+        conforms(
+            &doc,
+            &doc["components"]["schemas"]["Event"],
+            &serde_json::to_value(e).unwrap(),
+            "Event",
+        );
+    }
+
+    let pull = raw(alice.token.clone(), "/v1/pull").await;
+    assert_eq!(pull["credentials"].as_array().unwrap().len(), 1);
+    conforms(&doc, &schema("/v1/pull", "get", "200"), &pull, "PullResponse");
+    let admin = server.admin_token.clone();
+    for path in [
+        "/v1/reports/not-at-approved-version",
+        "/v1/reports/planned-not-patched",
+        "/v1/devices/d1/history",
+    ] {
+        let v = raw(admin.clone(), path).await;
+        assert!(!v.as_array().unwrap().is_empty(), "{path}");
+        conforms(&doc, &schema(path.replace("d1", "{id}").as_str(), "get", "200"), &v, path);
+    }
+    let health = raw(admin.clone(), "/v1/health").await;
+    conforms(&doc, &schema("/v1/health", "get", "200"), &health, "health");
+    let key = raw(admin.clone(), "/v1/server-key").await;
+    conforms(&doc, &schema("/v1/server-key", "get", "200"), &key, "server-key");
+    let err = raw("fpt_nope".into(), "/v1/pull").await;
+    conforms(&doc, &schema("/v1/pull", "get", "401"), &err, "Error");
+}
