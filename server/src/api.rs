@@ -346,23 +346,22 @@ fn at_approved(d: &Device) -> bool {
     }
 }
 
-async fn not_at_approved<S: Store>(
-    State(app): Shared<S>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<Device>>, ApiError> {
-    let scope = scope(&app, &headers).await?;
-    let devices = app.store.devices(scope.as_deref()).await?;
-    Ok(Json(devices.into_iter().filter(|d| !at_approved(d)).collect()))
+/// Devices not at their approved version: all (`None`) or at the technician's sites.
+pub async fn report_not_at_approved<S: Store>(
+    store: &S,
+    technician: Option<&str>,
+) -> Result<Vec<Device>, StoreError> {
+    Ok(store.devices(technician).await?.into_iter().filter(|d| !at_approved(d)).collect())
 }
 
-async fn planned_not_patched<S: Store>(
-    State(app): Shared<S>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<PlannedNotPatched>>, ApiError> {
-    let scope = scope(&app, &headers).await?;
-    let devices = app.store.devices(scope.as_deref()).await?;
+/// Devices in work orders that are not at their approved version, with the recorded reasons.
+pub async fn report_planned_not_patched<S: Store>(
+    store: &S,
+    technician: Option<&str>,
+) -> Result<Vec<PlannedNotPatched>, StoreError> {
+    let devices = store.devices(technician).await?;
     let mut out = Vec::new();
-    for w in app.store.work_orders(scope.as_deref()).await? {
+    for w in store.work_orders(technician).await? {
         for id in &w.devices {
             if let Some(d) = devices.iter().find(|d| &d.id == id)
                 && !at_approved(d)
@@ -371,7 +370,23 @@ async fn planned_not_patched<S: Store>(
             }
         }
     }
-    Ok(Json(out))
+    Ok(out)
+}
+
+async fn not_at_approved<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    Ok(Json(report_not_at_approved(&app.store, scope.as_deref()).await?))
+}
+
+async fn planned_not_patched<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PlannedNotPatched>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    Ok(Json(report_planned_not_patched(&app.store, scope.as_deref()).await?))
 }
 
 /// `POST /v1/admin/technicians` body.

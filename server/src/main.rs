@@ -118,6 +118,14 @@ enum Admin {
         #[arg(long)]
         kind: String,
     },
+    /// Print a report as JSON: `not-at-approved-version`, `planned-not-patched`, or
+    /// `device-history` (with --device).
+    Report {
+        #[arg(value_parser = ["not-at-approved-version", "planned-not-patched", "device-history"])]
+        name: String,
+        #[arg(long, required_if_eq("name", "device-history"))]
+        device: Option<String>,
+    },
     /// Print the server's checkpoint public key.
     ServerKey,
 }
@@ -269,6 +277,25 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
             app.set_credential(&device, &kind, &secret).await?;
             println!("credential {kind} stored for device {device} (encrypted at rest)");
+        }
+        Admin::Report { name, device } => {
+            let json = match (name.as_str(), device) {
+                ("not-at-approved-version", _) => {
+                    serde_json::to_string_pretty(&api::report_not_at_approved(store, None).await?)?
+                }
+                ("planned-not-patched", _) => serde_json::to_string_pretty(
+                    &api::report_planned_not_patched(store, None).await?,
+                )?,
+                (_, Some(id)) => {
+                    let d = store
+                        .device(&id)
+                        .await?
+                        .with_context(|| format!("device {id} is not in the inventory"))?;
+                    serde_json::to_string_pretty(&store.device_history(&d).await?)?
+                }
+                (_, None) => anyhow::bail!("device-history needs --device"),
+            };
+            println!("{json}");
         }
         Admin::ServerKey => println!("{}", app.public_key()),
     }

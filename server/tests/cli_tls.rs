@@ -160,6 +160,15 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
         );
     }
 
+    // Reports from the admin CLI: both devices lack their approved version; d1 has no history.
+    let report: Vec<serde_json::Value> =
+        serde_json::from_str(&admin(&data, &["report", "not-at-approved-version"])).unwrap();
+    assert_eq!(report.len(), 2);
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&admin(&data, &["report", "device-history", "--device", "d1"]))
+            .unwrap();
+    assert!(history.is_empty());
+
     // A missing device site is a clear error.
     std::fs::write(dir.path().join("bad.csv"), "id,site_id\nd7,nowhere\n").unwrap();
     let out = Command::new(BIN)
