@@ -28,6 +28,9 @@ use zeroize::Zeroizing;
 /// The OpenAPI document, kept next to the handlers it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Kinds of device credential (the laptop's keyring names them `device/<id>/<kind>`).
+pub const CREDENTIAL_KINDS: &[&str] = &["password", "psk", "token"];
+
 /// Shared state of the API.
 pub struct App<S> {
     pub store: S,
@@ -67,8 +70,11 @@ impl<S: Store> App<S> {
         let key = self.credential_key.as_ref().ok_or_else(|| {
             StoreError::Invalid("this server has no credential data key configured".into())
         })?;
-        if kind.is_empty() || kind.len() > 64 {
-            return Err(StoreError::Invalid("credential kind must be 1 to 64 characters".into()));
+        if !CREDENTIAL_KINDS.contains(&kind) {
+            return Err(StoreError::Invalid(format!(
+                "credential kind {kind:?} is not one of {}",
+                CREDENTIAL_KINDS.join(", ")
+            )));
         }
         let (nonce, ciphertext) = sealed::encrypt_at_rest(key, device_id, kind, secret);
         self.store

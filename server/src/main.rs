@@ -114,7 +114,7 @@ enum Admin {
     SetCredential {
         #[arg(long)]
         device: String,
-        /// What the secret is for, e.g. `smp-password`.
+        /// What the secret is: `password`, `psk` or `token`.
         #[arg(long)]
         kind: String,
     },

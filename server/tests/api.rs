@@ -321,20 +321,20 @@ async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_tec
     server
         .admin_json(
             Method::PUT,
-            "/v1/admin/devices/d1/credentials/smp-password",
+            "/v1/admin/devices/d1/credentials/password",
             serde_json::json!({"secret": secret}),
         )
         .await;
     server
         .admin_json(
             Method::PUT,
-            "/v1/admin/devices/d9/credentials/smp-password",
+            "/v1/admin/devices/d9/credentials/password",
             serde_json::json!({"secret": "other"}),
         )
         .await;
     // Only admins set credentials; unknown devices are refused.
     let r = reqwest::Client::new()
-        .put(server.url("/v1/admin/devices/d1/credentials/smp-password"))
+        .put(server.url("/v1/admin/devices/d1/credentials/password"))
         .bearer_auth(&alice.token)
         .json(&serde_json::json!({"secret": "x"}))
         .send()
@@ -342,13 +342,21 @@ async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_tec
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = reqwest::Client::new()
-        .put(server.url("/v1/admin/devices/nope/credentials/smp-password"))
+        .put(server.url("/v1/admin/devices/nope/credentials/password"))
         .bearer_auth(&server.admin_token)
         .json(&serde_json::json!({"secret": "x"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/d1/credentials/ssh-key"))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // At rest: the database holds no plaintext.
     let rows = match &server.app {
@@ -362,7 +370,7 @@ async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_tec
     let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
     assert_eq!(pull.credentials.len(), 1);
     let sealed = &pull.credentials[0];
-    assert_eq!((sealed.device_id.as_str(), sealed.kind.as_str()), ("d1", "smp-password"));
+    assert_eq!((sealed.device_id.as_str(), sealed.kind.as_str()), ("d1", "password"));
     assert!(!serde_json::to_string(&pull).unwrap().contains(secret));
     assert_eq!(sealed.open(&alice.key, "alice").unwrap().as_slice(), secret.as_bytes());
     assert!(sealed.open(&bob.key, "bob").is_err());
@@ -438,7 +446,7 @@ async fn responses_match_the_openapi_schemas() {
     server
         .admin_json(
             Method::PUT,
-            "/v1/admin/devices/d1/credentials/smp-password",
+            "/v1/admin/devices/d1/credentials/password",
             serde_json::json!({"secret": "x"}),
         )
         .await;

@@ -139,7 +139,7 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(&data)
-        .args(["admin", "set-credential", "--device", "d1", "--kind", "smp-password"])
+        .args(["admin", "set-credential", "--device", "d1", "--kind", "password"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -337,10 +337,10 @@ async fn provision(db: &Db, tech_key: &SigningKey, tech: &str) -> String {
             let device = format!("{site}-dev");
             let secret = format!("password-of-{device}");
             let (nonce, ciphertext) =
-                encrypt_at_rest(&DATA_KEY, &device, "smp-password", secret.as_bytes());
+                encrypt_at_rest(&DATA_KEY, &device, "password", secret.as_bytes());
             s.set_credential(&StoredCredential {
                 device_id: device,
-                kind: "smp-password".into(),
+                kind: "password".into(),
                 nonce,
                 ciphertext,
             })
@@ -672,7 +672,7 @@ async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments()
     assert_eq!(report.credentials, 2);
     assert!(pull.credentials.is_empty(), "credentials must not reach the local store's files");
     assert_eq!(
-        local.keyring.lock().unwrap().get(&("s2-dev".to_string(), "smp-password".to_string())),
+        local.keyring.lock().unwrap().get(&("s2-dev".to_string(), "password".to_string())),
         Some(&b"password-of-s2-dev".to_vec())
     );
     for entry in walk(&local.dir) {

@@ -25,7 +25,7 @@ const REST_AAD: &[u8] = b"fieldpatch-credential-at-rest-v1";
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SealedCredential {
     pub device_id: String,
-    /// What the secret is for (e.g. `smp-password`, `ssh-key`).
+    /// What the secret is: `password`, `psk` or `token`.
     pub kind: String,
     /// Hex of the ephemeral ed25519 public key (its Montgomery form is the X25519 key).
     pub ephemeral_key: String,
@@ -178,7 +178,7 @@ mod tests {
         let alice = SigningKey::generate(&mut rand::rngs::OsRng);
         let bob = SigningKey::generate(&mut rand::rngs::OsRng);
         let alice_pub = hex::encode(alice.verifying_key().as_bytes());
-        let sealed = seal(&alice_pub, "alice", "d1", "smp-password", b"hunter2").unwrap();
+        let sealed = seal(&alice_pub, "alice", "d1", "password", b"hunter2").unwrap();
         assert_eq!(sealed.open(&alice, "alice").unwrap().as_slice(), b"hunter2");
         assert!(!sealed.ciphertext.contains(&hex::encode(b"hunter2")));
         assert!(matches!(sealed.open(&bob, "alice"), Err(SealError::Open { .. })));
@@ -190,12 +190,12 @@ mod tests {
         assert!(matches!(seal("zz", "a", "d", "k", b"x"), Err(SealError::BadRecipient(_))));
 
         let key: [u8; 32] = rand::random();
-        let (n, ct) = encrypt_at_rest(&key, "d1", "smp-password", b"hunter2");
+        let (n, ct) = encrypt_at_rest(&key, "d1", "password", b"hunter2");
         assert_eq!(
-            decrypt_at_rest(&key, "d1", "smp-password", &n, &ct).unwrap().as_slice(),
+            decrypt_at_rest(&key, "d1", "password", &n, &ct).unwrap().as_slice(),
             b"hunter2"
         );
-        assert!(decrypt_at_rest(&key, "d2", "smp-password", &n, &ct).is_err());
-        assert!(decrypt_at_rest(&[0; 32], "d1", "smp-password", &n, &ct).is_err());
+        assert!(decrypt_at_rest(&key, "d2", "password", &n, &ct).is_err());
+        assert!(decrypt_at_rest(&[0; 32], "d1", "password", &n, &ct).is_err());
     }
 }
