@@ -66,8 +66,7 @@ mod tests {
     fn bytes_cross_a_real_pty_unchanged() {
         let pty = Pty::open().unwrap();
         assert!(pty.path().starts_with("/dev/pts"), "{:?}", pty.path());
-        let mut client =
-            std::fs::OpenOptions::new().read(true).write(true).open(pty.path()).unwrap();
+        let mut client = std::fs::OpenOptions::new().read(true).write(true).open(pty.path()).unwrap();
         // Raw mode: no echo, no CR/LF translation, 0x04 and 0x06 pass through.
         let frame = [0x06u8, 0x09, b'\n', b'\r', 0x04, 0x14, 0xff];
         client.write_all(&frame).unwrap();

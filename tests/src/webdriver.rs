@@ -17,8 +17,7 @@ impl Session {
     /// Open a session on the driver at `base` (for example `http://127.0.0.1:4444`) that starts
     /// the Tauri application at `application`. Retries while the driver is still starting.
     pub fn start(base: &str, application: &std::path::Path) -> anyhow::Result<Self> {
-        let http =
-            reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "wry",
             "tauri:options": {"application": application}
@@ -41,12 +40,7 @@ impl Session {
         Ok(Session { http, base: base.to_string(), id })
     }
 
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}/session/{}{}", self.base, self.id, path);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
@@ -75,8 +69,7 @@ impl Session {
                     .and_then(Value::as_str)
                     .context("element reference missing")?
                     .to_string();
-                let text =
-                    self.call(reqwest::Method::GET, &format!("/element/{eid}/text"), None)?;
+                let text = self.call(reqwest::Method::GET, &format!("/element/{eid}/text"), None)?;
                 return Ok(text.as_str().unwrap_or_default().to_string());
             }
             if Instant::now() > deadline {

@@ -32,39 +32,16 @@ pub enum TimeSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    VisitOpened {
-        site: String,
-        work_order: Option<String>,
-    },
-    VisitClosed {
-        patched: u32,
-        not_patched: u32,
-    },
-    DeviceDiscovered {
-        transport: String,
-        address: String,
-    },
-    DeviceIdentified {
-        identity: DeviceIdentity,
-    },
+    VisitOpened { site: String, work_order: Option<String> },
+    VisitClosed { patched: u32, not_patched: u32 },
+    DeviceDiscovered { transport: String, address: String },
+    DeviceIdentified { identity: DeviceIdentity },
     /// A device in the work order that was not patched, and why (the technician's reason).
-    DeviceNotPatched {
-        reason: String,
-    },
-    BundleVerified {
-        bundle_id: String,
-        bundle_version: String,
-        rule: String,
-    },
-    BundleRefused {
-        bundle_id: String,
-        reason: String,
-    },
+    DeviceNotPatched { reason: String },
+    BundleVerified { bundle_id: String, bundle_version: String, rule: String },
+    BundleRefused { bundle_id: String, reason: String },
     /// A bare image flashed without a verified signature because the technician said so.
-    UnverifiedImageAllowed {
-        image_sha256: String,
-        reason: String,
-    },
+    UnverifiedImageAllowed { image_sha256: String, reason: String },
     FlashStarted {
         bundle_id: Option<String>,
         from_version: Option<String>,
@@ -72,35 +49,14 @@ pub enum EventKind {
         image_sha256: String,
         bytes: u64,
     },
-    ProgressCheckpoint {
-        bytes_done: u64,
-        bytes_total: u64,
-    },
-    ImageUploaded {
-        image_sha256: String,
-        device_reported_hash: Option<String>,
-    },
-    TestBootRequested {
-        image_sha256: String,
-    },
-    HealthCheck {
-        passed: bool,
-        detail: String,
-    },
-    Confirmed {
-        version: Option<String>,
-        image_sha256: String,
-    },
-    RolledBack {
-        reason: String,
-    },
-    Failed {
-        stage: String,
-        reason: String,
-    },
-    Note {
-        text: String,
-    },
+    ProgressCheckpoint { bytes_done: u64, bytes_total: u64 },
+    ImageUploaded { image_sha256: String, device_reported_hash: Option<String> },
+    TestBootRequested { image_sha256: String },
+    HealthCheck { passed: bool, detail: String },
+    Confirmed { version: Option<String>, image_sha256: String },
+    RolledBack { reason: String },
+    Failed { stage: String, reason: String },
+    Note { text: String },
 }
 
 impl EventKind {
@@ -178,13 +134,9 @@ pub enum ChainError {
     MalformedSignature { seq: u64, id: Uuid },
     #[error("event seq {seq} ({id}): signature does not match its content (edited after signing)")]
     BadSignature { seq: u64, id: Uuid },
-    #[error(
-        "event seq {seq} ({id}): expected sequence number {expected} (an event was removed, inserted or reordered)"
-    )]
+    #[error("event seq {seq} ({id}): expected sequence number {expected} (an event was removed, inserted or reordered)")]
     Sequence { seq: u64, id: Uuid, expected: u64 },
-    #[error(
-        "event seq {seq} ({id}): prev_hash does not match the previous event (an event was removed, inserted, reordered or edited)"
-    )]
+    #[error("event seq {seq} ({id}): prev_hash does not match the previous event (an event was removed, inserted, reordered or edited)")]
     BrokenLink { seq: u64, id: Uuid },
     #[error("event seq {seq} ({id}): belongs to log {found}, not {expected}")]
     WrongLog { seq: u64, id: Uuid, expected: Uuid, found: Uuid },
@@ -313,9 +265,6 @@ mod tests {
         forged.kind = EventKind::Note { text: "forged".into() };
         forged.prev_hash = GENESIS_HASH.into();
         inserted[3] = forged.sign(&key);
-        assert!(matches!(
-            verify_chain(&inserted, None),
-            Err(ChainError::BrokenLink { seq: 4, .. })
-        ));
+        assert!(matches!(verify_chain(&inserted, None), Err(ChainError::BrokenLink { seq: 4, .. })));
     }
 }

@@ -8,6 +8,4 @@
 
 pub mod event;
 
-pub use event::{
-    ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain,
-};
+pub use event::{ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain};
