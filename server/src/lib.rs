@@ -11,6 +11,12 @@
 //! * **The visit-log envelope is the contract.** The server verifies pushed events with
 //!   `fieldpatch_core::visitlog` (signatures, hash chain) and countersigns what it accepted with its
 //!   own ed25519 key (kept in the data directory), so the laptop can prove what the inventory took.
+//! * **Device credentials** are kept encrypted under a data key (`credential-key` in the data
+//!   directory) and leave the server only sealed to the requesting technician's key, for the
+//!   devices of their assigned sites (`fieldpatch_core::sync::sealed`).
+//! * **Exactly once.** Push is idempotent: events at or below a log's head must match what is
+//!   stored, new events must continue the chain, and events, inventory changes and the new
+//!   checkpoint commit in one transaction ([`push`]).
 //! * **TLS or loopback.** With `--tls-cert/--tls-key` the server speaks HTTPS (rustls). Without
 //!   TLS it refuses to listen anywhere but loopback unless explicitly told otherwise, because
 //!   tokens would cross the network in the clear.
