@@ -37,7 +37,9 @@ pub struct App<S> {
     pub key: SigningKey,
     /// Data key for device credentials at rest; without it no credentials are served.
     credential_key: Option<Zeroizing<[u8; 32]>>,
-    push_lock: tokio::sync::Mutex<()>,
+    /// One lock per visit log being pushed: pushes of different logs run in parallel, two pushes
+    /// of the same log take turns.
+    log_locks: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<S> std::fmt::Debug for App<S> {
@@ -51,7 +53,7 @@ impl<S> std::fmt::Debug for App<S> {
 
 impl<S: Store> App<S> {
     pub fn new(store: S, key: SigningKey) -> Self {
-        Self { store, key, credential_key: None, push_lock: tokio::sync::Mutex::new(()) }
+        Self { store, key, credential_key: None, log_locks: Default::default() }
     }
 
     /// Serve device credentials, kept encrypted at rest under `data_key`.
@@ -112,6 +114,26 @@ impl<S: Store> App<S> {
             )?);
         }
         Ok(out)
+    }
+
+    /// Lock every log named in the batch, in a fixed order (no deadlock between batches).
+    async fn lock_logs(
+        &self,
+        events: &[(Event, push::Prepared)],
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let ids: std::collections::BTreeSet<uuid::Uuid> =
+            events.iter().map(|(e, _)| e.body.log_id).collect();
+        let locks: Vec<_> = {
+            let mut map = self.log_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds or waits for.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            ids.iter().map(|id| map.entry(*id).or_default().clone()).collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for l in locks {
+            guards.push(l.lock_owned().await);
+        }
+        guards
     }
 
     /// Hex of the checkpoint key's public half.
@@ -313,7 +335,7 @@ async fn push_events<S: Store>(
                 "signature check failed; retry",
             )
         })?;
-    let _guard = app.push_lock.lock().await;
+    let _guards = app.lock_logs(&prepared).await;
     let (ack, added) = push::push(&app.store, &app.key, &t, prepared).await?;
     tracing::info!(technician = %t.id, added, stored = ack.stored.len(), retryable = ack.retryable.len(), rejected = ack.rejected.len(), "push");
     Ok(Json(ack))

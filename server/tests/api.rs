@@ -532,3 +532,35 @@ async fn responses_match_the_openapi_schemas() {
     let err = raw("fpt_nope".into(), "/v1/pull").await;
     conforms(&doc, &schema("/v1/pull", "get", "401"), &err, "Error");
 }
+
+both_backends!(concurrent_pushes_store_each_event_once);
+async fn concurrent_pushes_store_each_event_once(backend: Backend) {
+    let server = std::sync::Arc::new(TestServer::start(backend).await);
+    server.seed().await;
+    let alice = std::sync::Arc::new(server.technician("alice").await);
+    let bob = std::sync::Arc::new(server.technician("bob").await);
+    // Four logs; each batch is pushed by two tasks at once, in order, per log.
+    let mut tasks = Vec::new();
+    let mut total = 0;
+    for (t, n) in [(&alice, 120), (&alice, 90), (&bob, 100), (&bob, 80)] {
+        let events = chain(&t.key, (0..n).map(|i| note(&format!("c{i}"))).collect());
+        total += events.len();
+        for _twin in 0..2 {
+            let (server, t, events) = (server.clone(), (*t).clone(), events.clone());
+            tasks.push(tokio::spawn(async move {
+                for batch in events.chunks(25) {
+                    let ack = push(&server, &t.token, batch).await;
+                    assert!(ack.rejected.is_empty() && ack.retryable.is_empty(), "{ack:?}");
+                    assert_eq!(ack.stored.len(), batch.len());
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        server.counts().await,
+        fieldpatch_server::store::Counts { events: total as u64, checkpoints: 4 }
+    );
+}

@@ -262,7 +262,7 @@ pub fn device(id: &str, site: &str) -> Device {
 }
 
 /// A registered technician.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tech {
     pub id: String,
     pub key: SigningKey,
