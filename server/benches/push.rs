@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p fieldpatch-server --bench push` (needs PostgreSQL on 127.0.0.1:5432;
 //! override with FIELDPATCH_TEST_POSTGRES). Sizes: FIELDPATCH_BENCH_EVENTS (default 100000),
-//! FIELDPATCH_BENCH_BATCH (default 1000).
+//! FIELDPATCH_BENCH_BATCH (default 1000), FIELDPATCH_BENCH_CLIENTS (concurrent laptops, default 1,
+//! at most 10: the events are spread over 10 logs).
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
@@ -53,6 +54,33 @@ fn make_events(key: &SigningKey, logs: usize, per_log: usize) -> Vec<Vec<Event>>
         .collect()
 }
 
+/// Push with `clients` concurrent connections; each log stays with one client, in order.
+async fn push_parallel(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batches: &[Vec<Event>],
+    logs: usize,
+    clients: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mine: Vec<Vec<Event>> = batches
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i % logs) % clients == k)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let (client, url, token) = (client.clone(), url.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move { push_all(&client, &url, &token, &mine).await }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.expect("push task");
+    }
+    stored
+}
+
 async fn push_all(
     client: &reqwest::Client,
     url: &str,
@@ -83,6 +111,7 @@ async fn push_all(
 async fn main() {
     let total = env_usize("FIELDPATCH_BENCH_EVENTS", 100_000);
     let batch = env_usize("FIELDPATCH_BENCH_BATCH", 1000);
+    let clients = env_usize("FIELDPATCH_BENCH_CLIENTS", 1).clamp(1, 10);
     let logs = 10;
     let per_log = total / logs;
     let base = std::env::var("FIELDPATCH_TEST_POSTGRES")
@@ -135,11 +164,11 @@ async fn main() {
         let client = reqwest::Client::new();
 
         let t = Instant::now();
-        let stored = push_all(&client, &url, &token, &batches).await;
+        let stored = push_parallel(&client, &url, &token, &batches, logs, clients).await;
         let first = t.elapsed();
         let after_first = app.store.counts().await.unwrap();
         println!(
-            "push: {stored} events in {} batches of {batch} in {:.2?}: {:.0} events/s",
+            "push: {stored} events in {} batches of {batch} from {clients} client(s) in {:.2?}: {:.0} events/s",
             batches.len(),
             first,
             stored as f64 / first.as_secs_f64()
@@ -150,7 +179,7 @@ async fn main() {
         );
 
         let t = Instant::now();
-        let acked = push_all(&client, &url, &token, &batches).await;
+        let acked = push_parallel(&client, &url, &token, &batches, logs, clients).await;
         let replay = t.elapsed();
         let after_replay = app.store.counts().await.unwrap();
         println!(
