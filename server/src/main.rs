@@ -275,6 +275,10 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
                 secret.pop();
             }
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            anyhow::ensure!(
+                std::str::from_utf8(&secret).is_ok(),
+                "the secret on standard input is not UTF-8 text; encode binary keys (e.g. hex) first"
+            );
             app.set_credential(&device, &kind, &secret).await?;
             println!("credential {kind} stored for device {device} (encrypted at rest)");
         }
