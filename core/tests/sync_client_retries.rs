@@ -141,7 +141,7 @@ impl SyncLocal for Empty {
     async fn has_bundle(&self, _: &str) -> Result<bool, Never> {
         Ok(false)
     }
-    async fn apply_credentials(&self, _: Vec<SealedCredential>) -> Result<(), Never> {
+    async fn apply_credentials(&self, _: &str, _: Vec<SealedCredential>) -> Result<(), Never> {
         Ok(())
     }
     async fn apply_pull(

@@ -151,9 +151,14 @@ impl SyncLocal for JsonLocal {
         )
     }
 
-    async fn apply_credentials(&self, sealed: Vec<SealedCredential>) -> Result<(), LocalError> {
+    async fn apply_credentials(
+        &self,
+        technician_id: &str,
+        sealed: Vec<SealedCredential>,
+    ) -> Result<(), LocalError> {
         let (id, key) =
             self.technician.as_ref().ok_or_else(|| LocalError("no technician key".into()))?;
+        assert_eq!(technician_id, id);
         let mut opened = BTreeMap::new();
         for c in &sealed {
             let secret = c.open(key, id).map_err(io)?;

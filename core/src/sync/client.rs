@@ -51,11 +51,13 @@ pub trait SyncLocal: Send + Sync {
     fn has_bundle(&self, sha256: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
     /// Make the OS keyring hold exactly these device credentials among those sync provisioned:
-    /// open each with the technician's signing key ([`SealedCredential::open`]), write it to the
-    /// keyring, and delete sync-provisioned credentials that are no longer listed (a revoked
-    /// assignment). Never write them to the database or a file.
+    /// open each with the technician's signing key and `technician_id` (as the server names the
+    /// technician; [`SealedCredential::open`]), write it to the keyring, and delete
+    /// sync-provisioned credentials that are no longer listed (a revoked assignment). Never write
+    /// them to the database or a file.
     fn apply_credentials(
         &self,
+        technician_id: &str,
         sealed: Vec<SealedCredential>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -440,7 +442,7 @@ pub async fn sync<L: SyncLocal>(
     report.bundles_downloaded = bundles.len();
     let credentials = std::mem::take(&mut pull.credentials);
     report.credentials = credentials.len();
-    store.apply_credentials(credentials).await.map_err(local)?;
+    store.apply_credentials(&pull.technician_id, credentials).await.map_err(local)?;
     store.apply_pull(&pull, bundles).await.map_err(local)?;
     Ok(report)
 }
