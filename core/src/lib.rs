@@ -27,6 +27,7 @@ pub mod paths;
 pub mod plan;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod visitlog;
 
 pub use fieldpatch_drivers::progress;

@@ -1,11 +1,39 @@
 //! # fieldpatch-server
 //!
 //! The central inventory and the sync API that field laptops push visit logs to and pull work
-//! orders, the patch catalog and the trust store from. Versioned under `/v1`.
+//! orders, the patch catalog and the trust store from. Versioned under `/v1` (see [`api`]).
+//!
+//! Design decisions:
+//!
+//! * **Storage behind a trait** ([`store::Store`]): SQLite needs no set-up (a file in the data
+//!   directory) and is the default; PostgreSQL is for real deployments. One set of queries serves
+//!   both, and the same tests run against both.
+//! * **The visit-log envelope is the contract.** The server verifies pushed events with
+//!   `fieldpatch_core::visitlog` (signatures, hash chain) and countersigns what it accepted with its
+//!   own ed25519 key (kept in the data directory), so the laptop can prove what the inventory took.
+//! * **Device credentials** are kept encrypted under a data key (`credential-key` in the data
+//!   directory) and leave the server only sealed to the requesting technician's key, for the
+//!   devices of their assigned sites (`fieldpatch_core::sync::sealed`).
+//! * **Exactly once.** Push is idempotent: events at or below a log's head must match what is
+//!   stored, new events must continue the chain, and events, inventory changes and the new
+//!   checkpoint commit in one transaction ([`push`]).
+//! * **TLS or loopback.** With `--tls-cert/--tls-key` the server speaks HTTPS (rustls). Without
+//!   TLS it refuses to listen anywhere but loopback unless explicitly told otherwise, because
+//!   tokens would cross the network in the clear.
 
-use axum::{Json, Router, routing::get};
-use serde::Serialize;
+pub mod api;
+pub mod import;
+pub mod push;
+pub mod store;
+
+use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{App, router};
+pub use store::{PgStore, SqliteStore, Store, StoreError};
 
 /// Server version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -17,39 +45,114 @@ pub enum ServerError {
         "cannot listen on {addr}: {source} (is another server using the port? pick another with --listen)"
     )]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "refusing to listen on {0} without TLS: API tokens would cross the network in the clear. Configure --tls-cert and --tls-key, listen on a loopback address (127.0.0.1 or ::1), or pass --allow-insecure-non-loopback if a TLS-terminating proxy guards this port"
+    )]
+    InsecureNonLoopback(SocketAddr),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("key file {path}: {detail}")]
+    Key { path: PathBuf, detail: String },
     #[error("server stopped with an I/O error: {0}")]
     Serve(std::io::Error),
 }
 
-#[derive(Debug, Serialize)]
-struct Health {
-    status: &'static str,
-    version: &'static str,
-    api: &'static str,
+/// Certificate chain and private key files (PEM) for HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
-async fn health() -> Json<Health> {
-    Json(Health { status: "ok", version: VERSION, api: "v1" })
+/// Build a rustls server configuration from PEM files.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ServerError::Tls(format!("cannot read certificates from {}: {e}", files.cert.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!("{} holds no PEM certificate", files.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ServerError::Tls(format!("cannot read a private key from {}: {e}", files.key.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(format!("certificate and key do not fit together: {e}")))?;
+    Ok(Arc::new(config))
 }
 
-/// The HTTP API.
-pub fn router() -> Router {
-    Router::new().route("/v1/health", get(health))
+/// Load the server's checkpoint key from `dir/server-key`, creating it (mode 0600) on first start.
+pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ServerError> {
+    load_or_create_secret(dir, "server-key").map(|b| SigningKey::from_bytes(&b))
 }
 
-/// A bound server, ready to serve.
+/// Load the data key that encrypts device credentials at rest from `dir/credential-key`, creating
+/// it (mode 0600) on first start. Back it up with the database: without it the stored credentials
+/// cannot be decrypted.
+pub fn load_or_create_credential_key(dir: &Path) -> Result<[u8; 32], ServerError> {
+    load_or_create_secret(dir, "credential-key")
+}
+
+fn load_or_create_secret(dir: &Path, name: &str) -> Result<[u8; 32], ServerError> {
+    let path = dir.join(name);
+    let err = |detail: String| ServerError::Key { path: path.clone(), detail };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| err("not 64 hex digits; restore it from backup".into()))?;
+            Ok(bytes)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            let key: [u8; 32] = rand::random();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = opts.open(&path).map_err(|e| err(e.to_string()))?;
+            f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// A bound listener, ready to serve.
 #[derive(Debug)]
 pub struct Bound {
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Bound {
-    /// Bind the listener (port 0 picks a free port).
-    pub async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+    /// Bind the listener (port 0 picks a free port). Without TLS, only loopback addresses are
+    /// allowed unless `allow_insecure_non_loopback`.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        allow_insecure_non_loopback: bool,
+    ) -> Result<Self, ServerError> {
+        if tls.is_none() && !addr.ip().is_loopback() && !allow_insecure_non_loopback {
+            return Err(ServerError::InsecureNonLoopback(addr));
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self { listener })
+        Ok(Self { listener, tls })
     }
 
     /// The address actually bound.
@@ -57,24 +160,55 @@ impl Bound {
         self.listener.local_addr().expect("a bound TCP listener has a local address")
     }
 
-    /// Serve until the process ends.
-    pub async fn serve(self) -> Result<(), ServerError> {
-        axum::serve(self.listener, router()).await.map_err(ServerError::Serve)
+    /// Serve `app` until the task is dropped.
+    pub async fn serve<S: Store>(self, app: Arc<App<S>>) -> Result<(), ServerError> {
+        let router = router(app);
+        let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                match acceptor {
+                    None => serve_connection(tcp, router, peer).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, router, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A TLS handshake must finish within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this time (no connection is held open by a silent peer).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_answers_on_loopback() {
-        let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = bound.local_addr();
-        tokio::spawn(bound.serve());
-        let body: serde_json::Value =
-            reqwest::get(format!("http://{addr}/v1/health")).await.unwrap().json().await.unwrap();
-        assert_eq!(body["status"], "ok");
-        assert_eq!(body["version"], VERSION);
+async fn serve_connection<I>(io: I, router: axum::Router, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    if let Err(e) =
+        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

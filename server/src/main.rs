@@ -1,25 +1,307 @@
-//! `fieldpatch-server`: the central inventory and sync API.
+//! `fieldpatch-server`: the central inventory and sync API, and its admin commands.
+//!
+//! `serve` runs the API; `admin ...` works directly on the database (technicians, tokens, imports,
+//! assignments, the catalog, the trust store and reports).
 
-use clap::Parser;
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use fieldpatch_core::sync::wire::{CatalogEntry, WorkOrder};
+use fieldpatch_server::api::{self, NewTechnician};
+use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store, TlsFiles};
+use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "fieldpatch-server", version, about = "Fieldpatch central inventory and sync API")]
 struct Cli {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8470")]
-    listen: SocketAddr,
+    /// Directory for the server keys (checkpoint signing, credential encryption) and the default
+    /// SQLite database. Back it up together with the database.
+    #[arg(
+        long,
+        env = "FIELDPATCH_SERVER_DATA",
+        default_value = "fieldpatch-server-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Database: `postgres://...` for PostgreSQL; default is `inventory.db` (SQLite) in the data
+    /// directory; a `sqlite://PATH` URL picks another SQLite file.
+    #[arg(long, env = "FIELDPATCH_DATABASE", global = true)]
+    database: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: SocketAddr,
+        /// PEM certificate chain; enables HTTPS together with --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+        #[arg(long)]
+        allow_insecure_non_loopback: bool,
+    },
+    /// Inventory administration.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Subcommand, Debug)]
+enum Admin {
+    /// Register a technician and their ed25519 public key (hex); prints a first token.
+    CreateTechnician {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Issue a new token for a technician, or an admin token with --admin. Printed once.
+    CreateToken {
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        technician: Option<String>,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "cli")]
+        label: String,
+    },
+    /// Import sites from a CSV (`id,name,address`) or JSON file.
+    ImportSites { file: PathBuf },
+    /// Import devices from a CSV or JSON file.
+    ImportDevices { file: PathBuf },
+    /// Import work orders from a JSON file (array of `{id, site_id, title, planned_for, devices}`).
+    ImportWorkOrders { file: PathBuf },
+    /// Assign a site to a technician.
+    Assign {
+        #[arg(long)]
+        technician: String,
+        #[arg(long)]
+        site: String,
+    },
+    /// Revoke a site assignment.
+    Unassign {
+        #[arg(long)]
+        technician: String,
+        #[arg(long)]
+        site: String,
+    },
+    /// Publish a bundle file with its manifest (JSON) to the catalog.
+    Publish {
+        #[arg(long)]
+        bundle_id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// Publish the trust store document (JSON).
+    TrustStore { file: PathBuf },
+    /// Store a device credential, encrypted at rest; the secret is read from standard input
+    /// (never from the command line, where other users could see it).
+    SetCredential {
+        #[arg(long)]
+        device: String,
+        /// What the secret is: `password`, `psk` or `token`.
+        #[arg(long)]
+        kind: String,
+    },
+    /// Print a report as JSON: `not-at-approved-version`, `planned-not-patched`, or
+    /// `device-history` (with --device).
+    Report {
+        #[arg(value_parser = ["not-at-approved-version", "planned-not-patched", "device-history"])]
+        name: String,
+        #[arg(long, required_if_eq("name", "device-history"))]
+        device: Option<String>,
+    },
+    /// Print the server's checkpoint public key.
+    ServerKey,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let bound = fieldpatch_server::Bound::bind(cli.listen).await?;
-    tracing::info!(addr = %bound.local_addr(), "listening");
-    bound.serve().await?;
+    let database = cli
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", cli.data_dir.join("inventory.db").display()));
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        let store = PgStore::connect(&database).await.context("cannot connect to PostgreSQL")?;
+        run(store, cli).await
+    } else if let Some(path) = database.strip_prefix("sqlite://") {
+        let path = PathBuf::from(path);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let store = SqliteStore::open(&path)
+            .await
+            .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+        run(store, cli).await
+    } else {
+        anyhow::bail!("--database must be a postgres://... or sqlite://PATH URL")
+    }
+}
+
+async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let key = fieldpatch_server::load_or_create_key(&cli.data_dir)?;
+    match cli.command {
+        Command::Serve { listen, tls_cert, tls_key, allow_insecure_non_loopback } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(fieldpatch_server::tls_config(&TlsFiles { cert, key })?)
+                }
+                _ => None,
+            };
+            let https = tls.is_some();
+            let bound = Bound::bind(listen, tls, allow_insecure_non_loopback).await?;
+            let addr = bound.local_addr();
+            tracing::info!(%addr, https, "listening");
+            // Tests and scripts read the bound address from stdout.
+            println!("listening on {}://{addr}", if https { "https" } else { "http" });
+            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            let app = App::new(store, key).with_credential_key(credential_key);
+            bound.serve(Arc::new(app)).await?;
+        }
+        Command::Admin(cmd) => {
+            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            admin(App::new(store, key).with_credential_key(credential_key), cmd).await?
+        }
+    }
+    Ok(())
+}
+
+async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
+    let store = &app.store;
+    match cmd {
+        Admin::CreateTechnician { id, name, public_key } => {
+            let t = api::create_technician(store, NewTechnician { id, name, public_key }).await?;
+            let token = api::issue_token(store, Some(&t.id), "first").await?;
+            println!("technician {} registered", t.id);
+            println!("token: {token}");
+        }
+        Admin::CreateToken { technician, label, .. } => {
+            let token = api::issue_token(store, technician.as_deref(), &label).await?;
+            println!("token: {token}");
+        }
+        Admin::ImportSites { file } => {
+            let sites = fieldpatch_server::import::read_sites(&file)?;
+            for s in &sites {
+                store.upsert_site(s).await?;
+            }
+            println!("imported {} sites", sites.len());
+        }
+        Admin::ImportDevices { file } => {
+            let devices = fieldpatch_server::import::read_devices(&file)?;
+            for d in &devices {
+                store.upsert_device(d).await?;
+            }
+            println!("imported {} devices", devices.len());
+        }
+        Admin::ImportWorkOrders { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let orders: Vec<WorkOrder> = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a JSON array of work orders", file.display())
+            })?;
+            for w in &orders {
+                store.upsert_work_order(w).await?;
+            }
+            println!("imported {} work orders", orders.len());
+        }
+        Admin::Assign { technician, site } => {
+            store.assign(&technician, &site).await?;
+            println!("site {site} assigned to {technician}");
+        }
+        Admin::Unassign { technician, site } => {
+            if !store.unassign(&technician, &site).await? {
+                anyhow::bail!("site {site} was not assigned to {technician}");
+            }
+            println!("site {site} no longer assigned to {technician}");
+        }
+        Admin::Publish { bundle_id, version, manifest, bundle } => {
+            let manifest_text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let manifest_json: serde_json::Value = serde_json::from_str(&manifest_text)
+                .with_context(|| format!("{} is not JSON", manifest.display()))?;
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            let entry = CatalogEntry {
+                bundle_id,
+                version,
+                manifest: manifest_json,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+                published_at: Utc::now(),
+            };
+            store.publish_bundle(&entry, &bytes).await?;
+            println!("published {} {} (sha256 {})", entry.bundle_id, entry.version, entry.sha256);
+        }
+        Admin::TrustStore { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            store.set_trust_store(&doc).await?;
+            println!("trust store published");
+        }
+        Admin::SetCredential { device, kind } => {
+            use std::io::Read;
+            let mut secret = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .read_to_end(&mut secret)
+                .context("cannot read the secret from standard input")?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            anyhow::ensure!(
+                std::str::from_utf8(&secret).is_ok(),
+                "the secret on standard input is not UTF-8 text; encode binary keys (e.g. hex) first"
+            );
+            app.set_credential(&device, &kind, &secret).await?;
+            println!("credential {kind} stored for device {device} (encrypted at rest)");
+        }
+        Admin::Report { name, device } => {
+            let json = match (name.as_str(), device) {
+                ("not-at-approved-version", _) => {
+                    serde_json::to_string_pretty(&api::report_not_at_approved(store, None).await?)?
+                }
+                ("planned-not-patched", _) => serde_json::to_string_pretty(
+                    &api::report_planned_not_patched(store, None).await?,
+                )?,
+                (_, Some(id)) => {
+                    let d = store
+                        .device(&id)
+                        .await?
+                        .with_context(|| format!("device {id} is not in the inventory"))?;
+                    serde_json::to_string_pretty(&store.device_history(&d).await?)?
+                }
+                (_, None) => anyhow::bail!("device-history needs --device"),
+            };
+            println!("{json}");
+        }
+        Admin::ServerKey => println!("{}", app.public_key()),
+    }
     Ok(())
 }

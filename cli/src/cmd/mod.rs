@@ -8,6 +8,7 @@ pub mod info;
 pub mod keys;
 pub mod log;
 pub mod session;
+pub mod sync;
 
 /// A runtime for commands that call the async core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,209 @@
+//! `fieldpatch sync [--watch]`: push the visit logs, pull the next trip's data.
+//!
+//! A thin layer over `fieldpatch_core::sync`: it builds the configuration from flags, runs one
+//! sync (or `watch` until Ctrl-C) and renders what happened: what was pushed, what is still
+//! pending and what the server rejected, with its reasons.
+//!
+//! `run` needs the laptop's local store (which implements `SyncLocal`) and the sync token from
+//! the OS keyring; `main` calls it once both are available.
+#![allow(dead_code)]
+
+use clap::Args;
+use fieldpatch_core::sync::{
+    SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once, watch,
+};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Inventory server base URL.
+    #[arg(long, env = "FIELDPATCH_SERVER")]
+    pub server: String,
+    /// Pin the server's checkpoint key (hex); by default the key from the first sync is pinned.
+    #[arg(long)]
+    pub server_key: Option<String>,
+    /// Extra trusted root certificate (PEM) for a private inventory CA.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Events per push.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Keep running: probe the server with backoff and sync by itself whenever it is reachable.
+    /// Stop with Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: seconds between syncs while the server is reachable.
+    #[arg(long, default_value_t = 300)]
+    pub interval: u64,
+}
+
+/// Build the sync configuration from the flags and the technician's token.
+pub fn config(args: &SyncArgs, token: String) -> anyhow::Result<SyncConfig> {
+    let mut cfg = SyncConfig::new(&args.server, token);
+    cfg.server_key = args.server_key.clone();
+    cfg.batch_size = args.batch_size.max(1);
+    if let Some(path) = &args.ca_cert {
+        cfg.root_certificate_pem = Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --ca-cert {}: {e}", path.display()))?,
+        );
+    }
+    Ok(cfg)
+}
+
+/// Human-readable summary of one sync.
+pub fn render_report(r: &SyncReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "pushed {} events", r.pushed);
+    if r.pending.is_empty() {
+        let _ = writeln!(s, "nothing pending: every visit log is on the server");
+    } else {
+        let _ = writeln!(s, "{} events pending:", r.pending_total());
+        for (log, n) in &r.pending {
+            let _ = writeln!(s, "  log {log}: {n} events");
+        }
+    }
+    for (title, list) in [
+        ("rejected (will not be accepted as they are)", &r.rejected),
+        ("to retry later", &r.retryable),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "{} {title}:", list.len());
+        for p in list {
+            let _ = writeln!(s, "  log {} seq {} [{}]: {}", p.log_id, p.seq, p.code, p.reason);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "pulled {} sites, {} devices, {} work orders, {} catalog entries ({} bundles downloaded)",
+        r.sites, r.devices, r.work_orders, r.catalog, r.bundles_downloaded
+    );
+    s
+}
+
+/// One line per watch event.
+pub fn render_watch_event(e: &WatchEvent) -> String {
+    match e {
+        WatchEvent::Offline { retry_in, detail } => {
+            format!("server unreachable ({detail}); next try in {}s", retry_in.as_secs_f32().ceil())
+        }
+        WatchEvent::NetworkChanged => "network changed: probing the server now".to_string(),
+        WatchEvent::Reachable => "server reachable: syncing".to_string(),
+        WatchEvent::Synced(r) => format!(
+            "synced: pushed {}, pending {}, rejected {}",
+            r.pushed,
+            r.pending_total(),
+            r.rejected.len()
+        ),
+        WatchEvent::Failed(e) => format!("sync failed: {e}"),
+        WatchEvent::Stopped => "stopped watching".to_string(),
+    }
+}
+
+/// Run `fieldpatch sync` over the laptop's local store. Exit code 2 when events were rejected.
+/// The local store and the token from the OS keyring are supplied by the caller.
+pub fn run<L: SyncLocal>(
+    args: SyncArgs,
+    store: &L,
+    token: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let cfg = config(&args, token)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        if args.watch {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop_tx.send(true);
+            });
+            let options = WatchOptions {
+                interval: Duration::from_secs(args.interval.max(1)),
+                ..WatchOptions::default()
+            };
+            let on_event = |e: WatchEvent| {
+                if json {
+                    println!("{}", serde_json::json!({ "event": render_watch_event(&e) }));
+                } else {
+                    println!("{}", render_watch_event(&e));
+                }
+            };
+            // Network changes (where the OS exposes them) make watch probe at once.
+            let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
+            let _monitor = fieldpatch_core::sync::netwatch::spawn_monitor(
+                "/".into(),
+                Duration::from_secs(2),
+                nudge.clone(),
+            );
+            watch(&cfg, store, options, stop_rx, Some(&nudge), &on_event).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let report = sync_once(&cfg, store, &|p| {
+            if !json {
+                eprintln!("log {}: {}/{} pushed", p.log_id, p.pushed_seq, p.last_seq);
+            }
+        })
+        .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render_report(&report));
+        }
+        Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldpatch_core::sync::EventProblem;
+    use uuid::Uuid;
+
+    #[test]
+    fn the_report_names_pending_and_rejected_events_with_reasons() {
+        let log = Uuid::now_v7();
+        let mut r = SyncReport { pushed: 12, sites: 2, devices: 5, ..SyncReport::default() };
+        r.pending.insert(log, 4);
+        r.rejected.push(EventProblem {
+            id: Uuid::now_v7(),
+            log_id: log,
+            seq: 3,
+            code: "bad_signature".into(),
+            reason: "signature does not match the content".into(),
+        });
+        let text = render_report(&r);
+        assert!(text.contains("pushed 12 events"), "{text}");
+        assert!(text.contains(&format!("log {log}: 4 events")), "{text}");
+        assert!(text.contains("seq 3 [bad_signature]: signature does not match"), "{text}");
+        assert!(text.contains("pulled 2 sites, 5 devices"), "{text}");
+        let e = render_watch_event(&WatchEvent::Offline {
+            retry_in: Duration::from_millis(1500),
+            detail: "refused".into(),
+        });
+        assert_eq!(e, "server unreachable (refused); next try in 2s");
+    }
+
+    #[test]
+    fn config_takes_flags_and_refuses_an_unreadable_ca() {
+        let mut args = SyncArgs {
+            server: "https://inventory.example/".into(),
+            server_key: Some("ab".repeat(32)),
+            ca_cert: None,
+            batch_size: 0,
+            watch: false,
+            interval: 300,
+        };
+        let cfg = config(&args, "secret-token".into()).unwrap();
+        assert_eq!(cfg.server, "https://inventory.example");
+        assert_eq!(cfg.batch_size, 1);
+        assert!(!format!("{cfg:?}").contains("secret-token"));
+        args.ca_cert = Some("/nonexistent/ca.pem".into());
+        let e = config(&args, "t".into()).unwrap_err().to_string();
+        assert!(e.contains("cannot read --ca-cert /nonexistent/ca.pem"), "{e}");
+    }
+}

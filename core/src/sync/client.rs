@@ -1,0 +1,547 @@
+//! The sync client: push-then-pull over HTTPS (reqwest + rustls), retries, and `--watch`.
+
+use super::sealed::SealedCredential;
+use super::wire::{
+    ApiErrorBody, CatalogEntry, CheckpointError, EventProblem, PullResponse, PushAck, PushRequest,
+    SignedCheckpoint,
+};
+use crate::visitlog::Event;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// One local visit log, as sync sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCursor {
+    pub log_id: Uuid,
+    /// Last seq the server has countersigned (0 when nothing was pushed yet).
+    pub pushed_seq: u64,
+    /// Last seq appended locally.
+    pub last_seq: u64,
+}
+
+/// What sync needs from the laptop's local store. The store implements it; this module never
+/// touches SQL. Every method must be atomic: a call either fully happens or not at all, so sync
+/// can be interrupted anywhere.
+pub trait SyncLocal: Send + Sync {
+    /// The store's error; shown to the technician as is.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Every local visit log with its pushed and appended heads.
+    fn cursors(&self) -> impl Future<Output = Result<Vec<LogCursor>, Self::Error>> + Send;
+
+    /// Up to `limit` events of `log_id` with `seq > after_seq`, in seq order.
+    fn events_after(
+        &self,
+        log_id: Uuid,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, Self::Error>> + Send;
+
+    /// Persist a checkpoint the server countersigned (already verified). Afterwards
+    /// [`SyncLocal::cursors`] reports `pushed_seq = checkpoint.last_seq` for that log.
+    fn record_checkpoint(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether the bundle file with this SHA-256 (hex) is already stored locally.
+    fn has_bundle(&self, sha256: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Make the OS keyring hold exactly these device credentials among those sync provisioned:
+    /// open each with the technician's signing key and `technician_id` (as the server names the
+    /// technician; [`SealedCredential::open`]), write it to the keyring, and delete
+    /// sync-provisioned credentials that are no longer listed (a revoked assignment). Never write
+    /// them to the database or a file.
+    fn apply_credentials(
+        &self,
+        technician_id: &str,
+        sealed: Vec<SealedCredential>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Replace the local copy of sites, devices, work orders, catalog and trust store with `pull`,
+    /// storing the new bundle files given (each already checked against its SHA-256), in one
+    /// transaction.
+    fn apply_pull(
+        &self,
+        pull: &PullResponse,
+        bundles: Vec<(CatalogEntry, Vec<u8>)>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Retries of transport failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per request, including the first.
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self.initial_backoff.saturating_mul(1u32 << attempt.min(16));
+        let capped = base.min(self.max_backoff);
+        // Up to 25% jitter so many laptops do not retry in lockstep.
+        let jitter = rand::random::<f64>() * 0.25;
+        capped.mul_f64(1.0 + jitter).min(self.max_backoff)
+    }
+}
+
+/// Where and how to sync.
+#[derive(Clone)]
+pub struct SyncConfig {
+    /// Base URL, e.g. `https://inventory.example:8470`.
+    pub server: String,
+    /// The technician's API token (from the OS keyring; never logged).
+    pub token: String,
+    /// Hex ed25519 key the server countersigns checkpoints with. `None` pins the key the server
+    /// announces on the first sync (the caller should then store [`SyncReport::server_key`]).
+    pub server_key: Option<String>,
+    /// Events per push.
+    pub batch_size: usize,
+    pub retry: RetryPolicy,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Extra trusted root certificate (PEM), e.g. a private inventory CA.
+    pub root_certificate_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("server_key", &self.server_key)
+            .field("batch_size", &self.batch_size)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl SyncConfig {
+    /// Defaults: 500 events per push, [`RetryPolicy::default`], 30 s per request.
+    pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            server: server.into().trim_end_matches('/').to_string(),
+            token: token.into(),
+            server_key: None,
+            batch_size: 500,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(30),
+            root_certificate_pem: None,
+        }
+    }
+}
+
+/// Why sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "cannot reach the inventory server at {server} after {attempts} attempts: {detail}; nothing is lost, sync again when online"
+    )]
+    Unreachable { server: String, attempts: u32, detail: String },
+    #[error(
+        "the inventory server refused the token (HTTP 401): ask the inventory team for a new token"
+    )]
+    Unauthorized,
+    #[error("the inventory server answered {status} to {what}: {code}: {message}")]
+    Server { what: String, status: u16, code: String, message: String },
+    #[error("the inventory server sent an answer to {what} that cannot be read: {detail}")]
+    BadResponse { what: String, detail: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the server acknowledged log {log_id} up to seq {seq} with hash {server_hash}, but the local event has hash {local_hash}: the local log and the server disagree; do not delete the local log and contact the inventory team"
+    )]
+    CheckpointMismatch { log_id: Uuid, seq: u64, server_hash: String, local_hash: String },
+    #[error(
+        "bundle {bundle_id} {version} from the catalog does not match its published SHA-256; it was not stored"
+    )]
+    BundleHash { bundle_id: String, version: String },
+    #[error("invalid TLS root certificate: {0}")]
+    Certificate(String),
+    #[error("local store: {0}")]
+    Local(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What one sync did and what is left.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    /// Events the server newly countersigned in this sync.
+    pub pushed: u64,
+    /// Events still not countersigned, per log.
+    pub pending: BTreeMap<Uuid, u64>,
+    /// Events the server will take later (e.g. earlier events missing), with reasons.
+    pub retryable: Vec<EventProblem>,
+    /// Events the server will never take as they are, with reasons.
+    pub rejected: Vec<EventProblem>,
+    /// The server key the checkpoints were verified against.
+    pub server_key: String,
+    pub sites: usize,
+    pub devices: usize,
+    pub work_orders: usize,
+    pub catalog: usize,
+    /// Bundle files downloaded in this sync.
+    pub bundles_downloaded: usize,
+    /// Device credentials delivered for the assigned sites.
+    pub credentials: usize,
+}
+
+impl SyncReport {
+    /// Events not yet on the server.
+    pub fn pending_total(&self) -> u64 {
+        self.pending.values().sum()
+    }
+}
+
+/// Progress of the push phase, for the CLI and the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushProgress {
+    pub log_id: Uuid,
+    pub pushed_seq: u64,
+    pub last_seq: u64,
+}
+
+struct Http {
+    client: reqwest::Client,
+    cfg: SyncConfig,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fail(SyncError),
+}
+
+impl Http {
+    fn new(cfg: &SyncConfig) -> Result<Self, SyncError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .use_rustls_tls();
+        if let Some(pem) = &cfg.root_certificate_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| SyncError::Certificate(e.to_string()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| SyncError::Certificate(e.to_string()))?;
+        Ok(Self { client, cfg: cfg.clone() })
+    }
+
+    async fn classify(what: &str, resp: reqwest::Response) -> Attempt<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Attempt::Done(resp);
+        }
+        if status.as_u16() == 401 {
+            return Attempt::Fail(SyncError::Unauthorized);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ApiErrorBody>(&body) {
+            Ok(b) => (b.code, b.message),
+            Err(_) => ("http".to_string(), body.chars().take(200).collect()),
+        };
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Attempt::Retry(format!("HTTP {status}: {code}: {message}"));
+        }
+        Attempt::Fail(SyncError::Server {
+            what: what.to_string(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    /// Send a request built by `build` until the whole answer body arrives, retrying transport
+    /// failures (refused, cut, timed out, 5xx) with backoff.
+    async fn send(
+        &self,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, SyncError> {
+        let policy = self.cfg.retry;
+        let attempts = policy.attempts.max(1);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(policy.delay(attempt - 1)).await;
+            }
+            let req = build(&self.client).bearer_auth(&self.cfg.token);
+            let outcome = match req.send().await {
+                Err(e) => Attempt::Retry(describe(&e)),
+                Ok(resp) => match Self::classify(what, resp).await {
+                    Attempt::Done(resp) => match resp.bytes().await {
+                        Ok(b) => Attempt::Done(b.to_vec()),
+                        Err(e) => Attempt::Retry(describe(&e)),
+                    },
+                    Attempt::Retry(r) => Attempt::Retry(r),
+                    Attempt::Fail(f) => Attempt::Fail(f),
+                },
+            };
+            match outcome {
+                Attempt::Done(b) => return Ok(b),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(r) => {
+                    tracing::debug!(what, attempt, reason = %r, "retrying");
+                    last = r;
+                }
+            }
+        }
+        Err(SyncError::Unreachable { server: self.cfg.server.clone(), attempts, detail: last })
+    }
+
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<T, SyncError> {
+        let body = self.send(what, build).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadResponse { what: what.to_string(), detail: e.to_string() })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.server)
+    }
+}
+
+/// A transport error without the URL's query (never carries the token: it travels in a header).
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn local<E: std::error::Error + Send + Sync + 'static>(e: E) -> SyncError {
+    SyncError::Local(Box::new(e))
+}
+
+/// Push every pending event, then pull the next trip's data. Resumable: it starts from the
+/// checkpoints recorded by earlier (possibly interrupted) syncs.
+pub async fn sync<L: SyncLocal>(
+    cfg: &SyncConfig,
+    store: &L,
+    progress: &(dyn Fn(PushProgress) + Send + Sync),
+) -> Result<SyncReport, SyncError> {
+    let http = Http::new(cfg)?;
+    let mut report = SyncReport::default();
+    let server_key = match &cfg.server_key {
+        Some(k) => k.to_ascii_lowercase(),
+        None => {
+            #[derive(serde::Deserialize)]
+            struct KeyBody {
+                public_key: String,
+            }
+            let k: KeyBody =
+                http.send_json("GET /v1/server-key", |c| c.get(http.url("/v1/server-key"))).await?;
+            k.public_key.to_ascii_lowercase()
+        }
+    };
+    report.server_key = server_key.clone();
+
+    // Push, log by log, batch by batch.
+    for cursor in store.cursors().await.map_err(local)? {
+        let mut pushed = cursor.pushed_seq;
+        while pushed < cursor.last_seq {
+            let batch = store
+                .events_after(cursor.log_id, pushed, cfg.batch_size.max(1))
+                .await
+                .map_err(local)?;
+            if batch.is_empty() {
+                break;
+            }
+            let request = PushRequest { events: batch };
+            let ack: PushAck = http
+                .send_json("POST /v1/push", |c| c.post(http.url("/v1/push")).json(&request))
+                .await?;
+            let before = pushed;
+            for cp in &ack.checkpoints {
+                cp.verify(&server_key)?;
+                if cp.checkpoint.log_id != cursor.log_id {
+                    continue;
+                }
+                if let Some(local_event) =
+                    request.events.iter().find(|e| e.body.seq == cp.checkpoint.last_seq)
+                {
+                    let local_hash = local_event.hash();
+                    if local_hash != cp.checkpoint.last_hash {
+                        return Err(SyncError::CheckpointMismatch {
+                            log_id: cursor.log_id,
+                            seq: cp.checkpoint.last_seq,
+                            server_hash: cp.checkpoint.last_hash.clone(),
+                            local_hash,
+                        });
+                    }
+                }
+                if cp.checkpoint.last_seq > pushed {
+                    store.record_checkpoint(cp).await.map_err(local)?;
+                    report.pushed += cp.checkpoint.last_seq - pushed;
+                    pushed = cp.checkpoint.last_seq;
+                }
+            }
+            progress(PushProgress {
+                log_id: cursor.log_id,
+                pushed_seq: pushed,
+                last_seq: cursor.last_seq,
+            });
+            report.retryable.extend(ack.retryable);
+            report.rejected.extend(ack.rejected);
+            if pushed == before {
+                // The server took nothing new from this log: the reasons are in the report.
+                break;
+            }
+        }
+        if cursor.last_seq > pushed {
+            report.pending.insert(cursor.log_id, cursor.last_seq - pushed);
+        }
+    }
+
+    // Pull.
+    let mut pull: PullResponse =
+        http.send_json("GET /v1/pull", |c| c.get(http.url("/v1/pull"))).await?;
+    let mut bundles = Vec::new();
+    for entry in &pull.catalog {
+        if store.has_bundle(&entry.sha256).await.map_err(local)? {
+            continue;
+        }
+        let path = format!("/v1/catalog/{}", entry.sha256);
+        let bytes = http.send("GET /v1/catalog/{sha256}", |c| c.get(http.url(&path))).await?;
+        if hex::encode(Sha256::digest(&bytes)) != entry.sha256.to_ascii_lowercase()
+            || bytes.len() as u64 != entry.size
+        {
+            return Err(SyncError::BundleHash {
+                bundle_id: entry.bundle_id.clone(),
+                version: entry.version.clone(),
+            });
+        }
+        bundles.push((entry.clone(), bytes));
+    }
+    report.sites = pull.sites.len();
+    report.devices = pull.devices.len();
+    report.work_orders = pull.work_orders.len();
+    report.catalog = pull.catalog.len();
+    report.bundles_downloaded = bundles.len();
+    let credentials = std::mem::take(&mut pull.credentials);
+    report.credentials = credentials.len();
+    store.apply_credentials(&pull.technician_id, credentials).await.map_err(local)?;
+    store.apply_pull(&pull, bundles).await.map_err(local)?;
+    Ok(report)
+}
+
+/// How `watch` probes the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Time between syncs while the server is reachable.
+    pub interval: Duration,
+    /// First probe delay after the server became unreachable; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What `watch` reports as it goes, for the technician to see.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// The server did not answer the probe; the next probe is in `retry_in`.
+    Offline {
+        retry_in: Duration,
+        detail: String,
+    },
+    /// The network changed (or the app asked): probing now.
+    NetworkChanged,
+    /// The server answered; a sync starts.
+    Reachable,
+    Synced(SyncReport),
+    Failed(SyncError),
+    Stopped,
+}
+
+/// Probe the server and sync whenever it is reachable, until `stop` turns true. Unreachable
+/// servers are probed with exponential backoff; a reachable server is synced every
+/// `options.interval` (and immediately when it comes back). A notification on `nudge` (a network
+/// change reported by the OS, see [`super::netwatch`], or the app) probes at once and resets the
+/// backoff. The server key announced by the first sync is pinned for the following ones.
+pub async fn watch<L: SyncLocal>(
+    cfg: &SyncConfig,
+    store: &L,
+    options: WatchOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    nudge: Option<&tokio::sync::Notify>,
+    on_event: &(dyn Fn(WatchEvent) + Send + Sync),
+) -> Result<(), SyncError> {
+    let idle = tokio::sync::Notify::new();
+    let nudge = nudge.unwrap_or(&idle);
+    let mut pinned = cfg.server_key.clone();
+    let probe = Http::new(&SyncConfig {
+        retry: RetryPolicy { attempts: 1, ..cfg.retry },
+        timeout: cfg.timeout.min(Duration::from_secs(10)),
+        ..cfg.clone()
+    })?;
+    let mut backoff = options.initial_backoff;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let wait = match probe.send("GET /v1/health", |c| c.get(probe.url("/v1/health"))).await {
+            Ok(_) => {
+                on_event(WatchEvent::Reachable);
+                backoff = options.initial_backoff;
+                let once = SyncConfig { server_key: pinned.clone(), ..cfg.clone() };
+                match sync(&once, store, &|_| {}).await {
+                    Ok(r) => {
+                        pinned = Some(r.server_key.clone());
+                        on_event(WatchEvent::Synced(r))
+                    }
+                    Err(e) => on_event(WatchEvent::Failed(e)),
+                }
+                options.interval
+            }
+            Err(e) => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(options.max_backoff);
+                on_event(WatchEvent::Offline { retry_in: wait, detail: e.to_string() });
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = nudge.notified() => {
+                backoff = options.initial_backoff;
+                on_event(WatchEvent::NetworkChanged);
+            }
+            changed = stop.changed() => {
+                if changed.is_err() { break; }
+            }
+        }
+    }
+    on_event(WatchEvent::Stopped);
+    Ok(())
+}

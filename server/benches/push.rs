@@ -1,0 +1,210 @@
+//! Push 100,000 visit-log events end to end (HTTP on loopback, signature and chain verification,
+//! PostgreSQL) and print events/second; then replay every batch and print the row counts, which
+//! must not change.
+//!
+//! Run: `cargo bench -p fieldpatch-server --bench push` (needs PostgreSQL on 127.0.0.1:5432;
+//! override with FIELDPATCH_TEST_POSTGRES). Sizes: FIELDPATCH_BENCH_EVENTS (default 100000),
+//! FIELDPATCH_BENCH_BATCH (default 1000), FIELDPATCH_BENCH_CLIENTS (concurrent laptops, default 1,
+//! at most 10: the events are spread over 10 logs).
+
+use chrono::Utc;
+use ed25519_dalek::SigningKey;
+use fieldpatch_core::sync::wire::{PushAck, PushRequest};
+use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_server::api::{self, NewTechnician};
+use fieldpatch_server::{App, Bound, PgStore, Store};
+use sqlx::Connection;
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn make_events(key: &SigningKey, logs: usize, per_log: usize) -> Vec<Vec<Event>> {
+    let signer = hex::encode(key.verifying_key().as_bytes());
+    (0..logs)
+        .map(|l| {
+            let log_id = Uuid::now_v7();
+            let mut prev = GENESIS_HASH.to_string();
+            (1..=per_log as u64)
+                .map(|seq| {
+                    let e = UnsignedEvent {
+                        id: Uuid::now_v7(),
+                        log_id,
+                        seq,
+                        time: Utc::now(),
+                        time_source: TimeSource::SystemClock,
+                        signer: signer.clone(),
+                        visit_id: None,
+                        device: Some(format!("dev-{l}-{}", seq % 50)),
+                        prev_hash: prev.clone(),
+                        kind: EventKind::ProgressCheckpoint {
+                            bytes_done: seq * 4096,
+                            bytes_total: 1 << 20,
+                        },
+                    }
+                    .sign(key);
+                    prev = e.hash();
+                    e
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Push with `clients` concurrent connections; each log stays with one client, in order.
+async fn push_parallel(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batches: &[Vec<Event>],
+    logs: usize,
+    clients: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let mine: Vec<Vec<Event>> = batches
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i % logs) % clients == k)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let (client, url, token) = (client.clone(), url.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move { push_all(&client, &url, &token, &mine).await }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.expect("push task");
+    }
+    stored
+}
+
+async fn push_all(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batches: &[Vec<Event>],
+) -> usize {
+    let mut stored = 0;
+    for batch in batches {
+        let ack: PushAck = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&PushRequest { events: batch.clone() })
+            .send()
+            .await
+            .expect("push")
+            .error_for_status()
+            .expect("push status")
+            .json()
+            .await
+            .expect("ack");
+        assert!(ack.rejected.is_empty() && ack.retryable.is_empty(), "{:?}", ack.rejected.first());
+        stored += ack.stored.len();
+    }
+    stored
+}
+
+#[tokio::main]
+async fn main() {
+    let total = env_usize("FIELDPATCH_BENCH_EVENTS", 100_000);
+    let batch = env_usize("FIELDPATCH_BENCH_BATCH", 1000);
+    let clients = env_usize("FIELDPATCH_BENCH_CLIENTS", 1).clamp(1, 10);
+    let logs = 10;
+    let per_log = total / logs;
+    let base = std::env::var("FIELDPATCH_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+    let name = format!("fieldpatch_bench_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("PostgreSQL must be running on 127.0.0.1:5432");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+
+    let (name2, base2) = (name.clone(), base.clone());
+    let result = async move {
+        let (name, base) = (name2, base2);
+        let store = PgStore::connect(&format!("{base}/{name}")).await.unwrap();
+        store.migrate().await.unwrap();
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        api::create_technician(
+            &store,
+            NewTechnician {
+                id: "bench".into(),
+                name: "Bench".into(),
+                public_key: hex::encode(key.verifying_key().as_bytes()),
+            },
+        )
+        .await
+        .unwrap();
+        let token = api::issue_token(&store, Some("bench"), "bench").await.unwrap();
+        let app = Arc::new(App::new(store, SigningKey::generate(&mut rand::rngs::OsRng)));
+        let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None, false).await.unwrap();
+        let url = format!("http://{}/v1/push", bound.local_addr());
+        tokio::spawn(bound.serve(app.clone()));
+
+        let t = Instant::now();
+        let events = make_events(&key, logs, per_log);
+        println!(
+            "generated and signed {} events in {:.2?} (not measured)",
+            logs * per_log,
+            t.elapsed()
+        );
+        // Interleave logs batch by batch, as many laptops would.
+        let mut batches: Vec<Vec<Event>> = Vec::new();
+        for chunk in 0..per_log.div_ceil(batch) {
+            for log in &events {
+                let s = chunk * batch;
+                if s < log.len() {
+                    batches.push(log[s..(s + batch).min(log.len())].to_vec());
+                }
+            }
+        }
+        let client = reqwest::Client::new();
+
+        let t = Instant::now();
+        let stored = push_parallel(&client, &url, &token, &batches, logs, clients).await;
+        let first = t.elapsed();
+        let after_first = app.store.counts().await.unwrap();
+        println!(
+            "push: {stored} events in {} batches of {batch} from {clients} client(s) in {:.2?}: {:.0} events/s",
+            batches.len(),
+            first,
+            stored as f64 / first.as_secs_f64()
+        );
+        println!(
+            "rows after push:   events={} checkpoints={}",
+            after_first.events, after_first.checkpoints
+        );
+
+        let t = Instant::now();
+        let acked = push_parallel(&client, &url, &token, &batches, logs, clients).await;
+        let replay = t.elapsed();
+        let after_replay = app.store.counts().await.unwrap();
+        println!(
+            "replay: {acked} events acknowledged in {:.2?}: {:.0} events/s",
+            replay,
+            acked as f64 / replay.as_secs_f64()
+        );
+        println!(
+            "rows after replay: events={} checkpoints={}",
+            after_replay.events, after_replay.checkpoints
+        );
+        println!(
+            "replay added {} event rows and {} checkpoint rows",
+            after_replay.events - after_first.events,
+            after_replay.checkpoints - after_first.checkpoints
+        );
+        assert_eq!(after_first.events as usize, logs * per_log);
+        assert_eq!(after_replay, after_first);
+    };
+    let outcome = tokio::spawn(result).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -1,0 +1,618 @@
+//! The `/v1` HTTP API. Documented in `openapi.json` (served at `/v1/openapi.json`).
+//!
+//! Authentication is a bearer token. Tokens are random (32 bytes, hex, prefixed `fpt_`) and only
+//! their SHA-256 is stored. Technician tokens see only their assigned sites; admin tokens are for
+//! inventory management and reports across all sites.
+
+use crate::push;
+use crate::store::{Principal, Store, StoreError, StoredCredential, Technician};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use ed25519_dalek::SigningKey;
+use fieldpatch_core::model::Version;
+use fieldpatch_core::sync::sealed::{self, SealedCredential};
+use fieldpatch_core::sync::wire::{
+    ApiErrorBody, Device, MAX_PUSH_EVENTS, PlannedNotPatched, PullResponse, PushAck, PushRequest,
+    Site, WorkOrder,
+};
+use fieldpatch_core::visitlog::Event;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// The OpenAPI document, kept next to the handlers it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Kinds of device credential (the laptop's keyring names them `device/<id>/<kind>`).
+pub const CREDENTIAL_KINDS: &[&str] = &["password", "psk", "token"];
+
+/// Shared state of the API.
+pub struct App<S> {
+    pub store: S,
+    pub key: SigningKey,
+    /// Data key for device credentials at rest; without it no credentials are served.
+    credential_key: Option<Zeroizing<[u8; 32]>>,
+    /// One lock per visit log being pushed: pushes of different logs run in parallel, two pushes
+    /// of the same log take turns.
+    log_locks: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<S> std::fmt::Debug for App<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("server_key", &hex::encode(self.key.verifying_key().as_bytes()))
+            .field("credentials", &self.credential_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> App<S> {
+    pub fn new(store: S, key: SigningKey) -> Self {
+        Self { store, key, credential_key: None, log_locks: Default::default() }
+    }
+
+    /// Serve device credentials, kept encrypted at rest under `data_key`.
+    pub fn with_credential_key(mut self, data_key: [u8; 32]) -> Self {
+        self.credential_key = Some(Zeroizing::new(data_key));
+        self
+    }
+
+    /// Encrypt and store a device credential.
+    pub async fn set_credential(
+        &self,
+        device_id: &str,
+        kind: &str,
+        secret: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.credential_key.as_ref().ok_or_else(|| {
+            StoreError::Invalid("this server has no credential data key configured".into())
+        })?;
+        if !CREDENTIAL_KINDS.contains(&kind) {
+            return Err(StoreError::Invalid(format!(
+                "credential kind {kind:?} is not one of {}",
+                CREDENTIAL_KINDS.join(", ")
+            )));
+        }
+        let (nonce, ciphertext) = sealed::encrypt_at_rest(key, device_id, kind, secret);
+        self.store
+            .set_credential(&StoredCredential {
+                device_id: device_id.into(),
+                kind: kind.into(),
+                nonce,
+                ciphertext,
+            })
+            .await
+    }
+
+    /// The technician's device credentials, decrypted and sealed to their key.
+    async fn sealed_credentials(&self, t: &Technician) -> Result<Vec<SealedCredential>, ApiError> {
+        let Some(key) = &self.credential_key else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for c in self.store.credentials_for(&t.id).await? {
+            let secret = sealed::decrypt_at_rest(key, &c.device_id, &c.kind, &c.nonce, &c.ciphertext)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "stored credential does not decrypt with the data key");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credential_store",
+                        "a stored device credential cannot be decrypted; the inventory team must check the server's credential key",
+                    )
+                })?;
+            out.push(sealed::seal(&t.public_key, &t.id, &c.device_id, &c.kind, &secret).map_err(
+                |e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credential_store",
+                        e.to_string(),
+                    )
+                },
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Lock every log named in the batch, in a fixed order (no deadlock between batches).
+    async fn lock_logs(
+        &self,
+        events: &[(Event, push::Prepared)],
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let ids: std::collections::BTreeSet<uuid::Uuid> =
+            events.iter().map(|(e, _)| e.body.log_id).collect();
+        let locks: Vec<_> = {
+            let mut map = self.log_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds or waits for.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            ids.iter().map(|id| map.entry(*id).or_default().clone()).collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for l in locks {
+            guards.push(l.lock_owned().await);
+        }
+        guards
+    }
+
+    /// Hex of the checkpoint key's public half.
+    pub fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+}
+
+/// A new random API token (shown once; store only [`token_hash`]).
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("fpt_{}", hex::encode(bytes))
+}
+
+/// SHA-256 of a token, hex: what the database holds.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// An API error: HTTP status plus `{code, message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown token: send `Authorization: Bearer <token>` with a token from the inventory team",
+        )
+    }
+    fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", msg)
+    }
+    fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", msg)
+    }
+    fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", msg)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
+            StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Conflict(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "concurrent_push", m)
+            }
+            other => {
+                tracing::error!(error = %other, "storage error");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the inventory database is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message }))
+            .into_response()
+    }
+}
+
+type Shared<S> = State<Arc<App<S>>>;
+
+async fn principal<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    app.store.principal(&token_hash(token)).await?.ok_or_else(ApiError::unauthorized)
+}
+
+async fn technician<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Technician, ApiError> {
+    match principal(app, headers).await? {
+        Principal::Technician(t) => Ok(t),
+        Principal::Admin => {
+            Err(ApiError::forbidden("this endpoint is for technicians; use a technician token"))
+        }
+    }
+}
+
+async fn admin<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<(), ApiError> {
+    match principal(app, headers).await? {
+        Principal::Admin => Ok(()),
+        Principal::Technician(_) => Err(ApiError::forbidden("this operation needs an admin token")),
+    }
+}
+
+/// `None` = admin (all sites), `Some(id)` = that technician's sites only.
+async fn scope<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(match principal(app, headers).await? {
+        Principal::Admin => None,
+        Principal::Technician(t) => Some(t.id),
+    })
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    api: &'static str,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok", version: crate::VERSION, api: "v1" })
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServerKey {
+    public_key: String,
+}
+
+async fn server_key<S: Store>(State(app): Shared<S>) -> Json<ServerKey> {
+    Json(ServerKey { public_key: app.public_key() })
+}
+
+async fn pull<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<PullResponse>, ApiError> {
+    let t = technician(&app, &headers).await?;
+    Ok(Json(PullResponse {
+        server_time: chrono::Utc::now(),
+        server_key: app.public_key(),
+        technician_id: t.id.clone(),
+        sites: app.store.sites(Some(&t.id)).await?,
+        devices: app.store.devices(Some(&t.id)).await?,
+        work_orders: app.store.work_orders(Some(&t.id)).await?,
+        catalog: app.store.catalog().await?,
+        trust_store: app.store.trust_store().await?,
+        credentials: app.sealed_credentials(&t).await?,
+    }))
+}
+
+async fn bundle<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    principal(&app, &headers).await?;
+    let bytes = app.store.bundle_bytes(&sha256.to_ascii_lowercase()).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no bundle with SHA-256 {sha256} in the catalog"))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn push_events<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PushAck>, ApiError> {
+    let t = technician(&app, &headers).await?;
+    let req: PushRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("push body is not a valid event batch: {e}")))?;
+    if req.events.len() > MAX_PUSH_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {MAX_PUSH_EVENTS} events per push; split the batch"),
+        ));
+    }
+    // Signatures and hashes do not depend on the log's state: check them before taking the lock,
+    // skipping events the server already holds (heads only move forward).
+    let mut held = std::collections::BTreeMap::new();
+    for e in &req.events {
+        if let std::collections::btree_map::Entry::Vacant(v) = held.entry(e.body.log_id) {
+            let head = app.store.log_head(&e.body.log_id.to_string()).await?;
+            v.insert(head.map(|h| h.last_seq).unwrap_or(0));
+        }
+    }
+    let prepared = tokio::task::spawn_blocking(move || push::prepare(req.events, &held))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "signature check task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "signature check failed; retry",
+            )
+        })?;
+    let _guards = app.lock_logs(&prepared).await;
+    let (ack, added) = push::push(&app.store, &app.key, &t, prepared).await?;
+    tracing::info!(technician = %t.id, added, stored = ack.stored.len(), retryable = ack.retryable.len(), rejected = ack.rejected.len(), "push");
+    Ok(Json(ack))
+}
+
+async fn device_history<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    let device = app.store.device(&id).await?;
+    let device = match (device, &scope) {
+        (Some(d), Some(t)) if !app.store.is_assigned(t, &d.site_id).await? => {
+            return Err(ApiError::forbidden(format!(
+                "device {id} is not at a site assigned to you"
+            )));
+        }
+        (Some(d), _) => d,
+        (None, _) => {
+            return Err(ApiError::not_found(format!("device {id} is not in the inventory")));
+        }
+    };
+    Ok(Json(app.store.device_history(&device).await?))
+}
+
+/// Whether a device runs its approved version (versions compared numerically when both parse).
+fn at_approved(d: &Device) -> bool {
+    match (&d.approved_version, &d.current_firmware) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(c)) => match (a.parse::<Version>(), c.parse::<Version>()) {
+            (Ok(a), Ok(c)) => a == c,
+            _ => a == c,
+        },
+    }
+}
+
+/// Devices not at their approved version: all (`None`) or at the technician's sites.
+pub async fn report_not_at_approved<S: Store>(
+    store: &S,
+    technician: Option<&str>,
+) -> Result<Vec<Device>, StoreError> {
+    Ok(store.devices(technician).await?.into_iter().filter(|d| !at_approved(d)).collect())
+}
+
+/// Devices in work orders that are not at their approved version, with the recorded reasons.
+pub async fn report_planned_not_patched<S: Store>(
+    store: &S,
+    technician: Option<&str>,
+) -> Result<Vec<PlannedNotPatched>, StoreError> {
+    let devices = store.devices(technician).await?;
+    let mut out = Vec::new();
+    for w in store.work_orders(technician).await? {
+        for id in &w.devices {
+            if let Some(d) = devices.iter().find(|d| &d.id == id)
+                && !at_approved(d)
+            {
+                out.push(PlannedNotPatched { work_order_id: w.id.clone(), device: d.clone() });
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn not_at_approved<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    Ok(Json(report_not_at_approved(&app.store, scope.as_deref()).await?))
+}
+
+async fn planned_not_patched<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PlannedNotPatched>>, ApiError> {
+    let scope = scope(&app, &headers).await?;
+    Ok(Json(report_planned_not_patched(&app.store, scope.as_deref()).await?))
+}
+
+/// `POST /v1/admin/technicians` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NewTechnician {
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
+}
+
+/// A token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+}
+
+/// Register a technician after checking the key is a valid ed25519 public key.
+pub async fn create_technician<S: Store>(
+    store: &S,
+    t: NewTechnician,
+) -> Result<Technician, StoreError> {
+    if fieldpatch_core::sync::wire::parse_key(&t.public_key).is_none() {
+        return Err(StoreError::Invalid(format!(
+            "public key {:?} is not a hex ed25519 public key (64 hex digits)",
+            t.public_key
+        )));
+    }
+    if t.id.trim().is_empty() {
+        return Err(StoreError::Invalid("technician id must not be empty".into()));
+    }
+    let tech = Technician { id: t.id, name: t.name, public_key: t.public_key.to_ascii_lowercase() };
+    store.create_technician(&tech).await?;
+    Ok(tech)
+}
+
+/// Issue a new token for a technician (or an admin token for `None`).
+pub async fn issue_token<S: Store>(
+    store: &S,
+    technician_id: Option<&str>,
+    label: &str,
+) -> Result<String, StoreError> {
+    let token = new_token();
+    store.add_token(&token_hash(&token), technician_id, label).await?;
+    Ok(token)
+}
+
+async fn admin_create_technician<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(body): Json<NewTechnician>,
+) -> Result<(StatusCode, Json<Technician>), ApiError> {
+    admin(&app, &headers).await?;
+    Ok((StatusCode::CREATED, Json(create_technician(&app.store, body).await?)))
+}
+
+async fn admin_issue_token<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    admin(&app, &headers).await?;
+    let token = issue_token(&app.store, Some(&id), "api").await?;
+    Ok((StatusCode::CREATED, Json(IssuedToken { token })))
+}
+
+async fn admin_sites<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(sites): Json<Vec<Site>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for s in &sites {
+        app.store.upsert_site(s).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_devices<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(devices): Json<Vec<Device>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for d in &devices {
+        app.store.upsert_device(d).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_work_orders<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(orders): Json<Vec<WorkOrder>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    for w in &orders {
+        app.store.upsert_work_order(w).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_assign<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((tech, site)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    app.store.assign(&tech, &site).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_unassign<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((tech, site)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    if app.store.unassign(&tech, &site).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("site {site} is not assigned to {tech}")))
+    }
+}
+
+/// `PUT /v1/admin/devices/{id}/credentials/{kind}` body.
+#[derive(Deserialize)]
+pub struct NewCredential {
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewCredential { secret: <redacted> }")
+    }
+}
+
+async fn admin_set_credential<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path((device, kind)): Path<(String, String)>,
+    Json(body): Json<NewCredential>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    let secret = Zeroizing::new(body.secret.into_bytes());
+    app.set_credential(&device, &kind, &secret).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_trust_store<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Json(doc): Json<serde_json::Value>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    app.store.set_trust_store(&doc).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Longest a request may take, body upload included; a stalled client gets 408 and the
+/// connection's resources back.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request did not complete within {}s; retry", REQUEST_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// The `/v1` API over `app`.
+pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/server-key", get(server_key::<S>))
+        .route("/v1/pull", get(pull::<S>))
+        .route("/v1/catalog/{sha256}", get(bundle::<S>))
+        .route("/v1/push", post(push_events::<S>))
+        .route("/v1/devices/{id}/history", get(device_history::<S>))
+        .route("/v1/reports/not-at-approved-version", get(not_at_approved::<S>))
+        .route("/v1/reports/planned-not-patched", get(planned_not_patched::<S>))
+        .route("/v1/admin/technicians", post(admin_create_technician::<S>))
+        .route("/v1/admin/technicians/{id}/tokens", post(admin_issue_token::<S>))
+        .route("/v1/admin/sites", post(admin_sites::<S>))
+        .route("/v1/admin/devices", post(admin_devices::<S>))
+        .route("/v1/admin/work-orders", post(admin_work_orders::<S>))
+        .route(
+            "/v1/admin/assignments/{technician}/{site}",
+            put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
+        )
+        .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
+        .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
+        .layer(axum::middleware::from_fn(request_timeout))
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(app)
+}

@@ -1,0 +1,566 @@
+//! The `/v1` API against a real server on loopback, on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::{Backend, TestServer, chain, chain_in, note};
+use fieldpatch_core::sync::wire::{Device, PlannedNotPatched, PullResponse, PushAck, PushRequest};
+use fieldpatch_core::visitlog::{Event, EventKind};
+use fieldpatch_server::Store;
+use reqwest::StatusCode;
+
+async fn push(server: &TestServer, token: &str, events: &[Event]) -> PushAck {
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/push"))
+        .bearer_auth(token)
+        .json(&PushRequest { events: events.to_vec() })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn get<T: serde::de::DeserializeOwned>(server: &TestServer, token: &str, path: &str) -> T {
+    let r = reqwest::Client::new().get(server.url(path)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
+}
+
+async fn status(
+    server: &TestServer,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+) -> StatusCode {
+    let mut req =
+        reqwest::Client::new().request(method, server.url(path)).json(&serde_json::json!([]));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status()
+}
+
+both_backends!(push_is_verified_idempotent_and_folds_into_the_inventory);
+async fn push_is_verified_idempotent_and_folds_into_the_inventory(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let tech = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+
+    let events = chain(
+        &tech.key,
+        vec![
+            (None, EventKind::VisitOpened { site: "s1".into(), work_order: Some("w1".into()) }),
+            (
+                Some("d1"),
+                EventKind::Confirmed {
+                    version: Some("1.4.0".into()),
+                    image_sha256: "aa".repeat(32),
+                },
+            ),
+            (
+                Some("d2"),
+                EventKind::Failed { stage: "upload".into(), reason: "link dropped at 40%".into() },
+            ),
+            (Some("SN-d3"), EventKind::DeviceNotPatched { reason: "cabinet locked".into() }),
+            (None, EventKind::VisitClosed { patched: 1, not_patched: 2 }),
+        ],
+    );
+    let ack = push(&server, &tech.token, &events).await;
+    assert_eq!(ack.stored, events.iter().map(|e| e.body.id).collect::<Vec<_>>());
+    assert!(ack.retryable.is_empty() && ack.rejected.is_empty(), "{ack:?}");
+    assert_eq!(ack.checkpoints.len(), 1);
+    let cp = &ack.checkpoints[0];
+    assert_eq!(cp.checkpoint.last_seq, 5);
+    assert_eq!(cp.checkpoint.last_hash, events[4].hash());
+    cp.verify(&server.server_key).unwrap();
+    assert_eq!(server.counts().await.events, 5);
+
+    // A replay adds nothing and answers the same.
+    let again = push(&server, &tech.token, &events).await;
+    assert_eq!(again, ack);
+    let partial = push(&server, &tech.token, &events[1..3]).await;
+    assert_eq!(partial.stored.len(), 2);
+    assert_eq!(partial.checkpoints, ack.checkpoints);
+    assert_eq!(server.counts().await.events, 5);
+
+    // The inventory learnt from the log.
+    let pull: PullResponse = get(&server, &tech.token, "/v1/pull").await;
+    let d = |id: &str| pull.devices.iter().find(|d| d.id == id).unwrap().clone();
+    assert_eq!(d("d1").current_firmware.as_deref(), Some("1.4.0"));
+    assert!(d("d1").last_visit.is_some());
+    assert_eq!(d("d2").failures, 1);
+    assert_eq!(d("d2").last_failure.as_deref(), Some("link dropped at 40%"));
+    assert_eq!(d("d3").not_patched_reason.as_deref(), Some("cabinet locked"));
+
+    let behind: Vec<Device> =
+        get(&server, &server.admin_token, "/v1/reports/not-at-approved-version").await;
+    let mut ids: Vec<_> = behind.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["d2", "d3", "d9"]);
+    let missed: Vec<PlannedNotPatched> =
+        get(&server, &server.admin_token, "/v1/reports/planned-not-patched").await;
+    let ids: Vec<_> =
+        missed.iter().map(|p| (p.work_order_id.as_str(), p.device.id.as_str())).collect();
+    assert_eq!(ids, [("w1", "d2"), ("w1", "d3")]);
+    // A technician sees their sites only: d9 (site s2) is not theirs.
+    let behind: Vec<Device> =
+        get(&server, &tech.token, "/v1/reports/not-at-approved-version").await;
+    assert_eq!(behind.len(), 2);
+
+    let history: Vec<Event> = get(&server, &tech.token, "/v1/devices/d1/history").await;
+    assert_eq!(history, vec![events[1].clone()]);
+    let history: Vec<Event> = get(&server, &server.admin_token, "/v1/devices/d3/history").await;
+    assert_eq!(history, vec![events[3].clone()]);
+
+    // Later events continue the log.
+    let more = chain_in(&tech.key, events[0].body.log_id, 6, events[4].hash(), vec![note("after")]);
+    let ack = push(&server, &tech.token, &more).await;
+    assert_eq!(ack.stored.len(), 1);
+    assert_eq!(ack.checkpoints[0].checkpoint.last_seq, 6);
+    assert_eq!(server.counts().await.events, 6);
+}
+
+both_backends!(gaps_are_retryable_tampered_and_foreign_events_are_rejected);
+async fn gaps_are_retryable_tampered_and_foreign_events_are_rejected(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    let bob = server.technician("bob").await;
+    let events = chain(&alice.key, (0..6).map(|i| note(&format!("n{i}"))).collect());
+
+    // Events 3..4 before 1..2: a gap, retryable, nothing stored.
+    let ack = push(&server, &alice.token, &events[2..4]).await;
+    assert!(ack.stored.is_empty() && ack.rejected.is_empty());
+    assert_eq!(
+        ack.retryable.iter().map(|p| p.code.as_str()).collect::<Vec<_>>(),
+        ["gap", "after_gap"]
+    );
+    assert!(ack.retryable[0].reason.contains("1..2"), "{}", ack.retryable[0].reason);
+    assert!(ack.checkpoints.is_empty());
+    assert_eq!(server.counts().await.events, 0);
+
+    // Edited after signing.
+    let mut tampered = events[..2].to_vec();
+    tampered[1].body.kind = EventKind::Note { text: "rewritten".into() };
+    let ack = push(&server, &alice.token, &tampered).await;
+    assert_eq!(ack.stored, vec![events[0].body.id]);
+    assert_eq!(ack.rejected.len(), 1);
+    assert_eq!(ack.rejected[0].code, "bad_signature");
+    assert_eq!(ack.rejected[0].seq, 2);
+
+    // Alice cannot push events signed by Bob's key, even with a correct chain.
+    let foreign = chain_in(&bob.key, events[0].body.log_id, 2, events[0].hash(), vec![note("bob")]);
+    let ack = push(&server, &alice.token, &foreign).await;
+    assert_eq!(ack.rejected[0].code, "foreign_signer");
+
+    // Re-signed with a wrong prev_hash: a broken chain; what follows is rejected too.
+    let broken =
+        chain_in(&alice.key, events[0].body.log_id, 2, "11".repeat(32), vec![note("x"), note("y")]);
+    let ack = push(&server, &alice.token, &broken).await;
+    assert_eq!(
+        ack.rejected.iter().map(|p| p.code.as_str()).collect::<Vec<_>>(),
+        ["broken_chain", "after_rejected"]
+    );
+
+    // Bob cannot extend Alice's log, even signing with his own key.
+    let ack = push(&server, &bob.token, &foreign).await;
+    assert_eq!(ack.rejected[0].code, "foreign_log");
+    assert!(ack.checkpoints.is_empty());
+
+    // A different event at a seq the server holds is a conflict (forked log).
+    let fork = chain(&alice.key, vec![note("other")]);
+    let mut fork0 = fork[0].clone();
+    fork0.body.log_id = events[0].body.log_id;
+    let fork0 = fork0.body.sign(&alice.key);
+    let ack = push(&server, &alice.token, &[fork0]).await;
+    assert_eq!(ack.rejected[0].code, "conflict");
+
+    // An event id already used in another log is refused, and so is what follows it.
+    let other = chain(&alice.key, vec![note("o1"), note("o2")]);
+    let mut reuse = other[0].body.clone();
+    reuse.id = events[0].body.id;
+    let reused = reuse.sign(&alice.key);
+    let follow = chain_in(&alice.key, other[0].body.log_id, 2, reused.hash(), vec![note("o2")]);
+    let ack = push(&server, &alice.token, &[reused, follow[0].clone()]).await;
+    assert_eq!(
+        ack.rejected.iter().map(|p| p.code.as_str()).collect::<Vec<_>>(),
+        ["duplicate_id", "after_rejected"]
+    );
+    assert!(ack.stored.is_empty() && ack.checkpoints.is_empty());
+
+    assert_eq!(server.counts().await.events, 1);
+    // The genuine events all go in afterwards.
+    let ack = push(&server, &alice.token, &events).await;
+    assert_eq!(ack.stored.len(), 6);
+    assert!(ack.rejected.is_empty() && ack.retryable.is_empty());
+    assert_eq!(server.counts().await.events, 6);
+
+    // Malformed body: a clear 400.
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/push"))
+        .bearer_auth(&alice.token)
+        .body("{\"events\": [{\"nope\": 1}]}")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+}
+
+both_backends!(authorization_is_enforced);
+async fn authorization_is_enforced(backend: Backend) {
+    use reqwest::Method;
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+
+    assert_eq!(status(&server, None, Method::GET, "/v1/pull").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&server, Some("fpt_forged"), Method::GET, "/v1/pull").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(status(&server, None, Method::GET, "/v1/health").await, StatusCode::OK);
+    // Admin operations need an admin token.
+    for (m, p) in [
+        (Method::POST, "/v1/admin/sites"),
+        (Method::POST, "/v1/admin/devices"),
+        (Method::POST, "/v1/admin/work-orders"),
+        (Method::POST, "/v1/admin/technicians/alice/tokens"),
+        (Method::PUT, "/v1/admin/assignments/alice/s2"),
+        (Method::DELETE, "/v1/admin/assignments/alice/s1"),
+        (Method::PUT, "/v1/admin/trust-store"),
+    ] {
+        assert_eq!(
+            status(&server, Some(&alice.token), m.clone(), p).await,
+            StatusCode::FORBIDDEN,
+            "{p}"
+        );
+        assert_eq!(status(&server, None, m, p).await, StatusCode::UNAUTHORIZED, "{p}");
+    }
+    // Pull and push are for technicians.
+    assert_eq!(
+        status(&server, Some(&server.admin_token), Method::GET, "/v1/pull").await,
+        StatusCode::FORBIDDEN
+    );
+
+    // Only assigned sites are visible.
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert_eq!(pull.sites.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s1"]);
+    assert_eq!(pull.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d1", "d2", "d3"]);
+    assert_eq!(pull.work_orders.len(), 1);
+    assert_eq!(pull.server_key, server.server_key);
+    assert_eq!(
+        status(&server, Some(&alice.token), Method::GET, "/v1/devices/d9/history").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&server, Some(&alice.token), Method::GET, "/v1/devices/zz/history").await,
+        StatusCode::NOT_FOUND
+    );
+
+    // Revoking the assignment hides the site at the next pull.
+    server
+        .admin_json(Method::DELETE, "/v1/admin/assignments/alice/s1", serde_json::json!(null))
+        .await;
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert!(pull.sites.is_empty() && pull.devices.is_empty() && pull.work_orders.is_empty());
+
+    // Keys must be real ed25519 keys.
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/admin/technicians"))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"id": "mallory", "name": "M", "public_key": "abcd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_names_every_route() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let doc: serde_json::Value =
+        reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let src = include_str!("../src/api.rs");
+    // Every `.route("/v1/...")` in the router is documented, and nothing else is.
+    let mut routed: Vec<&str> = src
+        .split(".route(")
+        .skip(1)
+        .map(|s| s.trim_start().trim_start_matches('"').split('"').next().unwrap())
+        .collect();
+    routed.sort();
+    let mut documented: Vec<&str> =
+        doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    documented.sort();
+    assert_eq!(routed, documented);
+    // Every $ref resolves.
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
+    }
+}
+
+both_backends!(device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_technician);
+async fn device_credentials_are_encrypted_at_rest_and_sealed_to_the_assigned_technician(
+    backend: Backend,
+) {
+    use reqwest::Method;
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    let bob = server.technician("bob").await;
+    server.assign("alice", "s1").await;
+    server.assign("bob", "s2").await;
+    let secret = "s3cret-pa55-for-d1";
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d1/credentials/password",
+            serde_json::json!({"secret": secret}),
+        )
+        .await;
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d9/credentials/password",
+            serde_json::json!({"secret": "other"}),
+        )
+        .await;
+    // Only admins set credentials; unknown devices are refused.
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/d1/credentials/password"))
+        .bearer_auth(&alice.token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/nope/credentials/password"))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = reqwest::Client::new()
+        .put(server.url("/v1/admin/devices/d1/credentials/ssh-key"))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"secret": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // At rest: the database holds no plaintext.
+    let rows = match &server.app {
+        common::AnyStore::Sqlite(a) => a.store.credentials_for("alice").await.unwrap(),
+        common::AnyStore::Postgres(a) => a.store.credentials_for("alice").await.unwrap(),
+    };
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].ciphertext.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    // Alice gets d1's credential sealed to her key; Bob cannot open it; Bob gets only d9's.
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert_eq!(pull.credentials.len(), 1);
+    let sealed = &pull.credentials[0];
+    assert_eq!((sealed.device_id.as_str(), sealed.kind.as_str()), ("d1", "password"));
+    assert!(!serde_json::to_string(&pull).unwrap().contains(secret));
+    assert_eq!(sealed.open(&alice.key, "alice").unwrap().as_slice(), secret.as_bytes());
+    assert!(sealed.open(&bob.key, "bob").is_err());
+    let pull: PullResponse = get(&server, &bob.token, "/v1/pull").await;
+    assert_eq!(pull.credentials.iter().map(|c| c.device_id.as_str()).collect::<Vec<_>>(), ["d9"]);
+    assert_eq!(pull.credentials[0].open(&bob.key, "bob").unwrap().as_slice(), b"other");
+
+    // Revoking the assignment stops delivery.
+    server
+        .admin_json(Method::DELETE, "/v1/admin/assignments/alice/s1", serde_json::json!(null))
+        .await;
+    let pull: PullResponse = get(&server, &alice.token, "/v1/pull").await;
+    assert!(pull.credentials.is_empty());
+}
+
+/// Check `value` against the subset of JSON Schema the document uses: `$ref`, object
+/// `properties`/`required`/`additionalProperties`, array `items`, and `type`.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) {
+    let schema = match schema.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    let types: Vec<&str> = match &schema["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => vec![],
+    };
+    let actual = match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    if !types.is_empty() {
+        assert!(types.contains(&actual), "{at}: documented as {types:?}, got {actual}");
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for req in schema["required"].as_array().into_iter().flatten() {
+            assert!(obj.contains_key(req.as_str().unwrap()), "{at}: required {req} missing");
+        }
+        for (k, v) in obj {
+            match props.get(k) {
+                Some(s) => conforms(doc, s, v, &format!("{at}.{k}")),
+                None => assert!(
+                    schema["additionalProperties"] == true,
+                    "{at}: property {k:?} is not documented"
+                ),
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_match_the_openapi_schemas() {
+    use reqwest::Method;
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+    server
+        .admin_json(
+            Method::PUT,
+            "/v1/admin/devices/d1/credentials/password",
+            serde_json::json!({"secret": "x"}),
+        )
+        .await;
+    server.admin_json(Method::PUT, "/v1/admin/trust-store", serde_json::json!({"keys": []})).await;
+    let doc: serde_json::Value =
+        reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
+    let schema = |path: &str, method: &str, status: &str| {
+        doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let base = server.base.clone();
+    let raw = |token: String, path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let events = chain(
+        &alice.key,
+        vec![
+            (
+                Some("d1"),
+                EventKind::Confirmed {
+                    version: Some("1.4.0".into()),
+                    image_sha256: "aa".repeat(32),
+                },
+            ),
+            (Some("d2"), EventKind::DeviceNotPatched { reason: "locked".into() }),
+        ],
+    );
+    let mut batch = events.clone();
+    batch.push(
+        chain_in(&alice.key, events[0].body.log_id, 5, "00".repeat(32), vec![note("late")])
+            .remove(0),
+    );
+    let ack: serde_json::Value = reqwest::Client::new()
+        .post(server.url("/v1/push"))
+        .bearer_auth(&alice.token)
+        .json(&PushRequest { events: batch })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["retryable"].as_array().unwrap().len(), 1);
+    conforms(&doc, &schema("/v1/push", "post", "200"), &ack, "PushAck");
+    for e in &events {
+        conforms(
+            &doc,
+            &doc["components"]["schemas"]["Event"],
+            &serde_json::to_value(e).unwrap(),
+            "Event",
+        );
+    }
+
+    let pull = raw(alice.token.clone(), "/v1/pull").await;
+    assert_eq!(pull["credentials"].as_array().unwrap().len(), 1);
+    conforms(&doc, &schema("/v1/pull", "get", "200"), &pull, "PullResponse");
+    let admin = server.admin_token.clone();
+    for path in [
+        "/v1/reports/not-at-approved-version",
+        "/v1/reports/planned-not-patched",
+        "/v1/devices/d1/history",
+    ] {
+        let v = raw(admin.clone(), path).await;
+        assert!(!v.as_array().unwrap().is_empty(), "{path}");
+        conforms(&doc, &schema(path.replace("d1", "{id}").as_str(), "get", "200"), &v, path);
+    }
+    let health = raw(admin.clone(), "/v1/health").await;
+    conforms(&doc, &schema("/v1/health", "get", "200"), &health, "health");
+    let key = raw(admin.clone(), "/v1/server-key").await;
+    conforms(&doc, &schema("/v1/server-key", "get", "200"), &key, "server-key");
+    let err = raw("fpt_nope".into(), "/v1/pull").await;
+    conforms(&doc, &schema("/v1/pull", "get", "401"), &err, "Error");
+}
+
+both_backends!(concurrent_pushes_store_each_event_once);
+async fn concurrent_pushes_store_each_event_once(backend: Backend) {
+    let server = std::sync::Arc::new(TestServer::start(backend).await);
+    server.seed().await;
+    let alice = std::sync::Arc::new(server.technician("alice").await);
+    let bob = std::sync::Arc::new(server.technician("bob").await);
+    // Four logs; each batch is pushed by two tasks at once, in order, per log.
+    let mut tasks = Vec::new();
+    let mut total = 0;
+    for (t, n) in [(&alice, 120), (&alice, 90), (&bob, 100), (&bob, 80)] {
+        let events = chain(&t.key, (0..n).map(|i| note(&format!("c{i}"))).collect());
+        total += events.len();
+        for _twin in 0..2 {
+            let (server, t, events) = (server.clone(), (*t).clone(), events.clone());
+            tasks.push(tokio::spawn(async move {
+                for batch in events.chunks(25) {
+                    let ack = push(&server, &t.token, batch).await;
+                    assert!(ack.rejected.is_empty() && ack.retryable.is_empty(), "{ack:?}");
+                    assert_eq!(ack.stored.len(), batch.len());
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        server.counts().await,
+        fieldpatch_server::store::Counts { events: total as u64, checkpoints: 4 }
+    );
+}

@@ -1,0 +1,325 @@
+//! Test helpers: a real server on a loopback port over a real SQLite file or a freshly created
+//! PostgreSQL database (dropped again when the test ends), plus signed event chains.
+#![allow(dead_code)]
+
+use chrono::Utc;
+use ed25519_dalek::SigningKey;
+use fieldpatch_core::sync::wire::{Device, Site, WorkOrder};
+use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_server::api::{self, NewTechnician};
+use fieldpatch_server::store::Counts;
+use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Base URL of the local PostgreSQL server (trust auth).
+pub fn postgres_base() -> String {
+    std::env::var("FIELDPATCH_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// A uniquely named PostgreSQL database, dropped on drop (even when the test panics).
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let name = format!("fieldpatch_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/setup starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        let url = format!("{}/{name}", postgres_base());
+        Self { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let base = postgres_base();
+        // A fresh runtime on a plain thread: drop may run inside (or outside) a tokio runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Which database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Type-erased access to the running server's store, for assertions.
+pub enum AnyStore {
+    Sqlite(Arc<App<SqliteStore>>),
+    Postgres(Arc<App<PgStore>>),
+}
+
+/// A running server and an admin token.
+pub struct TestServer {
+    pub base: String,
+    pub admin_token: String,
+    pub server_key: String,
+    pub app: AnyStore,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start_on<S: Store>(
+    store: S,
+) -> (Arc<App<S>>, String, String, tokio::task::JoinHandle<()>) {
+    store.migrate().await.unwrap();
+    let admin_token = api::issue_token(&store, None, "test").await.unwrap();
+    let app = Arc::new(
+        App::new(store, SigningKey::generate(&mut rand::rngs::OsRng))
+            .with_credential_key(rand::random()),
+    );
+    let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None, false).await.unwrap();
+    let base = format!("http://{}", bound.local_addr());
+    let serving = app.clone();
+    let task = tokio::spawn(async move {
+        bound.serve(serving).await.unwrap();
+    });
+    (app, base, admin_token, task)
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(&dir.path().join("inventory.db")).await.unwrap();
+                let (app, base, admin_token, task) = start_on(store).await;
+                let server_key = app.public_key();
+                Self {
+                    base,
+                    admin_token,
+                    server_key,
+                    app: AnyStore::Sqlite(app),
+                    task,
+                    _dir: dir,
+                    _pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let pg = PgDatabase::create().await;
+                let store = PgStore::connect(&pg.url).await.unwrap();
+                let (app, base, admin_token, task) = start_on(store).await;
+                let server_key = app.public_key();
+                Self {
+                    base,
+                    admin_token,
+                    server_key,
+                    app: AnyStore::Postgres(app),
+                    task,
+                    _dir: dir,
+                    _pg: Some(pg),
+                }
+            }
+        }
+    }
+
+    pub async fn counts(&self) -> Counts {
+        match &self.app {
+            AnyStore::Sqlite(a) => a.store.counts().await.unwrap(),
+            AnyStore::Postgres(a) => a.store.counts().await.unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An admin request with a JSON body; panics unless 2xx.
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        let r = reqwest::Client::new()
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r
+    }
+
+    /// Register a technician with a fresh key; returns the key and a token.
+    pub async fn technician(&self, id: &str) -> Tech {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let body = NewTechnician {
+            id: id.into(),
+            name: format!("Technician {id}"),
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+        };
+        self.admin_json(
+            reqwest::Method::POST,
+            "/v1/admin/technicians",
+            serde_json::to_value(&body).unwrap(),
+        )
+        .await;
+        let r = self
+            .admin_json(
+                reqwest::Method::POST,
+                &format!("/v1/admin/technicians/{id}/tokens"),
+                serde_json::json!({}),
+            )
+            .await;
+        let token: api::IssuedToken = r.json().await.unwrap();
+        Tech { id: id.into(), key, token: token.token }
+    }
+
+    /// Sites s1 (devices d1..d3, work order w1 over all three) and s2 (device d9).
+    pub async fn seed(&self) {
+        let sites = vec![
+            Site { id: "s1".into(), name: "Plant 1".into(), address: None },
+            Site { id: "s2".into(), name: "Plant 2".into(), address: Some("Elsewhere".into()) },
+        ];
+        self.admin_json(
+            reqwest::Method::POST,
+            "/v1/admin/sites",
+            serde_json::to_value(&sites).unwrap(),
+        )
+        .await;
+        let devices: Vec<Device> = [("d1", "s1"), ("d2", "s1"), ("d3", "s1"), ("d9", "s2")]
+            .into_iter()
+            .map(|(id, site)| device(id, site))
+            .collect();
+        self.admin_json(
+            reqwest::Method::POST,
+            "/v1/admin/devices",
+            serde_json::to_value(&devices).unwrap(),
+        )
+        .await;
+        let w = vec![WorkOrder {
+            id: "w1".into(),
+            site_id: "s1".into(),
+            title: "Spring patch round".into(),
+            planned_for: Some("2026-11-20".into()),
+            devices: vec!["d1".into(), "d2".into(), "d3".into()],
+        }];
+        self.admin_json(
+            reqwest::Method::POST,
+            "/v1/admin/work-orders",
+            serde_json::to_value(&w).unwrap(),
+        )
+        .await;
+    }
+
+    pub async fn assign(&self, tech: &str, site: &str) {
+        self.admin_json(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/assignments/{tech}/{site}"),
+            serde_json::json!(null),
+        )
+        .await;
+    }
+}
+
+pub fn device(id: &str, site: &str) -> Device {
+    Device {
+        id: id.into(),
+        site_id: site.into(),
+        vendor: Some("Acme".into()),
+        model: Some("gw-2".into()),
+        hardware_revision: Some("B".into()),
+        serial_number: Some(format!("SN-{id}")),
+        approved_version: Some("1.4.0".into()),
+        current_firmware: Some("1.3.0".into()),
+        last_visit: None,
+        failures: 0,
+        last_failure: None,
+        not_patched_reason: None,
+    }
+}
+
+/// A registered technician.
+#[derive(Debug, Clone)]
+pub struct Tech {
+    pub id: String,
+    pub key: SigningKey,
+    pub token: String,
+}
+
+/// Build a signed chain for one log: `kinds[i]` with device `devices[i]`.
+pub fn chain(key: &SigningKey, items: Vec<(Option<&str>, EventKind)>) -> Vec<Event> {
+    chain_in(key, Uuid::now_v7(), 1, GENESIS_HASH.to_string(), items)
+}
+
+pub fn chain_in(
+    key: &SigningKey,
+    log_id: Uuid,
+    first_seq: u64,
+    mut prev: String,
+    items: Vec<(Option<&str>, EventKind)>,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    for (i, (device, kind)) in items.into_iter().enumerate() {
+        let e = UnsignedEvent {
+            id: Uuid::now_v7(),
+            log_id,
+            seq: first_seq + i as u64,
+            time: Utc::now(),
+            time_source: TimeSource::SystemClock,
+            signer: hex::encode(key.verifying_key().as_bytes()),
+            visit_id: None,
+            device: device.map(str::to_string),
+            prev_hash: prev.clone(),
+            kind,
+        }
+        .sign(key);
+        prev = e.hash();
+        out.push(e);
+    }
+    out
+}
+
+pub fn note(text: &str) -> (Option<&'static str>, EventKind) {
+    (None, EventKind::Note { text: text.into() })
+}
+
+/// Run one async test body against both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(common::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(common::Backend::Postgres).await;
+            }
+        }
+    };
+}
