@@ -55,6 +55,35 @@ pub enum ServerError {
     Key { path: PathBuf, detail: String },
     #[error("server stopped with an I/O error: {0}")]
     Serve(std::io::Error),
+    #[error("inventory database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create the server's data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+}
+
+/// An inventory server running inside another program (the desktop app's demo inventory).
+#[derive(Debug)]
+pub struct Embedded {
+    /// Where it listens (loopback, plain HTTP).
+    pub addr: SocketAddr,
+    /// The server task; dropping the handle does not stop it, aborting does.
+    pub task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+/// Start an inventory server on a free loopback port, with its SQLite database and keys in
+/// `dir` (created if missing). Must be called inside a tokio runtime.
+pub async fn start_embedded(dir: &Path) -> Result<Embedded, ServerError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| ServerError::DataDir { path: dir.to_path_buf(), source })?;
+    let store = SqliteStore::open(&dir.join("inventory.db")).await?;
+    store.migrate().await?;
+    let key = load_or_create_key(dir)?;
+    let credential_key = load_or_create_credential_key(dir)?;
+    let app = Arc::new(App::new(store, key).with_credential_key(credential_key));
+    let bound = Bound::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None, false).await?;
+    let addr = bound.local_addr();
+    let task = tokio::spawn(bound.serve(app));
+    Ok(Embedded { addr, task })
 }
 
 /// Certificate chain and private key files (PEM) for HTTPS.
@@ -210,5 +239,29 @@ where
         builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await
     {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_embedded_server_answers_on_loopback_and_keeps_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_embedded(dir.path()).await.unwrap();
+        assert!(server.addr.ip().is_loopback());
+        let body: serde_json::Value = reqwest::get(format!("http://{}/v1/health", server.addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["status"], "ok", "{body}");
+        server.task.abort();
+        let key = std::fs::read(dir.path().join("server-key")).unwrap();
+        let again = start_embedded(dir.path()).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("server-key")).unwrap(), key, "the key is kept");
+        again.task.abort();
     }
 }

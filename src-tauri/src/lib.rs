@@ -41,6 +41,8 @@ impl From<fieldpatch_core::paths::PathError> for BridgeError {
 /// What the window works on: the demo site, its verified catalog and the local store.
 struct Site {
     demo: Demo,
+    /// The embedded inventory server (SQLite, loopback).
+    inventory: fieldpatch_server::Embedded,
     catalog: Arc<Catalog>,
     devices: Mutex<Vec<DeviceRecord>>,
     store: Store,
@@ -54,6 +56,8 @@ struct SiteView {
     unreachable: Vec<(String, String)>,
     bundles: Vec<fieldpatch_core::plan::CatalogEntry>,
     refused: Vec<fieldpatch_core::catalog::Refusal>,
+    /// Base URL of the embedded inventory server.
+    inventory: String,
 }
 
 /// Version and local data directory of this installation.
@@ -76,6 +80,7 @@ async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError
         unreachable,
         bundles: site.catalog.entries(),
         refused: site.catalog.refused.clone(),
+        inventory: format!("http://{}", site.inventory.addr),
     })
 }
 
@@ -176,7 +181,8 @@ impl SessionEventView {
     }
 }
 
-/// Start the built-in demo site and open the local store (in the data directory).
+/// Start the built-in demo site, open the local store and start the embedded inventory server
+/// (all in the data directory).
 async fn start_site() -> Result<Site, String> {
     let (data_dir, _) = fieldpatch_core::paths::data_dir().map_err(|e| e.to_string())?;
     let demo_dir = data_dir.join("demo");
@@ -185,9 +191,13 @@ async fn start_site() -> Result<Site, String> {
     let catalog = load_catalog(&demo.catalog_dir, &demo.trust_path, &VerifyPolicy::now())
         .map_err(|e| e.to_string())?;
     let store = Store::open_in(&data_dir).await.map_err(|e| e.to_string())?;
+    let inventory = fieldpatch_server::start_embedded(&data_dir.join("inventory"))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Site {
         devices: Mutex::new(demo.devices.clone()),
         demo,
+        inventory,
         catalog: Arc::new(catalog),
         store,
         running: AtomicBool::new(false),

@@ -51,6 +51,12 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     session
         .wait_for("tr[data-device='gateway-01'] td:nth-child(4)", long, |t| t == "3.0.0")
         .unwrap();
+    let inventory =
+        session.wait_for("#inventory", long, |t| t.starts_with("http://127.0.0.1:")).unwrap();
+    // The embedded inventory server answers from inside the running app.
+    let health: serde_json::Value =
+        reqwest::blocking::get(format!("{inventory}/v1/health")).unwrap().json().unwrap();
+    assert_eq!(health["status"], "ok");
     session.click("#plan", long).unwrap();
     let planned =
         session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();

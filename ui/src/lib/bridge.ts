@@ -39,6 +39,7 @@ export interface SiteView {
   unreachable: [string, string][];
   bundles: { bundle_id: string; model: string; installs: { major: number; minor: number; revision: number; build: number }; cvss: number }[];
   refused: { path: string; bundle_id: string | null; reason: string }[];
+  inventory: string;
 }
 
 async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
