@@ -225,7 +225,9 @@ async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_
             assert!(t.contains(&must), "{d}: {t:?}");
         }
     }
-    assert_eq!(tags("sensor-lan-2").last(), Some(&"rolled_back"));
+    let unhealthy = tags("sensor-lan-2");
+    assert_eq!(&unhealthy[unhealthy.len() - 2..], ["rolled_back", "device_not_patched"]);
+    assert!(!tags("sensor-lan-0").contains(&"device_not_patched"));
     assert!(tags("board-usb").contains(&"confirmed"), "{:?}", tags("board-usb"));
     assert_eq!(events.first().unwrap().body.kind.tag(), "visit_opened");
     assert_eq!(events.last().unwrap().body.kind.tag(), "visit_closed");

@@ -141,6 +141,16 @@ pub async fn run_in_visit(
     let result = super::run(&shared, &deps).await;
     let state = shared.lock().await.clone();
     let summary = state.summary();
+    // No device left behind: every device of the plan that was not patched is named in the log
+    // with the reason, before the visit closes.
+    for (device, status) in &state.devices {
+        if let Some(reason) = not_patched_reason(status) {
+            let kind = EventKind::DeviceNotPatched { reason };
+            log.append(crate::visitlog::NewEvent::new(kind).visit(visit).device(device.as_str()))
+                .await
+                .map_err(|e| store_err(&e))?;
+        }
+    }
     log.close_visit(
         visit,
         summary.patched,
@@ -150,4 +160,19 @@ pub async fn run_in_visit(
     .map_err(|e| store_err(&e))?;
     result?;
     Ok((summary, state))
+}
+
+/// Why a device ended a session unpatched, or `None` when it was patched.
+pub fn not_patched_reason(status: &super::DeviceStatus) -> Option<String> {
+    use super::DeviceStatus::*;
+    match status {
+        Patched { .. } => None,
+        Pending => {
+            Some("not attempted: the session stopped or was paused before this device".into())
+        }
+        InProgress { .. } => Some("interrupted while being flashed; resume the session".into()),
+        RolledBack { reason } => Some(format!("rolled back: {reason}")),
+        Failed { reason } => Some(format!("failed: {reason}")),
+        Skipped { reason } => Some(format!("skipped: {reason}")),
+    }
 }
