@@ -268,3 +268,30 @@ fn hardware_revision_ranges_compare_versions_numerically_and_letters_as_text() {
     let letters = RevisionRange { min: Some("B".into()), max: None };
     assert!(letters.contains("B") && letters.contains("C") && !letters.contains("A"));
 }
+
+#[test]
+fn a_dfu_payload_must_be_a_valid_dfu_file() {
+    let kit = Kit::new();
+    let not_dfu = vec![0x11u8; 300];
+    let mut m = kit.manifest(&[("fw.dfu", &not_dfu)]);
+    m.payloads[0].format = PayloadFormat::Dfu;
+    let path = kit.write("bad-dfu.fpb", &kit.good(&m, &[&not_dfu]));
+    let r = verify_file(&path, &kit.trust, &kit.policy()).unwrap_err();
+    assert_eq!(r.error.code(), "dfu_image", "{}", r.error);
+
+    let dfu = fieldpatch_core::image::dfu_file::DfuSuffix {
+        bcd_device: 0xFFFF,
+        id_product: 0xdf11,
+        id_vendor: 0x0483,
+        bcd_dfu: 0x0110,
+        length: 16,
+        crc: 0,
+    }
+    .append_to(&[0x22u8; 300]);
+    let mut m = kit.manifest(&[("fw.dfu", &dfu)]);
+    m.payloads[0].format = PayloadFormat::Dfu;
+    let path = kit.write("good-dfu.fpb", &kit.good(&m, &[&dfu]));
+    let v = verify_file(&path, &kit.trust, &kit.policy()).unwrap();
+    let check = v.checks.iter().find(|c| c.name == "image:fw.dfu").unwrap();
+    assert!(check.ok && check.detail.contains("0483:df11"), "{check:?}");
+}

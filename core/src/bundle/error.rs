@@ -126,6 +126,12 @@ pub enum BundleError {
         #[source]
         source: crate::image::mcuboot::McubootError,
     },
+    #[error("payload {name:?} is not a valid DFU file: {source}")]
+    DfuImage {
+        name: String,
+        #[source]
+        source: crate::image::dfu_file::DfuFileError,
+    },
 }
 
 impl BundleError {
@@ -165,6 +171,7 @@ impl BundleError {
             BundleError::InvalidRollbackApproval { .. } => "invalid_rollback_approval",
             BundleError::Key { .. } => "key",
             BundleError::Image { .. } => "image",
+            BundleError::DfuImage { .. } => "dfu_image",
         }
     }
 

@@ -246,7 +246,8 @@ fn run(
     }
     let mut buf = vec![0u8; CHUNK];
     for p in &header.manifest.payloads {
-        let keep = hold == Hold::All || p.format == PayloadFormat::Mcuboot;
+        // Image formats are parsed as well as hashed, so MCUboot and DFU payloads are held.
+        let keep = hold == Hold::All || p.format != PayloadFormat::Raw;
         let check = format!("payload:{}", p.name);
         if keep && p.length > MAX_IN_MEMORY {
             let e = BundleError::PayloadTooLarge {
@@ -266,6 +267,22 @@ fn run(
             match check_mcuboot(p, bytes.as_deref().unwrap_or_default(), &header.manifest, trust) {
                 Ok(detail) => v.pass(&image_check, detail),
                 Err(e) => return Err(v.fail(&image_check, e)),
+            }
+        }
+        if p.format == PayloadFormat::Dfu {
+            let image_check = format!("image:{}", p.name);
+            match crate::image::dfu_file::DfuFile::parse(bytes.as_deref().unwrap_or_default()) {
+                Ok(f) => v.pass(
+                    &image_check,
+                    format!(
+                        "DFU file for {:04x}:{:04x} (bcdDFU {:#06x})",
+                        f.suffix.id_vendor, f.suffix.id_product, f.suffix.bcd_dfu
+                    ),
+                ),
+                Err(source) => {
+                    let e = BundleError::DfuImage { name: p.name.clone(), source };
+                    return Err(v.fail(&image_check, e));
+                }
             }
         }
         held.push(if hold == Hold::All { bytes } else { None });
