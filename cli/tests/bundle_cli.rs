@@ -320,3 +320,99 @@ fn a_downgrade_is_refused_until_two_rollback_approvers_sign_it() {
     assert_eq!(v["downgrade"], true);
     assert_eq!(v["rollback_approved_by"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn signing_keys_kept_in_the_os_keyring_sign_bundles_and_never_touch_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let tag = format!("{}", std::process::id());
+    let name = |k: &str| format!("{k}-{tag}");
+    let mut pubs = Vec::new();
+    for k in ["root", "rel1", "rel2"] {
+        let v = ok_json(d, &["--json", "keys", "generate", "--keyring", &name(k)]);
+        pubs.push(v["public_key"].as_str().unwrap().to_string());
+    }
+    let spec = |k: &str| format!("keyring:{}", name(k));
+    ok_json(
+        d,
+        &[
+            "--json",
+            "keys",
+            "trust-init",
+            "--out",
+            "trust.json",
+            "--key",
+            &format!("root={}:root", pubs[0]),
+            "--key",
+            &format!("release={}:a", pubs[1]),
+            "--key",
+            &format!("release={}:b", pubs[2]),
+            "--threshold",
+            "release=2",
+            "--sign",
+            &spec("root"),
+        ],
+    );
+    let rel_ids: Vec<String> = ["rel1", "rel2"]
+        .iter()
+        .map(|k| {
+            ok_json(d, &["--json", "keys", "public", "--key", &spec(k)])["key_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let template = serde_json::json!({
+        "bundle_id": "kr-1.1.0", "bundle_version": 1,
+        "target": {"vendor": "Acme", "model": "S-100", "hardware_revision": {}},
+        "applies_to": {"min": "1.0.0", "max": "1.0.9"}, "installs": "1.1.0",
+        "severity": {"cves": []},
+        "created": "2026-01-01T00:00:00Z", "expires": "2026-06-01T00:00:00Z",
+        "evidence": {"test_report_sha256": "cd".repeat(32), "approvers": rel_ids},
+        "release_notes": "keyring-signed"
+    });
+    std::fs::write(d.join("tpl.json"), serde_json::to_vec(&template).unwrap()).unwrap();
+    std::fs::write(d.join("app.bin"), vec![7u8; 5000]).unwrap();
+    ok_json(
+        d,
+        &[
+            "--json",
+            "bundle",
+            "create",
+            "--template",
+            "tpl.json",
+            "--payload",
+            "app.bin=app.bin",
+            "--out",
+            "b.fpb",
+        ],
+    );
+    for k in ["rel1", "rel2"] {
+        ok_json(d, &["--json", "bundle", "sign", "b.fpb", "--key", &spec(k)]);
+    }
+    let (ok, v) = verify(d, &["--at", "2026-03-01T00:00:00Z"]);
+    assert!(ok, "{v:#}");
+
+    // A missing keyring key is a clear error.
+    let out = fp(d, &["bundle", "sign", "b.fpb", "--key", "keyring:no-such-key"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signing-key/no-such-key"));
+
+    // Only names reach the data directory, never key bytes.
+    let secret =
+        fp(d, &["credentials", "get", &format!("signing-key/{}", name("rel1")), "--reveal"]);
+    assert!(secret.status.success(), "{}", String::from_utf8_lossy(&secret.stderr));
+    let secret = String::from_utf8_lossy(&secret.stdout).trim().to_string();
+    assert_eq!(secret.len(), 64, "a hex ed25519 key");
+    let names = fp(d, &["credentials", "list"]);
+    assert!(
+        String::from_utf8_lossy(&names.stdout).contains(&format!("signing-key/{}", name("rel1")))
+    );
+    for entry in std::fs::read_dir(d).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("PRIVATE KEY"), "{} holds a private key", path.display());
+        assert!(!text.contains(&secret), "{} holds the keyring key", path.display());
+    }
+}

@@ -133,6 +133,8 @@ pub enum CredentialName {
     Device { device: String, kind: CredentialKind },
     /// A credential shared by every device of one model at one site.
     SiteModel { site: String, model: String, kind: CredentialKind },
+    /// A release engineer's bundle-signing key (hex), by the name they give it.
+    SigningKey { name: String },
 }
 
 impl fmt::Display for CredentialName {
@@ -146,6 +148,7 @@ impl fmt::Display for CredentialName {
             CredentialName::SiteModel { site, model, kind } => {
                 write!(f, "site/{site}/{model}/{}", kind.as_str())
             }
+            CredentialName::SigningKey { name } => write!(f, "signing-key/{name}"),
         }
     }
 }
@@ -179,6 +182,9 @@ impl FromStr for CredentialName {
                     model: model.to_string(),
                     kind: CredentialKind::parse(kind).ok_or_else(bad)?,
                 })
+            }
+            ["signing-key", name] if part_ok(name) => {
+                Ok(CredentialName::SigningKey { name: name.to_string() })
             }
             _ => Err(bad()),
         }
@@ -238,6 +244,10 @@ pub enum CredentialError {
         "the stored technician key is not a valid ed25519 key; delete it with `fieldpatch credentials delete technician-key` (a new key starts a new visit log)"
     )]
     BadTechnicianKey,
+    #[error(
+        "the keyring entry {0} is not an ed25519 signing key (store one with `fieldpatch keys generate --keyring NAME`)"
+    )]
+    BadSigningKey(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("keyring worker failed: {0}")]
@@ -526,6 +536,23 @@ impl Credentials {
     /// The sync token, if one was provisioned.
     pub async fn sync_token(&self) -> Result<Option<Secret>, CredentialError> {
         self.get_optional(&CredentialName::SyncToken).await
+    }
+
+    /// A bundle-signing key kept in the keyring under `signing-key/NAME`.
+    pub async fn signing_key(&self, name: &str) -> Result<SigningKey, CredentialError> {
+        let name = CredentialName::SigningKey { name: name.to_string() };
+        let secret = self.get(&name).await?;
+        key_from_hex(&secret).map_err(|_| CredentialError::BadSigningKey(name.to_string()))
+    }
+
+    /// Keep a bundle-signing key in the keyring under `signing-key/NAME`.
+    pub async fn store_signing_key(
+        &self,
+        name: &str,
+        key: &SigningKey,
+    ) -> Result<(), CredentialError> {
+        let name = CredentialName::SigningKey { name: name.to_string() };
+        self.set(&name, &Secret::new(hex::encode(key.to_bytes()))).await
     }
 
     /// The technician's signing key, generated and stored in the keyring on first use.

@@ -4,8 +4,8 @@ use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use clap::Subcommand;
 use fieldpatch_core::bundle::{
-    self, KeySource, Manifest, OfflineGrace, PayloadFormat, RollbackApproval,
-    SignedRollbackApproval, TrustStore, Verdict, VerifyPolicy,
+    self, Manifest, OfflineGrace, PayloadFormat, RollbackApproval, SignedRollbackApproval,
+    TrustStore, Verdict, VerifyPolicy,
 };
 use fieldpatch_core::model::{DeviceIdentity, Version};
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub enum BundleCmd {
     /// Add a detached signature over the bundle's manifest with a private key file.
     Sign {
         bundle: PathBuf,
-        /// Private key file (PKCS#8 PEM, mode 0600).
+        /// Private key file (PKCS#8 PEM, mode 0600), or `keyring:NAME` for a key in the OS keyring.
         #[arg(long)]
         key: PathBuf,
     },
@@ -125,7 +125,7 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
         BundleCmd::Sign { bundle: path, key } => {
-            let key = KeySource::File(key).load()?;
+            let key = super::keys::load_key(&key)?;
             let entry = bundle::sign_bundle_file(&path, &key)?;
             if json {
                 println!("{}", serde_json::json!({"key_id": entry.key_id}));
@@ -189,7 +189,7 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
             reason,
             expires,
         } => {
-            let key = KeySource::File(key).load()?;
+            let key = super::keys::load_key(&key)?;
             let mut signed = if out.exists() {
                 SignedRollbackApproval::from_json(&std::fs::read(&out)?)?
             } else {

@@ -2,19 +2,26 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use ed25519_dalek::SigningKey;
 use fieldpatch_core::bundle::{KeySource, Role, TrustStoreBody, TrustedKey, generate_key_file};
+use fieldpatch_core::credentials::Credentials;
+use fieldpatch_core::store::Store;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCmd {
-    /// Generate an ed25519 signing key. The private key goes to --out (mode 0600, never printed);
-    /// the key id and public key are printed.
+    /// Generate an ed25519 signing key. The private key goes to --out (mode 0600) or into the OS
+    /// keyring (--keyring NAME), never to the screen; the key id and public key are printed.
     Generate {
         /// File for the private key (must not exist).
+        #[arg(long, required_unless_present = "keyring", conflicts_with = "keyring")]
+        out: Option<PathBuf>,
+        /// Keep the private key in the OS keyring as `signing-key/NAME`; use it elsewhere as
+        /// `--key keyring:NAME`.
         #[arg(long)]
-        out: PathBuf,
+        keyring: Option<String>,
     },
     /// Print the key id and public key of a private key file.
     Public {
@@ -41,22 +48,47 @@ pub enum KeysCmd {
     },
 }
 
-/// Where a private key comes from. Only files today; the OS keyring is another source.
-fn key_source(path: &std::path::Path) -> KeySource {
-    KeySource::File(path.to_path_buf())
+/// Load a private signing key named on the command line: `keyring:NAME` (the OS keyring) or the
+/// path of a key file (mode 0600).
+pub fn load_key(spec: &std::path::Path) -> anyhow::Result<SigningKey> {
+    match spec.to_str().and_then(|s| s.strip_prefix("keyring:")) {
+        Some(name) => super::runtime()?.block_on(async {
+            let store = Store::open_default().await?;
+            Ok(Credentials::open(&store).await?.signing_key(name).await?)
+        }),
+        None => Ok(KeySource::File(spec.to_path_buf()).load()?),
+    }
 }
 
 pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCmd::Generate { out } => {
+        KeysCmd::Generate { out: Some(out), .. } => {
             let (id, public) = generate_key_file(&out)?;
             print_key(&id, &public, json)?;
             if !json {
                 eprintln!("private key written to {} (mode 0600)", out.display());
             }
         }
+        KeysCmd::Generate { out: None, keyring } => {
+            let name = keyring.context("say where the key goes: --out FILE or --keyring NAME")?;
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            super::runtime()?.block_on(async {
+                let store = Store::open_default().await?;
+                Credentials::open(&store).await?.store_signing_key(&name, &key).await?;
+                anyhow::Ok(())
+            })?;
+            let public = key.verifying_key();
+            print_key(
+                &fieldpatch_core::bundle::key_id(&public),
+                &hex_encode(public.as_bytes()),
+                json,
+            )?;
+            if !json {
+                eprintln!("private key kept in the OS keyring as signing-key/{name}");
+            }
+        }
         KeysCmd::Public { key } => {
-            let k = key_source(&key).load()?.verifying_key();
+            let k = load_key(&key)?.verifying_key();
             let id = fieldpatch_core::bundle::key_id(&k);
             print_key(&id, &hex_encode(k.as_bytes()), json)?;
         }
@@ -81,8 +113,7 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
                     n.parse().context("threshold must be a number")?,
                 );
             }
-            let keys =
-                signers.iter().map(|p| key_source(p).load()).collect::<Result<Vec<_>, _>>()?;
+            let keys = signers.iter().map(|p| load_key(p)).collect::<Result<Vec<_>, _>>()?;
             let doc = body.sign(&keys.iter().collect::<Vec<_>>());
             let store = fieldpatch_core::bundle::TrustStore::provision(doc)?;
             std::fs::write(&out, serde_json::to_vec_pretty(store.document())?)
