@@ -376,3 +376,50 @@ fn a_killed_cli_session_resumes_without_reflashing_confirmed_devices() {
 fn ed25519_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng)
 }
+
+#[test]
+fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let devs: Vec<SmpDevice> = (0..2).map(|s| smp_device(s, 1024.0 * 1024.0)).collect();
+    devs[1].faults().fail_health_check = true;
+    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
+    let records: Vec<DeviceRecord> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            record(
+                &format!("s{i}"),
+                "sensor",
+                DeviceAddress::Udp { addr: s.local_addr().to_string() },
+            )
+        })
+        .collect();
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
+    let cat =
+        ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        if matches!(args[0], "plan" | "session") && args.get(1) != Some(&"close") {
+            a.extend(cat);
+        }
+        fieldpatch(tmp.path(), &data, &a)
+    };
+    assert!(run(&["plan", "--devices", "devices.json", "--out", "plan.json"]).status.success());
+    let out =
+        run(&["session", "run", "plan.json", "--no-canary", "--soak", "0", "--threshold", "5"]);
+    assert_eq!(out.status.code(), Some(3), "a rollback makes the exit status non-zero");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled back"));
+
+    let out = run(&["session", "close"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing for s1"), "{err}");
+
+    let out = run(&["session", "close", "--reason", "s1=owner refused a second attempt"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&run(&["--json", "log", "show"]).stdout).to_string();
+    assert!(log.contains("owner refused a second attempt"), "{log}");
+    assert!(run(&["log", "verify"]).status.success());
+}

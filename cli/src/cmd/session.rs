@@ -88,6 +88,15 @@ pub enum SessionCommand {
         #[command(flatten)]
         catalog: CatalogArgs,
     },
+    /// Close out a session: give the reason each unpatched device was not patched (recorded in
+    /// the visit log and synced to the inventory).
+    Close {
+        /// Session id (the latest one by default).
+        id: Option<String>,
+        /// DEVICE=REASON, once per unpatched device (e.g. "s3=powered off").
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+    },
     /// Show a saved session's state.
     Status {
         /// Session id (the latest unfinished one by default).
@@ -259,6 +268,31 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
             SessionCommand::Status { id } => {
                 let state = find(&sessions, id.as_deref()).await?;
                 return report(&state, json);
+            }
+            SessionCommand::Close { id, reasons } => {
+                let state = match id.as_deref() {
+                    Some(id) => sessions.load(id).await?,
+                    None => sessions.latest().await?,
+                }
+                .context("no such session in the local store")?;
+                let mut given = std::collections::BTreeMap::new();
+                for r in reasons {
+                    let (dev, why) = r.split_once('=').context("--reason must be DEVICE=REASON")?;
+                    given.insert(dev.to_string(), why.to_string());
+                }
+                let key = Credentials::open(&store).await?.technician_key().await?;
+                let log = VisitLog::open(&store, key).await?;
+                let recorded = batch::close_out(&log, &state, &given).await?;
+                if json {
+                    println!("{}", serde_json::json!({"session": state.id, "recorded": recorded}));
+                } else {
+                    println!(
+                        "session {} closed out: {} unpatched device(s) recorded",
+                        state.id,
+                        recorded.len()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             SessionCommand::Run { plan, catalog, options } => {
                 let plan: Plan = read_plan(&plan)?;

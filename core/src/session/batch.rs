@@ -28,6 +28,8 @@ pub enum BatchError {
     Session(#[from] SessionError),
     #[error("local store: {0}")]
     Store(String),
+    #[error(transparent)]
+    Reasons(#[from] ReasonsMissing),
 }
 
 /// Load the trust store and verify every bundle of the catalog folder against it.
@@ -175,4 +177,45 @@ pub fn not_patched_reason(status: &super::DeviceStatus) -> Option<String> {
         Failed { reason } => Some(format!("failed: {reason}")),
         Skipped { reason } => Some(format!("skipped: {reason}")),
     }
+}
+
+/// Devices of a session left unpatched that still need the technician's reason.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "give a reason for every device that was not patched (not present, powered off, refused by owner, ...): missing for {}",
+    .0.join(", ")
+)]
+pub struct ReasonsMissing(pub Vec<String>);
+
+/// Close out a session: every device it did not patch gets the technician's reason in the visit
+/// log (`device_not_patched`), which sync carries to the inventory. Refuses, writing nothing, if
+/// any unpatched device has no reason. Returns the devices recorded.
+pub async fn close_out(
+    log: &VisitLog,
+    state: &SessionState,
+    reasons: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, BatchError> {
+    let unpatched: Vec<(&String, String)> = state
+        .devices
+        .iter()
+        .filter_map(|(id, st)| not_patched_reason(st).map(|why| (id, why)))
+        .collect();
+    let missing: Vec<String> = unpatched
+        .iter()
+        .filter(|(id, _)| reasons.get(*id).is_none_or(|r| r.trim().is_empty()))
+        .map(|(id, _)| (*id).clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(BatchError::Reasons(ReasonsMissing(missing)));
+    }
+    let mut done = Vec::new();
+    for (id, why) in unpatched {
+        let reason = format!("{} (session {}: {why})", reasons[id].trim(), state.id);
+        let kind = EventKind::DeviceNotPatched { reason };
+        log.append(crate::visitlog::NewEvent::new(kind).device(id.as_str()))
+            .await
+            .map_err(|e| BatchError::Store(e.to_string()))?;
+        done.push(id.clone());
+    }
+    Ok(done)
 }

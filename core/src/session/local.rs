@@ -57,6 +57,16 @@ impl StoreSessions {
             .map_err(|e| SessionError::Store(format!("saved session {id} is unreadable: {e}")))
     }
 
+    /// The most recently saved session, if any.
+    pub async fn latest(&self) -> Result<Option<SessionState>, SessionError> {
+        let all = self
+            .0
+            .session_states(Some(SESSION_KIND))
+            .await
+            .map_err(|e| SessionError::Store(e.to_string()))?;
+        Ok(all.into_iter().find_map(|saved| serde_json::from_value(saved.state).ok()))
+    }
+
     /// The most recently saved session that has not finished, if any.
     pub async fn latest_unfinished(&self) -> Result<Option<SessionState>, SessionError> {
         let all = self
