@@ -310,3 +310,117 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
         let _ = laptop.run(&["credentials", "delete", name], "");
     }
 }
+
+/// Lines of a child's stdout, read on a thread so waits can time out.
+fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(what);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Err(e) => panic!("no line containing {what:?} ({e}); saw {seen:#?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = tmp.path().join("server");
+    let laptop = Laptop {
+        data: tmp.path().join("laptop"),
+        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
+    };
+    std::fs::create_dir_all(&laptop.data).unwrap();
+    let public_key: serde_json::Value =
+        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
+    let out = admin(
+        &server_data,
+        &[
+            "create-technician",
+            "--id",
+            "bob",
+            "--name",
+            "Bob",
+            "--public-key",
+            public_key["public_key"].as_str().unwrap(),
+        ],
+        None,
+    );
+    let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
+
+    // The laptop knows the server's address, but the server is not up yet.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = laptop.run(&["sync", "login", "--server", &url], &token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    laptop.ok(&["log", "note", "written offline"]);
+
+    let mut watch = Command::new(built_binary("fieldpatch"))
+        .args(["sync", "--watch", "--interval", "3600"])
+        .current_dir(&laptop.data)
+        .env("FIELDPATCH_DATA_DIR", &laptop.data)
+        .env("FIELDPATCH_KEYRING", "secret-service")
+        .env("FIELDPATCH_KEYRING_SERVICE", &laptop.service)
+        .env_remove("FIELDPATCH_SERVER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut watch);
+    let mut seen = Vec::new();
+    wait_for(&rx, "server unreachable", &mut seen);
+
+    let server = Command::new(built_binary("fieldpatch-server"))
+        .arg("--data-dir")
+        .arg(&server_data)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server(server);
+    wait_for(&rx, "synced: pushed 1, pending 0, rejected 0", &mut seen);
+
+    // Ctrl-C stops it cleanly.
+    let status = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for(&rx, "stopped watching", &mut seen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "watch did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}; saw {seen:#?}");
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&laptop.ok(&["--json", "log", "show"])).unwrap();
+    let log_id = shown[0]["log_id"].as_str().unwrap();
+    assert_eq!(server_event_count(&server_data.join("inventory.db"), log_id).await, (1, 1));
+    drop(server);
+    for name in ["sync-token", "technician-key"] {
+        let _ = laptop.run(&["credentials", "delete", name], "");
+    }
+}
