@@ -219,6 +219,7 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
     assert!(text.contains("pushed 3 events"), "{text}");
     assert!(text.contains("nothing pending"), "{text}");
     assert!(text.contains("pulled 1 sites, 2 devices, 1 work orders, 1 catalog entries"), "{text}");
+    assert!(!text.contains("not usable"), "the published bundle verifies: {text}");
     let db = server_data.join("inventory.db");
     assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
 
@@ -300,7 +301,7 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("1 rejected"), "{text}");
-    assert!(text.contains("seq 4 ["), "{text}");
+    assert!(text.contains("seq 4 [bad_signature]: signature does not match the content"), "{text}");
     assert!(text.contains("1 events pending"), "{text}");
     assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
 

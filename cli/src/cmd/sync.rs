@@ -8,7 +8,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use fieldpatch_core::credentials::{CredentialName, Credentials, Secret};
-use fieldpatch_core::store::Store;
+use fieldpatch_core::store::{BundleVerdict, Store};
 use fieldpatch_core::sync::{
     StoreSync, SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once,
     watch,
@@ -177,6 +177,14 @@ pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
                 cfg.server_key = local.pinned_server_key().await?;
                 let code = sync_with(&args, &cfg, &local, json).await?;
                 if !json && !args.watch {
+                    for b in local.store().bundles().await? {
+                        if b.verdict != BundleVerdict::Verified {
+                            println!(
+                                "catalog bundle {} {} is not usable ({:?}): {}",
+                                b.bundle_id, b.version, b.verdict, b.verdict_detail
+                            );
+                        }
+                    }
                     println!(
                         "catalog: {}  trust store: {}",
                         local.catalog_dir().display(),
@@ -194,8 +202,10 @@ fn read_token() -> anyhow::Result<Secret> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("reading the token from standard input")?;
     let token = Secret::new(text.trim().to_string());
+    // Overwrite the plain copy in place before it is freed.
+    let len = text.len();
     text.clear();
-    text.shrink_to_fit();
+    text.extend(std::iter::repeat_n('\0', len));
     anyhow::ensure!(!token.is_empty(), "no token on standard input");
     Ok(token)
 }

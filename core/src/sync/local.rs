@@ -87,6 +87,11 @@ impl StoreSync {
         Self { store, credentials, data_dir: data_dir.into() }
     }
 
+    /// The local store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Where pulled bundle files are kept (`--catalog` for `fieldpatch plan`).
     pub fn catalog_dir(&self) -> PathBuf {
         self.data_dir.join(CATALOG_DIR)
@@ -228,12 +233,14 @@ impl SyncLocal for StoreSync {
 
     async fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<(), LocalSyncError> {
         let log_id = checkpoint.checkpoint.log_id;
-        // The pushed seq is what matters; the countersigned checkpoint beside it is evidence. If
-        // sync stops between the two, the next checkpoint for this log replaces it.
-        self.store.mark_log_pushed(log_id, checkpoint.checkpoint.last_seq).await?;
+        // The countersigned checkpoint (evidence) is stored before the pushed seq moves (the
+        // cursor). If sync stops between the two, the cursor is behind: the next sync pushes the
+        // same events again, the server's idempotent push answers with the same checkpoint, and
+        // both are recorded. The evidence never lags the cursor.
         let json = serde_json::to_string(checkpoint)
             .map_err(|e| LocalSyncError::Corrupt(format!("checkpoint: {e}")))?;
         self.store.set_log_server_checkpoint(log_id, &json).await?;
+        self.store.mark_log_pushed(log_id, checkpoint.checkpoint.last_seq).await?;
         Ok(())
     }
 
