@@ -9,7 +9,7 @@
 //! * **One transaction for the inventory.** Sites, devices, work orders and catalog entries are
 //!   replaced together ([`Store::replace_inventory`]); the trust store and bundle files are written
 //!   before it (a crash leaves at worst verified extra files) and stale bundle files are removed
-//!   after it.
+//!   after it. The `catalog/` folder belongs to sync: it mirrors the published catalog.
 //! * **Catalog verdicts.** Each pulled bundle is verified against the pulled trust store before it
 //!   is recorded, so the local catalog says which bundles the planner will accept and why not.
 //! * **The server key is pinned** in the store on the first pull; a later pull announcing another
