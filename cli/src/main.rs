@@ -41,6 +41,9 @@ enum Command {
     Session(cmd::session::SessionCommand),
     /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset.
     Device(cmd::device::DeviceArgs),
+    /// Push the visit logs to the inventory server and pull the next trip's data; `sync login`
+    /// stores the token, `sync key` prints the technician key to register.
+    Sync(cmd::sync::SyncCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => cmd::session::plan(args, cli.json),
         Command::Session(c) => cmd::session::run(c, cli.json),
         Command::Device(args) => cmd::device::run(args, cli.json),
+        Command::Sync(c) => cmd::sync::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -1,27 +1,52 @@
-//! `fieldpatch sync [--watch]`: push the visit logs, pull the next trip's data.
+//! `fieldpatch sync [--server URL] [--watch]`, `fieldpatch sync login`, `fieldpatch sync key`.
 //!
-//! A thin layer over `fieldpatch_core::sync`: it builds the configuration from flags, runs one
-//! sync (or `watch` until Ctrl-C) and renders what happened: what was pushed, what is still
-//! pending and what the server rejected, with its reasons.
-//!
-//! `run` needs the laptop's local store (which implements `SyncLocal`) and the sync token from
-//! the OS keyring; `main` calls it once both are available.
-#![allow(dead_code)]
+//! A thin layer over `fieldpatch_core::sync`: it builds the configuration from flags, the store
+//! (remembered server URL, pinned server key) and the OS keyring (sync token), runs one sync (or
+//! `watch` until Ctrl-C) over the laptop's local store ([`StoreSync`]) and renders what happened:
+//! what was pushed, what is still pending and what the server rejected, with its reasons.
 
-use clap::Args;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use fieldpatch_core::credentials::{CredentialName, Credentials, Secret};
+use fieldpatch_core::store::{BundleVerdict, Store};
 use fieldpatch_core::sync::{
-    SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once, watch,
+    StoreSync, SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once,
+    watch,
 };
 use std::fmt::Write as _;
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `fieldpatch sync`: sync now (or keep syncing with --watch), or one of its subcommands.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SyncCommand {
+    #[command(subcommand)]
+    pub action: Option<SyncAction>,
+    #[command(flatten)]
+    pub args: SyncArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncAction {
+    /// Store the sync token from the inventory team (read from standard input) in the OS keyring
+    /// and remember the server.
+    Login {
+        /// Inventory server base URL.
+        #[arg(long)]
+        server: String,
+    },
+    /// Print this laptop's technician public key (hex), to register with the inventory.
+    Key,
+}
+
 #[derive(Args, Debug)]
 pub struct SyncArgs {
-    /// Inventory server base URL.
+    /// Inventory server base URL (remembered; defaults to the last one used).
     #[arg(long, env = "FIELDPATCH_SERVER")]
-    pub server: String,
+    pub server: Option<String>,
     /// Pin the server's checkpoint key (hex); by default the key from the first sync is pinned.
     #[arg(long)]
     pub server_key: Option<String>,
@@ -40,9 +65,9 @@ pub struct SyncArgs {
     pub interval: u64,
 }
 
-/// Build the sync configuration from the flags and the technician's token.
-pub fn config(args: &SyncArgs, token: String) -> anyhow::Result<SyncConfig> {
-    let mut cfg = SyncConfig::new(&args.server, token);
+/// Build the sync configuration from the flags, the server URL and the technician's token.
+pub fn config(args: &SyncArgs, server: &str, token: String) -> anyhow::Result<SyncConfig> {
+    let mut cfg = SyncConfig::new(server, token);
     cfg.server_key = args.server_key.clone();
     cfg.batch_size = args.batch_size.max(1);
     if let Some(path) = &args.ca_cert {
@@ -105,57 +130,132 @@ pub fn render_watch_event(e: &WatchEvent) -> String {
     }
 }
 
-/// Run `fieldpatch sync` over the laptop's local store. Exit code 2 when events were rejected.
-/// The local store and the token from the OS keyring are supplied by the caller.
-pub fn run<L: SyncLocal>(
-    args: SyncArgs,
+/// Run `fieldpatch sync` and its subcommands over the laptop's local store and keyring.
+pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let (data_dir, _) = fieldpatch_core::paths::data_dir()?;
+        let store = Store::open_in(&data_dir).await?;
+        let creds = Credentials::open(&store).await?;
+        let local = StoreSync::new(store, creds.clone(), &data_dir);
+        match cmd.action {
+            Some(SyncAction::Login { server }) => {
+                let token = read_token()?;
+                creds.set(&CredentialName::SyncToken, &token).await?;
+                local.remember_server(&server).await?;
+                println!("sync token stored in the {} keyring; server {server}", creds.backend());
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(SyncAction::Key) => {
+                let key = creds.technician_key().await?;
+                let public = hex::encode(key.verifying_key().as_bytes());
+                if json {
+                    println!("{}", serde_json::json!({ "public_key": public }));
+                } else {
+                    println!("{public}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                let args = cmd.args;
+                let server = match &args.server {
+                    Some(s) => {
+                        local.remember_server(s).await?;
+                        s.clone()
+                    }
+                    None => local.server().await?.context(
+                        "no inventory server known: pass --server URL (it is remembered)",
+                    )?,
+                };
+                let token = creds.sync_token().await?.context(
+                    "no sync token in the keyring: run `fieldpatch sync login --server URL` and paste the token from the inventory team",
+                )?;
+                if let Some(k) = &args.server_key {
+                    local.pin_server_key(k).await?;
+                }
+                let mut cfg = config(&args, &server, token.expose().to_string())?;
+                cfg.server_key = local.pinned_server_key().await?;
+                let code = sync_with(&args, &cfg, &local, json).await?;
+                if !json && !args.watch {
+                    for b in local.store().bundles().await? {
+                        if b.verdict != BundleVerdict::Verified {
+                            println!(
+                                "catalog bundle {} {} is not usable ({:?}): {}",
+                                b.bundle_id, b.version, b.verdict, b.verdict_detail
+                            );
+                        }
+                    }
+                    println!(
+                        "catalog: {}  trust store: {}",
+                        local.catalog_dir().display(),
+                        local.trust_path().display()
+                    );
+                }
+                Ok(code)
+            }
+        }
+    })
+}
+
+/// The token, from standard input (never from the command line).
+fn read_token() -> anyhow::Result<Secret> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the token from standard input")?;
+    let token = Secret::new(text.trim().to_string());
+    // Overwrite the plain copy in place before it is freed.
+    let len = text.len();
+    text.clear();
+    text.extend(std::iter::repeat_n('\0', len));
+    anyhow::ensure!(!token.is_empty(), "no token on standard input");
+    Ok(token)
+}
+
+/// One sync (exit code 2 when events were rejected), or `watch` until Ctrl-C.
+pub async fn sync_with<L: SyncLocal>(
+    args: &SyncArgs,
+    cfg: &SyncConfig,
     store: &L,
-    token: String,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = config(&args, token)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
-        if args.watch {
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                let _ = stop_tx.send(true);
-            });
-            let options = WatchOptions {
-                interval: Duration::from_secs(args.interval.max(1)),
-                ..WatchOptions::default()
-            };
-            let on_event = |e: WatchEvent| {
-                if json {
-                    println!("{}", serde_json::json!({ "event": render_watch_event(&e) }));
-                } else {
-                    println!("{}", render_watch_event(&e));
-                }
-            };
-            // Network changes (where the OS exposes them) make watch probe at once.
-            let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
-            let _monitor = fieldpatch_core::sync::netwatch::spawn_monitor(
-                "/".into(),
-                Duration::from_secs(2),
-                nudge.clone(),
-            );
-            watch(&cfg, store, options, stop_rx, Some(&nudge), &on_event).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let report = sync_once(&cfg, store, &|p| {
-            if !json {
-                eprintln!("log {}: {}/{} pushed", p.log_id, p.pushed_seq, p.last_seq);
+    if args.watch {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        });
+        let options = WatchOptions {
+            interval: Duration::from_secs(args.interval.max(1)),
+            ..WatchOptions::default()
+        };
+        let on_event = |e: WatchEvent| {
+            if json {
+                println!("{}", serde_json::json!({ "event": render_watch_event(&e) }));
+            } else {
+                println!("{}", render_watch_event(&e));
             }
-        })
-        .await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", render_report(&report));
+        };
+        // Network changes (where the OS exposes them) make watch probe at once.
+        let nudge = std::sync::Arc::new(tokio::sync::Notify::new());
+        let _monitor = fieldpatch_core::sync::netwatch::spawn_monitor(
+            "/".into(),
+            Duration::from_secs(2),
+            nudge.clone(),
+        );
+        watch(cfg, store, options, stop_rx, Some(&nudge), &on_event).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = sync_once(cfg, store, &|p| {
+        if !json {
+            eprintln!("log {}: {}/{} pushed", p.log_id, p.pushed_seq, p.last_seq);
         }
-        Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
     })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_report(&report));
+    }
+    Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 #[cfg(test)]
@@ -191,19 +291,19 @@ mod tests {
     #[test]
     fn config_takes_flags_and_refuses_an_unreadable_ca() {
         let mut args = SyncArgs {
-            server: "https://inventory.example/".into(),
+            server: None,
             server_key: Some("ab".repeat(32)),
             ca_cert: None,
             batch_size: 0,
             watch: false,
             interval: 300,
         };
-        let cfg = config(&args, "secret-token".into()).unwrap();
+        let cfg = config(&args, "https://inventory.example/", "secret-token".into()).unwrap();
         assert_eq!(cfg.server, "https://inventory.example");
         assert_eq!(cfg.batch_size, 1);
         assert!(!format!("{cfg:?}").contains("secret-token"));
         args.ca_cert = Some("/nonexistent/ca.pem".into());
-        let e = config(&args, "t".into()).unwrap_err().to_string();
+        let e = config(&args, "https://inventory.example", "t".into()).unwrap_err().to_string();
         assert!(e.contains("cannot read --ca-cert /nonexistent/ca.pem"), "{e}");
     }
 }

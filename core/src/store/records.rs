@@ -417,3 +417,125 @@ fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionState, StoreEr
         updated_at: r.get(3),
     })
 }
+
+impl Store {
+    /// Replace the whole inventory copy (sites, devices, work orders and catalog entries) with
+    /// these lists in one transaction, as a sync pull does. Rows not listed are removed, except
+    /// that identity observations of a removed device are kept (detached from it): they are the
+    /// technician's own records. Work-order devices not among `devices` are left out of the
+    /// work order's device list.
+    pub async fn replace_inventory(
+        &self,
+        sites: &[SiteRecord],
+        devices: &[DeviceRecord],
+        work_orders: &[WorkOrderRecord],
+        bundles: &[BundleRecord],
+    ) -> Result<(), StoreError> {
+        let now = now_text();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM work_order_devices").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM work_orders").execute(&mut *tx).await?;
+        let device_ids = serde_json::to_string(&devices.iter().map(|d| &d.id).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Invalid(format!("device ids: {e}")))?;
+        let site_ids = serde_json::to_string(&sites.iter().map(|s| &s.id).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Invalid(format!("site ids: {e}")))?;
+        sqlx::query(
+            "UPDATE device_identities SET device_id = NULL
+             WHERE device_id IS NOT NULL AND device_id NOT IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&device_ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM devices WHERE id NOT IN (SELECT value FROM json_each(?))")
+            .bind(&device_ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM sites WHERE id NOT IN (SELECT value FROM json_each(?))")
+            .bind(&site_ids)
+            .execute(&mut *tx)
+            .await?;
+        for site in sites {
+            sqlx::query(
+                "INSERT INTO sites (id, name, address, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, address = excluded.address,
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&site.id)
+            .bind(&site.name)
+            .bind(&site.address)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let known_sites: std::collections::HashSet<&str> =
+            sites.iter().map(|s| s.id.as_str()).collect();
+        for d in devices {
+            // A device of a site that is not listed keeps no dangling site reference.
+            let site = d.site_id.as_deref().filter(|s| known_sites.contains(s));
+            sqlx::query(
+                "INSERT INTO devices (id, site_id, vendor, model, hardware_revision, serial_number,
+                   firmware_version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET site_id = excluded.site_id, vendor = excluded.vendor,
+                   model = excluded.model, hardware_revision = excluded.hardware_revision,
+                   serial_number = excluded.serial_number,
+                   firmware_version = excluded.firmware_version, updated_at = excluded.updated_at",
+            )
+            .bind(&d.id)
+            .bind(site)
+            .bind(&d.vendor)
+            .bind(&d.model)
+            .bind(&d.hardware_revision)
+            .bind(&d.serial_number)
+            .bind(&d.firmware_version)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let known_devices: std::collections::HashSet<&str> =
+            devices.iter().map(|d| d.id.as_str()).collect();
+        for w in work_orders.iter().filter(|w| known_sites.contains(w.site_id.as_str())) {
+            sqlx::query(
+                "INSERT INTO work_orders (id, site_id, title, status, detail_json, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&w.id)
+            .bind(&w.site_id)
+            .bind(&w.title)
+            .bind(&w.status)
+            .bind(w.detail.to_string())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            for d in w.device_ids.iter().filter(|d| known_devices.contains(d.as_str())) {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO work_order_devices (work_order_id, device_id) VALUES (?, ?)",
+                )
+                .bind(&w.id)
+                .bind(d)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query("DELETE FROM bundles").execute(&mut *tx).await?;
+        for b in bundles {
+            sqlx::query(
+                "INSERT INTO bundles (bundle_id, version, manifest_json, sha256, verdict,
+                   verdict_detail, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(bundle_id, version) DO UPDATE SET manifest_json = excluded.manifest_json,
+                   sha256 = excluded.sha256, verdict = excluded.verdict,
+                   verdict_detail = excluded.verdict_detail, verified_at = excluded.verified_at",
+            )
+            .bind(&b.bundle_id)
+            .bind(&b.version)
+            .bind(b.manifest.to_string())
+            .bind(&b.sha256)
+            .bind(b.verdict.as_str())
+            .bind(&b.verdict_detail)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

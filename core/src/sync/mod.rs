@@ -21,6 +21,7 @@
 //! backoff and jitter; authorization and request errors are not.
 
 pub mod client;
+pub mod local;
 pub mod netwatch;
 pub mod sealed;
 pub mod wire;
@@ -29,6 +30,7 @@ pub use client::{
     LogCursor, PushProgress, RetryPolicy, SyncConfig, SyncError, SyncLocal, SyncReport, WatchEvent,
     WatchOptions, sync, watch,
 };
+pub use local::{LocalSyncError, StoreSync};
 pub use sealed::SealedCredential;
 pub use wire::{
     Checkpoint, CheckpointError, EventProblem, PullResponse, PushAck, PushRequest, SignedCheckpoint,
