@@ -62,12 +62,61 @@ pub enum ServerError {
 }
 
 /// An inventory server running inside another program (the desktop app's demo inventory).
-#[derive(Debug)]
 pub struct Embedded {
     /// Where it listens (loopback, plain HTTP).
     pub addr: SocketAddr,
     /// The server task; dropping the handle does not stop it, aborting does.
     pub task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    app: Arc<App<SqliteStore>>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// What to put into an embedded inventory: one technician, one site with its devices, the
+/// catalog (bundle files) and the trust store.
+#[derive(Debug)]
+pub struct Seed {
+    pub technician: api::NewTechnician,
+    pub site: fieldpatch_core::sync::wire::Site,
+    pub devices: Vec<fieldpatch_core::sync::wire::Device>,
+    /// `(bundle id, version, manifest JSON, bundle file bytes)`.
+    pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
+    pub trust_store: serde_json::Value,
+}
+
+impl Embedded {
+    /// Load `seed` (idempotent: existing rows are updated) and issue a new API token for the
+    /// technician, returned once.
+    pub async fn seed(&self, seed: Seed) -> Result<String, ServerError> {
+        use sha2::Digest;
+        let store = &self.app.store;
+        let id = seed.technician.id.clone();
+        if store.technician(&id).await?.is_none() {
+            api::create_technician(store, seed.technician).await?;
+        }
+        store.upsert_site(&seed.site).await?;
+        for d in &seed.devices {
+            store.upsert_device(d).await?;
+        }
+        store.assign(&id, &seed.site.id).await?;
+        for (bundle_id, version, manifest, bytes) in seed.bundles {
+            let entry = fieldpatch_core::sync::wire::CatalogEntry {
+                bundle_id,
+                version,
+                manifest,
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+                published_at: chrono::Utc::now(),
+            };
+            store.publish_bundle(&entry, &bytes).await?;
+        }
+        store.set_trust_store(&seed.trust_store).await?;
+        Ok(api::issue_token(store, Some(&id), "embedded").await?)
+    }
 }
 
 /// Start an inventory server on a free loopback port, with its SQLite database and keys in
@@ -82,8 +131,8 @@ pub async fn start_embedded(dir: &Path) -> Result<Embedded, ServerError> {
     let app = Arc::new(App::new(store, key).with_credential_key(credential_key));
     let bound = Bound::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None, false).await?;
     let addr = bound.local_addr();
-    let task = tokio::spawn(bound.serve(app));
-    Ok(Embedded { addr, task })
+    let task = tokio::spawn(bound.serve(app.clone()));
+    Ok(Embedded { addr, task, app })
 }
 
 /// Certificate chain and private key files (PEM) for HTTPS.
@@ -262,6 +311,51 @@ mod tests {
         let key = std::fs::read(dir.path().join("server-key")).unwrap();
         let again = start_embedded(dir.path()).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("server-key")).unwrap(), key, "the key is kept");
+
+        // Seeding gives the technician a token that pulls exactly the seeded site.
+        let tech = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let device = |id: &str| fieldpatch_core::sync::wire::Device {
+            id: id.into(),
+            site_id: "demo".into(),
+            vendor: Some("Demo".into()),
+            model: Some("sensor".into()),
+            hardware_revision: None,
+            serial_number: None,
+            approved_version: Some("1.5.0".into()),
+            current_firmware: None,
+            last_visit: None,
+            failures: 0,
+            last_failure: None,
+            not_patched_reason: None,
+        };
+        let seed = || Seed {
+            technician: api::NewTechnician {
+                id: "tech".into(),
+                name: "Demo technician".into(),
+                public_key: hex::encode(tech.verifying_key().as_bytes()),
+            },
+            site: fieldpatch_core::sync::wire::Site {
+                id: "demo".into(),
+                name: "Demo site".into(),
+                address: None,
+            },
+            devices: vec![device("d1"), device("d2")],
+            bundles: vec![],
+            trust_store: serde_json::json!({"demo": true}),
+        };
+        let token = again.seed(seed()).await.unwrap();
+        let token2 = again.seed(seed()).await.unwrap();
+        assert_ne!(token, token2, "each seed issues a fresh token");
+        let pull: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{}/v1/pull", again.addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(pull["devices"].as_array().map(Vec::len), Some(2), "{pull}");
         again.task.abort();
     }
 }

@@ -11,6 +11,7 @@ use fieldpatch_core::plan::{DeviceRecord, Plan};
 use fieldpatch_core::session::batch::{identify, load_catalog, make_plan, run_in_visit};
 use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
+use fieldpatch_core::sync::{StoreSync, SyncConfig, WatchEvent, WatchOptions, watch};
 use fieldpatch_core::visitlog::VisitLog;
 use serde::Serialize;
 use std::sync::Arc;
@@ -47,6 +48,18 @@ struct Site {
     devices: Mutex<Vec<DeviceRecord>>,
     store: Store,
     running: AtomicBool,
+    /// Syncing with the embedded inventory: config (with the demo token, kept in memory only),
+    /// the switch of the running watch, and a nudge to sync at once.
+    sync: Option<SyncControl>,
+    /// Why sync is unavailable, when it is.
+    sync_unavailable: Option<String>,
+}
+
+struct SyncControl {
+    config: SyncConfig,
+    local: Arc<StoreSync>,
+    stop: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    nudge: Arc<tokio::sync::Notify>,
 }
 
 /// The site as the window shows it.
@@ -58,6 +71,9 @@ struct SiteView {
     refused: Vec<fieldpatch_core::catalog::Refusal>,
     /// Base URL of the embedded inventory server.
     inventory: String,
+    /// Whether automatic sync is on, or why sync is unavailable.
+    auto_sync: bool,
+    sync_unavailable: Option<String>,
 }
 
 /// Version and local data directory of this installation.
@@ -81,7 +97,94 @@ async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError
         bundles: site.catalog.entries(),
         refused: site.catalog.refused.clone(),
         inventory: format!("http://{}", site.inventory.addr),
+        auto_sync: site.sync.as_ref().is_some_and(|s| s.stop.lock().is_ok_and(|g| g.is_some())),
+        sync_unavailable: site.sync_unavailable.clone(),
     })
+}
+
+/// Turn automatic sync with the inventory on or off. While on, sync probes the server (with
+/// backoff when it is unreachable) and syncs by itself; `sync` events tell the window.
+#[tauri::command]
+async fn set_auto_sync(
+    app: tauri::AppHandle,
+    site: tauri::State<'_, Arc<Site>>,
+    on: bool,
+) -> Result<bool, BridgeError> {
+    let sync = site.sync.as_ref().ok_or_else(|| BridgeError {
+        code: "sync_unavailable",
+        message: site.sync_unavailable.clone().unwrap_or_default(),
+    })?;
+    switch_watch(app, sync, on).map_err(|e| err("sync")(&e))?;
+    Ok(on)
+}
+
+/// Stop the running watch, if any, and start a new one when `on`.
+fn switch_watch(app: tauri::AppHandle, sync: &SyncControl, on: bool) -> Result<(), String> {
+    let mut guard = sync.stop.lock().map_err(|_| "sync state poisoned".to_string())?;
+    if let Some(stop) = guard.take() {
+        let _ = stop.send(true);
+    }
+    if on {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *guard = Some(tx);
+        let (config, local, nudge) = (sync.config.clone(), sync.local.clone(), sync.nudge.clone());
+        tauri::async_runtime::spawn(async move {
+            let options = WatchOptions {
+                interval: Duration::from_secs(20),
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(15),
+            };
+            let emit = move |e: WatchEvent| {
+                let _ = app.emit("sync", SyncEventView::new(e));
+            };
+            let _ = watch(&config, local.as_ref(), options, rx, Some(&nudge), &emit).await;
+        });
+    }
+    Ok(())
+}
+
+/// Sync now (when automatic sync is on, this wakes it).
+#[tauri::command]
+async fn sync_now(site: tauri::State<'_, Arc<Site>>) -> Result<(), BridgeError> {
+    let sync = site.sync.as_ref().ok_or_else(|| BridgeError {
+        code: "sync_unavailable",
+        message: site.sync_unavailable.clone().unwrap_or_default(),
+    })?;
+    sync.nudge.notify_one();
+    Ok(())
+}
+
+/// A sync event as the window receives it.
+#[derive(Debug, Clone, Serialize)]
+struct SyncEventView {
+    kind: &'static str,
+    text: String,
+}
+
+impl SyncEventView {
+    fn new(e: WatchEvent) -> Self {
+        let (kind, text) = match e {
+            WatchEvent::Offline { retry_in, detail } => {
+                ("offline", format!("inventory unreachable ({detail}); next try in {retry_in:?}"))
+            }
+            WatchEvent::NetworkChanged => ("probing", "network changed: probing".into()),
+            WatchEvent::Reachable => ("reachable", "inventory reachable: syncing".into()),
+            WatchEvent::Synced(r) => (
+                "synced",
+                format!(
+                    "synced: {} event(s) pushed, {} pending, {} rejected; {} device(s), {} bundle(s) pulled",
+                    r.pushed,
+                    r.pending_total(),
+                    r.rejected.len(),
+                    r.devices,
+                    r.catalog
+                ),
+            ),
+            WatchEvent::Failed(e) => ("failed", e.to_string()),
+            WatchEvent::Stopped => ("stopped", "automatic sync is off".into()),
+        };
+        SyncEventView { kind, text }
+    }
 }
 
 /// Plan the identified devices against the verified catalog.
@@ -194,7 +297,14 @@ async fn start_site() -> Result<Site, String> {
     let inventory = fieldpatch_server::start_embedded(&data_dir.join("inventory"))
         .await
         .map_err(|e| e.to_string())?;
+    let (sync, sync_unavailable) =
+        match enroll(&inventory, &demo, &catalog, &store, &data_dir).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        };
     Ok(Site {
+        sync,
+        sync_unavailable,
         devices: Mutex::new(demo.devices.clone()),
         demo,
         inventory,
@@ -204,15 +314,94 @@ async fn start_site() -> Result<Site, String> {
     })
 }
 
+/// Register this laptop's technician key with the embedded inventory, load the demo site into it
+/// and prepare sync (the token stays in memory: the demo never touches the keyring's sync token).
+async fn enroll(
+    inventory: &fieldpatch_server::Embedded,
+    demo: &Demo,
+    catalog: &Catalog,
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> Result<SyncControl, String> {
+    use fieldpatch_core::sync::wire;
+    let credentials = Credentials::open(store).await.map_err(|e| e.to_string())?;
+    let key = credentials.technician_key().await.map_err(|e| e.to_string())?;
+    let approved = |model: &Option<String>| {
+        catalog
+            .entries()
+            .into_iter()
+            .filter(|e| Some(&e.model) == model.as_ref())
+            .map(|e| e.installs)
+            .max()
+            .map(|v| v.to_string())
+    };
+    let devices = demo
+        .devices
+        .iter()
+        .map(|d| wire::Device {
+            id: d.id.clone(),
+            site_id: "demo-site".into(),
+            vendor: d.identity.vendor.clone(),
+            model: d.identity.model.clone(),
+            hardware_revision: d.identity.hardware_revision.clone(),
+            serial_number: None,
+            approved_version: approved(&d.identity.model),
+            current_firmware: None,
+            last_visit: None,
+            failures: 0,
+            last_failure: None,
+            not_patched_reason: None,
+        })
+        .collect();
+    let mut bundles = Vec::new();
+    for b in &catalog.bundles {
+        let bytes = std::fs::read(&b.path).map_err(|e| format!("{}: {e}", b.path.display()))?;
+        let m = b.bundle.manifest();
+        let manifest = serde_json::to_value(m).map_err(|e| e.to_string())?;
+        bundles.push((m.bundle_id.clone(), m.installs.to_string(), manifest, bytes));
+    }
+    let trust = std::fs::read(&demo.trust_path).map_err(|e| e.to_string())?;
+    let seed = fieldpatch_server::Seed {
+        technician: fieldpatch_server::api::NewTechnician {
+            id: "demo-technician".into(),
+            name: "Demo technician".into(),
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+        },
+        site: wire::Site { id: "demo-site".into(), name: "Demo site".into(), address: None },
+        devices,
+        bundles,
+        trust_store: serde_json::from_slice(&trust).map_err(|e| e.to_string())?,
+    };
+    let token = inventory.seed(seed).await.map_err(|e| e.to_string())?;
+    Ok(SyncControl {
+        config: SyncConfig::new(format!("http://{}", inventory.addr), token),
+        local: Arc::new(StoreSync::new(store.clone(), credentials, data_dir)),
+        stop: std::sync::Mutex::new(None),
+        nudge: Arc::new(tokio::sync::Notify::new()),
+    })
+}
+
 /// Start the desktop app.
 pub fn run() {
     tauri::Builder::default()
         .setup(|app| {
             let site = tauri::async_runtime::block_on(start_site())?;
+            // Automatic sync is on from the start; the window can turn it off.
+            if let Some(sync) = &site.sync {
+                switch_watch(app.handle().clone(), sync, true)?;
+            }
             app.manage(Arc::new(site));
             Ok(())
         })
-        .invoke_handler(tauri::generate_handler![app_info, site, plan, run_session, verify_log])
+        .invoke_handler(tauri::generate_handler![
+            app_info,
+            site,
+            plan,
+            run_session,
+            verify_log,
+            set_auto_sync,
+            sync_now
+        ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");
 }

@@ -72,6 +72,15 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
             .iter()
             .map(|id| (id.to_string(), result(id)))
             .collect();
+    // Sync pushes the session's visit log to the embedded inventory.
+    session.click("#sync-now", long).unwrap();
+    let synced = session
+        .wait_for("#sync-status", long, |t| {
+            t.starts_with("synced: ") && !t.starts_with("synced: 0 ") && t.contains(" 0 pending")
+        })
+        .unwrap();
+    session.click("#auto-sync", long).unwrap();
+    let off = session.wait_for("#sync-status", long, |t| t.contains("off")).unwrap();
     session.click("#verify", long).unwrap();
     let log = session.wait_for("#log-status", long, |t| !t.is_empty()).unwrap();
     let png2 = session.screenshot().unwrap();
@@ -87,6 +96,8 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         }
     }
     assert_eq!(log, "visit log verifies");
+    assert!(synced.contains("0 rejected"), "{synced}");
+    assert_eq!(off, "automatic sync is off");
 
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(data_dir.contains(data.path().to_str().unwrap()), "{data_dir}");

@@ -40,6 +40,13 @@ export interface SiteView {
   bundles: { bundle_id: string; model: string; installs: { major: number; minor: number; revision: number; build: number }; cvss: number }[];
   refused: { path: string; bundle_id: string | null; reason: string }[];
   inventory: string;
+  auto_sync: boolean;
+  sync_unavailable: string | null;
+}
+
+export interface SyncEventView {
+  kind: "offline" | "probing" | "reachable" | "synced" | "failed" | "stopped";
+  text: string;
 }
 
 async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
@@ -54,6 +61,8 @@ export const appInfo = () => call<AppInfo>("app_info");
 export const site = () => call<SiteView>("site");
 export const makePlan = () => call<Plan>("plan");
 export const runSession = (plan: Plan, canary: boolean) => call<string>("run_session", { plan, canary });
+export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on });
+export const syncNow = () => call<void>("sync_now");
 export const verifyLog = () => call<{ problem: unknown }[]>("verify_log");
 
 export function onSessionEvent(f: (e: SessionEventView) => void): Promise<UnlistenFn> {
@@ -62,4 +71,8 @@ export function onSessionEvent(f: (e: SessionEventView) => void): Promise<Unlist
 
 export function onSessionFinished(f: (r: unknown) => void): Promise<UnlistenFn> {
   return listen("session-finished", (e) => f(e.payload));
+}
+
+export function onSync(f: (e: SyncEventView) => void): Promise<UnlistenFn> {
+  return listen<SyncEventView>("sync", (e) => f(e.payload));
 }
