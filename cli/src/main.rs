@@ -34,6 +34,12 @@ enum Command {
     /// Credentials in the OS keyring: set, get, delete, list (names only).
     #[command(subcommand)]
     Credentials(cmd::credentials::CredentialsCommand),
+    /// Run the built-in demo site (lab devices and a signed catalog) until Ctrl-C.
+    Demo {
+        /// Folder for the demo's devices file, catalog and trust store.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Identify the work order's devices and plan which verified bundles go where.
     Plan(cmd::session::PlanArgs),
     /// Offline batch sessions: run a plan (canary, waves), resume, status.
@@ -55,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Bundle(c) => cmd::bundle::run(c, cli.json),
         Command::Log(c) => cmd::log::run(c, cli.json),
         Command::Credentials(c) => cmd::credentials::run(c, cli.json),
+        Command::Demo { dir } => cmd::demo::run(dir, cli.json),
         Command::Plan(args) => cmd::session::plan(args, cli.json),
         Command::Session(c) => cmd::session::run(c, cli.json),
         Command::Device(args) => cmd::device::run(args, cli.json),

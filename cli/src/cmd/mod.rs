@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod credentials;
+pub mod demo;
 pub mod device;
 pub mod dfu;
 pub mod info;
