@@ -235,3 +235,74 @@ fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
     )?;
     Ok((catalog_dir, trust_path))
 }
+
+/// What the demo site looks like to an inventory: the site, its devices with their approved
+/// versions, the published catalog and the trust store.
+#[derive(Debug, Clone)]
+pub struct InventoryContent {
+    pub site: crate::sync::wire::Site,
+    pub devices: Vec<crate::sync::wire::Device>,
+    /// `(bundle id, version it installs, manifest JSON, bundle file bytes)`.
+    pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
+    pub trust_store: serde_json::Value,
+}
+
+/// Id of the demo site in the inventory.
+pub const SITE_ID: &str = "demo-site";
+
+impl Demo {
+    /// The demo site as an inventory should hold it; each device is approved at the newest
+    /// version the verified `catalog` installs for its model.
+    pub fn inventory_content(
+        &self,
+        catalog: &crate::catalog::Catalog,
+    ) -> Result<InventoryContent, DemoError> {
+        use crate::sync::wire;
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|source| DemoError::Write { path: path.to_path_buf(), source })
+        };
+        let entries = catalog.entries();
+        let approved = |model: Option<&String>| {
+            entries
+                .iter()
+                .filter(|e| Some(&e.model) == model)
+                .map(|e| e.installs)
+                .max()
+                .map(|v| v.to_string())
+        };
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| wire::Device {
+                id: d.id.clone(),
+                site_id: SITE_ID.into(),
+                vendor: d.identity.vendor.clone(),
+                model: d.identity.model.clone(),
+                hardware_revision: d.identity.hardware_revision.clone(),
+                serial_number: None,
+                approved_version: approved(d.identity.model.as_ref()),
+                current_firmware: None,
+                last_visit: None,
+                failures: 0,
+                last_failure: None,
+                not_patched_reason: None,
+            })
+            .collect();
+        let mut bundles = Vec::new();
+        for b in &catalog.bundles {
+            let m = b.bundle.manifest();
+            let manifest = serde_json::to_value(m).expect("a manifest serializes");
+            bundles.push((m.bundle_id.clone(), m.installs.to_string(), manifest, read(&b.path)?));
+        }
+        let trust_store = serde_json::from_slice(&read(&self.trust_path)?).map_err(|e| {
+            DemoError::Device(format!("demo trust store {}: {e}", self.trust_path.display()))
+        })?;
+        Ok(InventoryContent {
+            site: wire::Site { id: SITE_ID.into(), name: "Demo site".into(), address: None },
+            devices,
+            bundles,
+            trust_store,
+        })
+    }
+}

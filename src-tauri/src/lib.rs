@@ -323,54 +323,19 @@ async fn enroll(
     store: &Store,
     data_dir: &std::path::Path,
 ) -> Result<SyncControl, String> {
-    use fieldpatch_core::sync::wire;
     let credentials = Credentials::open(store).await.map_err(|e| e.to_string())?;
     let key = credentials.technician_key().await.map_err(|e| e.to_string())?;
-    let approved = |model: &Option<String>| {
-        catalog
-            .entries()
-            .into_iter()
-            .filter(|e| Some(&e.model) == model.as_ref())
-            .map(|e| e.installs)
-            .max()
-            .map(|v| v.to_string())
-    };
-    let devices = demo
-        .devices
-        .iter()
-        .map(|d| wire::Device {
-            id: d.id.clone(),
-            site_id: "demo-site".into(),
-            vendor: d.identity.vendor.clone(),
-            model: d.identity.model.clone(),
-            hardware_revision: d.identity.hardware_revision.clone(),
-            serial_number: None,
-            approved_version: approved(&d.identity.model),
-            current_firmware: None,
-            last_visit: None,
-            failures: 0,
-            last_failure: None,
-            not_patched_reason: None,
-        })
-        .collect();
-    let mut bundles = Vec::new();
-    for b in &catalog.bundles {
-        let bytes = std::fs::read(&b.path).map_err(|e| format!("{}: {e}", b.path.display()))?;
-        let m = b.bundle.manifest();
-        let manifest = serde_json::to_value(m).map_err(|e| e.to_string())?;
-        bundles.push((m.bundle_id.clone(), m.installs.to_string(), manifest, bytes));
-    }
-    let trust = std::fs::read(&demo.trust_path).map_err(|e| e.to_string())?;
+    let content = demo.inventory_content(catalog).map_err(|e| e.to_string())?;
     let seed = fieldpatch_server::Seed {
         technician: fieldpatch_server::api::NewTechnician {
             id: "demo-technician".into(),
             name: "Demo technician".into(),
             public_key: hex::encode(key.verifying_key().as_bytes()),
         },
-        site: wire::Site { id: "demo-site".into(), name: "Demo site".into(), address: None },
-        devices,
-        bundles,
-        trust_store: serde_json::from_slice(&trust).map_err(|e| e.to_string())?,
+        site: content.site,
+        devices: content.devices,
+        bundles: content.bundles,
+        trust_store: content.trust_store,
     };
     let token = inventory.seed(seed).await.map_err(|e| e.to_string())?;
     Ok(SyncControl {
