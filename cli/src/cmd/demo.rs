@@ -35,8 +35,8 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
             );
         } else {
             println!(
-                "demo site running ({} devices; the USB board is only reachable from the app)",
-                demo.devices.len()
+                "demo site running: {} devices for the CLI (the USB board is reachable from the app only)",
+                reachable.len()
             );
             println!("  devices: {}", devices.display());
             println!("  catalog: {}", demo.catalog_dir.display());
