@@ -72,7 +72,8 @@ pub struct PlanArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
-    /// Run a saved plan: canary, soak, then waves.
+    /// Run a saved plan: canary, soak, then waves. Exit status 0 when every planned device was
+    /// patched, 3 when any failed, rolled back or stayed pending.
     Run {
         /// The plan file written by `fieldpatch plan --out`.
         plan: PathBuf,
