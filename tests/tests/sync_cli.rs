@@ -275,6 +275,33 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
     ]);
     assert!(plan.contains("patch: 1.0.0 -> 2.0.0 (lab-sensor-2.0.0)"), "{plan}");
 
+    // Or straight from the synced work order: its devices come from the store, the technician
+    // gives the addresses found on site; a device without one is named, not dropped.
+    let addresses = serde_json::json!({
+        "d1": {"transport": "udp", "addr": format!("127.0.0.1:{}", free_port())}
+    });
+    std::fs::write(laptop.data.join("addresses.json"), addresses.to_string()).unwrap();
+    let out = laptop.run(
+        &[
+            "plan",
+            "--work-order",
+            "wo-1",
+            "--addresses",
+            "addresses.json",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--trust",
+            trust.to_str().unwrap(),
+            "--identify-timeout",
+            "1",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("d1") && stdout.contains("patch: 1.0.0 -> 2.0.0"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d2: not found on site"));
+
     // The site is unassigned: the next sync removes its device credential and inventory.
     admin(&server_data, &["unassign", "--technician", "alice", "--site", "site-a"], None);
     let text = laptop.ok(&["sync"]);

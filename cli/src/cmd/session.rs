@@ -58,8 +58,15 @@ impl CatalogArgs {
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     /// The work order's devices: a JSON list of device records.
+    #[arg(long, required_unless_present = "work_order", conflicts_with = "work_order")]
+    devices: Option<PathBuf>,
+    /// A work order synced from the inventory (its devices come from the local store).
+    #[arg(long, requires = "addresses")]
+    work_order: Option<String>,
+    /// With --work-order: a JSON object mapping device id to its address, e.g.
+    /// {"d1": {"transport": "udp", "addr": "10.0.0.7:1337"}}.
     #[arg(long)]
-    devices: PathBuf,
+    addresses: Option<PathBuf>,
     #[command(flatten)]
     catalog: CatalogArgs,
     /// Save the plan here (for `fieldpatch session run`).
@@ -158,7 +165,26 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
         for r in &catalog.refused {
             eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
         }
-        let devices = read_devices(&args.devices)?;
+        let store = Store::open_default().await?;
+        let devices = match (&args.devices, &args.work_order, &args.addresses) {
+            (Some(file), _, _) => read_devices(file)?,
+            (None, Some(order), Some(addresses)) => {
+                let text = std::fs::read(addresses)
+                    .with_context(|| format!("reading {}", addresses.display()))?;
+                let addresses = serde_json::from_slice(&text).with_context(|| {
+                    format!("{} is not a JSON object of device id -> address", addresses.display())
+                })?;
+                let (found, missing) =
+                    batch::work_order_devices(&store, order, &addresses).await?;
+                for id in missing {
+                    eprintln!(
+                        "{id}: not found on site (no address given); it stays unpatched: record why with `fieldpatch log note`"
+                    );
+                }
+                found
+            }
+            _ => bail!("say which devices: --devices FILE, or --work-order ID with --addresses FILE"),
+        };
         let timeout = Duration::from_secs(args.identify_timeout);
         let mut identified = Vec::new();
         for (d, err) in identify(&connector(), devices, timeout).await {
@@ -167,7 +193,6 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
             identified.push(d);
         }
-        let store = Store::open_default().await?;
         let creds = Credentials::open(&store).await.ok();
         let plan = make_plan(identified, &catalog, creds.as_ref()).await;
         if let Some(out) = &args.out {

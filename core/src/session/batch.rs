@@ -30,6 +30,8 @@ pub enum BatchError {
     Store(String),
     #[error(transparent)]
     Reasons(#[from] ReasonsMissing),
+    #[error("work order {id}: {message}")]
+    WorkOrder { id: String, message: String },
 }
 
 /// Load the trust store and verify every bundle of the catalog folder against it.
@@ -52,6 +54,48 @@ pub fn read_devices(path: &Path) -> Result<Vec<DeviceRecord>, BatchError> {
     serde_json::from_slice(&text).map_err(|e| {
         bad(format!("{e}; expected a JSON list of {{id, address: {{transport, ...}}, identity: {{vendor, model, ...}}}}"))
     })
+}
+
+/// The devices of a work order synced from the inventory, each at the address the technician
+/// gives for it (device id -> address). Returns the records and, separately, the ids of devices
+/// with no address (not found on site), so none is silently dropped.
+pub async fn work_order_devices(
+    store: &Store,
+    work_order: &str,
+    addresses: &std::collections::BTreeMap<String, crate::plan::DeviceAddress>,
+) -> Result<(Vec<DeviceRecord>, Vec<String>), BatchError> {
+    let bad = |message: String| BatchError::WorkOrder { id: work_order.to_string(), message };
+    let orders = store.work_orders().await.map_err(|e| bad(e.to_string()))?;
+    let order = orders.into_iter().find(|w| w.id == work_order).ok_or_else(|| {
+        bad("not in the local store: sync with the inventory first (`fieldpatch sync`)".into())
+    })?;
+    let known = store.devices(Some(&order.site_id)).await.map_err(|e| bad(e.to_string()))?;
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    for id in &order.device_ids {
+        let Some(address) = addresses.get(id) else {
+            missing.push(id.clone());
+            continue;
+        };
+        let inv = known.iter().find(|d| &d.id == id);
+        found.push(DeviceRecord {
+            id: id.clone(),
+            address: address.clone(),
+            identity: crate::model::DeviceIdentity {
+                vendor: inv.and_then(|d| d.vendor.clone()),
+                model: inv.and_then(|d| d.model.clone()),
+                hardware_revision: inv.and_then(|d| d.hardware_revision.clone()),
+                serial_number: inv.and_then(|d| d.serial_number.clone()),
+                firmware_version: inv
+                    .and_then(|d| d.firmware_version.as_deref())
+                    .and_then(|v| v.parse().ok()),
+                image_hash: None,
+            },
+            criticality: Default::default(),
+            windows: vec![],
+            credential: None,
+        });
+    }
+    Ok((found, missing))
 }
 
 /// Connect to each device and fill in what it reports (running version and image hash).
