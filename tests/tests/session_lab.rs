@@ -423,3 +423,37 @@ fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
     assert!(log.contains("owner refused a second attempt"), "{log}");
     assert!(run(&["log", "verify"]).status.success());
 }
+
+#[test]
+fn device_upload_sends_a_verified_bundle_and_logs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let dev = smp_device(5, 1024.0 * 1024.0);
+    let server = udp(&dev);
+    let addr = server.local_addr().to_string();
+    let bundle = r.kit.catalog.join("lab-sensor-2.0.0.fpb");
+    let bundle = bundle.to_str().unwrap();
+
+    // Without the trust store the bundle cannot be verified, so nothing is sent.
+    let out = fieldpatch(tmp.path(), &data, &["device", "--udp", &addr, "image", "upload", bundle]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust"), "{out:?}");
+    assert!(dev.slot_bytes(1).is_none());
+
+    let trust = r.kit.trust.to_str().unwrap();
+    let out = fieldpatch(
+        tmp.path(),
+        &data,
+        &[
+            "--json", "device", "--udp", &addr, "image", "upload", bundle, "--trust", trust,
+            "--test",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(dev.slot_bytes(1).unwrap(), r.new_image, "the payload verified is the payload sent");
+    let log =
+        String::from_utf8_lossy(&fieldpatch(tmp.path(), &data, &["--json", "log", "show"]).stdout)
+            .to_string();
+    assert!(log.contains("bundle_verified") && log.contains("lab-sensor-2.0.0"), "{log}");
+}
