@@ -227,3 +227,43 @@ fn a_bundle_carrying_an_imgtool_image_checks_the_vendor_signature() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bare_image_is_cleared_for_a_device_only_by_a_trusted_vendor_signature() {
+    use fieldpatch_core::bundle::input::{Clearance, InputError, clear_for_device};
+    use fieldpatch_core::bundle::{Role, TrustStore, TrustStoreBody, TrustedKey, VerifyPolicy};
+    let v = vendor();
+    let img = sign(&v, "signed.bin", &[]);
+    let path = v.dir.path().join("signed.bin");
+    let root = SigningKey::from_bytes(&[9; 32]);
+    let trust_with = |vendor_key: Option<&VerifyingKey>| {
+        let mut keys = vec![TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root")];
+        if let Some(k) = vendor_key {
+            keys.push(TrustedKey::new(k, vec![Role::VendorImage], "vendor"));
+        }
+        let thresholds = [(Role::Root, 1), (Role::VendorImage, 1)].into_iter().collect();
+        TrustStore::provision(TrustStoreBody { version: 1, keys, thresholds }.sign(&[&root]))
+            .unwrap()
+    };
+    let policy = VerifyPolicy::now();
+
+    let trusted = trust_with(Some(&v.key));
+    let cleared = clear_for_device(&path, Some(&trusted), &policy, false).unwrap();
+    assert!(matches!(cleared.how, Clearance::VendorSigned { .. }), "{:?}", cleared.how);
+    assert_eq!(cleared.bytes, img);
+    assert!(cleared.device_hash.is_some());
+
+    // No vendor key in the trust store, or a tampered image: refused unless explicitly allowed.
+    let untrusted = trust_with(None);
+    let err = clear_for_device(&path, Some(&untrusted), &policy, false).unwrap_err();
+    assert!(matches!(err, InputError::Unverified { .. }), "{err}");
+    assert!(err.to_string().contains("--allow-unverified"), "{err}");
+    let mut bad = img.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 1;
+    let tampered = v.dir.path().join("tampered.bin");
+    std::fs::write(&tampered, &bad).unwrap();
+    assert!(clear_for_device(&tampered, Some(&trusted), &policy, false).is_err());
+    let allowed = clear_for_device(&tampered, Some(&trusted), &policy, true).unwrap();
+    assert_eq!(allowed.how, Clearance::Unverified);
+}
