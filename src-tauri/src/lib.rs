@@ -8,7 +8,7 @@ use fieldpatch_core::credentials::Credentials;
 use fieldpatch_core::demo::Demo;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::plan::{DeviceRecord, Plan};
-use fieldpatch_core::session::batch::{identify, load_catalog, make_plan, run_in_visit};
+use fieldpatch_core::session::batch::{self, identify, load_catalog, make_plan, run_in_visit};
 use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
 use fieldpatch_core::sync::{StoreSync, SyncConfig, WatchEvent, WatchOptions, watch};
@@ -48,6 +48,8 @@ struct Site {
     devices: Mutex<Vec<DeviceRecord>>,
     store: Store,
     running: AtomicBool,
+    /// The last session run from the window, for its close-out.
+    last_session: Mutex<Option<SessionState>>,
     /// Syncing with the embedded inventory: config (with the demo token, kept in memory only),
     /// the switch of the running watch, and a nudge to sync at once.
     sync: Option<SyncControl>,
@@ -238,10 +240,37 @@ async fn run_session(
         )
         .await;
         site.running.store(false, std::sync::atomic::Ordering::SeqCst);
-        let _ =
-            app.emit("session-finished", result.map(|(s, _)| s).map_err(|e| err("session")(&e)));
+        let summary = match result {
+            Ok((summary, state)) => {
+                *site.last_session.lock().await = Some(state);
+                Ok(summary)
+            }
+            Err(e) => Err(err("session")(&e)),
+        };
+        let _ = app.emit("session-finished", summary);
     });
     Ok(id)
+}
+
+/// Close out the last session: the technician's reason for every device it did not patch goes
+/// into the visit log (and, with sync, to the inventory). Refused while any reason is missing.
+#[tauri::command]
+async fn close_session(
+    site: tauri::State<'_, Arc<Site>>,
+    reasons: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, BridgeError> {
+    let state =
+        site.last_session.lock().await.clone().ok_or_else(|| BridgeError {
+            code: "no_session",
+            message: "run a session first".into(),
+        })?;
+    let creds = Credentials::open(&site.store).await.map_err(|e| err("keyring")(&e))?;
+    let key = creds.technician_key().await.map_err(|e| err("keyring")(&e))?;
+    let log = VisitLog::open(&site.store, key).await.map_err(|e| err("store")(&e))?;
+    batch::close_out(&log, &state, &reasons).await.map_err(|e| match e {
+        batch::BatchError::Reasons(missing) => err("reasons_missing")(&missing),
+        other => err("session")(&other),
+    })
 }
 
 /// Verify the visit log(s) in the local store.
@@ -311,6 +340,7 @@ async fn start_site() -> Result<Site, String> {
         catalog: Arc::new(catalog),
         store,
         running: AtomicBool::new(false),
+        last_session: Mutex::new(None),
     })
 }
 
@@ -365,7 +395,8 @@ pub fn run() {
             run_session,
             verify_log,
             set_auto_sync,
-            sync_now
+            sync_now,
+            close_session
         ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");

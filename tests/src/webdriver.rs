@@ -131,6 +131,19 @@ impl Session {
         }
     }
 
+    /// Type `text` into the input matching the CSS selector.
+    pub fn type_text(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        let eid = self.find(css)?;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{eid}/value"),
+            Some(
+                json!({"text": text, "value": text.chars().map(String::from).collect::<Vec<_>>()}),
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Wait until the text of the element matching `css` satisfies `ok`; returns that text.
     pub fn wait_for(
         &self,

@@ -72,6 +72,13 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
             .iter()
             .map(|id| (id.to_string(), result(id)))
             .collect();
+    // No device left behind: closing out needs a reason for the rolled-back sensor.
+    session.click("#close-out-btn", long).unwrap();
+    let refused = session.wait_for("#close-out-status", long, |t| !t.is_empty()).unwrap();
+    session.type_text("input[data-reason='sensor-04']", "owner refused a second attempt").unwrap();
+    session.click("#close-out-btn", long).unwrap();
+    let closed = session.wait_for("#close-out-status", long, |t| t.contains("closed out")).unwrap();
+
     // Sync pushes the session's visit log to the embedded inventory.
     session.click("#sync-now", long).unwrap();
     let synced = session
@@ -96,6 +103,8 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         }
     }
     assert_eq!(log, "visit log verifies");
+    assert!(refused.contains("missing for sensor-04"), "{refused}");
+    assert!(closed.contains("1 unpatched device"), "{closed}");
     assert!(synced.contains("0 rejected"), "{synced}");
     assert_eq!(off, "automatic sync is off");
 

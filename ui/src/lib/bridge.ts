@@ -63,6 +63,8 @@ export const makePlan = () => call<Plan>("plan");
 export const runSession = (plan: Plan, canary: boolean) => call<string>("run_session", { plan, canary });
 export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on });
 export const syncNow = () => call<void>("sync_now");
+export const closeSession = (reasons: Record<string, string>) =>
+  call<string[]>("close_session", { reasons });
 export const verifyLog = () => call<{ problem: unknown }[]>("verify_log");
 
 export function onSessionEvent(f: (e: SessionEventView) => void): Promise<UnlistenFn> {
