@@ -47,6 +47,21 @@ fn record(id: &str, model: &str, address: DeviceAddress) -> DeviceRecord {
     }
 }
 
+/// One sensor record per UDP lab device, named `s0`, `s1`, ...
+fn sensors_at(servers: &[UdpServer]) -> Vec<DeviceRecord> {
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            record(
+                &format!("s{i}"),
+                "sensor",
+                DeviceAddress::Udp { addr: s.local_addr().to_string() },
+            )
+        })
+        .collect()
+}
+
 fn udp(dev: &SmpDevice) -> UdpServer {
     serve_udp(dev.clone(), "127.0.0.1:0".parse().unwrap(), NetConditions::default()).unwrap()
 }
@@ -243,17 +258,7 @@ async fn failure_threshold_stops_the_session() {
         d.faults().fail_health_check = true;
     }
     let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records: Vec<DeviceRecord> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            record(
-                &format!("s{i}"),
-                "sensor",
-                DeviceAddress::Udp { addr: s.local_addr().to_string() },
-            )
-        })
-        .collect();
+    let records = sensors_at(&servers);
     let board = LabDfu::new(LabDfuConfig::plain_dfu());
     let connector = DriverConnector { usb: board.bus() };
     let identified = identify(&connector, records, Duration::from_secs(10)).await;
@@ -295,17 +300,7 @@ fn a_killed_cli_session_resumes_without_reflashing_confirmed_devices() {
     // Slow flash so the session is still running when it is killed.
     let devs: Vec<SmpDevice> = (0..4).map(|s| smp_device(s, 24.0 * 1024.0)).collect();
     let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records: Vec<DeviceRecord> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            record(
-                &format!("s{i}"),
-                "sensor",
-                DeviceAddress::Udp { addr: s.local_addr().to_string() },
-            )
-        })
-        .collect();
+    let records = sensors_at(&servers);
     std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
     let catalog_args =
         ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
@@ -385,17 +380,7 @@ fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
     let devs: Vec<SmpDevice> = (0..2).map(|s| smp_device(s, 1024.0 * 1024.0)).collect();
     devs[1].faults().fail_health_check = true;
     let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records: Vec<DeviceRecord> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            record(
-                &format!("s{i}"),
-                "sensor",
-                DeviceAddress::Udp { addr: s.local_addr().to_string() },
-            )
-        })
-        .collect();
+    let records = sensors_at(&servers);
     std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
     let cat =
         ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];

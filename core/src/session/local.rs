@@ -57,32 +57,23 @@ impl StoreSessions {
             .map_err(|e| SessionError::Store(format!("saved session {id} is unreadable: {e}")))
     }
 
-    /// The most recently saved session, if any.
-    pub async fn latest(&self) -> Result<Option<SessionState>, SessionError> {
+    /// Saved sessions, most recently updated first (unreadable ones are passed over).
+    async fn saved(&self) -> Result<Vec<SessionState>, SessionError> {
         let all = self
             .0
             .session_states(Some(SESSION_KIND))
             .await
             .map_err(|e| SessionError::Store(e.to_string()))?;
-        Ok(all.into_iter().find_map(|saved| serde_json::from_value(saved.state).ok()))
+        Ok(all.into_iter().filter_map(|saved| serde_json::from_value(saved.state).ok()).collect())
+    }
+
+    /// The most recently saved session, if any.
+    pub async fn latest(&self) -> Result<Option<SessionState>, SessionError> {
+        Ok(self.saved().await?.into_iter().next())
     }
 
     /// The most recently saved session that has not finished, if any.
     pub async fn latest_unfinished(&self) -> Result<Option<SessionState>, SessionError> {
-        let all = self
-            .0
-            .session_states(Some(SESSION_KIND))
-            .await
-            .map_err(|e| SessionError::Store(e.to_string()))?;
-        for saved in all {
-            let state: SessionState = match serde_json::from_value(saved.state) {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            if !matches!(state.phase, super::Phase::Finished) {
-                return Ok(Some(state));
-            }
-        }
-        Ok(None)
+        Ok(self.saved().await?.into_iter().find(|s| !matches!(s.phase, super::Phase::Finished)))
     }
 }
