@@ -549,10 +549,10 @@ mod tests {
         assert!(
             matches!(out, FlashOutcome::RolledBack { ref reason } if reason.contains("sensor reads nothing"))
         );
-        assert!(
-            !dev.snapshot().confirmed
-                || dev.snapshot().running_version.unwrap().to_string() == "1.0.0"
-        );
+        // Reverted: the previous image runs again, confirmed.
+        let after = dev.snapshot();
+        assert_eq!(after.running_version.unwrap().to_string(), "1.0.0");
+        assert!(after.confirmed);
     }
 
     #[tokio::test]
