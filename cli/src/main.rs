@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod output;
 
 #[derive(Parser, Debug)]
 #[command(name = "fieldpatch", version, about = "Patch IoT devices in the field, offline-first")]
@@ -54,6 +55,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
         Command::Dfu(c) => cmd::dfu::run(c, cli.json),
@@ -70,7 +72,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            output::print_error(&err, json);
             std::process::ExitCode::from(1)
         }
     }

@@ -1,7 +1,13 @@
 use std::process::Command;
 
+/// Run `fieldpatch` with a data directory of its own (the visit log it writes stays there).
 fn fieldpatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldpatch")).args(args).output().unwrap()
+    let data = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_fieldpatch"))
+        .env("FIELDPATCH_DATA_DIR", data.path())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -20,10 +26,26 @@ fn dfu_flash_refuses_a_damaged_file_before_touching_usb() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("fw.dfu");
     std::fs::write(&p, [0u8; 64]).unwrap();
-    let out = fieldpatch(&["dfu", "flash", "--device", "1-1", p.to_str().unwrap()]);
+    let out =
+        fieldpatch(&["dfu", "flash", "--allow-unverified", "--device", "1-1", p.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no DFU suffix signature"), "{err}");
+}
+
+#[test]
+fn dfu_flash_refuses_an_unverified_file_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fw.dfu");
+    std::fs::write(&p, [1u8; 64]).unwrap();
+    let st = Command::new("dfu-suffix").arg("-a").arg(&p).output().unwrap();
+    assert!(st.status.success(), "dfu-suffix (Debian package dfu-util) is required");
+    let out = fieldpatch(&["--json", "dfu", "flash", "--device", "1-1", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "unverified_image", "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-unverified"), "{err}");
 }
 
 #[test]
@@ -33,7 +55,14 @@ fn dfu_flash_to_a_missing_device_says_so() {
     std::fs::write(&p, [1u8; 64]).unwrap();
     let st = Command::new("dfu-suffix").arg("-a").arg(&p).output().unwrap();
     assert!(st.status.success(), "dfu-suffix (Debian package dfu-util) is required");
-    let out = fieldpatch(&["dfu", "flash", "--device", "9-9.9", p.to_str().unwrap()]);
+    let out = fieldpatch(&[
+        "dfu",
+        "flash",
+        "--allow-unverified",
+        "--device",
+        "9-9.9",
+        p.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no USB device at 9-9.9"), "{err}");

@@ -28,6 +28,13 @@ pub enum CatalogError {
     ReadDir { path: PathBuf, source: std::io::Error },
 }
 
+impl CatalogError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        "catalog_unreadable"
+    }
+}
+
 /// A bundle that passed verification.
 #[derive(Debug, Clone)]
 pub struct CatalogBundle {

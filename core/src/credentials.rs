@@ -254,6 +254,27 @@ pub enum CredentialError {
     Worker(String),
 }
 
+impl CredentialError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CredentialError::NoBackend { .. }
+            | CredentialError::SecretServiceUnavailable { .. }
+            | CredentialError::KeyutilsUnavailable { .. }
+            | CredentialError::RememberedBackendUnavailable { .. }
+            | CredentialError::UnknownBackend(_) => "keyring_unavailable",
+            CredentialError::InvalidName(_) => "credential_name",
+            CredentialError::NotFound { .. } | CredentialError::NoDeviceCredential { .. } => {
+                "credential_missing"
+            }
+            CredentialError::Empty(_) => "credential_empty",
+            CredentialError::Keyring { .. } | CredentialError::Worker(_) => "keyring",
+            CredentialError::BadTechnicianKey | CredentialError::BadSigningKey(_) => "bad_key",
+            CredentialError::Store(e) => e.code(),
+        }
+    }
+}
+
 /// A credential the store knows by name (never its value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CredentialListing {

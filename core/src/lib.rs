@@ -18,11 +18,10 @@
 pub mod bundle;
 pub mod catalog;
 pub mod credentials;
-#[cfg(feature = "demo")]
-pub mod demo;
+pub mod device;
+mod fieldpatch;
 pub mod flash;
 pub mod image;
-pub mod model;
 pub mod paths;
 pub mod plan;
 pub mod session;
@@ -30,7 +29,10 @@ pub mod store;
 pub mod sync;
 pub mod visitlog;
 
+pub use fieldpatch::{Error, Fieldpatch};
 pub use fieldpatch_drivers::progress;
+/// Versions and device identities, shared with the inventory server (`fieldpatch-proto`).
+pub use fieldpatch_proto::model;
 
 use serde::Serialize;
 use std::path::PathBuf;

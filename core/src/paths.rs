@@ -31,6 +31,13 @@ pub enum PathError {
     RelativeOverride(PathBuf),
 }
 
+impl PathError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        "data_dir"
+    }
+}
+
 /// The local data directory and where that choice came from. Does not create it.
 pub fn data_dir() -> Result<(PathBuf, DataDirSource), PathError> {
     if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()) {

@@ -9,8 +9,8 @@
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use fieldpatch_core::sync::wire::{PushAck, PushRequest};
-use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_proto::event::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_proto::wire::{PushAck, PushRequest};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::{App, Bound, PgStore, Store};
 use sqlx::Connection;

@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
-use fieldpatch_core::model::Version;
-use fieldpatch_core::sync::sealed::{self, SealedCredential};
-use fieldpatch_core::sync::wire::{
+use fieldpatch_proto::event::Event;
+use fieldpatch_proto::model::Version;
+use fieldpatch_proto::sealed::{self, SealedCredential};
+use fieldpatch_proto::wire::{
     ApiErrorBody, Device, MAX_PUSH_EVENTS, PlannedNotPatched, PullResponse, PushAck, PushRequest,
     Site, WorkOrder,
 };
-use fieldpatch_core::visitlog::Event;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -436,7 +436,7 @@ pub async fn create_technician<S: Store>(
     store: &S,
     t: NewTechnician,
 ) -> Result<Technician, StoreError> {
-    if fieldpatch_core::sync::wire::parse_key(&t.public_key).is_none() {
+    if fieldpatch_proto::wire::parse_key(&t.public_key).is_none() {
         return Err(StoreError::Invalid(format!(
             "public key {:?} is not a hex ed25519 public key (64 hex digits)",
             t.public_key

@@ -4,7 +4,7 @@
 //! naming the same fields (any order; unknown columns are an error so typos do not pass silently);
 //! fields may be quoted with `"` (a doubled `""` inside quotes is one quote).
 
-use fieldpatch_core::sync::wire::{Device, Site};
+use fieldpatch_proto::wire::{Device, Site};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;

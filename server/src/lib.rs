@@ -9,11 +9,11 @@
 //!   directory) and is the default; PostgreSQL is for real deployments. One set of queries serves
 //!   both, and the same tests run against both.
 //! * **The visit-log envelope is the contract.** The server verifies pushed events with
-//!   `fieldpatch_core::visitlog` (signatures, hash chain) and countersigns what it accepted with its
+//!   `fieldpatch_proto::event` (signatures, hash chain) and countersigns what it accepted with its
 //!   own ed25519 key (kept in the data directory), so the laptop can prove what the inventory took.
 //! * **Device credentials** are kept encrypted under a data key (`credential-key` in the data
 //!   directory) and leave the server only sealed to the requesting technician's key, for the
-//!   devices of their assigned sites (`fieldpatch_core::sync::sealed`).
+//!   devices of their assigned sites (`fieldpatch_proto::sealed`).
 //! * **Exactly once.** Push is idempotent: events at or below a log's head must match what is
 //!   stored, new events must continue the chain, and events, inventory changes and the new
 //!   checkpoint commit in one transaction ([`push`]).
@@ -81,8 +81,8 @@ impl std::fmt::Debug for Embedded {
 #[derive(Debug)]
 pub struct Seed {
     pub technician: api::NewTechnician,
-    pub site: fieldpatch_core::sync::wire::Site,
-    pub devices: Vec<fieldpatch_core::sync::wire::Device>,
+    pub site: fieldpatch_proto::wire::Site,
+    pub devices: Vec<fieldpatch_proto::wire::Device>,
     /// `(bundle id, version, manifest JSON, bundle file bytes)`.
     pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
     pub trust_store: serde_json::Value,
@@ -104,7 +104,7 @@ impl Embedded {
         }
         store.assign(&id, &seed.site.id).await?;
         for (bundle_id, version, manifest, bytes) in seed.bundles {
-            let entry = fieldpatch_core::sync::wire::CatalogEntry {
+            let entry = fieldpatch_proto::wire::CatalogEntry {
                 bundle_id,
                 version,
                 manifest,
@@ -314,7 +314,7 @@ mod tests {
 
         // Seeding gives the technician a token that pulls exactly the seeded site.
         let tech = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let device = |id: &str| fieldpatch_core::sync::wire::Device {
+        let device = |id: &str| fieldpatch_proto::wire::Device {
             id: id.into(),
             site_id: "demo".into(),
             vendor: Some("Demo".into()),
@@ -334,7 +334,7 @@ mod tests {
                 name: "Demo technician".into(),
                 public_key: hex::encode(tech.verifying_key().as_bytes()),
             },
-            site: fieldpatch_core::sync::wire::Site {
+            site: fieldpatch_proto::wire::Site {
                 id: "demo".into(),
                 name: "Demo site".into(),
                 address: None,

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use fieldpatch_core::sync::wire::{CatalogEntry, WorkOrder};
+use fieldpatch_proto::wire::{CatalogEntry, WorkOrder};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store, TlsFiles};
 use sha2::{Digest, Sha256};

@@ -10,8 +10,8 @@
 
 use crate::store::{LogHead, Store, StoreError, Technician};
 use ed25519_dalek::SigningKey;
-use fieldpatch_core::sync::wire::{Checkpoint, EventProblem, PushAck};
-use fieldpatch_core::visitlog::{ChainError, Event, GENESIS_HASH};
+use fieldpatch_proto::event::{ChainError, Event, GENESIS_HASH};
+use fieldpatch_proto::wire::{Checkpoint, EventProblem, PushAck};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 

@@ -11,8 +11,8 @@
 //! inventory never reflects an event the server does not hold, or the reverse.
 
 use chrono::{DateTime, Utc};
-use fieldpatch_core::sync::wire::{CatalogEntry, Device, Site, WorkOrder};
-use fieldpatch_core::visitlog::{Event, EventKind};
+use fieldpatch_proto::event::{Event, EventKind};
+use fieldpatch_proto::wire::{CatalogEntry, Device, Site, WorkOrder};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use std::borrow::Cow;
 use std::future::Future;
@@ -994,7 +994,7 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldpatch_core::visitlog::{TimeSource, UnsignedEvent};
+    use fieldpatch_proto::event::{TimeSource, UnsignedEvent};
 
     fn ev(device: &str, kind: EventKind, secs: i64) -> (Event, String) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);

@@ -3,8 +3,8 @@
 mod common;
 
 use common::{Backend, TestServer, chain, chain_in, note};
-use fieldpatch_core::sync::wire::{Device, PlannedNotPatched, PullResponse, PushAck, PushRequest};
-use fieldpatch_core::visitlog::{Event, EventKind};
+use fieldpatch_proto::event::{Event, EventKind};
+use fieldpatch_proto::wire::{Device, PlannedNotPatched, PullResponse, PushAck, PushRequest};
 use fieldpatch_server::Store;
 use reqwest::StatusCode;
 

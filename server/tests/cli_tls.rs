@@ -1,7 +1,7 @@
 //! The `fieldpatch-server` binary: admin commands, HTTPS with rustls, and the refusal to serve
 //! plain HTTP on a non-loopback address.
 
-use fieldpatch_core::sync::wire::PullResponse;
+use fieldpatch_proto::wire::PullResponse;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{PgDatabase, chain, note};
-use fieldpatch_core::sync::wire::{PushAck, PushRequest};
-use fieldpatch_core::visitlog::Event;
+use fieldpatch_proto::event::Event;
+use fieldpatch_proto::wire::{PushAck, PushRequest};
 use fieldpatch_server::{PgStore, SqliteStore, Store};
 use rand::Rng;
 use std::io::{BufRead, BufReader};

@@ -1,18 +1,20 @@
-//! The Fieldpatch desktop shell. Tauri commands and events only: each command is a few lines that
-//! call `fieldpatch-core`; errors cross the bridge as `{code, message}` so the front end branches
-//! on codes, not on strings. Session progress reaches the window as `session` events.
+//! The Fieldpatch desktop shell. Tauri commands and events only: each command is a few lines over
+//! [`fieldpatch_core::Fieldpatch`]; errors cross the bridge as `{code, message}` with the core's
+//! stable codes, so the front end branches on codes, not on strings. Session progress reaches the
+//! window as `session` events, sync as `sync` events.
+//!
+//! The window runs the built-in demo site in a data directory of its own (`demo/` inside the data
+//! directory): its store, visit log, catalog, trust store and embedded inventory live there, so
+//! nothing the demo does is visible in the technician's real data.
 
+use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::bundle::verify::VerifyPolicy;
 use fieldpatch_core::catalog::Catalog;
-use fieldpatch_core::credentials::Credentials;
-use fieldpatch_core::demo::Demo;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::plan::{DeviceRecord, Plan};
-use fieldpatch_core::session::batch::{self, identify, load_catalog, make_plan, run_in_visit};
-use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState, Threshold};
-use fieldpatch_core::store::Store;
-use fieldpatch_core::sync::{StoreSync, SyncConfig, WatchEvent, WatchOptions, watch};
-use fieldpatch_core::visitlog::VisitLog;
+use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState};
+use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
+use fieldpatch_demo::Demo;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -29,39 +31,35 @@ pub struct BridgeError {
     pub message: String,
 }
 
-fn err(code: &'static str) -> impl Fn(&dyn std::fmt::Display) -> BridgeError {
-    move |e| BridgeError { code, message: e.to_string() }
-}
-
 impl From<fieldpatch_core::paths::PathError> for BridgeError {
     fn from(e: fieldpatch_core::paths::PathError) -> Self {
-        BridgeError { code: "data_dir", message: e.to_string() }
+        BridgeError { code: e.code(), message: e.to_string() }
     }
 }
 
-/// What the window works on: the demo site, its verified catalog and the local store.
+impl From<fieldpatch_core::Error> for BridgeError {
+    fn from(e: fieldpatch_core::Error) -> Self {
+        BridgeError { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// What the window works on: the demo site, its verified catalog and Fieldpatch in the demo's
+/// data directory.
 struct Site {
+    fp: Fieldpatch,
     demo: Demo,
     /// The embedded inventory server (SQLite, loopback).
     inventory: fieldpatch_server::Embedded,
     catalog: Arc<Catalog>,
     devices: Mutex<Vec<DeviceRecord>>,
-    store: Store,
-    running: AtomicBool,
     /// The last session run from the window, for its close-out.
     last_session: Mutex<Option<SessionState>>,
-    /// Syncing with the embedded inventory: config (with the demo token, kept in memory only),
-    /// the switch of the running watch, and a nudge to sync at once.
-    sync: Option<SyncControl>,
+    /// Syncing with the embedded inventory (the demo token is kept in memory only).
+    sync: Option<AutoSync>,
     /// Why sync is unavailable, when it is.
     sync_unavailable: Option<String>,
-}
-
-struct SyncControl {
-    config: SyncConfig,
-    local: Arc<StoreSync>,
-    stop: std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>,
-    nudge: Arc<tokio::sync::Notify>,
+    /// The runtime the automatic sync runs on.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The site as the window shows it.
@@ -87,8 +85,7 @@ fn app_info() -> Result<fieldpatch_core::AppInfo, BridgeError> {
 /// Identify every device of the site (what it runs now) and list the verified catalog.
 #[tauri::command]
 async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError> {
-    let connector = DriverConnector { usb: site.demo.usb.clone() };
-    let found = identify(&connector, site.demo.devices.clone(), Duration::from_secs(10)).await;
+    let found = site.fp.identify(site.demo.devices.clone(), Duration::from_secs(10)).await;
     let unreachable =
         found.iter().filter_map(|(d, e)| e.clone().map(|e| (d.id.clone(), e))).collect();
     let devices: Vec<DeviceRecord> = found.into_iter().map(|(d, _)| d).collect();
@@ -99,7 +96,7 @@ async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError
         bundles: site.catalog.entries(),
         refused: site.catalog.refused.clone(),
         inventory: format!("http://{}", site.inventory.addr),
-        auto_sync: site.sync.as_ref().is_some_and(|s| s.stop.lock().is_ok_and(|g| g.is_some())),
+        auto_sync: site.sync.as_ref().is_some_and(AutoSync::is_on),
         sync_unavailable: site.sync_unavailable.clone(),
     })
 }
@@ -112,88 +109,44 @@ async fn set_auto_sync(
     site: tauri::State<'_, Arc<Site>>,
     on: bool,
 ) -> Result<bool, BridgeError> {
-    let sync = site.sync.as_ref().ok_or_else(|| BridgeError {
-        code: "sync_unavailable",
-        message: site.sync_unavailable.clone().unwrap_or_default(),
-    })?;
-    switch_watch(app, sync, on).map_err(|e| err("sync")(&e))?;
+    site.sync()?.set(on, &site.runtime, sync_events(app));
     Ok(on)
-}
-
-/// Stop the running watch, if any, and start a new one when `on`.
-fn switch_watch(app: tauri::AppHandle, sync: &SyncControl, on: bool) -> Result<(), String> {
-    let mut guard = sync.stop.lock().map_err(|_| "sync state poisoned".to_string())?;
-    if let Some(stop) = guard.take() {
-        let _ = stop.send(true);
-    }
-    if on {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        *guard = Some(tx);
-        let (config, local, nudge) = (sync.config.clone(), sync.local.clone(), sync.nudge.clone());
-        tauri::async_runtime::spawn(async move {
-            let options = WatchOptions {
-                interval: Duration::from_secs(20),
-                initial_backoff: Duration::from_secs(1),
-                max_backoff: Duration::from_secs(15),
-            };
-            let emit = move |e: WatchEvent| {
-                let _ = app.emit("sync", SyncEventView::new(e));
-            };
-            let _ = watch(&config, local.as_ref(), options, rx, Some(&nudge), &emit).await;
-        });
-    }
-    Ok(())
 }
 
 /// Sync now (when automatic sync is on, this wakes it).
 #[tauri::command]
 async fn sync_now(site: tauri::State<'_, Arc<Site>>) -> Result<(), BridgeError> {
-    let sync = site.sync.as_ref().ok_or_else(|| BridgeError {
-        code: "sync_unavailable",
-        message: site.sync_unavailable.clone().unwrap_or_default(),
-    })?;
-    sync.nudge.notify_one();
+    site.sync()?.sync_now();
     Ok(())
 }
 
-/// A sync event as the window receives it.
+impl Site {
+    fn sync(&self) -> Result<&AutoSync, BridgeError> {
+        self.sync.as_ref().ok_or_else(|| BridgeError {
+            code: "sync_unavailable",
+            message: self.sync_unavailable.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Forward watch events to the window as `sync` events.
+fn sync_events(app: tauri::AppHandle) -> fieldpatch_core::sync::WatchSink {
+    Arc::new(move |e: WatchEvent| {
+        let _ = app.emit("sync", SyncEventView { kind: e.kind(), text: e.to_string() });
+    })
+}
+
+/// A sync event as the window receives it (the kind and the core's wording).
 #[derive(Debug, Clone, Serialize)]
 struct SyncEventView {
     kind: &'static str,
     text: String,
 }
 
-impl SyncEventView {
-    fn new(e: WatchEvent) -> Self {
-        let (kind, text) = match e {
-            WatchEvent::Offline { retry_in, detail } => {
-                ("offline", format!("inventory unreachable ({detail}); next try in {retry_in:?}"))
-            }
-            WatchEvent::NetworkChanged => ("probing", "network changed: probing".into()),
-            WatchEvent::Reachable => ("reachable", "inventory reachable: syncing".into()),
-            WatchEvent::Synced(r) => (
-                "synced",
-                format!(
-                    "synced: {} event(s) pushed, {} pending, {} rejected; {} device(s), {} bundle(s) pulled",
-                    r.pushed,
-                    r.pending_total(),
-                    r.rejected.len(),
-                    r.devices,
-                    r.catalog
-                ),
-            ),
-            WatchEvent::Failed(e) => ("failed", e.to_string()),
-            WatchEvent::Stopped => ("stopped", "automatic sync is off".into()),
-        };
-        SyncEventView { kind, text }
-    }
-}
-
 /// Plan the identified devices against the verified catalog.
 #[tauri::command]
 async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<Plan, BridgeError> {
-    let creds = Credentials::open(&site.store).await.ok();
-    Ok(make_plan(site.devices.lock().await.clone(), &site.catalog, creds.as_ref()).await)
+    Ok(site.fp.plan(site.devices.lock().await.clone(), &site.catalog).await)
 }
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
@@ -205,22 +158,10 @@ async fn run_session(
     plan: Plan,
     canary: bool,
 ) -> Result<String, BridgeError> {
-    if site.running.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return Err(BridgeError { code: "busy", message: "a session is already running".into() });
+    if site.fp.session_running() {
+        return Err(fieldpatch_core::Error::Busy.into());
     }
-    let key = Credentials::open(&site.store).await.map_err(|e| err("keyring")(&e))?;
-    let key = key.technician_key().await.map_err(|e| err("keyring")(&e))?;
-    let log = Arc::new(VisitLog::open(&site.store, key).await.map_err(|e| err("store")(&e))?);
-    let options = SessionOptions {
-        canary,
-        soak: Duration::from_secs(1),
-        wave_size: 8,
-        concurrency: 8,
-        failure_threshold: Threshold::Percent(50.0),
-        retries: 0,
-        ..Default::default()
-    };
-    let state = SessionState::new(plan, options);
+    let state = SessionState::new(plan, SessionOptions { canary, ..SessionOptions::demo() });
     let id = state.id.to_string();
     let emitter = app.clone();
     let observer = Arc::new(move |device: Option<&str>, event: SessionEvent| {
@@ -228,24 +169,14 @@ async fn run_session(
     });
     let site = site.inner().clone();
     tauri::async_runtime::spawn(async move {
-        let connector = Arc::new(DriverConnector { usb: site.demo.usb.clone() });
-        let result = run_in_visit(
-            &site.store,
-            log,
-            state,
-            site.catalog.clone(),
-            connector,
-            observer,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await;
-        site.running.store(false, std::sync::atomic::Ordering::SeqCst);
+        let pause = Arc::new(AtomicBool::new(false));
+        let result = site.fp.run_session(state, site.catalog.clone(), observer, pause).await;
         let summary = match result {
             Ok((summary, state)) => {
                 *site.last_session.lock().await = Some(state);
                 Ok(summary)
             }
-            Err(e) => Err(err("session")(&e)),
+            Err(e) => Err(BridgeError::from(e)),
         };
         let _ = app.emit("session-finished", summary);
     });
@@ -264,19 +195,13 @@ async fn close_session(
             code: "no_session",
             message: "run a session first".into(),
         })?;
-    let creds = Credentials::open(&site.store).await.map_err(|e| err("keyring")(&e))?;
-    let key = creds.technician_key().await.map_err(|e| err("keyring")(&e))?;
-    let log = VisitLog::open(&site.store, key).await.map_err(|e| err("store")(&e))?;
-    batch::close_out(&log, &state, &reasons).await.map_err(|e| match e {
-        batch::BatchError::Reasons(missing) => err("reasons_missing")(&missing),
-        other => err("session")(&other),
-    })
+    Ok(site.fp.close_session(&state, &reasons).await?)
 }
 
 /// Verify the visit log(s) in the local store.
 #[tauri::command]
 async fn verify_log(site: tauri::State<'_, Arc<Site>>) -> Result<serde_json::Value, BridgeError> {
-    let checks = site.store.verify_all_logs().await.map_err(|e| err("store")(&e))?;
+    let checks = site.fp.verify_logs().await?;
     Ok(serde_json::to_value(checks).unwrap_or_default())
 }
 
@@ -313,34 +238,36 @@ impl SessionEventView {
     }
 }
 
-/// Start the built-in demo site, open the local store and start the embedded inventory server
-/// (all in the data directory).
+/// Start the built-in demo site, open Fieldpatch in the demo's own data directory and start the
+/// embedded inventory server there.
 async fn start_site() -> Result<Site, String> {
     let (data_dir, _) = fieldpatch_core::paths::data_dir().map_err(|e| e.to_string())?;
     let demo_dir = data_dir.join("demo");
-    std::fs::create_dir_all(&demo_dir).map_err(|e| format!("{}: {e}", demo_dir.display()))?;
-    let demo = fieldpatch_core::demo::start(&demo_dir).map_err(|e| e.to_string())?;
-    let catalog = load_catalog(&demo.catalog_dir, &demo.trust_path, &VerifyPolicy::now())
+    let site_dir = demo_dir.join("site");
+    std::fs::create_dir_all(&site_dir).map_err(|e| format!("{}: {e}", site_dir.display()))?;
+    let demo = fieldpatch_demo::start(&site_dir).map_err(|e| e.to_string())?;
+    let connector = Arc::new(DriverConnector { usb: demo.usb.clone() });
+    let fp = Fieldpatch::open_in(&demo_dir, connector).await.map_err(|e| e.to_string())?;
+    let catalog = fp
+        .load_catalog(&demo.catalog_dir, &demo.trust_path, &VerifyPolicy::now())
         .map_err(|e| e.to_string())?;
-    let store = Store::open_in(&data_dir).await.map_err(|e| e.to_string())?;
-    let inventory = fieldpatch_server::start_embedded(&data_dir.join("inventory"))
+    let inventory = fieldpatch_server::start_embedded(&demo_dir.join("inventory"))
         .await
         .map_err(|e| e.to_string())?;
-    let (sync, sync_unavailable) =
-        match enroll(&inventory, &demo, &catalog, &store, &data_dir).await {
-            Ok(s) => (Some(s), None),
-            Err(e) => (None, Some(e)),
-        };
+    let (sync, sync_unavailable) = match enroll(&inventory, &demo, &catalog, &fp).await {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    };
     Ok(Site {
+        fp,
         sync,
         sync_unavailable,
         devices: Mutex::new(demo.devices.clone()),
         demo,
         inventory,
         catalog: Arc::new(catalog),
-        store,
-        running: AtomicBool::new(false),
         last_session: Mutex::new(None),
+        runtime: tokio::runtime::Handle::current(),
     })
 }
 
@@ -350,10 +277,9 @@ async fn enroll(
     inventory: &fieldpatch_server::Embedded,
     demo: &Demo,
     catalog: &Catalog,
-    store: &Store,
-    data_dir: &std::path::Path,
-) -> Result<SyncControl, String> {
-    let credentials = Credentials::open(store).await.map_err(|e| e.to_string())?;
+    fp: &Fieldpatch,
+) -> Result<AutoSync, String> {
+    let credentials = fp.credentials().await.map_err(|e| e.to_string())?;
     let key = credentials.technician_key().await.map_err(|e| e.to_string())?;
     let content = demo.inventory_content(catalog).map_err(|e| e.to_string())?;
     let seed = fieldpatch_server::Seed {
@@ -368,12 +294,8 @@ async fn enroll(
         trust_store: content.trust_store,
     };
     let token = inventory.seed(seed).await.map_err(|e| e.to_string())?;
-    Ok(SyncControl {
-        config: SyncConfig::new(format!("http://{}", inventory.addr), token),
-        local: Arc::new(StoreSync::new(store.clone(), credentials, data_dir)),
-        stop: std::sync::Mutex::new(None),
-        nudge: Arc::new(tokio::sync::Notify::new()),
-    })
+    let local = fp.sync_local().await.map_err(|e| e.to_string())?;
+    Ok(AutoSync::new(SyncConfig::new(format!("http://{}", inventory.addr), token), local))
 }
 
 /// Start the desktop app.
@@ -383,7 +305,7 @@ pub fn run() {
             let site = tauri::async_runtime::block_on(start_site())?;
             // Automatic sync is on from the start; the window can turn it off.
             if let Some(sync) = &site.sync {
-                switch_watch(app.handle().clone(), sync, true)?;
+                sync.set(true, &site.runtime, sync_events(app.handle().clone()));
             }
             app.manage(Arc::new(site));
             Ok(())

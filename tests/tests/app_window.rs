@@ -83,7 +83,9 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     session.click("#sync-now", long).unwrap();
     let synced = session
         .wait_for("#sync-status", long, |t| {
-            t.starts_with("synced: ") && !t.starts_with("synced: 0 ") && t.contains(" 0 pending")
+            t.starts_with("synced: ")
+                && !t.starts_with("synced: pushed 0,")
+                && t.contains("pending 0,")
         })
         .unwrap();
     session.click("#auto-sync", long).unwrap();
@@ -105,8 +107,16 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     assert_eq!(log, "visit log verifies");
     assert!(refused.contains("missing for sensor-04"), "{refused}");
     assert!(closed.contains("1 unpatched device"), "{closed}");
-    assert!(synced.contains("0 rejected"), "{synced}");
+    assert!(synced.contains("rejected 0;"), "{synced}");
     assert_eq!(off, "automatic sync is off");
+
+    // The demo works in a data directory of its own: its store, log, catalog, trust store and
+    // inventory are under demo/, and nothing else appears in the technician's data directory.
+    let entries: Vec<String> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, vec!["demo".to_string()], "the demo wrote into the real data directory");
 
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(data_dir.contains(data.path().to_str().unwrap()), "{data_dir}");

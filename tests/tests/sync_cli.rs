@@ -432,7 +432,7 @@ async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
     // Ctrl-C stops it cleanly.
     let status = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
     assert!(status.success());
-    wait_for(&rx, "stopped watching", &mut seen);
+    wait_for(&rx, "automatic sync is off", &mut seen);
     let deadline = Instant::now() + Duration::from_secs(30);
     let code = loop {
         if let Some(s) = watch.try_wait().unwrap() {

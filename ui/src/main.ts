@@ -1,4 +1,6 @@
+// Entry point: mounts the Fieldpatch window into index.html's #app element.
 import { mount } from "svelte";
+import "./app.css";
 import App from "./App.svelte";
 
 const target = document.getElementById("app");

@@ -13,7 +13,7 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     super::runtime()?.block_on(async move {
-        let demo = fieldpatch_core::demo::start(&dir)?;
+        let demo = fieldpatch_demo::start(&dir)?;
         // The demo's USB board sits on the lab's in-process USB backend, which only the app
         // shares; the devices file lists what the CLI can reach (serial and UDP).
         let reachable: Vec<_> = demo

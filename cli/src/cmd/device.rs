@@ -1,21 +1,13 @@
 //! `fieldpatch device`: low-level SMP commands for technicians who debug a device.
 //!
-//! Thin: every subcommand is a call into `fieldpatch_drivers::smp`. Image upload sends only bytes
-//! the caller vouches for: a bare file needs `--allow-unverified`; verified inputs (bundles,
-//! vendor-signed images) enter through [`send_image`], which takes the bytes to send.
+//! Thin: every subcommand is a call into [`fieldpatch_core::device`], which clears what is sent
+//! (a bundle, a vendor-signed image, or a bare file with `--allow-unverified`) and writes the
+//! visit-log events around every command that changes the device.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use fieldpatch_core::bundle::input::{Clearance, ClearedImage, clear_for_device};
-use fieldpatch_core::bundle::{TrustStore, VerifyPolicy};
-use fieldpatch_core::credentials::Credentials;
-use fieldpatch_core::store::Store;
-use fieldpatch_core::visitlog::{EventKind, NewEvent, VisitLog};
-use fieldpatch_drivers::progress::{Progress, TransferProgress};
-use fieldpatch_drivers::smp::commands::hex_string;
-use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, UploadOptions};
-use fieldpatch_drivers::transport::{AnyLink, SerialLink, UdpLink, serial, udp};
-use sha2::{Digest, Sha256};
+use fieldpatch_core::device::{AfterUpload, ImageSlotState, hex_string, parse_image_hash};
+use fieldpatch_core::plan::DeviceAddress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +17,7 @@ pub struct DeviceArgs {
     #[arg(long, required_unless_present = "udp", conflicts_with = "udp")]
     serial: Option<String>,
     /// Serial speed.
-    #[arg(long, default_value_t = serial::DEFAULT_BAUD, requires = "serial")]
+    #[arg(long, default_value_t = 115_200, requires = "serial")]
     baud: u32,
     /// UDP address of the device, HOST[:PORT] (port 1337 by default).
     #[arg(long)]
@@ -74,28 +66,29 @@ enum ImageCommand {
 }
 
 pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let link = match (&args.serial, &args.udp) {
-            (Some(port), _) => AnyLink::Serial(SerialLink::open(port, args.baud)?),
-            (None, Some(addr)) => AnyLink::Udp(UdpLink::connect(udp::parse_addr(addr)?).await?),
+    super::runtime()?.block_on(async move {
+        let address = match (&args.serial, &args.udp) {
+            (Some(port), _) => DeviceAddress::Serial { port: port.clone(), baud: args.baud },
+            (None, Some(addr)) => DeviceAddress::Udp { addr: addr.clone() },
             (None, None) => bail!("say which device: --serial PORT or --udp HOST[:PORT]"),
         };
-        let mut client = SmpClient::new(link);
+        let fp = super::open().await?;
+        let mut device = fp.smp_device(&address).await?;
         match args.command {
             DeviceCommand::Info => {
-                let info = client.app_info().await?;
-                let params = client.params().await?;
+                let info = device.info().await?;
                 if json {
-                    let v = serde_json::json!({ "info": info, "params": params });
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    println!("{}", serde_json::to_string_pretty(&info)?);
                 } else {
-                    println!("{info}");
-                    println!("SMP buffers: {} x {} bytes", params.buf_count, params.buf_size);
+                    println!("{}", info.info);
+                    println!(
+                        "SMP buffers: {} x {} bytes",
+                        info.params.buf_count, info.params.buf_size
+                    );
                 }
             }
             DeviceCommand::Image(ImageCommand::List) => {
-                print_states(&client.image_list().await?, json)?;
+                print_states(&device.images().await?, json)?;
             }
             DeviceCommand::Image(ImageCommand::Upload {
                 file,
@@ -104,43 +97,51 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                 trust,
                 allow_unverified,
             }) => {
-                let trust = trust.as_deref().map(TrustStore::load).transpose()?;
-                let cleared = clear_for_device(
-                    &file,
-                    trust.as_ref(),
-                    &VerifyPolicy::now(),
-                    allow_unverified,
-                )?;
-                record_clearance(&cleared, &file).await?;
                 let after = match (test, confirm) {
                     (true, _) => AfterUpload::Test,
                     (_, true) => AfterUpload::Confirm,
                     _ => AfterUpload::Nothing,
                 };
-                send_image(
-                    &mut client,
-                    &cleared.bytes,
-                    cleared.device_hash.as_deref(),
-                    after,
-                    json,
-                )
-                .await?;
+                let bar = crate::output::Bar::bytes(json);
+                let (report, states) =
+                    device.upload(&file, trust.as_deref(), allow_unverified, after, &bar).await?;
+                bar.finish();
+                if json {
+                    let v = serde_json::json!({
+                        "bytes": report.bytes,
+                        "seconds": report.elapsed.as_secs_f64(),
+                        "resumed_from": report.resumed_from,
+                        "retries": report.retries,
+                        "images": states,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let secs = report.elapsed.as_secs_f64().max(1e-6);
+                    println!(
+                        "uploaded {} bytes in {:.1} s ({:.1} KiB/s, {} retries)",
+                        report.bytes,
+                        secs,
+                        report.bytes as f64 / secs / 1024.0,
+                        report.retries
+                    );
+                    print_states(&states, false)?;
+                }
             }
             DeviceCommand::Image(ImageCommand::Test { hash }) => {
-                print_states(&client.image_test(&parse_hash(&hash)?).await?, json)?;
+                print_states(&device.test(&parse_image_hash(&hash)?).await?, json)?;
             }
             DeviceCommand::Image(ImageCommand::Confirm { hash }) => {
-                let hash = hash.as_deref().map(parse_hash).transpose()?;
-                print_states(&client.image_confirm(hash.as_deref()).await?, json)?;
+                let hash = hash.as_deref().map(parse_image_hash).transpose()?;
+                print_states(&device.confirm(hash.as_deref()).await?, json)?;
             }
             DeviceCommand::Reset => {
-                client.reset().await?;
+                device.reset().await?;
                 if !json {
                     println!("reset requested");
                 }
             }
             DeviceCommand::Echo { text } => {
-                let r = client.echo(&text).await?;
+                let r = device.echo(&text).await?;
                 if json {
                     println!("{}", serde_json::json!({ "echo": r }));
                 } else {
@@ -150,75 +151,6 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Record in the technician's visit log why these bytes may be sent, before the first byte goes.
-async fn record_clearance(c: &ClearedImage, file: &std::path::Path) -> anyhow::Result<()> {
-    let store = Store::open_default().await?;
-    let key = Credentials::open(&store).await?.technician_key().await?;
-    let log = VisitLog::open(&store, key).await?;
-    let sha = hex_string(&Sha256::digest(&c.bytes));
-    let kind = match &c.how {
-        Clearance::Bundle { bundle_id, bundle_version, rule } => EventKind::BundleVerified {
-            bundle_id: bundle_id.clone(),
-            bundle_version: bundle_version.clone(),
-            rule: rule.clone(),
-        },
-        Clearance::VendorSigned { key_id } => EventKind::Note {
-            text: format!("image {} ({sha}) verified by vendor key {key_id}", file.display()),
-        },
-        Clearance::Unverified => EventKind::UnverifiedImageAllowed {
-            image_sha256: sha,
-            reason: format!("{}: sent with --allow-unverified", file.display()),
-        },
-    };
-    log.append(NewEvent::new(kind)).await.context("cannot record the upload in the visit log")?;
-    Ok(())
-}
-
-/// Upload bytes that were verified (or explicitly allowed unverified) and mark them as asked;
-/// `verified_hash` is the image hash established by verification, if any.
-pub async fn send_image(
-    client: &mut SmpClient<AnyLink>,
-    verified: &[u8],
-    verified_hash: Option<&[u8]>,
-    after: AfterUpload,
-    json: bool,
-) -> anyhow::Result<()> {
-    let bar = Bar::new(json);
-    let (report, states) =
-        client.upload_image(verified, verified_hash, after, UploadOptions::default(), &bar).await?;
-    bar.0.finish_and_clear();
-    if json {
-        let v = serde_json::json!({
-            "bytes": report.bytes,
-            "seconds": report.elapsed.as_secs_f64(),
-            "resumed_from": report.resumed_from,
-            "retries": report.retries,
-            "images": states,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        let secs = report.elapsed.as_secs_f64().max(1e-6);
-        println!(
-            "uploaded {} bytes in {:.1} s ({:.1} KiB/s, {} retries)",
-            report.bytes,
-            secs,
-            report.bytes as f64 / secs / 1024.0,
-            report.retries
-        );
-        print_states(&states, false)?;
-    }
-    Ok(())
-}
-
-fn parse_hash(s: &str) -> anyhow::Result<Vec<u8>> {
-    let h = hex::decode(s.trim())
-        .with_context(|| format!("{s:?} is not a hex image hash (as printed by `image list`)"))?;
-    if h.len() != 32 {
-        bail!("an image hash is 32 bytes (64 hex digits); {s:?} has {} bytes", h.len());
-    }
-    Ok(h)
 }
 
 fn print_states(states: &[ImageSlotState], json: bool) -> anyhow::Result<()> {
@@ -247,35 +179,4 @@ fn print_states(states: &[ImageSlotState], json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Upload progress as an indicatif bar (hidden in JSON mode).
-struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    fn new(json: bool) -> Bar {
-        let bar =
-            if json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:8} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        Bar(bar)
-    }
-}
-
-impl Progress for Bar {
-    fn phase(&self, name: &str) {
-        self.0.set_message(name.to_string());
-    }
-    fn transfer(&self, p: TransferProgress) {
-        self.0.set_length(p.total);
-        self.0.set_position(p.done);
-    }
-    fn note(&self, message: &str) {
-        self.0.println(message);
-    }
 }

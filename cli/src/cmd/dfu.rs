@@ -1,13 +1,10 @@
 //! `fieldpatch dfu`: USB DFU devices — list them, flash a DFU file (dfu-suffix / dfuse-pack
-//! format) with readback verification. Thin over `fieldpatch-core` (file checks) and the DFU
-//! driver on the system's USB buses.
+//! format) with readback verification. Thin over [`fieldpatch_core::Fieldpatch::dfu_flash`],
+//! which clears the file (a verified bundle, or a bare file with `--allow-unverified`) and
+//! records the flash in the visit log.
 
-use anyhow::Context;
 use clap::Subcommand;
-use fieldpatch_core::image::dfu_file::{self, DfuFile};
-use fieldpatch_drivers::dfu::{self, DfuDevice, DfuMode, DfuOptions, DfuseOptions};
-use fieldpatch_drivers::progress::{Progress, TransferProgress};
-use fieldpatch_drivers::usb::rusb_backend::RusbBus;
+use fieldpatch_core::device::DfuseOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,31 +23,25 @@ pub enum DfuCommand {
         /// DfuSe: leave DFU mode and start the firmware afterwards.
         #[arg(long)]
         leave: bool,
-        /// The DFU file.
+        /// Trust store (JSON) to verify a bundle carrying the DFU file against.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Send a bare DFU file that Fieldpatch has not verified (recorded in the visit log).
+        #[arg(long)]
+        allow_unverified: bool,
+        /// The DFU file, or a signed bundle carrying it.
         file: PathBuf,
     },
 }
 
-struct Bar(indicatif::ProgressBar);
-
-impl Progress for Bar {
-    fn phase(&self, name: &str) {
-        self.0.set_message(name.to_string());
-        self.0.set_position(0);
-    }
-    fn transfer(&self, p: TransferProgress) {
-        self.0.set_length(p.total);
-        self.0.set_position(p.done);
-    }
-    fn note(&self, message: &str) {
-        self.0.println(message);
-    }
+pub fn run(command: DfuCommand, json: bool) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(run_async(command, json))
 }
 
-pub fn run(command: DfuCommand, json: bool) -> anyhow::Result<ExitCode> {
+async fn run_async(command: DfuCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         DfuCommand::List => {
-            let devices = dfu::list(&RusbBus)?;
+            let devices = super::open().await?.dfu_devices()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else if devices.is_empty() {
@@ -66,21 +57,14 @@ pub fn run(command: DfuCommand, json: bool) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        DfuCommand::Flash { device, mass_erase, leave, file } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let file = DfuFile::parse(&bytes)?;
-            let mut dev = DfuDevice::open(&RusbBus, &device, DfuOptions::default())?;
-            if dev.mode() == DfuMode::Runtime {
-                dev = dev.detach(&RusbBus)?;
-            }
-            let bar = Bar(indicatif::ProgressBar::new(file.image_len()));
-            bar.0.set_style(indicatif::ProgressStyle::with_template(
-                "{msg:>8} [{bar:40}] {bytes}/{total_bytes}",
-            )?);
-            let report =
-                dfu_file::download(&mut dev, &file, DfuseOptions { mass_erase, leave }, &bar)?;
-            bar.0.finish_and_clear();
+        DfuCommand::Flash { device, mass_erase, leave, trust, allow_unverified, file } => {
+            let fp = super::open().await?;
+            let bar = crate::output::Bar::bytes(json);
+            let options = DfuseOptions { mass_erase, leave };
+            let report = fp
+                .dfu_flash(&device, &file, trust.as_deref(), allow_unverified, options, &bar)
+                .await?;
+            bar.finish();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -1,9 +1,8 @@
 //! `fieldpatch log show|verify|note`: the visit log in the local store.
 
 use clap::Subcommand;
-use fieldpatch_core::credentials::Credentials;
 use fieldpatch_core::store::Store;
-use fieldpatch_core::visitlog::{Event, VisitLog};
+use fieldpatch_core::visitlog::Event;
 use std::process::ExitCode;
 
 #[derive(Subcommand, Debug)]
@@ -28,16 +27,16 @@ pub enum LogCommand {
 
 pub fn run(cmd: LogCommand, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
-        let store = Store::open_default().await?;
+        let fp = super::open().await?;
+        let store = fp.store();
         match cmd {
             LogCommand::Show { visit: Some(visit), .. } => {
                 print_events(&store.visit_events(visit).await?, json)
             }
-            LogCommand::Show { log, visit: None } => show(&store, log, json).await,
-            LogCommand::Verify => verify(&store, json).await,
+            LogCommand::Show { log, visit: None } => show(store, log, json).await,
+            LogCommand::Verify => verify(store, json).await,
             LogCommand::Note { text } => {
-                let key = Credentials::open(&store).await?.technician_key().await?;
-                let event = VisitLog::open(&store, key).await?.note(text).await?;
+                let event = fp.note(text).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&event)?);
                 } else {

@@ -4,18 +4,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use fieldpatch_core::bundle::verify::{OfflineGrace, VerifyPolicy};
 use fieldpatch_core::catalog::Catalog;
-use fieldpatch_core::credentials::Credentials;
-use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::plan::{Disposition, Plan};
 use fieldpatch_core::progress::TransferProgress;
-use fieldpatch_core::session::batch::{self, identify, make_plan, read_devices, run_in_visit};
-use fieldpatch_core::session::local::StoreSessions;
+use fieldpatch_core::session::batch::{self, read_devices};
 use fieldpatch_core::session::{
     DeviceStatus, Observer, Phase, SessionEvent, SessionOptions, SessionState, Threshold,
 };
-use fieldpatch_core::store::Store;
-use fieldpatch_core::visitlog::VisitLog;
-use fieldpatch_drivers::usb::rusb_backend::RusbBus;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,25 +112,25 @@ pub struct SessionArgs {
     #[arg(long)]
     no_canary: bool,
     /// Seconds the canary runs before it is checked again.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = SessionOptions::field().soak.as_secs())]
     soak: u64,
     /// Devices per wave.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = SessionOptions::field().wave_size)]
     wave: usize,
     /// Devices flashed at the same time.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = SessionOptions::field().concurrency)]
     concurrency: usize,
     /// Stop after this many failures (3) or this share of the attempted devices (10%).
-    #[arg(long, default_value = "20%")]
+    #[arg(long, default_value_t = SessionOptions::field().failure_threshold)]
     threshold: Threshold,
     /// Extra attempts for a device whose flash failed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SessionOptions::field().retries)]
     retries: u32,
     /// Say what would be done; touch no device.
     #[arg(long)]
     dry_run: bool,
     /// Seconds a device may take to come back after a reset.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = SessionOptions::field().reconnect_timeout.as_secs())]
     reconnect_timeout: u64,
 }
 
@@ -155,17 +149,13 @@ impl SessionArgs {
     }
 }
 
-fn connector() -> DriverConnector<RusbBus> {
-    DriverConnector { usb: RusbBus }
-}
-
 pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let catalog = args.catalog.load()?;
         for r in &catalog.refused {
             eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
         }
-        let store = Store::open_default().await?;
+        let fp = super::open().await?;
         let devices = match (&args.devices, &args.work_order, &args.addresses) {
             (Some(file), _, _) => read_devices(file)?,
             (None, Some(order), Some(addresses)) => {
@@ -174,8 +164,7 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
                 let addresses = serde_json::from_slice(&text).with_context(|| {
                     format!("{} is not a JSON object of device id -> address", addresses.display())
                 })?;
-                let (found, missing) =
-                    batch::work_order_devices(&store, order, &addresses).await?;
+                let (found, missing) = fp.work_order_devices(order, &addresses).await?;
                 for id in missing {
                     eprintln!(
                         "{id}: not found on site (no address given); it stays unpatched: record why with `fieldpatch log note`"
@@ -187,14 +176,13 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
         };
         let timeout = Duration::from_secs(args.identify_timeout);
         let mut identified = Vec::new();
-        for (d, err) in identify(&connector(), devices, timeout).await {
+        for (d, err) in fp.identify(devices, timeout).await {
             if let Some(e) = err {
                 eprintln!("{}: not identified ({e}); using the inventory's record", d.id);
             }
             identified.push(d);
         }
-        let creds = Credentials::open(&store).await.ok();
-        let plan = make_plan(identified, &catalog, creds.as_ref()).await;
+        let plan = fp.plan(identified, &catalog).await;
         if let Some(out) = &args.out {
             std::fs::write(out, serde_json::to_vec_pretty(&plan)?)
                 .with_context(|| format!("writing the plan to {}", out.display()))?;
@@ -288,27 +276,20 @@ fn status_text(s: &DeviceStatus) -> String {
 
 pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
-        let store = Store::open_default().await?;
-        let sessions = StoreSessions(store.clone());
+        let fp = super::open().await?;
         let (state, catalog_args) = match cmd {
             SessionCommand::Status { id } => {
-                let state = find(&sessions, id.as_deref()).await?;
+                let state = fp.unfinished_session(id.as_deref()).await?;
                 return report(&state, json);
             }
             SessionCommand::Close { id, reasons } => {
-                let state = match id.as_deref() {
-                    Some(id) => sessions.load(id).await?,
-                    None => sessions.latest().await?,
-                }
-                .context("no such session in the local store")?;
+                let state = fp.session(id.as_deref()).await?;
                 let mut given = std::collections::BTreeMap::new();
                 for r in reasons {
                     let (dev, why) = r.split_once('=').context("--reason must be DEVICE=REASON")?;
                     given.insert(dev.to_string(), why.to_string());
                 }
-                let key = Credentials::open(&store).await?.technician_key().await?;
-                let log = VisitLog::open(&store, key).await?;
-                let recorded = batch::close_out(&log, &state, &given).await?;
+                let recorded = fp.close_session(&state, &given).await?;
                 if json {
                     println!("{}", serde_json::json!({"session": state.id, "recorded": recorded}));
                 } else {
@@ -325,7 +306,7 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
                 (SessionState::new(plan, options.options()), catalog)
             }
             SessionCommand::Resume { id, catalog } => {
-                let state = find(&sessions, id.as_deref()).await?;
+                let state = fp.unfinished_session(id.as_deref()).await?;
                 if state.phase == Phase::Finished {
                     bail!("session {} already finished", state.id);
                 }
@@ -333,8 +314,6 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
             }
         };
         let catalog = Arc::new(catalog_args.load()?);
-        let key = Credentials::open(&store).await?.technician_key().await?;
-        let log = Arc::new(VisitLog::open(&store, key).await?);
         let pause = Arc::new(AtomicBool::new(false));
         let p = pause.clone();
         tokio::spawn(async move {
@@ -352,8 +331,7 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
         if !json {
             let _ = multi.println(format!("session {}", state.id));
         }
-        let (_, state) =
-            run_in_visit(&store, log, state, catalog, Arc::new(connector()), obs, pause).await?;
+        let (_, state) = fp.run_session(state, catalog, obs, pause).await?;
         multi.clear().ok();
         report(&state, json)
     })
@@ -364,14 +342,6 @@ fn read_plan(path: &Path) -> anyhow::Result<Plan> {
     serde_json::from_slice(&bytes).with_context(|| {
         format!("{} is not a plan written by `fieldpatch plan --out`", path.display())
     })
-}
-
-async fn find(sessions: &StoreSessions, id: Option<&str>) -> anyhow::Result<SessionState> {
-    let found = match id {
-        Some(id) => sessions.load(id).await?,
-        None => sessions.latest_unfinished().await?,
-    };
-    found.context("no such session in the local store (see `fieldpatch session status`)")
 }
 
 fn report(state: &SessionState, json: bool) -> anyhow::Result<ExitCode> {

@@ -7,11 +7,10 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use fieldpatch_core::credentials::{CredentialName, Credentials, Secret};
-use fieldpatch_core::store::{BundleVerdict, Store};
+use fieldpatch_core::credentials::{CredentialName, Secret};
+use fieldpatch_core::store::BundleVerdict;
 use fieldpatch_core::sync::{
-    StoreSync, SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once,
-    watch,
+    SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once, watch,
 };
 use std::fmt::Write as _;
 use std::io::Read;
@@ -111,33 +110,18 @@ pub fn render_report(r: &SyncReport) -> String {
     s
 }
 
-/// One line per watch event.
+/// One line per watch event (the wording is the core's, shared with the app).
 pub fn render_watch_event(e: &WatchEvent) -> String {
-    match e {
-        WatchEvent::Offline { retry_in, detail } => {
-            format!("server unreachable ({detail}); next try in {}s", retry_in.as_secs_f32().ceil())
-        }
-        WatchEvent::NetworkChanged => "network changed: probing the server now".to_string(),
-        WatchEvent::Reachable => "server reachable: syncing".to_string(),
-        WatchEvent::Synced(r) => format!(
-            "synced: pushed {}, pending {}, rejected {}",
-            r.pushed,
-            r.pending_total(),
-            r.rejected.len()
-        ),
-        WatchEvent::Failed(e) => format!("sync failed: {e}"),
-        WatchEvent::Stopped => "stopped watching".to_string(),
-    }
+    e.to_string()
 }
 
 /// Run `fieldpatch sync` and its subcommands over the laptop's local store and keyring.
 pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let (data_dir, _) = fieldpatch_core::paths::data_dir()?;
-        let store = Store::open_in(&data_dir).await?;
-        let creds = Credentials::open(&store).await?;
-        let local = StoreSync::new(store, creds.clone(), &data_dir);
+        let fp = super::open().await?;
+        let creds = fp.credentials().await?.clone();
+        let local = fp.sync_local().await?;
         match cmd.action {
             Some(SyncAction::Login { server }) => {
                 let token = read_token()?;

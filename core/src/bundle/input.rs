@@ -43,6 +43,18 @@ pub enum InputError {
     Unverified { path: String, why: String },
 }
 
+impl InputError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Read { .. } => "file_unreadable",
+            InputError::Bundle { .. } => "bundle_refused",
+            InputError::Empty { .. } => "empty_image",
+            InputError::Unverified { .. } => "unverified_image",
+        }
+    }
+}
+
 /// Decide what may be sent from `path`. `trust` is needed for bundles and vendor-signed images.
 pub fn clear_for_device(
     path: &Path,

@@ -9,7 +9,7 @@
 //! back through a channel.
 
 use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport};
-use crate::image::dfu_file::{self, DfuFile};
+use crate::image::dfu_file::{self, DfuFile, DfuFlashError};
 use crate::progress::{Progress, TransferProgress};
 use async_trait::async_trait;
 use fieldpatch_drivers::dfu::{DfuDevice, DfuOptions, DfuseOptions, VerifiedBy};
@@ -41,8 +41,16 @@ impl Progress for ChannelProgress {
     }
 }
 
-fn dev_err(e: impl std::fmt::Display) -> TargetError {
-    TargetError::Device(e.to_string())
+/// A blocking DFU job that could not finish (it panicked or the runtime is shutting down).
+fn join_err(e: tokio::task::JoinError) -> TargetError {
+    TargetError::reported_transient(format!("the USB worker stopped: {e}"))
+}
+
+fn flash_err(e: DfuFlashError) -> TargetError {
+    match e {
+        DfuFlashError::File(e) => TargetError::DfuFile(e),
+        DfuFlashError::Device(e) => TargetError::Dfu(e),
+    }
 }
 
 #[async_trait]
@@ -59,8 +67,7 @@ where
         let (bus, loc, opts) = (self.bus.clone(), self.location.clone(), self.options);
         tokio::task::spawn_blocking(move || DfuDevice::open(&bus, &loc, opts).map(|_| ()))
             .await
-            .map_err(dev_err)?
-            .map_err(dev_err)?;
+            .map_err(join_err)??;
         // A DFU device cannot say what it runs: only what this connection verified it holds.
         Ok(DeviceState { running_version: None, running_hash: self.holds.clone(), confirmed: true })
     }
@@ -70,20 +77,20 @@ where
         image: &[u8],
         progress: &dyn Progress,
     ) -> Result<UploadReport, TargetError> {
-        let file = DfuFile::parse(image).map_err(dev_err)?;
+        let file = DfuFile::parse(image)?;
         let file_hash = Sha256::digest(image).to_vec();
         let (bus, loc, opts) = (self.bus.clone(), self.location.clone(), self.options);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut job = tokio::task::spawn_blocking(move || {
-            let mut dev = DfuDevice::open(&bus, &loc, opts).map_err(dev_err)?;
+            let mut dev = DfuDevice::open(&bus, &loc, opts)?;
             let p = ChannelProgress(tx);
             let options = DfuseOptions { mass_erase: false, leave: true };
-            dfu_file::download(&mut dev, &file, options, &p).map_err(dev_err)
+            dfu_file::download(&mut dev, &file, options, &p).map_err(flash_err)
         });
         let report = loop {
             tokio::select! {
                 Some(p) = rx.recv() => progress.transfer(p),
-                done = &mut job => break done.map_err(dev_err)??,
+                done = &mut job => break done.map_err(join_err)??,
             }
         };
         while let Ok(p) = rx.try_recv() {

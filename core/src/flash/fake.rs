@@ -105,9 +105,9 @@ impl FlashTarget for FakeTarget {
     }
     async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
         let mut i = self.0.0.lock().unwrap();
-        let up = i.uploaded.clone().ok_or(TargetError::Device("no image in slot 1".into()))?;
+        let up = i.uploaded.clone().ok_or(TargetError::reported_transient("no image in slot 1"))?;
         if up.1 != image_hash {
-            return Err(TargetError::Device("hash does not match slot 1".into()));
+            return Err(TargetError::reported_transient("hash does not match slot 1"));
         }
         i.pending_test = true;
         // Reset: MCUboot swaps in the test image unless it fails to boot.
@@ -121,7 +121,7 @@ impl FlashTarget for FakeTarget {
     async fn confirm(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
         let mut i = self.0.0.lock().unwrap();
         if i.active.1 != image_hash {
-            return Err(TargetError::Device("not running that image".into()));
+            return Err(TargetError::reported_transient("not running that image"));
         }
         i.confirmed = true;
         i.pending_test = false;

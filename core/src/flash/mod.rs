@@ -65,11 +65,26 @@ pub struct UploadReport {
     pub check: HashCheck,
 }
 
-/// A device operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A device operation failed. Driver errors keep their type, so the pipeline can tell a link that
+/// dropped (try again) from a device that refused (stop).
+#[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    /// An SMP (MCUmgr) device or its link.
+    #[error(transparent)]
+    Smp(#[from] fieldpatch_drivers::smp::SmpError),
+    /// A USB DFU device.
+    #[error(transparent)]
+    Dfu(#[from] fieldpatch_drivers::dfu::DfuError),
+    /// A DFU file that does not fit the device it was meant for.
+    #[error(transparent)]
+    DfuFile(#[from] crate::image::dfu_file::DfuFileError),
+    /// The device could not be opened at its address.
+    #[error("{address}: {reason}")]
+    Open { address: String, reason: String, transient: bool },
+    /// The device answered, but what it reported breaks a rule of the pipeline (for example it
+    /// lists no running image); `transient` says whether asking again may help.
     #[error("{0}")]
-    Device(String),
+    Reported(String, bool),
     #[error("device did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the device does not support {0}")]
@@ -77,9 +92,39 @@ pub enum TargetError {
 }
 
 impl TargetError {
-    /// Whether trying the same operation again may succeed.
+    /// What the device reported that breaks a rule; asking again will not change it.
+    pub fn reported(message: impl Into<String>) -> Self {
+        TargetError::Reported(message.into(), false)
+    }
+
+    /// What the device reported now, which may be different on the next try.
+    pub fn reported_transient(message: impl Into<String>) -> Self {
+        TargetError::Reported(message.into(), true)
+    }
+
+    /// Whether trying the same operation again may succeed: the driver decides for its errors.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TargetError::Timeout(_) | TargetError::Device(_))
+        match self {
+            TargetError::Smp(e) => e.is_transient(),
+            TargetError::Dfu(e) => e.is_transient(),
+            TargetError::DfuFile(_) | TargetError::Unsupported(_) => false,
+            TargetError::Open { transient, .. } => *transient,
+            TargetError::Reported(_, transient) => *transient,
+            TargetError::Timeout(_) => true,
+        }
+    }
+
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TargetError::Smp(e) => e.code(),
+            TargetError::Dfu(e) => e.code(),
+            TargetError::DfuFile(_) => "dfu_file",
+            TargetError::Open { .. } => "device_unreachable",
+            TargetError::Reported(..) => "device_state",
+            TargetError::Timeout(_) => "device_timeout",
+            TargetError::Unsupported(_) => "unsupported",
+        }
     }
 }
 
@@ -172,6 +217,63 @@ impl Default for FlashOptions {
     }
 }
 
+/// Where a flash stopped. Serialized as the words the visit log has always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FlashStage {
+    /// The bytes about to be sent did not match the verified manifest.
+    #[serde(rename = "verify")]
+    Verify,
+    /// The device could not be opened.
+    #[serde(rename = "open")]
+    Open,
+    /// The device's state could not be read before the upload.
+    #[serde(rename = "identify")]
+    Identify,
+    #[serde(rename = "upload")]
+    Upload,
+    /// The device reported (or read back) another hash than the verified one.
+    #[serde(rename = "hash check")]
+    HashCheck,
+    #[serde(rename = "test boot")]
+    TestBoot,
+    #[serde(rename = "reconnect")]
+    Reconnect,
+    #[serde(rename = "health check")]
+    HealthCheck,
+    #[serde(rename = "confirm")]
+    Confirm,
+    #[serde(rename = "roll back")]
+    RollBack,
+    /// The canary did not stay healthy through its soak.
+    #[serde(rename = "soak")]
+    Soak,
+}
+
+impl FlashStage {
+    /// The stage as the visit log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlashStage::Verify => "verify",
+            FlashStage::Open => "open",
+            FlashStage::Identify => "identify",
+            FlashStage::Upload => "upload",
+            FlashStage::HashCheck => "hash check",
+            FlashStage::TestBoot => "test boot",
+            FlashStage::Reconnect => "reconnect",
+            FlashStage::HealthCheck => "health check",
+            FlashStage::Confirm => "confirm",
+            FlashStage::RollBack => "roll back",
+            FlashStage::Soak => "soak",
+        }
+    }
+}
+
+impl std::fmt::Display for FlashStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a flash ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -184,7 +286,7 @@ pub enum FlashOutcome {
     RolledBack { reason: String },
     /// The flash stopped at `stage`; see `reason`. The device runs its previous image unless the
     /// reason says otherwise.
-    Failed { stage: String, reason: String },
+    Failed { stage: FlashStage, reason: String },
 }
 
 impl FlashOutcome {
@@ -233,9 +335,10 @@ pub async fn flash(
     opts: &FlashOptions,
 ) -> Result<FlashOutcome, SinkError> {
     let rec = |kind: EventKind| sink.record(device_id, kind);
-    let failed = |stage: &'static str, reason: String| async move {
-        rec(EventKind::Failed { stage: stage.to_string(), reason: reason.clone() }).await?;
-        Ok::<_, SinkError>(FlashOutcome::Failed { stage: stage.to_string(), reason })
+    let failed = |stage: FlashStage, reason: String| async move {
+        rec(EventKind::Failed { stage: stage.as_str().to_string(), reason: reason.clone() })
+            .await?;
+        Ok::<_, SinkError>(FlashOutcome::Failed { stage, reason })
     };
     let sha_hex = hex(&image.sha256);
 
@@ -243,7 +346,7 @@ pub async fn flash(
     let actual: [u8; 32] = Sha256::digest(&image.bytes).into();
     if actual != image.sha256 {
         return failed(
-            "verify",
+            FlashStage::Verify,
             format!(
                 "image bytes hash to {} but the verified manifest says {sha_hex}; nothing was sent",
                 hex(&actual)
@@ -256,7 +359,7 @@ pub async fn flash(
     progress.phase("identify");
     let before = match target.state().await {
         Ok(s) => s,
-        Err(e) => return failed("identify", format!("{}: {e}", target.describe())).await,
+        Err(e) => return failed(FlashStage::Identify, format!("{}: {e}", target.describe())).await,
     };
     let runs_target = before.running_hash.as_deref() == Some(image.device_hash.as_slice());
     if runs_target && before.confirmed {
@@ -312,7 +415,7 @@ pub async fn flash(
                         .await?;
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }
-                Err(e) => return failed("upload", e.to_string()).await,
+                Err(e) => return failed(FlashStage::Upload, e.to_string()).await,
             }
         };
         rec(EventKind::ImageUploaded {
@@ -334,7 +437,7 @@ pub async fn flash(
             (_, Some(h)) if *h == image.device_hash => {}
             (_, got) => {
                 return failed(
-                    "hash check",
+                    FlashStage::HashCheck,
                     format!(
                         "device reports image hash {} but the verified image has {}; the image was not activated",
                         got.as_deref().map(hex).unwrap_or_else(|| "nothing".into()),
@@ -350,7 +453,7 @@ pub async fn flash(
             progress.phase("reconnect");
             let after = match target.reconnect(opts.reconnect_timeout).await {
                 Ok(s) => s,
-                Err(e) => return failed("reconnect", e.to_string()).await,
+                Err(e) => return failed(FlashStage::Reconnect, e.to_string()).await,
             };
             return match health(&after, image, opts) {
                 Ok(()) => {
@@ -365,7 +468,7 @@ pub async fn flash(
                 }
                 Err(why) => {
                     rec(EventKind::HealthCheck { passed: false, detail: why.clone() }).await?;
-                    failed("health check", format!("{why}; this device cannot roll back by itself: reflash the previous image")).await
+                    failed(FlashStage::HealthCheck, format!("{why}; this device cannot roll back by itself: reflash the previous image")).await
                 }
             };
         }
@@ -374,7 +477,7 @@ pub async fn flash(
         rec(EventKind::TestBootRequested { image_sha256: hex(&image.device_hash) }).await?;
         progress.phase("test boot");
         if let Err(e) = target.test_boot(&image.device_hash).await {
-            return failed("test boot", e.to_string()).await;
+            return failed(FlashStage::TestBoot, e.to_string()).await;
         }
     }
 
@@ -391,7 +494,7 @@ pub async fn flash(
             if let Err(e) = target.confirm(&image.device_hash).await {
                 // Unconfirmed, the device reverts at its next reset: say so.
                 return failed(
-                    "confirm",
+                    FlashStage::Confirm,
                     format!("{e}; the device will revert to its previous image at the next reset"),
                 )
                 .await;
@@ -423,12 +526,12 @@ pub async fn flash(
                 }
                 Ok(_) => {
                     failed(
-                        "roll back",
+                        FlashStage::RollBack,
                         format!("{why}; the device still runs the new image after the revert"),
                     )
                     .await
                 }
-                Err(e) => failed("roll back", format!("{why}; revert failed: {e}")).await,
+                Err(e) => failed(FlashStage::RollBack, format!("{why}; revert failed: {e}")).await,
             }
         }
     }
@@ -561,7 +664,9 @@ mod tests {
         let mut img = image(&[3u8; 100], "2.0.0");
         img.bytes = vec![4u8; 100].into();
         let (out, tags) = run(&dev, &img).await;
-        assert!(matches!(out, FlashOutcome::Failed { ref stage, .. } if stage == "verify"));
+        assert!(
+            matches!(out, FlashOutcome::Failed { ref stage, .. } if *stage == FlashStage::Verify)
+        );
         assert_eq!(tags, ["failed"]);
         assert_eq!(dev.uploads(), 0);
     }
@@ -572,7 +677,7 @@ mod tests {
         dev.set_corrupt_upload(true);
         let (out, tags) = run(&dev, &image(&[5u8; 100], "2.0.0")).await;
         assert!(
-            matches!(out, FlashOutcome::Failed { ref stage, .. } if stage == "hash check"),
+            matches!(out, FlashOutcome::Failed { ref stage, .. } if *stage == FlashStage::HashCheck),
             "{out:?}"
         );
         assert!(!tags.contains(&"test_boot_requested".to_string()));

@@ -30,8 +30,8 @@ impl<L: Link> SmpTarget<L> {
     }
 }
 
-fn dev_err(e: impl std::fmt::Display) -> TargetError {
-    TargetError::Device(e.to_string())
+fn dev_err(e: fieldpatch_drivers::smp::SmpError) -> TargetError {
+    TargetError::Smp(e)
 }
 
 /// The running image of image 0, as [`DeviceState`].
@@ -39,7 +39,7 @@ fn running(states: &[ImageSlotState]) -> Result<DeviceState, TargetError> {
     let active = states
         .iter()
         .find(|s| s.image == 0 && s.active)
-        .ok_or_else(|| TargetError::Device("the device lists no active image".into()))?;
+        .ok_or_else(|| TargetError::reported_transient("the device lists no active image"))?;
     Ok(DeviceState {
         running_version: parse_version(&active.version),
         running_hash: Some(active.hash.clone()),
@@ -98,8 +98,8 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
         self.client.image_confirm(Some(image_hash)).await.map_err(dev_err)?;
         let s = self.state().await?;
         if !s.confirmed || s.running_hash.as_deref() != Some(image_hash) {
-            return Err(TargetError::Device(
-                "the device did not report the image as confirmed".into(),
+            return Err(TargetError::reported_transient(
+                "the device did not report the image as confirmed",
             ));
         }
         Ok(())
@@ -118,12 +118,12 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
         while tokio::time::Instant::now() < deadline {
             match self.client.image_list().await {
                 Ok(states) => return running(&states),
-                Err(e) => last = Some(e.to_string()),
+                Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(match last {
-            Some(e) => TargetError::Device(format!("not back after {timeout:?}: {e}")),
+            Some(e) => TargetError::Smp(e),
             None => TargetError::Timeout(timeout),
         })
     }

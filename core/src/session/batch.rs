@@ -34,6 +34,21 @@ pub enum BatchError {
     WorkOrder { id: String, message: String },
 }
 
+impl BatchError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BatchError::Trust { .. } => "trust_store",
+            BatchError::Catalog(e) => e.code(),
+            BatchError::Devices { .. } => "devices_file",
+            BatchError::Session(e) => e.code(),
+            BatchError::Store(_) => "store",
+            BatchError::Reasons(_) => "reasons_missing",
+            BatchError::WorkOrder { .. } => "work_order",
+        }
+    }
+}
+
 /// Load the trust store and verify every bundle of the catalog folder against it.
 pub fn load_catalog(
     catalog_dir: &Path,

@@ -13,8 +13,8 @@
 //! * **Dry run** walks the plan and says what would be done, touching no device.
 
 use crate::flash::{
-    EventSink, FlashOptions, FlashOutcome, FlashTarget, SinkError, TargetError, VerifiedImage,
-    flash,
+    EventSink, FlashOptions, FlashOutcome, FlashStage, FlashTarget, SinkError, TargetError,
+    VerifiedImage, flash,
 };
 use crate::plan::{DevicePlan, DeviceRecord, Plan, Step};
 use crate::progress::{Progress, TransferProgress};
@@ -47,6 +47,15 @@ impl Threshold {
             Threshold::Percent(p) => {
                 attempted > 0 && (failed as f32 * 100.0 / attempted as f32) > p
             }
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Count(n) => write!(f, "{n}"),
+            Threshold::Percent(p) => write!(f, "{p}%"),
         }
     }
 }
@@ -100,6 +109,27 @@ impl Default for SessionOptions {
             retries: 1,
             dry_run: false,
             reconnect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SessionOptions {
+    /// The options of a real site visit (the CLI's defaults): canary, a 10 s soak, waves of 8,
+    /// 4 at a time, stop at 20 % failures, one retry.
+    pub fn field() -> Self {
+        Self::default()
+    }
+
+    /// The options of the built-in demo site: a short soak, everything at once, no retries, and a
+    /// threshold that lets the demo's failing sensor roll back without stopping the session.
+    pub fn demo() -> Self {
+        Self {
+            soak: Duration::from_secs(1),
+            wave_size: 8,
+            concurrency: 8,
+            failure_threshold: Threshold::Percent(50.0),
+            retries: 0,
+            ..Self::default()
         }
     }
 }
@@ -228,10 +258,28 @@ pub trait SessionStore: Send + Sync {
     async fn save(&self, state: &SessionState) -> Result<(), SessionError>;
 }
 
-/// Opens a device for flashing (driver adapters behind it), with its credential from the keyring.
+/// Opens devices (driver adapters behind it): a device of a plan for flashing, and the USB DFU
+/// devices on the bus. Optional capabilities default to "unsupported", so a connector for one kind
+/// of device (a lab, a test fake) implements only what it has.
 #[async_trait]
 pub trait Connector: Send + Sync {
     async fn open(&self, device: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError>;
+
+    /// The USB DFU devices attached, in run-time or DFU mode.
+    fn dfu_devices(&self) -> Result<Vec<fieldpatch_drivers::dfu::DfuDeviceInfo>, TargetError> {
+        Err(TargetError::Unsupported("USB DFU"))
+    }
+
+    /// Download a checked DFU file to the device at USB `location` (blocking).
+    fn dfu_download(
+        &self,
+        _location: &str,
+        _file: &crate::image::dfu_file::DfuFile,
+        _options: fieldpatch_drivers::dfu::DfuseOptions,
+        _progress: &dyn crate::progress::Progress,
+    ) -> Result<fieldpatch_drivers::dfu::DownloadReport, TargetError> {
+        Err(TargetError::Unsupported("USB DFU"))
+    }
 }
 
 /// Gives the verified image for a plan step (from the verified catalog).
@@ -258,6 +306,16 @@ pub enum SessionError {
     Log(#[from] SinkError),
     #[error("cannot save the session state ({0}); stopped so that a restart does not redo work")]
     Store(String),
+}
+
+impl SessionError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::Log(_) => "log_unwritable",
+            SessionError::Store(_) => "store",
+        }
+    }
 }
 
 /// What a session needs from the outside.
@@ -341,7 +399,8 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
         }
         if let Err(why) = recheck(deps, &canary).await {
             let reason = format!("canary {id} unhealthy after its soak: {why}");
-            let kind = EventKind::Failed { stage: "soak".into(), reason: reason.clone() };
+            let kind =
+                EventKind::Failed { stage: FlashStage::Soak.to_string(), reason: reason.clone() };
             deps.sink.record(&id, kind).await?;
             set_status(state, deps, &id, DeviceStatus::Failed { reason: reason.clone() }).await?;
             return stop(state, deps, reason).await;
@@ -502,10 +561,13 @@ async fn run_device(
                     deps.sink
                         .record(
                             id,
-                            EventKind::Failed { stage: "open".into(), reason: reason.clone() },
+                            EventKind::Failed {
+                                stage: FlashStage::Open.to_string(),
+                                reason: reason.clone(),
+                            },
                         )
                         .await?;
-                    FlashOutcome::Failed { stage: "open".into(), reason }
+                    FlashOutcome::Failed { stage: FlashStage::Open, reason }
                 }
             };
             match &outcome {
@@ -552,7 +614,7 @@ mod tests {
     #[async_trait]
     impl Connector for Lab {
         async fn open(&self, d: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError> {
-            let dev = self.0.get(&d.id).ok_or(TargetError::Device("no such device".into()))?;
+            let dev = self.0.get(&d.id).ok_or(TargetError::reported_transient("no such device"))?;
             Ok(Box::new(dev.open()))
         }
     }

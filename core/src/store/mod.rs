@@ -62,6 +62,20 @@ pub enum StoreError {
     Invalid(String),
 }
 
+impl StoreError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Path(e) => e.code(),
+            StoreError::CreateDir { .. } | StoreError::Open { .. } => "store_open",
+            StoreError::Migrate { .. } => "store_migrate",
+            StoreError::Sql(_) => "store",
+            StoreError::Corrupt { .. } => "store_corrupt",
+            StoreError::Invalid(_) => "invalid_input",
+        }
+    }
+}
+
 /// Handle to the local store. Cheap to clone (a connection pool).
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -178,6 +178,22 @@ pub enum SyncError {
     Local(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl SyncError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SyncError::Unreachable { .. } => "offline",
+            SyncError::Unauthorized => "unauthorized",
+            SyncError::Server { .. } => "server",
+            SyncError::BadResponse { .. } => "bad_response",
+            SyncError::Checkpoint(_) | SyncError::CheckpointMismatch { .. } => "checkpoint",
+            SyncError::BundleHash { .. } => "bundle_hash",
+            SyncError::Certificate(_) => "certificate",
+            SyncError::Local(_) => "local_store",
+        }
+    }
+}
+
 /// What one sync did and what is left.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncReport {
@@ -482,6 +498,47 @@ pub enum WatchEvent {
     Synced(SyncReport),
     Failed(SyncError),
     Stopped,
+}
+
+impl WatchEvent {
+    /// A stable kind for the app and `--json`: `offline`, `probing`, `reachable`, `synced`,
+    /// `failed` or `stopped`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WatchEvent::Offline { .. } => "offline",
+            WatchEvent::NetworkChanged => "probing",
+            WatchEvent::Reachable => "reachable",
+            WatchEvent::Synced(_) => "synced",
+            WatchEvent::Failed(_) => "failed",
+            WatchEvent::Stopped => "stopped",
+        }
+    }
+}
+
+/// One line for the technician, the same in the CLI and the app.
+impl std::fmt::Display for WatchEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchEvent::Offline { retry_in, detail } => write!(
+                f,
+                "server unreachable ({detail}); next try in {}s",
+                retry_in.as_secs_f32().ceil()
+            ),
+            WatchEvent::NetworkChanged => f.write_str("network changed: probing the server now"),
+            WatchEvent::Reachable => f.write_str("server reachable: syncing"),
+            WatchEvent::Synced(r) => write!(
+                f,
+                "synced: pushed {}, pending {}, rejected {}; pulled {} device(s), {} bundle(s)",
+                r.pushed,
+                r.pending_total(),
+                r.rejected.len(),
+                r.devices,
+                r.catalog
+            ),
+            WatchEvent::Failed(e) => write!(f, "sync failed: {e}"),
+            WatchEvent::Stopped => f.write_str("automatic sync is off"),
+        }
+    }
 }
 
 /// Probe the server and sync whenever it is reachable, until `stop` turns true. Unreachable

@@ -74,6 +74,22 @@ pub enum LocalSyncError {
     Corrupt(String),
 }
 
+impl LocalSyncError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LocalSyncError::Store(e) => e.code(),
+            LocalSyncError::Log(e) => e.code(),
+            LocalSyncError::Credential(e) => e.code(),
+            LocalSyncError::Seal(_) => "sealed_credential",
+            LocalSyncError::Io { .. } => "io",
+            LocalSyncError::ServerKeyChanged { .. } => "server_key_changed",
+            LocalSyncError::BadCredentialName { .. } => "credential_name",
+            LocalSyncError::Corrupt(_) => "store_corrupt",
+        }
+    }
+}
+
 /// The laptop's store, keyring and data directory, as sync sees them.
 #[derive(Debug, Clone)]
 pub struct StoreSync {

@@ -20,12 +20,14 @@
 //! Transport failures (connection refused or cut, timeouts, 5xx) are retried with exponential
 //! backoff and jitter; authorization and request errors are not.
 
+pub mod auto;
 pub mod client;
 pub mod local;
 pub mod netwatch;
-pub mod sealed;
-pub mod wire;
+/// Sealed credentials and the sync wire types, shared with the server (`fieldpatch-proto`).
+pub use fieldpatch_proto::{sealed, wire};
 
+pub use auto::{AutoSync, WatchSink};
 pub use client::{
     LogCursor, PushProgress, RetryPolicy, SyncConfig, SyncError, SyncLocal, SyncReport, WatchEvent,
     WatchOptions, sync, watch,

@@ -50,6 +50,19 @@ pub enum LogError {
     Unreadable(String),
 }
 
+impl LogError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LogError::Store(e) => e.code(),
+            LogError::NoSuchLog(_) => "no_such_log",
+            LogError::NoOpenVisit(_) => "no_open_visit",
+            LogError::PushBeyondHead { .. } => "log_cursor",
+            LogError::Unreadable(_) => "log_unreadable",
+        }
+    }
+}
+
 impl From<sqlx::Error> for LogError {
     fn from(e: sqlx::Error) -> Self {
         LogError::Store(StoreError::Sql(e))

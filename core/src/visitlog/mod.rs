@@ -7,7 +7,8 @@
 //! chains and signatures on push). [`log`] keeps logs in the local store: atomic appends, reading,
 //! verification that names the first bad event, and the sync client's view.
 
-pub mod event;
+/// The event envelope, shared with the inventory server (`fieldpatch-proto`).
+pub use fieldpatch_proto::event;
 pub mod log;
 
 pub use event::{

@@ -132,6 +132,46 @@ pub enum DfuError {
     Descriptor(#[from] DescriptorError),
 }
 
+impl DfuError {
+    /// Whether the same operation may succeed when tried again (a USB transfer that failed, a
+    /// device that stalled or was slow to come back), as opposed to a device or an image that is
+    /// wrong for the job.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DfuError::Usb { .. }
+                | DfuError::Reenumeration { .. }
+                | DfuError::Timeout { .. }
+                | DfuError::BadStatus { .. }
+                | DfuError::UnexpectedState { .. }
+                | DfuError::VerifyMismatch { .. }
+        )
+    }
+
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DfuError::Usb { .. } => "usb_io",
+            DfuError::NoDevice { .. } => "usb_no_device",
+            DfuError::NoDfuInterface { .. } | DfuError::NoFunctionalDescriptor => "not_dfu",
+            DfuError::NoSuchAlt { .. } => "dfu_no_alt",
+            DfuError::NotInDfuMode { .. } => "dfu_runtime_mode",
+            DfuError::Reenumeration { .. } => "dfu_not_back",
+            DfuError::Device { .. } => "device_refused",
+            DfuError::BadStatus { .. } | DfuError::UnexpectedState { .. } => "dfu_bad_state",
+            DfuError::Timeout { .. } => "device_timeout",
+            DfuError::EmptyImage => "empty_image",
+            DfuError::NeedsAddress | DfuError::NotDfuse { .. } => "dfu_wrong_format",
+            DfuError::CannotDownload | DfuError::CannotUpload => "unsupported",
+            DfuError::NoMemoryMap { .. } | DfuError::AddressNotWritable { .. } => {
+                "dfu_wrong_memory"
+            }
+            DfuError::VerifyMismatch { .. } => "readback_mismatch",
+            DfuError::Descriptor(_) => "bad_descriptor",
+        }
+    }
+}
+
 fn usb(op: &'static str) -> impl FnOnce(UsbError) -> DfuError {
     move |source| DfuError::Usb { op, source }
 }

@@ -49,6 +49,37 @@ pub enum SmpError {
     TooLarge { len: usize },
 }
 
+impl SmpError {
+    /// Whether the same request may succeed when tried again (a dropped or stalled link, a busy
+    /// device), as opposed to a refusal that repeats until something changes (the device said no,
+    /// the image is too large, the answer was of another protocol).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SmpError::Transport(e) => e.is_transient(),
+            SmpError::Timeout { .. } | SmpError::Malformed(_) | SmpError::Mismatch(_) => true,
+            SmpError::Device(e) => e.is_transient(),
+            SmpError::Failed { .. } | SmpError::Upload(_) => true,
+            SmpError::Shape(_) | SmpError::TooLarge { .. } => false,
+        }
+    }
+
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SmpError::Transport(e) => e.code(),
+            SmpError::Timeout { .. } => "device_timeout",
+            SmpError::Malformed(_) => "malformed_packet",
+            SmpError::Shape(_) => "unexpected_response",
+            SmpError::Mismatch(_) => "response_mismatch",
+            SmpError::Device(e) if e.is_transient() => "device_busy",
+            SmpError::Device(_) => "device_refused",
+            SmpError::Failed { .. } => "retries_exhausted",
+            SmpError::Upload(_) => "upload_failed",
+            SmpError::TooLarge { .. } => "image_too_large",
+        }
+    }
+}
+
 /// An error code returned by the device, in either format: SMP v1 `rc` or SMP v2 `err`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceError {

@@ -36,6 +36,35 @@ pub enum TransportError {
     BadFrame(String),
 }
 
+impl TransportError {
+    /// Whether the same operation may succeed when tried again: the link dropped, stalled or
+    /// garbled a packet. Opening a port that is wrong, busy or forbidden, a bad address and an
+    /// oversized packet stay wrong until someone changes something.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TransportError::SerialIo(_)
+                | TransportError::Closed
+                | TransportError::Udp { .. }
+                | TransportError::Timeout(_)
+                | TransportError::BadFrame(_)
+        )
+    }
+
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransportError::OpenSerial { .. } => "serial_open",
+            TransportError::SerialIo(_) | TransportError::Closed => "link_dropped",
+            TransportError::Udp { .. } => "udp_io",
+            TransportError::Address(_) => "bad_address",
+            TransportError::TooLarge { .. } => "packet_too_large",
+            TransportError::Timeout(_) => "link_timeout",
+            TransportError::BadFrame(_) => "bad_frame",
+        }
+    }
+}
+
 /// A packet link to one device.
 pub trait Link: Send {
     /// The largest SMP packet the device can take given its receive buffer size.

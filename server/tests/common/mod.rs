@@ -4,8 +4,8 @@
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use fieldpatch_core::sync::wire::{Device, Site, WorkOrder};
-use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_proto::event::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_proto::wire::{Device, Site, WorkOrder};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::store::Counts;
 use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store};

@@ -6,16 +6,16 @@
 //! store (public keys) and the signed bundles go to disk. One LAN sensor is set to fail its health
 //! check after the update, so a demo session shows a rollback.
 
-use crate::bundle::container::assemble_raw;
-use crate::bundle::signature::{self, CONTEXT_MANIFEST};
-use crate::bundle::{
+use ed25519_dalek::SigningKey;
+use fieldpatch_core::bundle::container::assemble_raw;
+use fieldpatch_core::bundle::signature::{self, CONTEXT_MANIFEST};
+use fieldpatch_core::bundle::{
     Evidence, Manifest, PayloadEntry, PayloadFormat, RevisionRange, Role, Severity, Target,
     TrustStore, TrustStoreBody, TrustedKey, VersionRange, key_id,
 };
-use crate::image::dfu_file::DfuSuffix;
-use crate::model::{DeviceIdentity, Version};
-use crate::plan::{Criticality, DeviceAddress, DeviceRecord};
-use ed25519_dalek::SigningKey;
+use fieldpatch_core::image::dfu_file::DfuSuffix;
+use fieldpatch_core::model::{DeviceIdentity, Version};
+use fieldpatch_core::plan::{Criticality, DeviceAddress, DeviceRecord};
 use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig, LabUsbBus};
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_lab::smp::serial::{SerialServer, serve_pty};
@@ -34,7 +34,7 @@ pub enum DemoError {
     #[error("cannot write the demo catalog in {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("demo catalog: {0}")]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(#[from] fieldpatch_core::bundle::BundleError),
 }
 
 /// A running demo site. Devices stop when it is dropped.
@@ -240,8 +240,8 @@ fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
 /// versions, the published catalog and the trust store.
 #[derive(Debug, Clone)]
 pub struct InventoryContent {
-    pub site: crate::sync::wire::Site,
-    pub devices: Vec<crate::sync::wire::Device>,
+    pub site: fieldpatch_core::sync::wire::Site,
+    pub devices: Vec<fieldpatch_core::sync::wire::Device>,
     /// `(bundle id, version it installs, manifest JSON, bundle file bytes)`.
     pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
     pub trust_store: serde_json::Value,
@@ -255,9 +255,9 @@ impl Demo {
     /// version the verified `catalog` installs for its model.
     pub fn inventory_content(
         &self,
-        catalog: &crate::catalog::Catalog,
+        catalog: &fieldpatch_core::catalog::Catalog,
     ) -> Result<InventoryContent, DemoError> {
-        use crate::sync::wire;
+        use fieldpatch_core::sync::wire;
         let read = |path: &Path| {
             std::fs::read(path)
                 .map_err(|source| DemoError::Write { path: path.to_path_buf(), source })

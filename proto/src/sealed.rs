@@ -79,7 +79,7 @@ pub fn seal(
     kind: &str,
     secret: &[u8],
 ) -> Result<SealedCredential, SealError> {
-    let recipient = super::wire::parse_key(recipient_hex)
+    let recipient = crate::wire::parse_key(recipient_hex)
         .ok_or_else(|| SealError::BadRecipient(recipient_hex.to_string()))?;
     let eph = SigningKey::generate(&mut rand::rngs::OsRng);
     let eph_pub = eph.verifying_key().to_bytes();

@@ -101,6 +101,18 @@ pub enum EventKind {
     Note {
         text: String,
     },
+    /// A technician's command that changes a device's state (`image_test`, `image_confirm`,
+    /// `reset`, ...), recorded before it is sent.
+    DeviceCommand {
+        command: String,
+        image_sha256: Option<String>,
+    },
+    /// What the device answered to that command, recorded after it.
+    DeviceCommandResult {
+        command: String,
+        ok: bool,
+        detail: String,
+    },
 }
 
 impl EventKind {
@@ -124,6 +136,8 @@ impl EventKind {
             EventKind::RolledBack { .. } => "rolled_back",
             EventKind::Failed { .. } => "failed",
             EventKind::Note { .. } => "note",
+            EventKind::DeviceCommand { .. } => "device_command",
+            EventKind::DeviceCommandResult { .. } => "device_command_result",
         }
     }
 }

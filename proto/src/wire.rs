@@ -5,7 +5,7 @@
 //! checkpoint signature can never be confused with an event signature. Checkpoints carry no time,
 //! so the acknowledgement of a replayed batch is byte-for-byte the same as the first one.
 
-use crate::visitlog::Event;
+use crate::event::Event;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -216,7 +216,7 @@ pub struct PullResponse {
     /// Credentials of devices at the assigned sites, sealed to the technician's key. The sync
     /// client takes them out before the rest is handed to the local store.
     #[serde(default)]
-    pub credentials: Vec<super::sealed::SealedCredential>,
+    pub credentials: Vec<crate::sealed::SealedCredential>,
 }
 
 /// A device planned for a visit that is not at its approved version.

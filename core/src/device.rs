@@ -1,0 +1,307 @@
+//! Jobs on one device at an address, for a technician who inspects or repairs a device by hand:
+//! SMP (MCUmgr) info, image list, upload, test, confirm, reset and echo over serial or UDP, and
+//! USB DFU list and flash.
+//!
+//! Every command that changes a device's state is bracketed in the technician's visit log: a
+//! `device_command` event before it is sent and a `device_command_result` after (uploads: the
+//! clearance that allowed the bytes, `flash_started`, then `image_uploaded` or `failed`). The bytes
+//! sent are the bytes that were cleared: a verified bundle's payload, a vendor-signed image, or a
+//! bare image the technician allowed explicitly (recorded as such).
+
+use crate::bundle::input::clear_for_device;
+use crate::bundle::{TrustStore, VerifyPolicy};
+use crate::fieldpatch::{Error, Fieldpatch};
+use crate::flash::{FlashStage, TargetError};
+use crate::image::dfu_file::DfuFile;
+use crate::plan::DeviceAddress;
+use crate::progress::Progress;
+use crate::visitlog::EventKind;
+use fieldpatch_drivers::smp::SmpClient;
+use fieldpatch_drivers::transport::{AnyLink, SerialLink, UdpLink, udp};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+pub use fieldpatch_drivers::dfu::{DfuDeviceInfo, DfuseOptions, DownloadReport, VerifiedBy};
+pub use fieldpatch_drivers::smp::commands::hex_string;
+pub use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, Params, UploadReport};
+
+/// What the device says about itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceInfo {
+    /// OS and application info as the device reports it.
+    pub info: String,
+    /// SMP buffer parameters.
+    pub params: Params,
+}
+
+/// One SMP device at an address, opened for hand commands. See the module docs.
+#[derive(Debug)]
+pub struct SmpDevice<'a> {
+    fp: &'a Fieldpatch,
+    /// How the device is named in the visit log: its address.
+    name: String,
+    client: SmpClient<AnyLink>,
+}
+
+/// Parse an image hash as `image list` prints it.
+pub fn parse_image_hash(text: &str) -> Result<Vec<u8>, Error> {
+    let h = hex::decode(text.trim()).map_err(|_| {
+        Error::Invalid(format!("{text:?} is not a hex image hash (as printed by `image list`)"))
+    })?;
+    if h.len() != 32 {
+        return Err(Error::Invalid(format!(
+            "an image hash is 32 bytes (64 hex digits); {text:?} has {} bytes",
+            h.len()
+        )));
+    }
+    Ok(h)
+}
+
+impl Fieldpatch {
+    /// Open the SMP device at `address` (serial or UDP).
+    pub async fn smp_device(&self, address: &DeviceAddress) -> Result<SmpDevice<'_>, Error> {
+        let link = match address {
+            DeviceAddress::Serial { port, baud } => AnyLink::Serial(
+                SerialLink::open(port, *baud).map_err(|e| TargetError::Smp(e.into()))?,
+            ),
+            DeviceAddress::Udp { addr } => {
+                let peer = udp::parse_addr(addr).map_err(|e| TargetError::Smp(e.into()))?;
+                AnyLink::Udp(UdpLink::connect(peer).await.map_err(|e| TargetError::Smp(e.into()))?)
+            }
+            DeviceAddress::Usb { .. } => {
+                return Err(Error::WrongAddress(format!(
+                    "{address} is a USB DFU device: use `fieldpatch dfu` for it"
+                )));
+            }
+        };
+        Ok(SmpDevice { fp: self, name: address.to_string(), client: SmpClient::new(link) })
+    }
+
+    /// The USB DFU devices attached, in run-time or DFU mode.
+    pub fn dfu_devices(&self) -> Result<Vec<DfuDeviceInfo>, Error> {
+        Ok(self.connector().dfu_devices()?)
+    }
+
+    /// Flash the DFU file at `file` to the USB device at `location`. The file must be a verified
+    /// bundle's DFU payload (with `trust`), or a bare DFU file the technician allows explicitly
+    /// (`allow_unverified`, recorded in the visit log). The file's suffix is checked against the
+    /// device before any byte is sent; the result says how the device checked the image.
+    pub async fn dfu_flash(
+        &self,
+        location: &str,
+        file: &Path,
+        trust: Option<&Path>,
+        allow_unverified: bool,
+        options: DfuseOptions,
+        progress: &dyn Progress,
+    ) -> Result<DownloadReport, Error> {
+        let trust = trust.map(TrustStore::load).transpose()?;
+        let cleared =
+            clear_for_device(file, trust.as_ref(), &VerifyPolicy::now(), allow_unverified)?;
+        let dfu = DfuFile::parse(&cleared.bytes)?;
+        let name = format!("usb:{location}");
+        self.record_clearance(&name, &cleared, file).await?;
+        let sha = hex::encode(Sha256::digest(&cleared.bytes));
+        self.record(
+            Some(&name),
+            EventKind::FlashStarted {
+                bundle_id: None,
+                from_version: None,
+                to_version: None,
+                image_sha256: sha.clone(),
+                bytes: dfu.image_len(),
+            },
+        )
+        .await?;
+        let connector = self.connector();
+        let loc = location.to_string();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let p = ChannelProgress(tx);
+            connector.dfu_download(&loc, &dfu, options, &p)
+        });
+        let result = loop {
+            tokio::select! {
+                Some(p) = rx.recv() => progress.transfer(p),
+                done = &mut job => break done.unwrap_or_else(|e| Err(TargetError::reported_transient(format!("the USB worker stopped: {e}")))),
+            }
+        };
+        while let Ok(p) = rx.try_recv() {
+            progress.transfer(p);
+        }
+        match result {
+            Ok(report) => {
+                let device_reported_hash = match report.verified_by {
+                    VerifiedBy::Readback => Some(report.sha256.clone()),
+                    VerifiedBy::StatusOnly => None,
+                };
+                self.record(
+                    Some(&name),
+                    EventKind::ImageUploaded { image_sha256: sha, device_reported_hash },
+                )
+                .await?;
+                Ok(report)
+            }
+            Err(e) => {
+                self.record(
+                    Some(&name),
+                    EventKind::Failed {
+                        stage: FlashStage::Upload.to_string(),
+                        reason: e.to_string(),
+                    },
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+struct ChannelProgress(tokio::sync::mpsc::UnboundedSender<crate::progress::TransferProgress>);
+
+impl Progress for ChannelProgress {
+    fn transfer(&self, p: crate::progress::TransferProgress) {
+        let _ = self.0.send(p);
+    }
+}
+
+impl SmpDevice<'_> {
+    /// OS/application info and SMP buffer parameters.
+    pub async fn info(&mut self) -> Result<DeviceInfo, Error> {
+        let info = self.client.app_info().await.map_err(TargetError::Smp)?;
+        let params = self.client.params().await.map_err(TargetError::Smp)?;
+        Ok(DeviceInfo { info, params })
+    }
+
+    /// The images in the device's slots.
+    pub async fn images(&mut self) -> Result<Vec<ImageSlotState>, Error> {
+        Ok(self.client.image_list().await.map_err(TargetError::Smp)?)
+    }
+
+    /// Ask the device to echo `text` (checks the link).
+    pub async fn echo(&mut self, text: &str) -> Result<String, Error> {
+        Ok(self.client.echo(text).await.map_err(TargetError::Smp)?)
+    }
+
+    /// Upload the image in `file` to the secondary slot, then mark it as `after` says. The file is
+    /// cleared first (see the module docs); the image is marked only when the device reports the
+    /// verified hash for it.
+    pub async fn upload(
+        &mut self,
+        file: &Path,
+        trust: Option<&Path>,
+        allow_unverified: bool,
+        after: AfterUpload,
+        progress: &dyn Progress,
+    ) -> Result<(UploadReport, Vec<ImageSlotState>), Error> {
+        let trust = trust.map(TrustStore::load).transpose()?;
+        let cleared =
+            clear_for_device(file, trust.as_ref(), &VerifyPolicy::now(), allow_unverified)?;
+        self.fp.record_clearance(&self.name, &cleared, file).await?;
+        let sha = hex::encode(Sha256::digest(&cleared.bytes));
+        let from = self
+            .client
+            .image_list()
+            .await
+            .ok()
+            .and_then(|s| s.into_iter().find(|s| s.image == 0 && s.active).map(|s| s.version));
+        self.fp
+            .record(
+                Some(&self.name),
+                EventKind::FlashStarted {
+                    bundle_id: None,
+                    from_version: from,
+                    to_version: None,
+                    image_sha256: sha.clone(),
+                    bytes: cleared.bytes.len() as u64,
+                },
+            )
+            .await?;
+        let uploaded = self
+            .client
+            .upload_image(
+                &cleared.bytes,
+                cleared.device_hash.as_deref(),
+                AfterUpload::Nothing,
+                Default::default(),
+                progress,
+            )
+            .await;
+        let (report, states) = match uploaded {
+            Ok(done) => done,
+            Err(e) => {
+                let reason = e.to_string();
+                self.fp
+                    .record(
+                        Some(&self.name),
+                        EventKind::Failed { stage: FlashStage::Upload.to_string(), reason },
+                    )
+                    .await?;
+                return Err(TargetError::Smp(e).into());
+            }
+        };
+        let slot_hash = states.iter().find(|s| s.image == 0 && s.slot == 1).map(|s| s.hash.clone());
+        self.fp
+            .record(
+                Some(&self.name),
+                EventKind::ImageUploaded {
+                    image_sha256: sha,
+                    device_reported_hash: slot_hash.as_deref().map(hex::encode),
+                },
+            )
+            .await?;
+        let Some(hash) = slot_hash else { return Ok((report, states)) };
+        let states = match after {
+            AfterUpload::Nothing => states,
+            AfterUpload::Test => self.test(&hash).await?,
+            AfterUpload::Confirm => self.confirm(Some(&hash)).await?,
+        };
+        Ok((report, states))
+    }
+
+    /// Mark the image with `hash` for a test boot on the next reset.
+    pub async fn test(&mut self, hash: &[u8]) -> Result<Vec<ImageSlotState>, Error> {
+        self.before("image_test", Some(hash)).await?;
+        let result = self.client.image_test(hash).await;
+        self.after("image_test", result).await
+    }
+
+    /// Confirm the image with `hash`, or the running image.
+    pub async fn confirm(&mut self, hash: Option<&[u8]>) -> Result<Vec<ImageSlotState>, Error> {
+        self.before("image_confirm", hash).await?;
+        let result = self.client.image_confirm(hash).await;
+        self.after("image_confirm", result).await
+    }
+
+    /// Reset the device (a pending test image boots; an unconfirmed test image reverts).
+    pub async fn reset(&mut self) -> Result<(), Error> {
+        self.before("reset", None).await?;
+        let result = self.client.reset().await;
+        self.after("reset", result).await
+    }
+
+    /// Record a state-changing command before it is sent.
+    async fn before(&self, command: &str, hash: Option<&[u8]>) -> Result<(), Error> {
+        let kind = EventKind::DeviceCommand {
+            command: command.to_string(),
+            image_sha256: hash.map(hex::encode),
+        };
+        self.fp.record(Some(&self.name), kind).await?;
+        Ok(())
+    }
+
+    /// Record what the device answered to a state-changing command.
+    async fn after<T>(
+        &self,
+        command: &str,
+        result: Result<T, fieldpatch_drivers::smp::SmpError>,
+    ) -> Result<T, Error> {
+        let (ok, detail) = match &result {
+            Ok(_) => (true, "done".to_string()),
+            Err(e) => (false, e.to_string()),
+        };
+        let kind = EventKind::DeviceCommandResult { command: command.to_string(), ok, detail };
+        self.fp.record(Some(&self.name), kind).await?;
+        Ok(result.map_err(TargetError::Smp)?)
+    }
+}

@@ -1,0 +1,341 @@
+//! [`Fieldpatch`]: the one facade that owns every job the desktop app and the CLI offer.
+//!
+//! A shell opens it once (the local store in the data directory, how to reach devices), then
+//! calls jobs on it: identify, plan, run / resume / close a session, one-device SMP commands, USB
+//! DFU flashing, notes and log verification, sync. Each job opens the technician's signed visit log
+//! itself and writes its events there, so no shell can skip a check or an event, and no shell
+//! repeats the set-up (store, keyring, technician key, log).
+//!
+//! Design decisions:
+//!
+//! * **Opened lazily where it costs.** The keyring and the technician's key are reached the first
+//!   time a job needs them, so reading commands (session status, log show) work on a laptop whose
+//!   keyring is locked.
+//! * **One runner per laptop process.** A second session started while one runs is refused with
+//!   [`Error::Busy`].
+//! * **Typed errors with stable codes.** [`Error::code`] is what the app's bridge and the CLI's
+//!   `--json` carry beside the message.
+
+use crate::bundle::input::{Clearance, ClearedImage};
+use crate::catalog::Catalog;
+use crate::credentials::{CredentialError, Credentials};
+use crate::plan::{DeviceRecord, Plan};
+use crate::session::batch::{self, BatchError};
+use crate::session::local::StoreSessions;
+use crate::session::{Connector, Observer, SessionState, Summary};
+use crate::store::{Store, StoreError};
+use crate::sync::StoreSync;
+use crate::visitlog::{Event, EventKind, LogError, LogVerification, NewEvent, VisitLog};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// A job of the facade failed. Every variant has a stable [`code`](Error::code).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Path(#[from] crate::paths::PathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Input(#[from] crate::bundle::input::InputError),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
+    #[error(transparent)]
+    DfuFile(#[from] crate::image::dfu_file::DfuFileError),
+    #[error(transparent)]
+    Device(#[from] crate::flash::TargetError),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
+    /// A session is already running from this process.
+    #[error("a session is already running; wait for it to finish or pause it")]
+    Busy,
+    /// The session asked for is not in the local store.
+    #[error("no such session in the local store{0} (see `fieldpatch session status`)")]
+    NoSession(String),
+    /// The session already finished: nothing to resume.
+    #[error("session {0} already finished")]
+    Finished(String),
+    /// The job cannot be done at this address (for example an SMP command to a USB address).
+    #[error("{0}")]
+    WrongAddress(String),
+    /// What the technician typed is not valid for this job.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A stable, machine-readable code (snake_case) for the app's bridge and `--json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Path(e) => e.code(),
+            Error::Store(e) => e.code(),
+            Error::Credentials(e) => e.code(),
+            Error::Log(e) => e.code(),
+            Error::Batch(e) => e.code(),
+            Error::Input(e) => e.code(),
+            Error::Bundle(e) => e.code(),
+            Error::DfuFile(_) => "dfu_file",
+            Error::Device(e) => e.code(),
+            Error::Sync(e) => e.code(),
+            Error::Busy => "busy",
+            Error::NoSession(_) => "no_session",
+            Error::Finished(_) => "session_finished",
+            Error::WrongAddress(_) => "wrong_address",
+            Error::Invalid(_) => "invalid_input",
+        }
+    }
+}
+
+/// Fieldpatch on this laptop: the local store, devices, the technician's log. See the module docs.
+pub struct Fieldpatch {
+    data_dir: PathBuf,
+    store: Store,
+    connector: Arc<dyn Connector>,
+    credentials: OnceCell<Credentials>,
+    log: OnceCell<Arc<VisitLog>>,
+    running: AtomicBool,
+}
+
+impl std::fmt::Debug for Fieldpatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fieldpatch").field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
+/// Clears the "a session runs" flag when the session ends, however it ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Fieldpatch {
+    /// Open Fieldpatch in the data directory (`FIELDPATCH_DATA_DIR` or the OS convention).
+    pub async fn open(connector: Arc<dyn Connector>) -> Result<Fieldpatch, Error> {
+        let (dir, _) = crate::paths::data_dir()?;
+        Self::open_in(&dir, connector).await
+    }
+
+    /// Open Fieldpatch in `data_dir` (created if needed).
+    pub async fn open_in(
+        data_dir: &Path,
+        connector: Arc<dyn Connector>,
+    ) -> Result<Fieldpatch, Error> {
+        let store = Store::open_in(data_dir).await?;
+        Ok(Fieldpatch {
+            data_dir: data_dir.to_path_buf(),
+            store,
+            connector,
+            credentials: OnceCell::new(),
+            log: OnceCell::new(),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// The data directory this instance works in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// How devices are reached.
+    pub fn connector(&self) -> Arc<dyn Connector> {
+        self.connector.clone()
+    }
+
+    /// The OS keyring (opened on first use).
+    pub async fn credentials(&self) -> Result<&Credentials, Error> {
+        Ok(self.credentials.get_or_try_init(|| Credentials::open(&self.store)).await?)
+    }
+
+    /// The technician's signed visit log (the key comes from the keyring on first use).
+    pub async fn log(&self) -> Result<Arc<VisitLog>, Error> {
+        let log = self
+            .log
+            .get_or_try_init(|| async {
+                let key = self.credentials().await?.technician_key().await?;
+                Ok::<_, Error>(Arc::new(VisitLog::open(&self.store, key).await?))
+            })
+            .await?;
+        Ok(log.clone())
+    }
+
+    /// Record `kind` in the technician's log, about `device` when given.
+    pub async fn record(&self, device: Option<&str>, kind: EventKind) -> Result<Event, Error> {
+        let mut new = NewEvent::new(kind);
+        if let Some(d) = device {
+            new = new.device(d);
+        }
+        Ok(self.log().await?.append(new).await?)
+    }
+
+    /// Add the technician's note to the visit log.
+    pub async fn note(&self, text: impl Into<String>) -> Result<Event, Error> {
+        Ok(self.log().await?.note(text).await?)
+    }
+
+    /// Verify every visit log in the local store (signatures and chain).
+    pub async fn verify_logs(&self) -> Result<Vec<LogVerification>, Error> {
+        Ok(self.store.verify_all_logs().await?)
+    }
+
+    /// The local side of sync over this store and keyring.
+    pub async fn sync_local(&self) -> Result<StoreSync, Error> {
+        let credentials = self.credentials().await?.clone();
+        Ok(StoreSync::new(self.store.clone(), credentials, &self.data_dir))
+    }
+
+    /// Load a trust store and verify every bundle of a catalog folder against it.
+    pub fn load_catalog(
+        &self,
+        catalog_dir: &Path,
+        trust_path: &Path,
+        policy: &crate::bundle::VerifyPolicy,
+    ) -> Result<Catalog, Error> {
+        Ok(batch::load_catalog(catalog_dir, trust_path, policy)?)
+    }
+
+    /// Ask each device what it runs; devices that do not answer keep the inventory's record and
+    /// come back with the reason beside them.
+    pub async fn identify(
+        &self,
+        devices: Vec<DeviceRecord>,
+        timeout: Duration,
+    ) -> Vec<(DeviceRecord, Option<String>)> {
+        batch::identify(self.connector.as_ref(), devices, timeout).await
+    }
+
+    /// The devices of a synced work order at the addresses found on site, and the ids of those
+    /// without an address.
+    pub async fn work_order_devices(
+        &self,
+        work_order: &str,
+        addresses: &std::collections::BTreeMap<String, crate::plan::DeviceAddress>,
+    ) -> Result<(Vec<DeviceRecord>, Vec<String>), Error> {
+        Ok(batch::work_order_devices(&self.store, work_order, addresses).await?)
+    }
+
+    /// Plan `devices` against the verified catalog (credential names from the keyring when it is
+    /// reachable).
+    pub async fn plan(&self, devices: Vec<DeviceRecord>, catalog: &Catalog) -> Plan {
+        let creds = self.credentials().await.ok();
+        batch::make_plan(devices, catalog, creds).await
+    }
+
+    /// Run (or resume) a session inside a visit of the technician's log. Refused with
+    /// [`Error::Busy`] while another session of this process runs.
+    pub async fn run_session(
+        &self,
+        state: SessionState,
+        catalog: Arc<Catalog>,
+        observer: Observer,
+        pause: Arc<AtomicBool>,
+    ) -> Result<(Summary, SessionState), Error> {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return Err(Error::Busy);
+        }
+        let _running = Running(&self.running);
+        let log = self.log().await?;
+        let connector = self.connector.clone();
+        Ok(batch::run_in_visit(&self.store, log, state, catalog, connector, observer, pause)
+            .await?)
+    }
+
+    /// Whether a session of this process is running.
+    pub fn session_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// A session from the store: `id`, or the latest one.
+    pub async fn session(&self, id: Option<&str>) -> Result<SessionState, Error> {
+        let sessions = StoreSessions(self.store.clone());
+        let found = match id {
+            Some(id) => sessions.load(id).await,
+            None => sessions.latest().await,
+        }
+        .map_err(|e| Error::Batch(BatchError::Session(e)))?;
+        found.ok_or_else(|| Error::NoSession(id.map(|i| format!(" ({i})")).unwrap_or_default()))
+    }
+
+    /// A session that can be resumed: `id`, or the latest unfinished one.
+    pub async fn unfinished_session(&self, id: Option<&str>) -> Result<SessionState, Error> {
+        let sessions = StoreSessions(self.store.clone());
+        let found = match id {
+            Some(id) => sessions.load(id).await,
+            None => sessions.latest_unfinished().await,
+        }
+        .map_err(|e| Error::Batch(BatchError::Session(e)))?;
+        found.ok_or_else(|| Error::NoSession(id.map(|i| format!(" ({i})")).unwrap_or_default()))
+    }
+
+    /// Resume a saved session that has not finished.
+    pub async fn resume_session(
+        &self,
+        id: Option<&str>,
+        catalog: Arc<Catalog>,
+        observer: Observer,
+        pause: Arc<AtomicBool>,
+    ) -> Result<(Summary, SessionState), Error> {
+        let state = self.unfinished_session(id).await?;
+        if state.phase == crate::session::Phase::Finished {
+            return Err(Error::Finished(state.id.to_string()));
+        }
+        self.run_session(state, catalog, observer, pause).await
+    }
+
+    /// Close out a session: the technician's reason for every device it left unpatched goes into
+    /// the visit log. Refused, writing nothing, while any reason is missing.
+    pub async fn close_session(
+        &self,
+        state: &SessionState,
+        reasons: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<String>, Error> {
+        let log = self.log().await?;
+        Ok(batch::close_out(&log, state, reasons).await?)
+    }
+
+    /// Record in the visit log why these bytes may be sent to the device at `device`, before the
+    /// first byte goes.
+    pub(crate) async fn record_clearance(
+        &self,
+        device: &str,
+        cleared: &ClearedImage,
+        file: &Path,
+    ) -> Result<(), Error> {
+        let sha = hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
+            <sha2::Sha256 as sha2::Digest>::new(),
+            &cleared.bytes,
+        )));
+        let kind = match &cleared.how {
+            Clearance::Bundle { bundle_id, bundle_version, rule } => EventKind::BundleVerified {
+                bundle_id: bundle_id.clone(),
+                bundle_version: bundle_version.clone(),
+                rule: rule.clone(),
+            },
+            Clearance::VendorSigned { key_id } => EventKind::Note {
+                text: format!("image {} ({sha}) verified by vendor key {key_id}", file.display()),
+            },
+            Clearance::Unverified => EventKind::UnverifiedImageAllowed {
+                image_sha256: sha,
+                reason: format!("{}: sent with --allow-unverified", file.display()),
+            },
+        };
+        self.record(Some(device), kind).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+// The site as the window works on it: the state every component reads and the actions that change
+// it (identify, plan, run, close out, verify, sync). Components get one `SiteStore` from App.svelte.
+
+import * as bridge from "./bridge";
+import type { AppInfo, BridgeError, SiteView, SyncEventView } from "./bridge";
+import { nextStep } from "./nextstep";
+import { applyEvent, type DeviceRow, type Plan } from "./session";
+import {
+  appendNote,
+  closeOutText,
+  finishedNote,
+  logVerifies,
+  missingReasons,
+  SYNC_OFF,
+  syncStatus,
+  unpatchedIds,
+} from "./siteview";
+
+/** The commands and events the store uses: the desktop shell's bridge, or a stand-in. */
+export type SiteApi = Pick<
+  typeof bridge,
+  | "appInfo"
+  | "site"
+  | "makePlan"
+  | "runSession"
+  | "setAutoSync"
+  | "syncNow"
+  | "closeSession"
+  | "verifyLog"
+  | "onSessionEvent"
+  | "onSessionFinished"
+  | "onSync"
+>;
+
+export class SiteStore {
+  info: AppInfo | null = $state(null);
+  error: BridgeError | null = $state(null);
+  view: SiteView | null = $state(null);
+  plan: Plan | null = $state(null);
+  rows: Record<string, DeviceRow> = $state({});
+  notes: string[] = $state([]);
+  busy = $state(false);
+  canary = $state(true);
+  sessionDone = $state(false);
+  logOk: boolean | null = $state(null);
+  autoSync = $state(true);
+  syncState: SyncEventView | null = $state(null);
+  /** Why sync is unavailable, once a sync command answered `sync_unavailable`. */
+  syncRefused: string | null = $state(null);
+  reasons: Record<string, string> = $state({});
+  closeResult: string | null = $state(null);
+  /** Whether the last close-out was refused for missing reasons. */
+  reasonsRefused = $state(false);
+
+  /** Devices the session left unpatched: each needs a reason before the close-out. */
+  readonly unpatched: string[] = $derived(unpatchedIds(this.rows));
+  /** Devices whose reason inputs are highlighted after a refused close-out. */
+  readonly needsReason: string[] = $derived(
+    this.reasonsRefused ? missingReasons(this.unpatched, this.reasons) : [],
+  );
+  /** The sync status line. */
+  readonly sync = $derived(syncStatus(this.syncState, this.syncRefused));
+
+  #api: SiteApi;
+
+  constructor(api: SiteApi = bridge) {
+    this.#api = api;
+  }
+
+  /** Load the version and the site, and follow session and sync events; returns the stop. */
+  start(): () => void {
+    this.#api.appInfo().then(
+      (i) => (this.info = i),
+      (e) => this.#fail(e),
+    );
+    this.identify();
+    const stop = [
+      this.#api.onSessionEvent((e) => {
+        const note = applyEvent(this.rows, e);
+        if (note) this.notes = appendNote(this.notes, note);
+      }),
+      this.#api.onSync((e) => (this.syncState = e)),
+      this.#api.onSessionFinished((r) => {
+        this.busy = false;
+        this.sessionDone = true;
+        this.notes = [...this.notes, finishedNote(r)];
+        this.identify();
+      }),
+    ];
+    return () => stop.forEach((p) => p.then((f) => f()));
+  }
+
+  /** Identify the site's devices (what each runs now). */
+  identify(): Promise<void> {
+    return this.#api.site().then(
+      (v) => {
+        this.view = v;
+        this.autoSync = v.auto_sync;
+      },
+      (e) => this.#fail(e),
+    );
+  }
+
+  async makePlan(): Promise<void> {
+    this.error = null;
+    this.plan = await this.#api.makePlan().catch((e) => (this.#fail(e), null));
+  }
+
+  /** Run a session on the plan; progress and the end arrive as events. */
+  async run(): Promise<void> {
+    if (!this.plan) return;
+    this.error = null;
+    this.busy = true;
+    this.sessionDone = false;
+    this.rows = {};
+    this.notes = [];
+    this.reasons = {};
+    this.closeResult = null;
+    this.reasonsRefused = false;
+    await this.#api.runSession($state.snapshot(this.plan), this.canary).catch((e) => this.#fail(e));
+  }
+
+  /** Record the technician's reason for every unpatched device of the last session. */
+  async closeOut(): Promise<void> {
+    try {
+      const recorded = await this.#api.closeSession($state.snapshot(this.reasons));
+      this.reasonsRefused = false;
+      this.closeResult = closeOutText(recorded);
+    } catch (e) {
+      const error = e as BridgeError;
+      this.reasonsRefused = nextStep(error).kind === "give_reasons";
+      this.closeResult = error.message;
+    }
+  }
+
+  async verify(): Promise<void> {
+    const checks = await this.#api.verifyLog().catch((e) => (this.#fail(e), null));
+    if (checks) this.logOk = logVerifies(checks);
+  }
+
+  /** Apply the auto-sync checkbox (bound to `autoSync`) to the shell. */
+  async toggleSync(): Promise<void> {
+    this.autoSync = await this.#api
+      .setAutoSync(this.autoSync)
+      .catch((e) => (this.#syncFailed(e), false));
+    if (!this.autoSync) this.syncState = SYNC_OFF;
+  }
+
+  syncNow(): Promise<void> {
+    return this.#api.syncNow().catch((e) => this.#syncFailed(e));
+  }
+
+  #syncFailed(e: BridgeError) {
+    if (nextStep(e).kind === "sync_unavailable") this.syncRefused = e.message;
+    else this.#fail(e);
+  }
+
+  #fail(e: BridgeError) {
+    this.error = e;
+    this.busy = nextStep(e).kind === "wait_for_session";
+  }
+}

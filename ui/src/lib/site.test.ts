@@ -1,0 +1,188 @@
+// Tests of the site store against a stand-in for the desktop shell: actions, events and the next
+// step each error code leads to.
+import { describe, expect, it, vi } from "vitest";
+import type { BridgeError, SiteView, SyncEventView } from "./bridge";
+import type { Plan, SessionEventView } from "./session";
+import { SiteStore, type SiteApi } from "./site.svelte";
+
+const view: SiteView = {
+  devices: [],
+  unreachable: [],
+  bundles: [],
+  refused: [],
+  inventory: "http://127.0.0.1:1",
+  auto_sync: true,
+  sync_unavailable: null,
+};
+const plan: Plan = { created: "now", devices: [] };
+const reject = (code: string, message = code) => () => Promise.reject<never>({ code, message } satisfies BridgeError);
+
+/** A stand-in shell: every command succeeds unless overridden; events are fired by the test. */
+function shell(overrides: Partial<SiteApi> = {}) {
+  const on: {
+    session?: (e: SessionEventView) => void;
+    finished?: (r: unknown) => void;
+    sync?: (e: SyncEventView) => void;
+  } = {};
+  const unlisten = vi.fn();
+  const api: SiteApi = {
+    appInfo: async () => ({ version: "1.2.3", data_dir: "/d", data_dir_source: "environment" }),
+    site: async () => view,
+    makePlan: async () => plan,
+    runSession: vi.fn(async () => "session-1"),
+    setAutoSync: vi.fn(async (v: boolean) => v),
+    syncNow: vi.fn(async () => {}),
+    closeSession: vi.fn(async (reasons: Record<string, string>) => Object.keys(reasons)),
+    verifyLog: async () => [{ problem: null }],
+    onSessionEvent: async (f) => ((on.session = f), unlisten),
+    onSessionFinished: async (f) => ((on.finished = f), unlisten),
+    onSync: async (f) => ((on.sync = f), unlisten),
+    ...overrides,
+  };
+  return { api, on, unlisten };
+}
+
+const flush = () => new Promise((r) => setTimeout(r, 0));
+const status = (device: string, s: SessionEventView["status"]): SessionEventView => ({
+  device,
+  kind: "status",
+  text: null,
+  done: null,
+  total: null,
+  status: s,
+});
+
+/** A store that has run a session in which sensor-04 rolled back and sensor-01 was patched. */
+async function afterSession(api: SiteApi, on: ReturnType<typeof shell>["on"]) {
+  const site = new SiteStore(api);
+  site.start();
+  await flush();
+  await site.makePlan();
+  await site.run();
+  on.session!(status("sensor-01", { status: "patched", version: "1.5.0" }));
+  on.session!(status("sensor-04", { status: "rolled_back", reason: "unhealthy" }));
+  on.finished!({ patched: 1 });
+  await flush();
+  return site;
+}
+
+describe("SiteStore", () => {
+  it("loads the version and the site, and stops listening when asked", async () => {
+    const { api, unlisten } = shell();
+    const site = new SiteStore(api);
+    const stop = site.start();
+    await flush();
+    expect(site.info?.version).toBe("1.2.3");
+    expect(site.view).toEqual(view);
+    expect(site.autoSync).toBe(true);
+    stop();
+    await flush();
+    expect(unlisten).toHaveBeenCalledTimes(3);
+  });
+
+  it("runs a session from the plan and follows its events to the end", async () => {
+    const { api, on } = shell();
+    const site = await afterSession(api, on);
+    expect(api.runSession).toHaveBeenCalledWith(plan, true);
+    expect(site.busy).toBe(false);
+    expect(site.sessionDone).toBe(true);
+    expect(site.unpatched).toEqual(["sensor-04"]);
+    expect(site.notes).toEqual([
+      "sensor-01: patched: 1.5.0",
+      "sensor-04: rolled back: unhealthy",
+      'session finished: {"patched":1}',
+    ]);
+  });
+
+  it("highlights the reasons still missing after a refused close-out", async () => {
+    const { api, on } = shell({ closeSession: reject("reasons_missing", "give a reason: missing for sensor-04") });
+    const site = await afterSession(api, on);
+    expect(site.needsReason).toEqual([]);
+    await site.closeOut();
+    expect(site.closeResult).toBe("give a reason: missing for sensor-04");
+    expect(site.needsReason).toEqual(["sensor-04"]);
+    site.reasons["sensor-04"] = "  ";
+    expect(site.needsReason).toEqual(["sensor-04"]);
+    site.reasons["sensor-04"] = "owner refused a second attempt";
+    expect(site.needsReason).toEqual([]);
+  });
+
+  it("does not highlight reasons for other close-out errors, and reports the count when recorded", async () => {
+    const { api, on } = shell({ closeSession: reject("no_session", "run a session first") });
+    const site = await afterSession(api, on);
+    await site.closeOut();
+    expect(site.closeResult).toBe("run a session first");
+    expect(site.needsReason).toEqual([]);
+
+    const ok = shell();
+    const done = await afterSession(ok.api, ok.on);
+    done.reasons["sensor-04"] = "owner refused";
+    await done.closeOut();
+    expect(ok.api.closeSession).toHaveBeenCalledWith({ "sensor-04": "owner refused" });
+    expect(done.closeResult).toBe("session closed out: 1 unpatched device(s) recorded with their reasons");
+  });
+
+  it("disables sync and says why when the shell answers sync_unavailable", async () => {
+    const { api } = shell({ syncNow: reject("sync_unavailable", "no inventory token") });
+    const site = new SiteStore(api);
+    site.start();
+    await flush();
+    await site.syncNow();
+    expect(site.syncRefused).toBe("no inventory token");
+    expect(site.sync).toEqual({ kind: "unavailable", text: "sync unavailable: no inventory token", tone: "error" });
+    expect(site.error).toBeNull();
+  });
+
+  it("shows other sync errors as errors", async () => {
+    const { api } = shell({ setAutoSync: reject("sync", "sync state poisoned") });
+    const site = new SiteStore(api);
+    site.autoSync = false;
+    await site.toggleSync();
+    expect(site.error?.code).toBe("sync");
+    expect(site.syncRefused).toBeNull();
+    expect(site.autoSync).toBe(false);
+  });
+
+  it("turns automatic sync off and says so", async () => {
+    const { api, on } = shell();
+    const site = new SiteStore(api);
+    site.start();
+    await flush();
+    on.sync!({ kind: "synced", text: "synced: 3 event(s) pushed, 0 pending" });
+    expect(site.sync.text).toBe("synced: 3 event(s) pushed, 0 pending");
+    site.autoSync = false;
+    await site.toggleSync();
+    expect(api.setAutoSync).toHaveBeenCalledWith(false);
+    expect(site.sync.text).toBe("automatic sync is off");
+  });
+
+  it("keeps the controls locked while a session already running finishes", async () => {
+    const { api, on } = shell({ runSession: reject("busy", "a session is already running") });
+    const site = new SiteStore(api);
+    site.start();
+    await flush();
+    await site.makePlan();
+    await site.run();
+    expect(site.error?.code).toBe("busy");
+    expect(site.busy).toBe(true);
+    on.finished!({});
+    expect(site.busy).toBe(false);
+    expect(site.sessionDone).toBe(true);
+  });
+
+  it("unlocks the controls after any other failure to start", async () => {
+    const { api } = shell({ runSession: reject("keyring", "no technician key") });
+    const site = new SiteStore(api);
+    await site.makePlan();
+    await site.run();
+    expect(site.error?.code).toBe("keyring");
+    expect(site.busy).toBe(false);
+  });
+
+  it("says whether the visit log verifies", async () => {
+    const { api } = shell({ verifyLog: async () => [{ problem: null }, { problem: "hash chain broken" }] });
+    const site = new SiteStore(api);
+    await site.verify();
+    expect(site.logOk).toBe(false);
+  });
+});

@@ -1,0 +1,98 @@
+// Unit tests for the pure helpers behind the site store.
+import { describe, expect, it } from "vitest";
+import type { Plan } from "./session";
+import {
+  appendNote,
+  closeOutText,
+  dispositionOf,
+  finishedNote,
+  logVerifies,
+  missingReasons,
+  NOTES_KEPT,
+  syncStatus,
+  unpatchedIds,
+} from "./siteview";
+
+const row = (status: string | null) => ({
+  phase: "",
+  done: 0,
+  total: 0,
+  status: status ? ({ status, reason: "r", version: "1" } as never) : null,
+});
+
+describe("unpatchedIds and missingReasons", () => {
+  it("lists devices with a final status other than patched", () => {
+    const rows = { a: row("patched"), b: row("rolled_back"), c: row(null), d: row("skipped") };
+    expect(unpatchedIds(rows)).toEqual(["b", "d"]);
+  });
+  it("counts absent and blank reasons as missing, like the core", () => {
+    expect(missingReasons(["b", "d", "e"], { b: "owner refused", d: "   " })).toEqual(["d", "e"]);
+    expect(missingReasons([], {})).toEqual([]);
+  });
+});
+
+describe("session log", () => {
+  it("keeps the newest lines", () => {
+    const full = Array.from({ length: NOTES_KEPT + 5 }, (_, i) => `n${i}`);
+    const next = appendNote(full, "last");
+    expect(next).toHaveLength(NOTES_KEPT + 1);
+    expect(next[next.length - 1]).toBe("last");
+    expect(next[0]).toBe("n5");
+    expect(appendNote([], "a")).toEqual(["a"]);
+  });
+  it("says how a session finished", () => {
+    expect(finishedNote({ patched: 5 })).toBe('session finished: {"patched":5}');
+  });
+});
+
+describe("close-out and visit log", () => {
+  it("counts the devices recorded", () => {
+    expect(closeOutText(["sensor-04"])).toBe(
+      "session closed out: 1 unpatched device(s) recorded with their reasons",
+    );
+  });
+  it("verifies only when no check has a problem", () => {
+    expect(logVerifies([{ problem: null }, { problem: null }])).toBe(true);
+    expect(logVerifies([{ problem: null }, { problem: "bad signature" }])).toBe(false);
+    expect(logVerifies([])).toBe(true);
+  });
+});
+
+describe("dispositionOf", () => {
+  it("finds the plan for a device", () => {
+    const plan = {
+      created: "now",
+      devices: [
+        {
+          device: { id: "g", address: { transport: "udp" }, identity: {}, criticality: "low" },
+          disposition: { disposition: "up_to_date", version: { major: 3, minor: 0, revision: 0, build: 0 } },
+        },
+      ],
+    } satisfies Plan;
+    expect(dispositionOf(plan, "g")?.disposition).toBe("up_to_date");
+    expect(dispositionOf(plan, "x")).toBeUndefined();
+    expect(dispositionOf(null, "g")).toBeUndefined();
+  });
+});
+
+describe("syncStatus", () => {
+  it("waits for the first event, then shows the last one", () => {
+    expect(syncStatus(null, null)).toEqual({ kind: "", text: "waiting for the first sync…", tone: "muted" });
+    expect(syncStatus({ kind: "synced", text: "synced: 3 event(s)" }, null)).toEqual({
+      kind: "synced",
+      text: "synced: 3 event(s)",
+      tone: "muted",
+    });
+    expect(syncStatus({ kind: "offline", text: "unreachable" }, null).tone).toBe("error");
+    expect(syncStatus({ kind: "failed", text: "boom" }, null).tone).toBe("error");
+    expect(syncStatus({ kind: "stopped", text: "automatic sync is off" }, null).text).toBe("automatic sync is off");
+  });
+  it("says why sync is unavailable, before any event", () => {
+    expect(syncStatus({ kind: "synced", text: "synced" }, "no inventory token")).toEqual({
+      kind: "unavailable",
+      text: "sync unavailable: no inventory token",
+      tone: "error",
+    });
+    expect(syncStatus(null, "").text).toBe("sync unavailable");
+  });
+});

@@ -1,0 +1,64 @@
+// Pure helpers behind the site store: what the window derives from rows, plans, reasons and sync
+// events (unit-tested; no Tauri calls here).
+
+import type { SyncEventView } from "./bridge";
+import type { DeviceRow, Disposition, Plan } from "./session";
+
+/** How many session-log lines are kept before the oldest are dropped. */
+export const NOTES_KEPT = 200;
+
+/** Append a line to the session log, dropping the oldest beyond `NOTES_KEPT`. */
+export function appendNote(notes: string[], note: string): string[] {
+  return [...notes.slice(-NOTES_KEPT), note];
+}
+
+/** The line the session log gets when a session ends. */
+export function finishedNote(result: unknown): string {
+  return `session finished: ${JSON.stringify(result)}`;
+}
+
+/** Devices that ended the session with a status other than patched, in row order. */
+export function unpatchedIds(rows: Record<string, DeviceRow>): string[] {
+  return Object.entries(rows)
+    .filter(([, r]) => r.status && r.status.status !== "patched")
+    .map(([id]) => id);
+}
+
+/** Of `ids`, those without a reason yet (absent or only blanks, as the core counts them). */
+export function missingReasons(ids: string[], reasons: Record<string, string>): string[] {
+  return ids.filter((id) => !reasons[id]?.trim());
+}
+
+/** What the window says once a close-out is recorded. */
+export function closeOutText(recorded: string[]): string {
+  return `session closed out: ${recorded.length} unpatched device(s) recorded with their reasons`;
+}
+
+/** Whether every visit-log check came back without a problem. */
+export function logVerifies(checks: { problem: unknown }[]): boolean {
+  return checks.every((c) => c.problem === null);
+}
+
+/** The plan's disposition for one device, if the plan covers it. */
+export function dispositionOf(plan: Plan | null, id: string): Disposition | undefined {
+  return plan?.devices.find((d) => d.device.id === id)?.disposition;
+}
+
+/** The sync event shown once automatic sync is switched off. */
+export const SYNC_OFF: SyncEventView = { kind: "stopped", text: "automatic sync is off" };
+
+export interface SyncStatus {
+  kind: SyncEventView["kind"] | "unavailable" | "";
+  text: string;
+  tone: "error" | "muted";
+}
+
+/** The sync status line: why sync is unavailable, else the last sync event, else a wait. */
+export function syncStatus(last: SyncEventView | null, unavailable: string | null): SyncStatus {
+  if (unavailable !== null) {
+    return { kind: "unavailable", text: unavailable ? `sync unavailable: ${unavailable}` : "sync unavailable", tone: "error" };
+  }
+  if (!last) return { kind: "", text: "waiting for the first sync…", tone: "muted" };
+  const tone = last.kind === "failed" || last.kind === "offline" ? "error" : "muted";
+  return { kind: last.kind, text: last.text, tone };
+}
