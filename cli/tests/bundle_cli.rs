@@ -154,6 +154,23 @@ fn generate_keys_build_a_trust_store_create_sign_verify_and_inspect_a_bundle() {
     assert!(ok, "{v}");
     assert_eq!(v["rule"]["rule"], "offline_grace");
     assert_eq!(v["rule"]["last_online_verification"], "2026-05-30T00:00:00Z");
+    // A grace period out of any sane range is refused with advice, not a panic (exit 1, not 101).
+    let out = fp(
+        d,
+        &[
+            "bundle",
+            "verify",
+            "b.fpb",
+            "--trust",
+            "trust.json",
+            "--last-online",
+            "2026-05-30T00:00:00Z",
+            "--grace-days",
+            "9223372036854775807",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
 
     // One flipped payload byte: refused with the specific reason.
     let mut bytes = std::fs::read(d.join("b.fpb")).unwrap();

@@ -97,6 +97,41 @@ fn upload_test_reset_confirm_over_udp() {
 
     let out = fieldpatch(&["device", "--udp", &addr, "image", "test", "abcd"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
+
+    // Every command that changed the device is bracketed in the visit log: before it was sent and
+    // with the device's answer after.
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&fieldpatch(&["--json", "log", "show"]))).unwrap();
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let what = e["command"].as_str().unwrap_or_default().to_string();
+            (e["kind"].as_str().unwrap().to_string(), what)
+        })
+        .collect();
+    let pos = |kind: &str, what: &str| {
+        kinds
+            .iter()
+            .position(|(k, w)| k == kind && w == what)
+            .unwrap_or_else(|| panic!("no {kind} {what} in {kinds:?}"))
+    };
+    assert!(pos("flash_started", "") < pos("image_uploaded", ""));
+    assert!(pos("image_uploaded", "") < pos("device_command", "image_test"));
+    for command in ["image_test", "reset", "image_confirm"] {
+        assert_eq!(
+            pos("device_command", command) + 1,
+            pos("device_command_result", command),
+            "{command}: {kinds:?}"
+        );
+    }
+    let confirmed = events
+        .iter()
+        .find(|e| e["kind"] == "device_command_result" && e["command"] == "image_confirm")
+        .unwrap();
+    assert_eq!(confirmed["ok"], true, "{confirmed}");
+    assert_eq!(confirmed["device"], format!("udp:{addr}"), "{confirmed}");
+    let verify = ok(&fieldpatch(&["log", "verify"]));
+    assert!(!verify.is_empty());
 }
 
 #[test]
@@ -116,4 +151,10 @@ fn a_missing_serial_port_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open serial port /dev/does-not-exist"), "{err}");
+    // With --json the error is one JSON document with a stable code.
+    let out = fieldpatch(&["--json", "device", "--serial", "/dev/does-not-exist", "echo", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "serial_open", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/dev/does-not-exist"), "{v}");
 }

@@ -135,12 +135,23 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
         }
         BundleCmd::Verify { bundle: path, trust, at, last_online, grace_days } => {
             let trust = TrustStore::load(&trust)?;
+            let grace = match grace_days {
+                Some(days) => Some(
+                    Duration::try_days(days).filter(|_| (0..=3650).contains(&days)).ok_or_else(
+                        || {
+                            anyhow::anyhow!(
+                                "--grace-days {days} is out of range: give 0 to 3650 days"
+                            )
+                        },
+                    )?,
+                ),
+                None => None,
+            };
             let policy = VerifyPolicy {
                 now: at.unwrap_or_else(Utc::now),
-                offline_grace: last_online.zip(grace_days).map(|(last, days)| OfflineGrace {
-                    last_online_verification: last,
-                    grace: Duration::days(days),
-                }),
+                offline_grace: last_online
+                    .zip(grace)
+                    .map(|(last, grace)| OfflineGrace { last_online_verification: last, grace }),
             };
             let (verdict, ok) = match bundle::verify_file(&path, &trust, &policy) {
                 Ok(v) => (v, true),

@@ -40,10 +40,12 @@ impl CatalogArgs {
     fn load(&self) -> anyhow::Result<Catalog> {
         let mut policy = VerifyPolicy::now();
         if let (Some(last), Some(days)) = (self.last_online, self.grace_days) {
-            policy.offline_grace = Some(OfflineGrace {
-                last_online_verification: last,
-                grace: chrono::Duration::days(days),
-            });
+            let grace = chrono::Duration::try_days(days)
+                .filter(|_| (0..=3650).contains(&days))
+                .with_context(|| {
+                    format!("--grace-days {days} is out of range: give 0 to 3650 days")
+                })?;
+            policy.offline_grace = Some(OfflineGrace { last_online_verification: last, grace });
         }
         Ok(batch::load_catalog(&self.catalog, &self.trust, &policy)?)
     }

@@ -416,7 +416,9 @@ fn check_header(
 }
 
 fn time_rule(m: &Manifest, policy: &VerifyPolicy) -> Result<AcceptRule, BundleError> {
-    if m.created > policy.now + Duration::seconds(CLOCK_SKEW) {
+    let latest_created =
+        policy.now.checked_add_signed(Duration::seconds(CLOCK_SKEW)).unwrap_or(policy.now);
+    if m.created > latest_created {
         return Err(BundleError::NotYetValid { created: m.created.to_rfc3339() });
     }
     if policy.now <= m.expires {
@@ -435,7 +437,17 @@ fn time_rule(m: &Manifest, policy: &VerifyPolicy) -> Result<AcceptRule, BundleEr
             ),
         });
     }
-    let grace_until = m.expires + g.grace;
+    // Times and periods come from outside (manifests, settings): out-of-range sums are refusals,
+    // never panics.
+    let Some(grace_until) = m.expires.checked_add_signed(g.grace) else {
+        return Err(BundleError::Expired {
+            expires,
+            reason: format!(
+                "the offline grace period ({} days) is out of range",
+                g.grace.num_days()
+            ),
+        });
+    };
     if policy.now > grace_until {
         return Err(BundleError::Expired {
             expires,
