@@ -1,21 +1,31 @@
 //! Real pseudo-terminals for simulated serial devices.
 //!
 //! A [`Pty`] is an `openpty(3)` pair in raw mode: the lab device owns the controller side and a
-//! client (Fieldpatch, `smpmgr`, a terminal program) opens [`Pty::path`] like any serial port.
+//! client (Fieldpatch, `smpmgr`, a terminal program) opens [`Pty::path`] like any serial port. The
+//! path is the subordinate's `ttyname(3)` (`/dev/pts/N` on Linux, `/dev/ttysNNN` on macOS).
+//!
+//! Pseudo-terminals exist on Unix only. Elsewhere (Windows) this module still compiles, but
+//! [`Pty::open`] fails with [`PtyError::Unsupported`], so the serial lab devices report a clear
+//! error while the UDP and USB lab devices work as everywhere.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors creating a pseudo-terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum PtyError {
     #[error("cannot open a pseudo-terminal: {0} (is /dev/ptmx available and devpts mounted?)")]
-    Open(nix::Error),
+    Open(std::io::Error),
     #[error("cannot configure the pseudo-terminal for raw bytes: {0}")]
-    Configure(nix::Error),
+    Configure(std::io::Error),
     #[error("cannot find the name of the pseudo-terminal: {0}")]
     Name(std::io::Error),
+    /// The platform has no pseudo-terminals (Windows).
+    #[error(
+        "lab serial devices need a pseudo-terminal, which this platform does not have; use the \
+         UDP or USB lab devices"
+    )]
+    Unsupported,
 }
 
 /// A pseudo-terminal pair: the controller end for the simulated device and the path a client opens.
@@ -23,26 +33,35 @@ pub enum PtyError {
 pub struct Pty {
     controller: File,
     /// The subordinate end is kept open so the controller never sees EOF/EIO between clients.
-    _subordinate: OwnedFd,
+    #[cfg(unix)]
+    _subordinate: std::os::fd::OwnedFd,
     path: PathBuf,
 }
 
 impl Pty {
     /// Open a new raw-mode pseudo-terminal.
+    #[cfg(unix)]
     pub fn open() -> Result<Self, PtyError> {
         use nix::sys::termios;
-        let pair = nix::pty::openpty(None, None).map_err(PtyError::Open)?;
-        let mut attrs = termios::tcgetattr(&pair.slave).map_err(PtyError::Configure)?;
+        let pair = nix::pty::openpty(None, None).map_err(|e| PtyError::Open(e.into()))?;
+        let mut attrs =
+            termios::tcgetattr(&pair.slave).map_err(|e| PtyError::Configure(e.into()))?;
         termios::cfmakeraw(&mut attrs);
         termios::tcsetattr(&pair.slave, termios::SetArg::TCSANOW, &attrs)
-            .map_err(PtyError::Configure)?;
-        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pair.slave));
-        let path = std::fs::read_link(link).map_err(PtyError::Name)?;
+            .map_err(|e| PtyError::Configure(e.into()))?;
+        let path = nix::unistd::ttyname(&pair.slave).map_err(|e| PtyError::Name(e.into()))?;
         Ok(Pty { controller: File::from(pair.master), _subordinate: pair.slave, path })
     }
 
+    /// Open a new raw-mode pseudo-terminal: this platform has none, so this always fails with
+    /// [`PtyError::Unsupported`].
+    #[cfg(not(unix))]
+    pub fn open() -> Result<Self, PtyError> {
+        Err(PtyError::Unsupported)
+    }
+
     /// The device path a client opens (for example `/dev/pts/7`).
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -60,12 +79,16 @@ impl Pty {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
+    #[cfg(unix)]
     #[test]
     fn bytes_cross_a_real_pty_unchanged() {
+        use std::io::{Read, Write};
         let pty = Pty::open().unwrap();
+        #[cfg(target_os = "linux")]
         assert!(pty.path().starts_with("/dev/pts"), "{:?}", pty.path());
+        #[cfg(target_os = "macos")]
+        assert!(pty.path().to_string_lossy().starts_with("/dev/ttys"), "{:?}", pty.path());
         let mut client =
             std::fs::OpenOptions::new().read(true).write(true).open(pty.path()).unwrap();
         // Raw mode: no echo, no CR/LF translation, 0x04 and 0x06 pass through.
@@ -78,5 +101,35 @@ mod tests {
         let mut back = [0u8; 3];
         client.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"ok\n");
+    }
+
+    /// The name comes from `ttyname(3)`; on Linux it must be the device `/proc` names too.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_name_is_the_subordinate_device() {
+        let pty = Pty::open().unwrap();
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pty._subordinate));
+        assert_eq!(std::fs::read_link(link).unwrap(), pty.path());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn each_pty_has_its_own_name() {
+        let (a, b) = (Pty::open().unwrap(), Pty::open().unwrap());
+        assert_ne!(a.path(), b.path());
+    }
+
+    #[cfg(not(unix))]
+    #[test]
+    fn without_ptys_opening_says_so() {
+        let err = Pty::open().unwrap_err();
+        assert!(matches!(err, PtyError::Unsupported), "{err}");
+    }
+
+    #[test]
+    fn the_unsupported_error_points_to_the_other_lab_devices() {
+        let msg = PtyError::Unsupported.to_string();
+        assert!(msg.contains("pseudo-terminal"), "{msg}");
+        assert!(msg.contains("UDP or USB lab devices"), "{msg}");
     }
 }

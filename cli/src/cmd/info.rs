@@ -1,3 +1,5 @@
+//! `fieldpatch info`: the version and the local data directory, and where it came from.
+
 use std::process::ExitCode;
 
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {

@@ -1,3 +1,6 @@
+//! The bundle layer's one error type: every way a bundle, a signature, a trust store or a
+//! rollback approval can be refused, each with a stable code and advice.
+
 use crate::model::Version;
 
 /// Everything that can make a bundle, a signature, a trust store or a rollback approval

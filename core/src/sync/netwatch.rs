@@ -1,7 +1,11 @@
 //! Network-change signals for `watch`: on Linux, a cheap poll of the kernel's routing table and
 //! interface states (`/proc/net/route`, `/sys/class/net/*/operstate`) that notifies when either
-//! changes (a cable plugged in, Wi-Fi joined, a VPN up). Elsewhere there is no signal and `watch`
-//! relies on its periodic probe; the desktop app can nudge it from the OS's own events.
+//! changes (a cable plugged in, Wi-Fi joined, a VPN up). Elsewhere (macOS, Windows) the OS keeps
+//! that state behind its own APIs, so [`spawn_monitor`] returns `None` there and `watch` relies on
+//! its periodic probe; the desktop app can nudge it from the OS's own events.
+//!
+//! Only `std` file reads are used, so this module builds on every platform; what is Linux-only is
+//! the meaning of the files, and [`spawn_monitor`] is gated on that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +27,27 @@ pub fn fingerprint(root: &std::path::Path) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Whether this platform exposes the network state [`fingerprint`] reads (Linux only).
+pub const SUPPORTED: bool = cfg!(target_os = "linux");
+
 /// Notify `nudge` whenever the fingerprint under `root` (`/` for the real system) changes, checking
 /// every `every`. Ends when `nudge` has no other owner. Returns `None` where the OS offers no
-/// such state (no `/proc/net/route`).
+/// such state: on every platform but Linux (see [`SUPPORTED`]), and on a Linux without
+/// `/proc/net/route`. The caller then relies on its periodic probe.
 pub fn spawn_monitor(
+    root: std::path::PathBuf,
+    every: Duration,
+    nudge: Arc<tokio::sync::Notify>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !SUPPORTED {
+        tracing::debug!("no network-change signal on this platform; relying on periodic probes");
+        return None;
+    }
+    monitor(root, every, nudge)
+}
+
+/// [`spawn_monitor`] without the platform gate (the files under `root` decide).
+fn monitor(
     root: std::path::PathBuf,
     every: Duration,
     nudge: Arc<tokio::sync::Notify>,
@@ -62,8 +83,7 @@ mod tests {
         std::fs::write(root.path().join("proc/net/route"), "Iface\tDestination\n").unwrap();
         std::fs::write(root.path().join("sys/class/net/eth0/operstate"), "down\n").unwrap();
         let nudge = Arc::new(tokio::sync::Notify::new());
-        let task =
-            spawn_monitor(root.path().into(), Duration::from_millis(10), nudge.clone()).unwrap();
+        let task = monitor(root.path().into(), Duration::from_millis(10), nudge.clone()).unwrap();
         // Nothing changes: no nudge.
         assert!(tokio::time::timeout(Duration::from_millis(100), nudge.notified()).await.is_err());
         std::fs::write(root.path().join("sys/class/net/eth0/operstate"), "up\n").unwrap();
@@ -71,9 +91,24 @@ mod tests {
         drop(nudge);
         tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(
-            spawn_monitor(root.path().join("missing"), Duration::from_millis(10), Arc::default())
+            monitor(root.path().join("missing"), Duration::from_millis(10), Arc::default())
                 .is_none()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn on_linux_the_real_system_is_watched() {
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let task = spawn_monitor("/".into(), Duration::from_millis(10), nudge.clone()).unwrap();
+        drop(nudge);
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    #[tokio::test]
+    async fn elsewhere_there_is_no_monitor_and_watch_probes_periodically() {
+        assert!(spawn_monitor("/".into(), Duration::from_millis(10), Arc::default()).is_none());
     }
 
     #[cfg(target_os = "linux")]
