@@ -134,6 +134,7 @@ fn upload_test_reset_confirm_over_udp() {
     assert!(!verify.is_empty());
 }
 
+#[cfg(unix)]
 #[test]
 fn info_over_a_serial_pty() {
     let dev = device();

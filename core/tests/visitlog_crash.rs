@@ -8,8 +8,6 @@
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::{EventKind, NewEvent, VisitLog};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -82,7 +80,8 @@ async fn crash_at_random_moments_never_leaves_a_half_written_event() {
         rx.recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("iteration {iteration}: child never started appending"));
         std::thread::sleep(Duration::from_micros(rng.gen_range(0..60_000)));
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        // SIGKILL on Unix, TerminateProcess on Windows: the child gets no chance to clean up.
+        child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "iteration {iteration}: child exited by itself: {status}");
 

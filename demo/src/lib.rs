@@ -17,6 +17,7 @@ use fieldpatch_core::image::dfu_file::DfuSuffix;
 use fieldpatch_core::model::{DeviceIdentity, Version};
 use fieldpatch_core::plan::{Criticality, DeviceAddress, DeviceRecord};
 use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig, LabUsbBus};
+use fieldpatch_lab::pty::PtyError;
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_lab::smp::serial::{SerialServer, serve_pty};
 use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
@@ -46,7 +47,8 @@ pub struct Demo {
     /// The USB bus the demo DFU board is on.
     pub usb: LabUsbBus,
     pub smp: Vec<SmpDevice>,
-    _serial: SerialServer,
+    /// The console device's pty (`None` where the platform has no pseudo-terminals).
+    _serial: Option<SerialServer>,
     _udp: Vec<UdpServer>,
     _dfu: LabDfu,
 }
@@ -84,7 +86,13 @@ pub fn start(dir: &Path) -> Result<Demo, DemoError> {
     let console = smp_device(1, 64.0 * 1024.0);
     let lan: Vec<SmpDevice> = (2..6).map(|s| smp_device(s, 96.0 * 1024.0)).collect();
     lan[3].faults().fail_health_check = true;
-    let serial = serve_pty(console.clone(), 115_200).map_err(|e| dev_err(&e))?;
+    // Where the platform has no pseudo-terminals (Windows) the demo runs without its serial
+    // console device; the LAN and USB devices work everywhere.
+    let serial = match serve_pty(console.clone(), 115_200) {
+        Ok(s) => Some(s),
+        Err(PtyError::Unsupported) => None,
+        Err(e) => return Err(dev_err(&e)),
+    };
     let net = NetConditions { added_rtt: Duration::from_millis(8), ..Default::default() };
     let udp: Vec<UdpServer> = lan
         .iter()
@@ -95,12 +103,17 @@ pub fn start(dir: &Path) -> Result<Demo, DemoError> {
     cfg.start_in_runtime = false;
     let board = LabDfu::new(cfg);
 
-    let mut devices = vec![record(
-        "pump-ctl-01",
-        "pump-controller",
-        DeviceAddress::Serial { port: serial.path().display().to_string(), baud: 115_200 },
-        Criticality::Critical,
-    )];
+    let mut devices: Vec<DeviceRecord> = serial
+        .iter()
+        .map(|serial| {
+            record(
+                "pump-ctl-01",
+                "pump-controller",
+                DeviceAddress::Serial { port: serial.path().display().to_string(), baud: 115_200 },
+                Criticality::Critical,
+            )
+        })
+        .collect();
     for (i, s) in udp.iter().enumerate() {
         devices.push(record(
             &format!("sensor-{:02}", i + 1),

@@ -53,6 +53,7 @@ async fn udp_client(dev: &SmpDevice, net: NetConditions) -> (SmpClient<UdpLink>,
     (client, server)
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn serial_upload_test_reset_confirm_over_a_real_pty() {
     let dev = fast_device();
@@ -247,6 +248,7 @@ async fn an_image_is_not_marked_when_the_device_reports_another_hash() {
     assert!(states.iter().all(|s| !s.pending), "{states:?}");
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn serial_upload_through_console_noise_drops_and_corruption() {
     let dev = SmpDevice::new(DeviceConfig {
@@ -277,6 +279,7 @@ async fn serial_upload_through_console_noise_drops_and_corruption() {
     assert!(!rec.notes.lock().unwrap().is_empty());
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn slow_serial_links_stretch_the_timeouts_instead_of_failing() {
     // At 9600 baud a 512-byte packet spends over half a second on the wire: far longer than the

@@ -85,6 +85,7 @@ fn scenario(dev: &SmpDevice, target: Vec<String>) {
     assert!(list.contains("1.4.2"), "{list}");
 }
 
+#[cfg(unix)]
 #[test]
 fn smpmgr_drives_the_lab_device_over_a_pty() {
     let dev = SmpDevice::new(DeviceConfig::default());

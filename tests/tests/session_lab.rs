@@ -133,6 +133,7 @@ fn options(threshold: Threshold) -> SessionOptions {
     }
 }
 
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_one() {
     let tmp = tempfile::tempdir().unwrap();
