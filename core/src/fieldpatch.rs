@@ -263,21 +263,24 @@ impl Fieldpatch {
 
     /// A session from the store: `id`, or the latest one.
     pub async fn session(&self, id: Option<&str>) -> Result<SessionState, Error> {
-        let sessions = StoreSessions(self.store.clone());
-        let found = match id {
-            Some(id) => sessions.load(id).await,
-            None => sessions.latest().await,
-        }
-        .map_err(|e| Error::Batch(BatchError::Session(e)))?;
-        found.ok_or_else(|| Error::NoSession(id.map(|i| format!(" ({i})")).unwrap_or_default()))
+        self.find_session(id, false).await
     }
 
     /// A session that can be resumed: `id`, or the latest unfinished one.
     pub async fn unfinished_session(&self, id: Option<&str>) -> Result<SessionState, Error> {
+        self.find_session(id, true).await
+    }
+
+    async fn find_session(
+        &self,
+        id: Option<&str>,
+        unfinished: bool,
+    ) -> Result<SessionState, Error> {
         let sessions = StoreSessions(self.store.clone());
         let found = match id {
             Some(id) => sessions.load(id).await,
-            None => sessions.latest_unfinished().await,
+            None if unfinished => sessions.latest_unfinished().await,
+            None => sessions.latest().await,
         }
         .map_err(|e| Error::Batch(BatchError::Session(e)))?;
         found.ok_or_else(|| Error::NoSession(id.map(|i| format!(" ({i})")).unwrap_or_default()))
