@@ -9,7 +9,7 @@ use crate::bundle::manifest::PayloadFormat;
 use crate::bundle::trust::TrustStore;
 use crate::bundle::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
 use crate::flash::VerifiedImage;
-use crate::plan::{CatalogEntry, DeviceRecord, Step, VersionRange};
+use crate::plan::{PlannableBundle, DeviceRecord, Step, InstalledRange};
 use crate::session::ImageSource;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -99,18 +99,18 @@ impl Catalog {
     }
 
     /// What the planner needs to know of each verified bundle.
-    pub fn entries(&self) -> Vec<CatalogEntry> {
+    pub fn entries(&self) -> Vec<PlannableBundle> {
         self.bundles
             .iter()
             .map(|b| {
                 let m = b.bundle.manifest();
-                CatalogEntry {
+                PlannableBundle {
                     bundle_id: m.bundle_id.clone(),
                     vendor: m.target.vendor.clone(),
                     model: m.target.model.clone(),
                     hw_min: m.target.hardware_revision.min.clone(),
                     hw_max: m.target.hardware_revision.max.clone(),
-                    applies_to: VersionRange {
+                    applies_to: InstalledRange {
                         min: Some(m.applies_to.min),
                         max: Some(m.applies_to.max),
                     },

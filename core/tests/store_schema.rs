@@ -2,7 +2,7 @@
 
 use fieldpatch_core::model::DeviceIdentity;
 use fieldpatch_core::store::{
-    BundleRecord, BundleVerdict, DeviceRecord, STORE_FILE, SiteRecord, Store, StoreError,
+    BundleRecord, BundleVerdict, InventoryDevice, STORE_FILE, SiteRecord, Store, StoreError,
     WorkOrderRecord,
 };
 use serde_json::json;
@@ -54,7 +54,7 @@ async fn sites_devices_and_identities_round_trip() {
     store.upsert_site(&site).await.unwrap();
     store.upsert_site(&SiteRecord { name: "Plant One".into(), ..site.clone() }).await.unwrap();
     assert_eq!(store.sites().await.unwrap()[0].name, "Plant One");
-    let dev = DeviceRecord {
+    let dev = InventoryDevice {
         id: "d1".into(),
         site_id: Some("s1".into()),
         vendor: Some("Acme".into()),
@@ -65,7 +65,7 @@ async fn sites_devices_and_identities_round_trip() {
     };
     store.upsert_device(&dev).await.unwrap();
     store
-        .upsert_device(&DeviceRecord { id: "d2".into(), site_id: None, ..dev.clone() })
+        .upsert_device(&InventoryDevice { id: "d2".into(), site_id: None, ..dev.clone() })
         .await
         .unwrap();
     assert_eq!(store.devices(Some("s1")).await.unwrap(), vec![dev.clone()]);
@@ -109,7 +109,7 @@ async fn work_orders_catalog_and_session_state_round_trip() {
         .unwrap();
     for id in ["d1", "d2"] {
         store
-            .upsert_device(&DeviceRecord {
+            .upsert_device(&InventoryDevice {
                 id: id.into(),
                 site_id: Some("s1".into()),
                 vendor: None,

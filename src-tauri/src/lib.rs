@@ -67,7 +67,7 @@ struct Site {
 struct SiteView {
     devices: Vec<DeviceRecord>,
     unreachable: Vec<(String, String)>,
-    bundles: Vec<fieldpatch_core::plan::CatalogEntry>,
+    bundles: Vec<fieldpatch_core::plan::PlannableBundle>,
     refused: Vec<fieldpatch_core::catalog::Refusal>,
     /// Base URL of the embedded inventory server.
     inventory: String,

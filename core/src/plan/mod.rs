@@ -87,14 +87,14 @@ pub struct DeviceRecord {
 
 /// An inclusive version range (as bundle manifests state it); `None` bounds are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct VersionRange {
+pub struct InstalledRange {
     /// Lowest version included.
     pub min: Option<Version>,
     /// Highest version included.
     pub max: Option<Version>,
 }
 
-impl VersionRange {
+impl InstalledRange {
     pub fn contains(&self, v: Version) -> bool {
         self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
     }
@@ -102,7 +102,7 @@ impl VersionRange {
 
 /// One verified bundle, as the planner needs it. Built from a verified manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CatalogEntry {
+pub struct PlannableBundle {
     pub bundle_id: String,
     pub vendor: String,
     pub model: String,
@@ -111,7 +111,7 @@ pub struct CatalogEntry {
     pub hw_min: Option<String>,
     pub hw_max: Option<String>,
     /// Installed versions this bundle applies to.
-    pub applies_to: VersionRange,
+    pub applies_to: InstalledRange,
     /// The version it installs.
     pub installs: Version,
     /// Highest CVSS score among the issues it fixes (0 when none).
@@ -126,7 +126,7 @@ pub struct CatalogEntry {
     pub needs_credential: bool,
 }
 
-impl CatalogEntry {
+impl PlannableBundle {
     fn targets(&self, id: &DeviceIdentity) -> bool {
         let (Some(vendor), Some(model)) = (&id.vendor, &id.model) else { return false };
         if !vendor.eq_ignore_ascii_case(&self.vendor) || !model.eq_ignore_ascii_case(&self.model) {
@@ -151,7 +151,7 @@ fn cmp_rev(a: &str, b: &str) -> Ordering {
 
 /// A signed approval to install an older version: exactly `from` -> `to` on `model`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RollbackApproval {
+pub struct ApprovedDowngrade {
     pub vendor: String,
     pub model: String,
     pub from: Version,
@@ -162,10 +162,10 @@ pub struct RollbackApproval {
 #[derive(Debug, Clone, Default)]
 pub struct PlanInput {
     pub devices: Vec<DeviceRecord>,
-    pub catalog: Vec<CatalogEntry>,
+    pub catalog: Vec<PlannableBundle>,
     /// Names of credentials present in the keyring.
     pub credentials: BTreeSet<String>,
-    pub rollback_approvals: Vec<RollbackApproval>,
+    pub rollback_approvals: Vec<ApprovedDowngrade>,
 }
 
 /// One bundle applied to one device.
@@ -295,7 +295,7 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
     let vendor = id.vendor.clone().unwrap_or_default();
     let model = id.model.clone().unwrap_or_default();
 
-    let matching: Vec<&CatalogEntry> = input.catalog.iter().filter(|e| e.targets(id)).collect();
+    let matching: Vec<&PlannableBundle> = input.catalog.iter().filter(|e| e.targets(id)).collect();
     if matching.is_empty() {
         return unpatchable(Unpatchable::NoBundle { vendor, model });
     }
@@ -335,7 +335,7 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
     } else if current == latest {
         return Disposition::UpToDate { version: current };
     } else {
-        let usable: Vec<&CatalogEntry> =
+        let usable: Vec<&PlannableBundle> =
             matching.iter().copied().filter(|e| e.usable_until >= now).collect();
         let path = shortest_path(&usable, current);
         let reached = path.last().map(|s| s.to).unwrap_or(current);
@@ -383,11 +383,11 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
 
 /// Fewest steps from `from` to the highest reachable version (ties: lowest bundle id first, so
 /// the result is deterministic). Only upgrades are followed.
-fn shortest_path(entries: &[&CatalogEntry], from: Version) -> Vec<Step> {
-    let mut prev: HashMap<Version, (Version, &CatalogEntry)> = HashMap::new();
+fn shortest_path(entries: &[&PlannableBundle], from: Version) -> Vec<Step> {
+    let mut prev: HashMap<Version, (Version, &PlannableBundle)> = HashMap::new();
     let mut queue = VecDeque::from([from]);
     let mut seen = BTreeSet::from([from]);
-    let mut sorted: Vec<&CatalogEntry> = entries.to_vec();
+    let mut sorted: Vec<&PlannableBundle> = entries.to_vec();
     sorted.sort_by(|a, b| a.bundle_id.cmp(&b.bundle_id));
     while let Some(v) = queue.pop_front() {
         for e in &sorted {
@@ -441,14 +441,14 @@ mod tests {
         }
     }
 
-    fn entry(id: &str, from: &str, to: &str, installs: &str, cvss: f32) -> CatalogEntry {
-        CatalogEntry {
+    fn entry(id: &str, from: &str, to: &str, installs: &str, cvss: f32) -> PlannableBundle {
+        PlannableBundle {
             bundle_id: id.into(),
             vendor: "acme".into(),
             model: "sensor".into(),
             hw_min: Some("1".into()),
             hw_max: Some("3".into()),
-            applies_to: VersionRange { min: Some(v(from)), max: Some(v(to)) },
+            applies_to: InstalledRange { min: Some(v(from)), max: Some(v(to)) },
             installs: v(installs),
             cvss,
             cves: vec![],
@@ -552,7 +552,7 @@ mod tests {
         let input = PlanInput {
             devices: vec![device("newer", "4.0.0")],
             catalog: vec![entry("to-2", "1.0.0", "1.9.0", "2.0.0", 0.0)],
-            rollback_approvals: vec![RollbackApproval {
+            rollback_approvals: vec![ApprovedDowngrade {
                 vendor: "Acme".into(),
                 model: "Sensor".into(),
                 from: v("4.0.0"),

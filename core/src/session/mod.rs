@@ -604,7 +604,7 @@ mod tests {
     use super::*;
     use crate::flash::fake::{FakeDevice, MemorySink};
     use crate::model::DeviceIdentity;
-    use crate::plan::{CatalogEntry, DeviceAddress, PlanInput, VersionRange, plan};
+    use crate::plan::{PlannableBundle, DeviceAddress, PlanInput, InstalledRange, plan};
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -667,13 +667,13 @@ mod tests {
             });
             lab.insert(id, FakeDevice::new("1.0.0"));
         }
-        let catalog = vec![CatalogEntry {
+        let catalog = vec![PlannableBundle {
             bundle_id: "fw-2".into(),
             vendor: "acme".into(),
             model: "sensor".into(),
             hw_min: None,
             hw_max: None,
-            applies_to: VersionRange { min: None, max: Some("1.9.0".parse().unwrap()) },
+            applies_to: InstalledRange { min: None, max: Some("1.9.0".parse().unwrap()) },
             installs: "2.0.0".parse().unwrap(),
             cvss: 7.5,
             cves: vec![],

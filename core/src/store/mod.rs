@@ -19,7 +19,7 @@
 mod records;
 
 pub use records::{
-    BundleRecord, BundleVerdict, DeviceRecord, SessionState, SiteRecord, WorkOrderRecord,
+    BundleRecord, BundleVerdict, InventoryDevice, SavedJob, SiteRecord, WorkOrderRecord,
 };
 
 use sqlx::SqlitePool;

@@ -15,7 +15,7 @@ pub struct SiteRecord {
 
 /// A device from the inventory (what the server believes is installed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceRecord {
+pub struct InventoryDevice {
     pub id: String,
     pub site_id: Option<String>,
     pub vendor: Option<String>,
@@ -80,7 +80,7 @@ pub struct WorkOrderRecord {
 
 /// Saved state of a long-running job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionState {
+pub struct SavedJob {
     pub session_id: String,
     pub kind: String,
     pub state: serde_json::Value,
@@ -121,7 +121,7 @@ impl Store {
     }
 
     /// Insert or replace a device.
-    pub async fn upsert_device(&self, d: &DeviceRecord) -> Result<(), StoreError> {
+    pub async fn upsert_device(&self, d: &InventoryDevice) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO devices (id, site_id, vendor, model, hardware_revision, serial_number,
                firmware_version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -144,7 +144,7 @@ impl Store {
     }
 
     /// Devices, optionally only those of one site, by id.
-    pub async fn devices(&self, site_id: Option<&str>) -> Result<Vec<DeviceRecord>, StoreError> {
+    pub async fn devices(&self, site_id: Option<&str>) -> Result<Vec<InventoryDevice>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, site_id, vendor, model, hardware_revision, serial_number, firmware_version
              FROM devices WHERE (?1 IS NULL OR site_id = ?1) ORDER BY id",
@@ -154,7 +154,7 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| DeviceRecord {
+            .map(|r| InventoryDevice {
                 id: r.get(0),
                 site_id: r.get(1),
                 vendor: r.get(2),
@@ -339,7 +339,7 @@ impl Store {
     pub async fn session_state(
         &self,
         session_id: &str,
-    ) -> Result<Option<SessionState>, StoreError> {
+    ) -> Result<Option<SavedJob>, StoreError> {
         let row = sqlx::query(
             "SELECT session_id, kind, state_json, updated_at FROM session_state WHERE session_id = ?",
         )
@@ -353,7 +353,7 @@ impl Store {
     pub async fn session_states(
         &self,
         kind: Option<&str>,
-    ) -> Result<Vec<SessionState>, StoreError> {
+    ) -> Result<Vec<SavedJob>, StoreError> {
         let rows = sqlx::query(
             "SELECT session_id, kind, state_json, updated_at FROM session_state
              WHERE (?1 IS NULL OR kind = ?1) ORDER BY updated_at DESC, session_id",
@@ -409,8 +409,8 @@ impl Store {
     }
 }
 
-fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SessionState, StoreError> {
-    Ok(SessionState {
+fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SavedJob, StoreError> {
+    Ok(SavedJob {
         session_id: r.get(0),
         kind: r.get(1),
         state: json_col("session state", r.get::<&str, _>(2))?,
@@ -427,7 +427,7 @@ impl Store {
     pub async fn replace_inventory(
         &self,
         sites: &[SiteRecord],
-        devices: &[DeviceRecord],
+        devices: &[InventoryDevice],
         work_orders: &[WorkOrderRecord],
         bundles: &[BundleRecord],
     ) -> Result<(), StoreError> {

@@ -28,7 +28,7 @@ use crate::bundle::verify::{VerifyPolicy, verify_file};
 use crate::catalog::BUNDLE_EXTENSION;
 use crate::credentials::{CredentialError, CredentialName, Credentials, Secret};
 use crate::store::{
-    BundleRecord, BundleVerdict, DeviceRecord, SiteRecord, Store, StoreError, WorkOrderRecord,
+    BundleRecord, BundleVerdict, InventoryDevice, SiteRecord, Store, StoreError, WorkOrderRecord,
 };
 use crate::visitlog::{Event, LogError};
 use std::collections::BTreeSet;
@@ -339,10 +339,10 @@ impl SyncLocal for StoreSync {
                 address: s.address.clone(),
             })
             .collect();
-        let devices: Vec<DeviceRecord> = pull
+        let devices: Vec<InventoryDevice> = pull
             .devices
             .iter()
-            .map(|d| DeviceRecord {
+            .map(|d| InventoryDevice {
                 id: d.id.clone(),
                 site_id: Some(d.site_id.clone()),
                 vendor: d.vendor.clone(),
