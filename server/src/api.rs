@@ -40,7 +40,15 @@ pub struct App<S> {
     /// One lock per visit log being pushed: pushes of different logs run in parallel, two pushes
     /// of the same log take turns.
     log_locks: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pushes verified and stored at the same time; more wait for a retryable 503.
+    pushes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Pushes one server instance works on at once (each checks signatures on a blocking thread).
+pub const MAX_CONCURRENT_PUSHES: usize = 16;
+
+/// The largest push body: a full batch of events of ordinary size, with room to spare.
+pub const MAX_PUSH_BODY: usize = 16 * 1024 * 1024;
 
 impl<S> std::fmt::Debug for App<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,7 +61,13 @@ impl<S> std::fmt::Debug for App<S> {
 
 impl<S: Store> App<S> {
     pub fn new(store: S, key: SigningKey) -> Self {
-        Self { store, key, credential_key: None, log_locks: Default::default() }
+        Self {
+            store,
+            key,
+            credential_key: None,
+            log_locks: Default::default(),
+            pushes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PUSHES)),
+        }
     }
 
     /// Serve device credentials, kept encrypted at rest under `data_key`.
@@ -307,15 +321,37 @@ async fn push_events<S: Store>(
     body: Bytes,
 ) -> Result<Json<PushAck>, ApiError> {
     let t = technician(&app, &headers).await?;
-    let req: PushRequest = serde_json::from_slice(&body)
+    if body.len() > MAX_PUSH_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("a push body is at most {MAX_PUSH_BODY} bytes; split the batch"),
+        ));
+    }
+    let _slot = app.pushes.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the server is handling many pushes; retry shortly",
+        )
+    })?;
+    // Count the events before building any of them.
+    #[derive(serde::Deserialize)]
+    struct Count<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a serde_json::value::RawValue>,
+    }
+    let count: Count<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("push body is not a valid event batch: {e}")))?;
-    if req.events.len() > MAX_PUSH_EVENTS {
+    if count.events.len() > MAX_PUSH_EVENTS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
             format!("at most {MAX_PUSH_EVENTS} events per push; split the batch"),
         ));
     }
+    let req: PushRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("push body is not a valid event batch: {e}")))?;
     // Signatures and hashes do not depend on the log's state: check them before taking the lock,
     // skipping events the server already holds (heads only move forward).
     let mut held = std::collections::BTreeMap::new();
@@ -348,16 +384,17 @@ async fn device_history<S: Store>(
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let scope = scope(&app, &headers).await?;
     let device = app.store.device(&id).await?;
+    // A technician learns nothing about devices outside their sites: an unassigned device
+    // answers exactly like one that does not exist.
+    let hidden = || {
+        ApiError::not_found(format!(
+            "device {id} is not in the inventory, or not at a site assigned to you"
+        ))
+    };
     let device = match (device, &scope) {
-        (Some(d), Some(t)) if !app.store.is_assigned(t, &d.site_id).await? => {
-            return Err(ApiError::forbidden(format!(
-                "device {id} is not at a site assigned to you"
-            )));
-        }
+        (Some(d), Some(t)) if !app.store.is_assigned(t, &d.site_id).await? => return Err(hidden()),
         (Some(d), _) => d,
-        (None, _) => {
-            return Err(ApiError::not_found(format!("device {id} is not in the inventory")));
-        }
+        (None, _) => return Err(hidden()),
     };
     Ok(Json(app.store.device_history(&device).await?))
 }

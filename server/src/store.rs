@@ -962,7 +962,7 @@ store_impl!(SqliteStore, sqlx::Sqlite, sqlx::SqlitePool, SQLITE_MIGRATIONS);
 store_impl!(PgStore, sqlx::Postgres, sqlx::PgPool, POSTGRES_MIGRATIONS);
 
 impl SqliteStore {
-    /// Open (creating if needed) the SQLite database file, with WAL and foreign keys on.
+    /// Open (creating if needed) the SQLite database file, with WAL, full sync and foreign keys on.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         use sqlx::sqlite::{
             SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -972,7 +972,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: an acknowledged push survives a power cut. With NORMAL the last commits can
+            // vanish, and a client whose cursor is past the server's head would see gaps.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Ok(Self::new(pool))
@@ -995,6 +997,16 @@ impl PgStore {
 mod tests {
     use super::*;
     use fieldpatch_proto::event::{TimeSource, UnsignedEvent};
+
+    #[tokio::test]
+    async fn the_sqlite_store_syncs_every_commit_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("inventory.db")).await.unwrap();
+        // PRAGMA synchronous: 2 is FULL (NORMAL, 1, can lose acknowledged commits on power loss).
+        let (level,): (i64,) =
+            sqlx::query_as("PRAGMA synchronous").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(level, 2);
+    }
 
     fn ev(device: &str, kind: EventKind, secs: i64) -> (Event, String) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);

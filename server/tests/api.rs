@@ -255,7 +255,8 @@ async fn authorization_is_enforced(backend: Backend) {
     assert_eq!(pull.server_key, server.server_key);
     assert_eq!(
         status(&server, Some(&alice.token), Method::GET, "/v1/devices/d9/history").await,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND,
+        "a device at another site answers exactly like one that does not exist"
     );
     assert_eq!(
         status(&server, Some(&alice.token), Method::GET, "/v1/devices/zz/history").await,
