@@ -4,79 +4,52 @@
 //!
 //! `cargo bench -p fieldpatch-core --bench session_scale`
 
-#[path = "../tests/fixtures/bundle_kit.rs"]
-mod kit;
-
-use chrono::{Duration as ChronoDuration, Utc};
-use fieldpatch_core::bundle::*;
+use fieldpatch_core::bundle::{PayloadFormat, VerifyPolicy};
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
-use fieldpatch_core::model::{DeviceIdentity, Version as FpVersion};
-use fieldpatch_core::plan::{DeviceAddress, DeviceRecord};
+use fieldpatch_core::model::Version as FpVersion;
+use fieldpatch_core::plan::Criticality;
 use fieldpatch_core::session::batch::{identify, make_plan, run_in_visit};
 use fieldpatch_core::session::{SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::VisitLog;
 use fieldpatch_drivers::usb::rusb_backend::RusbBus;
 use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
-use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
-use fieldpatch_lab::smp::{DeviceConfig, SmpDevice};
+use fieldpatch_lab::smp::udp::NetConditions;
+use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder};
+use fieldpatch_testkit::site::SiteBuilder;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 const IMAGE_KIB: usize = 96;
 
-fn catalog(kit: &kit::Kit, image: &[u8]) -> Catalog {
-    let mut m = kit.manifest(&[("app.bin", image)]);
-    m.bundle_id = "bench-2.0.0".into();
-    m.target.model = "bench".into();
-    m.target.hardware_revision = RevisionRange::default();
-    m.applies_to =
-        VersionRange { min: FpVersion::new(1, 0, 0, 0), max: FpVersion::new(1, 9, 0, 0) };
-    m.installs = FpVersion::new(2, 0, 0, 0);
-    m.payloads[0].format = PayloadFormat::Mcuboot;
-    m.created = Utc::now() - ChronoDuration::days(1);
-    m.expires = Utc::now() + ChronoDuration::days(30);
-    kit.write("bench.fpb", &kit.good(&m, &[image]));
-    let c = Catalog::load_dir(kit.dir.path(), &kit.trust, &VerifyPolicy::now()).unwrap();
+fn catalog(dir: &std::path::Path, image: &[u8]) -> Catalog {
+    let signed = CatalogBuilder::new().vendor("Acme").payload_name("app.bin").write(dir).unwrap();
+    signed
+        .bundle(&BundleSpec {
+            id: "bench-2.0.0",
+            model: "bench",
+            applies: (FpVersion::new(1, 0, 0, 0), FpVersion::new(1, 9, 0, 0)),
+            installs: FpVersion::new(2, 0, 0, 0),
+            cvss: "9.8",
+            format: PayloadFormat::Mcuboot,
+            payload: image,
+        })
+        .unwrap();
+    let c = Catalog::load_dir(&signed.catalog_dir, &signed.trust, &VerifyPolicy::now()).unwrap();
     assert!(c.refused.is_empty(), "{:?}", c.refused);
     c
 }
 
 async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
-    let devices: Vec<SmpDevice> = (0..n)
-        .map(|i| {
-            SmpDevice::new(DeviceConfig {
-                initial_image: build_image(
-                    Version { major: 1, minor: 0, revision: 0, build: 0 },
-                    &test_payload(4096, i as u8),
-                ),
-                ..Default::default()
-            })
-        })
-        .collect();
-    let net = NetConditions { added_rtt: rtt, ..Default::default() };
-    let servers: Vec<UdpServer> = devices
-        .iter()
-        .map(|d| serve_udp(d.clone(), "127.0.0.1:0".parse().unwrap(), net).unwrap())
-        .collect();
-    let records: Vec<DeviceRecord> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| DeviceRecord {
-            id: format!("dev-{i:02}"),
-            address: DeviceAddress::Udp { addr: s.local_addr().to_string() },
-            identity: DeviceIdentity {
-                vendor: Some("Acme".into()),
-                model: Some("bench".into()),
-                ..Default::default()
-            },
-            criticality: Default::default(),
-            windows: vec![],
-            credential: None,
-        })
-        .collect();
+    let site = SiteBuilder::new()
+        .vendor("Acme")
+        .net(NetConditions { added_rtt: rtt, ..Default::default() })
+        .udp_sensors(n, "bench", Criticality::Normal, |i| format!("dev-{i:02}"))
+        .start()
+        .unwrap();
+    let records = site.records.clone();
     let connector = DriverConnector { usb: RusbBus };
     let identified = identify(&connector, records, Duration::from_secs(10)).await;
     let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
@@ -109,7 +82,7 @@ async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
     .unwrap();
     let took = started.elapsed();
     assert_eq!(summary.patched as usize, n, "{summary:?}");
-    for d in &devices {
+    for d in &site.sensors {
         assert_eq!(d.active_image().unwrap().1, "2.0.0");
     }
     took
@@ -117,12 +90,12 @@ async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let kit = kit::Kit::new();
+    let dir = tempfile::tempdir().unwrap();
     let image = build_image(
         Version { major: 2, minor: 0, revision: 0, build: 0 },
         &test_payload(IMAGE_KIB * 1024, 9),
     );
-    let catalog = Arc::new(catalog(&kit, &image));
+    let catalog = Arc::new(catalog(dir.path(), &image));
     println!(
         "session scaling: {IMAGE_KIB} KiB MCUboot image, lab SMP devices over UDP on loopback"
     );

@@ -70,6 +70,7 @@ fn main() {
             TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release"),
         ],
         thresholds: BTreeMap::new(),
+        offline_grace_days: None,
     };
     let trust = TrustStore::provision(body.sign(&[&root])).unwrap();
 

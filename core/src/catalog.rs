@@ -9,7 +9,7 @@ use crate::bundle::manifest::PayloadFormat;
 use crate::bundle::trust::TrustStore;
 use crate::bundle::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
 use crate::flash::VerifiedImage;
-use crate::plan::{PlannableBundle, DeviceRecord, Step, InstalledRange};
+use crate::plan::{DeviceRecord, InstalledRange, PlannableBundle, Step};
 use crate::session::ImageSource;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,7 @@ pub struct CatalogBundle {
 }
 
 /// A bundle that did not verify, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
 pub struct Refusal {
     pub path: PathBuf,
     pub bundle_id: Option<String>,

@@ -77,6 +77,22 @@ impl Fieldpatch {
         Ok(SmpDevice { fp: self, name: address.to_string(), client: SmpClient::new(link) })
     }
 
+    /// Clear the file for a device: a bundle or vendor-signed image verified against the trust
+    /// store under [`Fieldpatch::verify_policy`], or a bare image the technician allows.
+    async fn clear(
+        &self,
+        file: &Path,
+        trust: Option<&Path>,
+        allow_unverified: bool,
+    ) -> Result<crate::bundle::input::ClearedImage, Error> {
+        let trust = trust.map(TrustStore::load).transpose()?;
+        let policy = match &trust {
+            Some(t) => self.verify_policy(t).await?,
+            None => VerifyPolicy::now(),
+        };
+        Ok(clear_for_device(file, trust.as_ref(), &policy, allow_unverified)?)
+    }
+
     /// The USB DFU devices attached, in run-time or DFU mode.
     pub fn dfu_devices(&self) -> Result<Vec<DfuDeviceInfo>, Error> {
         Ok(self.connector().dfu_devices()?)
@@ -95,9 +111,7 @@ impl Fieldpatch {
         options: DfuseOptions,
         progress: &dyn Progress,
     ) -> Result<DownloadReport, Error> {
-        let trust = trust.map(TrustStore::load).transpose()?;
-        let cleared =
-            clear_for_device(file, trust.as_ref(), &VerifyPolicy::now(), allow_unverified)?;
+        let cleared = self.clear(file, trust, allow_unverified).await?;
         let dfu = DfuFile::parse(&cleared.bytes)?;
         let name = format!("usb:{location}");
         self.record_clearance(&name, &cleared, file).await?;
@@ -194,9 +208,7 @@ impl SmpDevice<'_> {
         after: AfterUpload,
         progress: &dyn Progress,
     ) -> Result<(UploadReport, Vec<ImageSlotState>), Error> {
-        let trust = trust.map(TrustStore::load).transpose()?;
-        let cleared =
-            clear_for_device(file, trust.as_ref(), &VerifyPolicy::now(), allow_unverified)?;
+        let cleared = self.fp.clear(file, trust, allow_unverified).await?;
         self.fp.record_clearance(&self.name, &cleared, file).await?;
         let sha = hex::encode(Sha256::digest(&cleared.bytes));
         let from = self

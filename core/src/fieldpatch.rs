@@ -55,6 +55,10 @@ pub enum Error {
     Device(#[from] crate::flash::TargetError),
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    #[error(transparent)]
+    Lock(#[from] crate::session::lock::LockError),
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
     /// A session is already running from this process.
     #[error("a session is already running; wait for it to finish or pause it")]
     Busy,
@@ -86,6 +90,8 @@ impl Error {
             Error::DfuFile(_) => "dfu_file",
             Error::Device(e) => e.code(),
             Error::Sync(e) => e.code(),
+            Error::Lock(e) => e.code(),
+            Error::Clock(e) => e.code(),
             Error::Busy => "busy",
             Error::NoSession(_) => "no_session",
             Error::Finished(_) => "session_finished",
@@ -200,14 +206,45 @@ impl Fieldpatch {
         Ok(StoreSync::new(self.store.clone(), credentials, &self.data_dir))
     }
 
-    /// Load a trust store and verify every bundle of a catalog folder against it.
-    pub fn load_catalog(
+    /// The rules every verification on a path to a device uses: "now" from a clock checked
+    /// against the latest trusted time (a clock set back is refused and recorded in the visit
+    /// log), and the offline grace period from the trust store's signed policy, counted from the
+    /// last sync recorded in the store.
+    pub async fn verify_policy(
+        &self,
+        trust: &crate::bundle::TrustStore,
+    ) -> Result<crate::bundle::VerifyPolicy, Error> {
+        let now = match crate::clock::checked_now(&self.store).await {
+            Ok(now) => now,
+            Err(e) => {
+                if let crate::clock::ClockError::Behind { .. } = e {
+                    // Best effort: the refusal stands even when the log cannot be written.
+                    let _ = self.note(format!("refused an expiry decision: {e}")).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let offline_grace =
+            match (trust.offline_grace(), crate::clock::last_online(&self.store).await?) {
+                (Some(grace), Some(last)) => Some(crate::bundle::verify::OfflineGrace {
+                    last_online_verification: last,
+                    grace,
+                }),
+                _ => None,
+            };
+        Ok(crate::bundle::VerifyPolicy { now, offline_grace })
+    }
+
+    /// Load a trust store and verify every bundle of a catalog folder against it, under
+    /// [`Fieldpatch::verify_policy`].
+    pub async fn load_catalog(
         &self,
         catalog_dir: &Path,
         trust_path: &Path,
-        policy: &crate::bundle::VerifyPolicy,
     ) -> Result<Catalog, Error> {
-        Ok(batch::load_catalog(catalog_dir, trust_path, policy)?)
+        let trust = crate::bundle::TrustStore::load(trust_path)?;
+        let policy = self.verify_policy(&trust).await?;
+        Ok(batch::load_catalog(catalog_dir, trust_path, &policy)?)
     }
 
     /// Ask each device what it runs; devices that do not answer keep the inventory's record and
@@ -250,6 +287,8 @@ impl Fieldpatch {
             return Err(Error::Busy);
         }
         let _running = Running(&self.running);
+        // And one per data directory across processes (the app and the CLI, two CLIs).
+        let _lock = crate::session::lock::RunnerLock::session(&self.data_dir)?;
         let log = self.log().await?;
         let connector = self.connector.clone();
         Ok(batch::run_in_visit(&self.store, log, state, catalog, connector, observer, pause)

@@ -17,6 +17,7 @@
 
 pub mod bundle;
 pub mod catalog;
+pub mod clock;
 pub mod credentials;
 pub mod device;
 mod fieldpatch;
@@ -36,12 +37,13 @@ pub use fieldpatch_proto::model;
 
 use serde::Serialize;
 use std::path::PathBuf;
+use ts_rs::TS;
 
 /// The version of Fieldpatch, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What the app and the CLI show about this installation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, TS)]
 pub struct AppInfo {
     /// Fieldpatch version (`CARGO_PKG_VERSION` of the core).
     pub version: String,

@@ -6,12 +6,13 @@
 
 use serde::Serialize;
 use std::path::PathBuf;
+use ts_rs::TS;
 
 /// Environment variable that overrides the data directory.
 pub const DATA_DIR_ENV: &str = "FIELDPATCH_DATA_DIR";
 
 /// Where the data directory path came from.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum DataDirSource {
     /// `FIELDPATCH_DATA_DIR` was set.

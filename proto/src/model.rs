@@ -4,11 +4,12 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use ts_rs::TS;
 
 /// A firmware version as MCUboot and most vendors write it: `major.minor.revision+build`.
 ///
 /// Ordering compares major, minor, revision, then build, numerically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, TS)]
 pub struct Version {
     pub major: u8,
     pub minor: u8,
@@ -80,7 +81,7 @@ impl FromStr for Version {
 
 /// What a device says about itself, as far as Fieldpatch needs to match it to the inventory and to
 /// patch bundles. Fields a transport cannot learn are `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, TS)]
 pub struct DeviceIdentity {
     pub vendor: Option<String>,
     pub model: Option<String>,

@@ -7,12 +7,12 @@
 //! FIELDPATCH_BENCH_BATCH (default 1000), FIELDPATCH_BENCH_CLIENTS (concurrent laptops, default 1,
 //! at most 10: the events are spread over 10 logs).
 
-use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use fieldpatch_proto::event::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_proto::event::{Event, EventKind};
 use fieldpatch_proto::wire::{PushAck, PushRequest};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::{App, Bound, PgStore, Store};
+use fieldpatch_testkit::chain::Chain;
 use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,31 +23,18 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn make_events(key: &SigningKey, logs: usize, per_log: usize) -> Vec<Vec<Event>> {
-    let signer = hex::encode(key.verifying_key().as_bytes());
     (0..logs)
         .map(|l| {
-            let log_id = Uuid::now_v7();
-            let mut prev = GENESIS_HASH.to_string();
+            let mut log = Chain::new(key);
             (1..=per_log as u64)
                 .map(|seq| {
-                    let e = UnsignedEvent {
-                        id: Uuid::now_v7(),
-                        log_id,
-                        seq,
-                        time: Utc::now(),
-                        time_source: TimeSource::SystemClock,
-                        signer: signer.clone(),
-                        visit_id: None,
-                        device: Some(format!("dev-{l}-{}", seq % 50)),
-                        prev_hash: prev.clone(),
-                        kind: EventKind::ProgressCheckpoint {
+                    log.event(
+                        Some(&format!("dev-{l}-{}", seq % 50)),
+                        EventKind::ProgressCheckpoint {
                             bytes_done: seq * 4096,
                             bytes_total: 1 << 20,
                         },
-                    }
-                    .sign(key);
-                    prev = e.hash();
-                    e
+                    )
                 })
                 .collect()
         })

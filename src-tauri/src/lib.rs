@@ -6,42 +6,26 @@
 //! The window runs the built-in demo site in a data directory of its own (`demo/` inside the data
 //! directory): its store, visit log, catalog, trust store and embedded inventory live there, so
 //! nothing the demo does is visible in the technician's real data.
+//!
+//! What crosses the bridge is typed once, in Rust: `ipc` and the core's own types derive `TS`,
+//! and the window's `ui/src/lib/ipc.ts` is generated from them.
+
+mod ipc;
 
 use fieldpatch_core::Fieldpatch;
-use fieldpatch_core::bundle::verify::VerifyPolicy;
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::plan::{DeviceRecord, Plan};
 use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState};
 use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
+use fieldpatch_core::visitlog::LogVerification;
 use fieldpatch_demo::Demo;
-use serde::Serialize;
+use ipc::{BridgeError, SessionEventView, SessionFinished, SiteView, SyncEventView};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tauri::{Emitter, Manager};
 use tokio::sync::Mutex;
-
-/// An error as the front end receives it.
-#[derive(Debug, Clone, Serialize)]
-pub struct BridgeError {
-    /// Stable, machine-readable code (`data_dir`, `store`, `catalog`, `keyring`, `session`, ...).
-    pub code: &'static str,
-    /// Human-readable message that says what to do.
-    pub message: String,
-}
-
-impl From<fieldpatch_core::paths::PathError> for BridgeError {
-    fn from(e: fieldpatch_core::paths::PathError) -> Self {
-        BridgeError { code: e.code(), message: e.to_string() }
-    }
-}
-
-impl From<fieldpatch_core::Error> for BridgeError {
-    fn from(e: fieldpatch_core::Error) -> Self {
-        BridgeError { code: e.code(), message: e.to_string() }
-    }
-}
 
 /// What the window works on: the demo site, its verified catalog and Fieldpatch in the demo's
 /// data directory.
@@ -60,20 +44,6 @@ struct Site {
     sync_unavailable: Option<String>,
     /// The runtime the automatic sync runs on.
     runtime: tokio::runtime::Handle,
-}
-
-/// The site as the window shows it.
-#[derive(Debug, Serialize)]
-struct SiteView {
-    devices: Vec<DeviceRecord>,
-    unreachable: Vec<(String, String)>,
-    bundles: Vec<fieldpatch_core::plan::PlannableBundle>,
-    refused: Vec<fieldpatch_core::catalog::Refusal>,
-    /// Base URL of the embedded inventory server.
-    inventory: String,
-    /// Whether automatic sync is on, or why sync is unavailable.
-    auto_sync: bool,
-    sync_unavailable: Option<String>,
 }
 
 /// Version and local data directory of this installation.
@@ -132,15 +102,8 @@ impl Site {
 /// Forward watch events to the window as `sync` events.
 fn sync_events(app: tauri::AppHandle) -> fieldpatch_core::sync::WatchSink {
     Arc::new(move |e: WatchEvent| {
-        let _ = app.emit("sync", SyncEventView { kind: e.kind(), text: e.to_string() });
+        let _ = app.emit("sync", SyncEventView::from(&e));
     })
-}
-
-/// A sync event as the window receives it (the kind and the core's wording).
-#[derive(Debug, Clone, Serialize)]
-struct SyncEventView {
-    kind: &'static str,
-    text: String,
 }
 
 /// Plan the identified devices against the verified catalog.
@@ -150,7 +113,7 @@ async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<Plan, BridgeError> {
 }
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
-/// `session-finished`.
+/// `session-finished` ([`SessionFinished`]).
 #[tauri::command]
 async fn run_session(
     app: tauri::AppHandle,
@@ -178,7 +141,7 @@ async fn run_session(
             }
             Err(e) => Err(BridgeError::from(e)),
         };
-        let _ = app.emit("session-finished", summary);
+        let _ = app.emit("session-finished", SessionFinished::from(summary));
     });
     Ok(id)
 }
@@ -200,42 +163,10 @@ async fn close_session(
 
 /// Verify the visit log(s) in the local store.
 #[tauri::command]
-async fn verify_log(site: tauri::State<'_, Arc<Site>>) -> Result<serde_json::Value, BridgeError> {
-    let checks = site.fp.verify_logs().await?;
-    Ok(serde_json::to_value(checks).unwrap_or_default())
-}
-
-/// A session event as the window receives it.
-#[derive(Debug, Clone, Serialize)]
-struct SessionEventView {
-    device: Option<String>,
-    kind: &'static str,
-    text: Option<String>,
-    done: Option<u64>,
-    total: Option<u64>,
-    status: Option<fieldpatch_core::session::DeviceStatus>,
-}
-
-impl SessionEventView {
-    fn new(device: Option<&str>, event: SessionEvent) -> Self {
-        let mut v = SessionEventView {
-            device: device.map(str::to_string),
-            kind: "note",
-            text: None,
-            done: None,
-            total: None,
-            status: None,
-        };
-        match event {
-            SessionEvent::Phase { name } => (v.kind, v.text) = ("phase", Some(name)),
-            SessionEvent::Note(n) => v.text = Some(n),
-            SessionEvent::Transfer(p) => {
-                (v.kind, v.done, v.total) = ("transfer", Some(p.done), Some(p.total))
-            }
-            SessionEvent::Status(s) => (v.kind, v.status) = ("status", Some(s)),
-        }
-        v
-    }
+async fn verify_log(
+    site: tauri::State<'_, Arc<Site>>,
+) -> Result<Vec<LogVerification>, BridgeError> {
+    Ok(site.fp.verify_logs().await?)
 }
 
 /// Start the built-in demo site, open Fieldpatch in the demo's own data directory and start the
@@ -248,9 +179,8 @@ async fn start_site() -> Result<Site, String> {
     let demo = fieldpatch_demo::start(&site_dir).map_err(|e| e.to_string())?;
     let connector = Arc::new(DriverConnector { usb: demo.usb.clone() });
     let fp = Fieldpatch::open_in(&demo_dir, connector).await.map_err(|e| e.to_string())?;
-    let catalog = fp
-        .load_catalog(&demo.catalog_dir, &demo.trust_path, &VerifyPolicy::now())
-        .map_err(|e| e.to_string())?;
+    let catalog =
+        fp.load_catalog(&demo.catalog_dir, &demo.trust_path).await.map_err(|e| e.to_string())?;
     let inventory = fieldpatch_server::start_embedded(&demo_dir.join("inventory"))
         .await
         .map_err(|e| e.to_string())?;

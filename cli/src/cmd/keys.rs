@@ -93,8 +93,12 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             print_key(&id, &hex_encode(k.as_bytes()), json)?;
         }
         KeysCmd::TrustInit { out, keys, thresholds, signers, version } => {
-            let mut body =
-                TrustStoreBody { version, keys: Vec::new(), thresholds: BTreeMap::new() };
+            let mut body = TrustStoreBody {
+                version,
+                keys: Vec::new(),
+                thresholds: BTreeMap::new(),
+                offline_grace_days: None,
+            };
             for spec in &keys {
                 let (roles, rest) =
                     spec.split_once('=').context("--key must be ROLES=PUBLIC_HEX[:LABEL]")?;

@@ -2,13 +2,12 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use fieldpatch_core::bundle::verify::{OfflineGrace, VerifyPolicy};
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::plan::{Disposition, Plan};
 use fieldpatch_core::progress::TransferProgress;
-use fieldpatch_core::session::batch::{self, read_devices};
+use fieldpatch_core::session::batch::read_devices;
 use fieldpatch_core::session::{
-    DeviceStatus, Observer, Phase, SessionEvent, SessionOptions, SessionState, Threshold,
+    Observer, Phase, SessionEvent, SessionOptions, SessionState, Threshold,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
@@ -24,30 +23,15 @@ pub struct CatalogArgs {
     /// Folder of bundle files (*.fpb).
     #[arg(long)]
     catalog: PathBuf,
-    /// Trust store (JSON).
+    /// Trust store (JSON). Its signed policy says how long expired bundles stay usable offline,
+    /// counted from the last sync.
     #[arg(long)]
     trust: PathBuf,
-    /// When the catalog was last verified online (RFC 3339): allows expired bundles within the
-    /// grace period.
-    #[arg(long, requires = "grace_days")]
-    last_online: Option<chrono::DateTime<chrono::Utc>>,
-    /// Offline grace period in days after a bundle's expiry.
-    #[arg(long, requires = "last_online")]
-    grace_days: Option<i64>,
 }
 
 impl CatalogArgs {
-    fn load(&self) -> anyhow::Result<Catalog> {
-        let mut policy = VerifyPolicy::now();
-        if let (Some(last), Some(days)) = (self.last_online, self.grace_days) {
-            let grace = chrono::Duration::try_days(days)
-                .filter(|_| (0..=3650).contains(&days))
-                .with_context(|| {
-                    format!("--grace-days {days} is out of range: give 0 to 3650 days")
-                })?;
-            policy.offline_grace = Some(OfflineGrace { last_online_verification: last, grace });
-        }
-        Ok(batch::load_catalog(&self.catalog, &self.trust, &policy)?)
+    async fn load(&self, fp: &fieldpatch_core::Fieldpatch) -> anyhow::Result<Catalog> {
+        Ok(fp.load_catalog(&self.catalog, &self.trust).await?)
     }
 }
 
@@ -76,7 +60,7 @@ pub struct PlanArgs {
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
     /// Run a saved plan: canary, soak, then waves. Exit status 0 when every planned device was
-    /// patched, 3 when any failed, rolled back or stayed pending.
+    /// patched, 3 when any failed, rolled back, stayed pending or could not be verified.
     Run {
         /// The plan file written by `fieldpatch plan --out`.
         plan: PathBuf,
@@ -91,6 +75,10 @@ pub enum SessionCommand {
         id: Option<String>,
         #[command(flatten)]
         catalog: CatalogArgs,
+        /// A new failure threshold, e.g. after a session stopped on its threshold and the cause
+        /// of the failures is understood (without it, such a session flashes nothing more).
+        #[arg(long)]
+        threshold: Option<Threshold>,
     },
     /// Close out a session: give the reason each unpatched device was not patched (recorded in
     /// the visit log and synced to the inventory).
@@ -153,11 +141,11 @@ impl SessionArgs {
 
 pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
-        let catalog = args.catalog.load()?;
+        let fp = super::open().await?;
+        let catalog = args.catalog.load(&fp).await?;
         for r in &catalog.refused {
             eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
         }
-        let fp = super::open().await?;
         let devices = match (&args.devices, &args.work_order, &args.addresses) {
             (Some(file), _, _) => read_devices(file)?,
             (None, Some(order), Some(addresses)) => {
@@ -258,22 +246,11 @@ fn observer(json: bool) -> (Observer, MultiProgress) {
                 bar.set_length(total);
                 bar.set_position(done);
             }
-            SessionEvent::Status(s) => bar.set_message(status_text(&s)),
+            SessionEvent::Status(s) => bar.set_message(s.to_string()),
             SessionEvent::Note(n) => bar.set_message(n),
         }
     });
     (obs, multi)
-}
-
-fn status_text(s: &DeviceStatus) -> String {
-    match s {
-        DeviceStatus::Pending => "pending".into(),
-        DeviceStatus::InProgress { step } => format!("flashing (step {})", step + 1),
-        DeviceStatus::Patched { version } => format!("patched: {version}"),
-        DeviceStatus::RolledBack { reason } => format!("rolled back: {reason}"),
-        DeviceStatus::Failed { reason } => format!("failed: {reason}"),
-        DeviceStatus::Skipped { reason } => format!("skipped: {reason}"),
-    }
 }
 
 pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
@@ -307,15 +284,18 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
                 let plan: Plan = read_plan(&plan)?;
                 (SessionState::new(plan, options.options()), catalog)
             }
-            SessionCommand::Resume { id, catalog } => {
-                let state = fp.unfinished_session(id.as_deref()).await?;
+            SessionCommand::Resume { id, catalog, threshold } => {
+                let mut state = fp.unfinished_session(id.as_deref()).await?;
+                if let Some(t) = threshold {
+                    state.options.failure_threshold = t;
+                }
                 if state.phase == Phase::Finished {
                     bail!("session {} already finished", state.id);
                 }
                 (state, catalog)
             }
         };
-        let catalog = Arc::new(catalog_args.load()?);
+        let catalog = Arc::new(catalog_args.load(&fp).await?);
         let pause = Arc::new(AtomicBool::new(false));
         let p = pause.clone();
         tokio::spawn(async move {
@@ -361,17 +341,20 @@ fn report(state: &SessionState, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("{:<16} RESULT", "DEVICE");
         for (id, st) in &state.devices {
-            println!("{:<16} {}", id, status_text(st));
+            println!("{:<16} {}", id, st);
         }
         let phase = match &state.phase {
             Phase::Stopped { reason } => format!("stopped: {reason}"),
             other => format!("{other:?}").to_lowercase(),
         };
         println!(
-            "\nsession {} {phase}: {} patched, {} rolled back, {} failed, {} skipped, {} pending",
-            state.id, s.patched, s.rolled_back, s.failed, s.skipped, s.pending
+            "\nsession {} {phase}: {} patched, {} rolled back, {} failed, {} skipped, {} pending, {} unverified",
+            state.id, s.patched, s.rolled_back, s.failed, s.skipped, s.pending, s.unverified
         );
     }
-    let ok = s.failed == 0 && s.rolled_back == 0 && matches!(state.phase, Phase::Finished);
+    let ok = s.failed == 0
+        && s.rolled_back == 0
+        && s.unverified == 0
+        && matches!(state.phase, Phase::Finished);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -124,6 +124,8 @@ pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
         let local = fp.sync_local().await?;
         match cmd.action {
             Some(SyncAction::Login { server }) => {
+                // Refused before the token is even read: it would travel in the clear.
+                fieldpatch_core::sync::client::check_transport(&server)?;
                 let token = read_token()?;
                 creds.set(&CredentialName::SyncToken, &token).await?;
                 local.remember_server(&server).await?;
@@ -144,6 +146,7 @@ pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
                 let args = cmd.args;
                 let server = match &args.server {
                     Some(s) => {
+                        fieldpatch_core::sync::client::check_transport(s)?;
                         local.remember_server(s).await?;
                         s.clone()
                     }

@@ -79,6 +79,11 @@ pub struct TrustStoreBody {
     pub keys: Vec<TrustedKey>,
     /// How many distinct keys of a role must sign. A role without an entry needs 1.
     pub thresholds: BTreeMap<Role, u32>,
+    /// Days an expired bundle stays usable offline, counted from the last sync before its
+    /// expiry: the signed policy, never a command-line argument. Absent: no offline grace.
+    /// (Absent fields are not serialized, so stores without a policy keep their signed bytes.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_grace_days: Option<u32>,
 }
 
 /// A trust store document as stored and distributed: body plus root signatures.
@@ -285,6 +290,12 @@ impl TrustStore {
     /// How many distinct keys of `role` must sign.
     pub fn threshold(&self, role: Role) -> u32 {
         self.doc.store.thresholds.get(&role).copied().unwrap_or(1)
+    }
+
+    /// The offline grace period the store's signed policy allows after a bundle's expiry (none
+    /// unless the root keys signed one).
+    pub fn offline_grace(&self) -> Option<chrono::Duration> {
+        self.doc.store.offline_grace_days.and_then(|d| chrono::Duration::try_days(i64::from(d)))
     }
 
     /// The store's version.

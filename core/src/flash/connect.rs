@@ -8,6 +8,7 @@ use crate::image::dfu_file::{self, DfuFile};
 use crate::plan::{DeviceAddress, DeviceRecord};
 use crate::progress::Progress;
 use crate::session::Connector;
+use crate::session::lock::{LockError, RunnerLock};
 use async_trait::async_trait;
 use fieldpatch_drivers::dfu::{
     DfuDevice, DfuDeviceInfo, DfuMode, DfuOptions, DfuseOptions, DownloadReport,
@@ -32,6 +33,14 @@ where
 {
     async fn open(&self, device: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError> {
         open_address(&self.usb, &device.address).await
+    }
+
+    fn hold(&self, device: &DeviceRecord) -> Result<Option<RunnerLock>, LockError> {
+        // A simulated USB bus belongs to one process: nobody else can reach its devices.
+        if matches!(device.address, DeviceAddress::Usb { .. }) && !self.usb.is_shared() {
+            return Ok(None);
+        }
+        RunnerLock::device(&device.address.to_string()).map(Some)
     }
 
     fn dfu_devices(&self) -> Result<Vec<DfuDeviceInfo>, TargetError> {

@@ -100,9 +100,10 @@ where
             VerifiedBy::Readback => HashCheck::Readback,
             VerifiedBy::StatusOnly => HashCheck::StatusOnly,
         };
-        // The driver compared the readback with exactly the payload of this (verified) file.
-        self.holds = Some(file_hash.clone());
+        // Only a readback proves what the device holds: the driver compared it with exactly the
+        // payload of this (verified) file. A status-only device holds "something it accepted".
         let device_hash = (check == HashCheck::Readback).then_some(file_hash);
+        self.holds = device_hash.clone();
         Ok(UploadReport { device_hash, check })
     }
 

@@ -1,5 +1,7 @@
 //! A fake MCUboot-like device and an in-memory event sink for the pipeline's and the session's
 //! unit tests (end-to-end tests use the lab devices over real ptys and sockets).
+//!
+//! Other crates' tests get it with the `test-utils` feature of fieldpatch-core.
 
 use super::*;
 use crate::visitlog::EventKind;

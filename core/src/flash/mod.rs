@@ -284,6 +284,9 @@ pub enum FlashOutcome {
     AlreadyDone { version: Version },
     /// The new image was not healthy; the device went back to its previous image.
     RolledBack { reason: String },
+    /// The device accepted the image and answers, but it can neither report nor read back what
+    /// it holds (a status-only DFU device): recorded as unverified, never as confirmed.
+    Unverified { version: Version },
     /// The flash stopped at `stage`; see `reason`. The device runs its previous image unless the
     /// reason says otherwise.
     Failed { stage: FlashStage, reason: String },
@@ -455,6 +458,18 @@ pub async fn flash(
                 Ok(s) => s,
                 Err(e) => return failed(FlashStage::Reconnect, e.to_string()).await,
             };
+            if report.check == HashCheck::StatusOnly {
+                let detail = "device answers; it cannot report or read back its image".to_string();
+                rec(EventKind::HealthCheck { passed: true, detail }).await?;
+                rec(EventKind::Note {
+                    text: format!(
+                        "image {sha_hex} ({}) written and accepted by the device, which cannot report or read it back: unverified, not confirmed",
+                        image.to
+                    ),
+                })
+                .await?;
+                return Ok(FlashOutcome::Unverified { version: image.to });
+            }
             return match health(&after, image, opts) {
                 Ok(()) => {
                     rec(EventKind::HealthCheck { passed: true, detail: health_detail(&after) })
@@ -564,8 +579,8 @@ fn health_detail(s: &DeviceState) -> String {
     )
 }
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake;
 
 #[cfg(test)]
 mod tests {
@@ -592,6 +607,58 @@ mod tests {
             .await
             .unwrap();
         (out, sink.tags())
+    }
+
+    /// A USB DFU-like device: no test boot, no hash report, no readback (status only).
+    struct StatusOnlyDevice {
+        uploads: u32,
+    }
+
+    #[async_trait]
+    impl FlashTarget for StatusOnlyDevice {
+        fn describe(&self) -> String {
+            "status-only device".into()
+        }
+        async fn state(&mut self) -> Result<DeviceState, TargetError> {
+            Ok(DeviceState { running_version: None, running_hash: None, confirmed: true })
+        }
+        async fn upload(
+            &mut self,
+            _image: &[u8],
+            _progress: &dyn Progress,
+        ) -> Result<UploadReport, TargetError> {
+            self.uploads += 1;
+            Ok(UploadReport { device_hash: None, check: HashCheck::StatusOnly })
+        }
+        async fn reconnect(&mut self, _timeout: Duration) -> Result<DeviceState, TargetError> {
+            self.state().await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_the_device_cannot_check_is_recorded_unverified_never_confirmed() {
+        let img = image(&[9u8; 2048], "3.1.0");
+        let sink = MemorySink::default();
+        let mut dev = StatusOnlyDevice { uploads: 0 };
+        let out = flash("g1", &mut dev, &img, &sink, &NoProgress, &FlashOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(out, FlashOutcome::Unverified { version: "3.1.0".parse().unwrap() });
+        assert!(!out.is_success());
+        assert_eq!(dev.uploads, 1);
+        let tags = sink.tags();
+        assert!(!tags.iter().any(|t| t == "confirmed"), "{tags:?}");
+        let notes: Vec<String> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, k)| match k {
+                EventKind::Note { text } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(notes.iter().any(|n| n.contains("unverified, not confirmed")), "{notes:?}");
     }
 
     #[tokio::test]

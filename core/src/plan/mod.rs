@@ -19,10 +19,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use ts_rs::TS;
 
 /// How much the customer depends on a device (from the inventory).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default, TS,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Criticality {
@@ -34,14 +35,14 @@ pub enum Criticality {
 }
 
 /// A period in which a device may be taken down for patching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct MaintenanceWindow {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
 }
 
 /// How to reach a device.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
 #[serde(tag = "transport", rename_all = "snake_case")]
 pub enum DeviceAddress {
     /// SMP over a serial port.
@@ -69,7 +70,7 @@ impl std::fmt::Display for DeviceAddress {
 }
 
 /// A device as the planner sees it: inventory facts plus what was identified on site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct DeviceRecord {
     /// Inventory id (stable across visits).
     pub id: String,
@@ -86,7 +87,7 @@ pub struct DeviceRecord {
 }
 
 /// An inclusive version range (as bundle manifests state it); `None` bounds are open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, TS)]
 pub struct InstalledRange {
     /// Lowest version included.
     pub min: Option<Version>,
@@ -101,7 +102,7 @@ impl InstalledRange {
 }
 
 /// One verified bundle, as the planner needs it. Built from a verified manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct PlannableBundle {
     pub bundle_id: String,
     pub vendor: String,
@@ -169,7 +170,7 @@ pub struct PlanInput {
 }
 
 /// One bundle applied to one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct Step {
     pub bundle_id: String,
     pub from: Version,
@@ -181,7 +182,7 @@ pub struct Step {
 }
 
 /// Why a device cannot be patched now. Messages say what to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, thiserror::Error)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Unpatchable {
     #[error("device not identified ({missing} unknown): reconnect it and identify it again")]
@@ -207,7 +208,7 @@ pub enum Unpatchable {
 }
 
 /// What the plan says about one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "disposition", rename_all = "snake_case")]
 pub enum Disposition {
     /// Flash these steps in order now. `latest` is the newest version the catalog has; when it
@@ -222,7 +223,7 @@ pub enum Disposition {
 }
 
 /// The plan for one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct DevicePlan {
     pub device: DeviceRecord,
     pub disposition: Disposition,
@@ -249,7 +250,7 @@ impl DevicePlan {
 }
 
 /// A plan: devices in the order they should be flashed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct Plan {
     pub created: DateTime<Utc>,
     pub devices: Vec<DevicePlan>,

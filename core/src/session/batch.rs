@@ -215,7 +215,11 @@ pub async fn run_in_visit(
     log.close_visit(
         visit,
         summary.patched,
-        summary.failed + summary.rolled_back + summary.pending + summary.skipped,
+        summary.failed
+            + summary.rolled_back
+            + summary.pending
+            + summary.skipped
+            + summary.unverified,
     )
     .await
     .map_err(|e| store_err(&e))?;
@@ -235,6 +239,9 @@ pub fn not_patched_reason(status: &super::DeviceStatus) -> Option<String> {
         RolledBack { reason } => Some(format!("rolled back: {reason}")),
         Failed { reason } => Some(format!("failed: {reason}")),
         Skipped { reason } => Some(format!("skipped: {reason}")),
+        Unverified { version } => Some(format!(
+            "{version} written but unverified: the device cannot report or read back its image"
+        )),
     }
 }
 

@@ -25,10 +25,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use ts_rs::TS;
 use uuid::Uuid;
 
 pub mod batch;
 pub mod local;
+pub mod lock;
 
 /// When to stop a session.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -134,8 +136,9 @@ impl SessionOptions {
     }
 }
 
-/// Where one device stands in a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where one device stands in a session. Its `Display` is the one wording of it that the CLI and
+/// the app show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum DeviceStatus {
     Pending,
@@ -155,6 +158,10 @@ pub enum DeviceStatus {
     Skipped {
         reason: String,
     },
+    /// Written and accepted, but the device cannot report or read back what it holds.
+    Unverified {
+        version: String,
+    },
 }
 
 impl DeviceStatus {
@@ -163,6 +170,23 @@ impl DeviceStatus {
     }
     fn is_failure(&self) -> bool {
         matches!(self, DeviceStatus::RolledBack { .. } | DeviceStatus::Failed { .. })
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceStatus::Pending => f.write_str("pending"),
+            DeviceStatus::InProgress { step } => write!(f, "flashing (step {})", step + 1),
+            DeviceStatus::Patched { version } => write!(f, "patched: {version}"),
+            DeviceStatus::RolledBack { reason } => write!(f, "rolled back: {reason}"),
+            DeviceStatus::Failed { reason } => write!(f, "failed: {reason}"),
+            DeviceStatus::Skipped { reason } => write!(f, "skipped: {reason}"),
+            DeviceStatus::Unverified { version } => write!(
+                f,
+                "written, unverified: {version} (the device cannot report or read back its image)"
+            ),
+        }
     }
 }
 
@@ -224,6 +248,7 @@ impl SessionState {
                 DeviceStatus::RolledBack { .. } => s.rolled_back += 1,
                 DeviceStatus::Failed { .. } => s.failed += 1,
                 DeviceStatus::Skipped { .. } => s.skipped += 1,
+                DeviceStatus::Unverified { .. } => s.unverified += 1,
             }
         }
         s
@@ -243,13 +268,15 @@ fn skip_reason(d: &DevicePlan) -> String {
 }
 
 /// Session totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
 pub struct Summary {
     pub patched: u32,
     pub rolled_back: u32,
     pub failed: u32,
     pub skipped: u32,
     pub pending: u32,
+    /// Written but not verifiable on the device (never counted as patched).
+    pub unverified: u32,
 }
 
 /// Persists session state (the local store implements it).
@@ -264,6 +291,12 @@ pub trait SessionStore: Send + Sync {
 #[async_trait]
 pub trait Connector: Send + Sync {
     async fn open(&self, device: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError>;
+
+    /// Hold `device` for this runner while a session flashes it (released when the lock drops).
+    /// Connectors to real transports lock across processes; a fake needs no lock.
+    fn hold(&self, _device: &DeviceRecord) -> Result<Option<lock::RunnerLock>, lock::LockError> {
+        Ok(None)
+    }
 
     /// The USB DFU devices attached, in run-time or DFU mode.
     fn dfu_devices(&self) -> Result<Vec<fieldpatch_drivers::dfu::DfuDeviceInfo>, TargetError> {
@@ -380,6 +413,16 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
         }
         return Ok(state.lock().await.summary());
     }
+    // A session resumed after it stopped on its failure threshold does not flash another device
+    // until the technician raises the threshold (having understood the failures).
+    let (failed, attempted) = failure_counts(&*state.lock().await);
+    if failed > 0 && opts.failure_threshold.exceeded(failed, attempted) {
+        let reason = format!(
+            "{failed} of {attempted} devices failed before this run: the failure threshold ({}) is already reached; resume with a higher threshold once the cause is understood",
+            opts.failure_threshold
+        );
+        return stop(state, deps, reason).await;
+    }
     set_phase(state, deps, Phase::Running).await?;
 
     let mut remaining = order;
@@ -437,16 +480,7 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
         if let Some(e) = first_err {
             return Err(e);
         }
-        let (failed, attempted) = {
-            let st = state.lock().await;
-            let failed = st.devices.values().filter(|s| s.is_failure()).count() as u32;
-            let attempted = st
-                .devices
-                .values()
-                .filter(|s| s.is_final() && !matches!(s, DeviceStatus::Skipped { .. }))
-                .count() as u32;
-            (failed, attempted)
-        };
+        let (failed, attempted) = failure_counts(&*state.lock().await);
         if opts.failure_threshold.exceeded(failed, attempted) {
             let reason =
                 format!("{failed} of {attempted} devices failed: failure threshold reached");
@@ -483,11 +517,27 @@ async fn stop(
     Ok(state.lock().await.summary())
 }
 
+/// Devices failed and devices attempted (finished, not skipped) so far.
+fn failure_counts(st: &SessionState) -> (u32, u32) {
+    let failed = st.devices.values().filter(|s| s.is_failure()).count() as u32;
+    let attempted = st
+        .devices
+        .values()
+        .filter(|s| s.is_final() && !matches!(s, DeviceStatus::Skipped { .. }))
+        .count() as u32;
+    (failed, attempted)
+}
+
 async fn recheck(deps: &SessionDeps, d: &DevicePlan) -> Result<(), String> {
     let last = d.steps_now().last().ok_or("no steps")?;
     let image = deps.images.image(&d.device, last)?;
     let mut target = deps.connector.open(&d.device).await.map_err(|e| e.to_string())?;
     let s = target.state().await.map_err(|e| e.to_string())?;
+    if s.running_hash.is_none() && s.running_version.is_none() && !target.supports_test_boot() {
+        // A device that cannot say what it runs (USB DFU) was checked when it was written
+        // (readback); after the soak all that can be asked is that it still answers.
+        return Ok(());
+    }
     if s.running_hash.as_deref() != Some(image.device_hash.as_slice()) || !s.confirmed {
         return Err(format!(
             "runs {} (confirmed: {})",
@@ -523,6 +573,16 @@ async fn run_device(
             _ => 0,
         };
         (st.options.clone(), start)
+    };
+    // One runner per device: another session (another process) flashing it is refused here.
+    let _device_lock = match deps.connector.hold(&d.device) {
+        Ok(l) => l,
+        Err(e) => {
+            // Left pending (a resume tries it again); nothing was sent to it.
+            (deps.observer)(Some(id), SessionEvent::Note(e.to_string()));
+            set_status(shared, deps, id, DeviceStatus::Pending).await?;
+            return Ok(DeviceStatus::Pending);
+        }
     };
     let progress = DeviceProgress { id: id.to_string(), observer: deps.observer.clone() };
     let flash_opts =
@@ -582,6 +642,11 @@ async fn run_device(
             FlashOutcome::Confirmed { version: v } | FlashOutcome::AlreadyDone { version: v } => {
                 version = v.to_string();
             }
+            FlashOutcome::Unverified { version } => {
+                let status = DeviceStatus::Unverified { version: version.to_string() };
+                set_status(shared, deps, id, status.clone()).await?;
+                return Ok(status);
+            }
             FlashOutcome::RolledBack { reason } => {
                 let status = DeviceStatus::RolledBack { reason };
                 set_status(shared, deps, id, status.clone()).await?;
@@ -604,10 +669,36 @@ mod tests {
     use super::*;
     use crate::flash::fake::{FakeDevice, MemorySink};
     use crate::model::DeviceIdentity;
-    use crate::plan::{PlannableBundle, DeviceAddress, PlanInput, InstalledRange, plan};
+    use crate::plan::{DeviceAddress, InstalledRange, PlanInput, PlannableBundle, plan};
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use std::sync::Mutex;
+
+    #[test]
+    fn device_statuses_read_the_same_everywhere() {
+        let texts: Vec<String> = [
+            DeviceStatus::Pending,
+            DeviceStatus::InProgress { step: 0 },
+            DeviceStatus::Patched { version: "1.5.0".into() },
+            DeviceStatus::RolledBack { reason: "unhealthy".into() },
+            DeviceStatus::Failed { reason: "timeout".into() },
+            DeviceStatus::Skipped { reason: "already at 3.0.0".into() },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            texts,
+            [
+                "pending",
+                "flashing (step 1)",
+                "patched: 1.5.0",
+                "rolled back: unhealthy",
+                "failed: timeout",
+                "skipped: already at 3.0.0"
+            ]
+        );
+    }
 
     struct Lab(HashMap<String, FakeDevice>);
 
@@ -751,6 +842,39 @@ mod tests {
         );
         assert_eq!(s.rolled_back, 2);
         assert!(s.pending > 0, "devices after the stop stay pending: {s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_stopped_by_its_threshold_flashes_nothing_more_on_resume() {
+        let (plan, lab) = setup(7);
+        for id in ["dev-01", "dev-02"] {
+            lab[id].set_fail_boot(true);
+        }
+        let store = Arc::new(Saved::default());
+        let d = deps(lab.clone(), store.clone(), Arc::new(MemorySink::default()));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        run(&state, &d).await.unwrap();
+        let uploads: u32 = lab.values().map(|d| d.uploads()).sum();
+
+        // Resumed as it was: stopped again before any device is touched.
+        let saved = store.0.lock().unwrap().last().unwrap().clone();
+        let resumed = Arc::new(tokio::sync::Mutex::new(saved.clone()));
+        let s = run(&resumed, &d).await.unwrap();
+        assert_eq!(lab.values().map(|d| d.uploads()).sum::<u32>(), uploads, "flashed on resume");
+        assert!(s.pending > 0, "{s:?}");
+        assert!(
+            matches!(resumed.lock().await.phase, Phase::Stopped { ref reason } if reason.contains("already reached")),
+            "{:?}",
+            resumed.lock().await.phase
+        );
+
+        // With the threshold raised by the technician, the rest is flashed.
+        let mut raised = saved;
+        raised.options.failure_threshold = Threshold::Count(10);
+        let resumed = Arc::new(tokio::sync::Mutex::new(raised));
+        let s = run(&resumed, &d).await.unwrap();
+        assert_eq!(s.pending, 0, "{s:?}");
+        assert!(lab.values().map(|d| d.uploads()).sum::<u32>() > uploads);
     }
 
     #[tokio::test]

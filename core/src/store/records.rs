@@ -336,10 +336,7 @@ impl Store {
     }
 
     /// The saved state of a job, if any.
-    pub async fn session_state(
-        &self,
-        session_id: &str,
-    ) -> Result<Option<SavedJob>, StoreError> {
+    pub async fn session_state(&self, session_id: &str) -> Result<Option<SavedJob>, StoreError> {
         let row = sqlx::query(
             "SELECT session_id, kind, state_json, updated_at FROM session_state WHERE session_id = ?",
         )
@@ -350,10 +347,7 @@ impl Store {
     }
 
     /// Saved jobs, optionally of one kind, most recently updated first.
-    pub async fn session_states(
-        &self,
-        kind: Option<&str>,
-    ) -> Result<Vec<SavedJob>, StoreError> {
+    pub async fn session_states(&self, kind: Option<&str>) -> Result<Vec<SavedJob>, StoreError> {
         let rows = sqlx::query(
             "SELECT session_id, kind, state_json, updated_at FROM session_state
              WHERE (?1 IS NULL OR kind = ?1) ORDER BY updated_at DESC, session_id",

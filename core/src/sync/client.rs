@@ -176,6 +176,8 @@ pub enum SyncError {
     Certificate(String),
     #[error("local store: {0}")]
     Local(Box<dyn std::error::Error + Send + Sync>),
+    #[error("refusing to sync with {server}: {why}")]
+    InsecureServer { server: String, why: String },
 }
 
 impl SyncError {
@@ -190,6 +192,7 @@ impl SyncError {
             SyncError::BundleHash { .. } => "bundle_hash",
             SyncError::Certificate(_) => "certificate",
             SyncError::Local(_) => "local_store",
+            SyncError::InsecureServer { .. } => "insecure_server",
         }
     }
 }
@@ -232,6 +235,32 @@ pub struct PushProgress {
     pub last_seq: u64,
 }
 
+/// The bearer token only ever travels over TLS, or to this machine itself: refuse a plain
+/// `http://` server anywhere else before any request is made.
+pub fn check_transport(server: &str) -> Result<(), SyncError> {
+    let insecure =
+        |why: &str| SyncError::InsecureServer { server: server.to_string(), why: why.into() };
+    let url = reqwest::Url::parse(server).map_err(|e| insecure(&format!("not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(insecure("plain http:// would send the sync token unencrypted; use https://"))
+            }
+        }
+        other => Err(insecure(&format!("unsupported scheme {other}:// (use https://)"))),
+    }
+}
+
 struct Http {
     client: reqwest::Client,
     cfg: SyncConfig,
@@ -245,6 +274,7 @@ enum Attempt<T> {
 
 impl Http {
     fn new(cfg: &SyncConfig) -> Result<Self, SyncError> {
+        check_transport(&cfg.server)?;
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -601,4 +631,37 @@ pub async fn watch<L: SyncLocal>(
     }
     on_event(WatchEvent::Stopped);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_travels_over_tls_or_to_this_machine_only() {
+        for ok in [
+            "https://inventory.example",
+            "https://10.0.0.7:8470",
+            "http://127.0.0.1:8470",
+            "http://127.9.9.9",
+            "http://localhost:1234",
+            "http://[::1]:8470",
+        ] {
+            assert!(check_transport(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://inventory.example", "http://10.0.0.7:8470", "ftp://x", "not a url"] {
+            let e = check_transport(bad).unwrap_err();
+            assert_eq!(e.code(), "insecure_server", "{bad}");
+            assert!(e.to_string().contains(bad.split('/').next().unwrap()), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_refuses_plain_http_to_another_host_before_any_request() {
+        // Nothing listens on 203.0.113.1 (TEST-NET-3): a request would time out, not fail at once.
+        let cfg = SyncConfig::new("http://203.0.113.1:9", "secret-token");
+        let err = Http::new(&cfg).err().expect("refused");
+        assert!(matches!(err, SyncError::InsecureServer { .. }), "{err}");
+        assert!(!err.to_string().contains("secret-token"), "{err}");
+    }
 }

@@ -23,7 +23,7 @@
 use super::client::{LogCursor, SyncLocal};
 use super::sealed::{SealError, SealedCredential};
 use super::wire::{CatalogEntry, PullResponse, SignedCheckpoint};
-use crate::bundle::trust::TrustStore;
+use crate::bundle::trust::{SignedTrustStore, TrustStore};
 use crate::bundle::verify::{VerifyPolicy, verify_file};
 use crate::catalog::BUNDLE_EXTENSION;
 use crate::credentials::{CredentialError, CredentialName, Credentials, Secret};
@@ -72,6 +72,10 @@ pub enum LocalSyncError {
     BadCredentialName { device: String, kind: String },
     #[error("the stored list of sync-provisioned credentials is unreadable: {0}")]
     Corrupt(String),
+    #[error(
+        "the inventory's trust store was refused and the pinned one stays in force: {reason}. Ask the inventory team to publish a rotation signed by the current root keys"
+    )]
+    TrustStoreRefused { reason: String },
 }
 
 impl LocalSyncError {
@@ -86,6 +90,7 @@ impl LocalSyncError {
             LocalSyncError::ServerKeyChanged { .. } => "server_key_changed",
             LocalSyncError::BadCredentialName { .. } => "credential_name",
             LocalSyncError::Corrupt(_) => "store_corrupt",
+            LocalSyncError::TrustStoreRefused { .. } => "trust_store_refused",
         }
     }
 }
@@ -111,6 +116,36 @@ impl StoreSync {
     /// Where pulled bundle files are kept (`--catalog` for `fieldpatch plan`).
     pub fn catalog_dir(&self) -> PathBuf {
         self.data_dir.join(CATALOG_DIR)
+    }
+
+    /// Decide what to do with the trust store a server published: `Some(store)` to write (the
+    /// first one, or a valid rotation of the pinned one), `None` when it is the pinned one
+    /// already. Anything else is refused and the pinned store stays in force.
+    fn accept_trust_store(
+        &self,
+        doc: &serde_json::Value,
+    ) -> Result<Option<TrustStore>, LocalSyncError> {
+        let refused = |reason: String| LocalSyncError::TrustStoreRefused { reason };
+        let offered: SignedTrustStore = serde_json::from_value(doc.clone())
+            .map_err(|e| refused(format!("it is not a signed trust store: {e}")))?;
+        let path = self.trust_path();
+        if !path.exists() {
+            // First sync: the store becomes the anchor if it is signed by its own root threshold.
+            return TrustStore::provision(offered).map(Some).map_err(|e| refused(e.to_string()));
+        }
+        let pinned = TrustStore::load(&path).map_err(|e| {
+            refused(format!("the pinned trust store {} cannot be read: {e}", path.display()))
+        })?;
+        if offered == *pinned.document() {
+            return Ok(None);
+        }
+        if offered.store.version == pinned.version() {
+            return Err(refused(format!(
+                "it differs from the pinned trust store but has the same version {}; a new trust store needs a higher version and the current root keys' signatures",
+                pinned.version()
+            )));
+        }
+        pinned.rotate(offered).map(Some).map_err(|e| refused(e.to_string()))
     }
 
     /// Where the pulled trust store is kept (`--trust` for `fieldpatch plan`).
@@ -312,23 +347,20 @@ impl SyncLocal for StoreSync {
             Some(_) => {}
             None => self.pin_server_key(&announced).await?,
         }
+        // The trust store is pinned on this laptop: a pulled one replaces it only as a rotation
+        // signed by a threshold of the current root with a higher version, and a pull without
+        // one never removes it. Checked before anything of the pull is written.
+        let rotated = match &pull.trust_store {
+            Some(doc) => self.accept_trust_store(doc)?,
+            None => None,
+        };
         for (entry, bytes) in &bundles {
             write_atomic(&self.bundle_path(&entry.sha256), bytes)?;
         }
-        match &pull.trust_store {
-            Some(doc) => {
-                let bytes = serde_json::to_vec_pretty(doc)
-                    .map_err(|e| LocalSyncError::Corrupt(format!("trust store: {e}")))?;
-                write_atomic(&self.trust_path(), &bytes)?;
-            }
-            None => {
-                let path = self.trust_path();
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(LocalSyncError::Io { path, source }),
-                }
-            }
+        if let Some(store) = rotated {
+            let bytes = serde_json::to_vec_pretty(store.document())
+                .map_err(|e| LocalSyncError::Corrupt(format!("trust store: {e}")))?;
+            write_atomic(&self.trust_path(), &bytes)?;
         }
         let sites: Vec<SiteRecord> = pull
             .sites
@@ -378,6 +410,10 @@ impl SyncLocal for StoreSync {
                 }
             }
         }
+        // The laptop was online at the server's time: the offline grace period counts from here,
+        // the clock is checked against it, and it becomes the latest trusted time.
+        crate::clock::note_online(&self.store, pull.server_time).await?;
+        self.store.record_clock_check(pull.server_time - chrono::Utc::now()).await?;
         Ok(())
     }
 }

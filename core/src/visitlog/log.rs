@@ -24,6 +24,7 @@ use crate::store::{Store, StoreError, now_text};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use sqlx::Row;
+use ts_rs::TS;
 use uuid::Uuid;
 
 /// How many rows verification and sync read at a time.
@@ -180,9 +181,10 @@ impl LogProblem {
     }
 }
 
-/// The result of verifying one stored log. Serializes with the problem as text and the seq of the
-/// first bad event as `bad_seq`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of verifying one stored log. Serializes as `LogVerificationShape` (the problem as
+/// text, the seq of the first bad event as `bad_seq`), which its TypeScript type is made from.
+#[derive(Debug, Clone, PartialEq, Eq, TS)]
+#[ts(as = "LogVerificationShape")]
 pub struct LogVerification {
     pub log_id: Uuid,
     pub signer: String,
@@ -192,17 +194,39 @@ pub struct LogVerification {
     pub problem: Option<LogProblem>,
 }
 
+/// How a [`LogVerification`] serializes, for `--json` and the app.
+#[derive(Debug, Serialize, TS)]
+#[ts(rename = "LogVerification")]
+pub struct LogVerificationShape {
+    pub log_id: Uuid,
+    /// Hex ed25519 public key that signs the log.
+    pub signer: String,
+    /// Events that verified before the first problem (all of them when `problem` is null).
+    pub verified: u64,
+    /// Whether the whole log verifies.
+    pub ok: bool,
+    /// What is wrong, naming the first bad event; null when the log verifies.
+    pub problem: Option<String>,
+    /// Seq of the first bad event, where one event is to blame.
+    pub bad_seq: Option<u64>,
+}
+
+impl From<&LogVerification> for LogVerificationShape {
+    fn from(v: &LogVerification) -> Self {
+        LogVerificationShape {
+            log_id: v.log_id,
+            signer: v.signer.clone(),
+            verified: v.verified,
+            ok: v.is_ok(),
+            problem: v.problem.as_ref().map(|p| p.to_string()),
+            bad_seq: v.problem.as_ref().and_then(LogProblem::seq),
+        }
+    }
+}
+
 impl Serialize for LogVerification {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("LogVerification", 6)?;
-        st.serialize_field("log_id", &self.log_id)?;
-        st.serialize_field("signer", &self.signer)?;
-        st.serialize_field("verified", &self.verified)?;
-        st.serialize_field("ok", &self.is_ok())?;
-        st.serialize_field("problem", &self.problem.as_ref().map(|p| p.to_string()))?;
-        st.serialize_field("bad_seq", &self.problem.as_ref().and_then(LogProblem::seq))?;
-        st.end()
+        LogVerificationShape::from(self).serialize(s)
     }
 }
 
@@ -479,6 +503,24 @@ impl Row_ {
 }
 
 impl Store {
+    /// The time of the newest event (each log's head) across the local visit logs.
+    pub async fn newest_event_time(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let times: Vec<(String,)> = sqlx::query_as(
+            "SELECT e.time FROM events e
+               JOIN (SELECT log_id, MAX(seq) AS head FROM events GROUP BY log_id) h
+                 ON e.log_id = h.log_id AND e.seq = h.head",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(times
+            .iter()
+            .filter_map(|(t,)| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .max())
+    }
+
     /// Record the outcome of comparing the laptop clock with the server's at sync
     /// (`skew` = server time - laptop time). Within [`MAX_CLOCK_SKEW`] later events are stamped
     /// [`TimeSource::ServerChecked`]; beyond it they fall back to [`TimeSource::SystemClock`].

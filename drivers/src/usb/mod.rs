@@ -204,4 +204,9 @@ pub trait UsbBus {
     fn list(&self) -> Result<Vec<UsbDeviceEntry>, UsbError>;
     /// Open the device at `location`.
     fn open(&self, location: &str) -> Result<Self::Device, UsbError>;
+    /// Whether the bus is this computer's (shared by every process on it), as opposed to one
+    /// that lives inside this process (a simulated bus).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

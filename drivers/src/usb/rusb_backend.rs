@@ -106,6 +106,10 @@ impl UsbBus for RusbBus {
         let _ = handle.set_auto_detach_kernel_driver(true);
         Ok(RusbDevice { handle, ids, claimed: None })
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 }
 
 impl RusbDevice {

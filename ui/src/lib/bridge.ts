@@ -1,19 +1,18 @@
-// Calls into the desktop shell. Errors cross the bridge as {code, message}; the UI branches on
-// `code`, never on message text.
+// Calls into the desktop shell: the one place that names its commands and events. Errors cross
+// the bridge as {code, message}; the UI branches on `code`, never on message text. The types are
+// generated from the Rust types (./ipc).
 import { invoke } from "@tauri-apps/api/core";
 import { listen, type UnlistenFn } from "@tauri-apps/api/event";
-import type { DeviceRecord, Plan, SessionEventView } from "./session";
-
-export interface AppInfo {
-  version: string;
-  data_dir: string;
-  data_dir_source: "environment" | "os_convention";
-}
-
-export interface BridgeError {
-  code: string;
-  message: string;
-}
+import type {
+  AppInfo,
+  BridgeError,
+  LogVerification,
+  Plan,
+  SessionEventView,
+  SessionFinished,
+  SiteView,
+  SyncEventView,
+} from "./ipc";
 
 /** Normalise anything a command rejects with into a BridgeError. */
 export function toBridgeError(e: unknown): BridgeError {
@@ -33,22 +32,6 @@ export function describeDataDir(info: AppInfo): string {
   return `${info.data_dir} (${origin})`;
 }
 
-
-export interface SiteView {
-  devices: DeviceRecord[];
-  unreachable: [string, string][];
-  bundles: { bundle_id: string; model: string; installs: { major: number; minor: number; revision: number; build: number }; cvss: number }[];
-  refused: { path: string; bundle_id: string | null; reason: string }[];
-  inventory: string;
-  auto_sync: boolean;
-  sync_unavailable: string | null;
-}
-
-export interface SyncEventView {
-  kind: "offline" | "probing" | "reachable" | "synced" | "failed" | "stopped";
-  text: string;
-}
-
 async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
   try {
     return await invoke<T>(cmd, args);
@@ -65,14 +48,14 @@ export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on 
 export const syncNow = () => call<void>("sync_now");
 export const closeSession = (reasons: Record<string, string>) =>
   call<string[]>("close_session", { reasons });
-export const verifyLog = () => call<{ problem: unknown }[]>("verify_log");
+export const verifyLog = () => call<LogVerification[]>("verify_log");
 
 export function onSessionEvent(f: (e: SessionEventView) => void): Promise<UnlistenFn> {
   return listen<SessionEventView>("session", (e) => f(e.payload));
 }
 
-export function onSessionFinished(f: (r: unknown) => void): Promise<UnlistenFn> {
-  return listen("session-finished", (e) => f(e.payload));
+export function onSessionFinished(f: (r: SessionFinished) => void): Promise<UnlistenFn> {
+  return listen<SessionFinished>("session-finished", (e) => f(e.payload));
 }
 
 export function onSync(f: (e: SyncEventView) => void): Promise<UnlistenFn> {

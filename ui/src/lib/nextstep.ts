@@ -1,6 +1,6 @@
 // What the window offers after a failed command, chosen from the error's code (never its message).
 
-import type { BridgeError } from "./bridge";
+import type { BridgeError } from "./ipc";
 
 export type NextStep =
   /** Close-out refused: highlight the reason inputs of the devices that still need one. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { addressText, applyEvent, percent, planText, statusText, type DeviceRow } from "./session";
+import type { SessionEventView } from "./ipc";
+import { addressText, applyEvent, percent, planText, type DeviceRow } from "./session";
 
 const v = (major: number, minor: number, revision = 0) => ({ major, minor, revision, build: 0 });
 
@@ -17,44 +18,55 @@ describe("planText", () => {
       }),
     ).toBe("1.0.0 → 1.5.0, 1.5.0 → 2.0.0");
     expect(planText({ disposition: "up_to_date", version: v(2, 0) })).toBe("up to date (2.0.0)");
-    expect(planText({ disposition: "unpatchable", why: { reason: "missing_credential" } })).toBe(
-      "cannot patch: missing credential",
-    );
+    expect(
+      planText({ disposition: "unpatchable", why: { reason: "missing_credential", name: "pump-key" } }),
+    ).toBe("cannot patch: missing credential");
   });
 });
 
 describe("applyEvent", () => {
   it("tracks phase, bytes and final status per device and reports notes", () => {
     const rows: Record<string, DeviceRow> = {};
-    expect(applyEvent(rows, { device: "d1", kind: "phase", text: "upload", done: null, total: null, status: null })).toBeNull();
-    applyEvent(rows, { device: "d1", kind: "transfer", text: null, done: 512, total: 2048, status: null });
+    expect(applyEvent(rows, { kind: "phase", device: "d1", name: "upload" })).toBeNull();
+    applyEvent(rows, { kind: "transfer", device: "d1", done: 512, total: 2048 });
     expect(percent(rows.d1)).toBe(25);
     const note = applyEvent(rows, {
-      device: "d1",
       kind: "status",
-      text: null,
-      done: null,
-      total: null,
+      device: "d1",
       status: { status: "patched", version: "1.5.0" },
+      text: "patched: 1.5.0",
     });
     expect(note).toBe("d1: patched: 1.5.0");
     expect(percent(rows.d1)).toBe(100);
     expect(rows.d1.phase).toBe("upload");
-    expect(applyEvent(rows, { device: null, kind: "note", text: "canary: d1", done: null, total: null, status: null })).toBe(
-      "canary: d1",
-    );
+    expect(rows.d1.status).toEqual({ status: "patched", version: "1.5.0" });
+    expect(applyEvent(rows, { kind: "note", device: null, text: "canary: d1" })).toBe("canary: d1");
+    expect(applyEvent(rows, { kind: "note", device: "d1", text: "retrying" })).toBe("d1: retrying");
+  });
+  it("shows a status as the core words it", () => {
+    const rows: Record<string, DeviceRow> = {};
+    const e: SessionEventView = {
+      kind: "status",
+      device: "sensor-04",
+      status: { status: "rolled_back", reason: "unhealthy" },
+      text: "rolled back: unhealthy",
+    };
+    expect(applyEvent(rows, e)).toBe("sensor-04: rolled back: unhealthy");
+    expect(rows["sensor-04"].result).toBe("rolled back: unhealthy");
+    expect(rows["sensor-04"].done).toBe(0);
   });
   it("never divides by zero", () => {
     expect(percent(undefined)).toBe(0);
-    expect(percent({ phase: "", done: 0, total: 0, status: null })).toBe(0);
+    expect(percent({ phase: "", done: 0, total: 0, status: null, result: "" })).toBe(0);
   });
 });
 
 describe("labels", () => {
-  it("names addresses and statuses", () => {
-    expect(addressText({ transport: "usb", vid: 0x1209, pid: 2 })).toBe("usb 1209:0002");
+  it("names addresses", () => {
+    expect(addressText({ transport: "usb", vid: 0x1209, pid: 2, serial: null })).toBe("usb 1209:0002");
     expect(addressText({ transport: "udp", addr: "127.0.0.1:1337" })).toBe("udp 127.0.0.1:1337");
-    expect(statusText({ status: "rolled_back", reason: "unhealthy" })).toBe("rolled back: unhealthy");
-    expect(statusText(null)).toBe("");
+    expect(addressText({ transport: "serial", port: "/dev/pts/3", baud: 115200 })).toBe(
+      "serial /dev/pts/3 @ 115200",
+    );
   });
 });

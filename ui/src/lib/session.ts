@@ -1,65 +1,17 @@
-// Pure view logic for sites, plans and sessions (unit-tested; no Tauri calls here).
+// Pure view logic for sites, plans and sessions (unit-tested; no Tauri calls here). The types come
+// from ./ipc, generated from the Rust types.
 
-export interface DeviceRecord {
-  id: string;
-  address: { transport: string; port?: string; baud?: number; addr?: string; vid?: number; pid?: number };
-  identity: { vendor?: string; model?: string; firmware_version?: Version | null; image_hash?: string | null };
-  criticality: string;
-}
+import type { DeviceAddress, DeviceStatus, Disposition, SessionEventView, Version } from "./ipc";
 
-export interface Version {
-  major: number;
-  minor: number;
-  revision: number;
-  build: number;
-}
-
-export interface Step {
-  bundle_id: string;
-  from: Version;
-  to: Version;
-  cvss: number;
-  rollback: boolean;
-}
-
-export type Disposition =
-  | { disposition: "patch"; steps: Step[]; latest: Version; short_reason: unknown }
-  | { disposition: "scheduled"; steps: Step[]; not_before: string }
-  | { disposition: "up_to_date"; version: Version }
-  | { disposition: "unpatchable"; why: { reason: string; [k: string]: unknown } };
-
-export interface DevicePlan {
-  device: DeviceRecord;
-  disposition: Disposition;
-}
-
-export interface Plan {
-  created: string;
-  devices: DevicePlan[];
-}
-
-export type DeviceStatus =
-  | { status: "pending" }
-  | { status: "in_progress"; step: number }
-  | { status: "patched"; version: string }
-  | { status: "rolled_back"; reason: string }
-  | { status: "failed"; reason: string }
-  | { status: "skipped"; reason: string };
-
-export interface SessionEventView {
-  device: string | null;
-  kind: "phase" | "note" | "transfer" | "status";
-  text: string | null;
-  done: number | null;
-  total: number | null;
-  status: DeviceStatus | null;
-}
-
+/** One device's row in the device table while a session runs. */
 export interface DeviceRow {
   phase: string;
   done: number;
   total: number;
+  /** The device's last status, if the session reported one. */
   status: DeviceStatus | null;
+  /** The core's wording of that status: what the table shows. */
+  result: string;
 }
 
 export function versionText(v: Version | null | undefined): string {
@@ -68,16 +20,14 @@ export function versionText(v: Version | null | undefined): string {
   return v.build ? `${base}+${v.build}` : base;
 }
 
-export function addressText(a: DeviceRecord["address"]): string {
+export function addressText(a: DeviceAddress): string {
   switch (a.transport) {
     case "serial":
       return `serial ${a.port} @ ${a.baud}`;
     case "udp":
       return `udp ${a.addr}`;
     case "usb":
-      return `usb ${(a.vid ?? 0).toString(16).padStart(4, "0")}:${(a.pid ?? 0).toString(16).padStart(4, "0")}`;
-    default:
-      return a.transport;
+      return `usb ${a.vid.toString(16).padStart(4, "0")}:${a.pid.toString(16).padStart(4, "0")}`;
   }
 }
 
@@ -94,40 +44,29 @@ export function planText(d: Disposition): string {
   }
 }
 
-export function statusText(s: DeviceStatus | null): string {
-  if (!s) return "";
-  switch (s.status) {
-    case "pending":
-      return "pending";
-    case "in_progress":
-      return `flashing (step ${s.step + 1})`;
-    case "patched":
-      return `patched: ${s.version}`;
-    case "rolled_back":
-      return `rolled back: ${s.reason}`;
-    case "failed":
-      return `failed: ${s.reason}`;
-    case "skipped":
-      return `skipped: ${s.reason}`;
-  }
-}
-
-/** Fold one session event into the per-device rows; returns a note for the session log, if any. */
+/**
+ * Fold one session event into the per-device rows; returns a line for the session log, if any.
+ * A status is shown as the core words it (the event's `text`), never reworded here.
+ */
 export function applyEvent(rows: Record<string, DeviceRow>, e: SessionEventView): string | null {
-  if (!e.device) return e.text;
-  const row = (rows[e.device] ??= { phase: "", done: 0, total: 0, status: null });
+  if (!e.device) {
+    if (e.kind === "phase") return e.name;
+    return "text" in e ? e.text : null;
+  }
+  const row = (rows[e.device] ??= { phase: "", done: 0, total: 0, status: null, result: "" });
   switch (e.kind) {
     case "phase":
-      row.phase = e.text ?? "";
+      row.phase = e.name;
       return null;
     case "transfer":
-      row.done = e.done ?? 0;
-      row.total = e.total ?? 0;
+      row.done = e.done;
+      row.total = e.total;
       return null;
     case "status":
       row.status = e.status;
-      if (e.status?.status === "patched") row.done = row.total;
-      return `${e.device}: ${statusText(e.status)}`;
+      row.result = e.text;
+      if (e.status.status === "patched") row.done = row.total;
+      return `${e.device}: ${e.text}`;
     case "note":
       return `${e.device}: ${e.text}`;
   }

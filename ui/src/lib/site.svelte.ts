@@ -2,9 +2,9 @@
 // it (identify, plan, run, close out, verify, sync). Components get one `SiteStore` from App.svelte.
 
 import * as bridge from "./bridge";
-import type { AppInfo, BridgeError, SiteView, SyncEventView } from "./bridge";
+import type { AppInfo, BridgeError, Plan, SiteView, SyncEventView } from "./ipc";
 import { nextStep } from "./nextstep";
-import { applyEvent, type DeviceRow, type Plan } from "./session";
+import { applyEvent, type DeviceRow } from "./session";
 import {
   appendNote,
   closeOutText,
@@ -84,6 +84,7 @@ export class SiteStore {
         this.busy = false;
         this.sessionDone = true;
         this.notes = [...this.notes, finishedNote(r)];
+        if (r.outcome === "failed") this.error = r.error;
         this.identify();
       }),
     ];

@@ -1,8 +1,16 @@
 // Tests of the site store against a stand-in for the desktop shell: actions, events and the next
 // step each error code leads to.
 import { describe, expect, it, vi } from "vitest";
-import type { BridgeError, SiteView, SyncEventView } from "./bridge";
-import type { Plan, SessionEventView } from "./session";
+import type {
+  BridgeError,
+  DeviceStatus,
+  LogVerification,
+  Plan,
+  SessionEventView,
+  SessionFinished,
+  SiteView,
+  SyncEventView,
+} from "./ipc";
 import { SiteStore, type SiteApi } from "./site.svelte";
 
 const view: SiteView = {
@@ -21,7 +29,7 @@ const reject = (code: string, message = code) => () => Promise.reject<never>({ c
 function shell(overrides: Partial<SiteApi> = {}) {
   const on: {
     session?: (e: SessionEventView) => void;
-    finished?: (r: unknown) => void;
+    finished?: (r: SessionFinished) => void;
     sync?: (e: SyncEventView) => void;
   } = {};
   const unlisten = vi.fn();
@@ -33,7 +41,7 @@ function shell(overrides: Partial<SiteApi> = {}) {
     setAutoSync: vi.fn(async (v: boolean) => v),
     syncNow: vi.fn(async () => {}),
     closeSession: vi.fn(async (reasons: Record<string, string>) => Object.keys(reasons)),
-    verifyLog: async () => [{ problem: null }],
+    verifyLog: async () => [check(null)],
     onSessionEvent: async (f) => ((on.session = f), unlisten),
     onSessionFinished: async (f) => ((on.finished = f), unlisten),
     onSync: async (f) => ((on.sync = f), unlisten),
@@ -43,13 +51,20 @@ function shell(overrides: Partial<SiteApi> = {}) {
 }
 
 const flush = () => new Promise((r) => setTimeout(r, 0));
-const status = (device: string, s: SessionEventView["status"]): SessionEventView => ({
-  device,
+const status = (device: string, s: DeviceStatus, text: string): SessionEventView => ({
   kind: "status",
-  text: null,
-  done: null,
-  total: null,
+  device,
   status: s,
+  text,
+});
+const summary = { patched: 1, rolled_back: 1, failed: 0, skipped: 0, pending: 0 };
+const check = (problem: string | null): LogVerification => ({
+  log_id: "0190a1b2-0000-7000-8000-000000000000",
+  signer: "ab",
+  verified: 3,
+  ok: problem === null,
+  problem,
+  bad_seq: problem === null ? null : 2,
 });
 
 /** A store that has run a session in which sensor-04 rolled back and sensor-01 was patched. */
@@ -59,9 +74,9 @@ async function afterSession(api: SiteApi, on: ReturnType<typeof shell>["on"]) {
   await flush();
   await site.makePlan();
   await site.run();
-  on.session!(status("sensor-01", { status: "patched", version: "1.5.0" }));
-  on.session!(status("sensor-04", { status: "rolled_back", reason: "unhealthy" }));
-  on.finished!({ patched: 1 });
+  on.session!(status("sensor-01", { status: "patched", version: "1.5.0" }, "patched: 1.5.0"));
+  on.session!(status("sensor-04", { status: "rolled_back", reason: "unhealthy" }, "rolled back: unhealthy"));
+  on.finished!({ outcome: "done", summary });
   await flush();
   return site;
 }
@@ -90,8 +105,9 @@ describe("SiteStore", () => {
     expect(site.notes).toEqual([
       "sensor-01: patched: 1.5.0",
       "sensor-04: rolled back: unhealthy",
-      'session finished: {"patched":1}',
+      "session finished: 1 patched, 1 rolled back, 0 failed, 0 skipped, 0 pending",
     ]);
+    expect(site.error).toBeNull();
   });
 
   it("highlights the reasons still missing after a refused close-out", async () => {
@@ -165,9 +181,22 @@ describe("SiteStore", () => {
     await site.run();
     expect(site.error?.code).toBe("busy");
     expect(site.busy).toBe(true);
-    on.finished!({});
+    on.finished!({ outcome: "done", summary });
     expect(site.busy).toBe(false);
     expect(site.sessionDone).toBe(true);
+  });
+
+  it("shows the error a session ended with", async () => {
+    const { api, on } = shell();
+    const site = new SiteStore(api);
+    site.start();
+    await flush();
+    await site.makePlan();
+    await site.run();
+    on.finished!({ outcome: "failed", error: { code: "log_unwritable", message: "the visit log cannot be written" } });
+    expect(site.busy).toBe(false);
+    expect(site.error?.code).toBe("log_unwritable");
+    expect(site.notes[site.notes.length - 1]).toBe("session failed: the visit log cannot be written");
   });
 
   it("unlocks the controls after any other failure to start", async () => {
@@ -180,7 +209,7 @@ describe("SiteStore", () => {
   });
 
   it("says whether the visit log verifies", async () => {
-    const { api } = shell({ verifyLog: async () => [{ problem: null }, { problem: "hash chain broken" }] });
+    const { api } = shell({ verifyLog: async () => [check(null), check("hash chain broken")] });
     const site = new SiteStore(api);
     await site.verify();
     expect(site.logOk).toBe(false);

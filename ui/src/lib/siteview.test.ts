@@ -1,6 +1,7 @@
 // Unit tests for the pure helpers behind the site store.
 import { describe, expect, it } from "vitest";
-import type { Plan } from "./session";
+import type { DeviceStatus, LogVerification, Plan } from "./ipc";
+import type { DeviceRow } from "./session";
 import {
   appendNote,
   closeOutText,
@@ -13,16 +14,30 @@ import {
   unpatchedIds,
 } from "./siteview";
 
-const row = (status: string | null) => ({
+const row = (status: DeviceStatus | null): DeviceRow => ({
   phase: "",
   done: 0,
   total: 0,
-  status: status ? ({ status, reason: "r", version: "1" } as never) : null,
+  status,
+  result: "",
+});
+const check = (problem: string | null): LogVerification => ({
+  log_id: "0190a1b2-0000-7000-8000-000000000000",
+  signer: "ab",
+  verified: 1,
+  ok: problem === null,
+  problem,
+  bad_seq: null,
 });
 
 describe("unpatchedIds and missingReasons", () => {
   it("lists devices with a final status other than patched", () => {
-    const rows = { a: row("patched"), b: row("rolled_back"), c: row(null), d: row("skipped") };
+    const rows = {
+      a: row({ status: "patched", version: "1.5.0" }),
+      b: row({ status: "rolled_back", reason: "unhealthy" }),
+      c: row(null),
+      d: row({ status: "skipped", reason: "already at 3.0.0" }),
+    };
     expect(unpatchedIds(rows)).toEqual(["b", "d"]);
   });
   it("counts absent and blank reasons as missing, like the core", () => {
@@ -41,7 +56,13 @@ describe("session log", () => {
     expect(appendNote([], "a")).toEqual(["a"]);
   });
   it("says how a session finished", () => {
-    expect(finishedNote({ patched: 5 })).toBe('session finished: {"patched":5}');
+    const summary = { patched: 5, rolled_back: 1, failed: 0, skipped: 2, pending: 0 };
+    expect(finishedNote({ outcome: "done", summary })).toBe(
+      "session finished: 5 patched, 1 rolled back, 0 failed, 2 skipped, 0 pending",
+    );
+    expect(finishedNote({ outcome: "failed", error: { code: "store", message: "disk full" } })).toBe(
+      "session failed: disk full",
+    );
   });
 });
 
@@ -52,8 +73,8 @@ describe("close-out and visit log", () => {
     );
   });
   it("verifies only when no check has a problem", () => {
-    expect(logVerifies([{ problem: null }, { problem: null }])).toBe(true);
-    expect(logVerifies([{ problem: null }, { problem: "bad signature" }])).toBe(false);
+    expect(logVerifies([check(null), check(null)])).toBe(true);
+    expect(logVerifies([check(null), check("bad signature")])).toBe(false);
     expect(logVerifies([])).toBe(true);
   });
 });
@@ -64,7 +85,21 @@ describe("dispositionOf", () => {
       created: "now",
       devices: [
         {
-          device: { id: "g", address: { transport: "udp" }, identity: {}, criticality: "low" },
+          device: {
+            id: "g",
+            address: { transport: "udp", addr: "127.0.0.1:1337" },
+            identity: {
+              vendor: null,
+              model: null,
+              hardware_revision: null,
+              serial_number: null,
+              firmware_version: null,
+              image_hash: null,
+            },
+            criticality: "low",
+            windows: [],
+            credential: null,
+          },
           disposition: { disposition: "up_to_date", version: { major: 3, minor: 0, revision: 0, build: 0 } },
         },
       ],

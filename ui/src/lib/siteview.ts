@@ -1,8 +1,8 @@
 // Pure helpers behind the site store: what the window derives from rows, plans, reasons and sync
 // events (unit-tested; no Tauri calls here).
 
-import type { SyncEventView } from "./bridge";
-import type { DeviceRow, Disposition, Plan } from "./session";
+import type { Disposition, LogVerification, Plan, SessionFinished, SyncEventView } from "./ipc";
+import type { DeviceRow } from "./session";
 
 /** How many session-log lines are kept before the oldest are dropped. */
 export const NOTES_KEPT = 200;
@@ -13,8 +13,15 @@ export function appendNote(notes: string[], note: string): string[] {
 }
 
 /** The line the session log gets when a session ends. */
-export function finishedNote(result: unknown): string {
-  return `session finished: ${JSON.stringify(result)}`;
+export function finishedNote(result: SessionFinished): string {
+  switch (result.outcome) {
+    case "done": {
+      const s = result.summary;
+      return `session finished: ${s.patched} patched, ${s.rolled_back} rolled back, ${s.failed} failed, ${s.skipped} skipped, ${s.pending} pending`;
+    }
+    case "failed":
+      return `session failed: ${result.error.message}`;
+  }
 }
 
 /** Devices that ended the session with a status other than patched, in row order. */
@@ -35,8 +42,8 @@ export function closeOutText(recorded: string[]): string {
 }
 
 /** Whether every visit-log check came back without a problem. */
-export function logVerifies(checks: { problem: unknown }[]): boolean {
-  return checks.every((c) => c.problem === null);
+export function logVerifies(checks: LogVerification[]): boolean {
+  return checks.every((c) => c.ok);
 }
 
 /** The plan's disposition for one device, if the plan covers it. */

@@ -1,11 +1,11 @@
 //! The `/v1` API against a real server on loopback, on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{Backend, TestServer, chain, chain_in, note};
+use crate::both_backends;
+use crate::common::{self, Backend, TestServer};
 use fieldpatch_proto::event::{Event, EventKind};
 use fieldpatch_proto::wire::{Device, PlannedNotPatched, PullResponse, PushAck, PushRequest};
 use fieldpatch_server::Store;
+use fieldpatch_testkit::chain::{chain, chain_in, note};
 use reqwest::StatusCode;
 
 async fn push(server: &TestServer, token: &str, events: &[Event]) -> PushAck {
@@ -127,7 +127,7 @@ async fn gaps_are_retryable_tampered_and_foreign_events_are_rejected(backend: Ba
     server.seed().await;
     let alice = server.technician("alice").await;
     let bob = server.technician("bob").await;
-    let events = chain(&alice.key, (0..6).map(|i| note(&format!("n{i}"))).collect());
+    let events = chain(&alice.key, (0..6).map(|i| note(&format!("n{i}"))));
 
     // Events 3..4 before 1..2: a gap, retryable, nothing stored.
     let ack = push(&server, &alice.token, &events[2..4]).await;
@@ -287,7 +287,7 @@ async fn openapi_document_names_every_route() {
     let doc: serde_json::Value =
         reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    let src = include_str!("../src/api.rs");
+    let src = include_str!("../../src/api.rs");
     // Every `.route("/v1/...")` in the router is documented, and nothing else is.
     let mut routed: Vec<&str> = src
         .split(".route(")
@@ -544,7 +544,7 @@ async fn concurrent_pushes_store_each_event_once(backend: Backend) {
     let mut tasks = Vec::new();
     let mut total = 0;
     for (t, n) in [(&alice, 120), (&alice, 90), (&bob, 100), (&bob, 80)] {
-        let events = chain(&t.key, (0..n).map(|i| note(&format!("c{i}"))).collect());
+        let events = chain(&t.key, (0..n).map(|i| note(&format!("c{i}"))));
         total += events.len();
         for _twin in 0..2 {
             let (server, t, events) = (server.clone(), (*t).clone(), events.clone());

@@ -1,12 +1,9 @@
 //! Bundles that should be accepted, and the rules that accept them: thresholds, offline grace,
 //! rotation and revocation, rollback approvals, creating and signing files on disk.
 
-#[path = "fixtures/bundle_kit.rs"]
-mod kit;
-
 use fieldpatch_core::bundle::*;
 use fieldpatch_core::model::{DeviceIdentity, Version};
-use kit::{Kit, id, key, t};
+use fieldpatch_testkit::catalog::{BundleKit, id, key, t};
 
 const A: &[u8] = b"application image bytes";
 
@@ -23,7 +20,7 @@ fn device(fw: Version) -> DeviceIdentity {
 
 #[test]
 fn a_valid_bundle_verifies_with_a_verdict_that_names_the_rule_and_signers() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let m = kit.manifest(&[("app.bin", A)]);
     let path = kit.write("ok.fpb", &kit.good(&m, &[A]));
     let v = verify_file(&path, &kit.trust, &kit.policy()).unwrap();
@@ -48,7 +45,7 @@ fn a_valid_bundle_verifies_with_a_verdict_that_names_the_rule_and_signers() {
 
 #[test]
 fn a_rejection_verdict_records_the_failed_check_and_error_code() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let m = kit.manifest(&[("app.bin", A)]);
     let mut b = kit.good(&m, &[A]);
     let n = b.len() - 1;
@@ -64,7 +61,7 @@ fn a_rejection_verdict_records_the_failed_check_and_error_code() {
 
 #[test]
 fn offline_grace_accepts_an_expired_bundle_only_within_the_rule() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let path = kit.write("g.fpb", &kit.good(&kit.manifest(&[("app.bin", A)]), &[A]));
     let grace = |last, now| VerifyPolicy {
         now,
@@ -93,7 +90,7 @@ fn offline_grace_accepts_an_expired_bundle_only_within_the_rule() {
 
 #[test]
 fn rotation_needs_old_and_new_root_thresholds_and_revocation_takes_effect() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let m = kit.manifest(&[("app.bin", A)]);
     let path = kit.write("r.fpb", &kit.good(&m, &[A]));
     verify_file(&path, &kit.trust, &kit.policy()).unwrap();
@@ -101,7 +98,7 @@ fn rotation_needs_old_and_new_root_thresholds_and_revocation_takes_effect() {
     // Version 2: root[2] replaced by a new root, release[1] revoked.
     let new_root = key(4);
     let roots2 = vec![kit.roots[0].clone(), kit.roots[1].clone(), new_root.clone()];
-    let mut body = Kit::body(2, &roots2, &kit.release, &kit.rollback, &kit.revoked);
+    let mut body = BundleKit::body(2, &roots2, &kit.release, &kit.rollback, &kit.revoked);
     let rel1 = id(&kit.release[1]);
     body.keys.iter_mut().find(|k| k.id == rel1).unwrap().revoked = true;
 
@@ -110,7 +107,7 @@ fn rotation_needs_old_and_new_root_thresholds_and_revocation_takes_effect() {
     let e = kit.trust.rotate(one).unwrap_err();
     assert!(matches!(e, BundleError::ThresholdNotMet { .. }), "{e}");
     // Same version again: refused.
-    let same = Kit::body(1, &roots2, &kit.release, &kit.rollback, &kit.revoked).sign(&[
+    let same = BundleKit::body(1, &roots2, &kit.release, &kit.rollback, &kit.revoked).sign(&[
         &kit.roots[0],
         &kit.roots[1],
         &new_root,
@@ -135,15 +132,15 @@ fn rotation_needs_old_and_new_root_thresholds_and_revocation_takes_effect() {
     let json = serde_json::to_vec(trust2.document()).unwrap();
     assert_eq!(TrustStore::from_json(&json).unwrap().version(), 2);
     // A store whose root signatures do not reach its threshold is refused at load.
-    let weak =
-        Kit::body(1, &kit.roots, &kit.release, &kit.rollback, &kit.revoked).sign(&[&kit.roots[0]]);
+    let weak = BundleKit::body(1, &kit.roots, &kit.release, &kit.rollback, &kit.revoked)
+        .sign(&[&kit.roots[0]]);
     let e = TrustStore::from_json(&serde_json::to_vec(&weak).unwrap()).unwrap_err();
     assert!(matches!(e, BundleError::ThresholdNotMet { .. }), "{e}");
 }
 
 #[test]
 fn a_downgrade_passes_only_with_a_valid_approval_naming_it_exactly() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let mut m = kit.manifest(&[("app.bin", A)]);
     m.installs = Version::new(1, 5, 0, 0);
     let from = Version::new(2, 0, 0, 0);
@@ -191,7 +188,7 @@ fn a_downgrade_passes_only_with_a_valid_approval_naming_it_exactly() {
 
 #[test]
 fn create_then_sign_on_disk_produces_a_bundle_that_verifies() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let dir = kit.dir.path();
     let app = dir.join("app.bin");
     std::fs::write(&app, vec![7u8; 3 * 1024 * 1024 + 5]).unwrap();
@@ -250,7 +247,7 @@ fn write_key(k: &ed25519_dalek::SigningKey, path: &std::path::Path) {
 
 #[test]
 fn payloads_too_large_to_hold_are_refused_for_flashing_but_verify_streaming() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let big = vec![0xa5u8; (64 << 20) + 1];
     let m = kit.manifest(&[("big.bin", &big)]);
     let path = kit.write("big.fpb", &kit.good(&m, &[&big]));
@@ -271,7 +268,7 @@ fn hardware_revision_ranges_compare_versions_numerically_and_letters_as_text() {
 
 #[test]
 fn a_dfu_payload_must_be_a_valid_dfu_file() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let not_dfu = vec![0x11u8; 300];
     let mut m = kit.manifest(&[("fw.dfu", &not_dfu)]);
     m.payloads[0].format = PayloadFormat::Dfu;

@@ -2,6 +2,7 @@
 //! plain HTTP on a non-loopback address.
 
 use fieldpatch_proto::wire::PullResponse;
+use fieldpatch_testkit::tls::self_signed;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -19,32 +20,6 @@ fn admin(data: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A self-signed certificate for 127.0.0.1 (`CA:FALSE`, so rustls accepts it as the end entity
-/// it also anchors).
-fn self_signed(dir: &Path) {
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "1", "-subj", "/CN=fieldpatch-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 struct Server(Child);
@@ -181,23 +156,15 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("import the site first"));
 
-    self_signed(dir.path());
-    let cert = dir.path().join("cert.pem");
+    let tls = self_signed(dir.path());
     let (_server, url) = serve(
         &data,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            dir.path().join("key.pem").to_str().unwrap(),
-        ],
+        &["--tls-cert", tls.cert.to_str().unwrap(), "--tls-key", tls.key.to_str().unwrap()],
     );
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let client = reqwest::Client::builder()
         .use_rustls_tls()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
-        )
+        .add_root_certificate(reqwest::Certificate::from_pem(&tls.cert_pem()).unwrap())
         .build()
         .unwrap();
     let pull: PullResponse = client

@@ -2,7 +2,6 @@
 //! loads the built UI, shows the version it got from the core over IPC, then identifies the demo
 //! site's lab devices, plans, runs a batch session (one sensor rolls back) and verifies the visit
 //! log, all from the window. Screenshots are kept in `artifacts/`.
-#![cfg(target_os = "linux")]
 
 use fieldpatch_e2e::{artifacts_dir, built_binary, free_port, webdriver::Session, xvfb::Xvfb};
 use std::os::unix::process::CommandExt;

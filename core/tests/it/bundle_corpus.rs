@@ -1,17 +1,14 @@
 //! The bad-input corpus: malformed or hostile bundles, each refused with its specific error and
 //! never a panic.
 
-#[path = "fixtures/bundle_kit.rs"]
-mod kit;
-
 use fieldpatch_core::bundle::*;
 use fieldpatch_core::model::{DeviceIdentity, Version};
-use kit::{Kit, id, t};
+use fieldpatch_testkit::catalog::{BundleKit, id, t};
 
 type Outcome = Result<(), BundleError>;
 
 /// Write `bytes` as a bundle and verify it both streaming and into memory; both must agree.
-fn verify_bytes(kit: &Kit, name: &str, bytes: &[u8], policy: &VerifyPolicy) -> Outcome {
+fn verify_bytes(kit: &BundleKit, name: &str, bytes: &[u8], policy: &VerifyPolicy) -> Outcome {
     let path = kit.write(name, bytes);
     let streaming = verify_file(&path, &kit.trust, policy).map(|_| ()).map_err(|r| r.error);
     let held = VerifiedBundle::open(&path, &kit.trust, policy).map(|_| ()).map_err(|r| r.error);
@@ -51,7 +48,7 @@ macro_rules! case {
     ($name:expr, $run:expr, $pat:pat) => {
         (
             $name,
-            Box::new($run) as Box<dyn Fn(&Kit) -> Outcome>,
+            Box::new($run) as Box<dyn Fn(&BundleKit) -> Outcome>,
             Box::new(|e: &BundleError| matches!(e, $pat)) as Box<dyn Fn(&BundleError) -> bool>,
         )
     };
@@ -62,11 +59,11 @@ const B: &[u8] = b"network core image";
 
 #[test]
 fn every_corpus_case_is_refused_with_its_specific_error() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let cases = vec![
         case!(
             "flipped byte in a payload",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A), ("net.bin", B)]);
                 let mut b = k.good(&m, &[A, B]);
                 let n = b.len() - 3;
@@ -77,7 +74,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "signature by an unknown key",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let b = k.raw(&mb, &[&k.release[0], &k.release[1], &k.stranger], &[A]);
@@ -87,7 +84,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "signature by a revoked key",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let b = k.raw(&mb, &[&k.release[0], &k.revoked], &[A]);
@@ -97,7 +94,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "threshold not met (1 of 2 release approvers)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.evidence.approvers.truncate(1);
                 let mb = m.canonical_bytes().unwrap();
@@ -108,7 +105,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "the same approver signing twice does not count twice",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.evidence.approvers.truncate(1);
                 let mb = m.canonical_bytes().unwrap();
@@ -119,7 +116,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "expired, online (no grace)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 let p = VerifyPolicy { now: t(2026, 7, 1), offline_grace: None };
                 verify_bytes(k, "expired.fpb", &b, &p)
@@ -128,7 +125,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "expired past the offline grace",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 let p = VerifyPolicy {
                     now: t(2026, 7, 1),
@@ -143,7 +140,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "created in the future (clock wrong or bundle forged)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 let p = VerifyPolicy { now: t(2025, 12, 1), offline_grace: None };
                 verify_bytes(k, "future.fpb", &b, &p)
@@ -152,7 +149,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "wrong target model",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let d = device("S-200", "2", Version::new(2, 0, 0, 0));
                 check_target(&m, &d, &k.trust, &[], t(2026, 3, 1)).map(|_| ())
@@ -161,7 +158,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "hardware revision outside the range",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let d = device("S-100", "3.2", Version::new(2, 0, 0, 0));
                 check_target(&m, &d, &k.trust, &[], t(2026, 3, 1)).map(|_| ())
@@ -170,7 +167,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "installed version outside applies_to",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let d = device("S-100", "2", Version::new(0, 9, 0, 0));
                 check_target(&m, &d, &k.trust, &[], t(2026, 3, 1)).map(|_| ())
@@ -179,7 +176,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "downgrade without approval",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.installs = Version::new(1, 5, 0, 0);
                 let d = device("S-100", "2", Version::new(2, 0, 0, 0));
@@ -189,7 +186,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "downgrade with an approval for a different version",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.installs = Version::new(1, 5, 0, 0);
                 let a = RollbackApproval {
@@ -209,7 +206,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "downgrade approval signed by release keys, not rollback keys",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.installs = Version::new(1, 5, 0, 0);
                 let a = RollbackApproval {
@@ -229,7 +226,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "truncated inside the payloads",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 verify_bytes(k, "trunc.fpb", &b[..b.len() - 5], &k.policy())
             },
@@ -237,7 +234,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "truncated inside the manifest",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 verify_bytes(k, "trunc2.fpb", &b[..40], &k.policy())
             },
@@ -245,12 +242,12 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "empty file",
-            |k: &Kit| verify_bytes(k, "empty.fpb", b"", &k.policy()),
+            |k: &BundleKit| verify_bytes(k, "empty.fpb", b"", &k.policy()),
             BundleError::BadMagic
         ),
         case!(
             "wrong magic",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 b[0] = b'X';
                 verify_bytes(k, "magic.fpb", &b, &k.policy())
@@ -259,7 +256,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "unsupported format version",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 b[8] = 9;
                 verify_bytes(k, "version.fpb", &b, &k.policy())
@@ -268,7 +265,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "oversized manifest length field",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
                 verify_bytes(k, "mlen.fpb", &b, &k.policy())
@@ -277,7 +274,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "oversized signature block length field",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let mut b = k.good(&m, &[A]);
@@ -289,7 +286,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest length points past the end of the file",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut b = k.good(&k.manifest(&[("app.bin", A)]), &[A]);
                 let n = b.len() as u32 + 10;
                 b[12..16].copy_from_slice(&n.to_le_bytes());
@@ -299,7 +296,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest lies about payload length (declares fewer bytes, signed)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.payloads[0].length -= 4;
                 let b = k.good(&m, &[A]);
@@ -309,7 +306,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest declares an absurd payload length",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A), ("net.bin", B)]);
                 m.payloads[0].length = u64::MAX;
                 let b = k.good(&m, &[A, B]);
@@ -319,7 +316,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "payload named with a parent directory",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("../../etc/evil", A)]), &[A]);
                 verify_bytes(k, "dotdot.fpb", &b, &k.policy())
             },
@@ -327,7 +324,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "payload named with an absolute path",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("/etc/passwd", A)]), &[A]);
                 verify_bytes(k, "abs.fpb", &b, &k.policy())
             },
@@ -335,7 +332,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "payload named with a backslash",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("fw\\app.bin", A)]), &[A]);
                 verify_bytes(k, "bslash.fpb", &b, &k.policy())
             },
@@ -343,7 +340,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "payload name with NUL",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app\0.bin", A)]), &[A]);
                 verify_bytes(k, "nul.fpb", &b, &k.policy())
             },
@@ -351,7 +348,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "payload named with a drive letter",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("C:app.bin", A)]), &[A]);
                 verify_bytes(k, "drive.fpb", &b, &k.policy())
             },
@@ -359,7 +356,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "two payloads with the same name",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.good(&k.manifest(&[("app.bin", A), ("app.bin", B)]), &[A, B]);
                 verify_bytes(k, "dupname.fpb", &b, &k.policy())
             },
@@ -367,7 +364,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "duplicate key in the manifest",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = replace(
                     &m.canonical_bytes().unwrap(),
@@ -381,7 +378,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "duplicate nested key (second target model) in the manifest",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = replace(
                     &m.canonical_bytes().unwrap(),
@@ -395,7 +392,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest with whitespace (not canonical)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = serde_json::to_vec_pretty(&m).unwrap();
                 let b = k.raw(&mb, &[&k.release[0], &k.release[1]], &[A]);
@@ -405,7 +402,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest with a float",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = replace(
                     &m.canonical_bytes().unwrap(),
@@ -419,7 +416,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest with an unknown field",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = replace(
                     &m.canonical_bytes().unwrap(),
@@ -433,7 +430,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest with a malformed CVE id",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.severity.cves.push("CVE-26-1; rm -rf /".into());
                 verify_bytes(k, "cve.fpb", &k.good(&m, &[A]), &k.policy())
@@ -442,7 +439,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest that is not JSON",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let b = k.raw(b"{\"schema\":1", &[&k.release[0]], &[]);
                 verify_bytes(k, "notjson.fpb", &b, &k.policy())
             },
@@ -450,7 +447,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "manifest edited after signing (target model changed)",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let sigs = k.sign(&mb, &[&k.release[0], &k.release[1]]);
@@ -462,7 +459,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "signature bytes corrupted",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let mut b = k.good(&m, &[A]);
@@ -475,7 +472,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "signed by a rollback key instead of release keys",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let b = k.raw(&mb, &[&k.release[0], &k.release[1], &k.rollback[0]], &[A]);
@@ -485,7 +482,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "unsigned bundle",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let b = k.raw(&m.canonical_bytes().unwrap(), &[], &[A]);
                 verify_bytes(k, "unsigned.fpb", &b, &k.policy())
@@ -494,7 +491,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "listed approver did not sign",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let mut m = k.manifest(&[("app.bin", A)]);
                 m.evidence.approvers.push(id(&k.release[2]));
                 let b = k.good(&m, &[A]);
@@ -504,7 +501,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
         ),
         case!(
             "duplicate key in the signature block",
-            |k: &Kit| {
+            |k: &BundleKit| {
                 let m = k.manifest(&[("app.bin", A)]);
                 let mb = m.canonical_bytes().unwrap();
                 let sigs = br#"[{"key_id":"00","key_id":"11","signature":"00"}]"#;
@@ -541,7 +538,7 @@ fn every_corpus_case_is_refused_with_its_specific_error() {
 #[test]
 fn the_corpus_baseline_is_accepted() {
     // The corpus cases are mutations of this bundle; it must itself verify, or the cases prove nothing.
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let m = kit.manifest(&[("app.bin", A), ("net.bin", B)]);
     verify_bytes(&kit, "good.fpb", &kit.good(&m, &[A, B]), &kit.policy()).unwrap();
     let d = device("S-100", "2", Version::new(2, 0, 0, 0));
@@ -551,7 +548,7 @@ fn the_corpus_baseline_is_accepted() {
 
 #[test]
 fn every_prefix_and_single_byte_flip_of_a_bundle_is_refused_without_panic() {
-    let kit = Kit::new();
+    let kit = BundleKit::new();
     let m = kit.manifest(&[("app.bin", A)]);
     let good = kit.good(&m, &[A]);
     let path = kit.dir.path().join("mut.fpb");

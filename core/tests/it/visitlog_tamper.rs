@@ -3,9 +3,8 @@
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::store::Store;
-use fieldpatch_core::visitlog::{
-    ChainError, EventKind, LogError, LogProblem, NewEvent, UnsignedEvent, VisitLog,
-};
+use fieldpatch_core::visitlog::{ChainError, EventKind, LogError, LogProblem, NewEvent, VisitLog};
+use fieldpatch_testkit::chain::Chain;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
@@ -265,19 +264,16 @@ async fn reordering_whole_rows_including_their_seq_is_named() {
 async fn insert_forged(store: &Store, log: &VisitLog, at: u64, by: &SigningKey) -> Uuid {
     let events = store.log_events(log.log_id(), 0, 1000).await.unwrap();
     let prev = &events[(at - 2) as usize];
-    let forged = UnsignedEvent {
-        id: Uuid::now_v7(),
-        log_id: log.log_id(),
-        seq: at,
-        time: prev.body.time,
-        time_source: prev.body.time_source,
-        signer: hex::encode(by.verifying_key().as_bytes()),
-        visit_id: None,
-        device: Some("dev-7".into()),
-        prev_hash: prev.hash(),
-        kind: EventKind::Confirmed { version: Some("9.9.9".into()), image_sha256: "00".repeat(32) },
-    }
-    .sign(by);
+    let forged = Chain::new(by)
+        .log_id(log.log_id())
+        .seq(at)
+        .prev_hash(prev.hash())
+        .at(prev.body.time, chrono::Duration::zero())
+        .time_source(prev.body.time_source)
+        .event(
+            Some("dev-7"),
+            EventKind::Confirmed { version: Some("9.9.9".into()), image_sha256: "00".repeat(32) },
+        );
     let mut db = raw(store).await;
     sqlx::query("UPDATE events SET seq = seq + 1000 WHERE seq >= ?")
         .bind(at as i64)

@@ -14,10 +14,12 @@ use fieldpatch_core::sync::{
     LogCursor, PullResponse, RetryPolicy, SignedCheckpoint, SyncConfig, SyncLocal, WatchEvent,
     WatchOptions,
 };
-use fieldpatch_core::visitlog::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
+use fieldpatch_core::visitlog::{Event, EventKind};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::store::StoredCredential;
 use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store};
+use fieldpatch_testkit::chain::Chain;
+use fieldpatch_testkit::tls::self_signed;
 
 /// The server's credential data key in these tests.
 const DATA_KEY: [u8; 32] = [7; 32];
@@ -452,8 +454,7 @@ async fn proxy(
 // ---------------------------------------------------------------------------------------------
 
 fn make_log(key: &SigningKey, n: u64) -> Vec<Event> {
-    let log_id = Uuid::now_v7();
-    let mut prev = GENESIS_HASH.to_string();
+    let mut log = Chain::new(key);
     (1..=n)
         .map(|seq| {
             let kind = if seq == n {
@@ -464,21 +465,7 @@ fn make_log(key: &SigningKey, n: u64) -> Vec<Event> {
             } else {
                 EventKind::ProgressCheckpoint { bytes_done: seq * 1000, bytes_total: n * 1000 }
             };
-            let e = UnsignedEvent {
-                id: Uuid::now_v7(),
-                log_id,
-                seq,
-                time: Utc::now(),
-                time_source: TimeSource::SystemClock,
-                signer: hex::encode(key.verifying_key().as_bytes()),
-                visit_id: None,
-                device: Some("s1-dev".into()),
-                prev_hash: prev.clone(),
-                kind,
-            }
-            .sign(key);
-            prev = e.hash();
-            e
+            log.event(Some("s1-dev"), kind)
         })
         .collect()
 }
@@ -730,26 +717,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// `n` more events continuing `log`.
 fn next_events(key: &SigningKey, log: &[Event], n: u64) -> Vec<Event> {
-    let mut last = log.last().unwrap().clone();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let e = UnsignedEvent {
-            id: Uuid::now_v7(),
-            log_id: last.body.log_id,
-            seq: last.body.seq + 1,
-            time: Utc::now(),
-            time_source: TimeSource::SystemClock,
-            signer: hex::encode(key.verifying_key().as_bytes()),
-            visit_id: None,
-            device: None,
-            prev_hash: last.hash(),
-            kind: EventKind::Note { text: "later".into() },
-        }
-        .sign(key);
-        last = e.clone();
-        out.push(e);
-    }
-    out
+    let mut more = Chain::after(key, log.last().unwrap());
+    (0..n).map(|_| more.event(None, EventKind::Note { text: "later".into() })).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,34 +785,11 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_over_https_trusts_only_the_configured_root() {
     let dir = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "1", "-subj", "/CN=fieldpatch-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tls = self_signed(dir.path());
     let db = Db::Sqlite(dir.path().join("inventory.db"));
     let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
     let token = provision(&db, &tech_key, "alice").await;
-    let files = fieldpatch_server::TlsFiles {
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    };
+    let files = fieldpatch_server::TlsFiles { cert: tls.cert.clone(), key: tls.key.clone() };
     let server =
         ServerThread::start_with(db, SigningKey::generate(&mut rand::rngs::OsRng), 0, Some(files));
     let mut local = JsonLocal::new(&dir.path().join("laptop"));
@@ -856,7 +802,7 @@ async fn sync_over_https_trusts_only_the_configured_root() {
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     assert!(local.checkpoints().is_empty());
 
-    cfg.root_certificate_pem = Some(std::fs::read(dir.path().join("cert.pem")).unwrap());
+    cfg.root_certificate_pem = Some(tls.cert_pem());
     let report = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap();
     assert_eq!(report.pushed, 5);
     assert_eq!(report.credentials, 2);

@@ -2,9 +2,6 @@
 //! tamper, verify. `imgtool` is installed by `scripts/setup` into the tools venv; without it these
 //! tests fail and say how to get it.
 
-#[path = "fixtures/bundle_kit.rs"]
-mod kit;
-
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use fieldpatch_core::bundle::{self, BundleError, PayloadFormat, Role, TrustStore, TrustedKey};
@@ -12,6 +9,7 @@ use fieldpatch_core::image::mcuboot::{
     Dependency, HashAlg, McubootError, McubootImage, ed25519_keyhash,
 };
 use fieldpatch_core::model::Version;
+use fieldpatch_testkit::catalog::BundleKit;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -193,9 +191,9 @@ fn padded_slot_images_parse_and_truncations_are_refused() {
 fn a_bundle_carrying_an_imgtool_image_checks_the_vendor_signature() {
     let v = vendor();
     let image = sign(&v, "app.signed.bin", &[]);
-    let k = kit::Kit::new();
+    let k = BundleKit::new();
     // A trust store that also knows the vendor's image key.
-    let mut body = kit::Kit::body(1, &k.roots, &k.release, &k.rollback, &k.revoked);
+    let mut body = BundleKit::body(1, &k.roots, &k.release, &k.rollback, &k.revoked);
     body.keys.push(TrustedKey::new(&v.key, vec![Role::VendorImage], "Acme image key"));
     let trust = TrustStore::provision(body.sign(&[&k.roots[0], &k.roots[1]])).unwrap();
 
@@ -242,8 +240,11 @@ fn a_bare_image_is_cleared_for_a_device_only_by_a_trusted_vendor_signature() {
             keys.push(TrustedKey::new(k, vec![Role::VendorImage], "vendor"));
         }
         let thresholds = [(Role::Root, 1), (Role::VendorImage, 1)].into_iter().collect();
-        TrustStore::provision(TrustStoreBody { version: 1, keys, thresholds }.sign(&[&root]))
-            .unwrap()
+        TrustStore::provision(
+            TrustStoreBody { version: 1, keys, thresholds, offline_grace_days: None }
+                .sign(&[&root]),
+        )
+        .unwrap()
     };
     let policy = VerifyPolicy::now();
 

@@ -44,10 +44,12 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("fieldpatch-drivers", &[][..]),
         ("fieldpatch-core", &["fieldpatch-proto", "fieldpatch-drivers"][..]),
         ("fieldpatch-lab", &["fieldpatch-drivers"][..]),
-        ("fieldpatch-demo", &["fieldpatch-core", "fieldpatch-lab"][..]),
+        ("fieldpatch-demo", &["fieldpatch-core", "fieldpatch-lab", "fieldpatch-testkit"][..]),
         ("fieldpatch-server", &["fieldpatch-proto"][..]),
         ("fieldpatch-cli", &["fieldpatch-core", "fieldpatch-demo"][..]),
         ("fieldpatch-app", &["fieldpatch-core", "fieldpatch-demo", "fieldpatch-server"][..]),
+        // `core` and `lab` only behind the features of the same names.
+        ("fieldpatch-testkit", &["fieldpatch-proto", "fieldpatch-core", "fieldpatch-lab"][..]),
         (
             "fieldpatch-e2e",
             &[
@@ -86,6 +88,37 @@ fn the_crate_graph_matches_the_architecture() {
     assert!(!graph["fieldpatch-drivers"].iter().any(|d| d != "fieldpatch-drivers"));
 }
 
+/// The server's tests use the test kit's proto-only part: no feature that brings in
+/// fieldpatch-core (`core`, `lab`), neither asked for by the server nor on by default.
+#[test]
+fn the_server_tests_use_the_proto_only_test_kit() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = |name: &str| {
+        meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
+    };
+    let kit = package("fieldpatch-testkit");
+    let defaults = kit["features"]["default"].as_array().unwrap();
+    assert!(defaults.is_empty(), "the test kit's default features: {defaults:?}");
+    let server = package("fieldpatch-server");
+    let uses: Vec<&serde_json::Value> = server["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["name"] == "fieldpatch-testkit")
+        .collect();
+    assert!(!uses.is_empty(), "fieldpatch-server's tests no longer use the test kit");
+    for d in uses {
+        assert_eq!(d["kind"], "dev", "fieldpatch-server depends on the test kit: {d}");
+        assert_eq!(d["features"], serde_json::json!([]), "server's test kit features: {d}");
+    }
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -101,7 +134,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_module_opens_with_a_doc_comment() {
     let root = workspace_root();
     let mut files = Vec::new();
-    for krate in ["proto", "core", "drivers", "lab", "demo", "server", "cli", "src-tauri"] {
+    for krate in
+        ["proto", "core", "drivers", "lab", "demo", "server", "cli", "src-tauri", "testkit"]
+    {
         rust_files(&root.join(krate).join("src"), &mut files);
     }
     assert!(files.len() > 50, "found only {} modules", files.len());

@@ -2,12 +2,11 @@
 //! pushed, and restarted on the same database: after re-pushing until acknowledged, every event
 //! is stored exactly once and the database is intact (SQLite and PostgreSQL).
 
-mod common;
-
-use common::{PgDatabase, chain, note};
+use crate::common::PgDatabase;
 use fieldpatch_proto::event::Event;
 use fieldpatch_proto::wire::{PushAck, PushRequest};
 use fieldpatch_server::{PgStore, SqliteStore, Store};
+use fieldpatch_testkit::chain::{chain, note};
 use rand::Rng;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -54,7 +53,7 @@ async fn killed_and_restarted(data: PathBuf, database: String) {
     let token = stdout.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
 
     let logs: Vec<Vec<Event>> =
-        (0..3).map(|_| chain(&key, (0..300).map(|i| note(&format!("n{i}"))).collect())).collect();
+        (0..3).map(|_| chain(&key, (0..300).map(|i| note(&format!("n{i}"))))).collect();
     let (child, url) = spawn(&data, &database);
     let url = Arc::new(Mutex::new(url));
     let stop = Arc::new(AtomicBool::new(false));

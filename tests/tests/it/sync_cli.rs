@@ -7,10 +7,11 @@
 //! land where `fieldpatch plan` reads them, device credentials arrive in the keyring and leave it
 //! when the site is unassigned, and a tampered event is reported as rejected with a non-zero exit.
 
-use fieldpatch_core::model::{DeviceIdentity, Version};
-use fieldpatch_core::plan::{DeviceAddress, DeviceRecord};
+use fieldpatch_core::model::Version;
+use fieldpatch_core::plan::DeviceAddress;
 use fieldpatch_e2e::kit::{BundleSpec, Kit};
 use fieldpatch_e2e::{built_binary, free_port};
+use fieldpatch_testkit::site::record;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -246,20 +247,14 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
 
     // `fieldpatch plan` uses what sync pulled. The device does not answer (a closed port), so
     // the inventory's record stands in for its identity.
-    let record = DeviceRecord {
-        id: "d1".into(),
-        address: DeviceAddress::Udp { addr: format!("127.0.0.1:{}", free_port()) },
-        identity: DeviceIdentity {
-            vendor: Some("Lab".into()),
-            model: Some("sensor".into()),
-            serial_number: Some("SN1".into()),
-            firmware_version: Some(Version::new(1, 0, 0, 0)),
-            ..Default::default()
-        },
-        criticality: Default::default(),
-        windows: vec![],
-        credential: None,
-    };
+    let mut record = record(
+        "d1",
+        "Lab",
+        "sensor",
+        DeviceAddress::Udp { addr: format!("127.0.0.1:{}", free_port()) },
+    );
+    record.identity.serial_number = Some("SN1".into());
+    record.identity.firmware_version = Some(Version::new(1, 0, 0, 0));
     std::fs::write(laptop.data.join("plan-devices.json"), serde_json::to_vec(&[record]).unwrap())
         .unwrap();
     let plan = laptop.ok(&[

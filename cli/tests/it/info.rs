@@ -1,3 +1,5 @@
+//! `fieldpatch info`: the version and the data directory, and a refused relative override.
+
 use std::process::Command;
 
 #[test]

@@ -5,65 +5,31 @@
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::image::dfu_file::DfuSuffix;
-use fieldpatch_core::model::DeviceIdentity;
-use fieldpatch_core::plan::{DeviceAddress, DeviceRecord};
+use fieldpatch_core::plan::Criticality;
 use fieldpatch_core::session::batch::{identify, load_catalog, make_plan, run_in_visit};
 use fieldpatch_core::session::{Phase, SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::VisitLog;
 use fieldpatch_e2e::kit::{BundleSpec, Kit, fieldpatch};
 use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig};
+use fieldpatch_lab::smp::SmpDevice;
 use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
-use fieldpatch_lab::smp::serial::{SerialServer, serve_pty};
-use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
-use fieldpatch_lab::smp::{DeviceConfig, SmpDevice};
+use fieldpatch_testkit::site::{LabSite, SiteBuilder};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-const V1: Version = Version { major: 1, minor: 0, revision: 0, build: 0 };
 const V2: Version = Version { major: 2, minor: 0, revision: 0, build: 0 };
 
-fn smp_device(seed: u8, flash_bytes_per_sec: f64) -> SmpDevice {
-    SmpDevice::new(DeviceConfig {
-        initial_image: build_image(V1, &test_payload(4096, seed)),
-        flash_bytes_per_sec,
-        ..Default::default()
-    })
-}
-
-fn record(id: &str, model: &str, address: DeviceAddress) -> DeviceRecord {
-    DeviceRecord {
-        id: id.into(),
-        address,
-        identity: DeviceIdentity {
-            vendor: Some("Lab".into()),
-            model: Some(model.into()),
-            ..Default::default()
-        },
-        criticality: Default::default(),
-        windows: vec![],
-        credential: None,
-    }
-}
-
-/// One sensor record per UDP lab device, named `s0`, `s1`, ...
-fn sensors_at(servers: &[UdpServer]) -> Vec<DeviceRecord> {
-    servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            record(
-                &format!("s{i}"),
-                "sensor",
-                DeviceAddress::Udp { addr: s.local_addr().to_string() },
-            )
-        })
-        .collect()
-}
-
-fn udp(dev: &SmpDevice) -> UdpServer {
-    serve_udp(dev.clone(), "127.0.0.1:0".parse().unwrap(), NetConditions::default()).unwrap()
+/// `n` lab sensors (1.0.0, payload seeds from `first_seed`), each on its own UDP socket, with
+/// records named `s0`, `s1`, ...
+fn sensors(n: usize, first_seed: u8, flash_bytes_per_sec: f64) -> LabSite {
+    SiteBuilder::new()
+        .first_seed(first_seed)
+        .flash_speed(flash_bytes_per_sec)
+        .udp_sensors(n, "sensor", Criticality::Normal, |i| format!("s{i}"))
+        .start()
+        .unwrap()
 }
 
 /// The release: a 2.0.0 MCUboot image for the SMP sensors and a DFU file for the USB board.
@@ -141,34 +107,24 @@ async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_
     let catalog = catalog(&r);
 
     // The site: one sensor on a serial console, three on the LAN (one whose new image fails its
-    // health check), one board on USB DFU.
-    let serial_dev = smp_device(1, 512.0 * 1024.0);
-    let serial: SerialServer = serve_pty(serial_dev.clone(), 115_200).unwrap();
-    let lan: Vec<SmpDevice> = (2..5).map(|s| smp_device(s, 512.0 * 1024.0)).collect();
+    // health check), one board on USB DFU (whose record says it runs 1.0.0: DFU devices cannot
+    // say).
+    let site = SiteBuilder::new()
+        .first_seed(1)
+        .flash_speed(512.0 * 1024.0)
+        .console("sensor-serial", "sensor", Criticality::Normal)
+        .udp_sensors(3, "sensor", Criticality::Normal, |i| format!("sensor-lan-{i}"))
+        .dfu_board("board-usb", "board", "1.0.0".parse().unwrap(), Criticality::Normal)
+        .start()
+        .unwrap();
+    assert!(site.serial.is_some(), "the serial console is served on a pty");
+    let serial_dev = site.console.clone().unwrap();
+    let lan = &site.sensors;
     lan[2].faults().fail_health_check = true;
-    let lan_servers: Vec<UdpServer> = lan.iter().map(udp).collect();
-    let mut dfu_cfg = LabDfuConfig::plain_dfu();
-    dfu_cfg.start_in_runtime = false;
-    let board = LabDfu::new(dfu_cfg);
+    let board = site.board.as_ref().unwrap();
+    let devices = site.records.clone();
 
-    let mut devices = vec![record(
-        "sensor-serial",
-        "sensor",
-        DeviceAddress::Serial { port: serial.path().display().to_string(), baud: 115_200 },
-    )];
-    for (i, s) in lan_servers.iter().enumerate() {
-        devices.push(record(
-            &format!("sensor-lan-{i}"),
-            "sensor",
-            DeviceAddress::Udp { addr: s.local_addr().to_string() },
-        ));
-    }
-    let mut usb =
-        record("board-usb", "board", DeviceAddress::Usb { vid: 0x1209, pid: 0x0002, serial: None });
-    usb.identity.firmware_version = Some("1.0.0".parse().unwrap()); // DFU devices cannot say
-    devices.push(usb);
-
-    let connector = DriverConnector { usb: board.bus() };
+    let connector = site.connector();
     let identified = identify(&connector, devices, Duration::from_secs(15)).await;
     for (d, err) in &identified {
         assert!(err.is_none(), "{}: {err:?}", d.id);
@@ -254,12 +210,12 @@ async fn failure_threshold_stops_the_session() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());
     let catalog = catalog(&r);
-    let devs: Vec<SmpDevice> = (0..6).map(|s| smp_device(s, 1024.0 * 1024.0)).collect();
+    let site = sensors(6, 0, 1024.0 * 1024.0);
+    let devs = &site.sensors;
     for d in &devs[1..4] {
         d.faults().fail_health_check = true;
     }
-    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records = sensors_at(&servers);
+    let records = site.records.clone();
     let board = LabDfu::new(LabDfuConfig::plain_dfu());
     let connector = DriverConnector { usb: board.bus() };
     let identified = identify(&connector, records, Duration::from_secs(10)).await;
@@ -299,9 +255,9 @@ fn a_killed_cli_session_resumes_without_reflashing_confirmed_devices() {
     let r = release(tmp.path());
     let data = tmp.path().join("data");
     // Slow flash so the session is still running when it is killed.
-    let devs: Vec<SmpDevice> = (0..4).map(|s| smp_device(s, 24.0 * 1024.0)).collect();
-    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records = sensors_at(&servers);
+    let site = sensors(4, 0, 24.0 * 1024.0);
+    let devs = &site.sensors;
+    let records = &site.records;
     std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
     let catalog_args =
         ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
@@ -378,10 +334,9 @@ fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());
     let data = tmp.path().join("data");
-    let devs: Vec<SmpDevice> = (0..2).map(|s| smp_device(s, 1024.0 * 1024.0)).collect();
-    devs[1].faults().fail_health_check = true;
-    let servers: Vec<UdpServer> = devs.iter().map(udp).collect();
-    let records = sensors_at(&servers);
+    let site = sensors(2, 0, 1024.0 * 1024.0);
+    site.sensors[1].faults().fail_health_check = true;
+    let records = &site.records;
     std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
     let cat =
         ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
@@ -415,9 +370,9 @@ fn device_upload_sends_a_verified_bundle_and_logs_it() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());
     let data = tmp.path().join("data");
-    let dev = smp_device(5, 1024.0 * 1024.0);
-    let server = udp(&dev);
-    let addr = server.local_addr().to_string();
+    let site = sensors(1, 5, 1024.0 * 1024.0);
+    let dev = &site.sensors[0];
+    let addr = site.udp[0].local_addr().to_string();
     let bundle = r.kit.catalog.join("lab-sensor-2.0.0.fpb");
     let bundle = bundle.to_str().unwrap();
 

@@ -1,10 +1,9 @@
 //! Test helpers: a real server on a loopback port over a real SQLite file or a freshly created
-//! PostgreSQL database (dropped again when the test ends), plus signed event chains.
+//! PostgreSQL database (dropped again when the test ends). Signed event chains come from
+//! `fieldpatch_testkit::chain`.
 #![allow(dead_code)]
 
-use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use fieldpatch_proto::event::{Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent};
 use fieldpatch_proto::wire::{Device, Site, WorkOrder};
 use fieldpatch_server::api::{self, NewTechnician};
 use fieldpatch_server::store::Counts;
@@ -269,56 +268,18 @@ pub struct Tech {
     pub token: String,
 }
 
-/// Build a signed chain for one log: `kinds[i]` with device `devices[i]`.
-pub fn chain(key: &SigningKey, items: Vec<(Option<&str>, EventKind)>) -> Vec<Event> {
-    chain_in(key, Uuid::now_v7(), 1, GENESIS_HASH.to_string(), items)
-}
-
-pub fn chain_in(
-    key: &SigningKey,
-    log_id: Uuid,
-    first_seq: u64,
-    mut prev: String,
-    items: Vec<(Option<&str>, EventKind)>,
-) -> Vec<Event> {
-    let mut out = Vec::new();
-    for (i, (device, kind)) in items.into_iter().enumerate() {
-        let e = UnsignedEvent {
-            id: Uuid::now_v7(),
-            log_id,
-            seq: first_seq + i as u64,
-            time: Utc::now(),
-            time_source: TimeSource::SystemClock,
-            signer: hex::encode(key.verifying_key().as_bytes()),
-            visit_id: None,
-            device: device.map(str::to_string),
-            prev_hash: prev.clone(),
-            kind,
-        }
-        .sign(key);
-        prev = e.hash();
-        out.push(e);
-    }
-    out
-}
-
-pub fn note(text: &str) -> (Option<&'static str>, EventKind) {
-    (None, EventKind::Note { text: text.into() })
-}
-
 /// Run one async test body against both backends.
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident) => {
         mod $name {
-            use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(common::Backend::Sqlite).await;
+                super::$name($crate::common::Backend::Sqlite).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(common::Backend::Postgres).await;
+                super::$name($crate::common::Backend::Postgres).await;
             }
         }
     };

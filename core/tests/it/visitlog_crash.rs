@@ -2,8 +2,8 @@
 //! After every kill the log verifies, has no half-written event and no duplicate seq, and the next
 //! appender continues the chain.
 //!
-//! The appending child is this test binary itself, re-run with `--exact crash_child_appender
-//! --ignored` and told what to do through environment variables.
+//! The appending child is this test binary itself, re-run with `--exact <this
+//! module>::crash_child_appender --ignored` and told what to do through environment variables.
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::store::Store;
@@ -16,6 +16,15 @@ use std::time::Duration;
 const CHILD_DB: &str = "FIELDPATCH_CRASH_CHILD_DB";
 const CHILD_KEY: &str = "FIELDPATCH_CRASH_CHILD_KEY";
 const ITERATIONS: usize = 30;
+
+/// The child's test name as the harness knows it: its module path without the crate name
+/// (`visitlog_crash::crash_child_appender` in the merged test binary).
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_crate, module)) => format!("{module}::crash_child_appender"),
+        None => "crash_child_appender".to_string(),
+    }
+}
 
 /// The child: append events as fast as possible until killed.
 #[tokio::test]
@@ -53,13 +62,7 @@ async fn crash_at_random_moments_never_leaves_a_half_written_event() {
     let mut grew = 0;
     for iteration in 0..ITERATIONS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_child_appender",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", &child_test_name(), "--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_DB, &db)
             .env(CHILD_KEY, hex::encode(key.to_bytes()))
             .stdout(Stdio::piped())

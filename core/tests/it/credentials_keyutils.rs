@@ -1,7 +1,6 @@
 //! Credentials in the Linux kernel keyring (keyutils), the fallback where no session bus exists.
 //! The backend is forced, so this runs with or without a bus; `keyctl` checks independently that
 //! the values really are in the kernel's user keyring.
-#![cfg(target_os = "linux")]
 
 use fieldpatch_core::credentials::{
     Backend, BackendChoice, CredentialError, CredentialName, Credentials, Secret,

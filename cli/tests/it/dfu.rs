@@ -1,3 +1,5 @@
+//! `fieldpatch dfu list|flash` through the real binary, without a USB device.
+
 use std::process::Command;
 
 /// Run `fieldpatch` with a data directory of its own (the visit log it writes stays there).

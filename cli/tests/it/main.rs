@@ -1,0 +1,10 @@
+//! The `fieldpatch` binary's integration tests, one module per command group, linked into one
+//! test binary.
+
+mod bundle_cli;
+mod credentials_cli;
+mod demo_cli;
+mod device_cli;
+mod dfu;
+mod info;
+mod log_cli;

@@ -1,0 +1,111 @@
+//! The laptop's clock, checked against what it has trusted before.
+//!
+//! Expiry decisions (bundles, approvals, the offline grace period) depend on "now". A clock wound
+//! backwards would revive expired bundles, so Fieldpatch keeps the latest trusted time it has seen
+//! (the server's time at each sync, and the time of every event in the local visit logs) and
+//! refuses expiry decisions, with a message that says what to do, when the clock is earlier than
+//! that by more than [`TOLERANCE`]. The last successful sync (the server's time) is also the
+//! "last online" moment the offline grace period counts from: it comes from the store, never from
+//! the command line.
+
+use crate::store::{Store, StoreError};
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// How far the clock may be behind the latest trusted time (clock drift between syncs).
+pub const TOLERANCE: TimeDelta = TimeDelta::minutes(10);
+
+const TRUSTED_TIME_META: &str = "clock.latest_trusted_time";
+const LAST_ONLINE_META: &str = "clock.last_online";
+
+/// The clock cannot be trusted for an expiry decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    #[error(
+        "the laptop's clock says {now} but Fieldpatch has already seen {latest} (from the inventory server or the visit log): the clock was set back, so expiry cannot be decided. Set the clock right (or sync with the inventory), then try again"
+    )]
+    Behind { now: DateTime<Utc>, latest: DateTime<Utc> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ClockError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClockError::Behind { .. } => "clock_behind",
+            ClockError::Store(e) => e.code(),
+        }
+    }
+}
+
+fn parse(text: Option<String>) -> Option<DateTime<Utc>> {
+    text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+/// Remember `time` as trusted if it is later than what is known.
+pub async fn note_trusted(store: &Store, time: DateTime<Utc>) -> Result<(), StoreError> {
+    let known = parse(store.meta(TRUSTED_TIME_META).await?);
+    if known.is_none_or(|k| time > k) {
+        store.set_meta(TRUSTED_TIME_META, &time.to_rfc3339()).await?;
+    }
+    Ok(())
+}
+
+/// Record a successful sync at the server's `server_time`: the laptop was online then.
+pub async fn note_online(store: &Store, server_time: DateTime<Utc>) -> Result<(), StoreError> {
+    store.set_meta(LAST_ONLINE_META, &server_time.to_rfc3339()).await?;
+    note_trusted(store, server_time).await
+}
+
+/// When the laptop last synced with the inventory (the server's time then), if ever.
+pub async fn last_online(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(parse(store.meta(LAST_ONLINE_META).await?))
+}
+
+/// The latest trusted time: the stored one, or the newest event of any local visit log.
+pub async fn latest_trusted(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let stored = parse(store.meta(TRUSTED_TIME_META).await?);
+    let newest_event = store.newest_event_time().await?;
+    Ok(stored.max(newest_event))
+}
+
+/// The current time for an expiry decision: the clock, unless it is behind the latest trusted
+/// time by more than [`TOLERANCE`].
+pub async fn checked_now(store: &Store) -> Result<DateTime<Utc>, ClockError> {
+    let now = Utc::now();
+    if let Some(latest) = latest_trusted(store).await?
+        && now.checked_add_signed(TOLERANCE).is_some_and(|n| n < latest)
+    {
+        return Err(ClockError::Behind { now, latest });
+    }
+    Ok(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_clock_set_back_past_the_latest_trusted_time_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        assert!(checked_now(&store).await.is_ok(), "nothing trusted yet");
+        assert_eq!(last_online(&store).await.unwrap(), None);
+
+        // A sync a minute ago: fine, and it is the last time the laptop was online.
+        let synced = Utc::now() - TimeDelta::minutes(1);
+        note_online(&store, synced).await.unwrap();
+        assert!(checked_now(&store).await.is_ok());
+        assert_eq!(last_online(&store).await.unwrap(), Some(synced));
+
+        // The server's time two days ahead of this clock: the clock was wound back.
+        note_online(&store, Utc::now() + TimeDelta::days(2)).await.unwrap();
+        let err = checked_now(&store).await.unwrap_err();
+        assert_eq!(err.code(), "clock_behind", "{err}");
+        assert!(err.to_string().contains("set back"), "{err}");
+
+        // An older time never lowers what is trusted.
+        note_trusted(&store, Utc::now() - TimeDelta::days(30)).await.unwrap();
+        assert!(checked_now(&store).await.is_err());
+    }
+}

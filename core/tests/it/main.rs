@@ -1,0 +1,16 @@
+//! fieldpatch-core's integration tests, one module per area, linked into one test binary.
+
+mod bundle_corpus;
+mod bundle_verify;
+#[cfg(target_os = "linux")]
+mod credentials_keyutils;
+mod credentials_secret_service;
+mod dfu_file_flash;
+mod dfu_file_tools;
+mod mcuboot_imgtool;
+mod store_schema;
+mod store_secrets_never_on_disk;
+mod sync_client_retries;
+mod visitlog_crash;
+mod visitlog_tamper;
+mod visitlog_visits;

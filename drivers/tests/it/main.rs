@@ -1,0 +1,5 @@
+//! fieldpatch-drivers' integration tests, one module per area, linked into one test binary.
+
+mod dfu_descriptors;
+mod smp_bad_input;
+mod smp_lab;

@@ -1,0 +1,6 @@
+//! fieldpatch-lab's integration tests, one module per area, linked into one test binary.
+
+mod dfu_flash;
+mod imgtool;
+mod lab_bin;
+mod smpmgr;

@@ -1,0 +1,7 @@
+//! fieldpatch-server's integration tests, one module per area, linked into one test binary.
+
+mod common;
+
+mod api;
+mod cli_tls;
+mod kill;

@@ -1,0 +1,302 @@
+//! What crosses the bridge to the window, besides the core's own types: errors, the site view,
+//! session and sync events and the end of a session.
+//!
+//! Every type the commands take or return and every event payload derives [`TS`], and
+//! `ui/src/lib/ipc.ts` is generated from them: the `ipc_types` test renders one declaration per
+//! type (following each type to the types it contains) and fails while the committed file differs;
+//! `FIELDPATCH_BLESS=1 cargo test -p fieldpatch-app ipc_types` rewrites it.
+
+use fieldpatch_core::plan::{DeviceRecord, PlannableBundle};
+use fieldpatch_core::session::{DeviceStatus, SessionEvent, Summary};
+use fieldpatch_core::sync::WatchEvent;
+use serde::Serialize;
+use ts_rs::TS;
+
+/// An error as the front end receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct BridgeError {
+    /// Stable, machine-readable code (`data_dir`, `store`, `catalog`, `keyring`, `session`, ...).
+    pub code: &'static str,
+    /// Human-readable message that says what to do.
+    pub message: String,
+}
+
+impl From<fieldpatch_core::paths::PathError> for BridgeError {
+    fn from(e: fieldpatch_core::paths::PathError) -> Self {
+        BridgeError { code: e.code(), message: e.to_string() }
+    }
+}
+
+impl From<fieldpatch_core::Error> for BridgeError {
+    fn from(e: fieldpatch_core::Error) -> Self {
+        BridgeError { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// The site as the window shows it.
+#[derive(Debug, Serialize, TS)]
+pub struct SiteView {
+    pub devices: Vec<DeviceRecord>,
+    /// Devices that did not answer: id and why.
+    pub unreachable: Vec<(String, String)>,
+    /// The verified catalog.
+    pub bundles: Vec<PlannableBundle>,
+    /// Bundles that did not verify, and why.
+    pub refused: Vec<fieldpatch_core::catalog::Refusal>,
+    /// Base URL of the embedded inventory server.
+    pub inventory: String,
+    /// Whether automatic sync is on.
+    pub auto_sync: bool,
+    /// Why sync is unavailable, when it is.
+    pub sync_unavailable: Option<String>,
+}
+
+/// A session event as the window receives it: the device it is about (none for the session
+/// itself) and what happened; a device status comes with the core's wording of it.
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SessionEventView {
+    /// A named phase began (upload, test, confirm, ...).
+    Phase { device: Option<String>, name: String },
+    /// Something worth telling that is not an error (a retry, the canary, a wave).
+    Note { device: Option<String>, text: String },
+    /// Bytes the device acknowledged so far, of `total`.
+    Transfer { device: Option<String>, done: u64, total: u64 },
+    /// Where the device now stands; `text` is what the window shows for it.
+    Status { device: Option<String>, status: DeviceStatus, text: String },
+}
+
+impl SessionEventView {
+    pub fn new(device: Option<&str>, event: SessionEvent) -> Self {
+        let device = device.map(str::to_string);
+        match event {
+            SessionEvent::Phase { name } => SessionEventView::Phase { device, name },
+            SessionEvent::Note(text) => SessionEventView::Note { device, text },
+            SessionEvent::Transfer(p) => {
+                SessionEventView::Transfer { device, done: p.done, total: p.total }
+            }
+            SessionEvent::Status(status) => {
+                SessionEventView::Status { device, text: status.to_string(), status }
+            }
+        }
+    }
+}
+
+/// How a session run from the window ended (the `session-finished` event).
+#[derive(Debug, Clone, PartialEq, Serialize, TS)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SessionFinished {
+    /// The session ended: every device done, stopped at the failure threshold, or paused.
+    Done { summary: Summary },
+    /// The session could not run on.
+    Failed { error: BridgeError },
+}
+
+impl From<Result<Summary, BridgeError>> for SessionFinished {
+    fn from(r: Result<Summary, BridgeError>) -> Self {
+        match r {
+            Ok(summary) => SessionFinished::Done { summary },
+            Err(error) => SessionFinished::Failed { error },
+        }
+    }
+}
+
+/// What a sync event is about (the core's `WatchEvent::kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncKind {
+    Offline,
+    Probing,
+    Reachable,
+    Synced,
+    Failed,
+    Stopped,
+}
+
+impl From<&WatchEvent> for SyncKind {
+    fn from(e: &WatchEvent) -> Self {
+        match e {
+            WatchEvent::Offline { .. } => SyncKind::Offline,
+            WatchEvent::NetworkChanged => SyncKind::Probing,
+            WatchEvent::Reachable => SyncKind::Reachable,
+            WatchEvent::Synced(_) => SyncKind::Synced,
+            WatchEvent::Failed(_) => SyncKind::Failed,
+            WatchEvent::Stopped => SyncKind::Stopped,
+        }
+    }
+}
+
+/// A sync event as the window receives it (the kind and the core's wording).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct SyncEventView {
+    pub kind: SyncKind,
+    pub text: String,
+}
+
+impl From<&WatchEvent> for SyncEventView {
+    fn from(e: &WatchEvent) -> Self {
+        SyncEventView { kind: e.into(), text: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod ipc_types {
+    use super::*;
+    use fieldpatch_core::AppInfo;
+    use fieldpatch_core::plan::Plan;
+    use fieldpatch_core::visitlog::LogVerification;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use ts_rs::{Config, TypeVisitor};
+
+    /// The command that regenerates the file.
+    const BLESS: &str = "FIELDPATCH_BLESS=1 cargo test -p fieldpatch-app ipc_types";
+
+    /// Collects the declaration of every type it visits and of the types those contain, by name.
+    struct Declarations {
+        cfg: Config,
+        by_name: BTreeMap<String, String>,
+    }
+
+    impl TypeVisitor for Declarations {
+        fn visit<T: TS + 'static + ?Sized>(&mut self) {
+            // Types without a file of their own (primitives, strings, dates) have no declaration.
+            if T::output_path().is_none() {
+                return;
+            }
+            let name = T::ident(&self.cfg);
+            let decl = format!("{}export {}", T::docs().unwrap_or_default(), T::decl(&self.cfg));
+            match self.by_name.get(&name) {
+                Some(seen) if *seen == decl => {}
+                Some(seen) => panic!("two types are called {name} in TypeScript:\n{seen}\n{decl}"),
+                None => {
+                    self.by_name.insert(name, decl);
+                    T::visit_dependencies(self);
+                }
+            }
+        }
+    }
+
+    /// `ui/src/lib/ipc.ts` as the Rust types say it should be.
+    fn render() -> String {
+        // serde_json writes u64 as a plain number, never as a bigint.
+        let cfg = Config::new().with_large_int("number");
+        let mut d = Declarations { cfg, by_name: BTreeMap::new() };
+        // What the commands return and take, and the payloads of the events.
+        d.visit::<AppInfo>();
+        d.visit::<BridgeError>();
+        d.visit::<SiteView>();
+        d.visit::<Plan>();
+        d.visit::<LogVerification>();
+        d.visit::<SessionEventView>();
+        d.visit::<SessionFinished>();
+        d.visit::<SyncEventView>();
+        let mut out = format!(
+            "// generated from the Rust types by `{BLESS}`; do not edit\n\
+             // (the types the desktop shell's commands take and return, and its event payloads)\n"
+        );
+        for decl in d.by_name.values() {
+            out.push('\n');
+            for line in decl.trim_end().lines() {
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn path() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ui/src/lib/ipc.ts")
+    }
+
+    #[test]
+    fn ipc_types_match_the_generated_file() {
+        let want = render();
+        let path = path();
+        if std::env::var_os("FIELDPATCH_BLESS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, &want).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            return;
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        if have != want {
+            let line = have
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| have.lines().count().min(want.lines().count()))
+                + 1;
+            panic!(
+                "ui/src/lib/ipc.ts is stale: it no longer matches the Rust types that cross the \
+                 bridge (first difference at line {line}).\nRegenerate it with `{BLESS}` and \
+                 commit it with the change."
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_declares_the_types_inside_the_payloads_too() {
+        let file = render();
+        let names: Vec<&str> = file
+            .lines()
+            .filter_map(|l| l.strip_prefix("export type "))
+            .filter_map(|l| l.split([' ', '<']).next())
+            .collect();
+        for name in ["DeviceStatus", "Disposition", "Summary", "SyncKind", "Version"] {
+            assert!(names.contains(&name), "{name} missing from\n{file}");
+        }
+    }
+
+    #[test]
+    fn session_events_carry_the_core_wording_of_a_status() {
+        let status = DeviceStatus::RolledBack { reason: "unhealthy".into() };
+        let e = SessionEventView::new(Some("sensor-04"), SessionEvent::Status(status));
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({
+                "kind": "status",
+                "device": "sensor-04",
+                "status": {"status": "rolled_back", "reason": "unhealthy"},
+                "text": "rolled back: unhealthy",
+            })
+        );
+        let e = SessionEventView::new(None, SessionEvent::Note("canary: sensor-01".into()));
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"kind": "note", "device": null, "text": "canary: sensor-01"})
+        );
+    }
+
+    #[test]
+    fn the_end_of_a_session_is_tagged() {
+        let summary = Summary { patched: 5, rolled_back: 1, ..Summary::default() };
+        assert_eq!(
+            serde_json::to_value(SessionFinished::from(Ok(summary))).unwrap(),
+            json!({"outcome": "done", "summary": serde_json::to_value(summary).unwrap()})
+        );
+        let failed =
+            SessionFinished::from(Err(BridgeError { code: "busy", message: "wait".into() }));
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            json!({"outcome": "failed", "error": {"code": "busy", "message": "wait"}})
+        );
+    }
+
+    #[test]
+    fn sync_kinds_are_the_core_kinds() {
+        use fieldpatch_core::sync::{SyncError, SyncReport};
+        let events = [
+            WatchEvent::Offline { retry_in: std::time::Duration::from_secs(1), detail: "x".into() },
+            WatchEvent::NetworkChanged,
+            WatchEvent::Reachable,
+            WatchEvent::Synced(SyncReport::default()),
+            WatchEvent::Failed(SyncError::Unauthorized),
+            WatchEvent::Stopped,
+        ];
+        for e in &events {
+            let view = SyncEventView::from(e);
+            assert_eq!(serde_json::to_value(view.kind).unwrap(), e.kind(), "{e:?}");
+            assert_eq!(view.text, e.to_string());
+        }
+    }
+}

@@ -1,0 +1,255 @@
+// generated from the Rust types by `FIELDPATCH_BLESS=1 cargo test -p fieldpatch-app ipc_types`; do not edit
+// (the types the desktop shell's commands take and return, and its event payloads)
+
+/**
+ * What the app and the CLI show about this installation.
+ */
+export type AppInfo = {
+/**
+ * Fieldpatch version (`CARGO_PKG_VERSION` of the core).
+ */
+version: string,
+/**
+ * Local data directory (store, visit logs, catalog cache).
+ */
+data_dir: string,
+/**
+ * Where the data directory came from: `FIELDPATCH_DATA_DIR` or the OS convention.
+ */
+data_dir_source: DataDirSource, };
+
+/**
+ * An error as the front end receives it.
+ */
+export type BridgeError = {
+/**
+ * Stable, machine-readable code (`data_dir`, `store`, `catalog`, `keyring`, `session`, ...).
+ */
+code: string,
+/**
+ * Human-readable message that says what to do.
+ */
+message: string, };
+
+/**
+ * How much the customer depends on a device (from the inventory).
+ */
+export type Criticality = "low" | "normal" | "high" | "critical";
+
+/**
+ * Where the data directory path came from.
+ */
+export type DataDirSource = "environment" | "os_convention";
+
+/**
+ * How to reach a device.
+ */
+export type DeviceAddress = { "transport": "serial", port: string, baud: number, } | { "transport": "udp", addr: string, } | { "transport": "usb", vid: number, pid: number, serial: string | null, };
+
+/**
+ * What a device says about itself, as far as Fieldpatch needs to match it to the inventory and to
+ * patch bundles. Fields a transport cannot learn are `None`.
+ */
+export type DeviceIdentity = { vendor: string | null, model: string | null, hardware_revision: string | null, serial_number: string | null, firmware_version: Version | null,
+/**
+ * SHA-256 of the running image as the device reports it (MCUboot image hash), hex.
+ */
+image_hash: string | null, };
+
+/**
+ * The plan for one device.
+ */
+export type DevicePlan = { device: DeviceRecord, disposition: Disposition, };
+
+/**
+ * A device as the planner sees it: inventory facts plus what was identified on site.
+ */
+export type DeviceRecord = {
+/**
+ * Inventory id (stable across visits).
+ */
+id: string, address: DeviceAddress, identity: DeviceIdentity, criticality: Criticality,
+/**
+ * Empty means "any time".
+ */
+windows: Array<MaintenanceWindow>,
+/**
+ * Name of the keyring credential needed to open this device, if any.
+ */
+credential: string | null, };
+
+/**
+ * Where one device stands in a session. Its `Display` is the one wording of it that the CLI and
+ * the app show.
+ */
+export type DeviceStatus = { "status": "pending" } | { "status": "in_progress", step: number, } | { "status": "patched", version: string, } | { "status": "rolled_back", reason: string, } | { "status": "failed", reason: string, } | { "status": "skipped", reason: string, } | { "status": "unverified", version: string, };
+
+/**
+ * What the plan says about one device.
+ */
+export type Disposition = { "disposition": "patch", steps: Array<Step>, latest: Version, short_reason: Unpatchable | null, } | { "disposition": "scheduled", steps: Array<Step>, not_before: string, } | { "disposition": "up_to_date", version: Version, } | { "disposition": "unpatchable", why: Unpatchable, };
+
+/**
+ * An inclusive version range (as bundle manifests state it); `None` bounds are open.
+ */
+export type InstalledRange = {
+/**
+ * Lowest version included.
+ */
+min: Version | null,
+/**
+ * Highest version included.
+ */
+max: Version | null, };
+
+/**
+ * The result of verifying one stored log. Serializes as `LogVerificationShape` (the problem as
+ * text, the seq of the first bad event as `bad_seq`), which its TypeScript type is made from.
+ */
+export type LogVerification = { log_id: string,
+/**
+ * Hex ed25519 public key that signs the log.
+ */
+signer: string,
+/**
+ * Events that verified before the first problem (all of them when `problem` is null).
+ */
+verified: number,
+/**
+ * Whether the whole log verifies.
+ */
+ok: boolean,
+/**
+ * What is wrong, naming the first bad event; null when the log verifies.
+ */
+problem: string | null,
+/**
+ * Seq of the first bad event, where one event is to blame.
+ */
+bad_seq: number | null, };
+
+/**
+ * A period in which a device may be taken down for patching.
+ */
+export type MaintenanceWindow = { start: string, end: string, };
+
+/**
+ * A plan: devices in the order they should be flashed.
+ */
+export type Plan = { created: string, devices: Array<DevicePlan>, };
+
+/**
+ * One verified bundle, as the planner needs it. Built from a verified manifest.
+ */
+export type PlannableBundle = { bundle_id: string, vendor: string, model: string,
+/**
+ * Hardware revisions accepted (inclusive bounds, compared as versions when both parse,
+ * otherwise as text); `None` means any.
+ */
+hw_min: string | null, hw_max: string | null,
+/**
+ * Installed versions this bundle applies to.
+ */
+applies_to: InstalledRange,
+/**
+ * The version it installs.
+ */
+installs: Version,
+/**
+ * Highest CVSS score among the issues it fixes (0 when none).
+ */
+cvss: number, cves: Array<string>,
+/**
+ * Last moment the bundle may be used (its expiry, plus the offline grace period when the
+ * catalog was verified online within it).
+ */
+usable_until: string,
+/**
+ * Whether opening the device for this bundle needs a credential from the keyring.
+ */
+needs_credential: boolean, };
+
+/**
+ * A bundle that did not verify, and why.
+ */
+export type Refusal = { path: string, bundle_id: string | null, reason: string, };
+
+/**
+ * A session event as the window receives it: the device it is about (none for the session
+ * itself) and what happened; a device status comes with the core's wording of it.
+ */
+export type SessionEventView = { "kind": "phase", device: string | null, name: string, } | { "kind": "note", device: string | null, text: string, } | { "kind": "transfer", device: string | null, done: number, total: number, } | { "kind": "status", device: string | null, status: DeviceStatus, text: string, };
+
+/**
+ * How a session run from the window ended (the `session-finished` event).
+ */
+export type SessionFinished = { "outcome": "done", summary: Summary, } | { "outcome": "failed", error: BridgeError, };
+
+/**
+ * The site as the window shows it.
+ */
+export type SiteView = { devices: Array<DeviceRecord>,
+/**
+ * Devices that did not answer: id and why.
+ */
+unreachable: Array<[string, string]>,
+/**
+ * The verified catalog.
+ */
+bundles: Array<PlannableBundle>,
+/**
+ * Bundles that did not verify, and why.
+ */
+refused: Array<Refusal>,
+/**
+ * Base URL of the embedded inventory server.
+ */
+inventory: string,
+/**
+ * Whether automatic sync is on.
+ */
+auto_sync: boolean,
+/**
+ * Why sync is unavailable, when it is.
+ */
+sync_unavailable: string | null, };
+
+/**
+ * One bundle applied to one device.
+ */
+export type Step = { bundle_id: string, from: Version, to: Version, cvss: number,
+/**
+ * True for an approved downgrade.
+ */
+rollback: boolean, };
+
+/**
+ * Session totals.
+ */
+export type Summary = { patched: number, rolled_back: number, failed: number, skipped: number, pending: number,
+/**
+ * Written but not verifiable on the device (never counted as patched).
+ */
+unverified: number, };
+
+/**
+ * A sync event as the window receives it (the kind and the core's wording).
+ */
+export type SyncEventView = { kind: SyncKind, text: string, };
+
+/**
+ * What a sync event is about (the core's `WatchEvent::kind`).
+ */
+export type SyncKind = "offline" | "probing" | "reachable" | "synced" | "failed" | "stopped";
+
+/**
+ * Why a device cannot be patched now. Messages say what to do.
+ */
+export type Unpatchable = { "reason": "unknown_device", missing: string, } | { "reason": "no_bundle", vendor: string, model: string, } | { "reason": "no_upgrade_path", from: Version, latest: Version, } | { "reason": "bundle_expired", bundle_id: string, usable_until: string, } | { "reason": "downgrade_refused", from: Version, to: Version, } | { "reason": "missing_credential", name: string, } | { "reason": "no_maintenance_window" };
+
+/**
+ * A firmware version as MCUboot and most vendors write it: `major.minor.revision+build`.
+ *
+ * Ordering compares major, minor, revision, then build, numerically.
+ */
+export type Version = { major: number, minor: number, revision: number, build: number, };
