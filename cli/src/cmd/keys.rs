@@ -42,9 +42,14 @@ pub enum KeysCmd {
         /// Root private key files to sign the store with.
         #[arg(long = "sign", required = true)]
         signers: Vec<PathBuf>,
-        /// Trust-store version.
+        /// Trust-store version (a rotation needs a higher one, signed by the current root keys
+        /// too: pass their key files to --sign as well).
         #[arg(long, default_value_t = 1)]
         version: u64,
+        /// Days an expired bundle stays usable offline after the last sync (signed policy; no
+        /// offline grace without it).
+        #[arg(long)]
+        offline_grace_days: Option<u32>,
     },
 }
 
@@ -92,12 +97,12 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             let id = fieldpatch_core::bundle::key_id(&k);
             print_key(&id, &hex_encode(k.as_bytes()), json)?;
         }
-        KeysCmd::TrustInit { out, keys, thresholds, signers, version } => {
+        KeysCmd::TrustInit { out, keys, thresholds, signers, version, offline_grace_days } => {
             let mut body = TrustStoreBody {
                 version,
                 keys: Vec::new(),
                 thresholds: BTreeMap::new(),
-                offline_grace_days: None,
+                offline_grace_days,
             };
             for spec in &keys {
                 let (roles, rest) =

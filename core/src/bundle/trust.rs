@@ -281,7 +281,15 @@ impl TrustStore {
             &old_sigs,
             self,
             Role::Root,
-        )?;
+        )
+        .map_err(|e| match e {
+            BundleError::Unsigned { .. } => invalid(format!(
+                "version {} is not signed by any current root key; a rotation needs {} of them (sign it with `fieldpatch keys trust-init --sign` and the current root key files)",
+                next.store.version,
+                self.threshold(Role::Root)
+            )),
+            other => other,
+        })?;
         let next = TrustStore::structural(next)?;
         next.self_signed("trust store rotation (new root keys)")?;
         Ok(next)

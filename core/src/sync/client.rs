@@ -191,7 +191,9 @@ impl SyncError {
             SyncError::Checkpoint(_) | SyncError::CheckpointMismatch { .. } => "checkpoint",
             SyncError::BundleHash { .. } => "bundle_hash",
             SyncError::Certificate(_) => "certificate",
-            SyncError::Local(_) => "local_store",
+            SyncError::Local(e) => e
+                .downcast_ref::<super::LocalSyncError>()
+                .map_or("local_store", super::LocalSyncError::code),
             SyncError::InsecureServer { .. } => "insecure_server",
         }
     }

@@ -7,3 +7,4 @@ mod session_lab;
 mod sync_cli;
 mod sync_e2e;
 mod tidy;
+mod trust;

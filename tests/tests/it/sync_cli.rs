@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server(Child);
+pub(crate) struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -25,7 +25,7 @@ impl Drop for Server {
     }
 }
 
-fn admin(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn admin(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(built_binary("fieldpatch-server"))
         .arg("--data-dir")
         .arg(data)
@@ -44,7 +44,7 @@ fn admin(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn serve(data: &Path) -> (Server, String) {
+pub(crate) fn serve(data: &Path) -> (Server, String) {
     let mut child = Command::new(built_binary("fieldpatch-server"))
         .arg("--data-dir")
         .arg(data)
@@ -66,13 +66,13 @@ fn serve(data: &Path) -> (Server, String) {
 }
 
 /// The technician's laptop: the `fieldpatch` binary with its own data dir and keyring service.
-struct Laptop {
-    data: PathBuf,
-    service: String,
+pub(crate) struct Laptop {
+    pub(crate) data: PathBuf,
+    pub(crate) service: String,
 }
 
 impl Laptop {
-    fn run(&self, args: &[&str], stdin: &str) -> Output {
+    pub(crate) fn run(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new(built_binary("fieldpatch"))
             .args(args)
             .current_dir(&self.data)
@@ -91,7 +91,7 @@ impl Laptop {
         child.wait_with_output().unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, "");
         assert!(
             out.status.success(),
