@@ -231,6 +231,7 @@ pub struct CatalogBuilder {
     created: Option<DateTime<Utc>>,
     expires: Option<DateTime<Utc>>,
     release_note: String,
+    offline_grace_days: Option<u32>,
 }
 
 impl Default for CatalogBuilder {
@@ -254,6 +255,7 @@ impl CatalogBuilder {
             created: None,
             expires: None,
             release_note: "release".into(),
+            offline_grace_days: None,
         }
     }
 
@@ -308,6 +310,12 @@ impl CatalogBuilder {
     }
 
     /// Release notes read `<model> <installs>: <note>`.
+    /// The trust store's signed offline-grace policy, in days (none by default).
+    pub fn offline_grace_days(mut self, days: u32) -> Self {
+        self.offline_grace_days = Some(days);
+        self
+    }
+
     pub fn release_note(mut self, note: &str) -> Self {
         self.release_note = note.into();
         self
@@ -336,7 +344,7 @@ impl CatalogBuilder {
                 version: 1,
                 keys,
                 thresholds: self.thresholds.clone(),
-                offline_grace_days: None,
+                offline_grace_days: self.offline_grace_days,
             }
             .sign(&root_keys),
         )?;

@@ -8,6 +8,7 @@ mod credentials_secret_service;
 mod dfu_file_flash;
 mod dfu_file_tools;
 mod mcuboot_imgtool;
+mod offline_grace;
 mod store_schema;
 mod store_secrets_never_on_disk;
 mod sync_client_retries;
