@@ -75,27 +75,34 @@ impl Catalog {
         paths.sort();
         let mut catalog = Catalog::default();
         for path in paths {
-            match VerifiedBundle::open(&path, trust, policy) {
-                Ok(bundle) => {
-                    let usable_until = match &bundle.verdict().rule {
-                        Some(AcceptRule::OfflineGrace { grace_until, .. }) => *grace_until,
-                        Some(AcceptRule::Valid { expires }) => *expires,
-                        None => bundle.manifest().expires,
-                    };
-                    catalog.bundles.push(CatalogBundle {
-                        path,
-                        bundle: Arc::new(bundle),
-                        usable_until,
-                    });
-                }
-                Err(rejected) => catalog.refused.push(Refusal {
-                    path,
-                    bundle_id: rejected.verdict.bundle_id.clone(),
-                    reason: rejected.error.to_string(),
-                }),
-            }
+            catalog.add(path, trust, policy);
         }
         Ok(catalog)
+    }
+
+    /// A catalog of the one bundle file at `path` (verified, or refused with the reason).
+    pub fn load_file(path: &Path, trust: &TrustStore, policy: &VerifyPolicy) -> Catalog {
+        let mut catalog = Catalog::default();
+        catalog.add(path.to_path_buf(), trust, policy);
+        catalog
+    }
+
+    fn add(&mut self, path: PathBuf, trust: &TrustStore, policy: &VerifyPolicy) {
+        match VerifiedBundle::open(&path, trust, policy) {
+            Ok(bundle) => {
+                let usable_until = match &bundle.verdict().rule {
+                    Some(AcceptRule::OfflineGrace { grace_until, .. }) => *grace_until,
+                    Some(AcceptRule::Valid { expires }) => *expires,
+                    None => bundle.manifest().expires,
+                };
+                self.bundles.push(CatalogBundle { path, bundle: Arc::new(bundle), usable_until });
+            }
+            Err(rejected) => self.refused.push(Refusal {
+                path,
+                bundle_id: rejected.verdict.bundle_id.clone(),
+                reason: rejected.error.to_string(),
+            }),
+        }
     }
 
     /// What the planner needs to know of each verified bundle.

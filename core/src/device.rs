@@ -10,11 +10,15 @@
 
 use crate::bundle::input::clear_for_device;
 use crate::bundle::{TrustStore, VerifyPolicy};
+use crate::catalog::Catalog;
 use crate::fieldpatch::{Error, Fieldpatch};
-use crate::flash::{FlashStage, TargetError};
+use crate::flash::smp::SmpTarget;
+use crate::flash::{FlashOptions, FlashOutcome, FlashStage, FlashTarget, TargetError, flash};
 use crate::image::dfu_file::DfuFile;
 use crate::plan::DeviceAddress;
+use crate::plan::{DeviceRecord, Disposition, PlanInput, plan};
 use crate::progress::Progress;
+use crate::session::local::LogSink;
 use crate::visitlog::EventKind;
 use fieldpatch_drivers::smp::SmpClient;
 use fieldpatch_drivers::transport::{AnyLink, SerialLink, UdpLink, udp};
@@ -269,6 +273,91 @@ impl SmpDevice<'_> {
             AfterUpload::Confirm => self.confirm(Some(&hash)).await?,
         };
         Ok((report, states))
+    }
+
+    /// Install the signed bundle in `bundle` on this device through the same gate and pipeline
+    /// as a session: the bundle is verified under [`Fieldpatch::verify_policy`], the device's
+    /// live running version is read, and the planner decides with the device's inventory
+    /// `record` (vendor, model, hardware revision) whether the bundle applies (target, upgrade
+    /// path, downgrade rule). Only then is the payload sent, checked on the device, test-booted,
+    /// health-checked and confirmed, or rolled back. A refusal sends nothing and is recorded.
+    pub async fn install(
+        self,
+        bundle: &Path,
+        trust: &Path,
+        record: DeviceRecord,
+        progress: &dyn Progress,
+        options: &FlashOptions,
+    ) -> Result<FlashOutcome, Error> {
+        let fp = self.fp;
+        let trust_store = TrustStore::load(trust)?;
+        let policy = fp.verify_policy(&trust_store).await?;
+        let catalog = Catalog::load_file(bundle, &trust_store, &policy);
+        if let Some(r) = catalog.refused.first() {
+            let bundle_id = r.bundle_id.clone().unwrap_or_else(|| bundle.display().to_string());
+            let kind = EventKind::BundleRefused { bundle_id, reason: r.reason.clone() };
+            fp.record(Some(&record.id), kind).await?;
+            return Err(crate::bundle::input::InputError::Bundle {
+                path: bundle.display().to_string(),
+                reason: r.reason.clone(),
+            }
+            .into());
+        }
+        let mut target = SmpTarget::from_client(self.client, self.name);
+        let state = target.state().await?;
+        let mut device = record;
+        device.identity.firmware_version = state.running_version;
+        device.identity.image_hash = state.running_hash.as_deref().map(hex::encode);
+        let input = PlanInput {
+            devices: vec![device.clone()],
+            catalog: catalog.entries(),
+            credentials: Default::default(),
+            rollback_approvals: Vec::new(),
+        };
+        let plan = plan(&input, policy.now);
+        let planned = plan.devices.first().map(|d| d.disposition.clone());
+        let step = match planned {
+            Some(Disposition::Patch { steps, .. }) if !steps.is_empty() => steps[0].clone(),
+            Some(Disposition::UpToDate { version }) => {
+                return Ok(FlashOutcome::AlreadyDone { version });
+            }
+            other => {
+                let reason = match other {
+                    Some(Disposition::Unpatchable { why }) => why.to_string(),
+                    Some(Disposition::Scheduled { not_before, .. }) => {
+                        format!("outside its maintenance window until {not_before}")
+                    }
+                    _ => "the bundle does not apply to this device".to_string(),
+                };
+                let bundle_id = catalog
+                    .bundles
+                    .first()
+                    .map(|b| b.bundle.manifest().bundle_id.clone())
+                    .unwrap_or_default();
+                let kind = EventKind::BundleRefused { bundle_id, reason: reason.clone() };
+                fp.record(Some(&device.id), kind).await?;
+                return Err(Error::NotApplicable { device: device.id.clone(), reason });
+            }
+        };
+        let verified = catalog.bundle(&step.bundle_id).map(|b| b.bundle.verdict().clone());
+        if let Some(v) = verified {
+            let rule = serde_json::to_value(&v.rule)
+                .ok()
+                .and_then(|r| r["rule"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let kind = EventKind::BundleVerified {
+                bundle_id: step.bundle_id.clone(),
+                bundle_version: v.bundle_version.map(|b| b.to_string()).unwrap_or_default(),
+                rule,
+            };
+            fp.record(Some(&device.id), kind).await?;
+        }
+        let image = crate::session::ImageSource::image(&catalog, &device, &step)
+            .map_err(|reason| Error::NotApplicable { device: device.id.clone(), reason })?;
+        let sink = LogSink { log: fp.log().await?, visit: None };
+        Ok(flash(&device.id, &mut target, &image, &sink, progress, options)
+            .await
+            .map_err(|e| Error::Log(crate::visitlog::LogError::Unreadable(e.to_string())))?)
     }
 
     /// Mark the image with `hash` for a test boot on the next reset.

@@ -71,6 +71,10 @@ pub enum Error {
     /// The job cannot be done at this address (for example an SMP command to a USB address).
     #[error("{0}")]
     WrongAddress(String),
+    /// The bundle does not apply to this device (target, upgrade path, downgrade rule, ...):
+    /// nothing was sent.
+    #[error("{device}: the bundle does not apply ({reason}); nothing was sent")]
+    NotApplicable { device: String, reason: String },
     /// What the technician typed is not valid for this job.
     #[error("{0}")]
     Invalid(String),
@@ -96,6 +100,7 @@ impl Error {
             Error::NoSession(_) => "no_session",
             Error::Finished(_) => "session_finished",
             Error::WrongAddress(_) => "wrong_address",
+            Error::NotApplicable { .. } => "not_applicable",
             Error::Invalid(_) => "invalid_input",
         }
     }
@@ -265,6 +270,46 @@ impl Fieldpatch {
         addresses: &std::collections::BTreeMap<String, crate::plan::DeviceAddress>,
     ) -> Result<(Vec<DeviceRecord>, Vec<String>), Error> {
         Ok(batch::work_order_devices(&self.store, work_order, addresses).await?)
+    }
+
+    /// What the inventory says about device `id`, reached at `address`: from the synced
+    /// inventory, or else from a work order's devices file.
+    pub async fn inventory_record(
+        &self,
+        id: &str,
+        address: crate::plan::DeviceAddress,
+        devices_file: Option<&Path>,
+    ) -> Result<DeviceRecord, Error> {
+        let synced = self.store.devices(None).await?;
+        if let Some(d) = synced.iter().find(|d| d.id == id) {
+            return Ok(DeviceRecord {
+                id: d.id.clone(),
+                address,
+                identity: crate::model::DeviceIdentity {
+                    vendor: d.vendor.clone(),
+                    model: d.model.clone(),
+                    hardware_revision: d.hardware_revision.clone(),
+                    serial_number: d.serial_number.clone(),
+                    firmware_version: None,
+                    image_hash: None,
+                },
+                criticality: Default::default(),
+                windows: vec![],
+                credential: None,
+            });
+        }
+        if let Some(file) = devices_file
+            && let Some(mut d) = batch::read_devices(file)?.into_iter().find(|d| d.id == id)
+        {
+            d.address = address;
+            d.identity.firmware_version = None;
+            d.identity.image_hash = None;
+            return Ok(d);
+        }
+        Err(Error::Invalid(format!(
+            "device {id} is not in the synced inventory{}: sync with the inventory, or give the work order's devices file with --devices",
+            devices_file.map(|f| format!(" nor in {}", f.display())).unwrap_or_default()
+        )))
     }
 
     /// Plan `devices` against the verified catalog (credential names from the keyring when it is

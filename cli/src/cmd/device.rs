@@ -4,9 +4,11 @@
 //! (a bundle, a vendor-signed image, or a bare file with `--allow-unverified`) and writes the
 //! visit-log events around every command that changes the device.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use fieldpatch_core::bundle::container::looks_like_bundle;
 use fieldpatch_core::device::{AfterUpload, ImageSlotState, hex_string, parse_image_hash};
+use fieldpatch_core::flash::{FlashOptions, FlashOutcome};
 use fieldpatch_core::plan::DeviceAddress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,18 +45,24 @@ enum DeviceCommand {
 enum ImageCommand {
     /// List the images in the device's slots.
     List,
-    /// Upload an image to the secondary slot.
+    /// Upload an image. A signed bundle goes through the same gate and pipeline as a session
+    /// (it must apply to the device named with --device; it is test-booted, checked and
+    /// confirmed, or rolled back); a bare image goes to the secondary slot.
     Upload {
         file: PathBuf,
-        /// Mark the image for a test boot after the upload.
-        #[arg(long, conflicts_with = "confirm")]
-        test: bool,
-        /// Mark the image permanent after the upload (no test boot: risky).
+        /// Bare images: mark the image for a test boot after the upload.
         #[arg(long)]
-        confirm: bool,
+        test: bool,
         /// Trust store (JSON) to verify a bundle or a vendor-signed image against.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// Bundles: which device this is (its id in the synced inventory, or in --devices).
+        #[arg(long)]
+        device: Option<String>,
+        /// Bundles: the work order's devices file, when the device is not in the synced
+        /// inventory.
+        #[arg(long, requires = "device")]
+        devices: Option<PathBuf>,
         /// Send a bare image file that Fieldpatch has not verified (recorded in the visit log).
         #[arg(long)]
         allow_unverified: bool,
@@ -93,18 +101,53 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
             DeviceCommand::Image(ImageCommand::Upload {
                 file,
                 test,
-                confirm,
+                trust,
+                device: Some(id),
+                devices,
+                allow_unverified: _,
+            }) if looks_like_bundle(&file) => {
+                if test {
+                    bail!(
+                        "a bundle is installed through the full pipeline (test boot, health check, confirm): drop --test"
+                    );
+                }
+                let trust = trust.context(
+                    "a bundle is verified against the trust store: pass --trust FILE",
+                )?;
+                let record = fp.inventory_record(&id, address.clone(), devices.as_deref()).await?;
+                let bar = crate::output::Bar::bytes(json);
+                let outcome = device
+                    .install(&file, &trust, record, &bar, &FlashOptions::default())
+                    .await?;
+                bar.finish();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&outcome)?);
+                } else {
+                    println!("{id}: {}", outcome_text(&outcome));
+                }
+                if !outcome.is_success() {
+                    return Ok(ExitCode::from(3));
+                }
+            }
+            DeviceCommand::Image(ImageCommand::Upload { file, trust, device: None, .. })
+                if looks_like_bundle(&file) && trust.is_some() =>
+            {
+                bail!(
+                    "say which device this is with --device ID (its inventory record says whether the bundle applies: vendor, model, hardware revision); add --devices FILE when it is not in the synced inventory"
+                );
+            }
+            DeviceCommand::Image(ImageCommand::Upload {
+                file,
+                test,
                 trust,
                 allow_unverified,
+                ..
             }) => {
-                let after = match (test, confirm) {
-                    (true, _) => AfterUpload::Test,
-                    (_, true) => AfterUpload::Confirm,
-                    _ => AfterUpload::Nothing,
-                };
+                let after = if test { AfterUpload::Test } else { AfterUpload::Nothing };
                 let bar = crate::output::Bar::bytes(json);
-                let (report, states) =
-                    device.upload(&file, trust.as_deref(), allow_unverified, after, &bar).await?;
+                let (report, states) = device
+                    .upload(&file, trust.as_deref(), allow_unverified, after, &bar)
+                    .await?;
                 bar.finish();
                 if json {
                     let v = serde_json::json!({
@@ -179,4 +222,17 @@ fn print_states(states: &[ImageSlotState], json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line for how an install ended.
+fn outcome_text(o: &FlashOutcome) -> String {
+    match o {
+        FlashOutcome::Confirmed { version } => format!("patched: {version}, confirmed"),
+        FlashOutcome::AlreadyDone { version } => format!("already runs {version}; nothing sent"),
+        FlashOutcome::Unverified { version } => {
+            format!("{version} written, unverified (the device cannot report its image)")
+        }
+        FlashOutcome::RolledBack { reason } => format!("rolled back: {reason}"),
+        FlashOutcome::Failed { stage, reason } => format!("failed at {stage}: {reason}"),
+    }
 }

@@ -27,6 +27,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"FPBUNDLE";
+
+/// Whether the file at `path` starts like a patch bundle (only its first bytes are read).
+pub fn looks_like_bundle(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == MAGIC
+}
 pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_MANIFEST_LEN: u64 = 1 << 20;
 pub const MAX_SIGNATURES_LEN: u64 = 64 << 10;

@@ -28,6 +28,11 @@ impl<L: Link> SmpTarget<L> {
     pub fn new(link: L, what: impl Into<String>) -> Self {
         Self { client: SmpClient::new(link), what: what.into() }
     }
+
+    /// A target over a client already talking to the device.
+    pub fn from_client(client: SmpClient<L>, what: impl Into<String>) -> Self {
+        Self { client, what: what.into() }
+    }
 }
 
 fn dev_err(e: fieldpatch_drivers::smp::SmpError) -> TargetError {

@@ -366,7 +366,7 @@ fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
 }
 
 #[test]
-fn device_upload_sends_a_verified_bundle_and_logs_it() {
+fn device_upload_of_a_bundle_passes_the_session_gate_and_the_full_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());
     let data = tmp.path().join("data");
@@ -375,26 +375,79 @@ fn device_upload_sends_a_verified_bundle_and_logs_it() {
     let addr = site.udp[0].local_addr().to_string();
     let bundle = r.kit.catalog.join("lab-sensor-2.0.0.fpb");
     let bundle = bundle.to_str().unwrap();
+    let trust = r.kit.trust.to_str().unwrap();
+    let run = |args: &[&str]| fieldpatch(tmp.path(), &data, args);
+    let upload = |extra: &[&str]| {
+        let mut a = vec!["--json", "device", "--udp", &addr, "image", "upload", bundle];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
 
+    let boots_before = dev.boots();
     // Without the trust store the bundle cannot be verified, so nothing is sent.
-    let out = fieldpatch(tmp.path(), &data, &["device", "--udp", &addr, "image", "upload", bundle]);
+    let out = upload(&[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trust"), "{out:?}");
+    // Verified, but for which device? Its inventory record decides whether the bundle applies.
+    let out = upload(&["--trust", trust]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--device"), "{out:?}");
+
+    // The inventory says this device is a pump controller: the sensor bundle does not target it.
+    let mut pump = site.records[0].clone();
+    pump.id = "p0".into();
+    pump.identity.model = Some("pump-controller".into());
+    let mut records = site.records.clone();
+    records.push(pump);
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
+    let out = upload(&["--trust", trust, "--device", "p0", "--devices", "devices.json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "not_applicable", "{v}");
+    assert!(dev.slot_bytes(1).is_none(), "a byte reached the device");
+    assert_eq!(dev.boots(), boots_before);
+    // --test belongs to bare images: a bundle always goes through the whole pipeline.
+    let out = upload(&["--trust", trust, "--device", "s0", "--devices", "devices.json", "--test"]);
+    assert!(!out.status.success());
     assert!(dev.slot_bytes(1).is_none());
 
-    let trust = r.kit.trust.to_str().unwrap();
-    let out = fieldpatch(
-        tmp.path(),
-        &data,
-        &[
-            "--json", "device", "--udp", &addr, "image", "upload", bundle, "--trust", trust,
-            "--test",
-        ],
-    );
+    // The sensor it targets: sent, checked on the device, test-booted, health-checked, confirmed.
+    let out = upload(&["--trust", trust, "--device", "s0", "--devices", "devices.json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(dev.slot_bytes(1).unwrap(), r.new_image, "the payload verified is the payload sent");
-    let log =
-        String::from_utf8_lossy(&fieldpatch(tmp.path(), &data, &["--json", "log", "show"]).stdout)
-            .to_string();
-    assert!(log.contains("bundle_verified") && log.contains("lab-sensor-2.0.0"), "{log}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "confirmed", "{v}");
+    assert_eq!(
+        dev.slot_bytes(0).unwrap(),
+        r.new_image,
+        "the payload verified is the payload running"
+    );
+    assert!(dev.active_confirmed());
+    let log = String::from_utf8_lossy(&run(&["--json", "log", "show"]).stdout).to_string();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"bundle_refused"), "the refusal is recorded: {kinds:?}");
+    let from = kinds.iter().position(|k| *k == "bundle_verified").unwrap();
+    let tail: Vec<&str> =
+        kinds[from..].iter().copied().filter(|k| *k != "progress_checkpoint").collect();
+    assert_eq!(
+        tail,
+        [
+            "bundle_verified",
+            "flash_started",
+            "image_uploaded",
+            "test_boot_requested",
+            "health_check",
+            "confirmed"
+        ],
+        "{kinds:?}"
+    );
+
+    // Again: the device already runs it, nothing is sent.
+    let boots = dev.boots();
+    let out = upload(&["--trust", trust, "--device", "s0", "--devices", "devices.json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "already_done", "{v}");
+    assert_eq!(dev.boots(), boots);
+    assert!(run(&["log", "verify"]).status.success());
 }
