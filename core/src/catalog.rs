@@ -141,6 +141,10 @@ impl Catalog {
 }
 
 impl ImageSource for Catalog {
+    fn entries(&self) -> Vec<PlannableBundle> {
+        Catalog::entries(self)
+    }
+
     fn image(&self, _device: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String> {
         let b = self
             .bundle(&step.bundle_id)

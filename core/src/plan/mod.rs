@@ -128,7 +128,8 @@ pub struct PlannableBundle {
 }
 
 impl PlannableBundle {
-    fn targets(&self, id: &DeviceIdentity) -> bool {
+    /// Whether the bundle is for this device: vendor, model and hardware revision.
+    pub fn targets(&self, id: &DeviceIdentity) -> bool {
         let (Some(vendor), Some(model)) = (&id.vendor, &id.model) else { return false };
         if !vendor.eq_ignore_ascii_case(&self.vendor) || !model.eq_ignore_ascii_case(&self.model) {
             return false;
@@ -414,6 +415,64 @@ fn shortest_path(entries: &[&PlannableBundle], from: Version) -> Vec<Step> {
     }
     steps.reverse();
     steps
+}
+
+/// Check the steps a plan chose for `device` against the verified catalog, at the moment they
+/// are about to run: each step's bundle is in the catalog, targets this device (vendor, model,
+/// hardware revision), applies to the version the step starts from and installs the version it
+/// names; the steps chain; none is a downgrade (the planner has no signed approvals for one);
+/// and the device runs the version the remaining steps start from (or one a step installs, when
+/// a flash was interrupted). The plan selects devices and order; it never decides what is sent.
+pub fn check_steps(
+    catalog: &[PlannableBundle],
+    device: &DeviceIdentity,
+    running: Option<Version>,
+    steps: &[Step],
+) -> Result<(), String> {
+    let mut previous: Option<Version> = None;
+    for step in steps {
+        let entry = catalog
+            .iter()
+            .find(|e| e.bundle_id == step.bundle_id)
+            .ok_or_else(|| format!("bundle {} is not in the verified catalog", step.bundle_id))?;
+        if !entry.targets(device) {
+            return Err(format!(
+                "bundle {} is for {} {}, not this device ({} {}, hardware {})",
+                step.bundle_id,
+                entry.vendor,
+                entry.model,
+                device.vendor.as_deref().unwrap_or("?"),
+                device.model.as_deref().unwrap_or("?"),
+                device.hardware_revision.as_deref().unwrap_or("?")
+            ));
+        }
+        if step.to != entry.installs || !entry.applies_to.contains(step.from) {
+            return Err(format!(
+                "the plan's step {} -> {} with bundle {} does not match the verified bundle (it installs {} on the versions it applies to)",
+                step.from, step.to, step.bundle_id, entry.installs
+            ));
+        }
+        if step.to <= step.from || step.rollback {
+            return Err(format!(
+                "the plan's step {} -> {} is a downgrade; it needs a signed rollback approval",
+                step.from, step.to
+            ));
+        }
+        if previous.is_some_and(|p| p != step.from) {
+            return Err(format!("the plan's steps do not chain at {}", step.from));
+        }
+        previous = Some(step.to);
+    }
+    if let (Some(v), Some(first)) = (running, steps.first())
+        && v != first.from
+        && !steps.iter().any(|s| s.to == v)
+    {
+        return Err(format!(
+            "the device runs {v}, but the plan starts from {}: plan again",
+            first.from
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -181,6 +181,20 @@ pub async fn run_in_visit(
         .await
         .map_err(|e| store_err(&e))?;
     let sink = Arc::new(LogSink { log: log.clone(), visit: Some(visit) });
+    // The synced inventory is authoritative for what a device is (vendor, model, hardware
+    // revision): a plan file cannot make a device look like another model.
+    let mut state = state;
+    if let Ok(known) = store.devices(None).await {
+        for dp in &mut state.plan.devices {
+            if let Some(inv) = known.iter().find(|k| k.id == dp.device.id) {
+                let id = &mut dp.device.identity;
+                id.vendor = inv.vendor.clone().or(id.vendor.take());
+                id.model = inv.model.clone().or(id.model.take());
+                id.hardware_revision =
+                    inv.hardware_revision.clone().or(id.hardware_revision.take());
+            }
+        }
+    }
     for r in &catalog.refused {
         let kind = EventKind::BundleRefused {
             bundle_id: r.bundle_id.clone().unwrap_or_else(|| r.path.display().to_string()),

@@ -318,6 +318,9 @@ pub trait Connector: Send + Sync {
 /// Gives the verified image for a plan step (from the verified catalog).
 pub trait ImageSource: Send + Sync {
     fn image(&self, device: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String>;
+    /// What the planner knows of every verified bundle: the steps of a plan are checked against
+    /// it when they are about to run.
+    fn entries(&self) -> Vec<crate::plan::PlannableBundle>;
 }
 
 /// What the session tells its front end (CLI progress bars, the app).
@@ -588,6 +591,27 @@ async fn run_device(
     let flash_opts =
         FlashOptions { reconnect_timeout: opts.reconnect_timeout, ..Default::default() };
     let steps = d.steps_now();
+    // What the plan says is checked again now, against the verified catalog and what the device
+    // reports: an edited plan cannot send another model's bundle or a downgrade.
+    // The device is opened once for this check and the first flash (a serial port cannot be
+    // opened twice at once).
+    let mut opened = deps.connector.open(&d.device).await.ok();
+    let running = match opened.as_mut() {
+        Some(t) => t.state().await.ok().and_then(|s| s.running_version),
+        None => None,
+    };
+    let remaining = steps.get(start_step..).unwrap_or_default();
+    if let Err(reason) =
+        crate::plan::check_steps(&deps.images.entries(), &d.device.identity, running, remaining)
+    {
+        let bundle_id = remaining.first().map(|s| s.bundle_id.clone()).unwrap_or_default();
+        deps.sink
+            .record(id, EventKind::BundleRefused { bundle_id, reason: reason.clone() })
+            .await?;
+        let status = DeviceStatus::Failed { reason: format!("refused before sending: {reason}") };
+        set_status(shared, deps, id, status.clone()).await?;
+        return Ok(status);
+    }
     let mut version = String::new();
     for (i, step) in steps.iter().enumerate().skip(start_step) {
         set_status(shared, deps, id, DeviceStatus::InProgress { step: i }).await?;
@@ -611,7 +635,11 @@ async fn run_device(
         };
         let mut attempt = 0;
         let outcome = loop {
-            let outcome = match deps.connector.open(&d.device).await {
+            let target = match opened.take() {
+                Some(t) => Ok(t),
+                None => deps.connector.open(&d.device).await,
+            };
+            let outcome = match target {
                 Ok(mut target) => {
                     flash(id, target.as_mut(), &image, deps.sink.as_ref(), &progress, &flash_opts)
                         .await?
@@ -712,6 +740,9 @@ mod tests {
 
     struct Images;
     impl ImageSource for Images {
+        fn entries(&self) -> Vec<PlannableBundle> {
+            catalog_entries()
+        }
         fn image(&self, _d: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String> {
             let bytes = vec![9u8; 3000];
             let sha: [u8; 32] = Sha256::digest(&bytes).into();
@@ -758,7 +789,13 @@ mod tests {
             });
             lab.insert(id, FakeDevice::new("1.0.0"));
         }
-        let catalog = vec![PlannableBundle {
+        let catalog = catalog_entries();
+        let input = PlanInput { devices, catalog, ..Default::default() };
+        (plan(&input, chrono::Utc::now()), lab)
+    }
+
+    fn catalog_entries() -> Vec<PlannableBundle> {
+        vec![PlannableBundle {
             bundle_id: "fw-2".into(),
             vendor: "acme".into(),
             model: "sensor".into(),
@@ -770,9 +807,7 @@ mod tests {
             cves: vec![],
             usable_until: chrono::Utc::now() + chrono::Duration::days(1),
             needs_credential: false,
-        }];
-        let input = PlanInput { devices, catalog, ..Default::default() };
-        (plan(&input, chrono::Utc::now()), lab)
+        }]
     }
 
     fn deps(
@@ -875,6 +910,32 @@ mod tests {
         let s = run(&resumed, &d).await.unwrap();
         assert_eq!(s.pending, 0, "{s:?}");
         assert!(lab.values().map(|d| d.uploads()).sum::<u32>() > uploads);
+    }
+
+    #[tokio::test]
+    async fn an_edited_plan_cannot_choose_what_is_sent() {
+        use crate::plan::Disposition;
+        let (mut plan, lab) = setup(3);
+        // Another model: the inventory record in the plan is left alone, the step is rewritten
+        // to a downgrade-shaped version the verified bundle does not install.
+        if let Disposition::Patch { steps, .. } = &mut plan.devices[0].disposition {
+            steps[0].to = "9.9.9".parse().unwrap();
+        }
+        // A device whose plan claims another vendor's bundle applies.
+        plan.devices[1].device.identity.model = Some("pump".into());
+        let sink = Arc::new(MemorySink::default());
+        let d = deps(lab.clone(), Arc::new(Saved::default()), sink.clone());
+        let mut o = opts();
+        o.canary = false;
+        o.failure_threshold = Threshold::Count(10);
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, o)));
+        let s = run(&state, &d).await.unwrap();
+        assert_eq!((s.patched, s.failed), (1, 2), "{s:?}");
+        for id in ["dev-00", "dev-01"] {
+            assert_eq!(lab[id].uploads(), 0, "{id} received bytes");
+            assert_eq!(sink.for_device(id), ["bundle_refused"], "{id}");
+        }
+        assert_eq!(lab["dev-02"].uploads(), 1);
     }
 
     #[tokio::test]

@@ -451,3 +451,47 @@ fn device_upload_of_a_bundle_passes_the_session_gate_and_the_full_pipeline() {
     assert_eq!(dev.boots(), boots);
     assert!(run(&["log", "verify"]).status.success());
 }
+
+#[test]
+fn an_edited_plan_file_cannot_choose_what_a_session_sends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let site = sensors(2, 0, 1024.0 * 1024.0);
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&site.records).unwrap())
+        .unwrap();
+    let cat =
+        ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(cat);
+        fieldpatch(tmp.path(), &data, &a)
+    };
+    let out = run(&["plan", "--devices", "devices.json", "--out", "plan.json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // s0's step now names the USB board's bundle (another model); s1 is left as planned.
+    let path = tmp.path().join("plan.json");
+    let mut plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let s0 = plan["devices"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d["device"]["id"] == "s0")
+        .unwrap();
+    s0["disposition"]["steps"][0]["bundle_id"] = "lab-board-1.1.0".into();
+    std::fs::write(&path, serde_json::to_vec(&plan).unwrap()).unwrap();
+
+    let out = run(&["--json", "session", "run", "plan.json", "--no-canary", "--soak", "0"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s0 = v["devices"]["s0"].to_string();
+    assert!(s0.contains("refused before sending") && s0.contains("not this device"), "{v}");
+    assert_eq!(site.sensors[0].slot_bytes(1), None, "s0 received bytes");
+    assert_eq!(v["devices"]["s1"]["status"], "patched", "{v}");
+    let log =
+        String::from_utf8_lossy(&fieldpatch(tmp.path(), &data, &["--json", "log", "show"]).stdout)
+            .to_string();
+    assert!(log.contains("bundle_refused"), "{log}");
+}
