@@ -34,6 +34,14 @@ impl From<fieldpatch_core::Error> for BridgeError {
 }
 
 /// The site as the window shows it.
+/// A plan as the window receives it: the window shows it and runs it by `id`; the plan itself
+/// stays in the app (the window never sends a plan back).
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct PlanView {
+    pub id: String,
+    pub plan: fieldpatch_core::plan::Plan,
+}
+
 #[derive(Debug, Serialize, TS)]
 pub struct SiteView {
     pub devices: Vec<DeviceRecord>,
@@ -188,6 +196,7 @@ mod ipc_types {
         d.visit::<BridgeError>();
         d.visit::<SiteView>();
         d.visit::<Plan>();
+        d.visit::<PlanView>();
         d.visit::<LogVerification>();
         d.visit::<SessionEventView>();
         d.visit::<SessionFinished>();

@@ -20,7 +20,7 @@ use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState};
 use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
 use fieldpatch_core::visitlog::LogVerification;
 use fieldpatch_demo::Demo;
-use ipc::{BridgeError, SessionEventView, SessionFinished, SiteView, SyncEventView};
+use ipc::{BridgeError, PlanView, SessionEventView, SessionFinished, SiteView, SyncEventView};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Site {
     inventory: fieldpatch_server::Embedded,
     catalog: Arc<Catalog>,
     devices: Mutex<Vec<DeviceRecord>>,
+    /// The plan last shown in the window (its number and the plan): the only one it can run.
+    plan: Mutex<Option<(u64, Plan)>>,
     /// The last session run from the window, for its close-out.
     last_session: Mutex<Option<SessionState>>,
     /// Syncing with the embedded inventory (the demo token is kept in memory only).
@@ -108,8 +110,12 @@ fn sync_events(app: tauri::AppHandle) -> fieldpatch_core::sync::WatchSink {
 
 /// Plan the identified devices against the verified catalog.
 #[tauri::command]
-async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<Plan, BridgeError> {
-    Ok(site.fp.plan(site.devices.lock().await.clone(), &site.catalog).await)
+async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<PlanView, BridgeError> {
+    let plan = site.fp.plan(site.devices.lock().await.clone(), &site.catalog).await;
+    let mut last = site.plan.lock().await;
+    let n = last.as_ref().map_or(1, |(n, _)| n + 1);
+    *last = Some((n, plan.clone()));
+    Ok(PlanView { id: format!("plan-{n}"), plan })
 }
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
@@ -118,12 +124,22 @@ async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<Plan, BridgeError> {
 async fn run_session(
     app: tauri::AppHandle,
     site: tauri::State<'_, Arc<Site>>,
-    plan: Plan,
+    plan_id: String,
     canary: bool,
 ) -> Result<String, BridgeError> {
     if site.fp.session_running() {
         return Err(fieldpatch_core::Error::Busy.into());
     }
+    // The window names a plan the app made; it never hands one in.
+    let plan = match &*site.plan.lock().await {
+        Some((n, plan)) if format!("plan-{n}") == plan_id => plan.clone(),
+        _ => {
+            return Err(BridgeError {
+                code: "no_plan",
+                message: format!("{plan_id} is not the current plan: plan again"),
+            });
+        }
+    };
     let state = SessionState::new(plan, SessionOptions { canary, ..SessionOptions::demo() });
     let id = state.id.to_string();
     let emitter = app.clone();
@@ -197,6 +213,7 @@ async fn start_site() -> Result<Site, String> {
         inventory,
         catalog: Arc::new(catalog),
         last_session: Mutex::new(None),
+        plan: Mutex::new(None),
         runtime: tokio::runtime::Handle::current(),
     })
 }

@@ -170,6 +170,16 @@ impl Session {
         }
     }
 
+    /// Run `script` in the window as an asynchronous script (it calls the last of its
+    /// `arguments` with its result) and return that result.
+    pub fn execute_async(&self, script: &str) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
     /// A PNG screenshot of the window.
     pub fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None)?;

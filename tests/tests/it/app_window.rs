@@ -90,6 +90,18 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         .unwrap();
     session.click("#auto-sync", long).unwrap();
     let off = session.wait_for("#sync-status", long, |t| t.contains("off")).unwrap();
+    // The window names a plan the app made; a plan (or a plan id) it makes up is refused.
+    let invoke = |args: &str| {
+        session
+            .execute_async(&format!(
+                "const done = arguments[arguments.length - 1];
+                 window.__TAURI_INTERNALS__.invoke('run_session', {args})
+                   .then((r) => done({{ ok: r }}), (e) => done({{ err: e }}));"
+            ))
+            .unwrap()
+    };
+    let forged_id = invoke("{ planId: 'plan-999', canary: false }");
+    let forged_plan = invoke("{ plan: { devices: [] }, canary: false }");
     session.click("#verify", long).unwrap();
     let log = session.wait_for("#log-status", long, |t| !t.is_empty()).unwrap();
     let png2 = session.screenshot().unwrap();
@@ -117,6 +129,9 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(entries, vec!["demo".to_string()], "the demo wrote into the real data directory");
+
+    assert_eq!(forged_id["err"]["code"], "no_plan", "{forged_id}");
+    assert!(forged_plan["ok"].is_null(), "a plan sent by the window ran: {forged_plan}");
 
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(data_dir.contains(data.path().to_str().unwrap()), "{data_dir}");

@@ -7,7 +7,7 @@ import type {
   AppInfo,
   BridgeError,
   LogVerification,
-  Plan,
+  PlanView,
   SessionEventView,
   SessionFinished,
   SiteView,
@@ -42,8 +42,10 @@ async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> 
 
 export const appInfo = () => call<AppInfo>("app_info");
 export const site = () => call<SiteView>("site");
-export const makePlan = () => call<Plan>("plan");
-export const runSession = (plan: Plan, canary: boolean) => call<string>("run_session", { plan, canary });
+export const makePlan = () => call<PlanView>("plan");
+/** Run the plan the app made (by its id: the window never sends a plan). */
+export const runSession = (planId: string, canary: boolean) =>
+  call<string>("run_session", { planId, canary });
 export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on });
 export const syncNow = () => call<void>("sync_now");
 export const closeSession = (reasons: Record<string, string>) =>

@@ -139,6 +139,13 @@ export type MaintenanceWindow = { start: string, end: string, };
 export type Plan = { created: string, devices: Array<DevicePlan>, };
 
 /**
+ * The site as the window shows it.
+ * A plan as the window receives it: the window shows it and runs it by `id`; the plan itself
+ * stays in the app (the window never sends a plan back).
+ */
+export type PlanView = { id: string, plan: Plan, };
+
+/**
  * One verified bundle, as the planner needs it. Built from a verified manifest.
  */
 export type PlannableBundle = { bundle_id: string, vendor: string, model: string,
@@ -185,9 +192,6 @@ export type SessionEventView = { "kind": "phase", device: string | null, name: s
  */
 export type SessionFinished = { "outcome": "done", summary: Summary, } | { "outcome": "failed", error: BridgeError, };
 
-/**
- * The site as the window shows it.
- */
 export type SiteView = { devices: Array<DeviceRecord>,
 /**
  * Devices that did not answer: id and why.

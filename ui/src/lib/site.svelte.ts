@@ -37,6 +37,8 @@ export class SiteStore {
   error: BridgeError | null = $state(null);
   view: SiteView | null = $state(null);
   plan: Plan | null = $state(null);
+  /** The id the app gave the plan shown: what "Run" names. */
+  planId: string | null = $state(null);
   rows: Record<string, DeviceRow> = $state({});
   notes: string[] = $state([]);
   busy = $state(false);
@@ -104,12 +106,14 @@ export class SiteStore {
 
   async makePlan(): Promise<void> {
     this.error = null;
-    this.plan = await this.#api.makePlan().catch((e) => (this.#fail(e), null));
+    const made = await this.#api.makePlan().catch((e) => (this.#fail(e), null));
+    this.plan = made?.plan ?? null;
+    this.planId = made?.id ?? null;
   }
 
   /** Run a session on the plan; progress and the end arrive as events. */
   async run(): Promise<void> {
-    if (!this.plan) return;
+    if (!this.plan || !this.planId) return;
     this.error = null;
     this.busy = true;
     this.sessionDone = false;
@@ -118,7 +122,7 @@ export class SiteStore {
     this.reasons = {};
     this.closeResult = null;
     this.reasonsRefused = false;
-    await this.#api.runSession($state.snapshot(this.plan), this.canary).catch((e) => this.#fail(e));
+    await this.#api.runSession(this.planId, this.canary).catch((e) => this.#fail(e));
   }
 
   /** Record the technician's reason for every unpatched device of the last session. */

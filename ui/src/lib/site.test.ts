@@ -36,7 +36,7 @@ function shell(overrides: Partial<SiteApi> = {}) {
   const api: SiteApi = {
     appInfo: async () => ({ version: "1.2.3", data_dir: "/d", data_dir_source: "environment" }),
     site: async () => view,
-    makePlan: async () => plan,
+    makePlan: async () => ({ id: "plan-1", plan }),
     runSession: vi.fn(async () => "session-1"),
     setAutoSync: vi.fn(async (v: boolean) => v),
     syncNow: vi.fn(async () => {}),
@@ -57,7 +57,7 @@ const status = (device: string, s: DeviceStatus, text: string): SessionEventView
   status: s,
   text,
 });
-const summary = { patched: 1, rolled_back: 1, failed: 0, skipped: 0, pending: 0 };
+const summary = { patched: 1, rolled_back: 1, failed: 0, skipped: 0, pending: 0, unverified: 0 };
 const check = (problem: string | null): LogVerification => ({
   log_id: "0190a1b2-0000-7000-8000-000000000000",
   signer: "ab",
@@ -98,7 +98,7 @@ describe("SiteStore", () => {
   it("runs a session from the plan and follows its events to the end", async () => {
     const { api, on } = shell();
     const site = await afterSession(api, on);
-    expect(api.runSession).toHaveBeenCalledWith(plan, true);
+    expect(api.runSession).toHaveBeenCalledWith("plan-1", true);
     expect(site.busy).toBe(false);
     expect(site.sessionDone).toBe(true);
     expect(site.unpatched).toEqual(["sensor-04"]);

@@ -56,12 +56,17 @@ describe("session log", () => {
     expect(appendNote([], "a")).toEqual(["a"]);
   });
   it("says how a session finished", () => {
-    const summary = { patched: 5, rolled_back: 1, failed: 0, skipped: 2, pending: 0 };
+    const summary = { patched: 5, rolled_back: 1, failed: 0, skipped: 2, pending: 0, unverified: 0 };
     expect(finishedNote({ outcome: "done", summary })).toBe(
       "session finished: 5 patched, 1 rolled back, 0 failed, 2 skipped, 0 pending",
     );
     expect(finishedNote({ outcome: "failed", error: { code: "store", message: "disk full" } })).toBe(
       "session failed: disk full",
+    );
+    expect(
+      finishedNote({ outcome: "done", summary: { ...summary, unverified: 1 } }),
+    ).toBe(
+      "session finished: 5 patched, 1 rolled back, 0 failed, 2 skipped, 0 pending, 1 unverified",
     );
   });
 });

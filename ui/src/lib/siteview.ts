@@ -17,7 +17,8 @@ export function finishedNote(result: SessionFinished): string {
   switch (result.outcome) {
     case "done": {
       const s = result.summary;
-      return `session finished: ${s.patched} patched, ${s.rolled_back} rolled back, ${s.failed} failed, ${s.skipped} skipped, ${s.pending} pending`;
+      const unverified = s.unverified ? `, ${s.unverified} unverified` : "";
+      return `session finished: ${s.patched} patched, ${s.rolled_back} rolled back, ${s.failed} failed, ${s.skipped} skipped, ${s.pending} pending${unverified}`;
     }
     case "failed":
       return `session failed: ${result.error.message}`;
