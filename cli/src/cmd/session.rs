@@ -2,10 +2,11 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use fieldpatch_core::bundle::input::read_bounded;
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::plan::{Disposition, Plan};
 use fieldpatch_core::progress::TransferProgress;
-use fieldpatch_core::session::batch::read_devices;
+use fieldpatch_core::session::batch::{MAX_LIST_FILE, read_devices};
 use fieldpatch_core::session::{
     Observer, Phase, SessionEvent, SessionOptions, SessionState, Threshold,
 };
@@ -142,14 +143,10 @@ impl SessionArgs {
 pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let fp = super::open().await?;
-        let catalog = args.catalog.load(&fp).await?;
-        for r in &catalog.refused {
-            eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
-        }
         let devices = match (&args.devices, &args.work_order, &args.addresses) {
             (Some(file), _, _) => read_devices(file)?,
             (None, Some(order), Some(addresses)) => {
-                let text = std::fs::read(addresses)
+                let text = read_bounded(addresses, MAX_LIST_FILE)
                     .with_context(|| format!("reading {}", addresses.display()))?;
                 let addresses = serde_json::from_slice(&text).with_context(|| {
                     format!("{} is not a JSON object of device id -> address", addresses.display())
@@ -164,6 +161,10 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
             _ => bail!("say which devices: --devices FILE, or --work-order ID with --addresses FILE"),
         };
+        let catalog = args.catalog.load(&fp).await?;
+        for r in &catalog.refused {
+            eprintln!("refused bundle {}: {}", r.path.display(), r.reason);
+        }
         let timeout = Duration::from_secs(args.identify_timeout);
         let mut identified = Vec::new();
         for (d, err) in fp.identify(devices, timeout).await {
@@ -320,7 +321,8 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn read_plan(path: &Path) -> anyhow::Result<Plan> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading plan {}", path.display()))?;
+    let bytes = read_bounded(path, MAX_LIST_FILE)
+        .with_context(|| format!("reading plan {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| {
         format!("{} is not a plan written by `fieldpatch plan --out`", path.display())
     })

@@ -159,3 +159,39 @@ fn a_missing_serial_port_is_a_clear_error() {
     assert_eq!(v["error"]["code"], "serial_open", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("/dev/does-not-exist"), "{v}");
 }
+
+#[cfg(unix)]
+#[test]
+fn endless_inputs_are_refused_without_reading_them_whole() {
+    let dev = device();
+    let server =
+        serve_udp(dev.clone(), "127.0.0.1:0".parse().unwrap(), NetConditions::default()).unwrap();
+    let addr = server.local_addr().to_string();
+    let out = fieldpatch(&[
+        "--json",
+        "device",
+        "--udp",
+        &addr,
+        "image",
+        "upload",
+        "/dev/zero",
+        "--allow-unverified",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "file_too_large", "{v}");
+    assert!(dev.slot_bytes(1).is_none(), "bytes reached the device");
+
+    let out = fieldpatch(&[
+        "plan",
+        "--devices",
+        "/dev/zero",
+        "--catalog",
+        "/nonexistent",
+        "--trust",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/zero") && err.contains("larger than"), "{err}");
+}

@@ -2,7 +2,6 @@
 //! else) or a bare MCUboot image whose vendor signature verifies against a trusted vendor key.
 //! Anything else is refused unless the technician explicitly allows it (and the caller logs that).
 
-use super::container::MAGIC;
 use super::trust::{Role, TrustStore};
 use super::verify::{VerifiedBundle, VerifyPolicy};
 use crate::image::mcuboot::McubootImage;
@@ -41,6 +40,8 @@ pub enum InputError {
         "refusing to send {path}: it is a bare image that Fieldpatch could not verify ({why}). Use a signed patch bundle, add the vendor's image key to the trust store, or pass --allow-unverified to send it anyway (recorded in the visit log)"
     )]
     Unverified { path: String, why: String },
+    #[error("{path} is larger than {limit} bytes: it is not an image or a file Fieldpatch reads")]
+    TooLarge { path: String, limit: u64 },
 }
 
 impl InputError {
@@ -51,6 +52,7 @@ impl InputError {
             InputError::Bundle { .. } => "bundle_refused",
             InputError::Empty { .. } => "empty_image",
             InputError::Unverified { .. } => "unverified_image",
+            InputError::TooLarge { .. } => "file_too_large",
         }
     }
 }
@@ -63,9 +65,7 @@ pub fn clear_for_device(
     allow_unverified: bool,
 ) -> Result<ClearedImage, InputError> {
     let shown = path.display().to_string();
-    let bytes =
-        std::fs::read(path).map_err(|source| InputError::Read { path: shown.clone(), source })?;
-    if bytes.starts_with(MAGIC) {
+    if super::container::looks_like_bundle(path) {
         let trust = trust.ok_or_else(|| InputError::Bundle {
             path: shown.clone(),
             reason: "no trust store given (pass --trust FILE)".into(),
@@ -87,6 +87,7 @@ pub fn clear_for_device(
             },
         });
     }
+    let bytes = read_bounded(path, MAX_IMAGE_FILE)?;
     let vendor = trust.map(|t| t.keys_with_role(Role::VendorImage)).unwrap_or_default();
     let checked = McubootImage::parse(&bytes).map_err(|e| e.to_string()).and_then(|img| {
         img.verify_hash().map_err(|e| e.to_string())?;
@@ -111,4 +112,25 @@ pub fn clear_for_device(
         }
         Err(why) => Err(InputError::Unverified { path: shown, why }),
     }
+}
+
+/// The largest bare image file Fieldpatch reads into memory (bundles are streamed and verified
+/// with their own limits).
+pub const MAX_IMAGE_FILE: u64 = 64 << 20;
+
+/// Read the file at `path`, refusing one larger than `limit` bytes without reading past it (so a
+/// device file such as `/dev/zero` or a huge file cannot exhaust memory).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, InputError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path)
+        .map_err(|source| InputError::Read { path: shown.clone(), source })?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| InputError::Read { path: shown.clone(), source })?;
+    if bytes.len() as u64 > limit {
+        return Err(InputError::TooLarge { path: shown, limit });
+    }
+    Ok(bytes)
 }

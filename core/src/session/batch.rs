@@ -62,10 +62,14 @@ pub fn load_catalog(
     Ok(Catalog::load_dir(catalog_dir, &trust, policy)?)
 }
 
+/// The largest devices, plan or addresses file read (a site's list, not a device image).
+pub const MAX_LIST_FILE: u64 = 16 << 20;
+
 /// Read the devices of a work order from a JSON file (a list of device records).
 pub fn read_devices(path: &Path) -> Result<Vec<DeviceRecord>, BatchError> {
     let bad = |message: String| BatchError::Devices { path: path.display().to_string(), message };
-    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text =
+        crate::bundle::input::read_bounded(path, MAX_LIST_FILE).map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| {
         bad(format!("{e}; expected a JSON list of {{id, address: {{transport, ...}}, identity: {{vendor, model, ...}}}}"))
     })
