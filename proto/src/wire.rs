@@ -117,7 +117,8 @@ pub struct EventProblem {
     pub log_id: Uuid,
     pub seq: u64,
     /// Stable machine-readable code: `gap`, `foreign_signer`, `foreign_log`, `bad_signature`,
-    /// `broken_chain`, `conflict`, `duplicate_id`, `after_rejected`, `after_gap`, `invalid`.
+    /// `broken_chain`, `conflict`, `duplicate_id`, `after_rejected`, `after_gap`, `invalid`;
+    /// in `not_applied`: `device_not_assigned`.
     pub code: String,
     /// What was wrong, for the technician.
     pub reason: String,
@@ -132,6 +133,10 @@ pub struct PushAck {
     pub rejected: Vec<EventProblem>,
     /// The server's countersigned head of every log named in the batch that it holds events of.
     pub checkpoints: Vec<SignedCheckpoint>,
+    /// Events stored (the log stays whole) but not applied to the inventory, with the reason:
+    /// for example about a device at a site not assigned to the technician.
+    #[serde(default)]
+    pub not_applied: Vec<EventProblem>,
 }
 
 /// A site in the inventory.

@@ -106,6 +106,11 @@ pub async fn push<S: Store>(
     tech: &Technician,
     events: Vec<(Event, Prepared)>,
 ) -> Result<(PushAck, u64), StoreError> {
+    // Which device each event names (for the authorization report), before the batch is split.
+    let named: Vec<(Uuid, String)> =
+        events.iter().filter_map(|(e, _)| e.body.device.clone().map(|d| (e.body.id, d))).collect();
+    let seqs: std::collections::HashMap<Uuid, (Uuid, u64)> =
+        events.iter().map(|(e, _)| (e.body.id, (e.body.log_id, e.body.seq))).collect();
     // Group by log, keeping the request order of logs; sort each log by seq.
     let mut logs: BTreeMap<Uuid, Vec<(usize, Event, Prepared)>> = BTreeMap::new();
     let mut order: Vec<Uuid> = Vec::new();
@@ -290,6 +295,34 @@ pub async fn push<S: Store>(
             Verdict::Stored => ack.stored.push(id),
             Verdict::Retry(p) => ack.retryable.push(p),
             Verdict::Reject(p) => ack.rejected.push(p),
+        }
+    }
+    // The inventory believes only what a technician may say: events about devices at sites not
+    // assigned to them are kept (the log stays whole) but not applied, and the answer says so.
+    let mut checked: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (id, device) in &named {
+        if !ack.stored.contains(id) {
+            continue;
+        }
+        if !checked.contains_key(device) {
+            let why = match store.device(device).await? {
+                Some(d) if !store.is_assigned(&tech.id, &d.site_id).await? => Some(format!(
+                    "device {device} is not at a site assigned to {}; the event is kept but not applied to the inventory",
+                    tech.id
+                )),
+                _ => None,
+            };
+            checked.insert(device.clone(), why);
+        }
+        if let Some(Some(why)) = checked.get(device) {
+            let (log_id, seq) = seqs[id];
+            ack.not_applied.push(EventProblem {
+                id: *id,
+                log_id,
+                seq,
+                code: "device_not_assigned".into(),
+                reason: why.clone(),
+            });
         }
     }
     Ok((ack, added))

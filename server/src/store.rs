@@ -190,7 +190,8 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Store verified events (each with its hash) that continue `log_id`, fold them into the
-    /// inventory and move the log's checkpoint, atomically. Returns the rows added. Fails with
+    /// inventory (only for devices at sites assigned to `technician_id`) and move the log's
+    /// checkpoint, atomically. Returns the rows added. Fails with
     /// [`StoreError::Conflict`] (and changes nothing) when any event or the checkpoint was written
     /// concurrently by another server instance.
     fn commit_events(
@@ -843,7 +844,8 @@ macro_rules! store_impl {
                          not_patched_reason = CASE WHEN $4 THEN $5 ELSE not_patched_reason END, \
                          failures = failures + $6, \
                          last_failure = COALESCE($7, last_failure) \
-                         WHERE id = $1 OR (serial_number = $1 AND NOT EXISTS (SELECT 1 FROM devices x WHERE x.id = $1))",
+                         WHERE (id = $1 OR (serial_number = $1 AND NOT EXISTS (SELECT 1 FROM devices x WHERE x.id = $1))) \
+                         AND site_id IN (SELECT site_id FROM assignments WHERE technician_id = $8)",
                     )
                     .bind(device)
                     .bind(f.last_visit)
@@ -852,6 +854,7 @@ macro_rules! store_impl {
                     .bind(f.not_patched_reason)
                     .bind(to_i64(f.failures))
                     .bind(f.last_failure)
+                    .bind(technician_id)
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -93,6 +93,7 @@ pub fn render_report(r: &SyncReport) -> String {
     for (title, list) in [
         ("rejected (will not be accepted as they are)", &r.rejected),
         ("to retry later", &r.retryable),
+        ("kept but not applied to the inventory", &r.not_applied),
     ] {
         if list.is_empty() {
             continue;

@@ -210,6 +210,9 @@ pub struct SyncReport {
     pub retryable: Vec<EventProblem>,
     /// Events the server will never take as they are, with reasons.
     pub rejected: Vec<EventProblem>,
+    /// Events the server keeps but did not apply to the inventory, with reasons (for example
+    /// about a device at a site not assigned to the technician).
+    pub not_applied: Vec<EventProblem>,
     /// The server key the checkpoints were verified against.
     pub server_key: String,
     pub sites: usize,
@@ -453,6 +456,7 @@ pub async fn sync<L: SyncLocal>(
             });
             report.retryable.extend(ack.retryable);
             report.rejected.extend(ack.rejected);
+            report.not_applied.extend(ack.not_applied);
             if pushed == before {
                 // The server took nothing new from this log: the reasons are in the report.
                 break;

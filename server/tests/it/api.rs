@@ -121,6 +121,52 @@ async fn push_is_verified_idempotent_and_folds_into_the_inventory(backend: Backe
     assert_eq!(server.counts().await.events, 6);
 }
 
+both_backends!(events_about_devices_at_other_sites_are_kept_but_not_applied);
+async fn events_about_devices_at_other_sites_are_kept_but_not_applied(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let tech = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+    // d9 is at site s2, which alice is not assigned to; d1 is at her site s1.
+    let events = chain(
+        &tech.key,
+        vec![
+            (
+                Some("d9"),
+                EventKind::Confirmed {
+                    version: Some("9.9.9".into()),
+                    image_sha256: "bb".repeat(32),
+                },
+            ),
+            (
+                Some("d1"),
+                EventKind::Confirmed {
+                    version: Some("1.4.0".into()),
+                    image_sha256: "aa".repeat(32),
+                },
+            ),
+        ],
+    );
+    let ack = push(&server, &tech.token, &events).await;
+    assert_eq!(ack.stored.len(), 2, "the log stays whole: {ack:?}");
+    assert!(ack.rejected.is_empty(), "{ack:?}");
+    assert_eq!(ack.not_applied.len(), 1, "{ack:?}");
+    assert_eq!(ack.not_applied[0].id, events[0].body.id);
+    assert_eq!(ack.not_applied[0].code, "device_not_assigned");
+    assert!(ack.not_applied[0].reason.contains("not at a site assigned"), "{ack:?}");
+    // A replay answers the same.
+    assert_eq!(push(&server, &tech.token, &events).await, ack);
+
+    let behind: Vec<Device> =
+        get(&server, &server.admin_token, "/v1/reports/not-at-approved-version").await;
+    assert!(behind.iter().any(|d| d.id == "d9"), "d9 dropped out of the report: {behind:?}");
+    let d9: Vec<Event> = get(&server, &server.admin_token, "/v1/devices/d9/history").await;
+    assert_eq!(d9.len(), 1, "the event is kept for the record");
+    let pull: PullResponse = get(&server, &tech.token, "/v1/pull").await;
+    let d1 = pull.devices.iter().find(|d| d.id == "d1").unwrap();
+    assert_eq!(d1.current_firmware.as_deref(), Some("1.4.0"));
+}
+
 both_backends!(gaps_are_retryable_tampered_and_foreign_events_are_rejected);
 async fn gaps_are_retryable_tampered_and_foreign_events_are_rejected(backend: Backend) {
     let server = TestServer::start(backend).await;
