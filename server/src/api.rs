@@ -493,8 +493,27 @@ pub async fn issue_token<S: Store>(
     technician_id: Option<&str>,
     label: &str,
 ) -> Result<String, StoreError> {
+    issue_token_for(store, technician_id, label, TOKEN_LIFETIME).await
+}
+
+/// How long a token works when nothing else is said: a season of site visits.
+pub const TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(90);
+
+/// Issue a token that works for `lifetime` (refused when out of range).
+pub async fn issue_token_for<S: Store>(
+    store: &S,
+    technician_id: Option<&str>,
+    label: &str,
+    lifetime: chrono::Duration,
+) -> Result<String, StoreError> {
+    let expires = chrono::Utc::now()
+        .checked_add_signed(lifetime)
+        .filter(|_| lifetime > chrono::Duration::zero())
+        .ok_or_else(|| {
+            StoreError::Invalid(format!("a token lifetime of {lifetime} is out of range"))
+        })?;
     let token = new_token();
-    store.add_token(&token_hash(&token), technician_id, label).await?;
+    store.add_token(&token_hash(&token), technician_id, label, expires).await?;
     Ok(token)
 }
 

@@ -57,6 +57,18 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Revoke every token of a technician (--technician), or the one token read from standard
+    /// input (--stdin; it is never taken as an argument). Revoked tokens answer 401 at once.
+    Revoke {
+        #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
+        technician: Option<String>,
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Admin {
     /// Register a technician and their ed25519 public key (hex); prints a first token.
     CreateTechnician {
@@ -75,7 +87,13 @@ enum Admin {
         admin: bool,
         #[arg(long, default_value = "cli")]
         label: String,
+        /// Days the token works (it can be revoked before).
+        #[arg(long, default_value_t = 90)]
+        valid_days: i64,
     },
+    /// Tokens: revoke a leaked or departing technician's tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Import sites from a CSV (`id,name,address`) or JSON file.
     ImportSites { file: PathBuf },
     /// Import devices from a CSV or JSON file.
@@ -200,9 +218,26 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
             println!("technician {} registered", t.id);
             println!("token: {token}");
         }
-        Admin::CreateToken { technician, label, .. } => {
-            let token = api::issue_token(store, technician.as_deref(), &label).await?;
+        Admin::CreateToken { technician, label, valid_days, .. } => {
+            let lifetime = chrono::Duration::try_days(valid_days)
+                .filter(|_| (1..=3650).contains(&valid_days))
+                .context("--valid-days must be between 1 and 3650")?;
+            let token =
+                api::issue_token_for(store, technician.as_deref(), &label, lifetime).await?;
             println!("token: {token}");
+        }
+        Admin::Token(TokenCmd::Revoke { technician, stdin }) => {
+            let hash = if stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let token = zeroize::Zeroizing::new(line.trim().to_string());
+                anyhow::ensure!(!token.is_empty(), "no token on standard input");
+                Some(api::token_hash(&token))
+            } else {
+                None
+            };
+            let n = store.revoke_tokens(hash.as_deref(), technician.as_deref()).await?;
+            println!("{n} token(s) revoked");
         }
         Admin::ImportSites { file } => {
             let sites = fieldpatch_server::import::read_sites(&file)?;

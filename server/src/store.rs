@@ -105,13 +105,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<Technician>, StoreError>> + Send;
-    /// Register a token by its SHA-256 (hex). `technician_id` is `None` for admin tokens.
+    /// Register a token by its SHA-256 (hex). `technician_id` is `None` for admin tokens; the
+    /// token stops working at `expires_at`.
     fn add_token(
         &self,
         token_hash: &str,
         technician_id: Option<&str>,
         label: &str,
+        expires_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Revoke the token with this hash, or every token of `technician_id`; returns how many.
+    fn revoke_tokens(
+        &self,
+        token_hash: Option<&str>,
+        technician_id: Option<&str>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn principal(
         &self,
         token_hash: &str,
@@ -240,10 +248,12 @@ fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
 const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/sqlite/0001_inventory.sql")),
     ("device credentials", include_str!("../migrations/sqlite/0002_device_credentials.sql")),
+    ("token lifetime", include_str!("../migrations/sqlite/0003_token_lifetime.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/postgres/0001_inventory.sql")),
     ("device credentials", include_str!("../migrations/postgres/0002_device_credentials.sql")),
+    ("token lifetime", include_str!("../migrations/postgres/0003_token_lifetime.sql")),
 ];
 
 fn to_i64(v: u64) -> i64 {
@@ -392,6 +402,7 @@ macro_rules! store_impl {
                 token_hash: &str,
                 technician_id: Option<&str>,
                 label: &str,
+                expires_at: DateTime<Utc>,
             ) -> Result<(), StoreError> {
                 if let Some(t) = technician_id {
                     if self.technician(t).await?.is_none() {
@@ -400,25 +411,45 @@ macro_rules! store_impl {
                 }
                 let role = if technician_id.is_some() { "technician" } else { "admin" };
                 sqlx::query(
-                    "INSERT INTO tokens (token_hash, role, technician_id, label, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO tokens (token_hash, role, technician_id, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(token_hash)
                 .bind(role)
                 .bind(technician_id)
                 .bind(label)
                 .bind(Utc::now())
+                .bind(expires_at)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn revoke_tokens(
+                &self,
+                token_hash: Option<&str>,
+                technician_id: Option<&str>,
+            ) -> Result<u64, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE tokens SET revoked_at = $3 WHERE revoked_at IS NULL \
+                     AND (($1 IS NOT NULL AND token_hash = $1) OR ($2 IS NOT NULL AND technician_id = $2))",
+                )
+                .bind(token_hash)
+                .bind(technician_id)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected())
             }
 
             async fn principal(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query(
                     "SELECT k.role, t.id, t.name, t.public_key FROM tokens k \
-                     LEFT JOIN technicians t ON t.id = k.technician_id WHERE k.token_hash = $1",
+                     LEFT JOIN technicians t ON t.id = k.technician_id WHERE k.token_hash = $1 \
+                     AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
                 )
                 .bind(token_hash)
+                .bind(Utc::now())
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(r) = row else { return Ok(None) };

@@ -246,3 +246,48 @@ async fn a_clock_set_back_stops_expiry_decisions_and_the_log_says_so() {
     assert!(log.contains("refused an expiry decision"), "{log}");
     laptop.ok(&["log", "verify"]);
 }
+
+#[tokio::test]
+async fn a_revoked_or_expired_token_no_longer_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = tmp.path().join("server");
+    let laptop = laptop(tmp.path());
+    let token = enrol(&laptop, &server_data);
+    let (_server, url) = serve(&server_data);
+    laptop.run(&["sync", "login", "--server", &url], &format!("{token}\n"));
+    laptop.ok(&["sync"]);
+
+    // Revoked (the token is read from standard input, never an argument): refused at once.
+    let out = admin(&server_data, &["token", "revoke", "--stdin"], Some(&format!("{token}\n")));
+    assert!(out.contains("1 token(s) revoked"), "{out}");
+    let out = laptop.run(&["--json", "sync"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+
+    // A new token works until it expires.
+    let out =
+        admin(&server_data, &["create-token", "--technician", "alice", "--valid-days", "30"], None);
+    let fresh = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
+    laptop.run(&["sync", "login", "--server", &url], &format!("{fresh}\n"));
+    laptop.ok(&["sync"]);
+    let url_db = format!("sqlite://{}", server_data.join("inventory.db").display());
+    let pool = sqlx::SqlitePool::connect(&url_db).await.unwrap();
+    sqlx::query("UPDATE tokens SET expires_at = ? WHERE revoked_at IS NULL")
+        .bind(chrono::Utc::now() - chrono::Duration::minutes(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = laptop.run(&["--json", "sync"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+    // An out-of-range lifetime is refused, not issued.
+    let out = std::process::Command::new(fieldpatch_e2e::built_binary("fieldpatch-server"))
+        .arg("--data-dir")
+        .arg(&server_data)
+        .args(["admin", "create-token", "--technician", "alice", "--valid-days", "99999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
