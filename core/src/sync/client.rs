@@ -280,14 +280,16 @@ enum Attempt<T> {
 impl Http {
     fn new(cfg: &SyncConfig) -> Result<Self, SyncError> {
         check_transport(&cfg.server)?;
+        // rustls, verifying against the OS trust store (rustls-platform-verifier) plus the
+        // configured root, if any.
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-            .use_rustls_tls();
+            .tls_backend_rustls();
         if let Some(pem) = &cfg.root_certificate_pem {
             let cert = reqwest::Certificate::from_pem(pem)
                 .map_err(|e| SyncError::Certificate(e.to_string()))?;
-            builder = builder.add_root_certificate(cert);
+            builder = builder.tls_certs_merge([cert]);
         }
         let client = builder.build().map_err(|e| SyncError::Certificate(e.to_string()))?;
         Ok(Self { client, cfg: cfg.clone() })
@@ -412,6 +414,7 @@ pub async fn sync<L: SyncLocal>(
     // Push, log by log, batch by batch.
     for cursor in store.cursors().await.map_err(local)? {
         let mut pushed = cursor.pushed_seq;
+        let mut rewound = false;
         while pushed < cursor.last_seq {
             let batch = store
                 .events_after(cursor.log_id, pushed, cfg.batch_size.max(1))
@@ -454,6 +457,34 @@ pub async fn sync<L: SyncLocal>(
                 pushed_seq: pushed,
                 last_seq: cursor.last_seq,
             });
+            // The server lost events it had countersigned (a power cut, a restore from backup):
+            // it answers a gap and its signed head, and the events go again from there, once.
+            let gap = ack.retryable.iter().any(|p| p.log_id == cursor.log_id && p.code == "gap");
+            let server_head = ack
+                .checkpoints
+                .iter()
+                .find(|c| c.checkpoint.log_id == cursor.log_id)
+                .map(|c| (c.checkpoint.last_seq, c.checkpoint.last_hash.clone()));
+            let head_seq = server_head.as_ref().map_or(0, |(seq, _)| *seq);
+            if gap && !rewound && head_seq < before {
+                if let Some((seq, hash)) = &server_head
+                    && *seq > 0
+                {
+                    let at = store.events_after(cursor.log_id, seq - 1, 1).await.map_err(local)?;
+                    let local_hash = at.first().map(|e| e.hash()).unwrap_or_default();
+                    if &local_hash != hash {
+                        return Err(SyncError::CheckpointMismatch {
+                            log_id: cursor.log_id,
+                            seq: *seq,
+                            server_hash: hash.clone(),
+                            local_hash,
+                        });
+                    }
+                }
+                rewound = true;
+                pushed = head_seq;
+                continue;
+            }
             report.retryable.extend(ack.retryable);
             report.rejected.extend(ack.rejected);
             report.not_applied.extend(ack.not_applied);

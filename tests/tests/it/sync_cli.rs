@@ -447,3 +447,82 @@ async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
         let _ = laptop.run(&["credentials", "delete", name], "");
     }
 }
+
+/// Copy the server's SQLite files (database, WAL) from `from` to `to`.
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("inventory.db") {
+            std::fs::copy(&p, to.join(&name)).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_server_restored_from_backup_gets_the_lost_events_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = tmp.path().join("server");
+    let laptop = Laptop {
+        data: tmp.path().join("laptop"),
+        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
+    };
+    std::fs::create_dir_all(&laptop.data).unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
+    let out = admin(
+        &server_data,
+        &[
+            "create-technician",
+            "--id",
+            "alice",
+            "--name",
+            "Alice",
+            "--public-key",
+            key["public_key"].as_str().unwrap(),
+        ],
+        None,
+    );
+    let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
+    let sync = |url: &str| {
+        let out = laptop.run(&["--json", "sync", "--server", url], "");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    let (server, url) = serve(&server_data);
+    laptop.run(&["sync", "login", "--server", &url], &format!("{token}\n"));
+    laptop.ok(&["log", "note", "one"]);
+    laptop.ok(&["log", "note", "two"]);
+    sync(&url);
+    drop(server);
+    let backup = tmp.path().join("backup");
+    copy_db(&server_data, &backup);
+
+    let (server, url) = serve(&server_data);
+    laptop.ok(&["log", "note", "three"]);
+    laptop.ok(&["log", "note", "four"]);
+    sync(&url);
+    drop(server);
+
+    // The inventory is restored from the backup: it lost events 3 and 4 it had countersigned.
+    for entry in std::fs::read_dir(&server_data).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("inventory.db") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    copy_db(&backup, &server_data);
+    let shown: serde_json::Value =
+        serde_json::from_str(&laptop.ok(&["--json", "log", "show"])).unwrap();
+    let log_id = shown[0]["log_id"].as_str().unwrap().to_string();
+    let db = server_data.join("inventory.db");
+    assert_eq!(server_event_count(&db, &log_id).await, (2, 2));
+
+    let (_server, url) = serve(&server_data);
+    laptop.ok(&["log", "note", "five"]);
+    let report = sync(&url);
+    assert_eq!(report["pending"], serde_json::json!({}), "{report}");
+    assert_eq!(server_event_count(&db, &log_id).await, (5, 5), "every event is on the server once");
+}
