@@ -56,7 +56,7 @@ async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
     assert_eq!(plan.patchable().count(), n);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let log = Arc::new(VisitLog::open(&store, key).await.unwrap());
     let options = SessionOptions {
         canary: false,

@@ -17,7 +17,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open_in(dir.path()).await.expect("store");
-    let log = VisitLog::open(&store, SigningKey::generate(&mut rand::rngs::OsRng)).await.unwrap();
+    let log = VisitLog::open(&store, SigningKey::generate(&mut rand::rng())).await.unwrap();
 
     let mut lat = Vec::with_capacity(APPENDS);
     let t0 = Instant::now();

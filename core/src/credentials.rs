@@ -23,6 +23,7 @@
 
 use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
+use keyring_core::api::CredentialStoreApi;
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -292,15 +293,15 @@ pub struct Credentials {
 }
 
 /// Describe a keyring error without ever including stored bytes.
-fn describe(e: &keyring::Error) -> String {
+fn describe(e: &keyring_core::Error) -> String {
     match e {
-        keyring::Error::PlatformFailure(inner) => format!("platform failure: {inner}"),
-        keyring::Error::NoStorageAccess(inner) => format!("no access to the store: {inner}"),
-        keyring::Error::NoEntry => "no such entry".into(),
-        keyring::Error::BadEncoding(_) => "the stored value is not UTF-8".into(),
-        keyring::Error::TooLong(attr, max) => format!("{attr} is longer than {max}"),
-        keyring::Error::Invalid(attr, why) => format!("invalid {attr}: {why}"),
-        keyring::Error::Ambiguous(items) => format!("{} matching entries", items.len()),
+        keyring_core::Error::PlatformFailure(inner) => format!("platform failure: {inner}"),
+        keyring_core::Error::NoStorageAccess(inner) => format!("no access to the store: {inner}"),
+        keyring_core::Error::NoEntry => "no such entry".into(),
+        keyring_core::Error::BadEncoding(_) => "the stored value is not UTF-8".into(),
+        keyring_core::Error::TooLong(attr, max) => format!("{attr} is longer than {max}"),
+        keyring_core::Error::Invalid(attr, why) => format!("invalid {attr}: {why}"),
+        keyring_core::Error::Ambiguous(items) => format!("{} matching entries", items.len()),
         _ => "unexpected keyring error".into(),
     }
 }
@@ -309,19 +310,45 @@ fn service_name() -> String {
     std::env::var(SERVICE_ENV).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| SERVICE.into())
 }
 
-fn entry(backend: Backend, service: &str, user: &str) -> Result<keyring::Entry, keyring::Error> {
+fn entry(
+    backend: Backend,
+    service: &str,
+    user: &str,
+) -> Result<keyring_core::Entry, keyring_core::Error> {
     match backend {
+        // A connection per operation, like every call of keyring 3 made. Items carry the
+        // attributes keyring 3 searched by (`service`, `username`, `target` = `default`) and live in
+        // the default collection, so what an earlier version stored is still found.
         #[cfg(target_os = "linux")]
-        Backend::SecretService => {
-            let c = keyring::secret_service::SsCredential::new_with_target(None, service, user)?;
-            Ok(keyring::Entry::new_with_credential(Box::new(c)))
-        }
+        Backend::SecretService => dbus_secret_service_keyring_store::Store::new()?.build(
+            service,
+            user,
+            Some(&std::collections::HashMap::from([("target", "default")])),
+        ),
         #[cfg(target_os = "linux")]
-        Backend::Keyutils => Ok(keyring::Entry::new_with_credential(Box::new(
+        Backend::Keyutils => Ok(keyring_core::Entry::new_with_credential(std::sync::Arc::new(
             kernel::UserKeyringCredential::new(service, user)?,
         ))),
-        _ => keyring::Entry::new(service, user),
+        _ => platform_entry(service, user),
     }
+}
+
+/// The platform store: the login keychain (macOS), the Credential Manager (Windows).
+#[cfg(target_os = "macos")]
+fn platform_entry(service: &str, user: &str) -> Result<keyring_core::Entry, keyring_core::Error> {
+    apple_native_keyring_store::keychain::Store::new()?.build(service, user, None)
+}
+
+/// The platform store: the login keychain (macOS), the Credential Manager (Windows).
+#[cfg(target_os = "windows")]
+fn platform_entry(service: &str, user: &str) -> Result<keyring_core::Entry, keyring_core::Error> {
+    windows_native_keyring_store::Store::new()?.build(service, user, None)
+}
+
+/// No platform store here: Linux uses the Secret Service or keyutils.
+#[cfg(not(any(target_os = "macos", target_os = "windows")))]
+fn platform_entry(_: &str, _: &str) -> Result<keyring_core::Entry, keyring_core::Error> {
+    Err(keyring_core::Error::NoDefaultStore)
 }
 
 /// Check a backend answers: reading a name that does not exist must say "no entry".
@@ -332,7 +359,7 @@ fn probe(backend: Backend, service: &str) -> Result<(), String> {
     }
     let e = entry(backend, service, "fieldpatch-probe").map_err(|e| describe(&e))?;
     match e.get_password() {
-        Ok(_) | Err(keyring::Error::NoEntry) => Ok(()),
+        Ok(_) | Err(keyring_core::Error::NoEntry) => Ok(()),
         Err(e) => Err(describe(&e)),
     }
 }
@@ -452,7 +479,7 @@ impl Credentials {
         let value = secret.clone();
         let u = user.clone();
         self.blocking(move |backend, service| {
-            let fail = |e: keyring::Error| CredentialError::Keyring {
+            let fail = |e: keyring_core::Error| CredentialError::Keyring {
                 backend,
                 op: "store",
                 name: u.clone(),
@@ -469,8 +496,8 @@ impl Credentials {
     pub async fn get(&self, name: &CredentialName) -> Result<Secret, CredentialError> {
         let user = name.to_string();
         self.blocking(move |backend, service| {
-            let fail = |e: keyring::Error| match e {
-                keyring::Error::NoEntry => {
+            let fail = |e: keyring_core::Error| match e {
+                keyring_core::Error::NoEntry => {
                     CredentialError::NotFound { name: user.clone(), backend }
                 }
                 e => CredentialError::Keyring {
@@ -505,7 +532,7 @@ impl Credentials {
         let u = user.clone();
         let existed = self
             .blocking(move |backend, service| {
-                let fail = |e: keyring::Error| CredentialError::Keyring {
+                let fail = |e: keyring_core::Error| CredentialError::Keyring {
                     backend,
                     op: "delete",
                     name: u.clone(),
@@ -513,7 +540,7 @@ impl Credentials {
                 };
                 match entry(backend, service, &u).map_err(fail)?.delete_credential() {
                     Ok(()) => Ok(true),
-                    Err(keyring::Error::NoEntry) => Ok(false),
+                    Err(keyring_core::Error::NoEntry) => Ok(false),
                     Err(e) => Err(fail(e)),
                 }
             })
@@ -593,11 +620,11 @@ impl Credentials {
             lock.rollback().await.map_err(StoreError::Sql)?;
             return key_from_hex(&s);
         }
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng));
         let hex_key = Secret::new(hex::encode(key.to_bytes()));
         let user = CredentialName::TechnicianKey.to_string();
         self.blocking(move |backend, service| {
-            let fail = |e: keyring::Error| CredentialError::Keyring {
+            let fail = |e: keyring_core::Error| CredentialError::Keyring {
                 backend,
                 op: "store",
                 name: user.clone(),
@@ -634,7 +661,7 @@ fn key_from_hex(s: &Secret) -> Result<SigningKey, CredentialError> {
 
 /// Kernel keyutils in the *user* keyring (`@u`).
 ///
-/// keyring's own keyutils credential adds keys to the session keyring and links them to the
+/// The keyring ecosystem's keyutils store adds keys to the session keyring and links them to the
 /// persistent keyring; a process without its own session keyring (a CLI started from a service, a
 /// test harness) then gets a fresh anonymous session keyring per process and cannot find what the
 /// previous process stored. The user keyring is shared by every process of the user for as long as
@@ -643,13 +670,16 @@ fn key_from_hex(s: &Secret) -> Result<SigningKey, CredentialError> {
 /// session keyring can still read them; other users cannot.
 #[cfg(target_os = "linux")]
 mod kernel {
-    use keyring::credential::CredentialApi;
-    use keyring::error::{Error, Result};
+    use keyring_core::api::{Credential, CredentialApi};
+    use keyring_core::error::{Error, Result};
     use linux_keyutils::{KeyError, KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
+    use std::sync::Arc;
 
     #[derive(Debug, Clone)]
     pub(super) struct UserKeyringCredential {
         ring: KeyRing,
+        service: String,
+        user: String,
         description: String,
     }
 
@@ -668,7 +698,12 @@ mod kernel {
     impl UserKeyringCredential {
         pub(super) fn new(service: &str, user: &str) -> Result<Self> {
             let ring = KeyRing::from_special_id(KeyRingIdentifier::User, true).map_err(platform)?;
-            Ok(UserKeyringCredential { ring, description: format!("{service}:{user}") })
+            Ok(UserKeyringCredential {
+                ring,
+                service: service.to_string(),
+                user: user.to_string(),
+                description: format!("{service}:{user}"),
+            })
         }
     }
 
@@ -702,6 +737,16 @@ mod kernel {
             // Invalidated keys are garbage-collected asynchronously; unlinking hides it at once.
             let _ = self.ring.unlink_key(key);
             Ok(())
+        }
+
+        /// This credential names one key by its description; it is its own wrapper.
+        fn get_credential(&self) -> Result<Option<Arc<Credential>>> {
+            self.ring.search(&self.description).map_err(platform)?;
+            Ok(None)
+        }
+
+        fn get_specifiers(&self) -> Option<(String, String)> {
+            Some((self.service.clone(), self.user.clone()))
         }
 
         fn as_any(&self) -> &dyn std::any::Any {

@@ -355,9 +355,10 @@ impl SmpDevice<'_> {
         let image = crate::session::ImageSource::image(&catalog, &device, &step)
             .map_err(|reason| Error::NotApplicable { device: device.id.clone(), reason })?;
         let sink = LogSink { log: fp.log().await?, visit: None };
-        Ok(flash(&device.id, &mut target, &image, &sink, progress, options)
+        // `Err` only when the visit log cannot be written: nothing more was done to the device.
+        flash(&device.id, &mut target, &image, &sink, progress, options)
             .await
-            .map_err(|e| Error::Log(crate::visitlog::LogError::Unreadable(e.to_string())))?)
+            .map_err(|e| Error::Batch(crate::session::batch::BatchError::Session(e.into())))
     }
 
     /// Mark the image with `hash` for a test boot on the next reset.

@@ -267,7 +267,7 @@ mod tests {
     use super::*;
 
     fn chain(n: u64) -> (SigningKey, Vec<Event>) {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
         let log_id = Uuid::now_v7();
         let mut prev = GENESIS_HASH.to_string();
         let mut out = Vec::new();

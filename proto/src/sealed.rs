@@ -81,7 +81,7 @@ pub fn seal(
 ) -> Result<SealedCredential, SealError> {
     let recipient = crate::wire::parse_key(recipient_hex)
         .ok_or_else(|| SealError::BadRecipient(recipient_hex.to_string()))?;
-    let eph = SigningKey::generate(&mut rand::rngs::OsRng);
+    let eph = SigningKey::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng));
     let eph_pub = eph.verifying_key().to_bytes();
     let shared =
         Zeroizing::new(recipient.to_montgomery().mul_clamped(eph.to_scalar_bytes()).to_bytes());
@@ -175,8 +175,8 @@ mod tests {
 
     #[test]
     fn only_the_recipient_opens_and_the_binding_holds() {
-        let alice = SigningKey::generate(&mut rand::rngs::OsRng);
-        let bob = SigningKey::generate(&mut rand::rngs::OsRng);
+        let alice = SigningKey::generate(&mut rand::rng());
+        let bob = SigningKey::generate(&mut rand::rng());
         let alice_pub = hex::encode(alice.verifying_key().as_bytes());
         let sealed = seal(&alice_pub, "alice", "d1", "password", b"hunter2").unwrap();
         assert_eq!(sealed.open(&alice, "alice").unwrap().as_slice(), b"hunter2");

@@ -244,8 +244,8 @@ mod tests {
 
     #[test]
     fn checkpoints_verify_only_with_their_key_and_content() {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let other = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
+        let other = SigningKey::generate(&mut rand::rng());
         let log_id = Uuid::now_v7();
         let cp = Checkpoint { log_id, last_seq: 4, last_hash: "ab".repeat(32) }.sign(&key);
         let pinned = hex::encode(key.verifying_key().as_bytes());

@@ -107,14 +107,17 @@ async fn main() {
     let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 
     let (name2, base2) = (name.clone(), base.clone());
     let result = async move {
         let (name, base) = (name2, base2);
         let store = PgStore::connect(&format!("{base}/{name}")).await.unwrap();
         store.migrate().await.unwrap();
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
         api::create_technician(
             &store,
             NewTechnician {
@@ -126,7 +129,7 @@ async fn main() {
         .await
         .unwrap();
         let token = api::issue_token(&store, Some("bench"), "bench").await.unwrap();
-        let app = Arc::new(App::new(store, SigningKey::generate(&mut rand::rngs::OsRng)));
+        let app = Arc::new(App::new(store, SigningKey::generate(&mut rand::rng())));
         let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None, false).await.unwrap();
         let url = format!("http://{}/v1/push", bound.local_addr());
         tokio::spawn(bound.serve(app.clone()));
@@ -187,7 +190,7 @@ async fn main() {
         assert_eq!(after_replay, after_first);
     };
     let outcome = tokio::spawn(result).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
         .execute(&mut admin)
         .await
         .unwrap();

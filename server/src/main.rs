@@ -26,8 +26,9 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
-    /// Database: `postgres://...` for PostgreSQL; default is `inventory.db` (SQLite) in the data
-    /// directory; a `sqlite://PATH` URL picks another SQLite file.
+    /// Database: `postgres://...` for PostgreSQL (over TLS when the URL asks: `?sslmode=require`,
+    /// or `?sslmode=verify-full&sslrootcert=CA.pem`); default is `inventory.db` (SQLite) in the
+    /// data directory; a `sqlite://PATH` URL picks another SQLite file.
     #[arg(long, env = "FIELDPATCH_DATABASE", global = true)]
     database: Option<String>,
     #[command(subcommand)]

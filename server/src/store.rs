@@ -237,7 +237,7 @@ fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
                 i as i64 + 1,
                 Cow::Borrowed(*desc),
                 MigrationType::Simple,
-                Cow::Borrowed(*sql),
+                sqlx::SqlSafeStr::into_sql_str(*sql),
                 false,
             )
         })
@@ -315,6 +315,8 @@ fn fold_batch(events: &[(Event, String)]) -> Vec<(String, DeviceFold)> {
     out
 }
 
+/// The columns `device_row` reads. A constant, so the queries formatted with it are SQL-safe
+/// (`sqlx::AssertSqlSafe`).
 const DEVICE_COLUMNS: &str = "d.id, d.site_id, d.vendor, d.model, d.hardware_revision, d.serial_number, \
      d.approved_version, d.current_firmware, d.last_visit, d.failures, d.last_failure, d.not_patched_reason";
 
@@ -652,14 +654,14 @@ macro_rules! store_impl {
 
             async fn devices(&self, technician_id: Option<&str>) -> Result<Vec<Device>, StoreError> {
                 let rows = match technician_id {
-                    Some(t) => sqlx::query(&format!(
+                    Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {DEVICE_COLUMNS} FROM devices d JOIN assignments a ON a.site_id = d.site_id \
                          WHERE a.technician_id = $1 ORDER BY d.id"
-                    ))
+                    )))
                     .bind(t)
                     .fetch_all(&self.pool)
                     .await?,
-                    None => sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices d ORDER BY d.id"))
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices d ORDER BY d.id")))
                         .fetch_all(&self.pool)
                         .await?,
                 };
@@ -667,7 +669,7 @@ macro_rules! store_impl {
             }
 
             async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
-                let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1"))
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1")))
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
@@ -1016,21 +1018,49 @@ impl SqliteStore {
 }
 
 impl PgStore {
-    /// Connect to PostgreSQL (`postgres://user@host:port/db`).
+    /// Connect to PostgreSQL (`postgres://user@host:port/db`), over TLS (rustls) when the URL's
+    /// `sslmode` (or `PGSSLMODE`) asks for it: `require` encrypts; `verify-ca` and `verify-full`
+    /// also check the server's certificate, against `sslrootcert=FILE` or the public (Mozilla)
+    /// roots built in; `prefer` encrypts when the server offers TLS. Without one the connection is
+    /// plain TCP, as it always was here (sqlx would default to `prefer`; sqlx 0.9.0 also leaves
+    /// Nagle's algorithm on, which costs some 80 ms per TLS handshake).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        // sqlx builds its `verify-ca` verifier on rustls' process-wide crypto provider. A binary
+        // that also holds reqwest's (aws-lc-rs) has two and rustls cannot pick one by itself, so
+        // name ring, the provider the server's own TLS uses. Already set: keep what is there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        if !names_ssl_mode(url) && std::env::var_os("PGSSLMODE").is_none() {
+            options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+        }
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Self::new(pool))
     }
+}
+
+/// Whether a database URL names an `sslmode` (sqlx also reads `ssl-mode`).
+fn names_ssl_mode(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| matches!(pair.split('=').next(), Some("sslmode" | "ssl-mode")))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fieldpatch_proto::event::{TimeSource, UnsignedEvent};
+
+    #[test]
+    fn the_ssl_mode_is_read_from_the_url_query() {
+        assert!(names_ssl_mode("postgres://u@h/db?sslmode=require"));
+        assert!(names_ssl_mode("postgres://u@h/db?application_name=x&ssl-mode=verify-full"));
+        assert!(!names_ssl_mode("postgres://u@h/db"));
+        assert!(!names_ssl_mode("postgres://u@h/db?sslrootcert=ca.pem"));
+    }
 
     #[tokio::test]
     async fn the_sqlite_store_syncs_every_commit_to_disk() {

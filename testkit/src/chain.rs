@@ -149,7 +149,7 @@ pub fn note(text: &str) -> (Option<&'static str>, EventKind) {
 
 /// A fresh random signing key.
 pub fn random_key() -> SigningKey {
-    SigningKey::generate(&mut rand::rngs::OsRng)
+    SigningKey::generate(&mut rand::rng())
 }
 
 #[cfg(test)]

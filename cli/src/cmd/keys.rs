@@ -76,7 +76,7 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
         }
         KeysCmd::Generate { out: None, keyring } => {
             let name = keyring.context("say where the key goes: --out FILE or --keyring NAME")?;
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let key = SigningKey::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng));
             super::runtime()?.block_on(async {
                 let store = Store::open_default().await?;
                 Credentials::open(&store).await?.store_signing_key(&name, &key).await?;

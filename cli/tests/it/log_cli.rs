@@ -39,11 +39,11 @@ impl Env {
         self.dir.path().join("fieldpatch.db")
     }
 
-    async fn sql(&self, statements: &[&str]) {
+    async fn sql(&self, statements: &[&'static str]) {
         let mut c =
             SqliteConnection::connect(&format!("sqlite://{}", self.db().display())).await.unwrap();
         for s in statements {
-            sqlx::query(s).execute(&mut c).await.unwrap();
+            sqlx::query(*s).execute(&mut c).await.unwrap();
         }
         c.close().await.unwrap();
     }

@@ -63,7 +63,7 @@ fn load_key_file(path: &Path) -> Result<SigningKey, BundleError> {
 /// Generate a new key and write its private half to `path` (which must not exist) with mode 0600.
 /// Returns the key id and the public key (hex).
 pub fn generate_key_file(path: &Path) -> Result<(String, String), BundleError> {
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = SigningKey::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng));
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|_| key_err("could not encode the new key".into()))?;

@@ -504,7 +504,7 @@ mod tests {
         let page = local.events_after(log.log_id(), 1, 10).await.unwrap();
         assert_eq!(page.iter().map(|e| e.body.seq).collect::<Vec<_>>(), vec![2, 3]);
 
-        let server = SigningKey::generate(&mut rand::rngs::OsRng);
+        let server = SigningKey::generate(&mut rand::rng());
         let cp = Checkpoint { log_id: log.log_id(), last_seq: 2, last_hash: events[1].hash() }
             .sign(&server);
         local.record_checkpoint(&cp).await.unwrap();

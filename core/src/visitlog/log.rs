@@ -444,6 +444,8 @@ struct Row_ {
     signature: String,
 }
 
+/// The columns `row_from` reads. A constant, so the queries formatted with it are SQL-safe
+/// (`sqlx::AssertSqlSafe`).
 const ROW_COLUMNS: &str =
     "id, log_id, seq, hash, prev_hash, kind, visit_id, device, body, signature";
 
@@ -601,9 +603,9 @@ impl Store {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<Event>, LogError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROW_COLUMNS} FROM events WHERE log_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        ))
+        )))
         .bind(log_id.to_string())
         .bind(after_seq as i64)
         .bind(i64::from(limit))
@@ -619,9 +621,9 @@ impl Store {
 
     /// Events of one visit, in seq order.
     pub async fn visit_events(&self, visit_id: Uuid) -> Result<Vec<Event>, LogError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROW_COLUMNS} FROM events WHERE visit_id = ? ORDER BY log_id, seq"
-        ))
+        )))
         .bind(visit_id.to_string())
         .fetch_all(self.pool())
         .await?;
@@ -647,9 +649,9 @@ impl Store {
             problem: Some(problem),
         };
         loop {
-            let rows = sqlx::query(&format!(
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {ROW_COLUMNS} FROM events WHERE log_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-            ))
+            )))
             .bind(log_id.to_string())
             .bind(after)
             .bind(PAGE)

@@ -8,7 +8,7 @@
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::{EventKind, NewEvent, VisitLog};
-use rand::Rng;
+use rand::RngExt;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -56,8 +56,8 @@ async fn crash_child_appender() {
 async fn crash_at_random_moments_never_leaves_a_half_written_event() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("fieldpatch.db");
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let mut rng = rand::thread_rng();
+    let key = SigningKey::generate(&mut rand::rng());
+    let mut rng = rand::rng();
     let mut last_count = 0u64;
     let mut grew = 0;
     for iteration in 0..ITERATIONS {
@@ -82,7 +82,7 @@ async fn crash_at_random_moments_never_leaves_a_half_written_event() {
         });
         rx.recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("iteration {iteration}: child never started appending"));
-        std::thread::sleep(Duration::from_micros(rng.gen_range(0..60_000)));
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..60_000)));
         // SIGKILL on Unix, TerminateProcess on Windows: the child gets no chance to clean up.
         child.kill().unwrap();
         let status = child.wait().unwrap();

@@ -10,7 +10,7 @@ use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
 
 fn key() -> SigningKey {
-    SigningKey::generate(&mut rand::rngs::OsRng)
+    SigningKey::generate(&mut rand::rng())
 }
 
 /// A store with one log of `n` notes. Returns the temp dir too so it outlives the test.

@@ -7,7 +7,7 @@ use fieldpatch_core::visitlog::{EventKind, NewEvent, TimeSource, VisitLog};
 async fn setup() -> (tempfile::TempDir, Store, VisitLog) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
-    let log = VisitLog::open(&store, SigningKey::generate(&mut rand::rngs::OsRng)).await.unwrap();
+    let log = VisitLog::open(&store, SigningKey::generate(&mut rand::rng())).await.unwrap();
     (dir, store, log)
 }
 

@@ -55,7 +55,7 @@ fn serve(data: &Path, extra: &[&str]) -> (Server, String) {
 async fn admin_cli_then_a_technician_pulls_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let out = admin(
         &data,
         &[
@@ -163,8 +163,8 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     );
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&tls.cert_pem()).unwrap())
+        .tls_backend_rustls()
+        .tls_certs_merge([reqwest::Certificate::from_pem(&tls.cert_pem()).unwrap()])
         .build()
         .unwrap();
     let pull: PullResponse = client
@@ -205,7 +205,7 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
             !r.status().is_success()
         }
     );
-    let untrusting = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    let untrusting = reqwest::Client::builder().tls_backend_rustls().build().unwrap();
     assert!(untrusting.get(format!("{url}/v1/health")).send().await.is_err());
 }
 

@@ -31,7 +31,10 @@ impl PgDatabase {
         let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
             .await
             .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/setup starts it)");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         let url = format!("{}/{name}", postgres_base());
         Self { name, url }
@@ -48,9 +51,11 @@ impl Drop for PgDatabase {
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
                 }
             })
         })
@@ -94,8 +99,7 @@ async fn start_on<S: Store>(
     store.migrate().await.unwrap();
     let admin_token = api::issue_token(&store, None, "test").await.unwrap();
     let app = Arc::new(
-        App::new(store, SigningKey::generate(&mut rand::rngs::OsRng))
-            .with_credential_key(rand::random()),
+        App::new(store, SigningKey::generate(&mut rand::rng())).with_credential_key(rand::random()),
     );
     let bound = Bound::bind("127.0.0.1:0".parse().unwrap(), None, false).await.unwrap();
     let base = format!("http://{}", bound.local_addr());
@@ -173,7 +177,7 @@ impl TestServer {
 
     /// Register a technician with a fresh key; returns the key and a token.
     pub async fn technician(&self, id: &str) -> Tech {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
         let body = NewTechnician {
             id: id.into(),
             name: format!("Technician {id}"),

@@ -7,7 +7,6 @@ use fieldpatch_proto::event::Event;
 use fieldpatch_proto::wire::{PushAck, PushRequest};
 use fieldpatch_server::{PgStore, SqliteStore, Store};
 use fieldpatch_testkit::chain::{chain, note};
-use rand::Rng;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +41,7 @@ fn spawn(data: &Path, database: &str) -> (Child, String) {
 }
 
 async fn killed_and_restarted(data: PathBuf, database: String) {
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let out = cmd(&data, &database)
         .args(["admin", "create-technician", "--id", "alice", "--name", "Alice", "--public-key"])
         .arg(hex::encode(key.verifying_key().as_bytes()))
@@ -64,7 +63,7 @@ async fn killed_and_restarted(data: PathBuf, database: String) {
         std::thread::spawn(move || {
             let mut child = child;
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(10..120)));
+                std::thread::sleep(Duration::from_millis(rand::random_range(10..120)));
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills.fetch_add(1, Ordering::SeqCst);

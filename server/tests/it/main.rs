@@ -5,3 +5,4 @@ mod common;
 mod api;
 mod cli_tls;
 mod kill;
+mod pg_tls;

@@ -326,7 +326,7 @@ fn a_killed_cli_session_resumes_without_reflashing_confirmed_devices() {
 }
 
 fn ed25519_key() -> ed25519_dalek::SigningKey {
-    ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng)
+    ed25519_dalek::SigningKey::generate(&mut rand::rng())
 }
 
 #[test]

@@ -23,7 +23,6 @@ use fieldpatch_testkit::tls::self_signed;
 
 /// The server's credential data key in these tests.
 const DATA_KEY: [u8; 32] = [7; 32];
-use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
@@ -207,7 +206,10 @@ impl PgDatabase {
         let mut c = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
             .await
             .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/setup starts it)");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
         (Self { name: name.clone() }, format!("postgres://postgres@127.0.0.1:5432/{name}"))
     }
 }
@@ -222,9 +224,11 @@ impl Drop for PgDatabase {
                 if let Ok(mut c) =
                     sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await
                 {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
                 }
             })
         })
@@ -439,8 +443,8 @@ async fn proxy(
             let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
                 return;
             };
-            let budget = if chaos && rand::thread_rng().gen_bool(0.5) {
-                rand::thread_rng().gen_range(1..30_000)
+            let budget = if chaos && rand::random_bool(0.5) {
+                rand::random_range(1..30_000)
             } else {
                 usize::MAX
             };
@@ -481,8 +485,8 @@ fn fast_retry(cfg: &mut SyncConfig) {
 
 async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let server_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tech_key = SigningKey::generate(&mut rand::rng());
+    let server_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
 
     let mut local = JsonLocal::new(&dir.path().join("laptop"));
@@ -510,12 +514,12 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
         tokio::task::spawn_blocking(move || {
             let mut server = Some(first);
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(30..250)));
+                std::thread::sleep(Duration::from_millis(rand::random_range(30..250)));
                 if let Some(s) = server.take() {
                     s.kill();
                     kills.fetch_add(1, Ordering::SeqCst);
                 }
-                std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..100)));
+                std::thread::sleep(Duration::from_millis(rand::random_range(0..100)));
                 let s = ServerThread::start(db.clone(), key.clone(), 0);
                 upstream.store(s.port, Ordering::SeqCst);
                 server = Some(s);
@@ -541,7 +545,7 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
             logs[i].extend(more);
         }
         // The laptop itself is interrupted too: the sync future is dropped mid-flight.
-        let limit = Duration::from_millis(rand::thread_rng().gen_range(20..1500));
+        let limit = Duration::from_millis(rand::random_range(20..1500));
         match tokio::time::timeout(limit, fieldpatch_core::sync::sync(&cfg, &local, &|_| {})).await
         {
             Err(_) => client_aborts += 1,
@@ -616,8 +620,8 @@ async fn postgres_interrupted_sync_stores_every_event_exactly_once() {
 async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("inventory.db"));
-    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let server_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tech_key = SigningKey::generate(&mut rand::rng());
+    let server_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
     let server = ServerThread::start(db.clone(), server_key.clone(), 0);
 
@@ -627,7 +631,7 @@ async fn rejected_and_pending_events_are_reported_and_pull_follows_assignments()
     let mut bad = make_log(&tech_key, 6);
     bad[2].body.kind = EventKind::Note { text: "edited after signing".into() };
     // Signed by a key the server does not know for this technician.
-    let stranger = SigningKey::generate(&mut rand::rngs::OsRng);
+    let stranger = SigningKey::generate(&mut rand::rng());
     let foreign = make_log(&stranger, 3);
     local.append(&good);
     local.append(&bad);
@@ -725,8 +729,8 @@ fn next_events(key: &SigningKey, log: &[Event], n: u64) -> Vec<Event> {
 async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("inventory.db"));
-    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let server_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tech_key = SigningKey::generate(&mut rand::rng());
+    let server_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
     let mut local = JsonLocal::new(&dir.path().join("laptop"));
     local.technician = Some(("alice".into(), tech_key.clone()));
@@ -787,11 +791,11 @@ async fn sync_over_https_trusts_only_the_configured_root() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
     let db = Db::Sqlite(dir.path().join("inventory.db"));
-    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tech_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
     let files = fieldpatch_server::TlsFiles { cert: tls.cert.clone(), key: tls.key.clone() };
     let server =
-        ServerThread::start_with(db, SigningKey::generate(&mut rand::rngs::OsRng), 0, Some(files));
+        ServerThread::start_with(db, SigningKey::generate(&mut rand::rng()), 0, Some(files));
     let mut local = JsonLocal::new(&dir.path().join("laptop"));
     local.technician = Some(("alice".into(), tech_key.clone()));
     local.append(&make_log(&tech_key, 5));
@@ -813,7 +817,7 @@ async fn sync_over_https_trusts_only_the_configured_root() {
 async fn a_network_change_nudge_makes_watch_probe_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("inventory.db"));
-    let tech_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let tech_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
     let mut local = JsonLocal::new(&dir.path().join("laptop"));
     local.technician = Some(("alice".into(), tech_key.clone()));
@@ -849,7 +853,7 @@ async fn a_network_change_nudge_makes_watch_probe_at_once() {
     while events.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server = ServerThread::start(db, SigningKey::generate(&mut rand::rngs::OsRng), port);
+    let server = ServerThread::start(db, SigningKey::generate(&mut rand::rng()), port);
     nudge.notify_one();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !synced.load(Ordering::SeqCst) {
