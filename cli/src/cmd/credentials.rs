@@ -5,8 +5,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use fieldpatch_core::credentials::{CredentialName, Credentials, Secret};
-use fieldpatch_core::store::Store;
+use fieldpatch_core::credentials::{CredentialName, Secret};
 use std::io::{BufRead, IsTerminal, Read};
 use std::process::ExitCode;
 
@@ -30,8 +29,8 @@ pub enum CredentialsCommand {
 
 pub fn run(cmd: CredentialsCommand, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
-        let store = Store::open_default().await?;
-        let creds = Credentials::open(&store).await?;
+        let fp = super::open().await?;
+        let creds = fp.credentials().await?;
         let backend = creds.backend();
         match cmd {
             CredentialsCommand::Set { name } => {

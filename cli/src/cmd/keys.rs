@@ -4,8 +4,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::bundle::{KeySource, Role, TrustStoreBody, TrustedKey, generate_key_file};
-use fieldpatch_core::credentials::Credentials;
-use fieldpatch_core::store::Store;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,8 +56,8 @@ pub enum KeysCmd {
 pub fn load_key(spec: &std::path::Path) -> anyhow::Result<SigningKey> {
     match spec.to_str().and_then(|s| s.strip_prefix("keyring:")) {
         Some(name) => super::runtime()?.block_on(async {
-            let store = Store::open_default().await?;
-            Ok(Credentials::open(&store).await?.signing_key(name).await?)
+            let fp = super::open().await?;
+            Ok(fp.credentials().await?.signing_key(name).await?)
         }),
         None => Ok(KeySource::File(spec.to_path_buf()).load()?),
     }
@@ -78,8 +76,8 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             let name = keyring.context("say where the key goes: --out FILE or --keyring NAME")?;
             let key = SigningKey::generate(&mut rand::rand_core::UnwrapErr(rand::rngs::SysRng));
             super::runtime()?.block_on(async {
-                let store = Store::open_default().await?;
-                Credentials::open(&store).await?.store_signing_key(&name, &key).await?;
+                let fp = super::open().await?;
+                fp.credentials().await?.store_signing_key(&name, &key).await?;
                 anyhow::Ok(())
             })?;
             let public = key.verifying_key();
