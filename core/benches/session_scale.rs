@@ -9,7 +9,7 @@ use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::model::Version as FpVersion;
 use fieldpatch_core::plan::Criticality;
-use fieldpatch_core::session::batch::{identify, make_plan, run_in_visit};
+use fieldpatch_core::session::batch::{VisitRun, identify, make_plan, run_in_visit};
 use fieldpatch_core::session::{SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::VisitLog;
@@ -70,13 +70,15 @@ async fn session(n: usize, catalog: Arc<Catalog>, rtt: Duration) -> Duration {
     };
     let started = Instant::now();
     let (summary, _) = run_in_visit(
-        &store,
-        log,
+        VisitRun {
+            store: &store,
+            log,
+            catalog,
+            connector: Arc::new(connector),
+            observer: Arc::new(|_, _| {}),
+            pause: Arc::new(AtomicBool::new(false)),
+        },
         SessionState::new(plan, options),
-        catalog,
-        Arc::new(connector),
-        Arc::new(|_, _| {}),
-        Arc::new(AtomicBool::new(false)),
     )
     .await
     .unwrap();

@@ -336,8 +336,8 @@ impl Fieldpatch {
         let _lock = crate::session::lock::RunnerLock::session(&self.data_dir)?;
         let log = self.log().await?;
         let connector = self.connector.clone();
-        Ok(batch::run_in_visit(&self.store, log, state, catalog, connector, observer, pause)
-            .await?)
+        let run = batch::VisitRun { store: &self.store, log, catalog, connector, observer, pause };
+        Ok(batch::run_in_visit(run, state).await?)
     }
 
     /// Whether a session of this process is running.

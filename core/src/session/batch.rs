@@ -26,8 +26,9 @@ pub enum BatchError {
     Devices { path: String, message: String },
     #[error(transparent)]
     Session(#[from] SessionError),
-    #[error("local store: {0}")]
-    Store(String),
+    /// The visit log could not be written or read: the device was left as it was.
+    #[error(transparent)]
+    Log(#[from] crate::visitlog::LogError),
     #[error(transparent)]
     Reasons(#[from] ReasonsMissing),
     #[error("work order {id}: {message}")]
@@ -42,7 +43,7 @@ impl BatchError {
             BatchError::Catalog(e) => e.code(),
             BatchError::Devices { .. } => "devices_file",
             BatchError::Session(e) => e.code(),
-            BatchError::Store(_) => "store",
+            BatchError::Log(e) => e.code(),
             BatchError::Reasons(_) => "reasons_missing",
             BatchError::WorkOrder { .. } => "work_order",
         }
@@ -169,21 +170,30 @@ pub async fn make_plan(
     plan(&input, chrono::Utc::now())
 }
 
+/// What a session runs with inside a visit: the store, the technician's log, the verified
+/// catalog, how devices are reached, who watches, and the pause switch.
+pub struct VisitRun<'a> {
+    pub store: &'a Store,
+    pub log: Arc<VisitLog>,
+    pub catalog: Arc<Catalog>,
+    pub connector: Arc<dyn Connector>,
+    pub observer: Observer,
+    pub pause: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for VisitRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisitRun").field("log", &self.log.log_id()).finish_non_exhaustive()
+    }
+}
+
 /// Run (or resume) a session inside a visit of the technician's signed visit log.
 pub async fn run_in_visit(
-    store: &Store,
-    log: Arc<VisitLog>,
+    run: VisitRun<'_>,
     state: SessionState,
-    catalog: Arc<Catalog>,
-    connector: Arc<dyn Connector>,
-    observer: Observer,
-    pause: Arc<AtomicBool>,
 ) -> Result<(Summary, SessionState), BatchError> {
-    let store_err = |e: &dyn std::fmt::Display| BatchError::Store(e.to_string());
-    let (visit, _) = log
-        .open_visit(&format!("batch session {}", state.id), None)
-        .await
-        .map_err(|e| store_err(&e))?;
+    let VisitRun { store, log, catalog, connector, observer, pause } = run;
+    let (visit, _) = log.open_visit(&format!("batch session {}", state.id), None).await?;
     let sink = Arc::new(LogSink { log: log.clone(), visit: Some(visit) });
     // The synced inventory is authoritative for what a device is (vendor, model, hardware
     // revision): a plan file cannot make a device look like another model.
@@ -204,9 +214,7 @@ pub async fn run_in_visit(
             bundle_id: r.bundle_id.clone().unwrap_or_else(|| r.path.display().to_string()),
             reason: r.reason.clone(),
         };
-        log.append(crate::visitlog::NewEvent::new(kind).visit(visit))
-            .await
-            .map_err(|e| store_err(&e))?;
+        log.append(crate::visitlog::NewEvent::new(kind).visit(visit)).await?;
     }
     let deps = SessionDeps {
         connector,
@@ -226,8 +234,7 @@ pub async fn run_in_visit(
         if let Some(reason) = not_patched_reason(status) {
             let kind = EventKind::DeviceNotPatched { reason };
             log.append(crate::visitlog::NewEvent::new(kind).visit(visit).device(device.as_str()))
-                .await
-                .map_err(|e| store_err(&e))?;
+                .await?;
         }
     }
     log.close_visit(
@@ -239,8 +246,7 @@ pub async fn run_in_visit(
             + summary.skipped
             + summary.unverified,
     )
-    .await
-    .map_err(|e| store_err(&e))?;
+    .await?;
     result?;
     Ok((summary, state))
 }
@@ -296,9 +302,7 @@ pub async fn close_out(
     for (id, why) in unpatched {
         let reason = format!("{} (session {}: {why})", reasons[id].trim(), state.id);
         let kind = EventKind::DeviceNotPatched { reason };
-        log.append(crate::visitlog::NewEvent::new(kind).device(id.as_str()))
-            .await
-            .map_err(|e| BatchError::Store(e.to_string()))?;
+        log.append(crate::visitlog::NewEvent::new(kind).device(id.as_str())).await?;
         done.push(id.clone());
     }
     Ok(done)

@@ -6,7 +6,7 @@ use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::image::dfu_file::DfuSuffix;
 use fieldpatch_core::plan::Criticality;
-use fieldpatch_core::session::batch::{identify, load_catalog, make_plan, run_in_visit};
+use fieldpatch_core::session::batch::{VisitRun, identify, load_catalog, make_plan, run_in_visit};
 use fieldpatch_core::session::{Phase, SessionOptions, SessionState, Threshold};
 use fieldpatch_core::store::Store;
 use fieldpatch_core::visitlog::VisitLog;
@@ -143,13 +143,15 @@ async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_
     let log = Arc::new(VisitLog::open(&store, key).await.unwrap());
     let state = SessionState::new(plan, options(Threshold::Count(3)));
     let (summary, state) = run_in_visit(
-        &store,
-        log,
+        VisitRun {
+            store: &store,
+            log,
+            catalog: catalog.clone(),
+            connector: Arc::new(connector),
+            observer: Arc::new(|_, _| {}),
+            pause: Arc::new(AtomicBool::new(false)),
+        },
         state,
-        catalog.clone(),
-        Arc::new(connector),
-        Arc::new(|_, _| {}),
-        Arc::new(AtomicBool::new(false)),
     )
     .await
     .unwrap();
@@ -228,13 +230,15 @@ async fn failure_threshold_stops_the_session() {
     opts.wave_size = 3;
     opts.concurrency = 3;
     let (summary, state) = run_in_visit(
-        &store,
-        log,
+        VisitRun {
+            store: &store,
+            log,
+            catalog,
+            connector: Arc::new(connector),
+            observer: Arc::new(|_, _| {}),
+            pause: Arc::new(AtomicBool::new(false)),
+        },
         SessionState::new(plan, opts),
-        catalog,
-        Arc::new(connector),
-        Arc::new(|_, _| {}),
-        Arc::new(AtomicBool::new(false)),
     )
     .await
     .unwrap();
