@@ -103,6 +103,37 @@ impl Laptop {
     }
 }
 
+/// A laptop with its own data directory (under `dir`) and keyring service.
+pub(crate) fn new_laptop(dir: &Path) -> Laptop {
+    let laptop = Laptop {
+        data: dir.join("laptop"),
+        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
+    };
+    std::fs::create_dir_all(&laptop.data).unwrap();
+    laptop
+}
+
+/// Register the laptop's technician key with the server (in `server_data`) as technician `id`;
+/// returns the first token.
+pub(crate) fn enrol(laptop: &Laptop, server_data: &Path, id: &str) -> String {
+    let key: serde_json::Value =
+        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
+    let out = admin(
+        server_data,
+        &[
+            "create-technician",
+            "--id",
+            id,
+            "--name",
+            id,
+            "--public-key",
+            key["public_key"].as_str().unwrap(),
+        ],
+        None,
+    );
+    out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string()
+}
+
 async fn server_event_count(db: &Path, log_id: &str) -> (i64, i64) {
     let url = format!("sqlite://{}?mode=ro", db.display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
@@ -369,27 +400,8 @@ fn wait_for(rx: &std::sync::mpsc::Receiver<String>, what: &str, seen: &mut Vec<S
 async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
     let tmp = tempfile::tempdir().unwrap();
     let server_data = tmp.path().join("server");
-    let laptop = Laptop {
-        data: tmp.path().join("laptop"),
-        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
-    };
-    std::fs::create_dir_all(&laptop.data).unwrap();
-    let public_key: serde_json::Value =
-        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
-    let out = admin(
-        &server_data,
-        &[
-            "create-technician",
-            "--id",
-            "bob",
-            "--name",
-            "Bob",
-            "--public-key",
-            public_key["public_key"].as_str().unwrap(),
-        ],
-        None,
-    );
-    let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
+    let laptop = new_laptop(tmp.path());
+    let token = enrol(&laptop, &server_data, "bob");
 
     // The laptop knows the server's address, but the server is not up yet.
     let port = free_port();
@@ -464,27 +476,8 @@ fn copy_db(from: &Path, to: &Path) {
 async fn a_server_restored_from_backup_gets_the_lost_events_again() {
     let tmp = tempfile::tempdir().unwrap();
     let server_data = tmp.path().join("server");
-    let laptop = Laptop {
-        data: tmp.path().join("laptop"),
-        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
-    };
-    std::fs::create_dir_all(&laptop.data).unwrap();
-    let key: serde_json::Value =
-        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
-    let out = admin(
-        &server_data,
-        &[
-            "create-technician",
-            "--id",
-            "alice",
-            "--name",
-            "Alice",
-            "--public-key",
-            key["public_key"].as_str().unwrap(),
-        ],
-        None,
-    );
-    let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string();
+    let laptop = new_laptop(tmp.path());
+    let token = enrol(&laptop, &server_data, "alice");
     let sync = |url: &str| {
         let out = laptop.run(&["--json", "sync", "--server", url], "");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

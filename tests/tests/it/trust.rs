@@ -8,38 +8,9 @@
 //! - a clock set back past the latest trusted time stops expiry decisions, and the visit log says
 //!   so.
 
-use crate::sync_cli::{Laptop, admin, serve};
+use crate::sync_cli::{Laptop, admin, new_laptop, serve};
 use fieldpatch_e2e::kit::Kit;
 use std::path::Path;
-
-fn laptop(dir: &Path) -> Laptop {
-    let laptop = Laptop {
-        data: dir.join("laptop"),
-        service: format!("fieldpatch-e2e-{}", uuid::Uuid::now_v7().simple()),
-    };
-    std::fs::create_dir_all(&laptop.data).unwrap();
-    laptop
-}
-
-/// Register the laptop's technician key with the server (in `server_data`); returns the token.
-fn enrol(laptop: &Laptop, server_data: &Path) -> String {
-    let key: serde_json::Value =
-        serde_json::from_str(&laptop.ok(&["--json", "sync", "key"])).unwrap();
-    let out = admin(
-        server_data,
-        &[
-            "create-technician",
-            "--id",
-            "alice",
-            "--name",
-            "Alice",
-            "--public-key",
-            key["public_key"].as_str().unwrap(),
-        ],
-        None,
-    );
-    out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_string()
-}
 
 /// `fieldpatch keys generate` in `dir`: (key file name, public key hex).
 fn generate(laptop: &Laptop, dir: &Path, name: &str) -> String {
@@ -73,8 +44,8 @@ fn sync_error(laptop: &Laptop) -> (Option<i32>, serde_json::Value, String) {
 fn a_pulled_trust_store_replaces_the_pinned_one_only_as_a_signed_rotation() {
     let tmp = tempfile::tempdir().unwrap();
     let server_data = tmp.path().join("server");
-    let laptop = laptop(tmp.path());
-    let token = enrol(&laptop, &server_data);
+    let laptop = new_laptop(tmp.path());
+    let token = crate::sync_cli::enrol(&laptop, &server_data, "alice");
     let kit_dir = tmp.path().join("kit");
     std::fs::create_dir_all(&kit_dir).unwrap();
     let kit = Kit::new(&kit_dir);
@@ -175,7 +146,7 @@ fn a_pulled_trust_store_replaces_the_pinned_one_only_as_a_signed_rotation() {
 #[test]
 fn the_sync_token_never_travels_over_plain_http_to_another_host() {
     let tmp = tempfile::tempdir().unwrap();
-    let laptop = laptop(tmp.path());
+    let laptop = new_laptop(tmp.path());
     // TEST-NET-1: nothing answers there; the refusal must come before any connection.
     let out = laptop.run(
         &["--json", "sync", "login", "--server", "http://192.0.2.10:8470"],
@@ -200,7 +171,7 @@ fn the_sync_token_never_travels_over_plain_http_to_another_host() {
 #[tokio::test]
 async fn a_clock_set_back_stops_expiry_decisions_and_the_log_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let laptop = laptop(tmp.path());
+    let laptop = new_laptop(tmp.path());
     let kit_dir = tmp.path().join("kit");
     std::fs::create_dir_all(&kit_dir).unwrap();
     let kit = Kit::new(&kit_dir);
@@ -251,8 +222,8 @@ async fn a_clock_set_back_stops_expiry_decisions_and_the_log_says_so() {
 async fn a_revoked_or_expired_token_no_longer_syncs() {
     let tmp = tempfile::tempdir().unwrap();
     let server_data = tmp.path().join("server");
-    let laptop = laptop(tmp.path());
-    let token = enrol(&laptop, &server_data);
+    let laptop = new_laptop(tmp.path());
+    let token = crate::sync_cli::enrol(&laptop, &server_data, "alice");
     let (_server, url) = serve(&server_data);
     laptop.run(&["sync", "login", "--server", &url], &format!("{token}\n"));
     laptop.ok(&["sync"]);
