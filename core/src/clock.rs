@@ -2,7 +2,8 @@
 //!
 //! Expiry decisions (bundles, approvals, the offline grace period) depend on "now". A clock wound
 //! backwards would revive expired bundles, so Fieldpatch keeps the latest trusted time it has seen
-//! (the server's time at each sync, and the time of every event in the local visit logs) and
+//! (the server's time at each sync, and the time of every event the local visit logs stamped
+//! while the clock agreed with the server's) and
 //! refuses expiry decisions, with a message that says what to do, when the clock is earlier than
 //! that by more than [`TOLERANCE`]. The last successful sync (the server's time) is also the
 //! "last online" moment the offline grace period counts from: it comes from the store, never from
@@ -62,7 +63,7 @@ pub async fn last_online(store: &Store) -> Result<Option<DateTime<Utc>>, StoreEr
     Ok(parse(store.meta(LAST_ONLINE_META).await?))
 }
 
-/// The latest trusted time: the stored one, or the newest event of any local visit log.
+/// The latest trusted time: the stored one, or the newest server-checked event of any local log.
 pub async fn latest_trusted(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
     let stored = parse(store.meta(TRUSTED_TIME_META).await?);
     let newest_event = store.newest_event_time().await?;
@@ -107,5 +108,20 @@ mod tests {
         // An older time never lowers what is trusted.
         note_trusted(&store, Utc::now() - TimeDelta::days(30)).await.unwrap();
         assert!(checked_now(&store).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_server_checked_event_times_count_as_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let log = crate::visitlog::VisitLog::open(&store, key).await.unwrap();
+        log.note("before any sync").await.unwrap();
+        assert_eq!(latest_trusted(&store).await.unwrap(), None, "a system-clock time counted");
+        store.record_clock_check(TimeDelta::zero()).await.unwrap();
+        let e = log.note("after a sync that checked the clock").await.unwrap();
+        let latest = latest_trusted(&store).await.unwrap().expect("a server-checked time");
+        assert_eq!(latest.timestamp(), e.body.time.timestamp());
+        assert!(checked_now(&store).await.is_ok());
     }
 }

@@ -505,14 +505,14 @@ impl Row_ {
 }
 
 impl Store {
-    /// The time of the newest event (each log's head) across the local visit logs.
+    /// The time of the newest event stamped with a server-checked clock, across the local logs.
     pub async fn newest_event_time(
         &self,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        // Only times stamped while the clock agreed with the server's: a clock that was once
+        // wrong (ahead) must not make the corrected one look wound back.
         let times: Vec<(String,)> = sqlx::query_as(
-            "SELECT e.time FROM events e
-               JOIN (SELECT log_id, MAX(seq) AS head FROM events GROUP BY log_id) h
-                 ON e.log_id = h.log_id AND e.seq = h.head",
+            "SELECT time FROM events WHERE json_extract(body, '$.time_source') = 'server_checked'",
         )
         .fetch_all(self.pool())
         .await?;
