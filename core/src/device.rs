@@ -9,6 +9,7 @@
 //! bare image the technician allowed explicitly (recorded as such).
 
 use crate::bundle::input::clear_for_device;
+use crate::bundle::verify::AcceptRule;
 use crate::bundle::{TrustStore, VerifyPolicy};
 use crate::catalog::Catalog;
 use crate::fieldpatch::{Error, Fieldpatch};
@@ -133,20 +134,10 @@ impl Fieldpatch {
         .await?;
         let connector = self.connector();
         let loc = location.to_string();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut job = tokio::task::spawn_blocking(move || {
-            let p = ChannelProgress(tx);
-            connector.dfu_download(&loc, &dfu, options, &p)
-        });
-        let result = loop {
-            tokio::select! {
-                Some(p) = rx.recv() => progress.transfer(p),
-                done = &mut job => break done.unwrap_or_else(|e| Err(TargetError::reported_transient(format!("the USB worker stopped: {e}")))),
-            }
-        };
-        while let Ok(p) = rx.try_recv() {
-            progress.transfer(p);
-        }
+        let result = crate::flash::dfu::blocking_with_progress(progress, move |p| {
+            connector.dfu_download(&loc, &dfu, options, p)
+        })
+        .await;
         match result {
             Ok(report) => {
                 let device_reported_hash = match report.verified_by {
@@ -172,14 +163,6 @@ impl Fieldpatch {
                 Err(e.into())
             }
         }
-    }
-}
-
-struct ChannelProgress(tokio::sync::mpsc::UnboundedSender<crate::progress::TransferProgress>);
-
-impl Progress for ChannelProgress {
-    fn transfer(&self, p: crate::progress::TransferProgress) {
-        let _ = self.0.send(p);
     }
 }
 
@@ -341,10 +324,7 @@ impl SmpDevice<'_> {
         };
         let verified = catalog.bundle(&step.bundle_id).map(|b| b.bundle.verdict().clone());
         if let Some(v) = verified {
-            let rule = serde_json::to_value(&v.rule)
-                .ok()
-                .and_then(|r| r["rule"].as_str().map(str::to_string))
-                .unwrap_or_default();
+            let rule = v.rule.as_ref().map_or("", AcceptRule::name).to_string();
             let kind = EventKind::BundleVerified {
                 bundle_id: step.bundle_id.clone(),
                 bundle_version: v.bundle_version.map(|b| b.to_string()).unwrap_or_default(),

@@ -404,10 +404,7 @@ impl Fieldpatch {
         cleared: &ClearedImage,
         file: &Path,
     ) -> Result<(), Error> {
-        let sha = hex::encode(sha2::Digest::finalize(sha2::Digest::chain_update(
-            <sha2::Sha256 as sha2::Digest>::new(),
-            &cleared.bytes,
-        )));
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cleared.bytes));
         let kind = match &cleared.how {
             Clearance::Bundle { bundle_id, bundle_version, rule } => EventKind::BundleVerified {
                 bundle_id: bundle_id.clone(),

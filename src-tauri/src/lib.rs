@@ -115,7 +115,12 @@ async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<PlanView, BridgeError
     let mut last = site.plan.lock().await;
     let n = last.as_ref().map_or(1, |(n, _)| n + 1);
     *last = Some((n, plan.clone()));
-    Ok(PlanView { id: format!("plan-{n}"), plan })
+    Ok(PlanView { id: plan_label(n), plan })
+}
+
+/// The id the window knows the `n`th plan of this run by.
+fn plan_label(n: u64) -> String {
+    format!("plan-{n}")
 }
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
@@ -132,7 +137,7 @@ async fn run_session(
     }
     // The window names a plan the app made; it never hands one in.
     let plan = match &*site.plan.lock().await {
-        Some((n, plan)) if format!("plan-{n}") == plan_id => plan.clone(),
+        Some((n, plan)) if plan_label(*n) == plan_id => plan.clone(),
         _ => {
             return Err(BridgeError {
                 code: "no_plan",

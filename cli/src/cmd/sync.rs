@@ -111,11 +111,6 @@ pub fn render_report(r: &SyncReport) -> String {
     s
 }
 
-/// One line per watch event (the wording is the core's, shared with the app).
-pub fn render_watch_event(e: &WatchEvent) -> String {
-    e.to_string()
-}
-
 /// Run `fieldpatch sync` and its subcommands over the laptop's local store and keyring.
 pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -217,9 +212,9 @@ pub async fn sync_with<L: SyncLocal>(
         };
         let on_event = |e: WatchEvent| {
             if json {
-                println!("{}", serde_json::json!({ "event": render_watch_event(&e) }));
+                println!("{}", serde_json::json!({ "event": e.to_string() }));
             } else {
-                println!("{}", render_watch_event(&e));
+                println!("{e}");
             }
         };
         // Network changes (where the OS exposes them) make watch probe at once.
@@ -269,10 +264,9 @@ mod tests {
         assert!(text.contains(&format!("log {log}: 4 events")), "{text}");
         assert!(text.contains("seq 3 [bad_signature]: signature does not match"), "{text}");
         assert!(text.contains("pulled 2 sites, 5 devices"), "{text}");
-        let e = render_watch_event(&WatchEvent::Offline {
-            retry_in: Duration::from_millis(1500),
-            detail: "refused".into(),
-        });
+        let e =
+            WatchEvent::Offline { retry_in: Duration::from_millis(1500), detail: "refused".into() }
+                .to_string();
         assert_eq!(e, "server unreachable (refused); next try in 2s");
     }
 

@@ -3,7 +3,7 @@
 //! Anything else is refused unless the technician explicitly allows it (and the caller logs that).
 
 use super::trust::{Role, TrustStore};
-use super::verify::{VerifiedBundle, VerifyPolicy};
+use super::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
 use crate::image::mcuboot::McubootImage;
 use std::path::Path;
 
@@ -73,10 +73,7 @@ pub fn clear_for_device(
         let b = VerifiedBundle::open(path, trust, policy)
             .map_err(|r| InputError::Bundle { path: shown.clone(), reason: r.error.to_string() })?;
         let p = b.payloads().first().ok_or(InputError::Empty { path: shown })?;
-        let rule = serde_json::to_value(&b.verdict().rule)
-            .ok()
-            .and_then(|v| v["rule"].as_str().map(str::to_string))
-            .unwrap_or_default();
+        let rule = b.verdict().rule.as_ref().map_or("", AcceptRule::name).to_string();
         return Ok(ClearedImage {
             bytes: p.bytes().to_vec(),
             device_hash: p.device_image_hash().and_then(|h| hex::decode(h).ok()),

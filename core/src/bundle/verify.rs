@@ -65,6 +65,16 @@ pub enum AcceptRule {
     },
 }
 
+impl AcceptRule {
+    /// The rule's name, as serialized (`valid`, `offline_grace`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AcceptRule::Valid { .. } => "valid",
+            AcceptRule::OfflineGrace { .. } => "offline_grace",
+        }
+    }
+}
+
 /// One check and its outcome, in the order made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {

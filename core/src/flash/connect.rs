@@ -122,8 +122,5 @@ pub fn dfu_download<B: UsbBus>(
     if dev.mode() == DfuMode::Runtime {
         dev = dev.detach(usb)?;
     }
-    dfu_file::download(&mut dev, file, options, progress).map_err(|e| match e {
-        dfu_file::DfuFlashError::File(e) => TargetError::DfuFile(e),
-        dfu_file::DfuFlashError::Device(e) => TargetError::Dfu(e),
-    })
+    Ok(dfu_file::download(&mut dev, file, options, progress)?)
 }

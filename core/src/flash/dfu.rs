@@ -41,15 +41,38 @@ impl Progress for ChannelProgress {
     }
 }
 
+/// Run a blocking USB job off the async runtime, forwarding its transfer progress to `progress`
+/// as it goes. A job that cannot finish (it panicked, or the runtime is shutting down) is a
+/// transient error.
+pub(crate) async fn blocking_with_progress<T: Send + 'static>(
+    progress: &dyn Progress,
+    job: impl FnOnce(&dyn Progress) -> Result<T, TargetError> + Send + 'static,
+) -> Result<T, TargetError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut job = tokio::task::spawn_blocking(move || job(&ChannelProgress(tx)));
+    let done = loop {
+        tokio::select! {
+            Some(p) = rx.recv() => progress.transfer(p),
+            done = &mut job => break done.map_err(join_err)?,
+        }
+    };
+    while let Ok(p) = rx.try_recv() {
+        progress.transfer(p);
+    }
+    done
+}
+
 /// A blocking DFU job that could not finish (it panicked or the runtime is shutting down).
 fn join_err(e: tokio::task::JoinError) -> TargetError {
     TargetError::reported_transient(format!("the USB worker stopped: {e}"))
 }
 
-fn flash_err(e: DfuFlashError) -> TargetError {
-    match e {
-        DfuFlashError::File(e) => TargetError::DfuFile(e),
-        DfuFlashError::Device(e) => TargetError::Dfu(e),
+impl From<DfuFlashError> for TargetError {
+    fn from(e: DfuFlashError) -> Self {
+        match e {
+            DfuFlashError::File(e) => TargetError::DfuFile(e),
+            DfuFlashError::Device(e) => TargetError::Dfu(e),
+        }
     }
 }
 
@@ -80,22 +103,12 @@ where
         let file = DfuFile::parse(image)?;
         let file_hash = Sha256::digest(image).to_vec();
         let (bus, loc, opts) = (self.bus.clone(), self.location.clone(), self.options);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut job = tokio::task::spawn_blocking(move || {
+        let report = blocking_with_progress(progress, move |p| {
             let mut dev = DfuDevice::open(&bus, &loc, opts)?;
-            let p = ChannelProgress(tx);
             let options = DfuseOptions { mass_erase: false, leave: true };
-            dfu_file::download(&mut dev, &file, options, &p).map_err(flash_err)
-        });
-        let report = loop {
-            tokio::select! {
-                Some(p) = rx.recv() => progress.transfer(p),
-                done = &mut job => break done.map_err(join_err)??,
-            }
-        };
-        while let Ok(p) = rx.try_recv() {
-            progress.transfer(p);
-        }
+            Ok(dfu_file::download(&mut dev, &file, options, p)?)
+        })
+        .await?;
         let check = match report.verified_by {
             VerifiedBy::Readback => HashCheck::Readback,
             VerifiedBy::StatusOnly => HashCheck::StatusOnly,
