@@ -20,6 +20,14 @@ struct Cli {
 enum Command {
     /// Show the version and the local data directory.
     Info,
+    /// Find the devices on site (serial, USB, network, mDNS), identify them and match them to
+    /// the inventory; rows print as devices answer.
+    Discover {
+        #[command(flatten)]
+        args: cmd::discover::DiscoverArgs,
+        #[command(flatten)]
+        matching: cmd::discover::MatchArgs,
+    },
     /// USB DFU devices: list, flash.
     #[command(subcommand)]
     Dfu(cmd::dfu::DfuCommand),
@@ -58,6 +66,7 @@ fn main() -> std::process::ExitCode {
     let json = cli.json;
     let result = match cli.command {
         Command::Info => cmd::info::run(cli.json),
+        Command::Discover { args, matching } => cmd::discover::run(args, matching, cli.json),
         Command::Dfu(c) => cmd::dfu::run(c, cli.json),
         Command::Keys(c) => cmd::keys::run(c, cli.json),
         Command::Bundle(c) => cmd::bundle::run(c, cli.json),

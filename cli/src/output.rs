@@ -83,6 +83,12 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
         if let Some(e) = cause.downcast_ref::<fieldpatch_core::paths::PathError>() {
             return e.code();
         }
+        if let Some(e) = cause.downcast_ref::<fieldpatch_core::plan::AddressError>() {
+            return e.code();
+        }
+        if let Some(e) = cause.downcast_ref::<fieldpatch_core::discovery::DiscoverError>() {
+            return e.code();
+        }
     }
     "error"
 }

@@ -71,6 +71,7 @@ fn main() {
         ],
         thresholds: BTreeMap::new(),
         offline_grace_days: None,
+        expires: None,
     };
     let trust = TrustStore::provision(body.sign(&[&root])).unwrap();
 

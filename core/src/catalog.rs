@@ -1,13 +1,21 @@
 //! The local patch catalog: a folder of bundle files, each verified against the trust store.
 //!
 //! Loading verifies every bundle (signatures, thresholds, payload hashes, MCUboot images, expiry
-//! with offline grace) and keeps the payload bytes of the accepted ones in memory: those bytes are
-//! what the flash pipeline sends. Refused bundles are kept with their reason, so a session can log
-//! `bundle_refused` and the technician sees why a bundle is missing from the plan.
+//! with offline grace, the trust store's own expiry) and keeps the payload bytes of the accepted
+//! ones in memory: those bytes are what the flash pipeline sends. Refused bundles are kept with
+//! their reason, so a session can log `bundle_refused` and the technician sees why a bundle is
+//! missing from the plan.
+//!
+//! When the trust store names catalog keys, the folder's signed catalog listing
+//! ([`crate::bundle::listing`], `listing.json` beside the bundles, written by sync) decides which
+//! files belong to the catalog: a bundle file it does not name by hash is refused, and once the
+//! listing has expired beyond the offline grace every bundle is refused until a sync brings a
+//! fresh one. Stores without catalog keys keep the folder as the catalog.
 
+use crate::bundle::listing::{self, SignedCatalogListing};
 use crate::bundle::manifest::PayloadFormat;
 use crate::bundle::trust::TrustStore;
-use crate::bundle::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
+use crate::bundle::verify::{VerifiedBundle, VerifyPolicy, trust_rule};
 use crate::flash::VerifiedImage;
 use crate::plan::{DeviceRecord, InstalledRange, PlannableBundle, Step};
 use crate::session::ImageSource;
@@ -59,8 +67,77 @@ pub struct Catalog {
     pub refused: Vec<Refusal>,
 }
 
+/// What the catalog listing allows, decided once per load.
+enum ListingGate {
+    /// The trust store names no catalog keys: the folder is the catalog.
+    NotRequired,
+    /// A valid listing, usable until the given time.
+    Listed { listing: SignedCatalogListing, usable_until: DateTime<Utc> },
+    /// A listing is required but missing, invalid or expired: every bundle is refused for this.
+    Refused(String),
+}
+
+impl ListingGate {
+    fn for_folder(dir: &Path, trust: &TrustStore, policy: &VerifyPolicy) -> ListingGate {
+        if !trust.requires_listing() {
+            return ListingGate::NotRequired;
+        }
+        let path = listing::listing_path(dir);
+        if !path.exists() {
+            return ListingGate::Refused(format!(
+                "the trust store names catalog keys, so bundles need a signed catalog listing, and {} has none; sync the catalog",
+                dir.display()
+            ));
+        }
+        let checked = listing::load(&path)
+            .and_then(|l| listing::listing_rule(&l, trust, policy).map(|rule| (l, rule)));
+        match checked {
+            Ok((listing, rule)) => {
+                ListingGate::Listed { listing, usable_until: rule.usable_until() }
+            }
+            Err(e) => ListingGate::Refused(e.to_string()),
+        }
+    }
+
+    /// Why the verified bundle at `path` may not be used, if it may not.
+    fn refuse(&self, path: &Path, bundle: &VerifiedBundle) -> Option<String> {
+        let listing = match self {
+            ListingGate::NotRequired => return None,
+            ListingGate::Refused(reason) => return Some(reason.clone()),
+            ListingGate::Listed { listing, .. } => listing,
+        };
+        let (sha256, size) = match listing::file_digest(path) {
+            Ok(d) => d,
+            Err(e) => return Some(e.to_string()),
+        };
+        let m = bundle.manifest();
+        let detail = match listing.listing.bundle(&sha256) {
+            None => String::new(),
+            Some(l) if l.bundle_id != m.bundle_id || l.bundle_version != m.bundle_version => {
+                format!(" (that hash is listed as {} version {})", l.bundle_id, l.bundle_version)
+            }
+            Some(l) if l.size != size => format!(" (that hash is listed with {} bytes)", l.size),
+            Some(_) => return None,
+        };
+        let e = fieldpatch_proto::trust::TrustError::NotListed {
+            bundle_id: m.bundle_id.clone(),
+            sha256,
+            detail,
+        };
+        Some(format!("{e}; sync the catalog"))
+    }
+
+    fn usable_until(&self) -> Option<DateTime<Utc>> {
+        match self {
+            ListingGate::Listed { usable_until, .. } => Some(*usable_until),
+            _ => None,
+        }
+    }
+}
+
 impl Catalog {
-    /// Verify every `*.fpb` file in `dir` (sorted by name, so loading is deterministic).
+    /// Verify every `*.fpb` file in `dir` (sorted by name, so loading is deterministic). When the
+    /// trust store names catalog keys, only files the folder's signed listing names are accepted.
     pub fn load_dir(
         dir: &Path,
         trust: &TrustStore,
@@ -73,28 +150,49 @@ impl Catalog {
             .filter(|p| p.extension().is_some_and(|x| x == BUNDLE_EXTENSION))
             .collect();
         paths.sort();
+        let gate = ListingGate::for_folder(dir, trust, policy);
         let mut catalog = Catalog::default();
         for path in paths {
-            catalog.add(path, trust, policy);
+            catalog.add(path, trust, policy, &gate);
         }
         Ok(catalog)
     }
 
-    /// A catalog of the one bundle file at `path` (verified, or refused with the reason).
+    /// A catalog of the one bundle file at `path` (verified, or refused with the reason). When
+    /// the trust store names catalog keys, the listing of the file's folder must name it.
     pub fn load_file(path: &Path, trust: &TrustStore, policy: &VerifyPolicy) -> Catalog {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let gate = ListingGate::for_folder(dir, trust, policy);
         let mut catalog = Catalog::default();
-        catalog.add(path.to_path_buf(), trust, policy);
+        catalog.add(path.to_path_buf(), trust, policy, &gate);
         catalog
     }
 
-    fn add(&mut self, path: PathBuf, trust: &TrustStore, policy: &VerifyPolicy) {
+    fn add(
+        &mut self,
+        path: PathBuf,
+        trust: &TrustStore,
+        policy: &VerifyPolicy,
+        gate: &ListingGate,
+    ) {
         match VerifiedBundle::open(&path, trust, policy) {
             Ok(bundle) => {
-                let usable_until = match &bundle.verdict().rule {
-                    Some(AcceptRule::OfflineGrace { grace_until, .. }) => *grace_until,
-                    Some(AcceptRule::Valid { expires }) => *expires,
+                if let Some(reason) = gate.refuse(&path, &bundle) {
+                    let bundle_id = Some(bundle.manifest().bundle_id.clone());
+                    self.refused.push(Refusal { path, bundle_id, reason });
+                    return;
+                }
+                let mut usable_until = match &bundle.verdict().rule {
+                    Some(rule) => rule.usable_until(),
                     None => bundle.manifest().expires,
                 };
+                // The trust store and the listing expire too: a bundle is usable while all are.
+                if let Ok(Some(rule)) = trust_rule(trust, policy) {
+                    usable_until = usable_until.min(rule.usable_until());
+                }
+                if let Some(until) = gate.usable_until() {
+                    usable_until = usable_until.min(until);
+                }
                 self.bundles.push(CatalogBundle { path, bundle: Arc::new(bundle), usable_until });
             }
             Err(rejected) => self.refused.push(Refusal {

@@ -136,6 +136,10 @@ pub enum CredentialName {
     SiteModel { site: String, model: String, kind: CredentialKind },
     /// A release engineer's bundle-signing key (hex), by the name they give it.
     SigningKey { name: String },
+    /// Not a secret: the last head of the technician's visit log the server acknowledged from
+    /// one data directory (`dir` names the directory), kept here because the keyring outlives a
+    /// wiped data directory. See [`crate::visitlog::continuity`].
+    LogHead { dir: String },
 }
 
 impl fmt::Display for CredentialName {
@@ -150,6 +154,7 @@ impl fmt::Display for CredentialName {
                 write!(f, "site/{site}/{model}/{}", kind.as_str())
             }
             CredentialName::SigningKey { name } => write!(f, "signing-key/{name}"),
+            CredentialName::LogHead { dir } => write!(f, "log-head/{dir}"),
         }
     }
 }
@@ -186,6 +191,9 @@ impl FromStr for CredentialName {
             }
             ["signing-key", name] if part_ok(name) => {
                 Ok(CredentialName::SigningKey { name: name.to_string() })
+            }
+            ["log-head", dir] if part_ok(dir) => {
+                Ok(CredentialName::LogHead { dir: dir.to_string() })
             }
             _ => Err(bad()),
         }

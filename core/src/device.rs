@@ -1,21 +1,32 @@
 //! Jobs on one device at an address, for a technician who inspects or repairs a device by hand:
 //! SMP (MCUmgr) info, image list, upload, test, confirm, reset and echo over serial or UDP, and
-//! USB DFU list and flash.
+//! USB DFU list, flash and install.
 //!
 //! Every command that changes a device's state is bracketed in the technician's visit log: a
 //! `device_command` event before it is sent and a `device_command_result` after (uploads: the
 //! clearance that allowed the bytes, `flash_started`, then `image_uploaded` or `failed`). The bytes
 //! sent are the bytes that were cleared: a verified bundle's payload, a vendor-signed image, or a
 //! bare image the technician allowed explicitly (recorded as such).
+//!
+//! A signed bundle reaches a device only through the gate a session uses: the planner
+//! decides with the device's inventory record whether it applies (target model and hardware
+//! revision, upgrade path, downgrade rule), then the flash pipeline sends it. `install` (SMP) reads
+//! the running version from the device first; `dfu_install` (USB DFU, whose devices cannot say
+//! what they run) decides with the version in the inventory, as a session does.
 
+use crate::bundle::container::looks_like_bundle;
 use crate::bundle::input::clear_for_device;
 use crate::bundle::verify::AcceptRule;
 use crate::bundle::{TrustStore, VerifyPolicy};
 use crate::catalog::Catalog;
 use crate::fieldpatch::{Error, Fieldpatch};
+use crate::flash::connect::select_usb;
 use crate::flash::smp::SmpTarget;
-use crate::flash::{FlashOptions, FlashOutcome, FlashStage, FlashTarget, TargetError, flash};
+use crate::flash::{
+    FlashOptions, FlashOutcome, FlashStage, FlashTarget, TargetError, VerifiedImage, flash,
+};
 use crate::image::dfu_file::DfuFile;
+use crate::model::Version;
 use crate::plan::DeviceAddress;
 use crate::plan::{DeviceRecord, Disposition, PlanInput, plan};
 use crate::progress::Progress;
@@ -37,6 +48,15 @@ pub struct DeviceInfo {
     pub info: String,
     /// SMP buffer parameters.
     pub params: Params,
+}
+
+/// What the gate decided for a signed bundle on one device (see the module docs).
+#[derive(Debug)]
+pub(crate) enum Gate {
+    /// The plan's step for the device: send this verified image.
+    Flash { image: VerifiedImage },
+    /// The device already runs the newest version the bundle offers: nothing to send.
+    UpToDate { version: Version },
 }
 
 /// One SMP device at an address, opened for hand commands. See the module docs.
@@ -103,22 +123,53 @@ impl Fieldpatch {
         Ok(self.connector().dfu_devices()?)
     }
 
-    /// Flash the DFU file at `file` to the USB device at `location`. The file must be a verified
-    /// bundle's DFU payload (with `trust`), or a bare DFU file the technician allows explicitly
-    /// (`allow_unverified`, recorded in the visit log). The file's suffix is checked against the
-    /// device before any byte is sent; the result says how the device checked the image.
+    /// Where `dfu flash` sends a file, and how the visit log names the device: `device` is a USB
+    /// address (`usb:VVVV:PPPP[:SERIAL]`, which must select exactly one attached device; see
+    /// [`select_usb`]) or a bus location as `dfu list` shows it (`1-1.4`).
+    fn dfu_location(&self, device: &str) -> Result<(String, String), Error> {
+        if !device.contains(':') {
+            return Ok((format!("usb:{device}"), device.to_string()));
+        }
+        match device.parse::<DeviceAddress>() {
+            Ok(DeviceAddress::Usb { vid, pid, serial }) => {
+                let devices = self.dfu_devices()?;
+                let found =
+                    select_usb(&devices, vid, pid, serial.as_deref()).map_err(TargetError::from)?;
+                let exact = DeviceAddress::Usb { vid, pid, serial: found.serial.clone() };
+                Ok((exact.to_string(), found.location.clone()))
+            }
+            Ok(other) => Err(Error::WrongAddress(format!(
+                "{other} is not a USB address: `fieldpatch dfu` is for USB DFU devices (SMP devices: `fieldpatch device`)"
+            ))),
+            Err(e) => Err(Error::Invalid(e.to_string())),
+        }
+    }
+
+    /// Flash the DFU file at `file` to the USB DFU device `device`: a USB address
+    /// (`usb:VVVV:PPPP[:SERIAL]`, which must select exactly one attached device; see
+    /// [`select_usb`]) or a bus location as `dfu list` shows it. The file must be a bare DFU
+    /// file the technician allows explicitly (`allow_unverified`, recorded in the visit log); a
+    /// signed bundle is refused here, it goes through the planner with
+    /// [`Fieldpatch::dfu_install`]. The file's suffix is checked against the device before any
+    /// byte is sent; the result says how the device checked the image.
     pub async fn dfu_flash(
         &self,
-        location: &str,
+        device: &str,
         file: &Path,
         trust: Option<&Path>,
         allow_unverified: bool,
         options: DfuseOptions,
         progress: &dyn Progress,
     ) -> Result<DownloadReport, Error> {
+        if looks_like_bundle(file) {
+            return Err(Error::Invalid(format!(
+                "{} is a patch bundle: it is installed through the planner for the inventory device it is meant for (name the device with --id ID, and --devices FILE when it is not in the synced inventory)",
+                file.display()
+            )));
+        }
         let cleared = self.clear(file, trust, allow_unverified).await?;
         let dfu = DfuFile::parse(&cleared.bytes)?;
-        let name = format!("usb:{location}");
+        let (name, location) = self.dfu_location(device)?;
         self.record_clearance(&name, &cleared, file).await?;
         let sha = hex::encode(Sha256::digest(&cleared.bytes));
         self.record(
@@ -133,9 +184,8 @@ impl Fieldpatch {
         )
         .await?;
         let connector = self.connector();
-        let loc = location.to_string();
         let result = crate::flash::dfu::blocking_with_progress(progress, move |p| {
-            connector.dfu_download(&loc, &dfu, options, p)
+            connector.dfu_download(&location, &dfu, options, p)
         })
         .await;
         match result {
@@ -164,6 +214,131 @@ impl Fieldpatch {
             }
         }
     }
+
+    /// Install the signed bundle in `bundle` on the USB DFU device at `record.address` through
+    /// the same gate and pipeline as a session. A DFU device cannot say what it runs, so the
+    /// planner decides with the inventory `record` alone (vendor, model, hardware revision and
+    /// the version it runs; see [`Fieldpatch::inventory_device`]) whether the bundle applies:
+    /// target, upgrade path, downgrade rule. A refusal is recorded and nothing is sent; the device
+    /// is not even looked up. Otherwise the device the address selects (exactly one attached
+    /// device, see [`select_usb`]) receives the bundle's DFU file, read back where the device can
+    /// upload, and is reconnected; an image the device cannot read back ends unverified.
+    pub async fn dfu_install(
+        &self,
+        record: DeviceRecord,
+        bundle: &Path,
+        trust: &Path,
+        progress: &dyn Progress,
+        options: &FlashOptions,
+    ) -> Result<FlashOutcome, Error> {
+        if !matches!(record.address, DeviceAddress::Usb { .. }) {
+            return Err(Error::WrongAddress(format!(
+                "{} is not a USB address: install on {} with `fieldpatch device ... image upload`",
+                record.address, record.id
+            )));
+        }
+        let image = match self.gate_bundle(bundle, trust, &record).await? {
+            Gate::UpToDate { version } => return Ok(FlashOutcome::AlreadyDone { version }),
+            Gate::Flash { image } => image,
+        };
+        let mut target = match self.connector().open(&record).await {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!("cannot open {}: {e}", record.address);
+                let kind = EventKind::Failed { stage: FlashStage::Open.to_string(), reason };
+                self.record(Some(&record.id), kind).await?;
+                return Err(e.into());
+            }
+        };
+        self.flash_cleared(&record, target.as_mut(), &image, progress, options).await
+    }
+
+    /// The gate a signed bundle passes before it reaches one device, the same as a session's:
+    /// the bundle is verified under [`Fieldpatch::verify_policy`], and the planner decides with
+    /// `device` (its inventory identity and the version it runs: reported by the device, or the
+    /// inventory's for a device that cannot report it) whether the bundle applies. A refusal is
+    /// recorded (`bundle_refused`) and returned as the planner's reason; a bundle that applies is
+    /// recorded as verified and its image returned for the plan's first step.
+    pub(crate) async fn gate_bundle(
+        &self,
+        bundle: &Path,
+        trust: &Path,
+        device: &DeviceRecord,
+    ) -> Result<Gate, Error> {
+        let trust_store = TrustStore::load(trust)?;
+        let policy = self.verify_policy(&trust_store).await?;
+        let catalog = Catalog::load_file(bundle, &trust_store, &policy);
+        if let Some(r) = catalog.refused.first() {
+            let bundle_id = r.bundle_id.clone().unwrap_or_else(|| bundle.display().to_string());
+            let kind = EventKind::BundleRefused { bundle_id, reason: r.reason.clone() };
+            self.record(Some(&device.id), kind).await?;
+            return Err(crate::bundle::input::InputError::Bundle {
+                path: bundle.display().to_string(),
+                reason: r.reason.clone(),
+            }
+            .into());
+        }
+        let input = PlanInput {
+            devices: vec![device.clone()],
+            catalog: catalog.entries(),
+            credentials: Default::default(),
+            rollback_approvals: Vec::new(),
+        };
+        let plan = plan(&input, policy.now);
+        let planned = plan.devices.first().map(|d| d.disposition.clone());
+        let step = match planned {
+            Some(Disposition::Patch { steps, .. }) if !steps.is_empty() => steps[0].clone(),
+            Some(Disposition::UpToDate { version }) => return Ok(Gate::UpToDate { version }),
+            other => {
+                let reason = match other {
+                    Some(Disposition::Unpatchable { why }) => why.to_string(),
+                    Some(Disposition::Scheduled { not_before, .. }) => {
+                        format!("outside its maintenance window until {not_before}")
+                    }
+                    _ => "the bundle does not apply to this device".to_string(),
+                };
+                let bundle_id = catalog
+                    .bundles
+                    .first()
+                    .map(|b| b.bundle.manifest().bundle_id.clone())
+                    .unwrap_or_default();
+                let kind = EventKind::BundleRefused { bundle_id, reason: reason.clone() };
+                self.record(Some(&device.id), kind).await?;
+                return Err(Error::NotApplicable { device: device.id.clone(), reason });
+            }
+        };
+        let verified = catalog.bundle(&step.bundle_id).map(|b| b.bundle.verdict().clone());
+        if let Some(v) = verified {
+            let rule = v.rule.as_ref().map_or("", AcceptRule::name).to_string();
+            let kind = EventKind::BundleVerified {
+                bundle_id: step.bundle_id.clone(),
+                bundle_version: v.bundle_version.map(|b| b.to_string()).unwrap_or_default(),
+                rule,
+            };
+            self.record(Some(&device.id), kind).await?;
+        }
+        let image = crate::session::ImageSource::image(&catalog, device, &step)
+            .map_err(|reason| Error::NotApplicable { device: device.id.clone(), reason })?;
+        Ok(Gate::Flash { image })
+    }
+
+    /// Send an image the gate cleared through the flash pipeline (upload, device check, test
+    /// boot, health check, confirm or roll back), every step in the visit log under the device's
+    /// inventory id.
+    async fn flash_cleared(
+        &self,
+        device: &DeviceRecord,
+        target: &mut dyn FlashTarget,
+        image: &VerifiedImage,
+        progress: &dyn Progress,
+        options: &FlashOptions,
+    ) -> Result<FlashOutcome, Error> {
+        let sink = LogSink { log: self.log().await?, visit: None };
+        // `Err` only when the visit log cannot be written: nothing more was done to the device.
+        flash(&device.id, target, image, &sink, progress, options)
+            .await
+            .map_err(|e| Error::Batch(crate::session::batch::BatchError::Session(e.into())))
+    }
 }
 
 impl SmpDevice<'_> {
@@ -186,7 +361,7 @@ impl SmpDevice<'_> {
 
     /// Upload the image in `file` to the secondary slot, then mark it as `after` says. The file is
     /// cleared first (see the module docs); the image is marked only when the device reports the
-    /// verified hash for it.
+    /// verified hash for it. A patch bundle is refused: it goes through [`SmpDevice::install`].
     pub async fn upload(
         &mut self,
         file: &Path,
@@ -195,6 +370,14 @@ impl SmpDevice<'_> {
         after: AfterUpload,
         progress: &dyn Progress,
     ) -> Result<(UploadReport, Vec<ImageSlotState>), Error> {
+        // A bundle names the devices it is for: it goes through the planner in `install`, never
+        // around it.
+        if crate::bundle::container::looks_like_bundle(file) {
+            return Err(Error::Invalid(format!(
+                "{} is a patch bundle: install it with the device's inventory id (`fieldpatch device ... image upload --device ID --trust FILE`), so the planner checks it applies",
+                file.display()
+            )));
+        }
         let cleared = self.fp.clear(file, trust, allow_unverified).await?;
         self.fp.record_clearance(&self.name, &cleared, file).await?;
         let sha = hex::encode(Sha256::digest(&cleared.bytes));
@@ -259,8 +442,8 @@ impl SmpDevice<'_> {
     }
 
     /// Install the signed bundle in `bundle` on this device through the same gate and pipeline
-    /// as a session: the bundle is verified under [`Fieldpatch::verify_policy`], the device's
-    /// live running version is read, and the planner decides with the device's inventory
+    /// as a session: the device's live running version is read, the bundle is verified under
+    /// [`Fieldpatch::verify_policy`], and the planner decides with the device's inventory
     /// `record` (vendor, model, hardware revision) whether the bundle applies (target, upgrade
     /// path, downgrade rule). Only then is the payload sent, checked on the device, test-booted,
     /// health-checked and confirmed, or rolled back. A refusal sends nothing and is recorded.
@@ -273,72 +456,17 @@ impl SmpDevice<'_> {
         options: &FlashOptions,
     ) -> Result<FlashOutcome, Error> {
         let fp = self.fp;
-        let trust_store = TrustStore::load(trust)?;
-        let policy = fp.verify_policy(&trust_store).await?;
-        let catalog = Catalog::load_file(bundle, &trust_store, &policy);
-        if let Some(r) = catalog.refused.first() {
-            let bundle_id = r.bundle_id.clone().unwrap_or_else(|| bundle.display().to_string());
-            let kind = EventKind::BundleRefused { bundle_id, reason: r.reason.clone() };
-            fp.record(Some(&record.id), kind).await?;
-            return Err(crate::bundle::input::InputError::Bundle {
-                path: bundle.display().to_string(),
-                reason: r.reason.clone(),
-            }
-            .into());
-        }
         let mut target = SmpTarget::from_client(self.client, self.name);
         let state = target.state().await?;
         let mut device = record;
         device.identity.firmware_version = state.running_version;
         device.identity.image_hash = state.running_hash.as_deref().map(hex::encode);
-        let input = PlanInput {
-            devices: vec![device.clone()],
-            catalog: catalog.entries(),
-            credentials: Default::default(),
-            rollback_approvals: Vec::new(),
-        };
-        let plan = plan(&input, policy.now);
-        let planned = plan.devices.first().map(|d| d.disposition.clone());
-        let step = match planned {
-            Some(Disposition::Patch { steps, .. }) if !steps.is_empty() => steps[0].clone(),
-            Some(Disposition::UpToDate { version }) => {
-                return Ok(FlashOutcome::AlreadyDone { version });
+        match fp.gate_bundle(bundle, trust, &device).await? {
+            Gate::UpToDate { version } => Ok(FlashOutcome::AlreadyDone { version }),
+            Gate::Flash { image } => {
+                fp.flash_cleared(&device, &mut target, &image, progress, options).await
             }
-            other => {
-                let reason = match other {
-                    Some(Disposition::Unpatchable { why }) => why.to_string(),
-                    Some(Disposition::Scheduled { not_before, .. }) => {
-                        format!("outside its maintenance window until {not_before}")
-                    }
-                    _ => "the bundle does not apply to this device".to_string(),
-                };
-                let bundle_id = catalog
-                    .bundles
-                    .first()
-                    .map(|b| b.bundle.manifest().bundle_id.clone())
-                    .unwrap_or_default();
-                let kind = EventKind::BundleRefused { bundle_id, reason: reason.clone() };
-                fp.record(Some(&device.id), kind).await?;
-                return Err(Error::NotApplicable { device: device.id.clone(), reason });
-            }
-        };
-        let verified = catalog.bundle(&step.bundle_id).map(|b| b.bundle.verdict().clone());
-        if let Some(v) = verified {
-            let rule = v.rule.as_ref().map_or("", AcceptRule::name).to_string();
-            let kind = EventKind::BundleVerified {
-                bundle_id: step.bundle_id.clone(),
-                bundle_version: v.bundle_version.map(|b| b.to_string()).unwrap_or_default(),
-                rule,
-            };
-            fp.record(Some(&device.id), kind).await?;
         }
-        let image = crate::session::ImageSource::image(&catalog, &device, &step)
-            .map_err(|reason| Error::NotApplicable { device: device.id.clone(), reason })?;
-        let sink = LogSink { log: fp.log().await?, visit: None };
-        // `Err` only when the visit log cannot be written: nothing more was done to the device.
-        flash(&device.id, &mut target, &image, &sink, progress, options)
-            .await
-            .map_err(|e| Error::Batch(crate::session::batch::BatchError::Session(e.into())))
     }
 
     /// Mark the image with `hash` for a test boot on the next reset.

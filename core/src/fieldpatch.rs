@@ -25,7 +25,9 @@ use crate::session::local::StoreSessions;
 use crate::session::{Connector, Observer, SessionState, Summary};
 use crate::store::{Store, StoreError};
 use crate::sync::StoreSync;
-use crate::visitlog::{Event, EventKind, LogError, LogVerification, NewEvent, VisitLog};
+use crate::visitlog::{
+    Event, EventKind, LogError, LogVerification, NewEvent, VisitLog, continuity,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +61,8 @@ pub enum Error {
     Lock(#[from] crate::session::lock::LockError),
     #[error(transparent)]
     Clock(#[from] crate::clock::ClockError),
+    #[error(transparent)]
+    Discover(#[from] crate::discovery::DiscoverError),
     /// A session is already running from this process.
     #[error("a session is already running; wait for it to finish or pause it")]
     Busy,
@@ -95,6 +99,7 @@ impl Error {
             Error::Device(e) => e.code(),
             Error::Sync(e) => e.code(),
             Error::Lock(e) => e.code(),
+            Error::Discover(e) => e.code(),
             Error::Clock(e) => e.code(),
             Error::Busy => "busy",
             Error::NoSession(_) => "no_session",
@@ -174,13 +179,24 @@ impl Fieldpatch {
         Ok(self.credentials.get_or_try_init(|| Credentials::open(&self.store)).await?)
     }
 
-    /// The technician's signed visit log (the key comes from the keyring on first use).
+    /// The technician's signed visit log (the key comes from the keyring on first use). A log
+    /// without events yet will name the head this data directory last pushed (kept in the
+    /// keyring, see [`crate::visitlog::continuity`]) in its `log_started` event.
     pub async fn log(&self) -> Result<Arc<VisitLog>, Error> {
         let log = self
             .log
             .get_or_try_init(|| async {
-                let key = self.credentials().await?.technician_key().await?;
-                Ok::<_, Error>(Arc::new(VisitLog::open(&self.store, key).await?))
+                let credentials = self.credentials().await?;
+                let key = credentials.technician_key().await?;
+                let log = VisitLog::open(&self.store, key).await?;
+                let log = if log.is_started().await? {
+                    log
+                } else {
+                    let start =
+                        continuity::start_for(credentials, &self.data_dir, log.signer()).await?;
+                    log.starting_from(start)
+                };
+                Ok::<_, Error>(Arc::new(log))
             })
             .await?;
         Ok(log.clone())
@@ -273,8 +289,23 @@ impl Fieldpatch {
     }
 
     /// What the inventory says about device `id`, reached at `address`: from the synced
-    /// inventory, or else from a work order's devices file.
+    /// inventory, or else from a work order's devices file. The running version and image hash
+    /// are left out: they are read from the device.
     pub async fn inventory_record(
+        &self,
+        id: &str,
+        address: crate::plan::DeviceAddress,
+        devices_file: Option<&Path>,
+    ) -> Result<DeviceRecord, Error> {
+        let mut d = self.inventory_device(id, address, devices_file).await?;
+        d.identity.firmware_version = None;
+        d.identity.image_hash = None;
+        Ok(d)
+    }
+
+    /// Like [`Fieldpatch::inventory_record`], with the version the inventory says the device
+    /// runs: what the planner decides with for a device that cannot report it (USB DFU).
+    pub async fn inventory_device(
         &self,
         id: &str,
         address: crate::plan::DeviceAddress,
@@ -290,7 +321,7 @@ impl Fieldpatch {
                     model: d.model.clone(),
                     hardware_revision: d.hardware_revision.clone(),
                     serial_number: d.serial_number.clone(),
-                    firmware_version: None,
+                    firmware_version: d.firmware_version.as_deref().and_then(|v| v.parse().ok()),
                     image_hash: None,
                 },
                 criticality: Default::default(),
@@ -302,7 +333,6 @@ impl Fieldpatch {
             && let Some(mut d) = batch::read_devices(file)?.into_iter().find(|d| d.id == id)
         {
             d.address = address;
-            d.identity.firmware_version = None;
             d.identity.image_hash = None;
             return Ok(d);
         }

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod clock;
 pub mod credentials;
 pub mod device;
+pub mod discovery;
 mod fieldpatch;
 pub mod flash;
 pub mod image;

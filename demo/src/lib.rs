@@ -3,8 +3,11 @@
 //! tried, and demonstrated, without hardware.
 //!
 //! The demo catalog is signed by keys made for the demo and never written anywhere: only the trust
-//! store (public keys) and the signed bundles go to disk. One LAN sensor is set to fail its health
-//! check after the update, so a demo session shows a rollback.
+//! store (public keys), the signed bundles and the signed catalog listing go to disk. The demo's
+//! trust store names a catalog key, so the demo shows the whole trust root: its catalog folder
+//! carries `listing.json` (signed by that key, naming every bundle by hash) and its inventory
+//! publishes that listing with the bundles. One LAN sensor is set to fail its health check after
+//! the update, so a demo session shows a rollback.
 
 use fieldpatch_core::bundle::{PayloadFormat, Role};
 use fieldpatch_core::image::dfu_file::DfuSuffix;
@@ -85,8 +88,10 @@ fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
         .root(random_key(), "demo root")
         .release(random_key(), "demo release A")
         .release(random_key(), "demo release B")
+        .catalog_key(random_key(), "demo catalog")
         .threshold(Role::Root, 1)
         .threshold(Role::Release, 2)
+        .threshold(Role::Catalog, 1)
         .vendor("Demo")
         .payload_name("image.bin")
         .cves(&["CVE-2026-4242"])
@@ -131,6 +136,10 @@ fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
         format: PayloadFormat::Dfu,
         payload: &dfu,
     })?;
+    // The listing names the bundles just written; its version is the time, so a demo restarted
+    // later publishes a newer one.
+    let version = u64::try_from(now.timestamp()).unwrap_or_default();
+    catalog.write_listing(version, now + chrono::Duration::days(60)).map_err(catalog_error)?;
     Ok((catalog.catalog_dir, catalog.trust_path))
 }
 
@@ -150,6 +159,9 @@ pub struct InventoryContent {
     /// `(bundle id, version it installs, manifest JSON, bundle file bytes)`.
     pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
     pub trust_store: serde_json::Value,
+    /// The signed catalog listing of the demo catalog folder (its trust store names a catalog
+    /// key, so laptops require it).
+    pub catalog_listing: Option<serde_json::Value>,
 }
 
 /// Id of the demo site in the inventory.
@@ -203,11 +215,19 @@ impl Demo {
         let trust_store = serde_json::from_slice(&read(&self.trust_path)?).map_err(|e| {
             DemoError::Device(format!("demo trust store {}: {e}", self.trust_path.display()))
         })?;
+        let listing_path = fieldpatch_core::bundle::listing::listing_path(&self.catalog_dir);
+        let catalog_listing = match listing_path.exists() {
+            false => None,
+            true => Some(serde_json::from_slice(&read(&listing_path)?).map_err(|e| {
+                DemoError::Device(format!("demo catalog listing {}: {e}", listing_path.display()))
+            })?),
+        };
         Ok(InventoryContent {
             site: wire::Site { id: SITE_ID.into(), name: "Demo site".into(), address: None },
             devices,
             bundles,
             trust_store,
+            catalog_listing,
         })
     }
 }

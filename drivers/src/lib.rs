@@ -9,6 +9,7 @@
 //! from a device become errors, never panics.
 
 pub mod dfu;
+pub mod discovery;
 pub mod progress;
 pub mod smp;
 pub mod transport;

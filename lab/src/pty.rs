@@ -4,6 +4,13 @@
 //! client (Fieldpatch, `smpmgr`, a terminal program) opens [`Pty::path`] like any serial port. The
 //! path is the subordinate's `ttyname(3)` (`/dev/pts/N` on Linux, `/dev/ttysNNN` on macOS).
 //!
+//! Whether a client ever opened a pty is told by an [`OpenWatch`] (Linux): an inotify watch for
+//! `IN_OPEN` on the subordinate's device node. Unlike polling the controller for `POLLHUP`
+//! (which only says whether the subordinate is open *now*, and which this module's kept-open
+//! subordinate would mask anyway), inotify queues every open, so an open followed by a close
+//! between two looks is still seen. Opening the pair itself (`openpty`) happens before the
+//! watch exists and is not counted.
+//!
 //! Pseudo-terminals exist on Unix only. Elsewhere (Windows) this module still compiles, but
 //! [`Pty::open`] fails with [`PtyError::Unsupported`], so the serial lab devices report a clear
 //! error while the UDP and USB lab devices work as everywhere.
@@ -76,6 +83,44 @@ impl Pty {
     }
 }
 
+/// Counts the opens of a device node since the watch was made (Linux, inotify `IN_OPEN`).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct OpenWatch {
+    inotify: nix::sys::inotify::Inotify,
+    opens: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(target_os = "linux")]
+impl OpenWatch {
+    /// Watch `path` (for example [`Pty::path`]) for opens from now on.
+    pub fn new(path: &Path) -> std::io::Result<OpenWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(path, AddWatchFlags::IN_OPEN)?;
+        Ok(OpenWatch { inotify, opens: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    /// How many times the node was opened since the watch was made (by anyone).
+    pub fn opens(&self) -> usize {
+        use nix::sys::inotify::AddWatchFlags;
+        use std::sync::atomic::Ordering;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            let n = events.iter().filter(|e| e.mask.contains(AddWatchFlags::IN_OPEN)).count();
+            self.opens.fetch_add(n, Ordering::Relaxed);
+        }
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Whether anyone opened the node since the watch was made.
+    pub fn was_opened(&self) -> bool {
+        self.opens() > 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +162,21 @@ mod tests {
     fn each_pty_has_its_own_name() {
         let (a, b) = (Pty::open().unwrap(), Pty::open().unwrap());
         assert_ne!(a.path(), b.path());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_open_watch_sees_an_open_and_close_between_two_looks() {
+        let pty = Pty::open().unwrap();
+        let watch = OpenWatch::new(pty.path()).unwrap();
+        assert!(!watch.was_opened(), "creating the pty must not count as an open");
+        drop(std::fs::OpenOptions::new().read(true).write(true).open(pty.path()).unwrap());
+        assert!(watch.was_opened());
+        assert_eq!(watch.opens(), 1);
+        // Another pty's opens are not counted.
+        let other = Pty::open().unwrap();
+        drop(std::fs::File::open(other.path()).unwrap());
+        assert_eq!(watch.opens(), 1);
     }
 
     #[cfg(not(unix))]

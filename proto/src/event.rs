@@ -28,10 +28,29 @@ pub enum TimeSource {
     Device,
 }
 
+/// The head of a visit log: its last event, as `(log_id, seq, hash)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogHeadRef {
+    pub log_id: Uuid,
+    pub seq: u64,
+    /// [`Event::hash`] of the event at `seq`.
+    pub hash: String,
+}
+
 /// What happened. Serialized with a `kind` tag in snake_case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
+    /// The first event (seq 1) of a log: the head of the technician's earlier logs this log
+    /// continues, as far as the laptop knew when it started it, so the server can tell a log that
+    /// carries on from one that was cut or restarted. `previous` is `None` when the laptop knew of
+    /// no earlier log. `why` says where `previous` came from (free text for auditors; the laptop
+    /// writes `keyring`: the last head the server acknowledged, kept in the OS keyring, which
+    /// outlives a wiped data directory; `nothing_known`; or `keyring_record_unreadable`).
+    LogStarted {
+        previous: Option<LogHeadRef>,
+        why: String,
+    },
     VisitOpened {
         site: String,
         work_order: Option<String>,
@@ -43,6 +62,20 @@ pub enum EventKind {
     DeviceDiscovered {
         transport: String,
         address: String,
+        /// How discovery found it (`serial`, `usb`, `mdns`, `udp-probe`); absent in events
+        /// written before discovery recorded it (so their bytes are unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
+        /// Which inventory key matched it to the event's `device` (`serial_number`,
+        /// `only_of_its_model`); absent when the device is unknown to the inventory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matched_by: Option<String>,
+    },
+    /// An inventory device of the site or work order that discovery did not find (`device` is
+    /// its inventory id); the visit close-out needs a reason for it.
+    DeviceMissing {
+        /// What was searched (`work order WO-1`, `site S`) and how (`serial, usb, net`).
+        searched: String,
     },
     DeviceIdentified {
         identity: DeviceIdentity,
@@ -119,10 +152,12 @@ impl EventKind {
     /// The snake_case tag of this kind (as serialized).
     pub fn tag(&self) -> &'static str {
         match self {
+            EventKind::LogStarted { .. } => "log_started",
             EventKind::VisitOpened { .. } => "visit_opened",
             EventKind::VisitClosed { .. } => "visit_closed",
             EventKind::DeviceDiscovered { .. } => "device_discovered",
             EventKind::DeviceIdentified { .. } => "device_identified",
+            EventKind::DeviceMissing { .. } => "device_missing",
             EventKind::DeviceNotPatched { .. } => "device_not_patched",
             EventKind::BundleVerified { .. } => "bundle_verified",
             EventKind::BundleRefused { .. } => "bundle_refused",
@@ -301,6 +336,52 @@ mod tests {
         assert_eq!(back, events);
         verify_chain(&back, None).unwrap();
         verify_chain(&events[2..], Some((2, events[1].hash()))).unwrap();
+    }
+
+    #[test]
+    fn log_started_has_a_fixed_shape_and_older_kinds_keep_their_bytes() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let body = |kind| UnsignedEvent {
+            id: Uuid::from_u128(1),
+            log_id: Uuid::from_u128(2),
+            seq: 1,
+            time: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            time_source: TimeSource::SystemClock,
+            signer: hex::encode(key.verifying_key().as_bytes()),
+            visit_id: None,
+            device: None,
+            prev_hash: GENESIS_HASH.into(),
+            kind,
+        };
+        let head = |kind| {
+            let b = body(kind);
+            let text = String::from_utf8(b.canonical_bytes()).unwrap();
+            text[text.find("\"prev_hash\"").unwrap()..].to_string()
+        };
+        let previous = LogHeadRef { log_id: Uuid::from_u128(3), seq: 7, hash: "ab".repeat(32) };
+        assert_eq!(
+            head(EventKind::LogStarted { previous: Some(previous.clone()), why: "keyring".into() }),
+            format!(
+                "\"prev_hash\":\"{GENESIS_HASH}\",\"kind\":\"log_started\",\"previous\":{{\"log_id\":\"00000000-0000-0000-0000-000000000003\",\"seq\":7,\"hash\":\"{}\"}},\"why\":\"keyring\"}}",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(
+            head(EventKind::LogStarted { previous: None, why: "nothing_known".into() }),
+            format!(
+                "\"prev_hash\":\"{GENESIS_HASH}\",\"kind\":\"log_started\",\"previous\":null,\"why\":\"nothing_known\"}}"
+            )
+        );
+        // An event of an older kind signed before log_started existed still verifies.
+        assert_eq!(
+            head(EventKind::Note { text: "n".into() }),
+            format!("\"prev_hash\":\"{GENESIS_HASH}\",\"kind\":\"note\",\"text\":\"n\"}}")
+        );
+        let started = body(EventKind::LogStarted { previous: Some(previous), why: "x".into() });
+        let signed = started.sign(&key);
+        let back: Event = serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
+        assert_eq!(back, signed);
+        verify_chain(&[back], None).unwrap();
     }
 
     #[test]

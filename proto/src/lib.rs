@@ -3,7 +3,10 @@
 //! What the technician's laptop and the inventory server must agree on byte for byte, and nothing
 //! else: the visit-log event envelope and its canonical bytes ([`event`]), the sync API's wire
 //! types and countersigned checkpoints ([`wire`]), device credentials sealed to a technician's key
-//! ([`sealed`]), and firmware versions and device identities ([`model`]).
+//! ([`sealed`]), firmware versions and device identities ([`model`]), and the trust root both
+//! sides verify: canonical JSON ([`canonical`]), detached signatures and thresholds
+//! ([`signature`]), the trust store with its rotation rules ([`trust`]) and the signed catalog
+//! listing ([`listing`]).
 //!
 //! Design decisions:
 //!
@@ -13,9 +16,13 @@
 //! * **Shapes never change silently.** The canonical bytes of an event are what its signature and
 //!   the hash chain cover; changing them needs a new schema version, on both sides at once.
 
+pub mod canonical;
 pub mod event;
+pub mod listing;
 pub mod model;
 pub mod sealed;
+pub mod signature;
+pub mod trust;
 pub mod wire;
 
 pub use event::{

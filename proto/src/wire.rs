@@ -218,6 +218,10 @@ pub struct PullResponse {
     pub catalog: Vec<CatalogEntry>,
     /// The trust store document as published, if any.
     pub trust_store: Option<serde_json::Value>,
+    /// The signed catalog listing as published, if any ([`crate::listing`]): required by laptops
+    /// whose trust store names catalog keys.
+    #[serde(default)]
+    pub catalog_listing: Option<serde_json::Value>,
     /// Credentials of devices at the assigned sites, sealed to the technician's key. The sync
     /// client takes them out before the rest is handed to the local store.
     #[serde(default)]

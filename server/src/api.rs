@@ -299,6 +299,7 @@ async fn pull<S: Store>(
         work_orders: app.store.work_orders(Some(&t.id)).await?,
         catalog: app.store.catalog().await?,
         trust_store: app.store.trust_store().await?,
+        catalog_listing: app.store.catalog_listing().await?,
         credentials: app.sealed_credentials(&t).await?,
     }))
 }
@@ -619,13 +620,34 @@ async fn admin_set_credential<S: Store>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+impl From<crate::publish::PublishError> for ApiError {
+    fn from(e: crate::publish::PublishError) -> Self {
+        match e {
+            crate::publish::PublishError::Store(e) => e.into(),
+            other => Self::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), other.to_string()),
+        }
+    }
+}
+
+/// Publish a trust store (JSON body), checked as `admin publish-trust` checks it.
 async fn admin_trust_store<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    Json(doc): Json<serde_json::Value>,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
-    app.store.set_trust_store(&doc).await?;
+    crate::publish::publish_trust_store(&app.store, &body, chrono::Utc::now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publish a signed catalog listing (JSON body), checked as `admin publish-listing` checks it.
+async fn admin_catalog_listing<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers).await?;
+    crate::publish::publish_listing(&app.store, &body, chrono::Utc::now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -667,6 +689,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
             put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
         )
         .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
+        .route("/v1/admin/catalog-listing", put(admin_catalog_listing::<S>))
         .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
         .layer(axum::middleware::from_fn(request_timeout))
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))

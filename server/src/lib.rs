@@ -17,12 +17,18 @@
 //! * **Exactly once.** Push is idempotent: events at or below a log's head must match what is
 //!   stored, new events must continue the chain, and events, inventory changes and the new
 //!   checkpoint commit in one transaction ([`push`]).
+//! * **The trust root is checked before it is published** ([`publish`]): a trust store only as a
+//!   valid store or rotation of the published one, a catalog listing only when signed by the
+//!   store's catalog keys and naming published bundles, with the laptop's own rules
+//!   (`fieldpatch_proto::trust`, `fieldpatch_proto::listing`).
 //! * **TLS or loopback.** With `--tls-cert/--tls-key` the server speaks HTTPS (rustls). Without
 //!   TLS it refuses to listen anywhere but loopback unless explicitly told otherwise, because
 //!   tokens would cross the network in the clear.
 
 pub mod api;
+pub mod continuity;
 pub mod import;
+pub mod publish;
 pub mod push;
 pub mod store;
 
@@ -86,6 +92,8 @@ pub struct Seed {
     /// `(bundle id, version, manifest JSON, bundle file bytes)`.
     pub bundles: Vec<(String, String, serde_json::Value, Vec<u8>)>,
     pub trust_store: serde_json::Value,
+    /// The signed catalog listing, when the trust store names catalog keys.
+    pub catalog_listing: Option<serde_json::Value>,
 }
 
 impl Embedded {
@@ -115,6 +123,12 @@ impl Embedded {
             store.publish_bundle(&entry, &bytes).await?;
         }
         store.set_trust_store(&seed.trust_store).await?;
+        if let Some(listing) = &seed.catalog_listing {
+            // The embedded demo inventory takes its own seed as it is (its keys are made afresh
+            // at each start); `admin publish-listing` checks a listing before storing it.
+            let current = store.catalog_listing().await?;
+            store.replace_catalog_listing(current.as_ref(), listing).await?;
+        }
         Ok(api::issue_token(store, Some(&id), "embedded").await?)
     }
 }
@@ -342,6 +356,7 @@ mod tests {
             devices: vec![device("d1"), device("d2")],
             bundles: vec![],
             trust_store: serde_json::json!({"demo": true}),
+            catalog_listing: None,
         };
         let token = again.seed(seed()).await.unwrap();
         let token2 = again.seed(seed()).await.unwrap();

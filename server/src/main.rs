@@ -1,7 +1,8 @@
 //! `fieldpatch-server`: the central inventory and sync API, and its admin commands.
 //!
 //! `serve` runs the API; `admin ...` works directly on the database (technicians, tokens, imports,
-//! assignments, the catalog, the trust store and reports).
+//! assignments, the catalog, the trust store and catalog listing, checked before they are
+//! published, and reports).
 
 use anyhow::Context;
 use chrono::Utc;
@@ -126,8 +127,16 @@ enum Admin {
         #[arg(long)]
         bundle: PathBuf,
     },
-    /// Publish the trust store document (JSON).
-    TrustStore { file: PathBuf },
+    /// Publish the trust store document (JSON): it must be signed by its own root threshold and,
+    /// when a store is published, be a rotation of it (signed by a threshold of the current root
+    /// keys, with a higher version). Anything else is refused and nothing is stored.
+    #[command(alias = "trust-store")]
+    PublishTrust { file: PathBuf },
+    /// Publish the signed catalog listing (JSON, from `fieldpatch bundle sign-listing`): signed
+    /// by the catalog keys of the published trust store for its version, not expired, newer than
+    /// the published listing, naming only published bundles (same SHA-256). Anything else is
+    /// refused and nothing is stored.
+    PublishListing { file: PathBuf },
     /// Store a device credential, encrypted at rest; the secret is read from standard input
     /// (never from the command line, where other users could see it).
     SetCredential {
@@ -137,10 +146,16 @@ enum Admin {
         #[arg(long)]
         kind: String,
     },
-    /// Print a report as JSON: `not-at-approved-version`, `planned-not-patched`, or
-    /// `device-history` (with --device).
+    /// Print a report as JSON: `not-at-approved-version`, `planned-not-patched`,
+    /// `log-continuity` (each technician log: first, continues, restarted or cut, with the
+    /// evidence), or `device-history` (with --device).
     Report {
-        #[arg(value_parser = ["not-at-approved-version", "planned-not-patched", "device-history"])]
+        #[arg(value_parser = [
+            "not-at-approved-version",
+            "planned-not-patched",
+            "log-continuity",
+            "device-history",
+        ])]
         name: String,
         #[arg(long, required_if_eq("name", "device-history"))]
         device: Option<String>,
@@ -208,6 +223,36 @@ async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Read a document to publish, refusing files over `limit` bytes before reading them.
+fn read_document(file: &std::path::Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let len = f.metadata().with_context(|| format!("cannot read {}", file.display()))?.len();
+    anyhow::ensure!(
+        len <= limit,
+        "{} is {len} bytes, over the limit of {limit}: it is not a document to publish",
+        file.display()
+    );
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(bytes)
+}
+
+fn print_published(what: &str, p: &fieldpatch_server::publish::Published) {
+    for note in &p.notes {
+        eprintln!("note: {note}");
+    }
+    match (p.unchanged, p.replaced) {
+        (true, _) => println!("{what} version {} is already published: nothing changed", p.version),
+        (false, Some(old)) => {
+            println!("{what} version {} published (replaces version {old})", p.version)
+        }
+        (false, None) => println!("{what} version {} published", p.version),
+    }
 }
 
 async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
@@ -293,13 +338,19 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
             store.publish_bundle(&entry, &bytes).await?;
             println!("published {} {} (sha256 {})", entry.bundle_id, entry.version, entry.sha256);
         }
-        Admin::TrustStore { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let doc: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            store.set_trust_store(&doc).await?;
-            println!("trust store published");
+        Admin::PublishTrust { file } => {
+            let bytes = read_document(&file, fieldpatch_proto::trust::MAX_TRUST_STORE_BYTES)?;
+            let p = fieldpatch_server::publish::publish_trust_store(store, &bytes, Utc::now())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+            print_published("trust store", &p);
+        }
+        Admin::PublishListing { file } => {
+            let bytes = read_document(&file, fieldpatch_proto::listing::MAX_LISTING_BYTES)?;
+            let p = fieldpatch_server::publish::publish_listing(store, &bytes, Utc::now())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+            print_published("catalog listing", &p);
         }
         Admin::SetCredential { device, kind } => {
             use std::io::Read;
@@ -325,6 +376,9 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
                 }
                 ("planned-not-patched", _) => serde_json::to_string_pretty(
                     &api::report_planned_not_patched(store, None).await?,
+                )?,
+                ("log-continuity", _) => serde_json::to_string_pretty(
+                    &fieldpatch_server::continuity::report(store).await?,
                 )?,
                 (_, Some(id)) => {
                     let d = store

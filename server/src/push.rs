@@ -7,6 +7,12 @@
 //! A missing earlier event (a gap) is *retryable*; anything that can never verify is *rejected*,
 //! and so is everything after it in that log. Pushes are serialized by one lock, so two pushes of
 //! the same log cannot both extend it.
+//!
+//! An event the technician signed at a seq the server holds with other content (`conflict`), or
+//! one that does not link to the server's head (`broken_chain` right above it), means the laptop's
+//! copy of the log went back to an older state and went on from there. It is rejected like any
+//! conflict, never stored over what the server holds, and recorded as the log's divergence for
+//! the log-continuity report ([`crate::continuity`]).
 
 use crate::store::{LogHead, Store, StoreError, Technician};
 use ed25519_dalek::SigningKey;
@@ -155,6 +161,16 @@ pub async fn push<S: Store>(
         };
         let mut next = head_seq + 1;
         let mut accepted: Vec<(Event, String)> = Vec::new();
+        // The first event the technician signed that contradicts what the server holds.
+        let mut diverged: Option<(u64, Uuid, String)> = None;
+        let mut diverge = |e: &Event, hash: &str, signed: bool| {
+            let signed = signed
+                || (e.body.signer.eq_ignore_ascii_case(&tech.public_key)
+                    && e.verify_signature().is_ok());
+            if signed && diverged.as_ref().is_none_or(|(s, _, _)| e.body.seq < *s) {
+                diverged = Some((e.body.seq, e.body.id, hash.to_string()));
+            }
+        };
         let mut blocked: Option<(bool, u64)> = None; // (rejected?, seq that blocked)
         for (i, e, prepared) in batch {
             let id = e.body.id;
@@ -164,13 +180,16 @@ pub async fn push<S: Store>(
             } else if seq <= head_seq {
                 match held.iter().find(|h| h.seq == seq) {
                     Some(h) if h.id == id.to_string() && h.hash == prepared.hash => Verdict::Stored,
-                    Some(_) => Verdict::Reject(problem(
-                        &e,
-                        "conflict",
-                        format!(
-                            "the server already holds a different event at seq {seq} of this log (the log was forked or edited)"
-                        ),
-                    )),
+                    Some(_) => {
+                        diverge(&e, &prepared.hash, false);
+                        Verdict::Reject(problem(
+                            &e,
+                            "conflict",
+                            format!(
+                                "the server already holds a different event at seq {seq} of this log (the log was forked or edited)"
+                            ),
+                        ))
+                    }
                     None => Verdict::Reject(problem(
                         &e,
                         "conflict",
@@ -233,6 +252,10 @@ pub async fn push<S: Store>(
                 Verdict::Reject(problem(&e, "bad_signature", reason))
             } else if e.body.prev_hash != prev_hash {
                 blocked = Some((true, seq));
+                if head_seq > 0 && seq == head_seq + 1 {
+                    // Signed by the technician (checked above), and not after the server's head.
+                    diverge(&e, &prepared.hash, true);
+                }
                 Verdict::Reject(problem(
                     &e,
                     "broken_chain",
@@ -246,6 +269,9 @@ pub async fn push<S: Store>(
                 Verdict::Stored
             };
             verdicts.push((i, id, verdict));
+        }
+        if let Some((seq, id, hash)) = &diverged {
+            store.record_divergence(&tech.id, &log, *seq, &id.to_string(), hash).await?;
         }
         // Commit. A conflict means an event id is already used in another log (rejected, with
         // everything after it in this log), or another server instance wrote this log meanwhile

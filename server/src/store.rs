@@ -11,7 +11,7 @@
 //! inventory never reflects an event the server does not hold, or the reverse.
 
 use chrono::{DateTime, Utc};
-use fieldpatch_proto::event::{Event, EventKind};
+use fieldpatch_proto::event::{Event, EventKind, LogHeadRef};
 use fieldpatch_proto::wire::{CatalogEntry, Device, Site, WorkOrder};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use std::borrow::Cow;
@@ -65,6 +65,37 @@ pub struct StoredEvent {
     pub id: String,
     pub seq: u64,
     pub hash: String,
+}
+
+/// How a log began and whether a laptop contradicted it, with the server's head of the log (the
+/// evidence of the log-continuity report, [`crate::continuity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogContinuityRow {
+    pub log_id: String,
+    pub technician_id: String,
+    /// When the log's first event reached the server.
+    pub started_at: DateTime<Utc>,
+    /// Whether the first event is `log_started` (laptops from before chaining send none).
+    pub chained: bool,
+    /// The head of an earlier log that `log_started` names.
+    pub previous: Option<LogHeadRef>,
+    /// Where the laptop had `previous` from, as `log_started` says.
+    pub why: Option<String>,
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first event a laptop sent that contradicts this log as the server holds it.
+    pub diverged: Option<Divergence>,
+}
+
+/// An event a technician's laptop signed and sent for a seq of a log where the server holds
+/// another event (or that does not link to the server's head): the laptop's copy of the log went
+/// back to an older state and continued from there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Divergence {
+    pub seq: u64,
+    pub event_id: String,
+    pub hash: String,
+    pub detected_at: DateTime<Utc>,
 }
 
 /// A device credential as stored: encrypted under the server's data key.
@@ -152,6 +183,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         doc: &serde_json::Value,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publish `next` as the trust store if the published one is still `current` (`None`: none
+    /// yet); [`StoreError::Conflict`] when another publish came in between. The caller has
+    /// checked `next` against `current`.
+    fn replace_trust_store(
+        &self,
+        current: Option<&serde_json::Value>,
+        next: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publish `next` as the catalog listing if the published one is still `current`, as
+    /// [`Store::replace_trust_store`] does.
+    fn replace_catalog_listing(
+        &self,
+        current: Option<&serde_json::Value>,
+        next: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Sites assigned to the technician, or all sites for `None`.
     fn sites(
@@ -178,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
         sha256: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     fn trust_store(
+        &self,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, StoreError>> + Send;
+    /// The published catalog listing, if any.
+    fn catalog_listing(
         &self,
     ) -> impl Future<Output = Result<Option<serde_json::Value>, StoreError>> + Send;
 
@@ -209,6 +259,21 @@ pub trait Store: Send + Sync + 'static {
         events: &[(Event, String)],
         head: &LogHead,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Record that `technician_id`'s laptop signed and sent `event_id` (with `hash`) at `seq` of
+    /// its log `log_id`, contradicting the events the server holds (see [`Divergence`]). The
+    /// lowest such seq is kept.
+    fn record_divergence(
+        &self,
+        technician_id: &str,
+        log_id: &str,
+        seq: u64,
+        event_id: &str,
+        hash: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// How every log began, with its head and any divergence, ordered by technician and start.
+    fn log_continuity(
+        &self,
+    ) -> impl Future<Output = Result<Vec<LogContinuityRow>, StoreError>> + Send;
     /// Events about a device (by inventory id or serial number), oldest first.
     fn device_history(
         &self,
@@ -249,11 +314,15 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/sqlite/0001_inventory.sql")),
     ("device credentials", include_str!("../migrations/sqlite/0002_device_credentials.sql")),
     ("token lifetime", include_str!("../migrations/sqlite/0003_token_lifetime.sql")),
+    ("log continuity", include_str!("../migrations/sqlite/0004_log_continuity.sql")),
+    ("catalog listing", include_str!("../migrations/sqlite/0005_catalog_listing.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/postgres/0001_inventory.sql")),
     ("device credentials", include_str!("../migrations/postgres/0002_device_credentials.sql")),
     ("token lifetime", include_str!("../migrations/postgres/0003_token_lifetime.sql")),
+    ("log continuity", include_str!("../migrations/postgres/0004_log_continuity.sql")),
+    ("catalog listing", include_str!("../migrations/postgres/0005_catalog_listing.sql")),
 ];
 
 fn to_i64(v: u64) -> i64 {
@@ -627,6 +696,74 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            async fn replace_trust_store(
+                &self,
+                current: Option<&serde_json::Value>,
+                next: &serde_json::Value,
+            ) -> Result<(), StoreError> {
+                // Compare and swap in one statement, so two publishes cannot both pass their checks
+                // against the same store and overwrite each other.
+                let changed = match current {
+                    None => sqlx::query(
+                        "INSERT INTO trust_store (id, document, updated_at) VALUES (1, $1, $2) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(next.to_string())
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected(),
+                    Some(c) => sqlx::query(
+                        "UPDATE trust_store SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
+                    )
+                    .bind(next.to_string())
+                    .bind(Utc::now())
+                    .bind(c.to_string())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected(),
+                };
+                if changed != 1 {
+                    return Err(StoreError::Conflict(
+                        "the published trust store changed while this one was checked; publish again".into(),
+                    ));
+                }
+                Ok(())
+            }
+
+            async fn replace_catalog_listing(
+                &self,
+                current: Option<&serde_json::Value>,
+                next: &serde_json::Value,
+            ) -> Result<(), StoreError> {
+                let changed = match current {
+                    None => sqlx::query(
+                        "INSERT INTO catalog_listing (id, document, updated_at) VALUES (1, $1, $2) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(next.to_string())
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected(),
+                    Some(c) => sqlx::query(
+                        "UPDATE catalog_listing SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
+                    )
+                    .bind(next.to_string())
+                    .bind(Utc::now())
+                    .bind(c.to_string())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected(),
+                };
+                if changed != 1 {
+                    return Err(StoreError::Conflict(
+                        "the published catalog listing changed while this one was checked; publish again".into(),
+                    ));
+                }
+                Ok(())
+            }
+
             async fn sites(&self, technician_id: Option<&str>) -> Result<Vec<Site>, StoreError> {
                 use sqlx::Row;
                 let rows = match technician_id {
@@ -769,6 +906,18 @@ macro_rules! store_impl {
                     .map_err(|e| StoreError::Corrupt(format!("trust store: {e}")))
             }
 
+            async fn catalog_listing(&self) -> Result<Option<serde_json::Value>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT document FROM catalog_listing WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(r) = row else { return Ok(None) };
+                let doc: String = r.try_get("document")?;
+                serde_json::from_str(&doc)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(format!("catalog listing: {e}")))
+            }
+
             async fn log_head(&self, log_id: &str) -> Result<Option<LogHead>, StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query(
@@ -868,6 +1017,28 @@ macro_rules! store_impl {
                         "log {log_id} was extended concurrently; push again"
                     )));
                 }
+                // The log's first event: how it began, for the log-continuity report.
+                if let Some((first, _)) = events.first().filter(|(e, _)| e.body.seq == 1) {
+                    let (chained, previous, why) = match &first.body.kind {
+                        EventKind::LogStarted { previous, why } => (true, previous.clone(), Some(why.clone())),
+                        _ => (false, None, None),
+                    };
+                    sqlx::query(
+                        "INSERT INTO log_continuity (log_id, technician_id, started_at, chained, \
+                         previous_log_id, previous_seq, previous_hash, why) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (log_id) DO NOTHING",
+                    )
+                    .bind(log_id)
+                    .bind(technician_id)
+                    .bind(now)
+                    .bind(chained)
+                    .bind(previous.as_ref().map(|p| p.log_id.to_string()))
+                    .bind(previous.as_ref().map(|p| to_i64(p.seq)))
+                    .bind(previous.map(|p| p.hash))
+                    .bind(why)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 // One update per device named in the batch.
                 for (device, f) in fold_batch(events) {
                     sqlx::query(
@@ -913,6 +1084,87 @@ macro_rules! store_impl {
                 }
                 tx.commit().await?;
                 Ok(added)
+            }
+
+            async fn record_divergence(
+                &self,
+                technician_id: &str,
+                log_id: &str,
+                seq: u64,
+                event_id: &str,
+                hash: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE log_continuity SET diverged_seq = $3, diverged_event_id = $4, \
+                     diverged_hash = $5, diverged_at = $6 \
+                     WHERE log_id = $1 AND technician_id = $2 AND (diverged_seq IS NULL OR diverged_seq > $3)",
+                )
+                .bind(log_id)
+                .bind(technician_id)
+                .bind(to_i64(seq))
+                .bind(event_id)
+                .bind(hash)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn log_continuity(&self) -> Result<Vec<LogContinuityRow>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT c.log_id, c.technician_id, c.started_at, c.chained, c.previous_log_id, \
+                     c.previous_seq, c.previous_hash, c.why, c.diverged_seq, c.diverged_event_id, \
+                     c.diverged_hash, c.diverged_at, k.last_seq, k.last_hash \
+                     FROM log_continuity c JOIN checkpoints k ON k.log_id = c.log_id \
+                     ORDER BY c.technician_id, c.started_at, c.log_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let log_id: String = r.try_get("log_id")?;
+                        let corrupt = |what: &str| {
+                            StoreError::Corrupt(format!("log continuity of {log_id}: {what}"))
+                        };
+                        let previous = match (
+                            r.try_get::<Option<String>, _>("previous_log_id")?,
+                            r.try_get::<Option<i64>, _>("previous_seq")?,
+                            r.try_get::<Option<String>, _>("previous_hash")?,
+                        ) {
+                            (Some(id), Some(seq), Some(hash)) => Some(LogHeadRef {
+                                log_id: id.parse().map_err(|_| corrupt("previous log id"))?,
+                                seq: to_u64(seq),
+                                hash,
+                            }),
+                            (None, None, None) => None,
+                            _ => return Err(corrupt("partial previous head")),
+                        };
+                        let diverged = match (
+                            r.try_get::<Option<i64>, _>("diverged_seq")?,
+                            r.try_get::<Option<String>, _>("diverged_event_id")?,
+                            r.try_get::<Option<String>, _>("diverged_hash")?,
+                            r.try_get::<Option<DateTime<Utc>>, _>("diverged_at")?,
+                        ) {
+                            (Some(seq), Some(event_id), Some(hash), Some(detected_at)) => {
+                                Some(Divergence { seq: to_u64(seq), event_id, hash, detected_at })
+                            }
+                            (None, None, None, None) => None,
+                            _ => return Err(corrupt("partial divergence")),
+                        };
+                        Ok(LogContinuityRow {
+                            technician_id: r.try_get("technician_id")?,
+                            started_at: r.try_get("started_at")?,
+                            chained: r.try_get("chained")?,
+                            previous,
+                            why: r.try_get("why")?,
+                            head_seq: to_u64(r.try_get::<i64, _>("last_seq")?),
+                            head_hash: r.try_get("last_hash")?,
+                            diverged,
+                            log_id,
+                        })
+                    })
+                    .collect()
             }
 
             async fn device_history(&self, device: &Device) -> Result<Vec<Event>, StoreError> {
@@ -1070,6 +1322,44 @@ mod tests {
         let (level,): (i64,) =
             sqlx::query_as("PRAGMA synchronous").fetch_one(store.pool()).await.unwrap();
         assert_eq!(level, 2);
+    }
+
+    #[tokio::test]
+    async fn logs_stored_before_chaining_are_backfilled_as_unchained() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("inventory.db")).await.unwrap();
+        // The schema before log continuity, holding one log (its first event and one more).
+        migrator(&SQLITE_MIGRATIONS[..3]).run(store.pool()).await.unwrap();
+        let t = Technician { id: "alice".into(), name: "Alice".into(), public_key: "ab".into() };
+        store.create_technician(&t).await.unwrap();
+        let received = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        for seq in [1i64, 2] {
+            sqlx::query(
+                "INSERT INTO events (id, log_id, seq, technician_id, kind, time, hash, body, \
+                 received_at) VALUES ($1, 'log-1', $2, 'alice', 'note', $3, 'h', '{}', $3)",
+            )
+            .bind(format!("e{seq}"))
+            .bind(seq)
+            .bind(received)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO checkpoints (log_id, technician_id, last_seq, last_hash, signature, \
+             updated_at) VALUES ('log-1', 'alice', 2, 'h2', 's', $1)",
+        )
+        .bind(received)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let rows = store.log_continuity().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.log_id.as_str(), r.technician_id.as_str()), ("log-1", "alice"));
+        assert_eq!((r.started_at, r.chained, r.head_seq), (received, false, 2));
+        assert!(r.previous.is_none() && r.why.is_none() && r.diverged.is_none());
     }
 
     fn ev(device: &str, kind: EventKind, secs: i64) -> (Event, String) {

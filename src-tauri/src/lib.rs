@@ -244,6 +244,7 @@ async fn enroll(
         devices: content.devices,
         bundles: content.bundles,
         trust_store: content.trust_store,
+        catalog_listing: content.catalog_listing,
     };
     let token = inventory.seed(seed).await.map_err(|e| e.to_string())?;
     let local = fp.sync_local().await.map_err(|e| e.to_string())?;

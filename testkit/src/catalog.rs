@@ -5,12 +5,15 @@
 //!   rollback keys, a revoked and a stranger's key), a trust store over them and helpers that make
 //!   manifests and bundle bytes, good or deliberately bad, for the bundle verification tests.
 //! - [`CatalogBuilder`] / [`SignedCatalog`]: a catalog folder as a release engineer publishes it,
-//!   `trust.json` plus `catalog/<bundle id>.fpb`, for sessions, benchmarks and the demo site.
-//!   It returns errors instead of panicking, so the demo can use it.
+//!   `trust.json` plus `catalog/<bundle id>.fpb`, for sessions, benchmarks and the demo site;
+//!   with catalog keys ([`CatalogBuilder::catalog_key`]) also the signed catalog listing,
+//!   `catalog/listing.json` ([`SignedCatalog::write_listing`]). It returns errors instead of
+//!   panicking, so the demo can use it.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::bundle::container::assemble_raw;
+use fieldpatch_core::bundle::listing::{self, CatalogListing, SignedCatalogListing};
 use fieldpatch_core::bundle::signature::{self, CONTEXT_MANIFEST, SignatureEntry};
 use fieldpatch_core::bundle::{
     BundleError, Evidence, Manifest, PayloadEntry, PayloadFormat, RevisionRange, Role, Severity,
@@ -122,7 +125,7 @@ impl BundleKit {
             (Role::Rollback, 2),
             (Role::VendorImage, 1),
         ]);
-        TrustStoreBody { version, keys, thresholds, offline_grace_days: None }
+        TrustStoreBody { version, keys, thresholds, offline_grace_days: None, expires: None }
     }
 
     /// A valid manifest for the given payloads (raw format), approved by release[0] and release[1].
@@ -232,6 +235,8 @@ pub struct CatalogBuilder {
     expires: Option<DateTime<Utc>>,
     release_note: String,
     offline_grace_days: Option<u32>,
+    catalog: Vec<(SigningKey, String)>,
+    trust_expires: Option<DateTime<Utc>>,
 }
 
 impl Default for CatalogBuilder {
@@ -256,7 +261,22 @@ impl CatalogBuilder {
             expires: None,
             release_note: "release".into(),
             offline_grace_days: None,
+            catalog: vec![],
+            trust_expires: None,
         }
+    }
+
+    /// Add a catalog key: the trust store then names catalog keys, so the catalog folder needs a
+    /// listing signed by them ([`SignedCatalog::write_listing`]). None by default.
+    pub fn catalog_key(mut self, key: SigningKey, label: &str) -> Self {
+        self.catalog.push((key, label.into()));
+        self
+    }
+
+    /// When the trust store expires (it does not by default).
+    pub fn trust_expires(mut self, expires: DateTime<Utc>) -> Self {
+        self.trust_expires = Some(expires);
+        self
     }
 
     /// Add a root key (the first one given replaces the default fresh root key).
@@ -338,6 +358,9 @@ impl CatalogBuilder {
         for (k, label) in &self.release {
             keys.push(TrustedKey::new(&k.verifying_key(), vec![Role::Release], label.clone()));
         }
+        for (k, label) in &self.catalog {
+            keys.push(TrustedKey::new(&k.verifying_key(), vec![Role::Catalog], label.clone()));
+        }
         let root_keys: Vec<&SigningKey> = self.roots.iter().map(|(k, _)| k).collect();
         let trust = TrustStore::provision(
             TrustStoreBody {
@@ -345,6 +368,7 @@ impl CatalogBuilder {
                 keys,
                 thresholds: self.thresholds.clone(),
                 offline_grace_days: self.offline_grace_days,
+                expires: self.trust_expires,
             }
             .sign(&root_keys),
         )?;
@@ -426,6 +450,37 @@ impl SignedCatalog {
         let sigs = sign_manifest(&mb, &self.release_keys());
         let path = self.catalog_dir.join(format!("{}.fpb", b.id));
         write(&path, &assemble_raw(&mb, &sigs, &[b.payload]))?;
+        Ok(path)
+    }
+
+    /// The catalog keys that sign listings.
+    pub fn catalog_keys(&self) -> Vec<&SigningKey> {
+        self.settings.catalog.iter().map(|(k, _)| k).collect()
+    }
+
+    /// A listing of every bundle now in the catalog folder (each verified against the trust
+    /// store as of now), at `version`, expiring at `expires`, signed by every catalog key.
+    pub fn listing(
+        &self,
+        version: u64,
+        expires: DateTime<Utc>,
+    ) -> Result<SignedCatalogListing, CatalogError> {
+        let bundles = listing::list_folder(&self.catalog_dir, &self.trust, &VerifyPolicy::now())?;
+        let body =
+            CatalogListing { version, expires, trust_store_version: self.trust.version(), bundles };
+        Ok(body.sign(&self.catalog_keys()))
+    }
+
+    /// Write [`SignedCatalog::listing`] as `<catalog>/listing.json` (pretty JSON); returns its
+    /// path.
+    pub fn write_listing(
+        &self,
+        version: u64,
+        expires: DateTime<Utc>,
+    ) -> Result<PathBuf, CatalogError> {
+        let doc = self.listing(version, expires)?;
+        let path = listing::listing_path(&self.catalog_dir);
+        write(&path, &serde_json::to_vec_pretty(&doc).expect("a listing serializes"))?;
         Ok(path)
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`chain`]: signed, hash-chained visit-log events (fieldpatch-proto only).
 //! - [`tls`]: a self-signed certificate for a loopback HTTPS server (the `openssl` tool).
+//! - [`trust`]: signed trust stores and catalog listings (fieldpatch-proto only).
 //! - `catalog` (feature `core`): release keys, a trust store and signed bundles, in memory or
 //!   written to a catalog folder.
 //! - `site` (feature `lab`): a lab site of simulated devices (SMP over UDP and a pty, a USB DFU
@@ -13,6 +14,7 @@
 
 pub mod chain;
 pub mod tls;
+pub mod trust;
 
 #[cfg(feature = "core")]
 pub mod catalog;

@@ -20,7 +20,9 @@ fn ok_json(dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-/// A release engineer's desk: a root key, two release keys (threshold 2) and a trust store.
+/// A release engineer's desk: a root key, two release keys (threshold 2) and a trust store; with
+/// [`Kit::with_catalog_key`] also a catalog key (`catalog.pem`) the trust store names, which signs
+/// catalog listings ([`Kit::sign_listing`]).
 #[derive(Debug)]
 pub struct Kit {
     pub dir: PathBuf,
@@ -45,34 +47,44 @@ pub struct BundleSpec<'a> {
 
 impl Kit {
     pub fn new(dir: &Path) -> Kit {
+        Kit::make(dir, false)
+    }
+
+    /// A kit whose trust store also names a catalog key (`catalog.pem`, threshold 1): laptops
+    /// that pin it require a signed catalog listing.
+    pub fn with_catalog_key(dir: &Path) -> Kit {
+        Kit::make(dir, true)
+    }
+
+    fn make(dir: &Path, catalog_key: bool) -> Kit {
         let mut pubs = Vec::new();
-        for name in ["root", "rel1", "rel2"] {
+        let names: &[&str] = if catalog_key {
+            &["root", "rel1", "rel2", "catalog"]
+        } else {
+            &["root", "rel1", "rel2"]
+        };
+        for name in names {
             let v = ok_json(dir, &["--json", "keys", "generate", "--out", &format!("{name}.pem")]);
             pubs.push((
                 v["key_id"].as_str().unwrap().to_string(),
                 v["public_key"].as_str().unwrap().to_string(),
             ));
         }
-        ok_json(
-            dir,
-            &[
-                "--json",
-                "keys",
-                "trust-init",
-                "--out",
-                "trust.json",
-                "--key",
-                &format!("root={}:root", pubs[0].1),
-                "--key",
-                &format!("release={}:alice", pubs[1].1),
-                "--key",
-                &format!("release={}:bob", pubs[2].1),
-                "--threshold",
-                "release=2",
-                "--sign",
-                "root.pem",
-            ],
-        );
+        let keys = [
+            format!("root={}:root", pubs[0].1),
+            format!("release={}:alice", pubs[1].1),
+            format!("release={}:bob", pubs[2].1),
+        ];
+        let mut args = vec!["--json", "keys", "trust-init", "--out", "trust.json"];
+        for k in &keys {
+            args.extend(["--key", k.as_str()]);
+        }
+        let catalog = pubs.get(3).map(|p| format!("catalog={}:catalog", p.1));
+        if let Some(k) = &catalog {
+            args.extend(["--key", k.as_str()]);
+        }
+        args.extend(["--threshold", "release=2", "--sign", "root.pem"]);
+        ok_json(dir, &args);
         let catalog = dir.join("catalog");
         std::fs::create_dir_all(&catalog).unwrap();
         Kit {
@@ -81,6 +93,31 @@ impl Kit {
             catalog,
             release_ids: vec![pubs[1].0.clone(), pubs[2].0.clone()],
         }
+    }
+
+    /// `fieldpatch bundle sign-listing` over the catalog folder with the catalog key, at
+    /// `version`, with `extra` arguments (e.g. `--expires`); written to `out` in the kit's folder.
+    pub fn sign_listing(&self, version: u64, out: &str, extra: &[&str]) -> PathBuf {
+        let path = self.dir.join(out);
+        let version = version.to_string();
+        let mut args = vec![
+            "--json",
+            "bundle",
+            "sign-listing",
+            "--catalog",
+            self.catalog.to_str().unwrap(),
+            "--trust",
+            self.trust.to_str().unwrap(),
+            "--key",
+            "catalog.pem",
+            "--version",
+            &version,
+            "--out",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok_json(&self.dir, &args);
+        path
     }
 
     /// Create and sign (2 of 2 release keys) a bundle into the catalog folder.

@@ -77,6 +77,34 @@ pub enum BundleCmd {
         #[arg(long)]
         expires: Option<DateTime<Utc>>,
     },
+    /// Sign a catalog listing for a folder of bundle files with catalog key(s): every `*.fpb` in
+    /// the folder is verified against the trust store and named by SHA-256 and size. Publish it
+    /// with `fieldpatch-server admin publish-listing FILE`.
+    SignListing {
+        /// The folder of bundle files (`*.fpb`) the inventory publishes.
+        #[arg(long)]
+        catalog: PathBuf,
+        /// Trust store (JSON) naming the catalog keys; the listing is signed for its version.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Catalog private key file (PKCS#8 PEM, mode 0600) or `keyring:NAME`; repeat it until
+        /// the trust store's catalog threshold is reached.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Listing version: higher than the last published one (default: the current Unix time).
+        #[arg(long)]
+        version: Option<u64>,
+        /// When the listing expires (RFC 3339); default: --valid-days from now.
+        #[arg(long, conflicts_with = "valid_days")]
+        expires: Option<DateTime<Utc>>,
+        /// Days the listing stays valid (1 to 3650).
+        #[arg(long, default_value_t = 7)]
+        valid_days: i64,
+        /// Where to write the listing (default: `listing.json` in the catalog folder, where
+        /// `fieldpatch plan --catalog` reads it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Verify a bundle, then check it against a device (target, versions, downgrade rule).
     CheckDevice {
         bundle: PathBuf,
@@ -233,6 +261,62 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                     a.from,
                     a.to,
                     signed.signatures.len()
+                );
+            }
+        }
+        BundleCmd::SignListing { catalog, trust, keys, version, expires, valid_days, out } => {
+            let trust = TrustStore::load(&trust)?;
+            let keys =
+                keys.iter().map(|p| super::keys::load_key(p)).collect::<Result<Vec<_>, _>>()?;
+            let now = Utc::now();
+            let expires = match expires {
+                Some(t) => t,
+                None => Duration::try_days(valid_days)
+                    .filter(|_| (1..=3650).contains(&valid_days))
+                    .and_then(|d| now.checked_add_signed(d))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--valid-days {valid_days} is out of range: give 1 to 3650")
+                    })?,
+            };
+            let version = match version {
+                Some(v) => v,
+                None => u64::try_from(now.timestamp()).context("the clock is before 1970")?,
+            };
+            let bundles = bundle::listing::list_folder(&catalog, &trust, &VerifyPolicy::now())?;
+            let signed = bundle::CatalogListing {
+                version,
+                expires,
+                trust_store_version: trust.version(),
+                bundles,
+            }
+            .sign(&keys.iter().collect::<Vec<_>>());
+            let signers = signed.verify(trust.proto()).map_err(bundle::BundleError::from)?;
+            signed.check_current(now).map_err(bundle::BundleError::from)?;
+            let out = out.unwrap_or_else(|| bundle::listing::listing_path(&catalog));
+            std::fs::write(&out, serde_json::to_vec_pretty(&signed)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let l = &signed.listing;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "listing": out,
+                        "version": l.version,
+                        "expires": l.expires,
+                        "trust_store_version": l.trust_store_version,
+                        "bundles": l.bundles.len(),
+                        "signers": signers,
+                    })
+                );
+            } else {
+                println!(
+                    "catalog listing version {} ({} bundle(s), trust store version {}, expires {}) signed by {} and written to {}",
+                    l.version,
+                    l.bundles.len(),
+                    l.trust_store_version,
+                    l.expires.to_rfc3339(),
+                    signers.join(", "),
+                    out.display()
                 );
             }
         }

@@ -225,7 +225,7 @@ fn print_states(states: &[ImageSlotState], json: bool) -> anyhow::Result<()> {
 }
 
 /// One line for how an install ended.
-fn outcome_text(o: &FlashOutcome) -> String {
+pub(crate) fn outcome_text(o: &FlashOutcome) -> String {
     match o {
         FlashOutcome::Confirmed { version } => format!("patched: {version}, confirmed"),
         FlashOutcome::AlreadyDone { version } => format!("already runs {version}; nothing sent"),

@@ -1,10 +1,16 @@
-//! `fieldpatch dfu`: USB DFU devices — list them, flash a DFU file (dfu-suffix / dfuse-pack
-//! format) with readback verification. Thin over [`fieldpatch_core::Fieldpatch::dfu_flash`],
-//! which clears the file (a verified bundle, or a bare file with `--allow-unverified`) and
-//! records the flash in the visit log.
+//! `fieldpatch dfu`: USB DFU devices — list them (with the address that selects each, serial
+//! number included), flash a DFU file (dfu-suffix / dfuse-pack format) with readback
+//! verification, or install a signed bundle. Thin over [`fieldpatch_core::Fieldpatch`]:
+//! `dfu_flash` clears a bare file (`--allow-unverified`, recorded in the visit log) and
+//! `dfu_install` passes a bundle through the planner with the device's inventory record, as a
+//! session does.
 
+use anyhow::{Context, bail};
 use clap::Subcommand;
+use fieldpatch_core::bundle::container::looks_like_bundle;
 use fieldpatch_core::device::DfuseOptions;
+use fieldpatch_core::flash::FlashOptions;
+use fieldpatch_core::plan::DeviceAddress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,11 +18,21 @@ use std::process::ExitCode;
 pub enum DfuCommand {
     /// List USB devices with a DFU interface (run-time or DFU mode).
     List,
-    /// Flash a DFU file to the device at a USB location (as `dfu list` shows it).
+    /// Flash a DFU file, or install a signed bundle carrying one, on a USB DFU device.
     Flash {
-        /// USB location, e.g. 1-1.4.
+        /// The device: its USB address usb:VVVV:PPPP[:SERIAL] as `dfu list` prints it (the serial
+        /// number picks one of several identical boards), or for a bare DFU file its USB
+        /// location (e.g. 1-1.4).
         #[arg(long)]
         device: String,
+        /// Bundles: which device this is (its id in the synced inventory, or in --devices); its
+        /// record says whether the bundle applies (model, hardware revision, the version it runs).
+        #[arg(long)]
+        id: Option<String>,
+        /// Bundles: the work order's devices file, when the device is not in the synced
+        /// inventory.
+        #[arg(long, requires = "id")]
+        devices: Option<PathBuf>,
         /// DfuSe: erase the whole memory first instead of the touched pages.
         #[arg(long)]
         mass_erase: bool,
@@ -48,16 +64,56 @@ async fn run_async(command: DfuCommand, json: bool) -> anyhow::Result<ExitCode> 
                 println!("no DFU devices found");
             }
             for d in devices.iter().filter(|_| !json) {
+                let address = DeviceAddress::Usb {
+                    vid: d.ids.vendor_id,
+                    pid: d.ids.product_id,
+                    serial: d.serial.clone(),
+                };
                 println!(
-                    "{}  {}  {:?}  {} alt setting(s)",
+                    "{}  {address}  {}  serial {}  {:?}  {} alt setting(s)",
                     d.location,
                     d.ids,
+                    d.serial.as_deref().unwrap_or("(none)"),
                     d.mode,
                     d.alts.len()
                 );
             }
         }
-        DfuCommand::Flash { device, mass_erase, leave, trust, allow_unverified, file } => {
+        DfuCommand::Flash { file, device, id, devices, trust, mass_erase, leave, .. }
+            if looks_like_bundle(&file) =>
+        {
+            if mass_erase || leave {
+                bail!(
+                    "a bundle is installed the way a session installs it (the pages it touches erased, then the device left to run it): drop --mass-erase and --leave"
+                );
+            }
+            let trust =
+                trust.context("a bundle is verified against the trust store: pass --trust FILE")?;
+            let id = id.context(
+                "say which device this is with --id ID (its inventory record says whether the bundle applies: vendor, model, hardware revision, the version it runs); add --devices FILE when it is not in the synced inventory",
+            )?;
+            if !device.contains(':') {
+                bail!(
+                    "a bundle goes to the device its USB address names, usb:VVVV:PPPP[:SERIAL] as `fieldpatch dfu list` prints it, not to a bus location ({device})"
+                );
+            }
+            let address: DeviceAddress = device.parse()?;
+            let fp = super::open().await?;
+            let record = fp.inventory_device(&id, address, devices.as_deref()).await?;
+            let bar = crate::output::Bar::bytes(json);
+            let outcome =
+                fp.dfu_install(record, &file, &trust, &bar, &FlashOptions::default()).await?;
+            bar.finish();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                println!("{id}: {}", super::device::outcome_text(&outcome));
+            }
+            if !outcome.is_success() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        DfuCommand::Flash { device, mass_erase, leave, trust, allow_unverified, file, .. } => {
             let fp = super::open().await?;
             let bar = crate::output::Bar::bytes(json);
             let options = DfuseOptions { mass_erase, leave };

@@ -31,7 +31,9 @@ pub enum KeysCmd {
         /// Where to write the trust store (JSON).
         #[arg(long)]
         out: PathBuf,
-        /// A key: ROLE[,ROLE...]=PUBLIC_KEY_HEX[:LABEL] (roles: root, release, rollback, vendor_image).
+        /// A key: ROLE[,ROLE...]=PUBLIC_KEY_HEX[:LABEL] (roles: root, release, rollback,
+        /// vendor_image, catalog). Naming catalog keys makes laptops require a catalog listing
+        /// signed by them (`fieldpatch bundle sign-listing`).
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
         /// A threshold: ROLE=N (default 1 per role).
@@ -48,6 +50,10 @@ pub enum KeysCmd {
         /// offline grace without it).
         #[arg(long)]
         offline_grace_days: Option<u32>,
+        /// When the trust store expires (RFC 3339): after it (and the offline grace), bundles
+        /// are refused until a rotation is synced. Default: it does not expire.
+        #[arg(long)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -95,12 +101,21 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             let id = fieldpatch_core::bundle::key_id(&k);
             print_key(&id, &hex_encode(k.as_bytes()), json)?;
         }
-        KeysCmd::TrustInit { out, keys, thresholds, signers, version, offline_grace_days } => {
+        KeysCmd::TrustInit {
+            out,
+            keys,
+            thresholds,
+            signers,
+            version,
+            offline_grace_days,
+            expires,
+        } => {
             let mut body = TrustStoreBody {
                 version,
                 keys: Vec::new(),
                 thresholds: BTreeMap::new(),
                 offline_grace_days,
+                expires,
             };
             for spec in &keys {
                 let (roles, rest) =

@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod demo;
 pub mod device;
 pub mod dfu;
+pub mod discover;
 pub mod info;
 pub mod keys;
 pub mod log;

@@ -39,11 +39,22 @@ impl CatalogArgs {
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     /// The work order's devices: a JSON list of device records.
-    #[arg(long, required_unless_present = "work_order", conflicts_with = "work_order")]
+    #[arg(
+        long,
+        required_unless_present_any = ["work_order", "discover"],
+        conflicts_with_all = ["work_order", "discover"]
+    )]
     devices: Option<PathBuf>,
-    /// A work order synced from the inventory (its devices come from the local store).
-    #[arg(long, requires = "addresses")]
+    /// A work order synced from the inventory (its devices come from the local store); with
+    /// --discover, what the discovered devices are matched against.
+    #[arg(long, required_unless_present_any = ["devices", "discover"])]
     work_order: Option<String>,
+    /// Find the devices on site instead of reading addresses (`fieldpatch discover`'s options
+    /// apply); only devices matched to the inventory are planned.
+    #[arg(long, conflicts_with = "addresses")]
+    discover: bool,
+    #[command(flatten)]
+    discovery: super::discover::DiscoverArgs,
     /// With --work-order: a JSON object mapping device id to its address, e.g.
     /// {"d1": {"transport": "udp", "addr": "10.0.0.7:1337"}}.
     #[arg(long)]
@@ -144,6 +155,7 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(async move {
         let fp = super::open().await?;
         let devices = match (&args.devices, &args.work_order, &args.addresses) {
+            _ if args.discover => discovered_devices(&fp, &args.discovery, args.work_order.clone(), json).await?,
             (Some(file), _, _) => read_devices(file)?,
             (None, Some(order), Some(addresses)) => {
                 let text = read_bounded(addresses, MAX_LIST_FILE)
@@ -159,7 +171,9 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 found
             }
-            _ => bail!("say which devices: --devices FILE, or --work-order ID with --addresses FILE"),
+            _ => bail!(
+                "say which devices: --devices FILE, --work-order ID with --addresses FILE, or --discover"
+            ),
         };
         let catalog = args.catalog.load(&fp).await?;
         for r in &catalog.refused {
@@ -188,6 +202,27 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The devices discovery found and matched to the inventory (a work order's, or the whole
+/// synced inventory's), as the planner takes them; the rest are reported and left out.
+async fn discovered_devices(
+    fp: &fieldpatch_core::Fieldpatch,
+    args: &super::discover::DiscoverArgs,
+    work_order: Option<String>,
+    json: bool,
+) -> anyhow::Result<Vec<fieldpatch_core::plan::DeviceRecord>> {
+    let report = super::discover::discover(fp, args, work_order, None, json).await?;
+    for d in report.devices.iter().filter(|d| d.matched.is_none()) {
+        let at: Vec<String> = d.addresses.iter().map(|a| a.to_string()).collect();
+        eprintln!("{}: unknown to the inventory; not planned", at.join(" + "));
+    }
+    for id in &report.missing {
+        eprintln!(
+            "{id}: not found on site; it stays unpatched: record why with `fieldpatch session close --reason` or `fieldpatch log note`"
+        );
+    }
+    Ok(report.records(&fp.inventory_devices().await?))
 }
 
 fn print_plan(plan: &Plan) {

@@ -65,11 +65,12 @@ impl Drop for Env {
     }
 }
 
+/// `n` notes: "note number i" at seq i + 1, after the log's `log_started` (seq 1).
 fn with_notes(n: usize) -> Env {
     let env = Env::new();
     for i in 1..=n {
         let out = env.ok(&["log", "note", &format!("note number {i}")]);
-        assert!(out.contains(&format!("seq {i}")), "{out}");
+        assert!(out.contains(&format!("seq {}", i + 1)), "{out}");
     }
     env
 }
@@ -82,16 +83,18 @@ fn notes_are_signed_shown_and_verified() {
     let events: serde_json::Value =
         serde_json::from_str(&env.ok(&["log", "show", "--json"])).unwrap();
     let events = events.as_array().unwrap();
-    assert_eq!(events.len(), 3);
-    assert_eq!(events[2]["seq"], 3);
-    assert_eq!(events[2]["kind"], "note");
-    assert_eq!(events[2]["text"], "note number 3");
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[0]["kind"], "log_started");
+    assert_eq!(events[0]["previous"], serde_json::Value::Null, "no earlier log known");
+    assert_eq!(events[3]["seq"], 4);
+    assert_eq!(events[3]["kind"], "note");
+    assert_eq!(events[3]["text"], "note number 3");
     assert_eq!(events[1]["signer"], events[0]["signer"]);
     let out = env.ok(&["log", "verify"]);
-    assert!(out.contains("3 events verify"), "{out}");
+    assert!(out.contains("4 events verify"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["log", "verify", "--json"])).unwrap();
     assert_eq!(v[0]["ok"], true);
-    assert_eq!(v[0]["verified"], 3);
+    assert_eq!(v[0]["verified"], 4);
     assert!(Path::new(&env.db()).exists());
 }
 
@@ -106,16 +109,16 @@ fn an_empty_store_verifies_and_says_so() {
 async fn an_edited_event_fails_verification_naming_it() {
     let env = with_notes(4);
     env.sql(&[
-        "UPDATE events SET body = replace(body, 'note number 2', 'note number 9') WHERE seq = 2",
+        "UPDATE events SET body = replace(body, 'note number 2', 'note number 9') WHERE seq = 3",
     ])
     .await;
-    env.verify_fails_naming(&["seq 2", "edited"]);
+    env.verify_fails_naming(&["seq 3", "edited"]);
     let out = env.run(&["log", "verify", "--json"]);
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["ok"], false);
-    assert_eq!(v[0]["bad_seq"], 2);
-    assert_eq!(v[0]["verified"], 1);
+    assert_eq!(v[0]["bad_seq"], 3);
+    assert_eq!(v[0]["verified"], 2);
 }
 
 #[tokio::test]
@@ -187,6 +190,6 @@ async fn show_can_list_one_visit() {
     assert!(out.contains("visit_opened") && out.contains("visit_closed"), "{out}");
     assert!(!out.contains("note number 1"), "{out}");
     let all: serde_json::Value = serde_json::from_str(&env.ok(&["log", "show", "--json"])).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 3, "one log: the note and the visit");
-    assert!(env.ok(&["log", "verify"]).contains("3 events verify"));
+    assert_eq!(all.as_array().unwrap().len(), 4, "one log: log_started, the note and the visit");
+    assert!(env.ok(&["log", "verify"]).contains("4 events verify"));
 }

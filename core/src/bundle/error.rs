@@ -1,7 +1,12 @@
 //! The bundle layer's one error type: every way a bundle, a signature, a trust store or a
 //! rollback approval can be refused, each with a stable code and advice.
+//!
+//! Signature and trust-store checks run in `fieldpatch-proto` ([`TrustError`]); their errors
+//! become the variants of the same name here (same codes, the bundle layer's advice), and the
+//! rest (expiry of the store, catalog listings) are carried as [`BundleError::Trust`].
 
 use crate::model::Version;
+use fieldpatch_proto::trust::TrustError;
 
 /// Everything that can make a bundle, a signature, a trust store or a rollback approval
 /// unacceptable. Each message says what failed and what to do about it.
@@ -135,6 +140,44 @@ pub enum BundleError {
         #[source]
         source: crate::image::dfu_file::DfuFileError,
     },
+    /// A trust-root refusal without a bundle-specific twin: an expired trust store, a catalog
+    /// listing that does not hold.
+    #[error(transparent)]
+    Trust(TrustError),
+}
+
+impl From<TrustError> for BundleError {
+    fn from(e: TrustError) -> Self {
+        match e {
+            TrustError::DuplicateKey { document, key } => {
+                BundleError::DuplicateKey { document, key }
+            }
+            TrustError::LengthTooLarge { field, value, limit } => {
+                BundleError::LengthTooLarge { field, value, limit }
+            }
+            TrustError::Unsigned { document } => BundleError::Unsigned { document },
+            TrustError::UnknownKey { document, key_id } => {
+                BundleError::UnknownKey { document, key_id }
+            }
+            TrustError::RevokedKey { document, key_id } => {
+                BundleError::RevokedKey { document, key_id }
+            }
+            TrustError::KeyLacksRole { document, key_id, role } => {
+                BundleError::KeyLacksRole { document, key_id, role }
+            }
+            TrustError::BadSignature { document, key_id } => {
+                BundleError::BadSignature { document, key_id }
+            }
+            TrustError::ThresholdNotMet { document, role, have, need } => {
+                BundleError::ThresholdNotMet { document, role, have, need }
+            }
+            TrustError::InvalidTrustStore { reason } => BundleError::InvalidTrustStore { reason },
+            TrustError::TrustStoreRollback { current, offered } => {
+                BundleError::TrustStoreRollback { current, offered }
+            }
+            other => BundleError::Trust(other),
+        }
+    }
 }
 
 impl BundleError {
@@ -175,6 +218,7 @@ impl BundleError {
             BundleError::Key { .. } => "key",
             BundleError::Image { .. } => "image",
             BundleError::DfuImage { .. } => "dfu_image",
+            BundleError::Trust(e) => e.code(),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Patch bundles: the manifest, its canonical bytes, the container file, detached ed25519
-//! signatures, the trust store, rollback approvals and verification.
+//! signatures, the trust store, the signed catalog listing, rollback approvals and verification.
+//! Canonical JSON, signatures, the trust store and the listing are shared with the inventory
+//! server through `fieldpatch-proto`; the modules of the same names here re-export and wrap them.
 //!
 //! Design decisions:
 //!
@@ -11,9 +13,13 @@
 //! * **Canonical manifest bytes.** Signatures cover the manifest's canonical JSON (sorted keys, no
 //!   whitespace, no floats; see [`canonical`]). A manifest that is not byte-for-byte canonical, or
 //!   that repeats a key, is refused: two parsers can never disagree about what was signed.
-//! * **Domain-separated signatures.** Manifests, rollback approvals and trust-store documents are
-//!   signed over `context || bytes` with a distinct context each, so one signature can never be
-//!   replayed as another kind.
+//! * **Domain-separated signatures.** Manifests, rollback approvals, trust-store documents and
+//!   catalog listings are signed over `context || bytes` with a distinct context each, so one
+//!   signature can never be replayed as another kind.
+//! * **The trust root expires and names the catalog.** A trust store may expire (then bundles are
+//!   refused, beyond the offline grace, until its rotation is synced), and when it names catalog
+//!   keys only the bundle files a catalog listing signed by them names are used ([`listing`],
+//!   [`crate::catalog`]).
 //! * **Strict signers.** Every signature on a bundle must come from a known, unrevoked key that holds
 //!   the required role, and the distinct valid signers must reach the role's threshold (TUF-style).
 //!   An unknown or revoked signer rejects the bundle outright: it means the catalog and trust store
@@ -29,6 +35,7 @@ pub mod container;
 mod error;
 pub mod input;
 pub mod keys;
+pub mod listing;
 pub mod manifest;
 pub mod rollback;
 pub mod signature;
@@ -38,13 +45,15 @@ pub mod verify;
 pub use container::{BundleInfo, create_bundle, inspect_file, sign_bundle_file};
 pub use error::BundleError;
 pub use keys::{KeySource, generate_key_file};
+pub use listing::{CatalogListing, ListedBundle, SignedCatalogListing};
 pub use manifest::{
     Evidence, Manifest, PayloadEntry, PayloadFormat, RevisionRange, Severity, Target, VersionRange,
 };
 pub use rollback::{RollbackApproval, SignedRollbackApproval};
 pub use signature::{SignatureEntry, key_id};
-pub use trust::{Role, SignedTrustStore, TrustStore, TrustStoreBody, TrustedKey};
+pub use trust::{Role, SignedTrustStore, TrustError, TrustStore, TrustStoreBody, TrustedKey};
 pub use verify::{
     AcceptRule, Check, OfflineGrace, Rejected, TargetCheck, Verdict, VerifiedBundle,
-    VerifiedPayload, VerifyPolicy, check_target, verify_file, verify_file_manifest,
+    VerifiedPayload, VerifyPolicy, check_target, expiry_rule, trust_rule, verify_file,
+    verify_file_manifest,
 };

@@ -1,7 +1,8 @@
 //! Verification: a bundle file against a trust store and a time policy ([`verify_file`],
 //! [`VerifiedBundle::open`]), and a verified manifest against a device ([`check_target`]).
 //!
-//! Order of checks: container structure and lengths, manifest, signatures and threshold, approver
+//! Order of checks: container structure and lengths, manifest, the trust store's own expiry (when
+//! it has one, with the same offline grace as bundles), signatures and threshold, approver
 //! evidence, validity period (with offline grace), then payload digests while streaming, then
 //! MCUboot image checks (digest TLV, vendor signature when the trust store knows vendor keys).
 
@@ -14,6 +15,7 @@ use super::trust::{Role, TrustStore};
 use crate::image::mcuboot::McubootImage;
 use crate::model::{DeviceIdentity, Version};
 use chrono::{DateTime, Duration, Utc};
+use fieldpatch_proto::trust::TrustError;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -73,6 +75,75 @@ impl AcceptRule {
             AcceptRule::OfflineGrace { .. } => "offline_grace",
         }
     }
+
+    /// The last moment this rule allows: the expiry, or the end of the offline grace period.
+    pub fn usable_until(&self) -> DateTime<Utc> {
+        match self {
+            AcceptRule::Valid { expires } => *expires,
+            AcceptRule::OfflineGrace { grace_until, .. } => *grace_until,
+        }
+    }
+
+    /// One line for a verdict's check.
+    pub fn describe(&self) -> String {
+        match self {
+            AcceptRule::Valid { expires } => format!("valid until {}", expires.to_rfc3339()),
+            AcceptRule::OfflineGrace { expired_at, grace_until, last_online_verification } => {
+                format!(
+                    "expired at {}, accepted under offline grace until {} (last verified online {})",
+                    expired_at.to_rfc3339(),
+                    grace_until.to_rfc3339(),
+                    last_online_verification.to_rfc3339()
+                )
+            }
+        }
+    }
+}
+
+/// How something that expires at `expires` (a bundle, the trust store, a catalog listing) may be
+/// used at `policy.now`: valid, within the offline grace (verified online before it expired, and
+/// the signed grace period not over), or not, with the reason.
+pub fn expiry_rule(expires: DateTime<Utc>, policy: &VerifyPolicy) -> Result<AcceptRule, String> {
+    if policy.now <= expires {
+        return Ok(AcceptRule::Valid { expires });
+    }
+    let Some(g) = policy.offline_grace else {
+        return Err("no offline grace applies".into());
+    };
+    if g.last_online_verification > expires {
+        return Err(format!(
+            "it was already expired when last verified online at {}",
+            g.last_online_verification.to_rfc3339()
+        ));
+    }
+    // Times and periods come from outside (manifests, settings): out-of-range sums are refusals,
+    // never panics.
+    let Some(grace_until) = expires.checked_add_signed(g.grace) else {
+        return Err(format!(
+            "the offline grace period ({} days) is out of range",
+            g.grace.num_days()
+        ));
+    };
+    if policy.now > grace_until {
+        return Err(format!("the grace period ended at {}", grace_until.to_rfc3339()));
+    }
+    Ok(AcceptRule::OfflineGrace {
+        expired_at: expires,
+        grace_until,
+        last_online_verification: g.last_online_verification,
+    })
+}
+
+/// The trust store's own expiry under `policy`: `None` when it does not expire, the rule that
+/// lets it be used, or the refusal ("the trust store expired on ...; sync to get its rotation").
+pub fn trust_rule(
+    trust: &TrustStore,
+    policy: &VerifyPolicy,
+) -> Result<Option<AcceptRule>, BundleError> {
+    let Some(expires) = trust.expires() else { return Ok(None) };
+    expiry_rule(expires, policy).map(Some).map_err(|reason| {
+        BundleError::Trust(TrustError::TrustStoreExpired { expires: expires.to_rfc3339(), reason })
+    })
 }
 
 /// One check and its outcome, in the order made.
@@ -374,6 +445,9 @@ fn check_header(
     v: &mut Verdict,
 ) -> Result<(), (&'static str, BundleError)> {
     let m = &header.manifest;
+    if let Some(rule) = trust_rule(trust, policy).map_err(|e| ("trust_store", e))? {
+        v.pass("trust_store", format!("version {}, {}", trust.version(), rule.describe()));
+    }
     let signers = signature::check_threshold(
         "bundle manifest",
         CONTEXT_MANIFEST,
@@ -407,20 +481,7 @@ fn check_header(
         ),
     );
     let rule = time_rule(m, policy).map_err(|e| ("validity_period", e))?;
-    v.pass(
-        "validity_period",
-        match &rule {
-            AcceptRule::Valid { expires } => format!("valid until {}", expires.to_rfc3339()),
-            AcceptRule::OfflineGrace { expired_at, grace_until, last_online_verification } => {
-                format!(
-                    "expired at {}, accepted under offline grace until {} (last verified online {})",
-                    expired_at.to_rfc3339(),
-                    grace_until.to_rfc3339(),
-                    last_online_verification.to_rfc3339()
-                )
-            }
-        },
-    );
+    v.pass("validity_period", rule.describe());
     v.rule = Some(rule);
     Ok(())
 }
@@ -431,44 +492,8 @@ fn time_rule(m: &Manifest, policy: &VerifyPolicy) -> Result<AcceptRule, BundleEr
     if m.created > latest_created {
         return Err(BundleError::NotYetValid { created: m.created.to_rfc3339() });
     }
-    if policy.now <= m.expires {
-        return Ok(AcceptRule::Valid { expires: m.expires });
-    }
-    let expires = m.expires.to_rfc3339();
-    let Some(g) = policy.offline_grace else {
-        return Err(BundleError::Expired { expires, reason: "no offline grace applies".into() });
-    };
-    if g.last_online_verification > m.expires {
-        return Err(BundleError::Expired {
-            expires,
-            reason: format!(
-                "it was already expired when last verified online at {}",
-                g.last_online_verification.to_rfc3339()
-            ),
-        });
-    }
-    // Times and periods come from outside (manifests, settings): out-of-range sums are refusals,
-    // never panics.
-    let Some(grace_until) = m.expires.checked_add_signed(g.grace) else {
-        return Err(BundleError::Expired {
-            expires,
-            reason: format!(
-                "the offline grace period ({} days) is out of range",
-                g.grace.num_days()
-            ),
-        });
-    };
-    if policy.now > grace_until {
-        return Err(BundleError::Expired {
-            expires,
-            reason: format!("the grace period ended at {}", grace_until.to_rfc3339()),
-        });
-    }
-    Ok(AcceptRule::OfflineGrace {
-        expired_at: m.expires,
-        grace_until,
-        last_online_verification: g.last_online_verification,
-    })
+    expiry_rule(m.expires, policy)
+        .map_err(|reason| BundleError::Expired { expires: m.expires.to_rfc3339(), reason })
 }
 
 /// What [`check_target`] decided for one device.

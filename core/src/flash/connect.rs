@@ -1,5 +1,11 @@
 //! Opening devices by address: SMP over serial or UDP, USB DFU on a bus (the real one or the
 //! lab's).
+//!
+//! A USB address names a device by vendor and product id and, optionally, serial number
+//! ([`select_usb`]): with a serial number it selects exactly the attached device that reports it;
+//! without one it selects the only attached device with those ids, and is refused when several
+//! identical devices are attached (the error lists their serial numbers), so a job never goes to
+//! whichever board happens to be listed first.
 
 use super::dfu::DfuTarget;
 use super::smp::SmpTarget;
@@ -88,19 +94,127 @@ where
             })?;
             Ok(Box::new(SmpTarget::new(link, address.to_string())))
         }
-        DeviceAddress::Usb { vid, pid, serial: _ } => {
-            let entries = usb.list().map_err(|e| open_err(&e, true))?;
-            let found = entries
-                .iter()
-                .find(|e| e.ids.vendor_id == *vid && e.ids.product_id == *pid)
-                .ok_or_else(|| {
-                    open_err(
-                        &"no such USB device attached (check the cable and that it is in DFU or run-time mode)",
-                        true,
-                    )
-                })?;
+        DeviceAddress::Usb { vid, pid, serial } => {
+            let devices = fieldpatch_drivers::dfu::list(usb).map_err(|e| open_err(&e, true))?;
+            let found = select_usb(&devices, *vid, *pid, serial.as_deref())?;
             Ok(Box::new(DfuTarget::new(usb.clone(), found.location.clone())))
         }
+    }
+}
+
+/// A USB address that does not name exactly one attached DFU device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsbSelectError {
+    /// No attached DFU device has these ids (and this serial number).
+    #[error(
+        "no USB DFU device {address} is attached{}: check the cable and that it is in DFU or run-time mode (`fieldpatch dfu list` shows what is attached)",
+        others_text(.others)
+    )]
+    NotFound {
+        address: String,
+        /// The attached devices with the same ids (other serial numbers).
+        others: Vec<UsbCandidate>,
+    },
+    /// Several attached DFU devices match: flashing "the first one" could flash the wrong board.
+    #[error(
+        "{address} matches {} attached USB DFU devices ({}): add the serial number of the one you mean to the address, e.g. {} (in a devices or addresses file: \"serial\": \"...\" in the address){}",
+        .candidates.len(),
+        candidates_text(.candidates),
+        example(*.vid, *.pid, .candidates),
+        no_serial_hint(.candidates)
+    )]
+    Ambiguous { address: String, vid: u16, pid: u16, candidates: Vec<UsbCandidate> },
+}
+
+impl UsbSelectError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UsbSelectError::NotFound { .. } => "device_unreachable",
+            UsbSelectError::Ambiguous { .. } => "usb_ambiguous",
+        }
+    }
+
+    /// Whether asking again may help: a device may be plugged in; an ambiguous address stays so.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, UsbSelectError::NotFound { .. })
+    }
+}
+
+/// An attached device an address could mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsbCandidate {
+    pub location: String,
+    pub serial: Option<String>,
+}
+
+impl std::fmt::Display for UsbCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.serial {
+            Some(s) => write!(f, "serial {s} at {}", self.location),
+            None => write!(f, "no serial number, at {}", self.location),
+        }
+    }
+}
+
+fn candidates_text(c: &[UsbCandidate]) -> String {
+    c.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn others_text(c: &[UsbCandidate]) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        format!(" (attached with the same ids: {})", candidates_text(c))
+    }
+}
+
+fn example(vid: u16, pid: u16, c: &[UsbCandidate]) -> DeviceAddress {
+    let serial = c.iter().find_map(|c| c.serial.clone()).unwrap_or_else(|| "SERIAL".into());
+    DeviceAddress::Usb { vid, pid, serial: Some(serial) }
+}
+
+fn no_serial_hint(c: &[UsbCandidate]) -> &'static str {
+    if c.iter().any(|c| c.serial.is_none()) {
+        "; a device without a serial number is named by its location (`fieldpatch dfu flash --device LOCATION`)"
+    } else {
+        ""
+    }
+}
+
+/// The one attached DFU device the USB address `vid:pid[:serial]` names: the device with that
+/// serial number, or, without one, the only device with those ids. Several matches are
+/// [`UsbSelectError::Ambiguous`] (listing the candidates' serial numbers), none is
+/// [`UsbSelectError::NotFound`].
+pub fn select_usb<'a>(
+    devices: &'a [DfuDeviceInfo],
+    vid: u16,
+    pid: u16,
+    serial: Option<&str>,
+) -> Result<&'a DfuDeviceInfo, UsbSelectError> {
+    let address = DeviceAddress::Usb { vid, pid, serial: serial.map(str::to_string) }.to_string();
+    let same_ids: Vec<&DfuDeviceInfo> =
+        devices.iter().filter(|d| d.ids.vendor_id == vid && d.ids.product_id == pid).collect();
+    let candidate = |d: &&DfuDeviceInfo| UsbCandidate {
+        location: d.location.clone(),
+        serial: d.serial.clone(),
+    };
+    let matching: Vec<&DfuDeviceInfo> = match serial {
+        Some(s) => same_ids.iter().copied().filter(|d| d.serial.as_deref() == Some(s)).collect(),
+        None => same_ids.clone(),
+    };
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(UsbSelectError::NotFound {
+            address,
+            others: same_ids.iter().map(candidate).collect(),
+        }),
+        several => Err(UsbSelectError::Ambiguous {
+            address,
+            vid,
+            pid,
+            candidates: several.iter().map(candidate).collect(),
+        }),
     }
 }
 

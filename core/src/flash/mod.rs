@@ -81,6 +81,9 @@ pub enum TargetError {
     /// The device could not be opened at its address.
     #[error("{address}: {reason}")]
     Open { address: String, reason: String, transient: bool },
+    /// A USB address that names no attached device, or several.
+    #[error(transparent)]
+    UsbSelect(#[from] connect::UsbSelectError),
     /// The device answered, but what it reported breaks a rule of the pipeline (for example it
     /// lists no running image); `transient` says whether asking again may help.
     #[error("{0}")]
@@ -109,6 +112,7 @@ impl TargetError {
             TargetError::Dfu(e) => e.is_transient(),
             TargetError::DfuFile(_) | TargetError::Unsupported(_) => false,
             TargetError::Open { transient, .. } => *transient,
+            TargetError::UsbSelect(e) => e.is_transient(),
             TargetError::Reported(_, transient) => *transient,
             TargetError::Timeout(_) => true,
         }
@@ -121,6 +125,7 @@ impl TargetError {
             TargetError::Dfu(e) => e.code(),
             TargetError::DfuFile(_) => "dfu_file",
             TargetError::Open { .. } => "device_unreachable",
+            TargetError::UsbSelect(e) => e.code(),
             TargetError::Reported(..) => "device_state",
             TargetError::Timeout(_) => "device_timeout",
             TargetError::Unsupported(_) => "unsupported",

@@ -69,6 +69,67 @@ impl std::fmt::Display for DeviceAddress {
     }
 }
 
+/// Text that is not a device address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a device address ({why}): write serial:PORT@BAUD, udp:HOST:PORT or usb:VVVV:PPPP[:SERIAL] (vendor and product id in hex, as `fieldpatch dfu list` shows them)"
+)]
+pub struct AddressError {
+    pub text: String,
+    pub why: String,
+}
+
+impl AddressError {
+    /// A stable, machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        "bad_address"
+    }
+}
+
+/// The text form [`DeviceAddress`] displays as: `serial:PORT@BAUD`, `udp:HOST:PORT`,
+/// `usb:VVVV:PPPP` or `usb:VVVV:PPPP:SERIAL` (the serial number is everything after the third
+/// colon, so it may contain colons itself).
+impl std::str::FromStr for DeviceAddress {
+    type Err = AddressError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| AddressError { text: text.to_string(), why: why.to_string() };
+        let (transport, rest) = text.split_once(':').ok_or_else(|| bad("no transport"))?;
+        match transport {
+            "serial" => {
+                let (port, baud) = rest.rsplit_once('@').ok_or_else(|| bad("no @BAUD"))?;
+                let baud = baud.parse().map_err(|_| bad("the baud rate is not a number"))?;
+                if port.is_empty() {
+                    return Err(bad("no port"));
+                }
+                Ok(DeviceAddress::Serial { port: port.to_string(), baud })
+            }
+            "udp" if !rest.is_empty() => Ok(DeviceAddress::Udp { addr: rest.to_string() }),
+            "udp" => Err(bad("no host")),
+            "usb" => {
+                let mut parts = rest.splitn(3, ':');
+                let mut id = |what: &str| {
+                    let hex = parts.next().unwrap_or_default();
+                    if hex.is_empty() || hex.len() > 4 {
+                        return Err(bad(&format!("the {what} id is not 1 to 4 hex digits")));
+                    }
+                    u16::from_str_radix(hex, 16)
+                        .map_err(|_| bad(&format!("the {what} id is not 1 to 4 hex digits")))
+                };
+                let vid = id("vendor")?;
+                let pid = id("product")?;
+                let serial = match parts.next() {
+                    None => None,
+                    Some("") => return Err(bad("the serial number is empty")),
+                    Some(s) => Some(s.to_string()),
+                };
+                Ok(DeviceAddress::Usb { vid, pid, serial })
+            }
+            _ => Err(bad("the transport is not serial, udp or usb")),
+        }
+    }
+}
+
 /// A device as the planner sees it: inventory facts plus what was identified on site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 pub struct DeviceRecord {
@@ -664,5 +725,25 @@ mod tests {
         // A plan survives a round trip through JSON (it is saved and run later).
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn addresses_parse_back_from_the_text_they_display_as() {
+        let addresses = [
+            DeviceAddress::Serial { port: "/dev/ttyACM0".into(), baud: 115_200 },
+            DeviceAddress::Udp { addr: "192.0.2.7:1337".into() },
+            DeviceAddress::Usb { vid: 0x1209, pid: 0x0002, serial: None },
+            DeviceAddress::Usb { vid: 0x0483, pid: 0xdf11, serial: Some("3276:3A5B".into()) },
+        ];
+        for a in addresses {
+            assert_eq!(a.to_string().parse::<DeviceAddress>().unwrap(), a, "{a}");
+        }
+        let usb: DeviceAddress = "usb:1209:2:B-07".parse().unwrap();
+        assert_eq!(usb, DeviceAddress::Usb { vid: 0x1209, pid: 2, serial: Some("B-07".into()) });
+        for bad in ["3-2", "usb:1209", "usb:12345:0002", "usb:1209:zz", "usb:1209:0002:", "udp:"] {
+            let e = bad.parse::<DeviceAddress>().unwrap_err();
+            assert_eq!(e.code(), "bad_address");
+            assert!(e.to_string().contains("usb:VVVV:PPPP[:SERIAL]"), "{e}");
+        }
     }
 }

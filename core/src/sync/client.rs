@@ -47,6 +47,18 @@ pub trait SyncLocal: Send + Sync {
         checkpoint: &SignedCheckpoint,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// A push of this sync moved the head of `checkpoint`'s log (the checkpoint is verified and
+    /// already recorded): remember it where a log started after this store is lost can find it
+    /// (the laptop's store keeps it in the OS keyring, see `visitlog::continuity`). Called once
+    /// per log and sync. By default nothing is remembered.
+    fn record_pushed_head(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = checkpoint;
+        std::future::ready(Ok(()))
+    }
+
     /// Whether the bundle file with this SHA-256 (hex) is already stored locally.
     fn has_bundle(&self, sha256: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
@@ -169,6 +181,10 @@ pub enum SyncError {
     )]
     CheckpointMismatch { log_id: Uuid, seq: u64, server_hash: String, local_hash: String },
     #[error(
+        "log {log_id} on this laptop no longer matches the inventory server's copy: the server holds seq 1 to {server_seq} of it, and this laptop's copy is not the same from seq {seq} on (the data directory was restored from an older copy, or the log was changed). Syncing again cannot fix this, so none of this log's new events are sent: keep this data directory as it is (every event stays in the local store) and contact the inventory team, whose log-continuity report lists this log as cut"
+    )]
+    LogDiverged { log_id: Uuid, seq: u64, server_seq: u64 },
+    #[error(
         "bundle {bundle_id} {version} from the catalog does not match its published SHA-256; it was not stored"
     )]
     BundleHash { bundle_id: String, version: String },
@@ -189,6 +205,7 @@ impl SyncError {
             SyncError::Server { .. } => "server",
             SyncError::BadResponse { .. } => "bad_response",
             SyncError::Checkpoint(_) | SyncError::CheckpointMismatch { .. } => "checkpoint",
+            SyncError::LogDiverged { .. } => "log_diverged",
             SyncError::BundleHash { .. } => "bundle_hash",
             SyncError::Certificate(_) => "certificate",
             SyncError::Local(e) => e
@@ -388,6 +405,57 @@ fn local<E: std::error::Error + Send + Sync + 'static>(e: E) -> SyncError {
     SyncError::Local(Box::new(e))
 }
 
+/// Whether the server's copy of log `log_id` is the laptop's, after a push of `sent`: it is not
+/// when the server refused an event because it holds another one at that seq (`conflict`) or
+/// one that does not link to its head (`broken_chain` right above it), or when its countersigned head (at or above `pushed`, what this
+/// laptop had pushed before) is an event the laptop does not hold (`local_last`: its last seq as
+/// sync started). That happens to a data directory restored from an older copy: the laptop
+/// appends again at seqs the server has, and no retry can change the answer, so sync stops with
+/// [`SyncError::LogDiverged`]. A head below `pushed` (the server lost events) is left to the
+/// caller's gap handling.
+async fn check_same_log<L: SyncLocal>(
+    store: &L,
+    log_id: Uuid,
+    pushed: u64,
+    local_last: u64,
+    sent: &[Event],
+    ack: &PushAck,
+) -> Result<(), SyncError> {
+    let Some(head) = ack.checkpoints.iter().map(|c| &c.checkpoint).find(|c| c.log_id == log_id)
+    else {
+        return Ok(());
+    };
+    let server_seq = head.last_seq;
+    let refused = ack
+        .rejected
+        .iter()
+        .filter(|p| p.log_id == log_id)
+        .filter(|p| p.code == "conflict" || (p.code == "broken_chain" && p.seq == server_seq + 1))
+        .map(|p| p.seq)
+        .min();
+    if let Some(seq) = refused {
+        return Err(SyncError::LogDiverged { log_id, seq, server_seq });
+    }
+    if server_seq < pushed.max(1) {
+        return Ok(());
+    }
+    let local_event = match sent.iter().find(|e| e.body.seq == server_seq) {
+        Some(e) => Some(e.clone()),
+        None => store.events_after(log_id, server_seq - 1, 1).await.map_err(local)?.pop(),
+    };
+    match local_event {
+        Some(e) if e.body.seq == server_seq && e.hash() == head.last_hash => Ok(()),
+        Some(e) if e.body.seq == server_seq => {
+            Err(SyncError::LogDiverged { log_id, seq: server_seq, server_seq })
+        }
+        // The laptop's log ends below the server's head: it lost events the server holds.
+        _ => {
+            let local_head = sent.iter().map(|e| e.body.seq).max().unwrap_or(0).max(local_last);
+            Err(SyncError::LogDiverged { log_id, seq: local_head + 1, server_seq })
+        }
+    }
+}
+
 /// Push every pending event, then pull the next trip's data. Resumable: it starts from the
 /// checkpoints recorded by earlier (possibly interrupted) syncs.
 pub async fn sync<L: SyncLocal>(
@@ -415,6 +483,7 @@ pub async fn sync<L: SyncLocal>(
     for cursor in store.cursors().await.map_err(local)? {
         let mut pushed = cursor.pushed_seq;
         let mut rewound = false;
+        let mut advanced: Option<SignedCheckpoint> = None;
         while pushed < cursor.last_seq {
             let batch = store
                 .events_after(cursor.log_id, pushed, cfg.batch_size.max(1))
@@ -430,26 +499,18 @@ pub async fn sync<L: SyncLocal>(
             let before = pushed;
             for cp in &ack.checkpoints {
                 cp.verify(&server_key)?;
+            }
+            check_same_log(store, cursor.log_id, before, cursor.last_seq, &request.events, &ack)
+                .await?;
+            for cp in &ack.checkpoints {
                 if cp.checkpoint.log_id != cursor.log_id {
                     continue;
-                }
-                if let Some(local_event) =
-                    request.events.iter().find(|e| e.body.seq == cp.checkpoint.last_seq)
-                {
-                    let local_hash = local_event.hash();
-                    if local_hash != cp.checkpoint.last_hash {
-                        return Err(SyncError::CheckpointMismatch {
-                            log_id: cursor.log_id,
-                            seq: cp.checkpoint.last_seq,
-                            server_hash: cp.checkpoint.last_hash.clone(),
-                            local_hash,
-                        });
-                    }
                 }
                 if cp.checkpoint.last_seq > pushed {
                     store.record_checkpoint(cp).await.map_err(local)?;
                     report.pushed += cp.checkpoint.last_seq - pushed;
                     pushed = cp.checkpoint.last_seq;
+                    advanced = Some(cp.clone());
                 }
             }
             progress(PushProgress {
@@ -495,6 +556,9 @@ pub async fn sync<L: SyncLocal>(
         }
         if cursor.last_seq > pushed {
             report.pending.insert(cursor.log_id, cursor.last_seq - pushed);
+        }
+        if let Some(cp) = advanced.filter(|_| pushed > cursor.pushed_seq) {
+            store.record_pushed_head(&cp).await.map_err(local)?;
         }
     }
 

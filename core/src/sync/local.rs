@@ -12,6 +12,13 @@
 //!   after it. The `catalog/` folder belongs to sync: it mirrors the published catalog.
 //! * **Catalog verdicts.** Each pulled bundle is verified against the pulled trust store before it
 //!   is recorded, so the local catalog says which bundles the planner will accept and why not.
+//! * **The signed catalog listing.** When the trust store in force after the pull names catalog
+//!   keys, the pull must carry a listing signed by their threshold for that trust-store version,
+//!   not expired, and not older than the one accepted before (the same version only if
+//!   identical); every listed bundle must be in the pull. Otherwise nothing of the pull is
+//!   written. A pulled bundle the listing does not name by hash is refused: not stored, and
+//!   recorded as refused with the reason. The accepted listing is kept as
+//!   `<data_dir>/catalog/listing.json`, where [`crate::catalog`] reads it.
 //! * **The server key is pinned** in the store on the first pull; a later pull announcing another
 //!   key is refused rather than silently re-pinned.
 //! * **Credentials only in the keyring.** Sealed device credentials are opened with the
@@ -23,14 +30,15 @@
 use super::client::{LogCursor, SyncLocal};
 use super::sealed::{SealError, SealedCredential};
 use super::wire::{CatalogEntry, PullResponse, SignedCheckpoint};
-use crate::bundle::trust::{SignedTrustStore, TrustStore};
+use crate::bundle::listing::{self, SignedCatalogListing};
+use crate::bundle::trust::{SignedTrustStore, TrustError, TrustStore};
 use crate::bundle::verify::{VerifyPolicy, verify_file};
 use crate::catalog::BUNDLE_EXTENSION;
 use crate::credentials::{CredentialError, CredentialName, Credentials, Secret};
 use crate::store::{
     BundleRecord, BundleVerdict, InventoryDevice, SiteRecord, Store, StoreError, WorkOrderRecord,
 };
-use crate::visitlog::{Event, LogError};
+use crate::visitlog::{Event, LogError, continuity};
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -76,6 +84,10 @@ pub enum LocalSyncError {
         "the inventory's trust store was refused and the pinned one stays in force: {reason}. Ask the inventory team to publish a rotation signed by the current root keys"
     )]
     TrustStoreRefused { reason: String },
+    #[error(
+        "the inventory's catalog listing was refused, so this pull was not applied (the local catalog and trust store are unchanged): {0}. Ask the inventory team to publish a current listing signed by the catalog keys"
+    )]
+    ListingRefused(TrustError),
 }
 
 impl LocalSyncError {
@@ -91,6 +103,16 @@ impl LocalSyncError {
             LocalSyncError::BadCredentialName { .. } => "credential_name",
             LocalSyncError::Corrupt(_) => "store_corrupt",
             LocalSyncError::TrustStoreRefused { .. } => "trust_store_refused",
+            LocalSyncError::ListingRefused(e) => match e {
+                TrustError::ListingMissing
+                | TrustError::ListingTrustVersion { .. }
+                | TrustError::ListingExpired { .. }
+                | TrustError::ListingRollback { .. }
+                | TrustError::ListingConflict { .. }
+                | TrustError::ListedBundleMissing { .. }
+                | TrustError::NoCatalogKeys => e.code(),
+                _ => "catalog_listing_refused",
+            },
         }
     }
 }
@@ -119,33 +141,95 @@ impl StoreSync {
     }
 
     /// Decide what to do with the trust store a server published: `Some(store)` to write (the
-    /// first one, or a valid rotation of the pinned one), `None` when it is the pinned one
-    /// already. Anything else is refused and the pinned store stays in force.
+    /// first one, or a valid rotation of the pinned one, not already expired at `now`), `None`
+    /// when it is the pinned one already. Anything else is refused and the pinned store stays in
+    /// force.
     fn accept_trust_store(
         &self,
         doc: &serde_json::Value,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<TrustStore>, LocalSyncError> {
         let refused = |reason: String| LocalSyncError::TrustStoreRefused { reason };
-        let offered: SignedTrustStore = serde_json::from_value(doc.clone())
-            .map_err(|e| refused(format!("it is not a signed trust store: {e}")))?;
+        let offered = SignedTrustStore::from_value(doc).map_err(|e| refused(e.to_string()))?;
         let path = self.trust_path();
-        if !path.exists() {
+        let accepted = if !path.exists() {
             // First sync: the store becomes the anchor if it is signed by its own root threshold.
-            return TrustStore::provision(offered).map(Some).map_err(|e| refused(e.to_string()));
+            TrustStore::provision(offered).map_err(|e| refused(e.to_string()))?
+        } else {
+            let pinned = self.pinned_trust_store()?;
+            if offered == *pinned.document() {
+                return Ok(None);
+            }
+            if offered.store.version == pinned.version() {
+                return Err(refused(format!(
+                    "it differs from the pinned trust store but has the same version {}; a new trust store needs a higher version and the current root keys' signatures",
+                    pinned.version()
+                )));
+            }
+            pinned.rotate(offered).map_err(|e| refused(e.to_string()))?
+        };
+        // A store that is already expired would only stop every bundle: keep the pinned one.
+        accepted.check_current(now).map_err(|e| refused(e.to_string()))?;
+        Ok(Some(accepted))
+    }
+
+    /// The pinned trust store (it must exist).
+    fn pinned_trust_store(&self) -> Result<TrustStore, LocalSyncError> {
+        let path = self.trust_path();
+        TrustStore::load(&path).map_err(|e| LocalSyncError::TrustStoreRefused {
+            reason: format!("the pinned trust store {} cannot be read: {e}", path.display()),
+        })
+    }
+
+    /// Where the accepted catalog listing is kept.
+    pub fn listing_path(&self) -> PathBuf {
+        listing::listing_path(&self.catalog_dir())
+    }
+
+    /// Decide on the pull's catalog listing under the trust store in force after the pull:
+    /// `None` when that store names no catalog keys (today's behaviour), else the listing to keep,
+    /// after checking its signatures, trust-store version, expiry at `now`, that it does not go
+    /// back from the listing accepted before, and that the pull carries every bundle it lists.
+    fn accept_listing(
+        &self,
+        pull: &PullResponse,
+        in_force: Option<&TrustStore>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<SignedCatalogListing>, LocalSyncError> {
+        let Some(trust) = in_force.filter(|t| t.requires_listing()) else { return Ok(None) };
+        let refused = LocalSyncError::ListingRefused;
+        let doc = pull.catalog_listing.as_ref().ok_or(refused(TrustError::ListingMissing))?;
+        let offered = SignedCatalogListing::from_value(doc).map_err(refused)?;
+        offered.verify(trust.proto()).map_err(refused)?;
+        offered.check_current(now).map_err(refused)?;
+        let path = self.listing_path();
+        let previous = if path.exists() {
+            Some(listing::load(&path).map_err(|e| {
+                LocalSyncError::Corrupt(format!(
+                    "the accepted catalog listing {} cannot be read ({e}), so a newer one cannot be told from an older one; restore it from a backup or re-provision the laptop",
+                    path.display()
+                ))
+            })?)
+        } else {
+            None
+        };
+        offered.check_successor(previous.as_ref()).map_err(refused)?;
+        for listed in &offered.listing.bundles {
+            let carried = pull.catalog.iter().any(|e| {
+                e.sha256.eq_ignore_ascii_case(&listed.sha256)
+                    && e.bundle_id == listed.bundle_id
+                    && e.size == listed.size
+            });
+            if !carried {
+                return Err(refused(TrustError::ListedBundleMissing {
+                    bundle_id: listed.bundle_id.clone(),
+                    sha256: listed.sha256.clone(),
+                    place: "the inventory's catalog".into(),
+                    advice: "the server withholds or replaced a listed bundle".into(),
+                }));
+            }
         }
-        let pinned = TrustStore::load(&path).map_err(|e| {
-            refused(format!("the pinned trust store {} cannot be read: {e}", path.display()))
-        })?;
-        if offered == *pinned.document() {
-            return Ok(None);
-        }
-        if offered.store.version == pinned.version() {
-            return Err(refused(format!(
-                "it differs from the pinned trust store but has the same version {}; a new trust store needs a higher version and the current root keys' signatures",
-                pinned.version()
-            )));
-        }
-        pinned.rotate(offered).map(Some).map_err(|e| refused(e.to_string()))
+        Ok(Some(offered))
     }
 
     /// Where the pulled trust store is kept (`--trust` for `fieldpatch plan`).
@@ -193,8 +277,13 @@ impl StoreSync {
         Ok(self.store.set_meta(PROVISIONED_META, &text).await?)
     }
 
-    /// Verify every pulled bundle file against the pulled trust store, for the local catalog.
-    fn verdicts(&self, pull: &PullResponse) -> Vec<BundleRecord> {
+    /// Verify every pulled bundle file against the pulled trust store, for the local catalog;
+    /// bundles the accepted listing does not name are recorded as refused (they were not stored).
+    fn verdicts(
+        &self,
+        pull: &PullResponse,
+        listing: Option<&SignedCatalogListing>,
+    ) -> Vec<BundleRecord> {
         let trust = match pull.trust_store.as_ref() {
             None => Err("the inventory has published no trust store".to_string()),
             Some(_) => TrustStore::load(&self.trust_path()).map_err(|e| e.to_string()),
@@ -203,9 +292,10 @@ impl StoreSync {
         pull.catalog
             .iter()
             .map(|entry| {
-                let (verdict, verdict_detail) = match &trust {
-                    Err(why) => (BundleVerdict::Unverified, why.clone()),
-                    Ok(trust) => {
+                let (verdict, verdict_detail) = match (&trust, not_listed(listing, entry)) {
+                    (_, Some(e)) => (BundleVerdict::Refused, format!("{e} and was not stored")),
+                    (Err(why), None) => (BundleVerdict::Unverified, why.clone()),
+                    (Ok(trust), None) => {
                         match verify_file(&self.bundle_path(&entry.sha256), trust, &policy) {
                             Ok(v) => (BundleVerdict::Verified, format!("{:?}", v.rule)),
                             Err(rejected) => (BundleVerdict::Refused, rejected.error.to_string()),
@@ -223,6 +313,28 @@ impl StoreSync {
             })
             .collect()
     }
+}
+
+/// Why `entry` is refused under the accepted `listing` (`None` when no listing is required, or it
+/// names the entry's hash with the same bundle id and size).
+fn not_listed(listing: Option<&SignedCatalogListing>, entry: &CatalogEntry) -> Option<TrustError> {
+    let listing = listing?;
+    let detail = match listing.listing.bundle(&entry.sha256) {
+        None => match listing.listing.bundles.iter().find(|b| b.bundle_id == entry.bundle_id) {
+            Some(b) => format!(" (it lists {} with sha256 {})", b.bundle_id, b.sha256),
+            None => String::new(),
+        },
+        Some(b) if b.bundle_id != entry.bundle_id => {
+            format!(" (that hash is listed as {})", b.bundle_id)
+        }
+        Some(b) if b.size != entry.size => format!(" (that hash is listed with {} bytes)", b.size),
+        Some(_) => return None,
+    };
+    Some(TrustError::NotListed {
+        bundle_id: entry.bundle_id.clone(),
+        sha256: entry.sha256.to_ascii_lowercase(),
+        detail,
+    })
 }
 
 /// Write `bytes` to `path` so that the file is either absent/old or complete: temporary file in
@@ -295,6 +407,17 @@ impl SyncLocal for StoreSync {
         Ok(())
     }
 
+    async fn record_pushed_head(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> Result<(), LocalSyncError> {
+        // The head goes to the keyring, which outlives this data directory (visitlog::continuity).
+        let cp = &checkpoint.checkpoint;
+        continuity::remember_pushed_head(&self.store, &self.credentials, &self.data_dir, cp)
+            .await?;
+        Ok(())
+    }
+
     async fn has_bundle(&self, sha256: &str) -> Result<bool, LocalSyncError> {
         let path = self.bundle_path(sha256);
         Ok(tokio::fs::try_exists(&path).await.unwrap_or(false))
@@ -347,20 +470,45 @@ impl SyncLocal for StoreSync {
             Some(_) => {}
             None => self.pin_server_key(&announced).await?,
         }
+        // Expiry decisions at sync use the latest time known: this clock, the server's, and what
+        // was trusted before (a clock set back cannot revive an expired listing or store).
+        let now = [Some(chrono::Utc::now()), Some(pull.server_time)]
+            .into_iter()
+            .chain([crate::clock::latest_trusted(&self.store).await?])
+            .flatten()
+            .max()
+            .unwrap_or_else(chrono::Utc::now);
         // The trust store is pinned on this laptop: a pulled one replaces it only as a rotation
         // signed by a threshold of the current root with a higher version, and a pull without
-        // one never removes it. Checked before anything of the pull is written.
+        // one never removes it. Then the catalog listing, under the store in force after the
+        // pull. Both are checked before anything of the pull is written.
         let rotated = match &pull.trust_store {
-            Some(doc) => self.accept_trust_store(doc)?,
+            Some(doc) => self.accept_trust_store(doc, now)?,
             None => None,
         };
+        let in_force = match &rotated {
+            Some(store) => Some(store.clone()),
+            None if self.trust_path().exists() => Some(self.pinned_trust_store()?),
+            None => None,
+        };
+        let listing = self.accept_listing(pull, in_force.as_ref(), now)?;
         for (entry, bytes) in &bundles {
-            write_atomic(&self.bundle_path(&entry.sha256), bytes)?;
+            if not_listed(listing.as_ref(), entry).is_none() {
+                write_atomic(&self.bundle_path(&entry.sha256), bytes)?;
+            }
         }
         if let Some(store) = rotated {
             let bytes = serde_json::to_vec_pretty(store.document())
                 .map_err(|e| LocalSyncError::Corrupt(format!("trust store: {e}")))?;
             write_atomic(&self.trust_path(), &bytes)?;
+        }
+        if let Some(listing) = &listing {
+            let bytes = serde_json::to_vec_pretty(listing)
+                .map_err(|e| LocalSyncError::Corrupt(format!("catalog listing: {e}")))?;
+            let unchanged = std::fs::read(self.listing_path()).is_ok_and(|old| old == bytes);
+            if !unchanged {
+                write_atomic(&self.listing_path(), &bytes)?;
+            }
         }
         let sites: Vec<SiteRecord> = pull
             .sites
@@ -396,11 +544,16 @@ impl SyncLocal for StoreSync {
                 detail: serde_json::json!({ "planned_for": w.planned_for }),
             })
             .collect();
-        let catalog = self.verdicts(pull);
+        let catalog = self.verdicts(pull, listing.as_ref());
         self.store.replace_inventory(&sites, &devices, &work_orders, &catalog).await?;
-        // Bundle files no longer in the catalog go, so the planner only sees what was published.
-        let keep: BTreeSet<PathBuf> =
-            pull.catalog.iter().map(|e| self.bundle_path(&e.sha256)).collect();
+        // Bundle files no longer in the catalog (or not listed) go, so the planner only sees
+        // what was published.
+        let keep: BTreeSet<PathBuf> = pull
+            .catalog
+            .iter()
+            .filter(|e| not_listed(listing.as_ref(), e).is_none())
+            .map(|e| self.bundle_path(&e.sha256))
+            .collect();
         if let Ok(read) = std::fs::read_dir(self.catalog_dir()) {
             for path in read.filter_map(|e| e.ok().map(|e| e.path())) {
                 let is_bundle = path.extension().is_some_and(|x| x == BUNDLE_EXTENSION);
@@ -473,6 +626,7 @@ mod tests {
             }],
             catalog,
             trust_store: None,
+            catalog_listing: None,
             credentials: vec![],
         }
     }
@@ -499,16 +653,17 @@ mod tests {
         for i in 0..3 {
             events.push(log.note(format!("note {i}")).await.unwrap());
         }
+        // The notes follow the log's log_started (seq 1).
         let c = local.cursors().await.unwrap();
-        assert_eq!(c, vec![LogCursor { log_id: log.log_id(), pushed_seq: 0, last_seq: 3 }]);
-        let page = local.events_after(log.log_id(), 1, 10).await.unwrap();
-        assert_eq!(page.iter().map(|e| e.body.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(c, vec![LogCursor { log_id: log.log_id(), pushed_seq: 0, last_seq: 4 }]);
+        let page = local.events_after(log.log_id(), 2, 10).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.body.seq).collect::<Vec<_>>(), vec![3, 4]);
 
         let server = SigningKey::generate(&mut rand::rng());
-        let cp = Checkpoint { log_id: log.log_id(), last_seq: 2, last_hash: events[1].hash() }
+        let cp = Checkpoint { log_id: log.log_id(), last_seq: 3, last_hash: events[1].hash() }
             .sign(&server);
         local.record_checkpoint(&cp).await.unwrap();
-        assert_eq!(local.cursors().await.unwrap()[0].pushed_seq, 2);
+        assert_eq!(local.cursors().await.unwrap()[0].pushed_seq, 3);
         let state = local.store.log_sync_state(log.log_id()).await.unwrap();
         let stored: SignedCheckpoint =
             serde_json::from_str(state.server_checkpoint.as_deref().unwrap()).unwrap();

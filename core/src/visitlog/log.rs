@@ -13,10 +13,15 @@
 //!   `hash`, `prev_hash`, `kind`, ... are an index over it. Verification recomputes everything from
 //!   `body` + `signature` and cross-checks the index, so editing, removing, reordering or inserting
 //!   any row is named at the first bad event.
+//! * **Every log begins with `log_started`** (seq 1), written in the same transaction as the first
+//!   event a caller appends. It names the head this log continues, as the opener said
+//!   ([`VisitLog::starting_from`], see [`super::continuity`]); a log that starts without being told
+//!   names nothing.
 //! * **Sync** reads events after a seq ([`Store::log_events`]) and records what the server accepted
 //!   ([`Store::mark_log_pushed`]); a log whose head is behind what was already pushed has lost
 //!   events and fails verification.
 
+use super::continuity::LogStart;
 use super::event::{
     ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain,
 };
@@ -242,6 +247,8 @@ pub struct VisitLog {
     key: SigningKey,
     signer: String,
     log_id: Uuid,
+    /// What `log_started` says if this log has no event yet when the first one is appended.
+    start: LogStart,
 }
 
 impl std::fmt::Debug for VisitLog {
@@ -283,7 +290,23 @@ impl VisitLog {
             }
         };
         tx.commit().await?;
-        Ok(VisitLog { store: store.clone(), key, signer, log_id })
+        Ok(VisitLog { store: store.clone(), key, signer, log_id, start: LogStart::nothing_known() })
+    }
+
+    /// Say which earlier head this log continues, for its `log_started` event (used only if the
+    /// log has no event yet when the first one is appended).
+    pub fn starting_from(mut self, start: LogStart) -> VisitLog {
+        self.start = start;
+        self
+    }
+
+    /// Whether the log holds any event yet (its `log_started` is written with the first one).
+    pub async fn is_started(&self) -> Result<bool, LogError> {
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE log_id = ? LIMIT 1")
+            .bind(self.log_id.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(any.is_some())
     }
 
     pub fn log_id(&self) -> Uuid {
@@ -364,6 +387,7 @@ impl VisitLog {
         Ok(event)
     }
 
+    /// Append `new` inside `tx`; a log without events gets its `log_started` first.
     async fn append_in(
         &self,
         tx: &mut sqlx::SqliteConnection,
@@ -375,6 +399,27 @@ impl VisitLog {
         .bind(self.log_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
+        let head = match head {
+            None if !matches!(new.kind, EventKind::LogStarted { .. }) => {
+                let kind = EventKind::LogStarted {
+                    previous: self.start.previous.clone(),
+                    why: self.start.why.clone(),
+                };
+                let started = self.insert_in(tx, None, NewEvent::new(kind)).await?;
+                Some((started.body.seq as i64, started.hash()))
+            }
+            head => head,
+        };
+        self.insert_in(tx, head, new).await
+    }
+
+    /// Sign `new` as the event after `head` (`None`: the first of the log) and insert it.
+    async fn insert_in(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        head: Option<(i64, String)>,
+        new: NewEvent,
+    ) -> Result<Event, LogError> {
         let time_source = match new.time_source {
             Some(t) => t,
             None => {

@@ -2,16 +2,19 @@
 
 mod bundle_corpus;
 mod bundle_verify;
+mod catalog_listing;
 #[cfg(target_os = "linux")]
 mod credentials_keyutils;
 mod credentials_secret_service;
 mod dfu_file_flash;
 mod dfu_file_tools;
+mod dfu_gate;
 mod mcuboot_imgtool;
 mod offline_grace;
 mod store_schema;
 mod store_secrets_never_on_disk;
 mod sync_client_retries;
+mod visitlog_chain;
 mod visitlog_crash;
 mod visitlog_tamper;
 mod visitlog_visits;

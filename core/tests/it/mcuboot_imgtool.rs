@@ -241,8 +241,14 @@ fn a_bare_image_is_cleared_for_a_device_only_by_a_trusted_vendor_signature() {
         }
         let thresholds = [(Role::Root, 1), (Role::VendorImage, 1)].into_iter().collect();
         TrustStore::provision(
-            TrustStoreBody { version: 1, keys, thresholds, offline_grace_days: None }
-                .sign(&[&root]),
+            TrustStoreBody {
+                version: 1,
+                keys,
+                thresholds,
+                offline_grace_days: None,
+                expires: None,
+            }
+            .sign(&[&root]),
         )
         .unwrap()
     };

@@ -84,6 +84,8 @@ async fn a_full_visit_with_credentials_leaves_no_secret_in_the_data_directory() 
             EventKind::DeviceDiscovered {
                 transport: "udp".into(),
                 address: "127.0.0.1:1337".into(),
+                via: Some("udp-probe".into()),
+                matched_by: None,
             },
             EventKind::FlashStarted {
                 bundle_id: Some("b".into()),

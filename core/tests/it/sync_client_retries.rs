@@ -44,6 +44,7 @@ fn pull_body(catalog_sha: &str) -> String {
             published_at: chrono::Utc::now(),
         }],
         trust_store: None,
+        catalog_listing: None,
         credentials: vec![],
     };
     serde_json::to_string(&pull).unwrap()

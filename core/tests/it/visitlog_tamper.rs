@@ -13,13 +13,14 @@ fn key() -> SigningKey {
     SigningKey::generate(&mut rand::rng())
 }
 
-/// A store with one log of `n` notes. Returns the temp dir too so it outlives the test.
+/// A store with one log of `n` events: `log_started` (seq 1), then notes 2 to `n` ("note i" at
+/// seq i). Returns the temp dir too so it outlives the test.
 async fn log_with(n: u64) -> (tempfile::TempDir, Store, VisitLog, SigningKey) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
     let k = key();
     let log = VisitLog::open(&store, k.clone()).await.unwrap();
-    for i in 1..=n {
+    for i in 2..=n {
         log.append(NewEvent::new(EventKind::Note { text: format!("note {i}") }).device("dev-7"))
             .await
             .unwrap();
@@ -48,6 +49,7 @@ async fn an_untouched_log_verifies_and_reads_back_in_order() {
     let events = store.log_events(log.log_id(), 0, 100).await.unwrap();
     assert_eq!(events.iter().map(|e| e.body.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(events[0].body.prev_hash, fieldpatch_core::visitlog::GENESIS_HASH);
+    assert_eq!(events[0].body.kind.tag(), "log_started");
     assert_eq!(events[3].body.prev_hash, events[2].hash());
     fieldpatch_core::visitlog::verify_chain(&events, None).unwrap();
     assert!(events.iter().all(|e| e.body.id.get_version_num() == 7));
@@ -64,7 +66,8 @@ async fn reopening_with_the_same_key_continues_the_same_log() {
     assert_eq!(again.note("third").await.unwrap().body.seq, 3);
     let other = VisitLog::open(&store, key()).await.unwrap();
     assert_ne!(other.log_id(), log.log_id(), "a different technician key gets its own log");
-    assert_eq!(other.note("first").await.unwrap().body.seq, 1);
+    // Its first note follows its own log_started.
+    assert_eq!(other.note("first").await.unwrap().body.seq, 2);
     assert_eq!(store.visit_logs().await.unwrap().len(), 2);
     for v in store.verify_all_logs().await.unwrap() {
         assert!(v.is_ok(), "{v:?}");
@@ -84,7 +87,7 @@ async fn visits_open_and_close_with_their_events() {
     .await
     .unwrap();
     let closed = log.close_visit(visit, 1, 0).await.unwrap();
-    assert_eq!(closed.body.seq, 3);
+    assert_eq!((opened.body.seq, closed.body.seq), (2, 4), "after the log's log_started");
     let err = log.close_visit(visit, 1, 0).await.unwrap_err();
     assert!(matches!(err, LogError::NoOpenVisit(v) if v == visit), "{err}");
     let kinds: Vec<_> =
@@ -111,7 +114,7 @@ async fn concurrent_appenders_never_share_a_seq() {
     tokio::join!(a, b);
     let v = store.verify_log(log.log_id()).await.unwrap();
     assert!(v.is_ok(), "{v:?}");
-    assert_eq!(v.verified, 80);
+    assert_eq!(v.verified, 1 + 80, "log_started and the notes");
 }
 
 #[tokio::test]

@@ -198,13 +198,17 @@ pub struct DfuAlt {
 pub struct DfuDeviceInfo {
     pub location: String,
     pub ids: UsbDeviceIds,
+    /// The serial number, as the bus listing gives it (`None`: the device has none, or did not
+    /// give it); it tells identical devices apart.
+    pub serial: Option<String>,
     pub mode: DfuMode,
     pub functional: Option<FunctionalDescriptor>,
     pub alts: Vec<AltSetting>,
 }
 
-/// Every device on `bus` with a DFU interface (run-time or DFU mode). Reads no strings, so it
-/// needs no permission to open devices.
+/// Every device on `bus` with a DFU interface (run-time or DFU mode), with the serial number the
+/// bus listing gives. Opens no device for DFU requests; a device that does not give its serial
+/// number is listed without it.
 pub fn list<B: UsbBus>(bus: &B) -> Result<Vec<DfuDeviceInfo>, DfuError> {
     let entries = bus.list().map_err(usb("listing USB devices"))?;
     Ok(entries
@@ -219,7 +223,14 @@ pub fn list<B: UsbBus>(bus: &B) -> Result<Vec<DfuDeviceInfo>, DfuError> {
                 return None;
             };
             let functional = alts.iter().find_map(|a| a.dfu);
-            Some(DfuDeviceInfo { location: e.location, ids: e.ids, mode, functional, alts })
+            Some(DfuDeviceInfo {
+                location: e.location,
+                ids: e.ids,
+                serial: e.serial,
+                mode,
+                functional,
+                alts,
+            })
         })
         .collect())
 }

@@ -153,6 +153,13 @@ pub fn parse_device_descriptor(b: &[u8]) -> Result<super::UsbDeviceIds, Descript
     })
 }
 
+/// The string index of the device's serial number (`iSerialNumber`) in a device descriptor;
+/// `None` when the device has no serial number (index 0).
+pub fn parse_serial_number_index(b: &[u8]) -> Result<Option<u8>, DescriptorError> {
+    parse_device_descriptor(b)?;
+    Ok(Some(b[16]).filter(|&i| i != 0))
+}
+
 /// Decode a whole configuration descriptor (as returned by GET_DESCRIPTOR with `wTotalLength`)
 /// into its interface alternate settings, each with the DFU functional descriptor that follows it.
 pub fn parse_config_descriptor(b: &[u8]) -> Result<Vec<AltSetting>, DescriptorError> {

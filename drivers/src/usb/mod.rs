@@ -3,7 +3,8 @@
 //! Everything a USB protocol driver needs is two traits:
 //!
 //! * [`UsbBus`] lists devices (identity, location and interface descriptors, read without opening
-//!   the device) and opens one by its location;
+//!   the device, and the serial number where the device or the OS gives it) and opens one by its
+//!   location;
 //! * [`UsbControl`] is an opened device: control transfers on endpoint 0, selecting an interface's
 //!   alternate setting, and a port reset.
 //!
@@ -58,6 +59,10 @@ pub struct UsbDeviceEntry {
     /// Stable physical location (`bus-port.port...`); survives re-enumeration.
     pub location: String,
     pub ids: UsbDeviceIds,
+    /// The serial number (`iSerialNumber` string), which tells identical devices (same VID:PID)
+    /// apart. `None` when the device has none, or refused to give it (no permission to open it,
+    /// busy, a stall): a listing never fails because of it.
+    pub serial: Option<String>,
     /// Every interface alternate setting of the active configuration.
     pub interfaces: Vec<AltSetting>,
 }
@@ -177,6 +182,18 @@ pub trait UsbControl: Send {
         let mut buf = vec![0u8; total.max(9)];
         let n = self.control_in(get_descriptor(DT_CONFIG, 0, 0), &mut buf, timeout)?;
         Ok(descriptor::parse_config_descriptor(&buf[..n])?)
+    }
+
+    /// The device's serial number: GET_DESCRIPTOR(device) for `iSerialNumber`, then that string
+    /// (trailing NULs removed). `Ok(None)` when the device has no serial number.
+    fn serial_number(&mut self, timeout: Duration) -> Result<Option<String>, UsbError> {
+        let mut buf = [0u8; 18];
+        let n = self.control_in(get_descriptor(DT_DEVICE, 0, 0), &mut buf, timeout)?;
+        let Some(index) = descriptor::parse_serial_number_index(&buf[..n])? else {
+            return Ok(None);
+        };
+        let text = self.string(index, timeout)?;
+        Ok(Some(text.trim_end_matches('\0').to_string()))
     }
 
     /// GET_DESCRIPTOR(string `index`, en-US), decoded from UTF-16LE.

@@ -58,11 +58,46 @@ fn bcd(v: rusb::Version) -> u16 {
         | (v.sub_minor() as u16 & 0xF)
 }
 
+fn ids(dd: &rusb::DeviceDescriptor) -> UsbDeviceIds {
+    UsbDeviceIds {
+        vendor_id: dd.vendor_id(),
+        product_id: dd.product_id(),
+        bcd_device: bcd(dd.device_version()),
+    }
+}
+
+/// How long reading one device's serial number for a listing may take.
+const SERIAL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The serial number of `d`, or `None` when it has none or it cannot be read (the device refused
+/// to be opened or to answer): a listing never fails because of it. On Linux the kernel's copy in
+/// sysfs is read first, which needs no permission to open the device.
+fn serial_number(
+    d: &rusb::Device<rusb::GlobalContext>,
+    dd: &rusb::DeviceDescriptor,
+) -> Option<String> {
+    dd.serial_number_string_index()?;
+    #[cfg(target_os = "linux")]
+    if let Some(s) = sysfs_serial(d) {
+        return Some(s).filter(|s| !s.is_empty());
+    }
+    let handle = d.open().ok()?;
+    let mut dev = RusbDevice { handle, ids: ids(dd), claimed: None };
+    dev.serial_number(SERIAL_TIMEOUT).ok().flatten().filter(|s| !s.is_empty())
+}
+
+/// `/sys/bus/usb/devices/<bus>-<ports>/serial`: the serial number the kernel read at enumeration.
+#[cfg(target_os = "linux")]
+fn sysfs_serial(d: &rusb::Device<rusb::GlobalContext>) -> Option<String> {
+    if d.port_numbers().ok()?.is_empty() {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/sys/bus/usb/devices/{}/serial", location(d)));
+    Some(text.ok()?.trim_end_matches(['\n', '\0']).to_string())
+}
+
 fn entry(d: &rusb::Device<rusb::GlobalContext>) -> Result<UsbDeviceEntry, rusb::Error> {
     let dd = d.device_descriptor()?;
-    let v = dd.device_version();
-    let ids =
-        UsbDeviceIds { vendor_id: dd.vendor_id(), product_id: dd.product_id(), bcd_device: bcd(v) };
     let mut interfaces = Vec::new();
     if let Ok(cfg) = d.active_config_descriptor().or_else(|_| d.config_descriptor(0)) {
         for iface in cfg.interfaces() {
@@ -79,7 +114,12 @@ fn entry(d: &rusb::Device<rusb::GlobalContext>) -> Result<UsbDeviceEntry, rusb::
             }
         }
     }
-    Ok(UsbDeviceEntry { location: location(d), ids, interfaces })
+    Ok(UsbDeviceEntry {
+        location: location(d),
+        ids: ids(&dd),
+        serial: serial_number(d, &dd),
+        interfaces,
+    })
 }
 
 impl UsbBus for RusbBus {
@@ -100,7 +140,7 @@ impl UsbBus for RusbBus {
         let devices = rusb::devices()?;
         let d =
             devices.iter().find(|d| location(d) == location_wanted).ok_or(UsbError::NotFound)?;
-        let ids = entry(&d)?.ids;
+        let ids = ids(&d.device_descriptor()?);
         let handle = d.open().map_err(|e| map_error(e, Os::current(), Some(ids)))?;
         // Only Linux supports this; elsewhere it fails harmlessly.
         let _ = handle.set_auto_detach_kernel_driver(true);

@@ -5,7 +5,7 @@
 use fieldpatch_drivers::dfu::protocol::{DfuState, DfuStatus, StatusParseError, StatusResponse};
 use fieldpatch_drivers::usb::descriptor::{
     DescriptorError, FunctionalDescriptor, MemoryMap, parse_config_descriptor,
-    parse_device_descriptor, parse_string_descriptor,
+    parse_device_descriptor, parse_serial_number_index, parse_string_descriptor,
 };
 use fieldpatch_drivers::usb::rusb_backend::{RusbBus, map_error};
 use fieldpatch_drivers::usb::{Os, UsbBus, UsbDeviceIds, UsbError};
@@ -122,6 +122,16 @@ fn stm32_memory_maps() {
 
     let feature = MemoryMap::parse(STM32_ALT_STRINGS[3]).unwrap().unwrap();
     assert_eq!(feature.segments[0].end(), 0xFFFF_0004);
+}
+
+#[test]
+fn the_serial_number_string_index_comes_from_the_device_descriptor() {
+    // The STM32 bootloader names its serial number in string 3.
+    assert_eq!(parse_serial_number_index(&STM32_DEVICE).unwrap(), Some(3));
+    let mut none = STM32_DEVICE;
+    none[16] = 0;
+    assert_eq!(parse_serial_number_index(&none).unwrap(), None, "iSerialNumber 0: no serial");
+    assert!(parse_serial_number_index(&STM32_DEVICE[..17]).is_err(), "truncated");
 }
 
 #[test]

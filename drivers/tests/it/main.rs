@@ -1,5 +1,6 @@
 //! fieldpatch-drivers' integration tests, one module per area, linked into one test binary.
 
 mod dfu_descriptors;
+mod discovery;
 mod smp_bad_input;
 mod smp_lab;

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use fieldpatch_lab::smp::mcuboot::{self, Version};
-use fieldpatch_lab::smp::{DeviceConfig, Faults, SmpDevice};
+use fieldpatch_lab::smp::{DeviceConfig, DeviceIdentity, Faults, SmpDevice};
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -16,6 +16,15 @@ struct Cli {
 enum Command {
     /// Open a raw pseudo-terminal and echo every byte back (checks a client's serial setup).
     Loopback,
+    /// Open a pseudo-terminal that sends garbage continuously (prints its path).
+    Garbage {
+        /// Line speed the garbage is paced at (8N1).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Seed of the garbage.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run a simulated Zephyr/MCUboot SMP device on a new pty (prints its path).
     SmpSerial {
         /// Line speed the pty is paced at (8N1).
@@ -35,6 +44,16 @@ enum Command {
         /// Datagram loss probability per direction (0.0 to 1.0).
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Advertise the device over mDNS (`_mcumgr._udp.local.`, identity in TXT) on the
+        /// interfaces named by --mdns-interface.
+        #[arg(long, requires = "mdns_interface")]
+        advertise: bool,
+        /// An interface to advertise on (repeat for several); never all by default.
+        #[arg(long = "mdns-interface", value_name = "NAME")]
+        mdns_interface: Vec<String>,
+        /// The mDNS port (5353 on real networks).
+        #[arg(long, default_value_t = 5353)]
+        mdns_port: u16,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -85,6 +104,21 @@ struct DeviceArgs {
     /// Fault: a new image fails its health check on its test boot (it reverts).
     #[arg(long)]
     fail_health_check: bool,
+    /// Vendor (advertised over mDNS).
+    #[arg(long, default_value = "Lab")]
+    vendor: String,
+    /// Model: the board name, reported as the OS info hardware platform.
+    #[arg(long, default_value = "lab_sensor")]
+    model: String,
+    /// Hardware revision: the board revision (`MODEL@REVISION`).
+    #[arg(long, default_value = "1.0.0")]
+    hardware_revision: String,
+    /// Serial number (advertised over mDNS).
+    #[arg(long, default_value = "LAB-000001")]
+    serial_number: String,
+    /// Host name (OS info node name, mDNS host); default MODEL-SERIAL.
+    #[arg(long)]
+    hostname: Option<String>,
 }
 
 impl DeviceArgs {
@@ -97,6 +131,14 @@ impl DeviceArgs {
                 self.running_version,
                 &mcuboot::test_payload(4096, 0),
             ),
+            identity: DeviceIdentity {
+                vendor: self.vendor.clone(),
+                model: self.model.clone(),
+                hardware_revision: self.hardware_revision.clone(),
+                serial_number: self.serial_number.clone(),
+                hostname: self.hostname.clone(),
+                ..DeviceIdentity::default()
+            },
             ..DeviceConfig::default()
         });
         *dev.faults() = Faults {
@@ -142,13 +184,20 @@ fn main() -> anyhow::Result<()> {
                 tx.write_all(&buf[..n])?;
             }
         }
+        Command::Garbage { baud, seed } => {
+            let garbage = fieldpatch_lab::noise::serve_garbage(baud, seed)?;
+            println!("{}", garbage.path().display());
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         Command::SmpSerial { baud, device } => {
             let dev = device.device();
             let server = fieldpatch_lab::smp::serial::serve_pty(dev.clone(), baud)?;
             println!("{}", server.path().display());
             follow(&dev)
         }
-        Command::SmpUdp { bind, rtt_ms, loss, device } => {
+        Command::SmpUdp { bind, rtt_ms, loss, advertise, mdns_interface, mdns_port, device } => {
             anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1");
             let dev = device.device();
             let net = fieldpatch_lab::smp::udp::NetConditions {
@@ -157,6 +206,18 @@ fn main() -> anyhow::Result<()> {
                 seed: 1,
             };
             let server = fieldpatch_lab::smp::udp::serve_udp(dev.clone(), bind, net)?;
+            let _advertiser = if advertise {
+                let opts = fieldpatch_lab::mdns::AdvertiseOptions {
+                    interfaces: mdns_interface,
+                    mdns_port,
+                    instance: None,
+                };
+                let adv = fieldpatch_lab::mdns::advertise(&dev, server.local_addr(), &opts)?;
+                eprintln!("advertising {} over mDNS", adv.fullname());
+                Some(adv)
+            } else {
+                None
+            };
             println!("{}", server.local_addr());
             follow(&dev)
         }

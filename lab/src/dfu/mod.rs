@@ -7,7 +7,8 @@
 //! mode followed by re-enumeration, DNLOAD with dfuDNLOAD-SYNC / dfuDNBUSY / dfuDNLOAD-IDLE,
 //! manifestation for tolerant and non-tolerant devices, UPLOAD, CLRSTATUS, GETSTATE, ABORT, and
 //! for DfuSe the address pointer, page / mass erase over a NOR-like memory (writes need erased
-//! pages) and leave. [`LabUsbBus`] lists it and opens handles; a handle opened before a
+//! pages) and leave. [`LabUsbBus`] lists one or several of them (identical boards told apart by
+//! their serial numbers, [`LabDfuConfig::serial`]) and opens handles; a handle opened before a
 //! re-enumeration answers [`UsbError::Disconnected`], as a real one does.
 //!
 //! Faults ([`LabDfuFaults`]): errVERIFY at manifestation, errADDRESS for a protected address,
@@ -67,6 +68,8 @@ pub struct LabDfuFaults {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabDfuConfig {
     pub location: String,
+    /// The serial number string (`iSerialNumber`); `None` for a device without one.
+    pub serial: Option<String>,
     /// Identity in run-time mode (the application) and in DFU mode (the bootloader).
     pub runtime_ids: UsbDeviceIds,
     pub dfu_ids: UsbDeviceIds,
@@ -94,6 +97,7 @@ impl LabDfuConfig {
     pub fn stm32_dfuse() -> Self {
         Self {
             location: "1-1.4".into(),
+            serial: Some("LAB0001".into()),
             runtime_ids: UsbDeviceIds { vendor_id: 0x0483, product_id: 0x5740, bcd_device: 0x0200 },
             dfu_ids: UsbDeviceIds { vendor_id: 0x0483, product_id: 0xdf11, bcd_device: 0x2200 },
             attributes: 0x0B,
@@ -119,6 +123,7 @@ impl LabDfuConfig {
     pub fn plain_dfu() -> Self {
         Self {
             location: "3-2".into(),
+            serial: Some("LAB0001".into()),
             runtime_ids: UsbDeviceIds { vendor_id: 0x1209, product_id: 0x0001, bcd_device: 0x0100 },
             dfu_ids: UsbDeviceIds { vendor_id: 0x1209, product_id: 0x0002, bcd_device: 0x0100 },
             attributes: 0x07,
@@ -196,10 +201,11 @@ pub struct LabDfu {
     inner: Arc<Mutex<Inner>>,
 }
 
-/// Lists the lab device (when it is on the bus) and opens handles to it.
+/// Lists the lab devices plugged into it (those on the bus at the moment) and opens handles to
+/// them by location.
 #[derive(Debug, Clone)]
 pub struct LabUsbBus {
-    dev: LabDfu,
+    devs: Vec<LabDfu>,
 }
 
 /// An opened handle.
@@ -265,11 +271,16 @@ impl LabDfu {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A bus with this device alone.
     pub fn bus(&self) -> LabUsbBus {
-        LabUsbBus { dev: self.clone() }
+        LabUsbBus::new([self.clone()])
     }
     pub fn location(&self) -> String {
         self.lock().cfg.location.clone()
+    }
+    /// The serial number it reports (`None`: it has none).
+    pub fn serial(&self) -> Option<String> {
+        self.lock().cfg.serial.clone()
     }
     pub fn mode(&self) -> LabMode {
         self.lock().mode
@@ -346,7 +357,8 @@ impl Inner {
         push_u16(&mut d, ids.vendor_id);
         push_u16(&mut d, ids.product_id);
         push_u16(&mut d, ids.bcd_device);
-        d.extend_from_slice(&[1, 2, 3, 1]);
+        let i_serial = if self.cfg.serial.is_some() { 3 } else { 0 };
+        d.extend_from_slice(&[1, 2, i_serial, 1]);
         d
     }
 
@@ -400,7 +412,7 @@ impl Inner {
             (1, _) => "Fieldpatch Lab".to_string(),
             (2, LabMode::Dfu) => "Lab DFU bootloader".to_string(),
             (2, LabMode::Runtime) => "Lab application".to_string(),
-            (3, _) => "LAB0001".to_string(),
+            (3, _) => self.cfg.serial.clone()?,
             (4, LabMode::Runtime) => "DFU run-time".to_string(),
             (i, LabMode::Dfu) if i >= 4 => self.cfg.alt_names.get((i - 4) as usize)?.clone(),
             _ => return None,
@@ -696,25 +708,44 @@ impl Inner {
     }
 }
 
+impl LabUsbBus {
+    /// A bus with `devices` plugged in (each at its own [`LabDfuConfig::location`]).
+    pub fn new(devices: impl IntoIterator<Item = LabDfu>) -> Self {
+        Self { devs: devices.into_iter().collect() }
+    }
+}
+
 impl UsbBus for LabUsbBus {
     type Device = LabDfuHandle;
 
     fn list(&self) -> Result<Vec<UsbDeviceEntry>, UsbError> {
-        let mut g = self.dev.lock();
-        if !g.present() {
-            return Ok(Vec::new());
+        let mut entries = Vec::new();
+        for dev in &self.devs {
+            let mut g = dev.lock();
+            if !g.present() {
+                continue;
+            }
+            let interfaces = fieldpatch_drivers::usb::descriptor::parse_config_descriptor(
+                &g.config_descriptor(),
+            )?;
+            entries.push(UsbDeviceEntry {
+                location: g.cfg.location.clone(),
+                ids: g.ids(),
+                serial: g.cfg.serial.clone(),
+                interfaces,
+            });
         }
-        let interfaces =
-            fieldpatch_drivers::usb::descriptor::parse_config_descriptor(&g.config_descriptor())?;
-        Ok(vec![UsbDeviceEntry { location: g.cfg.location.clone(), ids: g.ids(), interfaces }])
+        Ok(entries)
     }
 
     fn open(&self, location: &str) -> Result<LabDfuHandle, UsbError> {
-        let mut g = self.dev.lock();
-        if g.cfg.location != location || !g.present() {
-            return Err(UsbError::NotFound);
+        for dev in &self.devs {
+            let mut g = dev.lock();
+            if g.cfg.location == location && g.present() {
+                return Ok(LabDfuHandle { dev: dev.clone(), generation: g.generation });
+            }
         }
-        Ok(LabDfuHandle { dev: self.dev.clone(), generation: g.generation })
+        Err(UsbError::NotFound)
     }
 }
 

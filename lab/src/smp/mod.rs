@@ -13,6 +13,14 @@
 //!
 //! Uploads survive a reboot: the partial image stays in flash and a first chunk with the same `len`
 //! and `sha` is answered with the offset reached, so a client resumes instead of starting over.
+//!
+//! Identity: a device has a vendor, model, hardware revision and serial number
+//! ([`DeviceIdentity`]). Over SMP it answers the OS info command as Zephyr does, one field per
+//! format letter (`s n r v m p i o`, `a` for all; no `b`, as Zephyr without the build-date
+//! option; an unknown letter is an "invalid format" error): the hardware platform `i` is
+//! `MODEL@REVISION` (Zephyr's `BOARD@REVISION`), the node name `n` is the host name, and the
+//! release `r` is the running image's version. Vendor and serial number are not part of SMP; a
+//! networked lab device tells them in its mDNS TXT record ([`crate::mdns`]).
 
 pub mod mcuboot;
 pub mod serial;
@@ -45,6 +53,66 @@ pub struct DeviceConfig {
     /// Zephyr application that logs on its mcumgr UART does). A boot banner is printed after every
     /// reboot when this is set.
     pub console_log_every: Option<Duration>,
+    /// Who the device is.
+    pub identity: DeviceIdentity,
+}
+
+/// Who a simulated device is: what a real product has in its board definition and factory data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub vendor: String,
+    /// The board name (Zephyr's `CONFIG_BOARD`): the model.
+    pub model: String,
+    /// The board revision (Zephyr's `CONFIG_BOARD_REVISION`); empty for none.
+    pub hardware_revision: String,
+    pub serial_number: String,
+    /// The network host name (Zephyr's node name, and the mDNS host); `None`: derived from the
+    /// model and serial number, as Zephyr's unique host names are.
+    pub hostname: Option<String>,
+    /// Zephyr's kernel version (`v`).
+    pub kernel_version: String,
+    /// The architecture (`m`).
+    pub machine: String,
+    /// The SoC (`p`).
+    pub processor: String,
+}
+
+impl Default for DeviceIdentity {
+    fn default() -> Self {
+        DeviceIdentity {
+            vendor: "Lab".into(),
+            model: "lab_sensor".into(),
+            hardware_revision: "1.0.0".into(),
+            serial_number: "LAB-000001".into(),
+            hostname: None,
+            kernel_version: "3.7.0".into(),
+            machine: "arm".into(),
+            processor: "nrf52840".into(),
+        }
+    }
+}
+
+impl DeviceIdentity {
+    /// The host name: the given one, or `MODEL-SERIAL` in lower case with anything but letters,
+    /// digits and `-` turned into `-`.
+    pub fn hostname(&self) -> String {
+        match &self.hostname {
+            Some(h) => h.clone(),
+            None => format!("{}-{}", self.model, self.serial_number)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                .collect(),
+        }
+    }
+
+    /// Zephyr's hardware platform: `MODEL@REVISION`, or `MODEL` without a revision.
+    pub fn hardware_platform(&self) -> String {
+        if self.hardware_revision.is_empty() {
+            self.model.clone()
+        } else {
+            format!("{}@{}", self.model, self.hardware_revision)
+        }
+    }
 }
 
 impl Default for DeviceConfig {
@@ -61,6 +129,7 @@ impl Default for DeviceConfig {
                 &mcuboot::test_payload(4096, 0),
             ),
             console_log_every: None,
+            identity: DeviceIdentity::default(),
         }
     }
 }
@@ -157,6 +226,11 @@ impl SmpDevice {
 
     pub fn config(&self) -> &DeviceConfig {
         &self.config
+    }
+
+    /// Who the device is.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.config.identity
     }
 
     /// The fault settings, shared with the running device.
@@ -289,24 +363,15 @@ impl SmpDevice {
                 (t("buf_size"), Value::from(self.config.buf_size as u64)),
                 (t("buf_count"), Value::from(self.config.buf_count as u64)),
             ]),
-            (OS, 7, false) => {
-                let (ver, boots) = {
-                    let s = self.state();
-                    (
-                        s.slots[0]
-                            .as_ref()
-                            .map(|sl| sl.info.version.to_string())
-                            .unwrap_or_default(),
-                        s.boots,
-                    )
-                };
-                reply(vec![(
-                    t("output"),
-                    Value::Text(format!(
-                        "Zephyr fieldpatch-lab {ver} boot {boots} x86_64 fieldpatch_lab_sim"
-                    )),
-                )])
-            }
+            (OS, 7, false) => match self.os_info(&body) {
+                Some(output) => reply(vec![(t("output"), Value::Text(output))]),
+                // Zephyr: OS_MGMT_ERR_INVALID_FORMAT in the OS group (v2), EINVAL (v1).
+                None if version >= 1 => reply(vec![(
+                    t("err"),
+                    Value::Map(vec![(t("group"), Value::from(OS)), (t("rc"), Value::from(2))]),
+                )]),
+                None => rc(MGMT_EINVAL),
+            },
             (IMAGE, 0, false) => reply(vec![(t("images"), self.images())]),
             (IMAGE, 0, true) => match self.state_write(&body) {
                 Ok(()) => reply(vec![(t("images"), self.images())]),
@@ -332,6 +397,43 @@ impl SmpDevice {
             }
             _ => rc(MGMT_ENOTSUP),
         }
+    }
+
+    /// The OS info answer for the request's `format`, as Zephyr builds it: the fields of the
+    /// letters given, in Zephyr's order, separated by spaces; `None` for an unknown letter.
+    fn os_info(&self, body: &[(Value, Value)]) -> Option<String> {
+        let format = match get(body, "format") {
+            Some(Value::Text(f)) => f.clone(),
+            _ => String::new(),
+        };
+        let order = ['s', 'n', 'r', 'v', 'm', 'p', 'i', 'o'];
+        let mut wanted = Vec::new();
+        for c in format.chars() {
+            match c {
+                'a' => wanted.extend(order),
+                c if order.contains(&c) => wanted.push(c),
+                _ => return None,
+            }
+        }
+        if wanted.is_empty() {
+            wanted.push('s');
+        }
+        let id = &self.config.identity;
+        let release = self.active_image().map(|(_, v)| v).unwrap_or_else(|| "unknown".into());
+        let fields: Vec<String> = order
+            .iter()
+            .filter(|c| wanted.contains(c))
+            .map(|c| match c {
+                's' | 'o' => "Zephyr".to_string(),
+                'n' => id.hostname(),
+                'r' => release.clone(),
+                'v' => id.kernel_version.clone(),
+                'm' => id.machine.clone(),
+                'p' => id.processor.clone(),
+                _ => id.hardware_platform(),
+            })
+            .collect();
+        Some(fields.join(" "))
     }
 
     fn images(&self) -> Value {

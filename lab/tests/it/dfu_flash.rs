@@ -7,7 +7,8 @@ use fieldpatch_drivers::dfu::{
     Manifestation, VerifiedBy, list,
 };
 use fieldpatch_drivers::progress::{NoProgress, Progress, TransferProgress};
-use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig, LabDfuFaults, LabDfuHandle, LabMode};
+use fieldpatch_drivers::usb::{UsbBus, UsbControl};
+use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig, LabDfuFaults, LabDfuHandle, LabMode, LabUsbBus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,50 @@ fn lists_the_lab_device_with_its_dfu_interfaces() {
     assert_eq!(map.name, "Internal Flash");
     assert_eq!(map.segments.len(), 3);
     assert_eq!(dev.ids().bcd_device, 0x2200);
+}
+
+/// A plain DFU board in DFU mode at `location` with serial number `serial`.
+fn plain_board(location: &str, serial: Option<&str>) -> LabDfu {
+    let mut cfg = LabDfuConfig::plain_dfu();
+    cfg.start_in_runtime = false;
+    cfg.location = location.into();
+    cfg.serial = serial.map(str::to_string);
+    LabDfu::new(cfg)
+}
+
+#[test]
+fn identical_boards_on_one_bus_are_told_apart_by_their_serial_numbers() {
+    let (a, b, bare) =
+        (plain_board("3-2", Some("A")), plain_board("3-3", Some("B")), plain_board("3-4", None));
+    let bus = LabUsbBus::new([a.clone(), b.clone(), bare.clone()]);
+    let found = list(&bus).unwrap();
+    let seen: Vec<(&str, u16, u16, Option<&str>)> = found
+        .iter()
+        .map(|d| (d.location.as_str(), d.ids.vendor_id, d.ids.product_id, d.serial.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("3-2", 0x1209, 0x0002, Some("A")),
+            ("3-3", 0x1209, 0x0002, Some("B")),
+            ("3-4", 0x1209, 0x0002, None)
+        ]
+    );
+    // The serial number the driver reads from each board's descriptors (iSerialNumber, then
+    // that string) is the one the listing gives.
+    for (board, serial) in [(&a, Some("A")), (&b, Some("B")), (&bare, None)] {
+        let mut handle = bus.open(&board.location()).unwrap();
+        let read = handle.serial_number(Duration::from_millis(100)).unwrap();
+        assert_eq!(read.as_deref(), serial);
+        assert_eq!(board.serial().as_deref(), serial);
+    }
+    // Flashing the board at one location reaches that board only.
+    let mut dev = DfuDevice::open(&bus, "3-3", opts()).unwrap();
+    let image = pattern(3000, 9);
+    dev.download(&image, &NoProgress).unwrap();
+    assert_eq!(b.firmware(), image);
+    assert_eq!(a.dnload_requests() + bare.dnload_requests(), 0);
+    assert!(bus.open("3-9").is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-fn smpmgr() -> PathBuf {
+pub(crate) fn smpmgr() -> PathBuf {
     let venv = std::env::var_os("FIELDPATCH_TOOLS_VENV").map(PathBuf::from).or_else(|| {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fieldpatch/venv"))
     });

@@ -279,6 +279,7 @@ async fn authorization_is_enforced(backend: Backend) {
         (Method::PUT, "/v1/admin/assignments/alice/s2"),
         (Method::DELETE, "/v1/admin/assignments/alice/s1"),
         (Method::PUT, "/v1/admin/trust-store"),
+        (Method::PUT, "/v1/admin/catalog-listing"),
     ] {
         assert_eq!(
             status(&server, Some(&alice.token), m.clone(), p).await,
@@ -497,7 +498,12 @@ async fn responses_match_the_openapi_schemas() {
             serde_json::json!({"secret": "x"}),
         )
         .await;
-    server.admin_json(Method::PUT, "/v1/admin/trust-store", serde_json::json!({"keys": []})).await;
+    let docs = fieldpatch_testkit::trust::TrustDocs::new();
+    let trust = serde_json::to_value(docs.store(1, true, None, &[])).unwrap();
+    server.admin_json(Method::PUT, "/v1/admin/trust-store", trust).await;
+    let expires = chrono::Utc::now() + chrono::Duration::days(7);
+    let listing = serde_json::to_value(docs.listing(1, 1, expires, vec![])).unwrap();
+    server.admin_json(Method::PUT, "/v1/admin/catalog-listing", listing).await;
     let doc: serde_json::Value =
         reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
     let schema = |path: &str, method: &str, status: &str| {

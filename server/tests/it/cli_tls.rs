@@ -107,8 +107,10 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
             dir.path().join("b.fpb").to_str().unwrap(),
         ],
     );
-    std::fs::write(dir.path().join("trust.json"), r#"{"keys":[],"threshold":1}"#).unwrap();
-    admin(&data, &["trust-store", dir.path().join("trust.json").to_str().unwrap()]);
+    let trust = fieldpatch_testkit::trust::TrustDocs::new().store(1, false, None, &[]);
+    std::fs::write(dir.path().join("trust.json"), serde_json::to_vec(&trust).unwrap()).unwrap();
+    let out = admin(&data, &["publish-trust", dir.path().join("trust.json").to_str().unwrap()]);
+    assert!(out.contains("trust store version 1 published"), "{out}");
     let server_key = admin(&data, &["server-key"]).trim().to_string();
     // A device credential from standard input, encrypted at rest.
     let mut child = Command::new(BIN)
@@ -180,7 +182,7 @@ async fn admin_cli_then_a_technician_pulls_over_https() {
     assert_eq!(pull.sites.len(), 1);
     assert_eq!(pull.sites[0].address.as_deref(), Some("Dock 4, North"));
     assert_eq!(pull.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d1"]);
-    assert_eq!(pull.trust_store.unwrap()["threshold"], 1);
+    assert_eq!(pull.trust_store.unwrap(), serde_json::to_value(&trust).unwrap());
     assert_eq!(pull.credentials.len(), 1);
     assert_eq!(pull.credentials[0].open(&key, "alice").unwrap().as_slice(), b"pa55word-d1");
     let entry = &pull.catalog[0];

@@ -4,5 +4,7 @@ mod common;
 
 mod api;
 mod cli_tls;
+mod continuity;
 mod kill;
 mod pg_tls;
+mod publish;

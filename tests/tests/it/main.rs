@@ -3,6 +3,10 @@
 
 #[cfg(target_os = "linux")]
 mod app_window;
+#[cfg(target_os = "linux")]
+mod discover;
+mod listing;
+mod log_chain;
 mod session_lab;
 mod sync_cli;
 mod sync_e2e;

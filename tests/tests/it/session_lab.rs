@@ -457,6 +457,83 @@ fn device_upload_of_a_bundle_passes_the_session_gate_and_the_full_pipeline() {
 }
 
 #[test]
+fn dfu_flash_of_a_bundle_is_refused_by_the_planner_before_any_usb_access() {
+    use fieldpatch_core::plan::DeviceAddress;
+    use fieldpatch_testkit::site::{BOARD_PID, BOARD_VID, record};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let bundle = r.kit.catalog.join("lab-board-1.1.0.fpb");
+    let (bundle, trust) = (bundle.to_str().unwrap(), r.kit.trust.to_str().unwrap());
+    // Three inventory records for the board with serial number B: a pump controller (another
+    // model), a board running 2.0.0 (1.1.0 would be a downgrade), a board running 1.0.0.
+    let at_b = DeviceAddress::Usb { vid: BOARD_VID, pid: BOARD_PID, serial: Some("B".into()) };
+    let rec = |id: &str, model: &str, runs: &str| {
+        let mut d = record(id, "Lab", model, at_b.clone());
+        d.identity.firmware_version = Some(runs.parse().unwrap());
+        d
+    };
+    let records = [
+        rec("pump-b", "pump-controller", "1.0.0"),
+        rec("new-b", "board", "2.0.0"),
+        rec("b", "board", "1.0.0"),
+    ];
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&records).unwrap()).unwrap();
+    let run = |args: &[&str]| fieldpatch(tmp.path(), &data, args);
+    let flash = |extra: &[&str]| {
+        let mut a = vec!["--json", "dfu", "flash", "--device", "usb:1209:0002:B"];
+        a.extend_from_slice(&["--trust", trust, "--devices", "devices.json"]);
+        a.extend_from_slice(extra);
+        a.push(bundle);
+        run(&a)
+    };
+    let error = |out: &std::process::Output| {
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["error"].clone()
+    };
+
+    // The planner decides from the inventory record, before the USB bus is even looked at, so no
+    // device (this machine has no USB bus; the lab boards live inside test processes) could have
+    // received a byte: the refusal is the planner's reason, and it is recorded.
+    let e = error(&flash(&["--id", "pump-b"]));
+    assert_eq!(e["code"], "not_applicable", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("no approved bundle targets Lab pump-controller"), "{msg}");
+    assert!(msg.contains("nothing was sent"), "{msg}");
+    let e = error(&flash(&["--id", "new-b"]));
+    assert_eq!(e["code"], "not_applicable", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("downgrade"), "{e}");
+    // A bundle always names its inventory device, and cannot pass as a bare DFU file.
+    let out = run(&["dfu", "flash", "--device", "usb:1209:0002:B", "--trust", trust, bundle]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--id"), "{out:?}");
+    let out = flash(&["--id", "b", "--allow-unverified", "--mass-erase"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mass-erase"), "{out:?}");
+    let log = String::from_utf8_lossy(&run(&["--json", "log", "show"]).stdout).to_string();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let refused: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "bundle_refused")
+        .map(|e| e["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused, ["pump-b", "new-b"], "{log}");
+    assert!(!events.iter().any(|e| e["kind"] == "flash_started"), "{log}");
+
+    // The board the bundle targets passes the planner; only then is the USB address looked up
+    // (and here, with no board attached, not found).
+    let e = error(&flash(&["--id", "b"]));
+    assert_eq!(e["code"], "device_unreachable", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("usb:1209:0002:B"), "{e}");
+    let log = String::from_utf8_lossy(&run(&["--json", "log", "show"]).stdout).to_string();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.ends_with(&["bundle_verified", "failed"]), "{kinds:?}");
+    assert!(run(&["log", "verify"]).status.success());
+}
+
+#[test]
 fn an_edited_plan_file_cannot_choose_what_a_session_sends() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());

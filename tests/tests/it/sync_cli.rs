@@ -246,20 +246,21 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
         serde_json::from_str(&laptop.ok(&["--json", "log", "show"])).unwrap();
     let log_id = shown[0]["log_id"].as_str().unwrap().to_string();
 
-    // First sync: the server URL was remembered by `sync login`.
+    // First sync: the server URL was remembered by `sync login`. The log's log_started and the
+    // three notes go up.
     let text = laptop.ok(&["sync"]);
-    assert!(text.contains("pushed 3 events"), "{text}");
+    assert!(text.contains("pushed 4 events"), "{text}");
     assert!(text.contains("nothing pending"), "{text}");
     assert!(text.contains("pulled 1 sites, 2 devices, 1 work orders, 1 catalog entries"), "{text}");
     assert!(!text.contains("not usable"), "the published bundle verifies: {text}");
     let db = server_data.join("inventory.db");
-    assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
+    assert_eq!(server_event_count(&db, &log_id).await, (4, 4));
 
     // Second sync: nothing new goes up, nothing is stored twice.
     let report: serde_json::Value = serde_json::from_str(&laptop.ok(&["--json", "sync"])).unwrap();
     assert_eq!(report["pushed"], 0, "{report}");
     assert_eq!(report["bundles_downloaded"], 0, "{report}");
-    assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
+    assert_eq!(server_event_count(&db, &log_id).await, (4, 4));
 
     // The catalog and trust store are on disk, byte for byte as published.
     let catalog = laptop.data.join("catalog");
@@ -344,7 +345,7 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
     .await
     .unwrap();
     sqlx::query(
-        "UPDATE events SET body = replace(body, 'original text', 'edited text') WHERE seq = 4",
+        "UPDATE events SET body = replace(body, 'original text', 'edited text') WHERE seq = 5",
     )
     .execute(&store)
     .await
@@ -354,9 +355,9 @@ async fn sync_pushes_notes_once_and_pulls_a_catalog_plan_can_use() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("1 rejected"), "{text}");
-    assert!(text.contains("seq 4 [bad_signature]: signature does not match the content"), "{text}");
+    assert!(text.contains("seq 5 [bad_signature]: signature does not match the content"), "{text}");
     assert!(text.contains("1 events pending"), "{text}");
-    assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
+    assert_eq!(server_event_count(&db, &log_id).await, (4, 4));
 
     drop(server);
     // Clean the test's keyring entries.
@@ -434,7 +435,8 @@ async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
         .spawn()
         .unwrap();
     let server = Server(server);
-    wait_for(&rx, "synced: pushed 1, pending 0, rejected 0", &mut seen);
+    // The log's log_started and the note.
+    wait_for(&rx, "synced: pushed 2, pending 0, rejected 0", &mut seen);
 
     // Ctrl-C stops it cleanly.
     let status = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
@@ -453,7 +455,7 @@ async fn sync_watch_syncs_by_itself_once_the_server_comes_up() {
     let shown: serde_json::Value =
         serde_json::from_str(&laptop.ok(&["--json", "log", "show"])).unwrap();
     let log_id = shown[0]["log_id"].as_str().unwrap();
-    assert_eq!(server_event_count(&server_data.join("inventory.db"), log_id).await, (1, 1));
+    assert_eq!(server_event_count(&server_data.join("inventory.db"), log_id).await, (2, 2));
     drop(server);
     for name in ["sync-token", "technician-key"] {
         let _ = laptop.run(&["credentials", "delete", name], "");
@@ -499,7 +501,8 @@ async fn a_server_restored_from_backup_gets_the_lost_events_again() {
     sync(&url);
     drop(server);
 
-    // The inventory is restored from the backup: it lost events 3 and 4 it had countersigned.
+    // The inventory is restored from the backup: it lost events 4 and 5 it had countersigned
+    // (seq 1 is the log's log_started).
     for entry in std::fs::read_dir(&server_data).unwrap() {
         let p = entry.unwrap().path();
         if p.file_name().unwrap().to_string_lossy().starts_with("inventory.db") {
@@ -511,11 +514,11 @@ async fn a_server_restored_from_backup_gets_the_lost_events_again() {
         serde_json::from_str(&laptop.ok(&["--json", "log", "show"])).unwrap();
     let log_id = shown[0]["log_id"].as_str().unwrap().to_string();
     let db = server_data.join("inventory.db");
-    assert_eq!(server_event_count(&db, &log_id).await, (2, 2));
+    assert_eq!(server_event_count(&db, &log_id).await, (3, 3));
 
     let (_server, url) = serve(&server_data);
     laptop.ok(&["log", "note", "five"]);
     let report = sync(&url);
     assert_eq!(report["pending"], serde_json::json!({}), "{report}");
-    assert_eq!(server_event_count(&db, &log_id).await, (5, 5), "every event is on the server once");
+    assert_eq!(server_event_count(&db, &log_id).await, (6, 6), "every event is on the server once");
 }

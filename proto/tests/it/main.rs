@@ -1,0 +1,3 @@
+//! fieldpatch-proto's integration tests, one module per area, linked into one test binary.
+
+mod trust_documents;
