@@ -17,7 +17,7 @@ use fieldpatch_lab::dfu::LabUsbBus;
 use fieldpatch_lab::smp::SmpDevice;
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_lab::smp::udp::NetConditions;
-use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder, CatalogError, random_key};
+use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder, CatalogError, labelled_key};
 use fieldpatch_testkit::site::{LabSite, SiteBuilder};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,13 +82,16 @@ pub fn start(dir: &Path) -> Result<Demo, DemoError> {
     })
 }
 
+/// The demo's keys are derived from public labels, so every start signs with the same keys: the
+/// trust store the demo's data directory pinned at its first sync stays the one in force. They
+/// sign only the demo's catalog, which only the demo's own data directory ever trusts.
 fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
     let now = chrono::Utc::now();
     let catalog = CatalogBuilder::new()
-        .root(random_key(), "demo root")
-        .release(random_key(), "demo release A")
-        .release(random_key(), "demo release B")
-        .catalog_key(random_key(), "demo catalog")
+        .root(labelled_key("demo root"), "demo root")
+        .release(labelled_key("demo release A"), "demo release A")
+        .release(labelled_key("demo release B"), "demo release B")
+        .catalog_key(labelled_key("demo catalog"), "demo catalog")
         .threshold(Role::Root, 1)
         .threshold(Role::Release, 2)
         .threshold(Role::Catalog, 1)
@@ -229,5 +232,26 @@ impl Demo {
             trust_store,
             catalog_listing,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo's data directory pins the trust store at its first sync; a later start must offer
+    /// the same document, or every sync after the first start would be refused.
+    #[test]
+    fn every_start_writes_the_same_trust_store() {
+        let base =
+            std::env::temp_dir().join(format!("fieldpatch-demo-trust-{}", std::process::id()));
+        let (a, b) = (base.join("a"), base.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (_, trust_a) = write_catalog(&a).unwrap();
+        let (_, trust_b) = write_catalog(&b).unwrap();
+        let same = std::fs::read(&trust_a).unwrap() == std::fs::read(&trust_b).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert!(same, "two starts of the demo wrote different trust stores");
     }
 }

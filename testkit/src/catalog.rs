@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use crate::chain::random_key;
+pub use crate::chain::{labelled_key, random_key};
 
 /// A deterministic key: 32 bytes of `seed`.
 pub fn key(seed: u8) -> SigningKey {

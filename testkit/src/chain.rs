@@ -152,6 +152,14 @@ pub fn random_key() -> SigningKey {
     SigningKey::generate(&mut rand::rng())
 }
 
+/// A signing key derived from a public label: the same label gives the same key on every run.
+/// Only for keys whose secrecy does not matter (the built-in demo's catalog, test fixtures).
+pub fn labelled_key(label: &str) -> SigningKey {
+    use sha2::Digest as _;
+    let seed: [u8; 32] = sha2::Sha256::digest(format!("fieldpatch labelled key: {label}")).into();
+    SigningKey::from_bytes(&seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

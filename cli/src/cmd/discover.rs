@@ -1,7 +1,7 @@
 //! `fieldpatch discover`: find the devices on site (serial ports, USB DFU, network addresses and
 //! mDNS), identify them, match them to the inventory, print rows as they come and record the
-//! outcome in the visit log. The same options let `fieldpatch plan --discover` and
-//! `fieldpatch session run --discover` take the discovered site instead of a devices file.
+//! outcome in the visit log. The same options let `fieldpatch plan --discover` take the
+//! discovered site instead of a devices file (`session run` then runs the saved plan).
 
 use anyhow::Context;
 use clap::Args;

@@ -9,7 +9,10 @@
 //! * **Matching is strict and explained.** The serial number is tried first. Only when it is
 //!   missing on one side, a device matches the one inventory device of its site with the same
 //!   vendor, model and hardware revision that nothing else could match (the key says so, so the
-//!   technician can check). Ambiguity is never resolved by guessing: the device stays unknown.
+//!   technician can check). A device that reports no vendor (SMP has no vendor query: a board on
+//!   a serial port tells only its model and revision) is compared on model and revision, under
+//!   the same uniqueness rule. Ambiguity is never resolved by guessing: the device stays
+//!   unknown.
 //! * **Unknown devices are never added** to the inventory, and inventory devices nothing matched
 //!   are listed as missing: the visit close-out needs a reason for each.
 
@@ -54,8 +57,8 @@ pub struct Find {
 pub enum MatchKey {
     /// The serial number the device reports equals the inventory's.
     SerialNumber,
-    /// No serial number to compare; the only inventory device of this vendor, model and
-    /// hardware revision at the site that nothing else matched.
+    /// No serial number to compare; the only inventory device of this vendor (when the device
+    /// reports one), model and hardware revision at the site that nothing else matched.
     OnlyOfItsModel,
 }
 
@@ -143,85 +146,107 @@ pub fn merge(devices: &mut Vec<DiscoveredDevice>, find: Find) -> usize {
     devices.len() - 1
 }
 
+/// The identity fields matching compares, normalised once per matching run.
+struct Keys {
+    vendor: Option<String>,
+    model: Option<String>,
+    hardware_revision: Option<String>,
+    serial_number: Option<String>,
+}
+
+impl Keys {
+    fn of_device(d: &DeviceIdentity) -> Keys {
+        Keys {
+            vendor: norm(&d.vendor),
+            model: norm(&d.model),
+            hardware_revision: norm(&d.hardware_revision),
+            serial_number: norm(&d.serial_number),
+        }
+    }
+
+    fn of_inventory(d: &InventoryDevice) -> Keys {
+        Keys {
+            vendor: norm(&d.vendor),
+            model: norm(&d.model),
+            hardware_revision: norm(&d.hardware_revision),
+            serial_number: norm(&d.serial_number),
+        }
+    }
+}
+
+/// Whether a device without a usable serial-number match can be `inv` by its model: the same
+/// model and hardware revision (a revision unknown on both sides is the same), the inventory's
+/// vendor (or no vendor reported: SMP has no vendor query, so a board found on a serial port
+/// knows only its model and revision), and not a serial number on both sides (they differ, or
+/// the inventory holds it twice: a different or an undecidable device, never a match).
+fn same_model(d: &Keys, inv: &Keys) -> bool {
+    let (Some(model), Some(inv_model), Some(inv_vendor)) = (&d.model, &inv.model, &inv.vendor)
+    else {
+        return false;
+    };
+    model == inv_model
+        && d.hardware_revision == inv.hardware_revision
+        && d.vendor.as_ref().is_none_or(|v| v == inv_vendor)
+        && !(d.serial_number.is_some() && inv.serial_number.is_some())
+}
+
 /// Match every device to `inventory` (the site's or work order's devices) and return the ids of
 /// inventory devices nothing matched. Earlier matches are recomputed from scratch, so the result
-/// does not depend on the order devices were found in.
+/// does not depend on the order devices were found in. Discovery runs it after every find, so
+/// it stays within devices × inventory comparisons.
 pub fn match_inventory(
     devices: &mut [DiscoveredDevice],
     inventory: &[InventoryDevice],
 ) -> Vec<String> {
-    for d in devices.iter_mut() {
-        d.matched = None;
-    }
-    let mut taken: BTreeSet<usize> = BTreeSet::new();
-    // Serial numbers first.
-    for d in devices.iter_mut() {
-        let Some(sn) = norm(&d.identity.serial_number) else { continue };
-        let hits: Vec<usize> = inventory
-            .iter()
-            .enumerate()
-            .filter(|(i, inv)| !taken.contains(i) && norm(&inv.serial_number).as_ref() == Some(&sn))
-            .map(|(i, _)| i)
-            .collect();
-        if let [i] = hits[..] {
-            taken.insert(i);
-            d.matched = Some(InventoryMatch {
-                device_id: inventory[i].id.clone(),
-                key: MatchKey::SerialNumber,
-            });
+    let found: Vec<Keys> = devices.iter().map(|d| Keys::of_device(&d.identity)).collect();
+    let known: Vec<Keys> = inventory.iter().map(Keys::of_inventory).collect();
+    let mut matched: Vec<Option<InventoryMatch>> = vec![None; devices.len()];
+    let mut taken = vec![false; inventory.len()];
+    let take = |i: usize, key: MatchKey| InventoryMatch { device_id: inventory[i].id.clone(), key };
+    // Serial numbers first: the one inventory device (not taken yet) with the same number.
+    for (di, d) in found.iter().enumerate() {
+        let Some(sn) = &d.serial_number else { continue };
+        let mut hits =
+            (0..known.len()).filter(|&i| !taken[i] && known[i].serial_number.as_ref() == Some(sn));
+        if let (Some(i), None) = (hits.next(), hits.next()) {
+            taken[i] = true;
+            matched[di] = Some(take(i, MatchKey::SerialNumber));
         }
     }
-    // Then the only device of its model, where a serial number is missing on one side.
-    let model_key = |vendor: &Option<String>, model: &Option<String>, hw: &Option<String>| {
-        Some((norm(vendor)?, norm(model)?, norm(hw)))
-    };
-    let unmatched: Vec<usize> =
-        (0..devices.len()).filter(|&i| devices[i].matched.is_none()).collect();
+    // Then the only device of its model, where a serial number is missing on one side. Every
+    // pair is judged against the serial-number matches alone (not against each other), so the
+    // outcome does not depend on the order devices were found in.
+    let unmatched: Vec<usize> = (0..found.len()).filter(|&di| matched[di].is_none()).collect();
+    let free: Vec<usize> = (0..known.len()).filter(|&i| !taken[i]).collect();
+    // For each device, the inventory devices it can be; for each inventory device, how many
+    // devices found can be it.
+    let mut could_be = vec![0usize; known.len()];
+    let mut candidates: Vec<(usize, Option<usize>, usize)> = Vec::with_capacity(unmatched.len());
     for &di in &unmatched {
-        let d = &devices[di];
-        let Some(key) =
-            model_key(&d.identity.vendor, &d.identity.model, &d.identity.hardware_revision)
-        else {
-            continue;
-        };
-        let has_sn = norm(&d.identity.serial_number).is_some();
-        let same_model_found = unmatched
-            .iter()
-            .filter(|&&o| {
-                let o = &devices[o];
-                model_key(&o.identity.vendor, &o.identity.model, &o.identity.hardware_revision)
-                    .as_ref()
-                    == Some(&key)
-            })
-            .count();
-        let candidates: Vec<usize> = inventory
-            .iter()
-            .enumerate()
-            .filter(|(i, inv)| {
-                !taken.contains(i)
-                    && model_key(&inv.vendor, &inv.model, &inv.hardware_revision).as_ref()
-                        == Some(&key)
-            })
-            .map(|(i, _)| i)
-            .collect();
-        // A serial number on both sides that differs is a different device, never a match.
-        if let [i] = candidates[..]
-            && same_model_found == 1
-            && !(has_sn && norm(&inventory[i].serial_number).is_some())
+        let (mut first, mut count) = (None, 0);
+        for &i in &free {
+            if same_model(&found[di], &known[i]) {
+                could_be[i] += 1;
+                first.get_or_insert(i);
+                count += 1;
+            }
+        }
+        candidates.push((di, first, count));
+    }
+    // Exactly one inventory device it can be, and no other device found could be that one.
+    for (di, first, count) in candidates {
+        if let Some(i) = first
+            && count == 1
+            && could_be[i] == 1
         {
-            taken.insert(i);
-            devices[di].matched = Some(InventoryMatch {
-                device_id: inventory[i].id.clone(),
-                key: MatchKey::OnlyOfItsModel,
-            });
+            taken[i] = true;
+            matched[di] = Some(take(i, MatchKey::OnlyOfItsModel));
         }
     }
-    inventory
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !taken.contains(i))
-        .map(|(_, d)| d.id.clone())
-        .collect()
+    for (d, m) in devices.iter_mut().zip(matched) {
+        d.matched = m;
+    }
+    inventory.iter().zip(&taken).filter(|(_, t)| !**t).map(|(d, _)| d.id.clone()).collect()
 }
 
 #[cfg(test)]
@@ -298,6 +323,71 @@ mod tests {
         );
         assert_eq!(devices[3].matched, None, "unknown devices stay unknown");
         assert_eq!(missing, vec!["b".to_string(), "c".to_string()]);
+    }
+
+    /// SMP on a serial port tells the model and revision, never the vendor or serial number.
+    fn smp_serial_find(port: &str, model: &str) -> Find {
+        Find {
+            address: DeviceAddress::Serial { port: port.into(), baud: 115_200 },
+            via: "serial".into(),
+            identity: DeviceIdentity { model: Some(model.into()), ..Default::default() },
+            bootloader: Some("MCUboot".into()),
+            capabilities: [Capability::Upload].into(),
+        }
+    }
+
+    #[test]
+    fn a_board_that_reports_no_vendor_matches_the_only_device_of_its_model() {
+        let mut other_vendor = inv("e", None, "S1");
+        other_vendor.vendor = Some("Other".into());
+        let inventory = vec![inv("a", Some("SN-1"), "P1"), inv("b", None, "S1"), other_vendor];
+        let mut devices = Vec::new();
+        merge(&mut devices, smp_serial_find("/dev/pts/1", "P1"));
+        // Two inventory S1 devices of different vendors: a vendor-less S1 could be either.
+        merge(&mut devices, smp_serial_find("/dev/pts/2", "S1"));
+        // A device with another serial number is not this one and takes nothing from it.
+        merge(&mut devices, find("h1:1", Some("SN-9"), Some("P1")));
+        let missing = match_inventory(&mut devices, &inventory);
+        assert_eq!(
+            devices[0].matched,
+            Some(InventoryMatch { device_id: "a".into(), key: MatchKey::OnlyOfItsModel })
+        );
+        assert_eq!(devices[1].matched, None, "ambiguous across vendors: {devices:#?}");
+        assert_eq!(devices[2].matched, None);
+        assert_eq!(missing, vec!["b".to_string(), "e".to_string()]);
+
+        // An inventory device without a vendor is never matched by model.
+        let mut no_vendor = inv("n", None, "P1");
+        no_vendor.vendor = None;
+        let mut devices = Vec::new();
+        merge(&mut devices, smp_serial_find("/dev/pts/1", "P1"));
+        assert_eq!(match_inventory(&mut devices, &[no_vendor]), vec!["n".to_string()]);
+        assert_eq!(devices[0].matched, None);
+    }
+
+    #[test]
+    fn model_matches_do_not_depend_on_the_order_devices_were_found_in() {
+        let inventory = vec![inv("a", None, "S1"), inv("d", None, "G7")];
+        let finds = [
+            find("h1:1", None, Some("S1")),
+            smp_serial_find("/dev/pts/1", "S1"),
+            find("h3:1", None, Some("G7")),
+        ];
+        let mut outcomes = Vec::new();
+        for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0]] {
+            let mut devices = Vec::new();
+            for i in order {
+                merge(&mut devices, finds[i].clone());
+            }
+            let missing = match_inventory(&mut devices, &inventory);
+            let mut matched: Vec<_> =
+                devices.iter().map(|d| (d.addresses[0].to_string(), d.matched.clone())).collect();
+            matched.sort_by(|a, b| a.0.cmp(&b.0));
+            outcomes.push((matched, missing));
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:#?}");
+        // Two finds that could be `a`: neither is; `d` is the only G7.
+        assert_eq!(outcomes[0].1, vec!["a".to_string()]);
     }
 
     #[test]

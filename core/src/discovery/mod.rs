@@ -145,7 +145,16 @@ fn transport(address: &DeviceAddress) -> &'static str {
     }
 }
 
-/// A find from the drivers' scan, in core's terms.
+/// A find from the drivers' scan, in core's terms: the address, how it was found, the identity
+/// the device gave (completed by what its advertisement claims) and what its answers say it can
+/// do. What [`Fieldpatch::discover`] merges and matches; public so benchmarks and other callers
+/// that run the drivers' scan themselves see the same finds.
+impl From<&drv::Found> for Find {
+    fn from(found: &drv::Found) -> Find {
+        find_of(found)
+    }
+}
+
 fn find_of(found: &drv::Found) -> Find {
     let address = match &found.endpoint {
         Endpoint::Serial { path, baud } => {
@@ -262,6 +271,17 @@ impl Fieldpatch {
             }
         }
         let request = options.request;
+        // What the visit log says was searched for a device that was not found, and how.
+        let how: Vec<&str> = [
+            ("serial", request.serial.is_some()),
+            ("usb", options.usb),
+            ("net", request.network.is_some()),
+            ("mdns", request.mdns.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, used)| used.then_some(name))
+        .collect();
+        let searched = format!("{matched_against} ({})", how.join(", "));
         if request.serial.is_some() || request.network.is_some() || request.mdns.is_some() {
             let mut scan =
                 drv::Discovery::new(request).start().await.map_err(DiscoverError::from)?;
@@ -301,7 +321,7 @@ impl Fieldpatch {
             log.append(event(kind, options.visit, device)).await?;
         }
         for id in &missing {
-            let kind = EventKind::DeviceMissing { searched: matched_against.clone() };
+            let kind = EventKind::DeviceMissing { searched: searched.clone() };
             log.append(event(kind, options.visit, Some(id.clone()))).await?;
         }
         Ok(DiscoveryReport {

@@ -288,6 +288,12 @@ fn json(bytes: &[u8]) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
 }
 
+/// A version as the JSON output carries it (`{major, minor, revision, build}`), as text.
+fn version(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("not a version: {v}"));
+    format!("{}.{}.{}", n("major"), n("minor"), n("revision"))
+}
+
 /// The discovered device matched to inventory device `id`.
 fn matched<'a>(report: &'a Value, id: &str) -> &'a Value {
     let hits: Vec<&Value> = report["devices"]
@@ -314,7 +320,7 @@ fn skip_code<'a>(report: &'a Value, candidate: &str) -> &'a str {
 
 /// Events of `kind` in the laptop's visit log.
 fn events_of(log: &Value, kind: &str) -> Vec<Value> {
-    log.as_array().unwrap().iter().filter(|e| e["body"]["kind"]["kind"] == kind).cloned().collect()
+    log.as_array().unwrap().iter().filter(|e| e["kind"] == kind).cloned().collect()
 }
 
 #[test]
@@ -338,7 +344,7 @@ fn discover_matches_the_work_order_and_records_found_unknown_and_missing_devices
     assert_eq!(pump["addresses"][0]["port"], scene.pump.path().to_str().unwrap());
     assert_eq!(pump["identity"]["model"], "lab_pump");
     assert_eq!(pump["identity"]["hardware_revision"], "2.0");
-    assert_eq!(pump["identity"]["firmware_version"], "1.0.0");
+    assert_eq!(version(&pump["identity"]["firmware_version"]), "1.0.0");
     assert_eq!(pump["bootloader"], "MCUboot");
 
     // The advertised gateway: found by mDNS and at its address, one device, matched by the
@@ -375,11 +381,11 @@ fn discover_matches_the_work_order_and_records_found_unknown_and_missing_devices
     let discovered = events_of(&log, "device_discovered");
     let by_device = |events: &[Value], id: Option<&str>| -> Vec<Value> {
         let id = id.map_or(Value::Null, |s| Value::String(s.into()));
-        events.iter().filter(|e| e["body"]["device"] == id).cloned().collect()
+        events.iter().filter(|e| e["device"] == id).cloned().collect()
     };
     let pump_found = by_device(&discovered, Some("pump-1"));
     assert_eq!(pump_found.len(), 1, "{discovered:#?}");
-    let kind = &pump_found[0]["body"]["kind"];
+    let kind = &pump_found[0];
     assert_eq!(kind["transport"], "serial");
     assert_eq!(kind["via"], "serial");
     assert_eq!(kind["matched_by"], "only_of_its_model");
@@ -387,13 +393,13 @@ fn discover_matches_the_work_order_and_records_found_unknown_and_missing_devices
     assert!(kind["address"].as_str().unwrap().contains(pump_path), "{kind}");
     let gw_found = by_device(&discovered, Some("gw-1"));
     assert_eq!(gw_found.len(), 1, "{discovered:#?}");
-    let kind = &gw_found[0]["body"]["kind"];
+    let kind = &gw_found[0];
     assert_eq!(kind["transport"], "udp");
     assert_eq!(kind["matched_by"], "serial_number");
     assert!(kind["address"].as_str().unwrap().contains(GATEWAY), "{kind}");
     let unknown_found = by_device(&discovered, None);
     assert_eq!(unknown_found.len(), 1, "{discovered:#?}");
-    let kind = &unknown_found[0]["body"]["kind"];
+    let kind = &unknown_found[0];
     assert_eq!(kind["via"], "mdns");
     assert!(kind.get("matched_by").is_none_or(Value::is_null), "{kind}");
     assert!(kind["address"].as_str().unwrap().contains(STRAY), "{kind}");
@@ -406,13 +412,13 @@ fn discover_matches_the_work_order_and_records_found_unknown_and_missing_devices
     {
         let e = by_device(&identified, id);
         assert_eq!(e.len(), 1, "{id:?}: {identified:#?}");
-        assert_eq!(e[0]["body"]["kind"]["identity"]["model"], model);
+        assert_eq!(e[0]["identity"]["model"], model);
     }
     let missing = events_of(&log, "device_missing");
     assert_eq!(missing.len(), 1, "{missing:#?}");
-    assert_eq!(missing[0]["body"]["device"], "sensor-9");
-    let searched = missing[0]["body"]["kind"]["searched"].as_str().unwrap();
-    assert!(searched.contains("work order wo-7"), "{searched}");
+    assert_eq!(missing[0]["device"], "sensor-9");
+    let searched = missing[0]["searched"].as_str().unwrap();
+    assert_eq!(searched, "work order wo-7 (serial, net, mdns)");
 
     // The log still verifies.
     scene.laptop.ok(&["log", "verify"]);
@@ -445,12 +451,15 @@ fn discover_then_plan_plans_exactly_the_matched_devices() {
             let steps = d["disposition"]["steps"].as_array().cloned().unwrap_or_default();
             let steps: Vec<String> = steps
                 .iter()
-                .map(|s| format!("{} -> {} ({})", s["from"], s["to"], s["bundle_id"]))
+                .map(|s| {
+                    let id = s["bundle_id"].as_str().unwrap();
+                    format!("{} -> {} ({id})", version(&s["from"]), version(&s["to"]))
+                })
                 .collect();
             (
                 d["device"]["id"].as_str().unwrap().to_string(),
                 d["disposition"]["disposition"].as_str().unwrap().to_string(),
-                steps.join(", ").replace('"', ""),
+                steps.join(", "),
             )
         })
         .collect();
