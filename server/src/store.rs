@@ -389,6 +389,39 @@ fn fold_batch(events: &[(Event, String)]) -> Vec<(String, DeviceFold)> {
 const DEVICE_COLUMNS: &str = "d.id, d.site_id, d.vendor, d.model, d.hardware_revision, d.serial_number, \
      d.approved_version, d.current_firmware, d.last_visit, d.failures, d.last_failure, d.not_patched_reason";
 
+/// The documents published as one row each.
+#[derive(Debug, Clone, Copy)]
+enum Singleton {
+    TrustStore,
+    CatalogListing,
+}
+
+impl Singleton {
+    /// The insert (no row yet) and the compare-and-swap update, with `$1` the new document,
+    /// `$2` the time and `$3` the document it replaces.
+    fn statements(self) -> (&'static str, &'static str) {
+        match self {
+            Singleton::TrustStore => (
+                "INSERT INTO trust_store (id, document, updated_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING",
+                "UPDATE trust_store SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
+            ),
+            Singleton::CatalogListing => (
+                "INSERT INTO catalog_listing (id, document, updated_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING",
+                "UPDATE catalog_listing SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Singleton::TrustStore => "trust store",
+            Singleton::CatalogListing => "catalog listing",
+        }
+    }
+}
+
 macro_rules! store_impl {
     ($name:ident, $db:ty, $pool:ty, $migrations:expr) => {
         /// Inventory storage on this database.
@@ -406,6 +439,40 @@ macro_rules! store_impl {
             /// The pool, for tests and tools.
             pub fn pool(&self) -> &$pool {
                 &self.pool
+            }
+
+            /// Replace a one-row published document (compare and swap in one statement), so two
+            /// publishes cannot both pass their checks against the same document and overwrite
+            /// each other.
+            async fn swap_document(
+                &self,
+                which: Singleton,
+                current: Option<&serde_json::Value>,
+                next: &serde_json::Value,
+            ) -> Result<(), StoreError> {
+                let (insert, update) = which.statements();
+                let changed = match current {
+                    None => sqlx::query(insert)
+                        .bind(next.to_string())
+                        .bind(Utc::now())
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected(),
+                    Some(c) => sqlx::query(update)
+                        .bind(next.to_string())
+                        .bind(Utc::now())
+                        .bind(c.to_string())
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected(),
+                };
+                if changed != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "the published {} changed while this one was checked; publish again",
+                        which.name()
+                    )));
+                }
+                Ok(())
             }
 
             fn device_row(row: &<$db as sqlx::Database>::Row) -> Result<Device, StoreError> {
@@ -701,34 +768,7 @@ macro_rules! store_impl {
                 current: Option<&serde_json::Value>,
                 next: &serde_json::Value,
             ) -> Result<(), StoreError> {
-                // Compare and swap in one statement, so two publishes cannot both pass their checks
-                // against the same store and overwrite each other.
-                let changed = match current {
-                    None => sqlx::query(
-                        "INSERT INTO trust_store (id, document, updated_at) VALUES (1, $1, $2) \
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(next.to_string())
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected(),
-                    Some(c) => sqlx::query(
-                        "UPDATE trust_store SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
-                    )
-                    .bind(next.to_string())
-                    .bind(Utc::now())
-                    .bind(c.to_string())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected(),
-                };
-                if changed != 1 {
-                    return Err(StoreError::Conflict(
-                        "the published trust store changed while this one was checked; publish again".into(),
-                    ));
-                }
-                Ok(())
+                self.swap_document(Singleton::TrustStore, current, next).await
             }
 
             async fn replace_catalog_listing(
@@ -736,32 +776,7 @@ macro_rules! store_impl {
                 current: Option<&serde_json::Value>,
                 next: &serde_json::Value,
             ) -> Result<(), StoreError> {
-                let changed = match current {
-                    None => sqlx::query(
-                        "INSERT INTO catalog_listing (id, document, updated_at) VALUES (1, $1, $2) \
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(next.to_string())
-                    .bind(Utc::now())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected(),
-                    Some(c) => sqlx::query(
-                        "UPDATE catalog_listing SET document = $1, updated_at = $2 WHERE id = 1 AND document = $3",
-                    )
-                    .bind(next.to_string())
-                    .bind(Utc::now())
-                    .bind(c.to_string())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected(),
-                };
-                if changed != 1 {
-                    return Err(StoreError::Conflict(
-                        "the published catalog listing changed while this one was checked; publish again".into(),
-                    ));
-                }
-                Ok(())
+                self.swap_document(Singleton::CatalogListing, current, next).await
             }
 
             async fn sites(&self, technician_id: Option<&str>) -> Result<Vec<Site>, StoreError> {
