@@ -179,6 +179,9 @@ pub fn run(args: DiscoverArgs, matching: MatchArgs, json: bool) -> anyhow::Resul
         );
         for d in &report.devices {
             println!("  {}", row(d));
+            for line in &d.details {
+                println!("      {line}");
+            }
         }
         for id in &report.missing {
             println!(

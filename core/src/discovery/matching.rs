@@ -49,6 +49,10 @@ pub struct Find {
     /// The bootloader or update agent that answered (`MCUboot`, `DFU`, `DfuSe`, ...).
     pub bootloader: Option<String>,
     pub capabilities: BTreeSet<Capability>,
+    /// What else the device said that the technician may want to see, as `name: value` lines
+    /// (USB identity strings, DfuSe memory maps); never used for matching.
+    #[serde(default)]
+    pub details: Vec<String>,
 }
 
 /// Which inventory key matched a device.
@@ -88,6 +92,9 @@ pub struct DiscoveredDevice {
     pub identity: DeviceIdentity,
     pub bootloader: Option<String>,
     pub capabilities: BTreeSet<Capability>,
+    /// USB identity strings, DfuSe memory maps, ... (`name: value` lines), for the technician.
+    #[serde(default)]
+    pub details: Vec<String>,
     /// The inventory device it is; `None`: unknown to the inventory (never added to it).
     pub matched: Option<InventoryMatch>,
 }
@@ -111,6 +118,14 @@ fn fill(into: &mut DeviceIdentity, from: &DeviceIdentity) {
     take(&mut into.image_hash, &from.image_hash);
 }
 
+fn extend_details(into: &mut Vec<String>, more: Vec<String>) {
+    for line in more {
+        if !into.contains(&line) {
+            into.push(line);
+        }
+    }
+}
+
 /// Add one find to the devices seen so far: a new address of a known device (same serial
 /// number), or a new device. Returns the index of the device it went to.
 pub fn merge(devices: &mut Vec<DiscoveredDevice>, find: Find) -> usize {
@@ -118,6 +133,7 @@ pub fn merge(devices: &mut Vec<DiscoveredDevice>, find: Find) -> usize {
         let d = &mut devices[i];
         fill(&mut d.identity, &find.identity);
         d.capabilities.extend(find.capabilities);
+        extend_details(&mut d.details, find.details);
         return i;
     }
     let serial = norm(&find.identity.serial_number);
@@ -133,6 +149,7 @@ pub fn merge(devices: &mut Vec<DiscoveredDevice>, find: Find) -> usize {
             d.bootloader = find.bootloader;
         }
         d.capabilities.extend(find.capabilities);
+        extend_details(&mut d.details, find.details);
         return i;
     }
     devices.push(DiscoveredDevice {
@@ -141,6 +158,7 @@ pub fn merge(devices: &mut Vec<DiscoveredDevice>, find: Find) -> usize {
         identity: find.identity,
         bootloader: find.bootloader,
         capabilities: find.capabilities,
+        details: find.details,
         matched: None,
     });
     devices.len() - 1
@@ -265,6 +283,7 @@ mod tests {
             },
             bootloader: Some("MCUboot".into()),
             capabilities: [Capability::Upload].into(),
+            details: vec![],
         }
     }
 
@@ -333,6 +352,7 @@ mod tests {
             identity: DeviceIdentity { model: Some(model.into()), ..Default::default() },
             bootloader: Some("MCUboot".into()),
             capabilities: [Capability::Upload].into(),
+            details: vec![],
         }
     }
 

@@ -190,12 +190,44 @@ fn find_of(found: &drv::Found) -> Find {
             capabilities.extend([Capability::Upload, Capability::TestBoot, Capability::ImageHash]);
         }
     }
-    Find { address, via: via.to_string(), identity, bootloader, capabilities }
+    Find { address, via: via.to_string(), identity, bootloader, capabilities, details: Vec::new() }
 }
 
-/// A USB DFU device from the bus listing (which opens no device: the identity strings and a
-/// DfuSe memory map are read when the device is opened to flash it).
-fn find_of_dfu(d: &fieldpatch_drivers::dfu::DfuDeviceInfo) -> Find {
+/// A USB DFU device from the bus listing, with what its descriptors say (`described`: identity
+/// strings, alternate-setting names and DfuSe memory maps) when they could be read. The strings
+/// name a product, not an inventory model, so they are shown, never matched on.
+fn find_of_dfu(
+    d: &fieldpatch_drivers::dfu::DfuDeviceInfo,
+    described: Option<&fieldpatch_drivers::dfu::DfuDescription>,
+) -> Find {
+    let mut details = Vec::new();
+    if let Some(desc) = described {
+        if let Some(m) = &desc.manufacturer {
+            details.push(format!("manufacturer: {m}"));
+        }
+        if let Some(p) = &desc.product {
+            details.push(format!("product: {p}"));
+        }
+        for alt in &desc.alts {
+            let n = alt.setting.alt_setting;
+            match (&alt.memory_map, &alt.name) {
+                (Some(map), _) => {
+                    let segments: Vec<String> = map
+                        .segments
+                        .iter()
+                        .map(|s| format!("0x{:08x}: {} x {} B", s.start, s.pages, s.page_size))
+                        .collect();
+                    details.push(format!(
+                        "alt {n} memory map: {} [{}]",
+                        map.name,
+                        segments.join(", ")
+                    ));
+                }
+                (None, Some(name)) => details.push(format!("alt {n}: {name}")),
+                (None, None) => {}
+            }
+        }
+    }
     let dfuse = d.functional.is_some_and(|f| f.dfu_version == 0x011a);
     let mut capabilities: BTreeSet<Capability> = [Capability::Upload].into();
     if d.functional.is_some_and(|f| f.can_upload()) {
@@ -216,6 +248,7 @@ fn find_of_dfu(d: &fieldpatch_drivers::dfu::DfuDeviceInfo) -> Find {
         identity: DeviceIdentity { serial_number: d.serial.clone(), ..Default::default() },
         bootloader: Some(bootloader.to_string()),
         capabilities,
+        details,
     }
 }
 
@@ -256,7 +289,9 @@ impl Fieldpatch {
             match self.dfu_devices() {
                 Ok(list) => {
                     for d in &list {
-                        add(&mut devices, find_of_dfu(d), on_update);
+                        // A few short descriptor requests, as the listing itself makes.
+                        let described = self.connector().dfu_describe(d).ok();
+                        add(&mut devices, find_of_dfu(d, described.as_ref()), on_update);
                     }
                 }
                 Err(e) => {

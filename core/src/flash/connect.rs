@@ -53,6 +53,13 @@ where
         dfu_devices(&self.usb)
     }
 
+    fn dfu_describe(
+        &self,
+        device: &DfuDeviceInfo,
+    ) -> Result<fieldpatch_drivers::dfu::DfuDescription, TargetError> {
+        Ok(fieldpatch_drivers::dfu::describe(&self.usb, device, DESCRIBE_TIMEOUT)?)
+    }
+
     fn dfu_download(
         &self,
         location: &str,
@@ -63,6 +70,9 @@ where
         dfu_download(&self.usb, location, file, options, progress)
     }
 }
+
+/// How long each descriptor request of [`Connector::dfu_describe`] may take.
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Open the device at `address`.
 pub async fn open_address<B>(

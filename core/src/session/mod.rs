@@ -303,6 +303,15 @@ pub trait Connector: Send + Sync {
         Err(TargetError::Unsupported("USB DFU"))
     }
 
+    /// `device`'s identity strings and DFU alternate settings (names, DfuSe memory maps), read
+    /// with standard descriptor requests only (blocking).
+    fn dfu_describe(
+        &self,
+        _device: &fieldpatch_drivers::dfu::DfuDeviceInfo,
+    ) -> Result<fieldpatch_drivers::dfu::DfuDescription, TargetError> {
+        Err(TargetError::Unsupported("USB DFU"))
+    }
+
     /// Download a checked DFU file to the device at USB `location` (blocking).
     fn dfu_download(
         &self,

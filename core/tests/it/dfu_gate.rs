@@ -214,3 +214,49 @@ async fn a_dfu_bundle_passes_the_planner_with_the_inventory_record_before_any_by
     let outcome = install(record("board-b", "board", "1.1.0", usb(Some("B")))).await.unwrap();
     assert_eq!(outcome, FlashOutcome::AlreadyDone { version: Version::new(1, 1, 0, 0) });
 }
+
+/// Discovery lists DFU boards with what their descriptors say (identity strings, DfuSe memory
+/// map) and their serial numbers, without changing their state, and records them in the log.
+#[tokio::test]
+async fn discovery_lists_dfu_boards_with_their_strings_and_memory_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = LabDfuConfig::stm32_dfuse();
+    cfg.start_in_runtime = false;
+    cfg.location = "3-4".into();
+    cfg.serial = Some("ST-1".into());
+    let st = LabDfu::new(cfg);
+    let plain = board("3-2", "A");
+    let bus = LabUsbBus::new([st.clone(), plain.clone()]);
+    let fp =
+        Fieldpatch::open_in(&tmp.path().join("laptop"), Arc::new(DriverConnector { usb: bus }))
+            .await
+            .unwrap();
+    let options = fieldpatch_core::discovery::DiscoverOptions { usb: true, ..Default::default() };
+    let mut updates = 0;
+    let report = fp.discover(options, &mut |_| updates += 1).await.unwrap();
+    assert_eq!(report.devices.len(), 2, "{report:#?}");
+    assert_eq!(updates, 2);
+    let st_dev = report
+        .devices
+        .iter()
+        .find(|d| d.identity.serial_number.as_deref() == Some("ST-1"))
+        .expect("the DfuSe board is listed with its serial number");
+    assert_eq!(st_dev.bootloader.as_deref(), Some("DfuSe"));
+    assert!(st_dev.details.iter().any(|l| l.starts_with("manufacturer: ")), "{:?}", st_dev.details);
+    assert!(
+        st_dev.details.iter().any(|l| l.contains("memory map") && l.contains("0x08000000")),
+        "{:?}",
+        st_dev.details
+    );
+    let plain_dev = report
+        .devices
+        .iter()
+        .find(|d| d.identity.serial_number.as_deref() == Some("A"))
+        .expect("the plain board is listed");
+    assert_eq!(plain_dev.bootloader.as_deref(), Some("DFU"));
+    assert!(plain_dev.addresses.contains(&usb(Some("A"))));
+    // Reading descriptors sends no DFU request: nothing was downloaded or erased.
+    assert_eq!(plain.dnload_requests(), 0);
+    let tags: Vec<String> = events(&fp).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(tags.iter().filter(|t| *t == "device_discovered").count(), 2, "{tags:?}");
+}

@@ -206,6 +206,51 @@ pub struct DfuDeviceInfo {
     pub alts: Vec<AltSetting>,
 }
 
+/// What a DFU device says about itself beyond the bus listing: its identity strings and, per DFU
+/// alternate setting, the interface name and (DfuSe) memory map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DfuDescription {
+    /// `iManufacturer`, when the device has one and gave it.
+    pub manufacturer: Option<String>,
+    /// `iProduct`, when the device has one and gave it.
+    pub product: Option<String>,
+    pub alts: Vec<DfuAlt>,
+}
+
+/// Read `device`'s identity strings and its DFU alternate settings' names and memory maps.
+/// Only standard GET_DESCRIPTOR requests are sent: no interface is claimed and no DFU request is
+/// made, so the device's state does not change. A string the device refuses is left out.
+pub fn describe<B: UsbBus>(
+    bus: &B,
+    device: &DfuDeviceInfo,
+    timeout: Duration,
+) -> Result<DfuDescription, DfuError> {
+    let mut dev = bus.open(&device.location).map_err(usb("opening the USB device"))?;
+    let mut head = [0u8; 18];
+    let n = dev
+        .control_in(crate::usb::get_descriptor(1, 0, 0), &mut head, timeout)
+        .map_err(usb("reading the device descriptor"))?;
+    let index = |i: usize| if n == 18 && head[1] == 1 { head[i] } else { 0 };
+    let mut text = |i: u8| match i {
+        0 => None,
+        i => dev.string(i, timeout).ok().map(|t| t.trim_end_matches('\0').to_string()),
+    };
+    let manufacturer = text(index(14));
+    let product = text(index(15));
+    let dfuse = device.functional.is_some_and(|f| f.is_dfuse());
+    let mut alts = Vec::new();
+    for setting in device.alts.iter().filter(|a| a.is_dfu()) {
+        let name = text(setting.string_index);
+        // A malformed map is shown as the name alone: describing never fails on it.
+        let memory_map = match (&name, dfuse) {
+            (Some(n), true) => MemoryMap::parse(n).ok().flatten(),
+            _ => None,
+        };
+        alts.push(DfuAlt { setting: setting.clone(), name, memory_map });
+    }
+    Ok(DfuDescription { manufacturer, product, alts })
+}
+
 /// Every device on `bus` with a DFU interface (run-time or DFU mode), with the serial number the
 /// bus listing gives. Opens no device for DFU requests; a device that does not give its serial
 /// number is listed without it.
