@@ -59,6 +59,11 @@ enum Command {
     /// Push the visit logs to the inventory server and pull the next trip's data; `sync login`
     /// stores the token, `sync key` prints the technician key to register.
     Sync(cmd::sync::SyncCommand),
+    /// Write a visit's signed audit export (events, device table, HTML and PDF report).
+    Export(cmd::audit::ExportArgs),
+    /// Audit exports: verify one offline.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +82,8 @@ fn main() -> std::process::ExitCode {
         Command::Session(c) => cmd::session::run(c, cli.json),
         Command::Device(args) => cmd::device::run(args, cli.json),
         Command::Sync(c) => cmd::sync::run(c, cli.json),
+        Command::Export(args) => cmd::audit::export(args, cli.json),
+        Command::Audit(c) => cmd::audit::run(c, cli.json),
     };
     match result {
         Ok(code) => code,

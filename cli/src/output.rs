@@ -56,6 +56,9 @@ pub fn error_code(err: &anyhow::Error) -> &'static str {
         if let Some(e) = cause.downcast_ref::<fieldpatch_core::Error>() {
             return e.code();
         }
+        if let Some(e) = cause.downcast_ref::<fieldpatch_core::export::ExportError>() {
+            return e.code();
+        }
         if let Some(e) = cause.downcast_ref::<BundleError>() {
             return e.code();
         }

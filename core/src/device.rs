@@ -39,14 +39,19 @@ use std::path::Path;
 
 pub use fieldpatch_drivers::dfu::{DfuDeviceInfo, DfuseOptions, DownloadReport, VerifiedBy};
 pub use fieldpatch_drivers::smp::commands::hex_string;
-pub use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, Params, UploadReport};
+pub use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, Params, SmpMode, UploadReport};
 
 /// What the device says about itself.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
-    /// OS and application info as the device reports it.
-    pub info: String,
-    /// SMP buffer parameters.
+    /// What answers SMP: the application, or MCUboot's serial recovery.
+    pub mode: SmpMode,
+    /// OS and application info as the device reports it; `None` when it does not support the
+    /// command (serial recovery).
+    pub info: Option<String>,
+    /// The bootloader's name where the device tells it.
+    pub bootloader: Option<String>,
+    /// SMP buffer parameters (the defaults for the mode when the device cannot tell them).
     pub params: Params,
 }
 
@@ -342,11 +347,12 @@ impl Fieldpatch {
 }
 
 impl SmpDevice<'_> {
-    /// OS/application info and SMP buffer parameters.
+    /// The mode (application or serial recovery), OS/application info and SMP buffer
+    /// parameters. Optional commands the device does not support are left out, not errors.
     pub async fn info(&mut self) -> Result<DeviceInfo, Error> {
-        let info = self.client.app_info().await.map_err(TargetError::Smp)?;
+        let id = self.client.identify().await.map_err(TargetError::Smp)?;
         let params = self.client.params().await.map_err(TargetError::Smp)?;
-        Ok(DeviceInfo { info, params })
+        Ok(DeviceInfo { mode: id.mode, info: id.info, bootloader: id.bootloader, params })
     }
 
     /// The images in the device's slots.
@@ -381,12 +387,13 @@ impl SmpDevice<'_> {
         let cleared = self.fp.clear(file, trust, allow_unverified).await?;
         self.fp.record_clearance(&self.name, &cleared, file).await?;
         let sha = hex::encode(Sha256::digest(&cleared.bytes));
-        let from = self
-            .client
-            .image_list()
-            .await
-            .ok()
-            .and_then(|s| s.into_iter().find(|s| s.image == 0 && s.active).map(|s| s.version));
+        let id = self.client.identify().await.map_err(TargetError::Smp)?;
+        if id.mode == SmpMode::SerialRecovery && after == AfterUpload::Test {
+            return Err(Error::Invalid(
+                "the device is in MCUboot serial recovery: it has no test boot (the upload overwrites the image it boots and cannot be reverted); upload without --test".into(),
+            ));
+        }
+        let from = id.images.iter().find(|s| s.image == 0 && s.active).map(|s| s.version.clone());
         self.fp
             .record(
                 Some(&self.name),
@@ -399,6 +406,10 @@ impl SmpDevice<'_> {
                 },
             )
             .await?;
+        if id.mode == SmpMode::SerialRecovery {
+            let text = "the device is in MCUboot serial recovery: the upload overwrites the image it boots; there is no test boot and no rollback in this mode".to_string();
+            self.fp.record(Some(&self.name), EventKind::Note { text }).await?;
+        }
         let uploaded = self
             .client
             .upload_image(
@@ -422,7 +433,9 @@ impl SmpDevice<'_> {
                 return Err(TargetError::Smp(e).into());
             }
         };
-        let slot_hash = states.iter().find(|s| s.image == 0 && s.slot == 1).map(|s| s.hash.clone());
+        let slot = id.mode.upload_slot();
+        let slot_hash =
+            states.iter().find(|s| s.image == 0 && s.slot == slot).map(|s| s.hash.clone());
         self.fp
             .record(
                 Some(&self.name),
@@ -435,6 +448,8 @@ impl SmpDevice<'_> {
         let Some(hash) = slot_hash else { return Ok((report, states)) };
         let states = match after {
             AfterUpload::Nothing => states,
+            // Serial recovery wrote the image MCUboot boots: nothing to mark.
+            _ if id.mode == SmpMode::SerialRecovery => states,
             AfterUpload::Test => self.test(&hash).await?,
             AfterUpload::Confirm => self.confirm(Some(&hash)).await?,
         };

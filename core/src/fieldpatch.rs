@@ -63,6 +63,8 @@ pub enum Error {
     Clock(#[from] crate::clock::ClockError),
     #[error(transparent)]
     Discover(#[from] crate::discovery::DiscoverError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// A session is already running from this process.
     #[error("a session is already running; wait for it to finish or pause it")]
     Busy,
@@ -82,6 +84,17 @@ pub enum Error {
     /// What the technician typed is not valid for this job.
     #[error("{0}")]
     Invalid(String),
+    /// A SWUpdate image failed a check on the laptop: nothing was sent.
+    #[error(transparent)]
+    Swu(#[from] crate::image::swu::SwuError),
+    /// The SWUpdate daemon refused, failed or could not be reached.
+    #[error(transparent)]
+    Swupdate(#[from] fieldpatch_drivers::swupdate::SwupdateError),
+    /// The device's credential is not in this laptop's keyring: nothing was sent.
+    #[error(
+        "{device}: credential `{credential}` is not in this laptop's keyring: sync, or add it with `fieldpatch credentials set {credential}`; nothing was sent"
+    )]
+    MissingCredential { device: String, credential: String },
 }
 
 impl Error {
@@ -101,12 +114,16 @@ impl Error {
             Error::Lock(e) => e.code(),
             Error::Discover(e) => e.code(),
             Error::Clock(e) => e.code(),
+            Error::Export(e) => e.code(),
             Error::Busy => "busy",
             Error::NoSession(_) => "no_session",
             Error::Finished(_) => "session_finished",
             Error::WrongAddress(_) => "wrong_address",
             Error::NotApplicable { .. } => "not_applicable",
             Error::Invalid(_) => "invalid_input",
+            Error::Swu(e) => e.code(),
+            Error::Swupdate(e) => e.code(),
+            Error::MissingCredential { .. } => "credential_missing",
         }
     }
 }
@@ -426,6 +443,44 @@ impl Fieldpatch {
         Ok(batch::close_out(&log, state, reasons).await?)
     }
 
+    /// Write the audit export of visit `visit_id` to `out` (see [`crate::export`]), signed with
+    /// the technician's key; with the trust store in force and, given the catalog the session
+    /// used, the manifests and verdicts of its bundles.
+    pub async fn export_visit(
+        &self,
+        visit_id: uuid::Uuid,
+        out: &Path,
+        trust: Option<&Path>,
+        catalog_dir: Option<&Path>,
+    ) -> Result<crate::export::Exported, Error> {
+        let catalog = match (catalog_dir, trust) {
+            (Some(dir), Some(trust)) => Some(self.load_catalog(dir, trust).await?),
+            (Some(_), None) => {
+                return Err(Error::Invalid(
+                    "a catalog is verified with its trust store: give --trust too".into(),
+                ));
+            }
+            _ => None,
+        };
+        let key = self.credentials().await?.technician_key().await?;
+        let pinned = self
+            .sync_local()
+            .await?
+            .pinned_server_key()
+            .await
+            .map_err(|e| Error::Sync(crate::sync::SyncError::Local(Box::new(e))))?;
+        let sources = crate::export::Sources { trust, catalog: catalog.as_ref() };
+        Ok(crate::export::export_visit(
+            &self.store,
+            &key,
+            pinned.as_deref(),
+            visit_id,
+            &sources,
+            out,
+        )
+        .await?)
+    }
+
     /// Record in the visit log why these bytes may be sent to the device at `device`, before the
     /// first byte goes.
     pub(crate) async fn record_clearance(
@@ -452,4 +507,92 @@ impl Fieldpatch {
         self.record(Some(device), kind).await?;
         Ok(())
     }
+}
+
+/// How this laptop syncs, as a settings screen shows it: the remembered inventory server,
+/// whether a sync token is in the OS keyring (never the token), the pinned server key and the
+/// trust store in force.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+pub struct SyncSettings {
+    pub server: Option<String>,
+    pub token_stored: bool,
+    /// The keyring backend the token is kept in (`secret-service`, `keyutils`, `platform`).
+    pub keyring: String,
+    /// The server's checkpoint key pinned at the first sync (hex), if any.
+    pub pinned_server_key: Option<String>,
+    /// The pinned trust store, once a sync pulled one.
+    pub trust: Option<TrustSummary>,
+    /// Why the trust store on disk cannot be read, when it cannot.
+    pub trust_problem: Option<String>,
+}
+
+/// The trust store in force, for the technician to check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+pub struct TrustSummary {
+    #[ts(type = "number")]
+    pub version: u64,
+    /// RFC 3339; `None`: it does not expire.
+    pub expires: Option<String>,
+    pub root_key_ids: Vec<String>,
+}
+
+impl Fieldpatch {
+    /// Remember the inventory server and keep its sync token in the OS keyring (what
+    /// `fieldpatch sync login` does). Refused before the token is stored when it would travel in
+    /// the clear.
+    pub async fn sync_login(
+        &self,
+        server: &str,
+        token: &crate::credentials::Secret,
+    ) -> Result<(), Error> {
+        crate::sync::client::check_transport(server)?;
+        if token.is_empty() {
+            return Err(Error::Invalid("no token: paste the token from the inventory team".into()));
+        }
+        let local = self.sync_local().await?;
+        self.credentials()
+            .await?
+            .set(&crate::credentials::CredentialName::SyncToken, token)
+            .await?;
+        local.remember_server(server).await.map_err(local_sync)?;
+        Ok(())
+    }
+
+    /// This laptop's sync settings ([`SyncSettings`]).
+    pub async fn sync_settings(&self) -> Result<SyncSettings, Error> {
+        let local = self.sync_local().await?;
+        let credentials = self.credentials().await?;
+        let path = local.trust_path();
+        let (trust, trust_problem) = if !path.exists() {
+            (None, None)
+        } else {
+            match crate::bundle::TrustStore::load(&path) {
+                Ok(t) => (
+                    Some(TrustSummary {
+                        version: t.version(),
+                        expires: t.expires().map(|e| e.to_rfc3339()),
+                        root_key_ids: t
+                            .keys_with_role(crate::bundle::Role::Root)
+                            .into_iter()
+                            .map(|(id, _)| id)
+                            .collect(),
+                    }),
+                    None,
+                ),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        };
+        Ok(SyncSettings {
+            server: local.server().await.map_err(local_sync)?,
+            token_stored: credentials.sync_token().await?.is_some(),
+            keyring: credentials.backend().as_str().into(),
+            pinned_server_key: local.pinned_server_key().await.map_err(local_sync)?,
+            trust,
+            trust_problem,
+        })
+    }
+}
+
+fn local_sync(e: crate::sync::LocalSyncError) -> Error {
+    Error::Sync(crate::sync::SyncError::Local(Box::new(e)))
 }

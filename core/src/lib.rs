@@ -21,8 +21,10 @@ pub mod clock;
 pub mod credentials;
 pub mod device;
 pub mod discovery;
+pub mod export;
 mod fieldpatch;
 pub mod flash;
+pub mod gateway;
 pub mod image;
 pub mod paths;
 pub mod plan;
@@ -31,7 +33,7 @@ pub mod store;
 pub mod sync;
 pub mod visitlog;
 
-pub use fieldpatch::{Error, Fieldpatch};
+pub use fieldpatch::{Error, Fieldpatch, SyncSettings, TrustSummary};
 pub use fieldpatch_drivers::progress;
 /// Versions and device identities, shared with the inventory server (`fieldpatch-proto`).
 pub use fieldpatch_proto::model;

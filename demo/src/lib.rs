@@ -10,9 +10,12 @@
 //! the update, so a demo session shows a rollback.
 
 use fieldpatch_core::bundle::{PayloadFormat, Role};
+use fieldpatch_core::discovery::{
+    DEFAULT_DEADLINE, DiscoverOptions, NetTarget, NetworkScope, Request, SerialScope, SystemPorts,
+};
 use fieldpatch_core::image::dfu_file::DfuSuffix;
 use fieldpatch_core::model::Version;
-use fieldpatch_core::plan::{Criticality, DeviceRecord};
+use fieldpatch_core::plan::{Criticality, DeviceAddress, DeviceRecord};
 use fieldpatch_lab::dfu::LabUsbBus;
 use fieldpatch_lab::smp::SmpDevice;
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
@@ -200,7 +203,7 @@ impl Demo {
                 vendor: d.identity.vendor.clone(),
                 model: d.identity.model.clone(),
                 hardware_revision: d.identity.hardware_revision.clone(),
-                serial_number: None,
+                serial_number: d.identity.serial_number.clone(),
                 approved_version: approved(d.identity.model.as_ref()),
                 current_firmware: None,
                 last_visit: None,
@@ -235,9 +238,91 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Where discovery looks for the demo's devices: the console's pty, each sensor's UDP address
+    /// (as a `--net` target) and the lab USB bus (listed through the connector the facade was
+    /// opened with, [`Demo::usb`]), matched against the demo site so its devices not found are
+    /// listed as missing.
+    pub fn discover_options(&self) -> DiscoverOptions {
+        let mut ports = Vec::new();
+        let mut bauds = Vec::new();
+        let mut targets = Vec::new();
+        for d in &self.devices {
+            match &d.address {
+                DeviceAddress::Serial { port, baud } => {
+                    ports.push(PathBuf::from(port));
+                    if !bauds.contains(baud) {
+                        bauds.push(*baud);
+                    }
+                }
+                DeviceAddress::Udp { addr } => {
+                    targets.extend(addr.parse::<NetTarget>().ok());
+                }
+                DeviceAddress::Usb { .. } => {}
+            }
+        }
+        let serial = (!ports.is_empty()).then(|| SerialScope {
+            system_ports: SystemPorts::None,
+            paths: ports,
+            bauds,
+            ..SerialScope::default()
+        });
+        let network = (!targets.is_empty()).then(|| NetworkScope { targets, ..Default::default() });
+        DiscoverOptions {
+            request: Request { serial, network, mdns: None, deadline: DEFAULT_DEADLINE },
+            usb: true,
+            work_order: None,
+            site: Some(SITE_ID.into()),
+            visit: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Discovery looks exactly where the demo's devices are: their pty, their UDP sockets, the
+    /// lab USB bus, and matches against the demo site.
+    #[test]
+    fn discovery_looks_at_every_demo_device() {
+        let dir = std::env::temp_dir().join(format!("fieldpatch-demo-disc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = start(&dir).unwrap();
+        let options = demo.discover_options();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(options.usb);
+        assert_eq!(options.site.as_deref(), Some(SITE_ID));
+        let udp: Vec<String> = demo
+            .devices
+            .iter()
+            .filter_map(|d| match &d.address {
+                DeviceAddress::Udp { addr } => Some(addr.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(udp.len(), 4);
+        let network = options.request.network.expect("the sensors are probed over UDP");
+        let targets: Vec<String> = network.targets.iter().map(|t| t.to_string()).collect();
+        for addr in &udp {
+            assert!(targets.iter().any(|t| t.contains(addr.as_str())), "{addr} not in {targets:?}");
+        }
+        if let Some(DeviceAddress::Serial { port, .. }) = demo
+            .devices
+            .iter()
+            .map(|d| &d.address)
+            .find(|a| matches!(a, DeviceAddress::Serial { .. }))
+        {
+            let serial = options.request.serial.expect("the console is probed on its pty");
+            assert_eq!(serial.paths, vec![PathBuf::from(port)]);
+            assert_eq!(serial.system_ports, SystemPorts::None, "no other port is opened");
+        }
+        // Every device says who it is, as its inventory record does.
+        for d in &demo.devices {
+            let sn = d.identity.serial_number.as_deref().unwrap_or_default();
+            assert!(sn.starts_with("SN-"), "{}: {sn:?}", d.id);
+        }
+    }
 
     /// The demo's data directory pins the trust store at its first sync; a later start must offer
     /// the same document, or every sync after the first start would be refused.

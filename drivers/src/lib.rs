@@ -12,5 +12,6 @@ pub mod dfu;
 pub mod discovery;
 pub mod progress;
 pub mod smp;
+pub mod swupdate;
 pub mod transport;
 pub mod usb;

@@ -6,7 +6,8 @@
 //! ([`sealed`]), firmware versions and device identities ([`model`]), and the trust root both
 //! sides verify: canonical JSON ([`canonical`]), detached signatures and thresholds
 //! ([`signature`]), the trust store with its rotation rules ([`trust`]) and the signed catalog
-//! listing ([`listing`]).
+//! listing ([`listing`]), and the site-visit audit export format and its offline verifier
+//! ([`audit`]).
 //!
 //! Design decisions:
 //!
@@ -16,6 +17,7 @@
 //! * **Shapes never change silently.** The canonical bytes of an event are what its signature and
 //!   the hash chain cover; changing them needs a new schema version, on both sides at once.
 
+pub mod audit;
 pub mod canonical;
 pub mod event;
 pub mod listing;

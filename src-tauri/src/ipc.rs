@@ -33,6 +33,16 @@ impl From<fieldpatch_core::Error> for BridgeError {
     }
 }
 
+/// Which mode the window runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The built-in demo site (`--demo`), in a data directory of its own.
+    Demo,
+    /// The technician's own data directory and inventory server.
+    Real,
+}
+
 /// The site as the window shows it.
 /// A plan as the window receives it: the window shows it and runs it by `id`; the plan itself
 /// stays in the app (the window never sends a plan back).
@@ -201,6 +211,10 @@ mod ipc_types {
         d.visit::<SessionEventView>();
         d.visit::<SessionFinished>();
         d.visit::<SyncEventView>();
+        d.visit::<fieldpatch_core::discovery::DiscoveryReport>();
+        d.visit::<fieldpatch_core::discovery::Update>();
+        d.visit::<Mode>();
+        d.visit::<fieldpatch_core::SyncSettings>();
         let mut out = format!(
             "// generated from the Rust types by `{BLESS}`; do not edit\n\
              // (the types the desktop shell's commands take and return, and its event payloads)\n"
@@ -289,6 +303,46 @@ mod ipc_types {
             serde_json::to_value(&failed).unwrap(),
             json!({"outcome": "failed", "error": {"code": "busy", "message": "wait"}})
         );
+    }
+
+    /// The `discovery` event is the core's `Update`: the window keys on `event`, and reads a
+    /// device's match (`null`: unknown) and identity from it.
+    #[test]
+    fn discovery_events_are_tagged_and_carry_the_match() {
+        use fieldpatch_core::discovery::{
+            DiscoveredDevice, InventoryMatch, MatchKey, SkippedCandidate, Update,
+        };
+        use fieldpatch_core::plan::DeviceAddress;
+        let device = DiscoveredDevice {
+            addresses: vec![DeviceAddress::Udp { addr: "127.0.0.1:1337".into() }],
+            via: vec!["udp-probe".into()],
+            identity: Default::default(),
+            bootloader: Some("MCUboot".into()),
+            capabilities: Default::default(),
+            details: vec![],
+            matched: Some(InventoryMatch {
+                device_id: "sensor-01".into(),
+                key: MatchKey::SerialNumber,
+            }),
+        };
+        let v = serde_json::to_value(Update::Device { device: Box::new(device) }).unwrap();
+        assert_eq!(v["event"], "device");
+        assert_eq!(
+            v["device"]["matched"],
+            json!({"device_id": "sensor-01", "key": "serial_number"})
+        );
+        assert_eq!(
+            v["device"]["addresses"][0],
+            json!({"transport": "udp", "addr": "127.0.0.1:1337"})
+        );
+        let skipped = SkippedCandidate {
+            candidate: "/dev/pts/9".into(),
+            code: "no_answer".into(),
+            reason: "nothing answered".into(),
+        };
+        let v = serde_json::to_value(Update::Skipped { skipped }).unwrap();
+        assert_eq!(v["event"], "skipped");
+        assert_eq!(v["skipped"]["code"], "no_answer");
     }
 
     #[test]

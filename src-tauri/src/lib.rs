@@ -1,11 +1,14 @@
 //! The Fieldpatch desktop shell. Tauri commands and events only: each command is a few lines over
 //! [`fieldpatch_core::Fieldpatch`]; errors cross the bridge as `{code, message}` with the core's
 //! stable codes, so the front end branches on codes, not on strings. Session progress reaches the
-//! window as `session` events, sync as `sync` events.
+//! window as `session` events, sync as `sync` events, discovery as `discovery` events.
 //!
-//! The window runs the built-in demo site in a data directory of its own (`demo/` inside the data
-//! directory): its store, visit log, catalog, trust store and embedded inventory live there, so
-//! nothing the demo does is visible in the technician's real data.
+//! With `--demo` the window runs the built-in demo site in a data directory of its own (`demo/`
+//! inside the data directory): its store, visit log, catalog, trust store and embedded inventory
+//! live there, so nothing the demo does is visible in the technician's real data. Without it the
+//! window runs in real mode on the technician's data directory and opens on the settings
+//! (inventory server, login with the token kept in the OS keyring, the pinned server key and the
+//! trust store in force).
 //!
 //! What crosses the bridge is typed once, in Rust: `ipc` and the core's own types derive `TS`,
 //! and the window's `ui/src/lib/ipc.ts` is generated from them.
@@ -13,14 +16,18 @@
 mod ipc;
 
 use fieldpatch_core::Fieldpatch;
+use fieldpatch_core::SyncSettings;
 use fieldpatch_core::catalog::Catalog;
-use fieldpatch_core::flash::connect::DriverConnector;
+use fieldpatch_core::discovery::{DiscoveryReport, Update};
+use fieldpatch_core::flash::connect::{DriverConnector, SystemUsb};
 use fieldpatch_core::plan::{DeviceRecord, Plan};
 use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState};
 use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
 use fieldpatch_core::visitlog::LogVerification;
 use fieldpatch_demo::Demo;
-use ipc::{BridgeError, PlanView, SessionEventView, SessionFinished, SiteView, SyncEventView};
+use ipc::{
+    BridgeError, Mode, PlanView, SessionEventView, SessionFinished, SiteView, SyncEventView,
+};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -71,6 +78,21 @@ async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError
         auto_sync: site.sync.as_ref().is_some_and(AutoSync::is_on),
         sync_unavailable: site.sync_unavailable.clone(),
     })
+}
+
+/// Find the demo site's devices (its pty, its UDP sensors, the lab USB bus) and match them to
+/// the synced inventory of the demo site. Each device reaches the window as a `discovery` event
+/// ([`Update`]) the moment it answers; the command returns the whole report (with the site's
+/// devices not found as missing). Everything found is recorded in the visit log.
+#[tauri::command]
+async fn discover(
+    app: tauri::AppHandle,
+    site: tauri::State<'_, Arc<Site>>,
+) -> Result<DiscoveryReport, BridgeError> {
+    let mut on_update = move |u: &Update| {
+        let _ = app.emit("discovery", u);
+    };
+    Ok(site.fp.discover(site.demo.discover_options(), &mut on_update).await?)
 }
 
 /// Turn automatic sync with the inventory on or off. While on, sync probes the server (with
@@ -251,10 +273,55 @@ async fn enroll(
     Ok(AutoSync::new(SyncConfig::new(format!("http://{}", inventory.addr), token), local))
 }
 
-/// Start the desktop app.
-pub fn run() {
+/// Which mode the window runs in: `demo` (the built-in demo site, `--demo`) or `real` (the
+/// technician's data directory, starting with the settings).
+#[tauri::command]
+fn mode(mode: tauri::State<'_, Mode>) -> Mode {
+    *mode
+}
+
+/// Real mode: Fieldpatch in the technician's own data directory, reaching devices through the
+/// system's drivers.
+struct Real {
+    fp: Fieldpatch,
+}
+
+/// Real mode: the remembered inventory server, whether a token is in the OS keyring, the pinned
+/// server key and the trust store in force.
+#[tauri::command]
+async fn settings(real: tauri::State<'_, Arc<Real>>) -> Result<SyncSettings, BridgeError> {
+    Ok(real.fp.sync_settings().await?)
+}
+
+/// Real mode: log in to the inventory server (the token goes to the OS keyring, the server is
+/// remembered) and return the settings as they now are.
+#[tauri::command]
+async fn login(
+    real: tauri::State<'_, Arc<Real>>,
+    server: String,
+    token: String,
+) -> Result<SyncSettings, BridgeError> {
+    let token = fieldpatch_core::credentials::Secret::new(token);
+    real.fp.sync_login(server.trim(), &token).await?;
+    Ok(real.fp.sync_settings().await?)
+}
+
+async fn start_real() -> Result<Real, String> {
+    let connector = Arc::new(DriverConnector { usb: SystemUsb });
+    let fp = Fieldpatch::open(connector).await.map_err(|e| e.to_string())?;
+    Ok(Real { fp })
+}
+
+/// Start the desktop app: on the built-in demo site with `demo`, else in real mode.
+pub fn run(demo: bool) {
+    let started_as = if demo { Mode::Demo } else { Mode::Real };
     tauri::Builder::default()
-        .setup(|app| {
+        .manage(started_as)
+        .setup(move |app| {
+            if !demo {
+                app.manage(Arc::new(tauri::async_runtime::block_on(start_real())?));
+                return Ok(());
+            }
             let site = tauri::async_runtime::block_on(start_site())?;
             // Automatic sync is on from the start; the window can turn it off.
             if let Some(sync) = &site.sync {
@@ -265,7 +332,11 @@ pub fn run() {
         })
         .invoke_handler(tauri::generate_handler![
             app_info,
+            mode,
+            settings,
+            login,
             site,
+            discover,
             plan,
             run_session,
             verify_log,

@@ -3,6 +3,8 @@
 //!
 //! - [`chain`]: signed, hash-chained visit-log events (fieldpatch-proto only).
 //! - [`tls`]: a self-signed certificate for a loopback HTTPS server (the `openssl` tool).
+//! - [`swupdate`]: the real SWUpdate daemon on a free port and signed `.swu` images for it (the
+//!   `swupdate`, `cpio` and `openssl` tools).
 //! - [`trust`]: signed trust stores and catalog listings (fieldpatch-proto only).
 //! - `catalog` (feature `core`): release keys, a trust store and signed bundles, in memory or
 //!   written to a catalog folder.
@@ -13,6 +15,7 @@
 //! without depending on fieldpatch-core (the architecture's rule holds for tests too).
 
 pub mod chain;
+pub mod swupdate;
 pub mod tls;
 pub mod trust;
 

@@ -13,8 +13,10 @@
 //!
 //! Device settings (`initial_image`, `flash_speed`, `reboot_time`) apply to the SMP devices added
 //! after them; each SMP device's initial image carries a distinct test payload (seeds count up
-//! from `first_seed` in the order devices are added). Records come console first, then the
-//! sensors, then the board. Devices stop when the site is dropped.
+//! from `first_seed` in the order devices are added). Every device reports its record's vendor,
+//! model and hardware revision and a serial number of its own ([`serial_number`] of its id), which
+//! its record carries too. Records come console first, then the sensors, then the board. Devices
+//! stop when the site is dropped.
 
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::model::{DeviceIdentity, Version};
@@ -24,7 +26,7 @@ use fieldpatch_lab::pty::PtyError;
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_lab::smp::serial::{SerialServer, serve_pty};
 use fieldpatch_lab::smp::udp::{NetConditions, UdpServer, serve_udp};
-use fieldpatch_lab::smp::{DeviceConfig, SmpDevice};
+use fieldpatch_lab::smp::{DeviceConfig, DeviceIdentity as LabIdentity, SmpDevice};
 use std::time::Duration;
 
 /// USB ids of the lab DFU board.
@@ -47,6 +49,11 @@ pub fn record(id: &str, vendor: &str, model: &str, address: DeviceAddress) -> De
         windows: vec![],
         credential: None,
     }
+}
+
+/// The serial number a site device reports and its record carries: `SN-` and its id in capitals.
+pub fn serial_number(id: &str) -> String {
+    format!("SN-{}", id.to_ascii_uppercase())
 }
 
 /// Serve `device` on a free loopback UDP port.
@@ -216,17 +223,27 @@ impl SiteBuilder {
     ) -> DeviceRecord {
         let mut r = record(id, &self.vendor, model, address);
         r.identity.hardware_revision = self.hardware_revision.clone();
+        r.identity.serial_number = Some(serial_number(id));
         r.criticality = c;
         r
     }
 
     /// Make the devices and serve them.
     pub fn start(self) -> Result<LabSite, SiteError> {
+        // Each device says who it is as its record does (vendor, model, revision and a serial
+        // number of its own), so discovery tells the devices apart and matches them.
         let make = |p: &Planned| {
             SmpDevice::new(DeviceConfig {
                 initial_image: build_image(p.smp.version, &test_payload(p.smp.image_len, p.seed)),
                 flash_bytes_per_sec: p.smp.flash_bytes_per_sec,
                 reboot_time: p.smp.reboot_time.unwrap_or(DeviceConfig::default().reboot_time),
+                identity: LabIdentity {
+                    vendor: self.vendor.clone(),
+                    model: p.model.clone(),
+                    hardware_revision: self.hardware_revision.clone().unwrap_or_default(),
+                    serial_number: serial_number(&p.id),
+                    ..LabIdentity::default()
+                },
                 ..Default::default()
             })
         };
@@ -242,9 +259,10 @@ impl SiteBuilder {
         };
         let udp: Vec<UdpServer> =
             sensors.iter().map(|d| serve_on_loopback(d, self.net)).collect::<Result<_, _>>()?;
-        let board = self.board.as_ref().map(|_| {
+        let board = self.board.as_ref().map(|(id, ..)| {
             let mut cfg = LabDfuConfig::plain_dfu();
             cfg.start_in_runtime = false;
+            cfg.serial = Some(serial_number(id));
             LabDfu::new(cfg)
         });
 

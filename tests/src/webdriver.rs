@@ -17,11 +17,20 @@ impl Session {
     /// Open a session on the driver at `base` (for example `http://127.0.0.1:4444`) that starts
     /// the Tauri application at `application`. Retries while the driver is still starting.
     pub fn start(base: &str, application: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with_args(base, application, &[])
+    }
+
+    /// [`Session::start`], starting the application with `args`.
+    pub fn start_with_args(
+        base: &str,
+        application: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let http =
             reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "wry",
-            "tauri:options": {"application": application}
+            "tauri:options": {"application": application, "args": args}
         }}});
         // tauri-driver answers before its native WebKitWebDriver is ready: retry until a session
         // is created or the deadline passes, and report the last answer.

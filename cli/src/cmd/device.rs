@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use fieldpatch_core::bundle::container::looks_like_bundle;
 use fieldpatch_core::device::{AfterUpload, ImageSlotState, hex_string, parse_image_hash};
 use fieldpatch_core::flash::{FlashOptions, FlashOutcome};
+use fieldpatch_core::gateway::{SwupdateJob, SwupdateTimeouts as Timeouts};
+use fieldpatch_core::image::swu::SwuTarget;
 use fieldpatch_core::plan::DeviceAddress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,14 +18,30 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DeviceArgs {
     /// Serial port of the device (for example /dev/ttyACM0).
-    #[arg(long, required_unless_present = "udp", conflicts_with = "udp")]
+    #[arg(long, required_unless_present_any = ["udp", "swupdate"], conflicts_with_all = ["udp", "swupdate"])]
     serial: Option<String>,
     /// Serial speed.
     #[arg(long, default_value_t = 115_200, requires = "serial")]
     baud: u32,
     /// UDP address of the device, HOST[:PORT] (port 1337 by default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "swupdate")]
     udp: Option<String>,
+    /// An embedded Linux gateway's SWUpdate web server, http://HOST:PORT (`image upload` of a
+    /// `.swu` only; its password comes from the keyring as device/ID/password).
+    #[arg(long, requires_all = ["gateway", "hardware"])]
+    swupdate: Option<String>,
+    /// SWUpdate: the gateway's id (names it in the visit log and its credential).
+    #[arg(long = "device", requires = "swupdate")]
+    gateway: Option<String>,
+    /// SWUpdate: the gateway's hardware revision, which the image must list.
+    #[arg(long, requires = "swupdate")]
+    hardware: Option<String>,
+    /// SWUpdate: the gateway's board name, for images with per-board sections.
+    #[arg(long, requires = "swupdate")]
+    board: Option<String>,
+    /// SWUpdate: the digest user name.
+    #[arg(long, default_value = "admin", requires = "swupdate")]
+    user: String,
     #[command(subcommand)]
     command: DeviceCommand,
 }
@@ -66,6 +84,9 @@ enum ImageCommand {
         /// Send a bare image file that Fieldpatch has not verified (recorded in the visit log).
         #[arg(long)]
         allow_unverified: bool,
+        /// SWUpdate: the vendor certificate (PEM) the `.swu` must be signed by.
+        #[arg(long)]
+        vendor_cert: Option<PathBuf>,
     },
     /// Mark the image with HASH (hex) for a test boot on the next reset.
     Test { hash: String },
@@ -74,6 +95,9 @@ enum ImageCommand {
 }
 
 pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(url) = args.swupdate.clone() {
+        return run_swupdate(&url, args, json);
+    }
     super::runtime()?.block_on(async move {
         let address = match (&args.serial, &args.udp) {
             (Some(port), _) => DeviceAddress::Serial { port: port.clone(), baud: args.baud },
@@ -88,7 +112,19 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&info)?);
                 } else {
-                    println!("{}", info.info);
+                    println!("mode: {}", info.mode);
+                    if !info.mode.can_revert() {
+                        println!(
+                            "  uploads overwrite the image the bootloader boots; no test boot, no rollback"
+                        );
+                    }
+                    if let Some(b) = &info.bootloader {
+                        println!("bootloader: {b}");
+                    }
+                    match &info.info {
+                        Some(text) => println!("{text}"),
+                        None => println!("(the device does not report OS/application info)"),
+                    }
                     println!(
                         "SMP buffers: {} x {} bytes",
                         info.params.buf_count, info.params.buf_size
@@ -105,6 +141,7 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                 device: Some(id),
                 devices,
                 allow_unverified: _,
+                vendor_cert: _,
             }) if looks_like_bundle(&file) => {
                 if test {
                     bail!(
@@ -196,10 +233,57 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `device --swupdate URL --device ID --hardware REV image upload FILE.swu --vendor-cert PEM`.
+fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let DeviceCommand::Image(ImageCommand::Upload { file, vendor_cert, .. }) = args.command else {
+        bail!("an SWUpdate gateway takes `image upload FILE.swu --vendor-cert PEM` only");
+    };
+    let vendor_cert =
+        vendor_cert.context("a .swu is verified against its vendor: pass --vendor-cert PEM")?;
+    let (Some(device), Some(hardware)) = (args.gateway, args.hardware) else {
+        bail!("an SWUpdate gateway needs --device ID and --hardware REV");
+    };
+    super::runtime()?.block_on(async move {
+        let fp = super::open().await?;
+        let bar = crate::output::Bar::bytes(json);
+        let job = SwupdateJob {
+            device: &device,
+            url,
+            user: &args.user,
+            file: &file,
+            vendor_cert: &vendor_cert,
+            target: SwuTarget { board: args.board, hardware_revision: hardware },
+            timeouts: Timeouts::default(),
+        };
+        let outcome = fp.swupdate_install(job, &bar).await;
+        bar.finish();
+        let outcome = outcome?;
+        let version = outcome.verified.description.version.as_deref().unwrap_or("(no version)");
+        if json {
+            let v = serde_json::json!({
+                "device": device,
+                "version": version,
+                "bytes": outcome.report.bytes_sent,
+                "sha256": hex::encode(outcome.report.sha256),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "{device}: installed {version} ({} bytes; SWUpdate reported success)",
+                outcome.report.bytes_sent
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn print_states(states: &[ImageSlotState], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(states)?);
         return Ok(());
+    }
+    if states.is_empty() {
+        println!("no images");
     }
     for s in states {
         let flags: Vec<&str> = [

@@ -1,5 +1,6 @@
 //! One module per subcommand group; each is a thin layer over `fieldpatch-core`.
 
+pub mod audit;
 pub mod bundle;
 pub mod credentials;
 pub mod demo;

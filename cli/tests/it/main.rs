@@ -8,3 +8,5 @@ mod device_cli;
 mod dfu;
 mod info;
 mod log_cli;
+mod recovery_cli;
+mod swupdate_cli;

@@ -73,7 +73,7 @@ pub struct SkippedCandidate {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Update {
     /// A device answered (or a known device answered on one more address): its merged state.
-    Device { device: DiscoveredDevice },
+    Device { device: Box<DiscoveredDevice> },
     /// A candidate that is not a device.
     Skipped { skipped: SkippedCandidate },
 }
@@ -283,7 +283,7 @@ impl Fieldpatch {
                    on: &mut (dyn FnMut(&Update) + Send)| {
             let i = matching::merge(devices, find);
             matching::match_inventory(devices, &inventory);
-            on(&Update::Device { device: devices[i].clone() });
+            on(&Update::Device { device: Box::new(devices[i].clone()) });
         };
         if options.usb {
             match self.dfu_devices() {

@@ -165,6 +165,11 @@ pub trait FlashTarget: Send {
     }
     /// Wait for the device to come back after a reset and read its state.
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError>;
+    /// Why this device, as it is now, can neither test-boot nor roll back a new image (recorded
+    /// in the visit log before the upload); `None` when nothing needs saying.
+    fn no_rollback(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Bytes that passed bundle verification, with what the device must report for them.
@@ -392,6 +397,9 @@ pub async fn flash(
             bytes: image.bytes.len() as u64,
         })
         .await?;
+        if let Some(why) = target.no_rollback() {
+            rec(EventKind::Note { text: why }).await?;
+        }
         progress.phase("upload");
         let mut attempt = 0;
         let report = loop {

@@ -3,12 +3,18 @@
 //! MCUboot semantics carry the pipeline: the image goes to the secondary slot, the device reports
 //! its SHA-256 TLV, a *test* mark plus a reset boots it once, and only a confirm makes it
 //! permanent; a reset without confirming reverts to the previous image.
+//!
+//! A device in MCUboot's serial recovery (the bootloader answering SMP, see
+//! [`fieldpatch_drivers::smp::SmpMode`]) has no test boot and no revert: the upload overwrites
+//! the primary slot, the hash the device then lists is checked like any other, and only then is
+//! the device reset into the application, which is waited for and health-checked where it speaks
+//! SMP. The pipeline records that no rollback is possible ([`FlashTarget::no_rollback`]).
 
 use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport};
 use crate::model::Version;
 use crate::progress::Progress;
 use async_trait::async_trait;
-use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, UploadOptions};
+use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, SmpMode, UploadOptions};
 use fieldpatch_drivers::transport::Link;
 use std::time::Duration;
 
@@ -22,16 +28,36 @@ pub const RESET_SETTLE: Duration = Duration::from_millis(750);
 pub struct SmpTarget<L: Link> {
     client: SmpClient<L>,
     what: String,
+    /// The device answered from MCUboot's serial recovery when its state was read.
+    recovery: bool,
+    /// An image was written in serial recovery: the next reconnect resets into it first.
+    reset_pending: bool,
 }
 
 impl<L: Link> SmpTarget<L> {
     pub fn new(link: L, what: impl Into<String>) -> Self {
-        Self { client: SmpClient::new(link), what: what.into() }
+        Self::from_client(SmpClient::new(link), what)
     }
 
     /// A target over a client already talking to the device.
     pub fn from_client(client: SmpClient<L>, what: impl Into<String>) -> Self {
-        Self { client, what: what.into() }
+        Self { client, what: what.into(), recovery: false, reset_pending: false }
+    }
+
+    /// Whether the device was in serial recovery when its state was last read.
+    pub fn in_serial_recovery(&self) -> bool {
+        self.recovery
+    }
+}
+
+/// What a device in serial recovery holds: the image its bootloader will boot (slot 0 of image
+/// 0), which is not running and not "confirmed" in MCUboot's sense.
+fn in_recovery(states: &[ImageSlotState]) -> DeviceState {
+    let primary = states.iter().find(|s| s.image == 0 && s.slot == 0);
+    DeviceState {
+        running_version: primary.and_then(|p| parse_version(&p.version)),
+        running_hash: None,
+        confirmed: false,
     }
 }
 
@@ -68,7 +94,15 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
     }
 
     async fn state(&mut self) -> Result<DeviceState, TargetError> {
-        running(&self.client.image_list().await.map_err(dev_err)?)
+        let states = self.client.image_list().await.map_err(dev_err)?;
+        if states.iter().any(|s| s.active) {
+            self.recovery = false;
+            return running(&states);
+        }
+        // Nothing runs: ask what answers (an application with no active image is an error).
+        let id = self.client.identify().await.map_err(dev_err)?;
+        self.recovery = id.mode == SmpMode::SerialRecovery;
+        if self.recovery { Ok(in_recovery(&id.images)) } else { running(&id.images) }
     }
 
     async fn upload(
@@ -81,7 +115,10 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
             .upload_image(image, None, AfterUpload::Nothing, UploadOptions::default(), progress)
             .await
             .map_err(dev_err)?;
-        let slot = states.iter().find(|s| s.image == 0 && s.slot == 1);
+        let mode = self.client.mode().unwrap_or(SmpMode::Application);
+        self.recovery = mode == SmpMode::SerialRecovery;
+        self.reset_pending = self.recovery;
+        let slot = states.iter().find(|s| s.image == 0 && s.slot == mode.upload_slot());
         Ok(UploadReport {
             device_hash: slot.map(|s| s.hash.clone()),
             check: HashCheck::DeviceReported,
@@ -89,7 +126,13 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
     }
 
     fn supports_test_boot(&self) -> bool {
-        true
+        !self.recovery
+    }
+
+    fn no_rollback(&self) -> Option<String> {
+        self.recovery.then(|| {
+            "the device is in MCUboot serial recovery: the upload overwrites the image it boots; there is no test boot and no rollback in this mode".to_string()
+        })
     }
 
     async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
@@ -118,6 +161,13 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
     }
 
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {
+        if self.reset_pending {
+            // Leave serial recovery: the bootloader boots the image just written and checked.
+            self.client.reset().await.map_err(dev_err)?;
+            self.reset_pending = false;
+            self.recovery = false;
+            tokio::time::sleep(RESET_SETTLE).await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
         while tokio::time::Instant::now() < deadline {

@@ -1,6 +1,7 @@
-//! Firmware image formats Fieldpatch understands natively, parsed and checked before a byte is
-//! sent to a device. Parsers take bytes and never panic on hostile input; each format has its own
+//! Firmware image formats Fieldpatch understands natively (MCUboot images, DFU files, SWUpdate
+//! `.swu`), parsed and checked before a byte is sent to a device. Parsers take bytes and never panic on hostile input; each format has its own
 //! error enum saying what was wrong.
 
 pub mod dfu_file;
 pub mod mcuboot;
+pub mod swu;

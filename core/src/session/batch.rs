@@ -298,11 +298,18 @@ pub async fn close_out(
     if !missing.is_empty() {
         return Err(BatchError::Reasons(ReasonsMissing(missing)));
     }
+    // The reasons belong to the session's latest visit (so its audit export carries them).
+    let site = format!("batch session {}", state.id);
+    let visit = log.store().visits(false).await?.into_iter().find(|v| v.site == site);
     let mut done = Vec::new();
     for (id, why) in unpatched {
         let reason = format!("{} (session {}: {why})", reasons[id].trim(), state.id);
         let kind = EventKind::DeviceNotPatched { reason };
-        log.append(crate::visitlog::NewEvent::new(kind).device(id.as_str())).await?;
+        let mut new = crate::visitlog::NewEvent::new(kind).device(id.as_str());
+        if let Some(v) = &visit {
+            new = new.visit(v.visit_id);
+        }
+        log.append(new).await?;
         done.push(id.clone());
     }
     Ok(done)

@@ -1,5 +1,6 @@
 //! fieldpatch-core's integration tests, one module per area, linked into one test binary.
 
+mod audit_export;
 mod bundle_corpus;
 mod bundle_verify;
 mod catalog_listing;
@@ -11,9 +12,11 @@ mod dfu_file_tools;
 mod dfu_gate;
 mod mcuboot_imgtool;
 mod offline_grace;
+mod recovery_flash;
 mod store_schema;
 mod store_secrets_never_on_disk;
 mod sync_client_retries;
+mod sync_settings;
 mod visitlog_chain;
 mod visitlog_crash;
 mod visitlog_tamper;

@@ -9,12 +9,20 @@
 //! (the device then reports `off: 0`, the client resends the first chunk with `len` and `sha`, and
 //! a device that kept the partial upload answers with where it got to). The first chunk has a long timeout because it makes the device erase the slot; the chunks after it are
 //! queued behind it in the device's buffers, so the link does not idle during the erase.
+//!
+//! Identification ([`SmpClient::identify`]) tells an application's SMP server from MCUboot's
+//! serial recovery: the bootloader-info command where the device has it, otherwise the shape of
+//! what it answers and refuses (serial recovery refuses OS info with rc 8 and lists images
+//! without marking any of them active). Optional commands a device does not support never fail
+//! identification. In serial recovery an upload goes to the primary slot of image 0 and the
+//! answers carry no `match`; there is no test boot.
 
 use super::commands::{self, Command, ImageUpload, Params, UploadAck};
 use super::header::Header;
 use super::{ImageSlotState, SmpError};
 use crate::progress::{Progress, TransferProgress};
 use crate::transport::{Link, TransportError};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
@@ -80,6 +88,57 @@ pub enum AfterUpload {
     Confirm,
 }
 
+/// What answers SMP on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmpMode {
+    /// The application's SMP server (MCUmgr): uploads go to the secondary slot, test and confirm.
+    Application,
+    /// MCUboot's serial recovery: uploads overwrite the primary slot; no test boot, no revert.
+    SerialRecovery,
+}
+
+impl SmpMode {
+    /// Whether MCUboot can test-boot and revert an upload in this mode.
+    pub fn can_revert(self) -> bool {
+        self == SmpMode::Application
+    }
+
+    /// The slot an upload to image 0 is written to.
+    pub fn upload_slot(self) -> u32 {
+        match self {
+            SmpMode::Application => 1,
+            SmpMode::SerialRecovery => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for SmpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SmpMode::Application => "application",
+            SmpMode::SerialRecovery => "serial recovery (MCUboot)",
+        })
+    }
+}
+
+/// What [`SmpClient::identify`] learnt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identification {
+    pub mode: SmpMode,
+    /// OS/application info; `None` when the device does not support the command.
+    pub info: Option<String>,
+    /// The bootloader's name where the device tells it.
+    pub bootloader: Option<String>,
+    /// The images listed; empty when there are none.
+    pub images: Vec<ImageSlotState>,
+}
+
+/// A device's answer "not supported" (rc 8, `MGMT_ERR_ENOTSUP`).
+fn unsupported(e: &SmpError) -> bool {
+    matches!(e, SmpError::Device(d) if d.rc == 8)
+}
+
 /// An SMP client over one link.
 #[derive(Debug)]
 pub struct SmpClient<L: Link> {
@@ -87,6 +146,7 @@ pub struct SmpClient<L: Link> {
     seq: u8,
     pub timeouts: Timeouts,
     params: Option<Params>,
+    mode: Option<SmpMode>,
 }
 
 struct InFlight {
@@ -98,7 +158,7 @@ struct InFlight {
 
 impl<L: Link> SmpClient<L> {
     pub fn new(link: L) -> Self {
-        SmpClient { link, seq: 0, timeouts: Timeouts::default(), params: None }
+        SmpClient { link, seq: 0, timeouts: Timeouts::default(), params: None, mode: None }
     }
 
     pub fn link(&self) -> &L {
@@ -178,15 +238,49 @@ impl<L: Link> SmpClient<L> {
         })
     }
 
+    /// The mode [`SmpClient::identify`] found, if it ran since the last reset.
+    pub fn mode(&self) -> Option<SmpMode> {
+        self.mode
+    }
+
+    /// Tell an application's SMP server from MCUboot's serial recovery, and read what the
+    /// device says about itself. Commands the device does not support (rc 8) are skipped.
+    pub async fn identify(&mut self) -> Result<Identification, SmpError> {
+        let bootloader = match self.request(&commands::BootloaderInfo { query: None }).await {
+            Ok(b) => b.bootloader,
+            Err(e) if unsupported(&e) => None,
+            Err(e) => return Err(e),
+        };
+        let info = match self.request(&commands::AppInfo { format: Some("a".into()) }).await {
+            Ok(i) => Some(i),
+            Err(e) if unsupported(&e) => None,
+            Err(e) => return Err(e),
+        };
+        let images = self.image_list().await?;
+        // An application lists the image it runs as active; MCUboot's serial recovery never
+        // marks one, and answers neither OS info nor bootloader info.
+        let mode = if bootloader.is_none() && info.is_none() && !images.iter().any(|i| i.active) {
+            SmpMode::SerialRecovery
+        } else {
+            SmpMode::Application
+        };
+        self.mode = Some(mode);
+        Ok(Identification { mode, info, bootloader, images })
+    }
+
     /// The device's buffer parameters (cached). Devices without the command get the Zephyr
-    /// defaults of a single small buffer.
+    /// defaults of a single small buffer: MCUboot's serial recovery receive size (1024) when the
+    /// device is known to be in it, the application's SMP buffer (384) otherwise.
     pub async fn params(&mut self) -> Result<Params, SmpError> {
         if let Some(p) = self.params {
             return Ok(p);
         }
         let p = match self.request(&commands::McumgrParams).await {
             Ok(p) => p,
-            Err(SmpError::Device(e)) if e.rc == 8 => Params { buf_size: 384, buf_count: 1 },
+            Err(e) if unsupported(&e) => match self.mode {
+                Some(SmpMode::SerialRecovery) => Params { buf_size: 1024, buf_count: 1 },
+                _ => Params { buf_size: 384, buf_count: 1 },
+            },
             Err(e) => return Err(e),
         };
         self.params = Some(p);
@@ -227,6 +321,7 @@ impl<L: Link> SmpClient<L> {
     /// parameters are dropped since the next firmware may differ.
     pub async fn reset(&mut self) -> Result<(), SmpError> {
         self.params = None;
+        self.mode = None;
         // Not retried: a second reset could hit the freshly booted image.
         let seq = self.next_seq();
         self.link.send(&commands::Reset.to_bytes(seq)).await?;
@@ -270,13 +365,24 @@ impl<L: Link> SmpClient<L> {
         opts: UploadOptions,
         progress: &dyn Progress,
     ) -> Result<(UploadReport, Vec<ImageSlotState>), SmpError> {
+        let mode = match self.mode {
+            Some(m) => m,
+            None => self.identify().await?.mode,
+        };
+        if mode == SmpMode::SerialRecovery && after == AfterUpload::Test {
+            return Err(SmpError::Upload(
+                "the device is in MCUboot serial recovery: it has no test boot (an upload overwrites the image it boots and cannot be reverted); upload without --test".into(),
+            ));
+        }
         let report = self.upload(data, opts, progress).await?;
         progress.phase("verify");
         let states = self.image_list().await?;
-        let Some(slot) = states.iter().find(|s| s.image == opts.image && s.slot == 1) else {
-            return Err(SmpError::Upload(
-                "the device does not list an image in the secondary slot after the upload".into(),
-            ));
+        let slot_no = mode.upload_slot();
+        let Some(slot) = states.iter().find(|s| s.image == opts.image && s.slot == slot_no) else {
+            return Err(SmpError::Upload(format!(
+                "the device does not list an image in the {} slot after the upload",
+                if slot_no == 0 { "primary" } else { "secondary" }
+            )));
         };
         let hash = slot.hash.clone();
         if let Some(expected) = expected_hash
@@ -290,6 +396,8 @@ impl<L: Link> SmpClient<L> {
         }
         let states = match after {
             AfterUpload::Nothing => states,
+            // Serial recovery wrote the image MCUboot boots: nothing to mark.
+            _ if mode == SmpMode::SerialRecovery => states,
             AfterUpload::Test => self.image_test(&hash).await?,
             AfterUpload::Confirm => self.image_confirm(Some(&hash)).await?,
         };

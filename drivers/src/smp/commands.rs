@@ -239,6 +239,38 @@ impl Command for AppInfo {
     }
 }
 
+/// What the bootloader-info command (OS group, id 8) answers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct BootloaderInfoResponse {
+    /// The bootloader's name (`"MCUboot"`), for the query without `query`.
+    pub bootloader: Option<String>,
+    /// MCUboot's mode number, for `query: "mode"`.
+    pub mode: Option<i64>,
+}
+
+/// OS group, bootloader info: `query` `None` asks for the bootloader's name, `"mode"` for
+/// MCUboot's mode.
+#[derive(Debug, Clone)]
+pub struct BootloaderInfo {
+    pub query: Option<String>,
+}
+
+impl Command for BootloaderInfo {
+    const OP: Op = Op::Read;
+    const GROUP: u16 = GROUP_OS;
+    const ID: u8 = 8;
+    type Response = BootloaderInfoResponse;
+    fn body(&self) -> Vec<(Value, Value)> {
+        self.query.iter().map(|q| (t("query"), t(q))).collect()
+    }
+    fn parse_body(map: &[(Value, Value)]) -> Result<BootloaderInfoResponse, SmpError> {
+        Ok(BootloaderInfoResponse { bootloader: text(map, "bootloader")?, mode: int(map, "mode")? })
+    }
+    fn name(&self) -> String {
+        "bootloader info".into()
+    }
+}
+
 /// OS group, reset.
 #[derive(Debug, Clone, Copy)]
 pub struct Reset;

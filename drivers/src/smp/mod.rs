@@ -16,7 +16,9 @@ pub mod commands;
 pub mod frame;
 pub mod header;
 
-pub use client::{AfterUpload, SmpClient, Timeouts, UploadOptions, UploadReport};
+pub use client::{
+    AfterUpload, Identification, SmpClient, SmpMode, Timeouts, UploadOptions, UploadReport,
+};
 pub use commands::{ImageSlotState, Params};
 
 use crate::transport::TransportError;

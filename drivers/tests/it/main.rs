@@ -4,3 +4,5 @@ mod dfu_descriptors;
 mod discovery;
 mod smp_bad_input;
 mod smp_lab;
+mod smp_recovery;
+mod swupdate;

@@ -119,6 +119,9 @@ struct DeviceArgs {
     /// Host name (OS info node name, mDNS host); default MODEL-SERIAL.
     #[arg(long)]
     hostname: Option<String>,
+    /// Start in MCUboot serial recovery (Zephyr's defaults: no echo, no parameters command).
+    #[arg(long)]
+    serial_recovery: bool,
 }
 
 impl DeviceArgs {
@@ -139,6 +142,9 @@ impl DeviceArgs {
                 hostname: self.hostname.clone(),
                 ..DeviceIdentity::default()
             },
+            serial_recovery: self
+                .serial_recovery
+                .then(fieldpatch_lab::smp::recovery::SerialRecovery::default),
             ..DeviceConfig::default()
         });
         *dev.faults() = Faults {
@@ -148,6 +154,7 @@ impl DeviceArgs {
             reboot_at: self.reboot_at,
             power_loss_on_test_boot: self.power_loss_on_test_boot,
             fail_health_check: self.fail_health_check,
+            ..Faults::default()
         };
         dev
     }

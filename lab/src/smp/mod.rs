@@ -21,8 +21,13 @@
 //! `MODEL@REVISION` (Zephyr's `BOARD@REVISION`), the node name `n` is the host name, and the
 //! release `r` is the running image's version. Vendor and serial number are not part of SMP; a
 //! networked lab device tells them in its mDNS TXT record ([`crate::mdns`]).
+//!
+//! Serial recovery: with [`DeviceConfig::serial_recovery`] the device starts in MCUboot's serial
+//! recovery ([`recovery`]) and answers only what the bootloader answers, until a reset boots the
+//! application.
 
 pub mod mcuboot;
+pub mod recovery;
 pub mod serial;
 pub mod udp;
 
@@ -55,6 +60,9 @@ pub struct DeviceConfig {
     pub console_log_every: Option<Duration>,
     /// Who the device is.
     pub identity: DeviceIdentity,
+    /// Start in MCUboot serial recovery with these bootloader options (`None`: the application
+    /// runs).
+    pub serial_recovery: Option<recovery::SerialRecovery>,
 }
 
 /// Who a simulated device is: what a real product has in its board definition and factory data.
@@ -130,6 +138,7 @@ impl Default for DeviceConfig {
             ),
             console_log_every: None,
             identity: DeviceIdentity::default(),
+            serial_recovery: None,
         }
     }
 }
@@ -151,6 +160,9 @@ pub struct Faults {
     /// The new image fails its health check on its test boot: the application does not come up,
     /// the watchdog resets and MCUboot reverts to the old image.
     pub fail_health_check: bool,
+    /// Serial recovery: a completed upload leaves this image in the slot instead of the bytes
+    /// received (a bootloader that wrote somewhere else, or a stale image listed).
+    pub recovery_lists_other: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +193,9 @@ struct State {
     rx_count: u32,
     tx_count: u32,
     log: Vec<String>,
+    /// The bootloader's serial recovery answers instead of the application, with these options.
+    in_recovery: Option<recovery::SerialRecovery>,
+    recovery_upload: Option<recovery::RecoveryUpload>,
 }
 
 /// A simulated SMP device. Clone the handle freely; transports share it.
@@ -217,7 +232,16 @@ impl SmpDevice {
                 boots: 1,
                 rx_count: 0,
                 tx_count: 0,
-                log: vec!["boot: primary image".into()],
+                log: vec![
+                    if config.serial_recovery.is_some() {
+                        "boot: serial recovery"
+                    } else {
+                        "boot: primary image"
+                    }
+                    .into(),
+                ],
+                in_recovery: config.serial_recovery.clone(),
+                recovery_upload: None,
             })),
             config: Arc::new(config),
             faults: Arc::new(Mutex::new(Faults::default())),
@@ -272,6 +296,10 @@ impl SmpDevice {
     pub fn power_cycle(&self) {
         let faults = self.faults().clone();
         let mut s = self.state();
+        if s.in_recovery.is_some() {
+            self.recovery_reset(&mut s);
+            return;
+        }
         self.boot(&mut s, &faults, "power cycle");
     }
 
@@ -337,6 +365,19 @@ impl SmpDevice {
             Outcome { reply: Some(out) }
         };
         let rc = |rc: i64| reply(vec![(t("rc"), Value::from(rc))]);
+        let recovery = self.state().in_recovery.clone();
+        if let Some(rec) = &recovery {
+            // boot_serial: a body shorter than the header says is dropped; CBOR it cannot decode
+            // is an invalid request.
+            if packet.len() < 8 + len {
+                return Outcome::default();
+            }
+            let body = match ciborium::from_reader::<Value, _>(&packet[8..8 + len]) {
+                Ok(Value::Map(m)) => Some(m),
+                _ => None,
+            };
+            return self.handle_recovery(rec, op, group, id, body.as_deref(), &reply);
+        }
         if packet.len() != 8 + len {
             return rc(MGMT_EINVAL);
         }

@@ -4,6 +4,10 @@
 //! device's receive buffers (a full set of buffers drops the packet), a worker that processes one
 //! buffer at a time, and a writer that puts answers on the line at the baud rate. The threads run
 //! for the life of the process (a pty read cannot be interrupted); the pty stays open as long.
+//!
+//! In serial recovery the bootloader's limits apply: console lines longer than its line buffer
+//! are dropped, a frame starts a line, a packet larger than its receive size is dropped, and a
+//! packet arriving while one is being processed is lost (one buffer).
 
 use super::{Pacer, SmpDevice};
 use crate::pty::{Pty, PtyError};
@@ -39,6 +43,8 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
     let (buf_tx, buf_rx) = mpsc::sync_channel::<Vec<u8>>(device.config().buf_count.max(1));
     let (wire_tx, wire_rx) = mpsc::channel::<Vec<u8>>();
     let max_packet = device.config().buf_size;
+    let inflight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy = inflight.clone();
 
     let dev = device.clone();
     let keep = pty.clone();
@@ -56,12 +62,21 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
                 Ok(n) => n,
             };
             pacer.consume(n);
+            let in_recovery = dev.serial_recovery();
+            decoder.recovery_line_limit = in_recovery.as_ref().map(|r| r.max_line_len);
             for packet in decoder.push(&buf[..n]) {
                 // The length and CRC share the receive buffer with the packet.
-                if packet.len() + 4 > max_packet || !dev.accept_rx() {
+                let (limit, buffers) =
+                    in_recovery.as_ref().map_or((max_packet, usize::MAX), |r| (r.receive_size, 1));
+                if packet.len() + 4 > limit
+                    || busy.load(std::sync::atomic::Ordering::SeqCst) >= buffers
+                    || !dev.accept_rx()
+                {
                     continue;
                 }
-                let _ = buf_tx.try_send(packet);
+                if buf_tx.try_send(packet).is_ok() {
+                    busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
     });
@@ -70,7 +85,9 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
     let replies = wire_tx.clone();
     std::thread::spawn(move || {
         while let Ok(packet) = buf_rx.recv() {
-            if let Some(reply) = dev.handle(&packet).reply {
+            let outcome = dev.handle(&packet);
+            inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(reply) = outcome.reply {
                 let mut wire = encode(&reply);
                 dev.corrupt_tx(&mut wire);
                 if replies.send(wire).is_err() {
@@ -88,6 +105,10 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
             let mut boots = dev.boots();
             loop {
                 std::thread::sleep(every);
+                if dev.in_serial_recovery() {
+                    // The bootloader does not log on its recovery console.
+                    continue;
+                }
                 let mut line = Vec::new();
                 if dev.boots() != boots {
                     boots = dev.boots();
@@ -147,6 +168,9 @@ pub struct Decoder {
     line: Vec<u8>,
     text: Vec<u8>,
     active: bool,
+    /// Serial recovery's console: lines of more than this many bytes (newline included) are
+    /// dropped, and a frame marker must start the line.
+    pub recovery_line_limit: Option<usize>,
 }
 
 impl Decoder {
@@ -160,7 +184,13 @@ impl Decoder {
                 continue;
             }
             let line = std::mem::take(&mut self.line);
-            let Some(pos) = line.windows(2).rposition(|w| w == [6, 9] || w == [4, 20]) else {
+            let pos = match self.recovery_line_limit {
+                Some(limit) if line.len() + 1 > limit => continue,
+                Some(_) if line.starts_with(&[6, 9]) || line.starts_with(&[4, 20]) => Some(0),
+                Some(_) => None,
+                None => line.windows(2).rposition(|w| w == [6, 9] || w == [4, 20]),
+            };
+            let Some(pos) = pos else {
                 continue;
             };
             if line[pos] == 6 {

@@ -4,4 +4,5 @@ mod dfu_flash;
 mod discovery;
 mod imgtool;
 mod lab_bin;
+mod serial_recovery;
 mod smpmgr;

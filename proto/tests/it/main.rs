@@ -1,3 +1,4 @@
 //! fieldpatch-proto's integration tests, one module per area, linked into one test binary.
 
+mod audit_export;
 mod trust_documents;

@@ -1,7 +1,9 @@
 //! The real desktop window under Xvfb, driven through tauri-driver + WebKitWebDriver: it opens,
 //! loads the built UI, shows the version it got from the core over IPC, then identifies the demo
-//! site's lab devices, plans, runs a batch session (one sensor rolls back) and verifies the visit
-//! log, all from the window. Screenshots are kept in `artifacts/`.
+//! site's lab devices, discovers them (each matched to the inventory), plans, runs a batch session
+//! (one sensor rolls back) and verifies the visit log, all from the window (`--demo`). Without
+//! `--demo` it opens in real mode on the settings and logs in. Screenshots are kept in
+//! `artifacts/`.
 
 use fieldpatch_e2e::{artifacts_dir, built_binary, free_port, webdriver::Session, xvfb::Xvfb};
 use std::os::unix::process::CommandExt;
@@ -19,9 +21,9 @@ impl Drop for DriverGroup {
     }
 }
 
-#[test]
-fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
-    let app = built_binary("fieldpatch-app");
+/// Xvfb, a fresh data directory (`FIELDPATCH_DATA_DIR`) and tauri-driver on a free port, in the
+/// order they must be dropped in (the driver first).
+fn display() -> (Xvfb, tempfile::TempDir, DriverGroup, u16) {
     let xvfb = Xvfb::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -30,14 +32,22 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         .args(["--port", &port.to_string(), "--native-port", &native_port.to_string()])
         .env("DISPLAY", xvfb.display())
         .env("FIELDPATCH_DATA_DIR", data.path())
+        // A keyring service of its own: real mode stores a sync token.
+        .env("FIELDPATCH_KEYRING_SERVICE", format!("fieldpatch-window-{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn()
         .expect("cannot start tauri-driver: install it with `cargo install tauri-driver --locked`");
-    let _driver = DriverGroup(driver);
+    (xvfb, data, DriverGroup(driver), port)
+}
 
-    let session = Session::start(&format!("http://127.0.0.1:{port}"), &app).unwrap();
+#[test]
+fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
+    let app = built_binary("fieldpatch-app");
+    let (_xvfb, data, _driver, port) = display();
+    let base = format!("http://127.0.0.1:{port}");
+    let session = Session::start_with_args(&base, &app, &["--demo"]).unwrap();
     let version = session.wait_text("#core-version", Duration::from_secs(60)).unwrap();
     let data_dir = session.wait_text("#data-dir", Duration::from_secs(5)).unwrap();
     let png = session.screenshot().unwrap();
@@ -57,6 +67,32 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     let health: serde_json::Value =
         reqwest::blocking::get(format!("{inventory}/v1/health")).unwrap().json().unwrap();
     assert_eq!(health["status"], "ok");
+    // Discovery in the window: once the demo site is synced into the local inventory, every lab
+    // device streams in (pty, UDP, the lab USB bus). The pump controller is the only one of its
+    // model and the gateway reports its USB serial number, so both are matched; the four LAN
+    // sensors share a model and SMP reports no serial number, so they are listed as unknown
+    // (never guessed) and their inventory records as missing.
+    session.wait_for("#sync-status", long, |t| t.starts_with("synced: ")).unwrap();
+    session.click("#discover", long).unwrap();
+    let discovered = session.wait_for("#discovery-status", long, |t| t.contains("found")).unwrap();
+    let listed = session
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             done({
+               rows: [...document.querySelectorAll('#discovered tbody tr')].map((tr) =>
+                 [tr.dataset.inventory, tr.querySelector('td.version').textContent.trim()]),
+               missing: [...document.querySelectorAll('#missing li')].map((li) => li.dataset.missing),
+             });",
+        )
+        .unwrap();
+    session.type_text("#device-filter", "gateway").unwrap();
+    let filtered = session
+        .wait_for("#discovered tbody", long, |t| {
+            !t.contains("pump-ctl-01") && t.contains("gateway-01")
+        })
+        .unwrap();
+    let png_devices = session.screenshot().unwrap();
+    std::fs::write(artifacts_dir().join("app-devices.png"), &png_devices).unwrap();
     session.click("#plan", long).unwrap();
     let planned =
         session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();
@@ -108,6 +144,21 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     std::fs::write(artifacts_dir().join("app-session.png"), &png2).unwrap();
     session.close().unwrap();
 
+    assert!(
+        discovered.starts_with("6 device(s) found (2 in the inventory, 4 unknown), 4 missing"),
+        "{discovered}"
+    );
+    let mut rows: Vec<(String, String)> = serde_json::from_value(listed["rows"].clone()).unwrap();
+    rows.sort();
+    let unknown = ("".to_string(), "1.4.0".to_string());
+    let mut want = vec![unknown.clone(), unknown.clone(), unknown.clone(), unknown];
+    // A DFU board cannot say what it runs.
+    want.extend([("gateway-01".into(), "?".into()), ("pump-ctl-01".into(), "1.4.0".into())]);
+    assert_eq!(rows, want, "{listed}");
+    let mut missing: Vec<String> = serde_json::from_value(listed["missing"].clone()).unwrap();
+    missing.sort();
+    assert_eq!(missing, ["sensor-01", "sensor-02", "sensor-03", "sensor-04"], "{listed}");
+    assert!(filtered.contains("SN-GATEWAY-01"), "{filtered}");
     assert_eq!(planned, "1.4.0 → 1.5.0");
     for (id, r) in &results {
         if id == "sensor-04" {
@@ -137,4 +188,49 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     assert!(data_dir.contains(data.path().to_str().unwrap()), "{data_dir}");
     assert!(data_dir.contains("FIELDPATCH_DATA_DIR"), "{data_dir}");
     assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+}
+
+/// Without `--demo` the window runs in real mode on the technician's data directory and opens on
+/// the settings: nothing set on a first run; a login keeps the token in the OS keyring and
+/// remembers the server; a server the token would reach in the clear is refused.
+#[test]
+fn window_in_real_mode_opens_on_the_settings_and_logs_in() {
+    let app = built_binary("fieldpatch-app");
+    let (_xvfb, data, _driver, port) = display();
+    let session = Session::start(&format!("http://127.0.0.1:{port}"), &app).unwrap();
+    let long = Duration::from_secs(60);
+    let mode = session.wait_for("#mode", long, |t| !t.is_empty()).unwrap();
+    let setting = |label: &str, f: &dyn Fn(&str) -> bool| {
+        session.wait_for(&format!("dd[data-setting='{label}']"), long, |t| f(t)).unwrap()
+    };
+    let token_before = setting("Sync token", &|t| !t.is_empty());
+    let trust_before = setting("Trust store", &|t| !t.is_empty());
+    let insecure = session
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             window.__TAURI_INTERNALS__.invoke('login', { server: 'http://inventory.example.com', token: 't' })
+               .then((r) => done({ ok: r }), (e) => done({ err: e }));",
+        )
+        .unwrap();
+    session.type_text("#server-url", "http://127.0.0.1:9").unwrap();
+    session.type_text("#sync-token", "window-test-token").unwrap();
+    session.click("#login", long).unwrap();
+    let status = session.wait_for("#login-status", long, |t| t.starts_with("logged in")).unwrap();
+    let server = setting("Inventory server", &|t| t.starts_with("http://"));
+    let token_after = setting("Sync token", &|t| t.starts_with("stored"));
+    let png = session.screenshot().unwrap();
+    std::fs::write(artifacts_dir().join("app-settings.png"), &png).unwrap();
+    session.close().unwrap();
+
+    assert_eq!(mode, "Your inventory");
+    assert_eq!(token_before, "none: log in below");
+    assert!(trust_before.starts_with("none yet"), "{trust_before}");
+    assert_eq!(insecure["err"]["code"], "insecure_server", "{insecure}");
+    assert!(status.contains("OS keyring"), "{status}");
+    assert_eq!(server, "http://127.0.0.1:9");
+    assert!(token_after.starts_with("stored in the OS keyring"), "{token_after}");
+    // Real mode works in the technician's data directory, never the demo's.
+    let entries = std::fs::read_dir(data.path()).unwrap().count();
+    assert!(entries > 0, "real mode opened nothing in the technician's data directory");
+    assert!(!data.path().join("demo").exists(), "real mode started the demo");
 }

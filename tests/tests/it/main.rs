@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 mod app_window;
+mod audit_export;
 #[cfg(target_os = "linux")]
 mod discover;
 mod listing;

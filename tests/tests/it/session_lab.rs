@@ -576,3 +576,84 @@ fn an_edited_plan_file_cannot_choose_what_a_session_sends() {
             .to_string();
     assert!(log.contains("bundle_refused"), "{log}");
 }
+
+/// A session with a device in MCUboot serial recovery beside application-mode devices: the
+/// recovery device is written in its primary slot, hash-checked, reset into the application and
+/// health-checked, with no test boot and no rollback claimed; the others go through the full
+/// test-boot pipeline.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_flashes_a_device_in_serial_recovery_beside_application_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let catalog = catalog(&r);
+    let site = SiteBuilder::new()
+        .first_seed(1)
+        .flash_speed(512.0 * 1024.0)
+        .console("sensor-recovery", "sensor", Criticality::Normal)
+        .udp_sensors(2, "sensor", Criticality::Normal, |i| format!("sensor-app-{i}"))
+        .dfu_board("board-usb", "board", "1.0.0".parse().unwrap(), Criticality::Normal)
+        .start()
+        .unwrap();
+    let recovering = site.console.clone().unwrap();
+    recovering.enter_serial_recovery();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(recovering.in_serial_recovery());
+    let devices = site.records.clone();
+
+    let connector = site.connector();
+    let identified = identify(&connector, devices, Duration::from_secs(15)).await;
+    for (d, err) in &identified {
+        assert!(err.is_none(), "{}: {err:?}", d.id);
+    }
+    let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
+    assert_eq!(plan.patchable().count(), 4, "{plan:#?}");
+
+    let store = Store::open_in(&tmp.path().join("data")).await.unwrap();
+    let log = Arc::new(VisitLog::open(&store, ed25519_key()).await.unwrap());
+    let state = SessionState::new(plan, options(Threshold::Count(1)));
+    let (summary, state) = run_in_visit(
+        VisitRun {
+            store: &store,
+            log,
+            catalog: catalog.clone(),
+            connector: Arc::new(connector),
+            observer: Arc::new(|_, _| {}),
+            pause: Arc::new(AtomicBool::new(false)),
+        },
+        state,
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.patched, summary.rolled_back, summary.failed), (4, 0, 0), "{state:#?}");
+
+    assert!(!recovering.in_serial_recovery(), "{:?}", recovering.log());
+    for dev in std::iter::once(&recovering).chain(site.sensors.iter()) {
+        let (_, version) = dev.active_image().unwrap();
+        assert_eq!(version, "2.0.0", "{:?}", dev.log());
+        assert!(dev.active_confirmed());
+    }
+    let visits = store.visits(false).await.unwrap();
+    let events = store.visit_events(visits[0].visit_id).await.unwrap();
+    let of = |device: &str| -> Vec<&fieldpatch_core::visitlog::event::EventKind> {
+        events
+            .iter()
+            .filter(|e| e.body.device.as_deref() == Some(device))
+            .map(|e| &e.body.kind)
+            .collect()
+    };
+    let rec: Vec<&str> = of("sensor-recovery").iter().map(|k| k.tag()).collect();
+    for must in ["flash_started", "image_uploaded", "health_check", "confirmed"] {
+        assert!(rec.contains(&must), "{rec:?}");
+    }
+    assert!(!rec.contains(&"test_boot_requested") && !rec.contains(&"rolled_back"), "{rec:?}");
+    assert!(
+        of("sensor-recovery").iter().any(|k| matches!(
+            k,
+            fieldpatch_core::visitlog::event::EventKind::Note { text } if text.contains("no rollback")
+        )),
+        "{rec:?}"
+    );
+    let app: Vec<&str> = of("sensor-app-0").iter().map(|k| k.tag()).collect();
+    assert!(app.contains(&"test_boot_requested"), "{app:?}");
+}

@@ -6,12 +6,16 @@ import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type {
   AppInfo,
   BridgeError,
+  DiscoveryReport,
   LogVerification,
+  Mode,
   PlanView,
   SessionEventView,
   SessionFinished,
   SiteView,
   SyncEventView,
+  SyncSettings,
+  Update,
 } from "./ipc";
 
 /** Normalise anything a command rejects with into a BridgeError. */
@@ -41,6 +45,11 @@ async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> 
 }
 
 export const appInfo = () => call<AppInfo>("app_info");
+export const mode = () => call<Mode>("mode");
+/** Real mode: the inventory server, the token's presence, the pinned key, the trust store. */
+export const settings = () => call<SyncSettings>("settings");
+/** Real mode: keep the token in the OS keyring and remember the server. */
+export const login = (server: string, token: string) => call<SyncSettings>("login", { server, token });
 export const site = () => call<SiteView>("site");
 export const makePlan = () => call<PlanView>("plan");
 /** Run the plan the app made (by its id: the window never sends a plan). */
@@ -51,6 +60,8 @@ export const syncNow = () => call<void>("sync_now");
 export const closeSession = (reasons: Record<string, string>) =>
   call<string[]>("close_session", { reasons });
 export const verifyLog = () => call<LogVerification[]>("verify_log");
+/** Find the site's devices; each arrives as a `discovery` event, the whole report at the end. */
+export const discover = () => call<DiscoveryReport>("discover");
 
 export function onSessionEvent(f: (e: SessionEventView) => void): Promise<UnlistenFn> {
   return listen<SessionEventView>("session", (e) => f(e.payload));
@@ -62,4 +73,8 @@ export function onSessionFinished(f: (r: SessionFinished) => void): Promise<Unli
 
 export function onSync(f: (e: SyncEventView) => void): Promise<UnlistenFn> {
   return listen<SyncEventView>("sync", (e) => f(e.payload));
+}
+
+export function onDiscovery(f: (u: Update) => void): Promise<UnlistenFn> {
+  return listen<Update>("discovery", (e) => f(e.payload));
 }

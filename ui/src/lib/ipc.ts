@@ -32,6 +32,11 @@ code: string,
 message: string, };
 
 /**
+ * What a device can do, as far as discovery could tell.
+ */
+export type Capability = "upload" | "test_boot" | "image_hash" | "readback" | "reset";
+
+/**
  * How much the customer depends on a device (from the inventory).
  */
 export type Criticality = "low" | "normal" | "high" | "critical";
@@ -85,6 +90,45 @@ credential: string | null, };
 export type DeviceStatus = { "status": "pending" } | { "status": "in_progress", step: number, } | { "status": "patched", version: string, } | { "status": "rolled_back", reason: string, } | { "status": "failed", reason: string, } | { "status": "skipped", reason: string, } | { "status": "unverified", version: string, };
 
 /**
+ * One physical device found on site.
+ */
+export type DiscoveredDevice = {
+/**
+ * Every address it answered at (one per transport), in the order found.
+ */
+addresses: Array<DeviceAddress>,
+/**
+ * How each address was found, in the same order.
+ */
+via: Array<string>, identity: DeviceIdentity, bootloader: string | null, capabilities: Array<Capability>,
+/**
+ * USB identity strings, DfuSe memory maps, ... (`name: value` lines), for the technician.
+ */
+details: Array<string>,
+/**
+ * The inventory device it is; `None`: unknown to the inventory (never added to it).
+ */
+matched: InventoryMatch | null, };
+
+/**
+ * Everything one discovery found.
+ */
+export type DiscoveryReport = { devices: Array<DiscoveredDevice>,
+/**
+ * Inventory ids of the site's or work order's devices that were not found (empty when no
+ * site or work order was given).
+ */
+missing: Array<string>, skipped: Array<SkippedCandidate>,
+/**
+ * What was matched against: `work order WO-1`, `site S` or `whole inventory`.
+ */
+matched_against: string,
+/**
+ * Some candidates were not finished by the deadline.
+ */
+deadline_reached: boolean, elapsed_ms: number, };
+
+/**
  * What the plan says about one device.
  */
 export type Disposition = { "disposition": "patch", steps: Array<Step>, latest: Version, short_reason: Unpatchable | null, } | { "disposition": "scheduled", steps: Array<Step>, not_before: string, } | { "disposition": "up_to_date", version: Version, } | { "disposition": "unpatchable", why: Unpatchable, };
@@ -101,6 +145,11 @@ min: Version | null,
  * Highest version included.
  */
 max: Version | null, };
+
+/**
+ * The inventory device a discovered device is.
+ */
+export type InventoryMatch = { device_id: string, key: MatchKey, };
 
 /**
  * The result of verifying one stored log. Serializes as `LogVerificationShape` (the problem as
@@ -132,6 +181,16 @@ bad_seq: number | null, };
  * A period in which a device may be taken down for patching.
  */
 export type MaintenanceWindow = { start: string, end: string, };
+
+/**
+ * Which inventory key matched a device.
+ */
+export type MatchKey = "serial_number" | "only_of_its_model";
+
+/**
+ * Which mode the window runs in.
+ */
+export type Mode = "demo" | "real";
 
 /**
  * A plan: devices in the order they should be flashed.
@@ -219,6 +278,19 @@ auto_sync: boolean,
 sync_unavailable: string | null, };
 
 /**
+ * A candidate that was looked at and is not a device Fieldpatch can talk to.
+ */
+export type SkippedCandidate = {
+/**
+ * The port path or network address.
+ */
+candidate: string,
+/**
+ * A stable code (`excluded`, `port_busy`, `no_answer`, `not_recognized`, ...).
+ */
+code: string, reason: string, };
+
+/**
  * One bundle applied to one device.
  */
 export type Step = { bundle_id: string, from: Version, to: Version, cvss: number,
@@ -247,9 +319,46 @@ export type SyncEventView = { kind: SyncKind, text: string, };
 export type SyncKind = "offline" | "probing" | "reachable" | "synced" | "failed" | "stopped";
 
 /**
+ * How this laptop syncs, as a settings screen shows it: the remembered inventory server,
+ * whether a sync token is in the OS keyring (never the token), the pinned server key and the
+ * trust store in force.
+ */
+export type SyncSettings = { server: string | null, token_stored: boolean,
+/**
+ * The keyring backend the token is kept in (`secret-service`, `keyutils`, `platform`).
+ */
+keyring: string,
+/**
+ * The server's checkpoint key pinned at the first sync (hex), if any.
+ */
+pinned_server_key: string | null,
+/**
+ * The pinned trust store, once a sync pulled one.
+ */
+trust: TrustSummary | null,
+/**
+ * Why the trust store on disk cannot be read, when it cannot.
+ */
+trust_problem: string | null, };
+
+/**
+ * The trust store in force, for the technician to check.
+ */
+export type TrustSummary = { version: number,
+/**
+ * RFC 3339; `None`: it does not expire.
+ */
+expires: string | null, root_key_ids: Array<string>, };
+
+/**
  * Why a device cannot be patched now. Messages say what to do.
  */
 export type Unpatchable = { "reason": "unknown_device", missing: string, } | { "reason": "no_bundle", vendor: string, model: string, } | { "reason": "no_upgrade_path", from: Version, latest: Version, } | { "reason": "bundle_expired", bundle_id: string, usable_until: string, } | { "reason": "downgrade_refused", from: Version, to: Version, } | { "reason": "missing_credential", name: string, } | { "reason": "no_maintenance_window" };
+
+/**
+ * What discovery reports while it runs.
+ */
+export type Update = { "event": "device", device: DiscoveredDevice, } | { "event": "skipped", skipped: SkippedCandidate, };
 
 /**
  * A firmware version as MCUboot and most vendors write it: `major.minor.revision+build`.

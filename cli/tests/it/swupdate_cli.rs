@@ -1,0 +1,250 @@
+//! `fieldpatch device --swupdate URL --device ID --hardware REV image upload FILE.swu
+//! --vendor-cert PEM` against the real SWUpdate daemon (its mongoose web server with HTTP digest
+//! authentication and a vendor key), with the gateway's password in the real Secret Service:
+//! a good image installed byte for byte; unsigned, wrongly signed, wrong-hardware and tampered
+//! images refused by Fieldpatch before any byte reaches the daemon; a missing or wrong credential
+//! refused without an upload; no secret in the data directory or anything printed.
+
+use fieldpatch_testkit::swupdate::{Daemon, DaemonAuth, Swu, Vendor};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const REALM: &str = "gw-site-a";
+
+fn require_session_bus() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "this test needs the real Secret Service but DBUS_SESSION_BUS_ADDRESS is not set: run it \
+         through scripts/test, or inside `dbus-run-session` with an unlocked gnome-keyring"
+    );
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    service: String,
+    transcript: std::cell::RefCell<Vec<u8>>,
+}
+
+impl Env {
+    fn new() -> Env {
+        require_session_bus();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            service: format!("fieldpatch-test-{}", uuid::Uuid::new_v4().simple()),
+            transcript: Default::default(),
+        }
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fieldpatch"))
+            .args(args)
+            .env("FIELDPATCH_DATA_DIR", self.data())
+            .env("FIELDPATCH_KEYRING", "secret-service")
+            .env("FIELDPATCH_KEYRING_SERVICE", &self.service)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            let _ = input.write_all(s.as_bytes());
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let mut t = self.transcript.borrow_mut();
+        t.extend_from_slice(&out.stdout);
+        t.extend_from_slice(&out.stderr);
+        out
+    }
+
+    fn set_password(&self, device: &str, password: &str) {
+        let name = format!("device/{device}/password");
+        let out = self.run(&["credentials", "set", &name], Some(password));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn upload(&self, daemon: &Daemon, device: &str, swu: &Path, vendor: &Vendor) -> Output {
+        self.run(
+            &[
+                "--json",
+                "device",
+                "--swupdate",
+                &daemon.url(),
+                "--device",
+                device,
+                "--hardware",
+                "1.0",
+                "image",
+                "upload",
+                swu.to_str().unwrap(),
+                "--vendor-cert",
+                vendor.cert.to_str().unwrap(),
+            ],
+            None,
+        )
+    }
+
+    /// The secret appears nowhere: not in any file of the data directory, not in any output.
+    fn assert_no_secret(&self, secret: &str) {
+        let t = self.transcript.borrow();
+        assert!(!t.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret was printed");
+        let mut stack = vec![self.data()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let b = std::fs::read(&p).unwrap();
+                    assert!(
+                        !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                        "the secret is in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Env {
+    /// The visit log's events about `device`, as `(kind, event)`.
+    fn events_about(&self, device: &str) -> Vec<(String, serde_json::Value)> {
+        let out = self.run(&["--json", "log", "show"], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["device"] == device)
+            .map(|e| (e["kind"].as_str().unwrap_or("").to_string(), e.clone()))
+            .collect()
+    }
+}
+
+fn error_code(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.contains("\"error\"")).unwrap_or_else(|| {
+        panic!("no JSON error; stdout: {stdout}; stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+fn image() -> Vec<u8> {
+    (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+struct Gateway {
+    vendor: Vendor,
+    daemon: Daemon,
+    password: String,
+}
+
+fn gateway(env: &Env) -> Gateway {
+    let root = env.dir.path();
+    let vendor = Vendor::new(&root.join("vendor"), "Gateway Vendor");
+    let password = format!("gw-pass-{}", uuid::Uuid::new_v4().simple());
+    let auth = DaemonAuth { user: "admin".into(), realm: REALM.into(), password: password.clone() };
+    let daemon = Daemon::start(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth));
+    Gateway { vendor, daemon, password }
+}
+
+fn good(gw: &Gateway) -> Swu {
+    Swu {
+        version: "4.2.0".into(),
+        hardware: vec!["1.0".into()],
+        image_name: "rootfs.img".into(),
+        image: image(),
+        device_path: gw.daemon.flash.clone(),
+        signer: Some(gw.vendor.clone()),
+        tamper: false,
+    }
+}
+
+#[test]
+fn swupdate_cli_installs_with_the_keyring_credential_and_leaks_nothing() {
+    let env = Env::new();
+    let gw = gateway(&env);
+    env.set_password("gw-1", &gw.password);
+    let swu = good(&gw);
+    let file = swu.write(env.dir.path(), "good.swu");
+    let out = env.upload(&gw.daemon, "gw-1", &file, &gw.vendor);
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        gw.daemon.log_text()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "4.2.0");
+    assert_eq!(gw.daemon.flash_bytes(), swu.image, "the flash file is the image, byte for byte");
+    assert!(gw.daemon.log_text().contains("SWUPDATE successful"));
+    let events = env.events_about("gw-1");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["flash_started", "image_uploaded"], "{events:?}");
+    let sha = fieldpatch_testkit::swupdate::sha256_hex(&std::fs::read(&file).unwrap());
+    assert_eq!(events[0].1["image_sha256"], sha.as_str());
+    assert_eq!(events[0].1["to_version"], "4.2.0");
+    env.assert_no_secret(&gw.password);
+}
+
+#[test]
+fn swupdate_cli_refuses_bad_images_and_credentials_before_upload() {
+    let env = Env::new();
+    let gw = gateway(&env);
+    env.set_password("gw-1", &gw.password);
+    let stranger = Vendor::new(&env.dir.path().join("stranger"), "Someone Else");
+    let base = good(&gw);
+    let cases = [
+        ("unsigned", Swu { signer: None, ..base.clone() }, "swu_unsigned"),
+        ("wrong-signer", Swu { signer: Some(stranger), ..base.clone() }, "swu_bad_signature"),
+        ("wrong-hw", Swu { hardware: vec!["2.0".into()], ..base.clone() }, "swu_wrong_hardware"),
+        ("tampered", Swu { tamper: true, ..base.clone() }, "swu_hash_mismatch"),
+    ];
+    for (name, swu, code) in cases {
+        let file = swu.write(env.dir.path(), &format!("{name}.swu"));
+        let out = env.upload(&gw.daemon, "gw-1", &file, &gw.vendor);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert_eq!(error_code(&out), code, "{name}");
+    }
+
+    let file = base.write(env.dir.path(), "good.swu");
+    // No credential for this gateway: a clear error naming it and how to add it.
+    let out = env.upload(&gw.daemon, "gw-9", &file, &gw.vendor);
+    assert_eq!(error_code(&out), "credential_missing");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("device/gw-9/password"), "{err}");
+    assert!(err.contains("fieldpatch credentials set"), "{err}");
+    // A wrong credential: the daemon's 401, before the image is sent.
+    env.set_password("gw-2", "not-the-gateway-password");
+    let out = env.upload(&gw.daemon, "gw-2", &file, &gw.vendor);
+    assert_eq!(error_code(&out), "swupdate_unauthorized");
+
+    assert!(
+        !gw.daemon.started_an_update(),
+        "no image reached the daemon:\n{}",
+        gw.daemon.log_text()
+    );
+    assert!(gw.daemon.flash_bytes().is_empty());
+    // Refused images are recorded as failed verification, never as started flashes.
+    let events = env.events_about("gw-1");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["failed"; 4], "{events:?}");
+    assert!(events.iter().all(|(_, e)| e["stage"] == "verify"), "{events:?}");
+    // The wrong credential is refused before anything starts, and that is recorded.
+    let events = env.events_about("gw-2");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "failed");
+    assert_eq!(events[0].1["stage"], "authenticate");
+    env.assert_no_secret(&gw.password);
+    env.assert_no_secret("not-the-gateway-password");
+}

@@ -1,0 +1,163 @@
+//! One-device jobs on embedded Linux gateways that SWUpdate updates over HTTP.
+//!
+//! [`Fieldpatch::swupdate_install`] checks the `.swu` completely on the laptop first
+//! ([`crate::image::swu`]: archive, the vendor's CMS signature, the device's hardware revision,
+//! every artifact's SHA-256), then reads the device's password from the OS keyring at the moment
+//! of use (`device/<id>/password`; a missing one is a per-device error naming the credential and
+//! how to add it) and hands it to the driver for this one upload. The job is bracketed in the visit
+//! log: `flash_started` (image hash and size) before the first byte, then `image_uploaded` or
+//! `failed` with the daemon's own message. The secret never reaches an event, an error or the
+//! store. The upload hashes the bytes again as they stream; a mismatch with what was verified is
+//! recorded as a failure. The device checks the same signature and hashes itself (SWUpdate with a
+//! public key), and whatever rollback the gateway has (A/B slots) is the device's, not Fieldpatch's.
+
+use crate::credentials::CredentialKind;
+use crate::fieldpatch::{Error, Fieldpatch};
+use crate::flash::FlashStage;
+use crate::image::swu::{SwuTarget, VerifiedSwu, verify_file};
+use crate::progress::Progress;
+use crate::visitlog::EventKind;
+use fieldpatch_drivers::swupdate::{DigestCredentials, SwupdateClient, Timeouts};
+use std::path::Path;
+
+pub use fieldpatch_drivers::swupdate::{InstallReport, Timeouts as SwupdateTimeouts};
+
+/// One SWUpdate install on one gateway.
+#[derive(Debug, Clone)]
+pub struct SwupdateJob<'a> {
+    /// The gateway's id (inventory/work order), which names it in the visit log and its
+    /// credential in the keyring.
+    pub device: &'a str,
+    /// `http://HOST:PORT` of its SWUpdate web server.
+    pub url: &'a str,
+    /// The digest user name (the password comes from the keyring).
+    pub user: &'a str,
+    /// The `.swu` file.
+    pub file: &'a Path,
+    /// The vendor certificate(s), PEM, the image must be signed by.
+    pub vendor_cert: &'a Path,
+    /// What the image must fit.
+    pub target: SwuTarget,
+    pub timeouts: Timeouts,
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct SwupdateOutcome {
+    pub verified: VerifiedSwu,
+    pub report: InstallReport,
+}
+
+impl Fieldpatch {
+    /// Check the `.swu` and install it on the gateway through its SWUpdate web server; see the
+    /// module docs. Nothing is sent when a check fails or the credential is missing.
+    pub async fn swupdate_install(
+        &self,
+        job: SwupdateJob<'_>,
+        progress: &dyn Progress,
+    ) -> Result<SwupdateOutcome, Error> {
+        let client = SwupdateClient::new(job.url, job.timeouts)?;
+        progress.phase("verify");
+        let vendor = std::fs::read(job.vendor_cert).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read the vendor certificate {}: {e}",
+                job.vendor_cert.display()
+            ))
+        })?;
+        let (file, target) = (job.file.to_path_buf(), job.target.clone());
+        let verified = tokio::task::spawn_blocking(move || verify_file(&file, &vendor, &target))
+            .await
+            .map_err(|e| Error::Invalid(format!("verification stopped: {e}")))?;
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                self.record(
+                    Some(job.device),
+                    EventKind::Failed { stage: "verify".into(), reason: e.to_string() },
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
+
+        let secret = match self
+            .credentials()
+            .await?
+            .device_secret(job.device, None, CredentialKind::Password)
+            .await
+        {
+            Ok(s) => s,
+            Err(crate::credentials::CredentialError::NoDeviceCredential { .. }) => {
+                return Err(Error::MissingCredential {
+                    device: job.device.to_string(),
+                    credential: format!("device/{}/password", job.device),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let credentials = DigestCredentials::new(job.user, secret.expose());
+        drop(secret);
+
+        // Wrong credentials and an unreachable gateway are found before anything is recorded as
+        // started: no byte of the image is sent for them.
+        if let Err(e) = client.authenticate(Some(&credentials)).await {
+            self.record(
+                Some(job.device),
+                EventKind::Failed { stage: "authenticate".into(), reason: e.to_string() },
+            )
+            .await?;
+            return Err(e.into());
+        }
+
+        let sha = hex::encode(verified.file_sha256);
+        self.record(
+            Some(job.device),
+            EventKind::FlashStarted {
+                bundle_id: None,
+                from_version: None,
+                to_version: verified.description.version.clone(),
+                image_sha256: sha.clone(),
+                bytes: verified.file_len,
+            },
+        )
+        .await?;
+        let result = client.install(job.file, Some(&credentials), progress).await;
+        drop(credentials);
+        match result {
+            Ok(report) if report.sha256 == verified.file_sha256 => {
+                self.record(
+                    Some(job.device),
+                    EventKind::ImageUploaded { image_sha256: sha, device_reported_hash: None },
+                )
+                .await?;
+                Ok(SwupdateOutcome { verified, report })
+            }
+            Ok(report) => {
+                let reason = format!(
+                    "the file changed while it was sent: verified {sha}, sent {}",
+                    hex::encode(report.sha256)
+                );
+                self.record(
+                    Some(job.device),
+                    EventKind::Failed {
+                        stage: FlashStage::Upload.to_string(),
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+                Err(Error::Invalid(reason))
+            }
+            Err(e) => {
+                self.record(
+                    Some(job.device),
+                    EventKind::Failed {
+                        stage: FlashStage::Upload.to_string(),
+                        reason: e.to_string(),
+                    },
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+}

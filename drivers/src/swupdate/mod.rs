@@ -1,0 +1,574 @@
+//! SWUpdate over HTTP: the client side of SWUpdate's built-in (mongoose) web server, as embedded
+//! Linux gateways run it.
+//!
+//! - `POST /upload`: a `multipart/form-data` upload of a `.swu`, streamed from the file (no copy of
+//!   the image in memory) with an exact `Content-Length`, progress reported as bytes leave.
+//! - HTTP digest authentication ([`digest`]) when the daemon has an auth domain: the credentials
+//!   are handed in by the caller for one job, checked with a cheap authenticated `GET /` before a
+//!   byte of the image is sent, and never logged or put into an error.
+//! - The result comes from the daemon's WebSocket ([`ws`]): `status` messages (`START`, `RUN`,
+//!   `SUCCESS`, `FAILURE`, `DONE`), `step` messages (install progress) and `message` messages (its
+//!   log, level 3 = error) whose text becomes the refusal reason.
+//! - `POST /restart` asks the device to reboot where it offers it.
+//!
+//! Plain `http://` only: the status channel is a plain WebSocket.
+
+pub mod digest;
+pub mod ws;
+
+use crate::progress::{Progress, TransferProgress};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use zeroize::Zeroizing;
+
+pub use digest::{Challenge, ChallengeError};
+
+/// The credentials for one job: a user name and the password from the keyring.
+pub struct DigestCredentials {
+    user: String,
+    password: Zeroizing<String>,
+}
+
+impl DigestCredentials {
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> DigestCredentials {
+        DigestCredentials { user: user.into(), password: Zeroizing::new(password.into()) }
+    }
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl fmt::Debug for DigestCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Errors talking to an SWUpdate daemon. None of them carries a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum SwupdateError {
+    #[error("`{0}` is not a usable SWUpdate address: give http://HOST:PORT")]
+    BadUrl(String),
+    #[error("the SWUpdate daemon at {url} cannot be reached: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "the SWUpdate daemon at {url} asks for a password (realm `{realm}`); add the device's credential to the keyring"
+    )]
+    CredentialsRequired { url: String, realm: String },
+    #[error(
+        "the SWUpdate daemon at {url} refused the credentials of user `{user}` (HTTP 401, realm `{realm}`); check the credential in the keyring"
+    )]
+    Unauthorized { url: String, user: String, realm: String },
+    #[error("the SWUpdate daemon at {url} is busy with another update; try again when it is done")]
+    Busy { url: String },
+    #[error("the SWUpdate daemon refused the image: {message}")]
+    Refused { message: String },
+    #[error("the SWUpdate daemon at {url} did not answer within {secs} s while {during}")]
+    Timeout { url: String, secs: u64, during: &'static str },
+    #[error("the SWUpdate daemon at {url} answered unexpectedly: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error("cannot read the image {path}: {reason}")]
+    Image { path: String, reason: String },
+}
+
+impl SwupdateError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SwupdateError::BadUrl(_) => "swupdate_bad_url",
+            SwupdateError::Unreachable { .. } => "swupdate_unreachable",
+            SwupdateError::CredentialsRequired { .. } => "swupdate_credentials_required",
+            SwupdateError::Unauthorized { .. } => "swupdate_unauthorized",
+            SwupdateError::Busy { .. } => "swupdate_busy",
+            SwupdateError::Refused { .. } => "swupdate_refused",
+            SwupdateError::Timeout { .. } => "swupdate_timeout",
+            SwupdateError::Protocol { .. } => "swupdate_protocol",
+            SwupdateError::Image { .. } => "swupdate_image_unreadable",
+        }
+    }
+
+    /// Whether trying again later may succeed (a dropped link, a busy daemon), as opposed to a
+    /// refusal that will repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SwupdateError::Unreachable { .. }
+                | SwupdateError::Busy { .. }
+                | SwupdateError::Timeout { .. }
+        )
+    }
+}
+
+/// What the daemon reported for a successful install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallReport {
+    /// Bytes of the `.swu` sent.
+    pub bytes_sent: u64,
+    /// SHA-256 of the `.swu` bytes as they were sent (hashed while streaming), for the caller to
+    /// compare with what it verified.
+    pub sha256: [u8; 32],
+    /// The daemon's informational messages during the install, in order.
+    pub messages: Vec<String>,
+}
+
+/// Timeouts for one daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting and each plain request.
+    pub request: Duration,
+    /// From the end of the upload to the daemon's final status.
+    pub install: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { request: Duration::from_secs(10), install: Duration::from_secs(300) }
+    }
+}
+
+/// A client for one SWUpdate daemon.
+#[derive(Debug)]
+pub struct SwupdateClient {
+    base: String,
+    host_port: String,
+    http: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+/// One status-channel message (all fields are strings in SWUpdate's JSON).
+#[derive(Debug, Deserialize)]
+struct WsMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    status: Option<String>,
+    level: Option<String>,
+    text: Option<String>,
+    name: Option<String>,
+    percent: Option<String>,
+}
+
+const BOUNDARY: &str = "----fieldpatch-swupdate-7c1e4b2d9a0f";
+const CHUNK: usize = 64 * 1024;
+
+impl SwupdateClient {
+    /// A client for the daemon at `url` (`http://HOST:PORT`, no path).
+    pub fn new(url: &str, timeouts: Timeouts) -> Result<SwupdateClient, SwupdateError> {
+        let bad = || SwupdateError::BadUrl(url.chars().take(200).collect());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let host_port = rest.trim_end_matches('/');
+        if host_port.is_empty()
+            || host_port.contains(['/', '@', '?', '#'])
+            || host_port.chars().any(char::is_whitespace)
+        {
+            return Err(bad());
+        }
+        let host_port =
+            if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:80") };
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.request)
+            .http1_only()
+            // mongoose closes after every answer (401s included): never reuse a connection.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| SwupdateError::Protocol { url: url.into(), detail: e.to_string() })?;
+        Ok(SwupdateClient { base: format!("http://{host_port}"), host_port, http, timeouts })
+    }
+
+    /// The daemon's address, `http://HOST:PORT`.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn unreachable(&self, e: impl fmt::Display) -> SwupdateError {
+        SwupdateError::Unreachable { url: self.base.clone(), reason: e.to_string() }
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> SwupdateError {
+        SwupdateError::Protocol { url: self.base.clone(), detail: detail.into() }
+    }
+
+    fn timeout(&self, during: &'static str) -> SwupdateError {
+        let secs =
+            if during == "installing" { self.timeouts.install } else { self.timeouts.request };
+        SwupdateError::Timeout { url: self.base.clone(), secs: secs.as_secs(), during }
+    }
+
+    fn map_reqwest(&self, e: reqwest::Error, during: &'static str) -> SwupdateError {
+        if e.is_timeout() {
+            self.timeout(during)
+        } else if e.is_connect() {
+            self.unreachable(std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()))
+        } else {
+            self.protocol(format!("{during}: {e}"))
+        }
+    }
+
+    /// The digest challenge, if the daemon asks for authentication (an unauthenticated `GET /`).
+    pub async fn challenge(&self) -> Result<Option<Challenge>, SwupdateError> {
+        let resp = self
+            .http
+            .get(format!("{}/", self.base))
+            .timeout(self.timeouts.request)
+            .send()
+            .await
+            .map_err(|e| self.map_reqwest(e, "connecting"))?;
+        if resp.status().as_u16() != 401 {
+            return Ok(None);
+        }
+        let header = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| self.protocol("HTTP 401 without a WWW-Authenticate header"))?;
+        Challenge::parse(header).map(Some).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Checks that the daemon accepts `credentials` (or needs none) without sending an image;
+    /// returns the challenge to answer later requests with.
+    pub async fn authenticate(
+        &self,
+        credentials: Option<&DigestCredentials>,
+    ) -> Result<Option<Challenge>, SwupdateError> {
+        let Some(challenge) = self.challenge().await? else {
+            return Ok(None);
+        };
+        let Some(creds) = credentials else {
+            return Err(SwupdateError::CredentialsRequired {
+                url: self.base.clone(),
+                realm: challenge.realm.clone(),
+            });
+        };
+        let auth = challenge.authorization(&creds.user, &creds.password, "GET", "/");
+        let resp = self
+            .http
+            .get(format!("{}/", self.base))
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .timeout(self.timeouts.request)
+            .send()
+            .await
+            .map_err(|e| self.map_reqwest(e, "authenticating"))?;
+        if resp.status().as_u16() == 401 {
+            return Err(self.unauthorized(creds, &challenge));
+        }
+        Ok(Some(challenge))
+    }
+
+    fn unauthorized(&self, creds: &DigestCredentials, c: &Challenge) -> SwupdateError {
+        SwupdateError::Unauthorized {
+            url: self.base.clone(),
+            user: creds.user.clone(),
+            realm: c.realm.clone(),
+        }
+    }
+
+    async fn open_status(
+        &self,
+        auth: Option<(&Challenge, &DigestCredentials)>,
+    ) -> Result<ws::WebSocket, SwupdateError> {
+        let header = auth.map(|(c, cr)| c.authorization(&cr.user, &cr.password, "GET", "/ws"));
+        let connect = async {
+            let stream =
+                TcpStream::connect(&self.host_port).await.map_err(|e| self.unreachable(e))?;
+            ws::WebSocket::upgrade(stream, &self.host_port, "/ws", header.as_deref())
+                .await
+                .map_err(|e| self.protocol(format!("opening the status channel: {e}")))
+        };
+        match tokio::time::timeout(self.timeouts.request, connect).await {
+            Err(_) => Err(self.timeout("opening the status channel")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(ws::Upgrade::Open(ws))) => Ok(ws),
+            Ok(Ok(ws::Upgrade::Status(401))) => match auth {
+                Some((c, cr)) => Err(self.unauthorized(cr, c)),
+                None => Err(self.protocol("the status channel asks for credentials")),
+            },
+            Ok(Ok(ws::Upgrade::Status(s))) => {
+                Err(self.protocol(format!("the status channel answered HTTP {s}")))
+            }
+        }
+    }
+
+    /// Uploads the `.swu` at `path` and waits for the daemon's verdict. Credentials are checked
+    /// before the upload starts; the file is streamed in 64 KiB chunks.
+    pub async fn install(
+        &self,
+        path: &Path,
+        credentials: Option<&DigestCredentials>,
+        progress: &dyn Progress,
+    ) -> Result<InstallReport, SwupdateError> {
+        let image_err = |e: std::io::Error| SwupdateError::Image {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let file = tokio::fs::File::open(path).await.map_err(image_err)?;
+        let len = file.metadata().await.map_err(image_err)?.len();
+        let filename: String = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "update.swu".into())
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+            .collect();
+
+        progress.phase("authenticate");
+        let challenge = self.authenticate(credentials).await?;
+        let auth = challenge.as_ref().zip(credentials);
+        let mut status = self.open_status(auth).await?;
+
+        progress.phase("upload");
+        let prefix = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        );
+        let suffix = format!("\r\n--{BOUNDARY}--\r\n");
+        let content_length = prefix.len() as u64 + len + suffix.len() as u64;
+        let sent = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+        let file_stream = {
+            let (sent, hasher) = (sent.clone(), hasher.clone());
+            tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map(move |chunk| {
+                if let Ok(c) = &chunk {
+                    if let Ok(mut h) = hasher.lock() {
+                        h.update(c);
+                    }
+                    sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                }
+                chunk
+            })
+        };
+        // The body must be 'static, so it only counts bytes; the request loop below reports them.
+        let body = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(Bytes::from(prefix))])
+            .chain(file_stream)
+            .chain(futures_util::stream::iter([Ok(Bytes::from(suffix))]));
+        let mut req = self
+            .http
+            .post(format!("{}/upload", self.base))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .header(reqwest::header::CONTENT_LENGTH, content_length)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some((c, cr)) = auth {
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                c.authorization(&cr.user, &cr.password, "POST", "/upload"),
+            );
+        }
+        let upload = req.send();
+        tokio::pin!(upload);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_io = (0u64, Instant::now());
+        let resp = loop {
+            tokio::select! {
+                r = &mut upload => match r {
+                    Ok(resp) => break resp,
+                    // The daemon stops reading when it refuses an image early (a bad signature):
+                    // its verdict is on the status channel.
+                    Err(e) if !e.is_connect() => {
+                        // Without a verdict of its own, a connection the daemon closed during the
+                        // upload is a dropped link (it may also have answered "busy" and hung
+                        // up before the body was sent): worth trying again.
+                        let err = if e.is_timeout() {
+                            self.map_reqwest(e, "uploading")
+                        } else {
+                            self.unreachable(format!(
+                                "the connection closed during the upload ({e}); the daemon may be busy with another update: try again"
+                            ))
+                        };
+                        let verdict = tokio::time::timeout(
+                            self.timeouts.request,
+                            self.verdict(&mut status, progress),
+                        )
+                        .await;
+                        return Err(match verdict {
+                            Ok(Ok(Err(errors))) => refused(errors),
+                            _ => err,
+                        });
+                    }
+                    Err(e) => return Err(self.map_reqwest(e, "uploading")),
+                },
+                _ = tick.tick() => {
+                    let done = sent.load(Ordering::Relaxed);
+                    progress.transfer(TransferProgress { done, total: len, elapsed: started.elapsed() });
+                    if done != last_io.0 {
+                        last_io = (done, Instant::now());
+                    } else if last_io.1.elapsed() > self.timeouts.request.max(Duration::from_secs(30)) {
+                        return Err(self.timeout("uploading"));
+                    }
+                }
+            }
+        };
+        let code = resp.status().as_u16();
+        let text = tokio::time::timeout(self.timeouts.request, resp.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        match code {
+            200 => {}
+            401 => {
+                return Err(match auth {
+                    Some((c, cr)) => self.unauthorized(cr, c),
+                    None => self.protocol("the upload asks for credentials"),
+                });
+            }
+            500 if text.contains("Failed to queue") => {
+                return Err(SwupdateError::Busy { url: self.base.clone() });
+            }
+            _ => {
+                let t: String = text.chars().take(200).collect();
+                return Err(self.protocol(format!("the upload answered HTTP {code}: {}", t.trim())));
+            }
+        }
+        progress.transfer(TransferProgress { done: len, total: len, elapsed: started.elapsed() });
+
+        progress.phase("install");
+        let verdict =
+            tokio::time::timeout(self.timeouts.install, self.verdict(&mut status, progress))
+                .await
+                .map_err(|_| self.timeout("installing"))??;
+        status.close().await;
+        match verdict {
+            Ok(messages) => {
+                let sha256 = hasher.lock().map(|h| h.clone().finalize().into()).unwrap_or([0; 32]);
+                Ok(InstallReport { bytes_sent: sent.load(Ordering::Relaxed), sha256, messages })
+            }
+            Err(errors) => Err(refused(errors)),
+        }
+    }
+
+    /// Reads the status channel until the daemon's verdict: its informational messages on
+    /// success, its error messages on failure.
+    async fn verdict(
+        &self,
+        status: &mut ws::WebSocket,
+        progress: &dyn Progress,
+    ) -> Result<Result<Vec<String>, Vec<String>>, SwupdateError> {
+        let mut messages = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let mut last_step = None;
+        loop {
+            let Some(raw) = status.next_text().await.map_err(|e| {
+                self.protocol(format!("the status channel failed before a verdict: {e}"))
+            })?
+            else {
+                return Err(self.protocol("the status channel closed before a verdict"));
+            };
+            let Ok(m) = serde_json::from_str::<WsMessage>(&raw) else { continue };
+            match (m.kind.as_str(), m.status.as_deref()) {
+                ("message", _) => {
+                    let text = m.text.unwrap_or_default();
+                    if m.level.as_deref() == Some("3") {
+                        errors.push(text);
+                    } else {
+                        messages.push(text);
+                    }
+                }
+                ("step", _) => {
+                    let step = (m.name.unwrap_or_default(), m.percent.unwrap_or_default());
+                    if last_step.as_ref() != Some(&step) {
+                        progress.note(&format!("installing {}: {}%", step.0, step.1));
+                        last_step = Some(step);
+                    }
+                }
+                ("status", Some("SUCCESS")) => return Ok(Ok(messages)),
+                ("status", Some("FAILURE")) => {
+                    // The error text may trail the status: read briefly for it.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        while let Ok(Some(raw)) = status.next_text().await {
+                            if let Ok(m) = serde_json::from_str::<WsMessage>(&raw)
+                                && m.kind == "message"
+                                && m.level.as_deref() == Some("3")
+                            {
+                                errors.push(m.text.unwrap_or_default());
+                            }
+                        }
+                    })
+                    .await;
+                    return Ok(Err(errors));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the device to reboot into the new software (`POST /restart`).
+    pub async fn restart(
+        &self,
+        credentials: Option<&DigestCredentials>,
+    ) -> Result<(), SwupdateError> {
+        let challenge = self.authenticate(credentials).await?;
+        let mut req =
+            self.http.post(format!("{}/restart", self.base)).timeout(self.timeouts.request);
+        if let Some((c, cr)) = challenge.as_ref().zip(credentials) {
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                c.authorization(&cr.user, &cr.password, "POST", "/restart"),
+            );
+        }
+        let resp = req.send().await.map_err(|e| self.map_reqwest(e, "restarting"))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            s => Err(self.protocol(format!("the restart request answered HTTP {s}"))),
+        }
+    }
+}
+
+/// The refusal with the daemon's own error messages.
+fn refused(errors: Vec<String>) -> SwupdateError {
+    let errors: Vec<String> =
+        errors.into_iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let message = if errors.is_empty() {
+        "the install failed (the daemon gave no reason)".to_string()
+    } else {
+        errors.join("; ")
+    };
+    SwupdateError::Refused { message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_codes() {
+        for bad in ["https://x:1", "x:1", "http://", "http://a/b", "http://u@h:1", "http://a b"] {
+            let e = SwupdateClient::new(bad, Timeouts::default()).unwrap_err();
+            assert_eq!(e.code(), "swupdate_bad_url", "{bad}");
+        }
+        let c = SwupdateClient::new("http://127.0.0.1:8080/", Timeouts::default()).unwrap();
+        assert_eq!(c.url(), "http://127.0.0.1:8080");
+        let c = SwupdateClient::new("http://gw.local", Timeouts::default()).unwrap();
+        assert_eq!(c.url(), "http://gw.local:80");
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = DigestCredentials::new("admin", "hunter2-secret");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_a_clear_transient_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let c =
+            SwupdateClient::new(&format!("http://127.0.0.1:{port}"), Timeouts::default()).unwrap();
+        let e = c.authenticate(None).await.unwrap_err();
+        assert_eq!(e.code(), "swupdate_unreachable", "{e}");
+        assert!(e.is_transient());
+    }
+}

@@ -1,0 +1,261 @@
+//! The real SWUpdate daemon for tests, and `.swu` images to feed it, made with the real tools
+//! (`swupdate`, `cpio`, `openssl`, installed by `scripts/setup`).
+//!
+//! - [`Vendor`]: an RSA key and a self-signed certificate with the emailProtection purpose (what
+//!   SWUpdate checks a signer for).
+//! - [`Swu`]: writes `sw-description` (libconfig) with one `raw` image, signs it with
+//!   `openssl cms -sign ... -outform DER -nosmimecap -binary`, and packs `cpio -H crc`; variants for
+//!   unsigned, wrong-signer, wrong-hardware and tampered images.
+//! - [`Daemon`]: `swupdate -H BOARD:REV -k CERT -w "... --auth-domain ... --global-auth-file ..."`
+//!   on a free loopback port with its own `TMPDIR` (its IPC sockets) and log; killed on drop. It
+//!   panics with a clear message when `swupdate` cannot run, so no test passes without the peer.
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A signing vendor: `key.pem` and `cert.pem` in its folder.
+#[derive(Debug, Clone)]
+pub struct Vendor {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Vendor {
+    /// A new vendor key and certificate in `dir` (created), common name `cn`.
+    pub fn new(dir: &Path, cn: &str) -> Vendor {
+        std::fs::create_dir_all(dir).unwrap();
+        let v = Vendor { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={cn}")])
+            .args(["-addext", "extendedKeyUsage=emailProtection"])
+            .args(["-addext", "keyUsage=digitalSignature"])
+            .arg("-keyout")
+            .arg(&v.key)
+            .arg("-out")
+            .arg(&v.cert)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs (scripts/setup installs it)");
+        assert!(status.success(), "openssl could not make a vendor certificate");
+        v
+    }
+
+    /// The certificate, PEM.
+    pub fn cert_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.cert).unwrap()
+    }
+}
+
+/// How to build a `.swu`.
+#[derive(Debug, Clone)]
+pub struct Swu {
+    pub version: String,
+    pub hardware: Vec<String>,
+    /// The payload's file name inside the archive.
+    pub image_name: String,
+    pub image: Vec<u8>,
+    /// Where the `raw` handler writes it on the device.
+    pub device_path: PathBuf,
+    /// Sign with this vendor (`None`: no `sw-description.sig`).
+    pub signer: Option<Vendor>,
+    /// Replace the payload after the description (and its sha256) was made.
+    pub tamper: bool,
+}
+
+impl Swu {
+    /// The `sw-description` text.
+    pub fn description(&self) -> String {
+        let hw: Vec<String> = self.hardware.iter().map(|h| format!("\"{h}\"")).collect();
+        format!(
+            "software =\n{{\n\tversion = \"{}\";\n\thardware-compatibility = [ {} ];\n\timages: (\n\t{{\n\t\tfilename = \"{}\";\n\t\ttype = \"raw\";\n\t\tdevice = \"{}\";\n\t\tsha256 = \"{}\";\n\t}}\n\t);\n}}\n",
+            self.version,
+            hw.join(", "),
+            self.image_name,
+            self.device_path.display(),
+            sha256_hex(&self.image),
+        )
+    }
+
+    /// Writes the `.swu` as `dir/name` (working files in `dir/name.d`) and returns its path.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let work = dir.join(format!("{name}.d"));
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("sw-description"), self.description()).unwrap();
+        let mut payload = self.image.clone();
+        if self.tamper {
+            let last = payload.len() - 1;
+            payload[last] ^= 0x5a;
+        }
+        std::fs::write(work.join(&self.image_name), &payload).unwrap();
+        let mut members = vec!["sw-description".to_string()];
+        if let Some(v) = &self.signer {
+            let status = Command::new("openssl")
+                .args(["cms", "-sign", "-in", "sw-description", "-out", "sw-description.sig"])
+                .arg("-signer")
+                .arg(&v.cert)
+                .arg("-inkey")
+                .arg(&v.key)
+                .args(["-outform", "DER", "-nosmimecap", "-binary"])
+                .current_dir(&work)
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl cms -sign failed");
+            members.push("sw-description.sig".into());
+        }
+        members.push(self.image_name.clone());
+        let out = dir.join(name);
+        let mut child = Command::new("cpio")
+            .args(["-o", "-H", "crc", "--quiet"])
+            .current_dir(&work)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .spawn()
+            .expect("cpio runs (scripts/setup installs it)");
+        child.stdin.take().unwrap().write_all(members.join("\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "cpio failed");
+        out
+    }
+}
+
+/// Lowercase hex SHA-256 (by the `sha256sum` tool, so the kit needs no hashing crate).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+/// Digest credentials the daemon accepts.
+#[derive(Debug, Clone)]
+pub struct DaemonAuth {
+    pub user: String,
+    pub realm: String,
+    pub password: String,
+}
+
+/// A running `swupdate` with its web server, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// A regular file standing for the device's flash (the `raw` handler's target).
+    pub flash: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `swupdate -H hardware -k vendor_cert -w ...` in `dir` (created).
+    pub fn start(
+        dir: &Path,
+        hardware: &str,
+        vendor_cert: &Path,
+        auth: Option<&DaemonAuth>,
+    ) -> Daemon {
+        let www = dir.join("www");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(www.join("index.html"), "<html>swupdate</html>\n").unwrap();
+        let flash = dir.join("flash.bin");
+        std::fs::write(&flash, b"").unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut web = format!("-r {} -p {port}", www.display());
+        if let Some(a) = auth {
+            let file = dir.join("htdigest");
+            let ha1 = md5_hex(&format!("{}:{}:{}", a.user, a.realm, a.password));
+            std::fs::write(&file, format!("{}:{}:{ha1}\n", a.user, a.realm)).unwrap();
+            web.push_str(&format!(
+                " --auth-domain {} --global-auth-file {}",
+                a.realm,
+                file.display()
+            ));
+        }
+        let log = dir.join("swupdate.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("swupdate")
+            .args(["-v", "-H", hardware, "-k"])
+            .arg(vendor_cert)
+            .args(["-w", &web])
+            .env("TMPDIR", &tmp)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the SWUpdate daemon (`swupdate`; scripts/setup installs it): {e}"
+                )
+            });
+        let mut d = Daemon { child, port, dir: dir.to_path_buf(), log, flash };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "the SWUpdate daemon exited at start ({status}); its log:\n{}",
+                    d.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the SWUpdate daemon did not listen on port {port} within 10 s; its log:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Whether the daemon ever began an install (an image reached it).
+    pub fn started_an_update(&self) -> bool {
+        self.log_text().contains("Software Update started")
+    }
+
+    /// The flash file's bytes.
+    pub fn flash_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.flash).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn md5_hex(s: &str) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum runs");
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
