@@ -1,3 +1,28 @@
+//! Build script: Tauri's context and the app manifest. The manifest lists every command the shell
+//! registers (`generate_handler!` in `src/lib.rs`), so each one becomes a permission
+//! (`allow-<command>`) that the window gets only through `capabilities/`, and a command missing
+//! from a capability is refused at the IPC boundary.
+
+/// Every command of `tauri::generate_handler!` in `src/lib.rs`, no more.
+const COMMANDS: &[&str] = &[
+    "app_info",
+    "mode",
+    "settings",
+    "login",
+    "site",
+    "discover",
+    "plan",
+    "run_session",
+    "verify_log",
+    "set_auto_sync",
+    "sync_now",
+    "close_session",
+];
+
 fn main() {
-    tauri_build::build()
+    tauri_build::try_build(
+        tauri_build::Attributes::new()
+            .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
+    )
+    .expect("the Tauri build step failed");
 }

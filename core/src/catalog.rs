@@ -223,7 +223,12 @@ impl Catalog {
                     cvss: m.severity.cvss.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0.0),
                     cves: m.severity.cves.clone(),
                     usable_until: b.usable_until,
-                    needs_credential: false,
+                    // An SWUpdate gateway takes an image only with its password from the keyring.
+                    needs_credential: b
+                        .bundle
+                        .payloads()
+                        .iter()
+                        .any(|p| p.entry().format == PayloadFormat::Swupdate),
                 }
             })
             .collect()

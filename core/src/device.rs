@@ -103,6 +103,11 @@ impl Fieldpatch {
                     "{address} is a USB DFU device: use `fieldpatch dfu` for it"
                 )));
             }
+            DeviceAddress::Swupdate { .. } => {
+                return Err(Error::WrongAddress(format!(
+                    "{address} is an SWUpdate gateway: use `fieldpatch device --swupdate URL` for it"
+                )));
+            }
         };
         Ok(SmpDevice { fp: self, name: address.to_string(), client: SmpClient::new(link) })
     }

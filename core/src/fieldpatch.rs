@@ -292,7 +292,9 @@ impl Fieldpatch {
         devices: Vec<DeviceRecord>,
         timeout: Duration,
     ) -> Vec<(DeviceRecord, Option<String>)> {
-        batch::identify(self.connector.as_ref(), devices, timeout).await
+        let keyring = self.credentials().await.ok().cloned();
+        let connector = crate::flash::swupdate::KeyringConnector::new(self.connector(), keyring);
+        batch::identify(&connector, devices, timeout).await
     }
 
     /// The devices of a synced work order at the addresses found on site, and the ids of those
@@ -340,6 +342,7 @@ impl Fieldpatch {
                     serial_number: d.serial_number.clone(),
                     firmware_version: d.firmware_version.as_deref().and_then(|v| v.parse().ok()),
                     image_hash: None,
+                    mode: None,
                 },
                 criticality: Default::default(),
                 windows: vec![],
@@ -382,7 +385,10 @@ impl Fieldpatch {
         // And one per data directory across processes (the app and the CLI, two CLIs).
         let _lock = crate::session::lock::RunnerLock::session(&self.data_dir)?;
         let log = self.log().await?;
-        let connector = self.connector.clone();
+        // SWUpdate gateways are opened with their password from the keyring, read at that moment.
+        let keyring = Some(self.credentials().await?.clone());
+        let connector: Arc<dyn Connector> =
+            Arc::new(crate::flash::swupdate::KeyringConnector::new(self.connector(), keyring));
         let run = batch::VisitRun { store: &self.store, log, catalog, connector, observer, pause };
         Ok(batch::run_in_visit(run, state).await?)
     }

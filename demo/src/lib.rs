@@ -258,7 +258,7 @@ impl Demo {
                 DeviceAddress::Udp { addr } => {
                     targets.extend(addr.parse::<NetTarget>().ok());
                 }
-                DeviceAddress::Usb { .. } => {}
+                DeviceAddress::Usb { .. } | DeviceAddress::Swupdate { .. } => {}
             }
         }
         let serial = (!ports.is_empty()).then(|| SerialScope {

@@ -15,8 +15,20 @@
 //! | `checkpoint.json` | optional: the server's countersigned [`SignedCheckpoint`] covering the visit |
 //! | `trust_store.json` | optional: the trust store in force, byte for byte |
 //! | `bundles/<id>.manifest.json`, `bundles/<id>.verdict.json` | optional: the manifests and verdicts of the bundles the visit used |
+//! | `bundles/<id>.signatures.json` | optional: the bundle manifest's detached release signatures (JSON list of [`SignatureEntry`]) |
 //! | `manifest.json` | canonical JSON [`Manifest`]: visit, log, technician key, chain anchor, every other file's SHA-256 |
-//! | `manifest.sig` | JSON [`SignatureEntry`]: the technician's ed25519 signature over [`CONTEXT_AUDIT_MANIFEST`] followed by the bytes of `manifest.json` |
+//! | `manifest.sig` | JSON [`SignatureEntry`]: the technician's ed25519 signature over [`CONTEXT_AUDIT_MANIFEST`] followed by the bytes of `manifest.json`; in a server export, the inventory server's signature instead (see below) |
+//!
+//! # Laptop and server exports
+//!
+//! The laptop (`fieldpatch export`) signs `manifest.sig` with the technician's key. The inventory
+//! server (`fieldpatch-server admin export`) holds every pushed event but no technician key: its
+//! exports are **signed by the inventory server key X**, named in the manifest's
+//! `signed_by_server_key` (absent in laptop exports). A server export always carries a
+//! `checkpoint.json` countersigned by that same server key at the end of the run it exports (the
+//! server holds every event up to there). Either way the events themselves are checked against the
+//! technician key that signed them (`technician_key`): the server can leave events out of an
+//! export, but it cannot make or change one.
 //!
 //! # The checks ([`verify`]), in order; the first that fails is the answer
 //!
@@ -25,8 +37,11 @@
 //!    `report.html`, `report.pdf`, `manifest.json` and `manifest.sig` are present.
 //! 2. `manifest.json` is canonical JSON (sorted keys, no whitespace) of a [`Manifest`] whose
 //!    `format` is [`FORMAT`]; `technician.pub` names the manifest's `technician_key`;
-//!    `manifest.sig` is by that key (its key id: the first 8 bytes of SHA-256 over the raw key,
-//!    hex) and verifies (ed25519, strict) over [`CONTEXT_AUDIT_MANIFEST`] + `manifest.json`.
+//!    `manifest.sig` is by the manifest's signer (its key id: the first 8 bytes of SHA-256 over
+//!    the raw key, hex) and verifies (ed25519, strict) over [`CONTEXT_AUDIT_MANIFEST`] +
+//!    `manifest.json`. The signer is `technician_key`, or, when `signed_by_server_key` is present
+//!    (a server export), that inventory server key, which must then be the key the auditor pins
+//!    (when one is pinned).
 //! 3. Each line of `events.jsonl` parses as an event and serializes back to the same bytes; the
 //!    run verifies as a chain (every signature by its `signer`, seq +1 each, `prev_hash` the hash
 //!    of the previous event: SHA-256 over the canonical body and the 64 signature bytes), starting
@@ -35,13 +50,26 @@
 //! 4. With `checkpoint.json`: the server's signature verifies (against the key the auditor pins,
 //!    else the key it names), it is for `log_id`, its `last_seq` is at or after the visit's last
 //!    event, the run ends exactly at `last_seq` and that event's hash is `last_hash`. Without it,
-//!    the run ends at the visit's last event and the export is reported as not synced.
+//!    the run ends at the visit's last event and the export is reported as not synced. A server
+//!    export must have it, countersigned by its `signed_by_server_key`.
 //! 5. `devices.csv`, `report.html` and `report.pdf` are regenerated from the events (and the
 //!    manifest's visit fields) and must equal the archived bytes: every row and line is backed by
 //!    signed events.
 //! 6. Every file other than `manifest.json` and `manifest.sig` is listed in the manifest with its
 //!    SHA-256 and size, and every listed file is present; `trust_store_sha256` is the hash of
 //!    `trust_store.json` (both or neither).
+//! 7. With bundle manifests: `trust_store.json` is present and is a trust store signed by a
+//!    threshold of its own root keys (its expiry is not checked: it is the store that was in
+//!    force). Each `bundles/<id>.manifest.json` has its `.verdict.json` (and the reverse), is
+//!    canonical JSON naming `bundle_id` `<id>`; the verdict says `valid: true` for `<id>`, and
+//!    every signer it names is a trust-store key with the `release` role, not revoked, at least
+//!    the release threshold of them. With `bundles/<id>.signatures.json` the signatures are
+//!    re-verified (ed25519, strict) over `CONTEXT_MANIFEST` + the manifest bytes against the trust
+//!    store, the release threshold is met, and the signers are exactly the verdict's. Without it,
+//!    the verdict's signer list is checked against the trust store but not re-proved, and the
+//!    bundle's payloads (not in the archive) are never re-checked: the verdict's other checks
+//!    (payload hashes, image headers, expiry, rollback rules) are the laptop's word, signed with
+//!    the manifest.
 //!
 //! Exports never hold secrets: everything in them is the signed events (which name credentials
 //! at most by name), public keys, and documents that are public by design.
@@ -98,6 +126,8 @@ pub enum AuditError {
     FileHash { file: String, detail: String },
     #[error("cannot build the export: {0}")]
     Build(String),
+    #[error("bundle {id}: {detail}")]
+    Bundle { id: String, detail: String },
 }
 
 impl AuditError {
@@ -114,6 +144,7 @@ impl AuditError {
             AuditError::ManifestSignature(_) => "audit_manifest_signature",
             AuditError::FileHash { .. } => "audit_file_hash",
             AuditError::Build(_) => "audit_build",
+            AuditError::Bundle { .. } => "audit_bundle",
         }
     }
 }
@@ -145,6 +176,10 @@ pub struct Manifest {
     pub anchor: Anchor,
     pub trust_store_sha256: Option<String>,
     pub files: Vec<FileEntry>,
+    /// Absent in a laptop export (`manifest.sig` is by `technician_key`). Present in an export
+    /// made by the inventory server: `manifest.sig` is by this inventory server key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by_server_key: Option<String>,
 }
 
 /// What goes into an export besides the events.
@@ -156,6 +191,8 @@ pub struct Extras {
     pub trust_store: Option<Vec<u8>>,
     /// `(bundle id, manifest bytes, verdict bytes)` of the bundles used.
     pub bundles: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// `(bundle id, signatures JSON)`: the manifests' detached release signatures, when known.
+    pub bundle_signatures: Vec<(String, Vec<u8>)>,
 }
 
 /// What a verified export says.
@@ -171,6 +208,9 @@ pub struct Verified {
     pub trust_store_sha256: Option<String>,
     /// The hash of the visit's last event: the report's verification fingerprint.
     pub fingerprint: String,
+    /// `Some(key)`: a server export, its manifest signed by this inventory server key; `None`:
+    /// signed by the technician key.
+    pub manifest_server_key: Option<String>,
 }
 
 /// One row of `devices.csv`.
@@ -363,9 +403,11 @@ fn report_lines(
             Some(h) => format!("Trust store SHA-256: {h}"),
             None => "Trust store: not included".to_string(),
         },
-        String::new(),
-        "Devices:".to_string(),
     ];
+    if let Some(key) = &m.signed_by_server_key {
+        out.push(format!("Exported by the inventory server: manifest signed by server key {key}"));
+    }
+    out.extend([String::new(), "Devices:".to_string()]);
     for r in rows {
         out.push(format!(
             "{}: {} ({} -> {}){}{}",
@@ -537,9 +579,47 @@ pub fn build(
     extras: &Extras,
     key: &SigningKey,
 ) -> Result<Vec<u8>, AuditError> {
+    let technician_key = hex::encode(key.verifying_key().as_bytes());
+    build_with(visit_id, events, anchor, extras, technician_key, key, None)
+}
+
+/// Build the archive as the inventory server does: like [`build`], but the manifest is signed by
+/// the inventory server's `server_key` (named in [`Manifest::signed_by_server_key`]) and the
+/// technician key is the one that signed the events. `extras.checkpoint` must be present and
+/// countersigned by `server_key`.
+pub fn build_signed_by_server(
+    visit_id: Uuid,
+    events: &[Event],
+    anchor: Option<(u64, String)>,
+    extras: &Extras,
+    server_key: &SigningKey,
+) -> Result<Vec<u8>, AuditError> {
     let first =
         events.first().ok_or_else(|| AuditError::Build("the visit has no events".into()))?;
-    let technician_key = hex::encode(key.verifying_key().as_bytes());
+    let server_hex = hex::encode(server_key.verifying_key().as_bytes());
+    match &extras.checkpoint {
+        Some(c) if c.server_key.eq_ignore_ascii_case(&server_hex) => {}
+        _ => {
+            return Err(AuditError::Build(
+                "a server export needs a checkpoint countersigned by the server key".into(),
+            ));
+        }
+    }
+    let technician_key = first.body.signer.clone();
+    build_with(visit_id, events, anchor, extras, technician_key, server_key, Some(server_hex))
+}
+
+fn build_with(
+    visit_id: Uuid,
+    events: &[Event],
+    anchor: Option<(u64, String)>,
+    extras: &Extras,
+    technician_key: String,
+    key: &SigningKey,
+    signed_by_server_key: Option<String>,
+) -> Result<Vec<u8>, AuditError> {
+    let first =
+        events.first().ok_or_else(|| AuditError::Build("the visit has no events".into()))?;
     let anchor = anchor
         .map(|(seq, hash)| Anchor { seq, hash })
         .unwrap_or(Anchor { seq: 0, hash: GENESIS_HASH.into() });
@@ -555,6 +635,7 @@ pub fn build(
         anchor,
         trust_store_sha256: extras.trust_store.as_deref().map(sha256_hex),
         files: vec![],
+        signed_by_server_key,
     };
     let synced = extras.checkpoint.as_ref().map(|c| c.server_key.clone());
     for (name, bytes) in derived(&manifest, events, synced.as_deref())? {
@@ -573,6 +654,9 @@ pub fn build(
         }
         files.push((format!("bundles/{id}.manifest.json"), manifest_bytes.clone()));
         files.push((format!("bundles/{id}.verdict.json"), verdict.clone()));
+        if let Some((_, sigs)) = extras.bundle_signatures.iter().find(|(i, _)| i == id) {
+            files.push((format!("bundles/{id}.signatures.json"), sigs.clone()));
+        }
     }
     manifest.files = files
         .iter()
@@ -640,7 +724,9 @@ pub fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, AuditError> {
             || name
                 .strip_prefix("bundles/")
                 .and_then(|n| {
-                    n.strip_suffix(".manifest.json").or_else(|| n.strip_suffix(".verdict.json"))
+                    n.strip_suffix(".manifest.json")
+                        .or_else(|| n.strip_suffix(".verdict.json"))
+                        .or_else(|| n.strip_suffix(".signatures.json"))
                 })
                 .is_some_and(valid_bundle_id);
         if !allowed {
@@ -706,10 +792,26 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
         return Err(AuditError::Manifest("technician.pub does not name technician_key".into()));
     }
     // 2b.
+    let (signer, signer_name) = match &m.signed_by_server_key {
+        None => (tech, "the technician key".to_string()),
+        Some(k) => {
+            if let Some(p) = pinned_server_key
+                && !p.eq_ignore_ascii_case(k)
+            {
+                return Err(AuditError::ManifestSignature(format!(
+                    "signed by the inventory server key {k}, not by the pinned server key {p}"
+                )));
+            }
+            let key = crate::wire::parse_key(k).ok_or_else(|| {
+                AuditError::Manifest("signed_by_server_key is not an ed25519 key".into())
+            })?;
+            (key, format!("the inventory server key {k}"))
+        }
+    };
     let sig: SignatureEntry = serde_json::from_slice(need("manifest.sig")?)
         .map_err(|e| AuditError::ManifestSignature(format!("unreadable: {e}")))?;
-    if sig.key_id != crate::signature::key_id(&tech) {
-        return Err(AuditError::ManifestSignature("not by the technician key".into()));
+    if sig.key_id != crate::signature::key_id(&signer) {
+        return Err(AuditError::ManifestSignature(format!("not by {signer_name}")));
     }
     let raw = hex::decode(&sig.signature)
         .ok()
@@ -717,7 +819,7 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
         .ok_or_else(|| AuditError::ManifestSignature("malformed signature".into()))?;
     let mut msg = CONTEXT_AUDIT_MANIFEST.to_vec();
     msg.extend_from_slice(manifest_bytes);
-    VerifyingKey::verify_strict(&tech, &msg, &Signature::from_bytes(&raw)).map_err(|_| {
+    VerifyingKey::verify_strict(&signer, &msg, &Signature::from_bytes(&raw)).map_err(|_| {
         AuditError::ManifestSignature("does not match manifest.json (edited after signing)".into())
     })?;
     // 3.
@@ -767,6 +869,11 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
     let fingerprint = events[last_visit].hash();
     // 4.
     let checkpoint = match file("checkpoint.json") {
+        None if m.signed_by_server_key.is_some() => {
+            return Err(AuditError::Checkpoint(
+                "a server export must carry the server's checkpoint".into(),
+            ));
+        }
         None => {
             if last_visit + 1 != events.len() {
                 return Err(AuditError::Chain(
@@ -779,8 +886,9 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
         Some(bytes) => {
             let c: SignedCheckpoint = serde_json::from_slice(bytes)
                 .map_err(|e| AuditError::Checkpoint(format!("checkpoint.json: {e}")))?;
-            c.verify(pinned_server_key.unwrap_or(&c.server_key))
-                .map_err(|e| AuditError::Checkpoint(e.to_string()))?;
+            let expected =
+                m.signed_by_server_key.as_deref().or(pinned_server_key).unwrap_or(&c.server_key);
+            c.verify(expected).map_err(|e| AuditError::Checkpoint(e.to_string()))?;
             let cp = &c.checkpoint;
             let last = events.last().expect("not empty");
             if cp.log_id != m.log_id {
@@ -841,6 +949,8 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
             });
         }
     }
+    // 7.
+    check_bundles(&files)?;
     let devices = csv::Reader::from_reader(need("devices.csv")?).records().count();
     Ok(Verified {
         visit_id: m.visit_id,
@@ -851,5 +961,109 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
         checkpoint_server_key: checkpoint,
         trust_store_sha256: m.trust_store_sha256,
         fingerprint,
+        manifest_server_key: m.signed_by_server_key,
     })
+}
+
+/// Check 7 of the module docs: the bundles' verdicts against the included trust store.
+fn check_bundles(files: &[(String, Vec<u8>)]) -> Result<(), AuditError> {
+    use crate::trust::{Role, TrustStore};
+    let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice());
+    let ids = |suffix: &str| -> Vec<String> {
+        files
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("bundles/")?.strip_suffix(suffix))
+            .map(str::to_string)
+            .collect()
+    };
+    let manifests = ids(".manifest.json");
+    for (suffix, kind) in [(".verdict.json", "verdict"), (".signatures.json", "signatures")] {
+        if let Some(id) = ids(suffix).into_iter().find(|id| !manifests.contains(id)) {
+            return Err(AuditError::Bundle {
+                id,
+                detail: format!("a {kind} without its manifest"),
+            });
+        }
+    }
+    if manifests.is_empty() {
+        return Ok(());
+    }
+    let bad = |id: &str, detail: String| AuditError::Bundle { id: id.to_string(), detail };
+    let trust_bytes = file("trust_store.json").ok_or_else(|| {
+        bad(
+            &manifests[0],
+            "bundle verdicts need the trust store in force (trust_store.json)".into(),
+        )
+    })?;
+    let trust = TrustStore::from_json(trust_bytes).map_err(|e| AuditError::FileHash {
+        file: "trust_store.json".into(),
+        detail: format!("not a valid trust store: {e}"),
+    })?;
+    let need = trust.threshold(Role::Release);
+    for id in &manifests {
+        let manifest = file(&format!("bundles/{id}.manifest.json")).unwrap_or_default();
+        let value = crate::canonical::parse_canonical(manifest)
+            .map_err(|e| bad(id, format!("the manifest is not canonical JSON ({e:?})")))?;
+        if value.get("bundle_id").and_then(|v| v.as_str()) != Some(id.as_str()) {
+            return Err(bad(id, "the manifest names another bundle".into()));
+        }
+        let verdict_bytes = file(&format!("bundles/{id}.verdict.json"))
+            .ok_or_else(|| bad(id, "the verdict is missing".into()))?;
+        let verdict: serde_json::Value = serde_json::from_slice(verdict_bytes)
+            .map_err(|e| bad(id, format!("the verdict is not JSON: {e}")))?;
+        if verdict.get("valid") != Some(&serde_json::Value::Bool(true)) {
+            return Err(bad(id, "the verdict does not say valid".into()));
+        }
+        if verdict.get("bundle_id").and_then(|v| v.as_str()) != Some(id.as_str()) {
+            return Err(bad(id, "the verdict is for another bundle".into()));
+        }
+        let mut signers: Vec<String> = verdict
+            .get("signers")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        signers.sort();
+        signers.dedup();
+        for s in &signers {
+            match trust.lookup(s) {
+                None => return Err(bad(id, format!("signer {s} is not in the trust store"))),
+                Some((_, _, true)) => {
+                    return Err(bad(id, format!("signer {s} is revoked in the trust store")));
+                }
+                Some((_, roles, false)) if !roles.contains(&Role::Release) => {
+                    return Err(bad(id, format!("signer {s} does not hold the release role")));
+                }
+                Some(_) => {}
+            }
+        }
+        if (signers.len() as u64) < u64::from(need) {
+            return Err(bad(
+                id,
+                format!(
+                    "the verdict names {} release signer(s), the threshold is {need}",
+                    signers.len()
+                ),
+            ));
+        }
+        if let Some(sig_bytes) = file(&format!("bundles/{id}.signatures.json")) {
+            let sigs: Vec<SignatureEntry> = serde_json::from_slice(sig_bytes)
+                .map_err(|e| bad(id, format!("signatures.json: {e}")))?;
+            let proved = crate::signature::check_threshold(
+                "bundle manifest",
+                crate::signature::CONTEXT_MANIFEST,
+                manifest,
+                &sigs,
+                &trust,
+                Role::Release,
+            )
+            .map_err(|e| bad(id, format!("the release signatures do not verify: {e}")))?;
+            if proved != signers {
+                return Err(bad(
+                    id,
+                    "the verdict's signers are not the signatures' signers".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -30,4 +30,4 @@ pub mod wire;
 pub use event::{
     ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain,
 };
-pub use model::{DeviceIdentity, Version};
+pub use model::{DeviceIdentity, DeviceMode, Version};

@@ -90,6 +90,39 @@ pub struct DeviceIdentity {
     pub firmware_version: Option<Version>,
     /// SHA-256 of the running image as the device reports it (MCUboot image hash), hex.
     pub image_hash: Option<String>,
+    /// What answered when the device was identified (`None`: not known, or not an SMP device).
+    /// Absent from the serialized form when `None`, so identities recorded before the field
+    /// existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub mode: Option<DeviceMode>,
+}
+
+/// What answers on a device with MCUboot when it is identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceMode {
+    /// The application (its SMP server): uploads go to the secondary slot, test boot and revert.
+    Application,
+    /// MCUboot's serial recovery (the bootloader answering SMP): an upload overwrites the image
+    /// it boots; there is no test boot and no revert.
+    SerialRecovery,
+}
+
+impl DeviceMode {
+    /// Whether a new image can be test-booted and reverted in this mode.
+    pub fn can_revert(self) -> bool {
+        self == DeviceMode::Application
+    }
+}
+
+impl fmt::Display for DeviceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceMode::Application => "application",
+            DeviceMode::SerialRecovery => "MCUboot serial recovery",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +140,31 @@ mod tests {
         assert!("256.0.0".parse::<Version>().is_err());
         let e = "x".parse::<Version>().unwrap_err().to_string();
         assert!(e.contains("MAJOR.MINOR.REVISION"), "{e}");
+    }
+
+    #[test]
+    fn identities_without_a_mode_keep_their_bytes() {
+        let old = r#"{"vendor":"Acme","model":"S","hardware_revision":null,"serial_number":"SN1","firmware_version":{"major":1,"minor":0,"revision":0,"build":0},"image_hash":null}"#;
+        let id: DeviceIdentity = serde_json::from_str(old).unwrap();
+        assert_eq!(id.mode, None);
+        assert_eq!(serde_json::to_string(&id).unwrap(), old);
+        // Older still: fields missing altogether read as unknown.
+        let id: DeviceIdentity = serde_json::from_str(r#"{"vendor":"Acme"}"#).unwrap();
+        assert_eq!(id.mode, None);
+    }
+
+    #[test]
+    fn identities_with_a_mode_round_trip() {
+        let id = DeviceIdentity {
+            model: Some("S".into()),
+            mode: Some(DeviceMode::SerialRecovery),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&id).unwrap();
+        assert!(text.ends_with(r#""mode":"serial_recovery"}"#), "{text}");
+        assert_eq!(serde_json::from_str::<DeviceIdentity>(&text).unwrap(), id);
+        let app: DeviceMode = serde_json::from_str(r#""application""#).unwrap();
+        assert!(app.can_revert() && !DeviceMode::SerialRecovery.can_revert());
+        assert!(serde_json::from_str::<DeviceMode>(r#""bootloader""#).is_err());
     }
 }

@@ -651,6 +651,51 @@ async fn admin_catalog_listing<S: Store>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /v1/admin/sites/{id}/audit-export` query.
+#[derive(Debug, Deserialize)]
+pub struct AuditExportQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Every visit of a site as audit archives signed by the server key (see [`crate::export`]): one
+/// tar holding `visit-<id>.fieldpatch-audit.tar` per visit, oldest first.
+async fn admin_audit_export<S: Store>(
+    State(app): Shared<S>,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<AuditExportQuery>,
+) -> Result<Response, ApiError> {
+    use crate::export::{self, ExportError};
+    admin(&app, &headers).await?;
+    let bound = |t: Option<String>, end| {
+        t.map(|t| export::parse_bound(&t, end))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    };
+    let (from, to) = (bound(q.from, false)?, bound(q.to, true)?);
+    let visits = match export::export_site(&app.store, &app.key, &site, from, to).await {
+        Ok(v) => v,
+        Err(ExportError::Store(e)) => return Err(e.into()),
+        Err(e @ ExportError::NoSuchSite(_)) => return Err(ApiError::not_found(e.to_string())),
+        Err(e @ ExportError::Invalid(_)) => return Err(ApiError::bad_request(e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "audit export");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "export_failed",
+                e.to_string(),
+            ));
+        }
+    };
+    let files: Vec<(String, Vec<u8>)> =
+        visits.into_iter().map(|v| (v.file_name(), v.archive)).collect();
+    let tar = fieldpatch_proto::audit::pack(&files).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "export_failed", e.to_string())
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
+}
+
 /// Longest a request may take, body upload included; a stalled client gets 408 and the
 /// connection's resources back.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -688,6 +733,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
             "/v1/admin/assignments/{technician}/{site}",
             put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
         )
+        .route("/v1/admin/sites/{id}/audit-export", get(admin_audit_export::<S>))
         .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
         .route("/v1/admin/catalog-listing", put(admin_catalog_listing::<S>))
         .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))

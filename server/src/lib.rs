@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod continuity;
+pub mod export;
 pub mod import;
 pub mod publish;
 pub mod push;

@@ -96,6 +96,22 @@ enum Admin {
     /// Tokens: revoke a leaked or departing technician's tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Export every visit of a site as signed audit archives (one per visit, in the laptop's
+    /// `fieldpatch export` format, manifest signed by this server's key), verifiable offline
+    /// with `fieldpatch audit verify`.
+    Export {
+        #[arg(long)]
+        site: String,
+        /// Only visits opened at or after this date (YYYY-MM-DD, UTC) or RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only visits opened at or before this date (its whole day, UTC) or RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Directory to write `visit-<id>.fieldpatch-audit.tar` files into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Import sites from a CSV (`id,name,address`) or JSON file.
     ImportSites { file: PathBuf },
     /// Import devices from a CSV or JSON file.
@@ -392,6 +408,36 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
             println!("{json}");
         }
         Admin::ServerKey => println!("{}", app.public_key()),
+        Admin::Export { site, from, to, out } => {
+            use fieldpatch_server::export;
+            let from = from.map(|f| export::parse_bound(&f, false)).transpose()?;
+            let to = to.map(|t| export::parse_bound(&t, true)).transpose()?;
+            let visits = export::export_site(store, &app.key, &site, from, to).await?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            for v in &visits {
+                let path = out.join(v.file_name());
+                let tmp = out.join(format!("{}.partial", v.file_name()));
+                std::fs::write(&tmp, &v.archive)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!(
+                    "visit {} (opened {}): {} events, {} devices, {} bytes -> {}",
+                    v.visit_id,
+                    v.opened.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    v.verified.events,
+                    v.verified.devices,
+                    v.archive.len(),
+                    path.display()
+                );
+            }
+            println!(
+                "{} visit(s) of site {site} exported to {}, signed by server key {}",
+                visits.len(),
+                out.display(),
+                app.public_key()
+            );
+        }
     }
     Ok(())
 }

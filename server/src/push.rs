@@ -299,6 +299,15 @@ pub async fn push<S: Store>(
                 }
                 Err(StoreError::Conflict(m)) if !checked_ids => {
                     checked_ids = true;
+                    // The log moved while this push was checked (another instance, or a
+                    // transaction of a server killed mid-push that committed late): the ids may
+                    // be these very events, so the push is retried, never judged here.
+                    let now = store.log_head(&log).await?;
+                    let moved = now.as_ref().map(|h| (h.last_seq, &h.last_hash))
+                        != head.as_ref().map(|h| (h.last_seq, &h.last_hash));
+                    if moved {
+                        return Err(StoreError::Conflict(m));
+                    }
                     let ids: Vec<String> =
                         accepted.iter().map(|(e, _)| e.body.id.to_string()).collect();
                     let taken = store.existing_event_ids(&ids).await?;

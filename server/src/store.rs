@@ -242,6 +242,16 @@ pub trait Store: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// The full stored envelopes (exactly as pushed and signed) of a log with
+    /// `from <= seq <= to`, in seq order: what audit exports are made of.
+    fn log_events(
+        &self,
+        log_id: &str,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+    /// Every stored `visit_opened` event (the start of each visit, naming its site), oldest first.
+    fn visit_openings(&self) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
     /// Which of these event ids are already stored (in any log).
     fn existing_event_ids(
         &self,
@@ -986,6 +996,39 @@ macro_rules! store_impl {
                             seq: to_u64(r.try_get::<i64, _>("seq")?),
                             hash: r.try_get("hash")?,
                         })
+                    })
+                    .collect()
+            }
+
+            async fn log_events(&self, log_id: &str, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT body FROM events WHERE log_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
+                )
+                .bind(log_id)
+                .bind(to_i64(from))
+                .bind(to_i64(to))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let body: String = r.try_get("body")?;
+                        serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("stored event: {e}")))
+                    })
+                    .collect()
+            }
+
+            async fn visit_openings(&self) -> Result<Vec<Event>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT body FROM events WHERE kind = 'visit_opened' ORDER BY time, log_id, seq",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let body: String = r.try_get("body")?;
+                        serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("stored event: {e}")))
                     })
                     .collect()
             }

@@ -10,10 +10,15 @@
 //! (inventory server, login with the token kept in the OS keyring, the pinned server key and the
 //! trust store in force).
 //!
+//! The window may call exactly the commands of `generate_handler!` (the app manifest in `build.rs`
+//! and `capabilities/default.json`); one instance runs per data directory and mode, and it logs
+//! to a rotating file (`shell`).
+//!
 //! What crosses the bridge is typed once, in Rust: `ipc` and the core's own types derive `TS`,
 //! and the window's `ui/src/lib/ipc.ts` is generated from them.
 
 mod ipc;
+mod shell;
 
 use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::SyncSettings;
@@ -315,19 +320,47 @@ async fn start_real() -> Result<Real, String> {
 /// Start the desktop app: on the built-in demo site with `demo`, else in real mode.
 pub fn run(demo: bool) {
     let started_as = if demo { Mode::Demo } else { Mode::Real };
-    tauri::Builder::default()
+    let builder = tauri::Builder::default();
+    // First, so that a second launch on the same data directory and mode focuses the running
+    // window and exits before it opens anything.
+    #[cfg(not(any(target_os = "android", target_os = "ios")))]
+    let builder = {
+        let mut single = tauri_plugin_single_instance::Builder::new()
+            .callback(|app, argv, _cwd| shell::focus_main(app, &argv));
+        if let Some(dir) = shell::data_dir() {
+            single = single.dbus_id(shell::instance_id(&dir, demo));
+        }
+        builder.plugin(single.build())
+    };
+    builder
         .manage(started_as)
         .setup(move |app| {
+            match shell::log_dir(app.handle(), demo).and_then(|dir| shell::init_logs(&dir)) {
+                Ok(()) => tracing::info!(
+                    version = fieldpatch_core::VERSION,
+                    mode = if demo { "demo" } else { "real" },
+                    "Fieldpatch window starting"
+                ),
+                // The window still opens; it reports its own errors.
+                Err(e) => eprintln!("fieldpatch-app: logs are off: {e}"),
+            }
             if !demo {
-                app.manage(Arc::new(tauri::async_runtime::block_on(start_real())?));
+                let real = tauri::async_runtime::block_on(start_real()).inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot open the data directory");
+                })?;
+                app.manage(Arc::new(real));
+                tracing::info!("ready (real mode)");
                 return Ok(());
             }
-            let site = tauri::async_runtime::block_on(start_site())?;
+            let site = tauri::async_runtime::block_on(start_site()).inspect_err(|e| {
+                tracing::error!(error = %e, "cannot start the demo site");
+            })?;
             // Automatic sync is on from the start; the window can turn it off.
             if let Some(sync) = &site.sync {
                 sync.set(true, &site.runtime, sync_events(app.handle().clone()));
             }
             app.manage(Arc::new(site));
+            tracing::info!("ready (demo site)");
             Ok(())
         })
         .invoke_handler(tauri::generate_handler![
@@ -346,4 +379,74 @@ pub fn run(demo: bool) {
         ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");
+}
+
+#[cfg(test)]
+mod capability_tests {
+    //! The window's capability, the app manifest (`build.rs`), the registered commands and the
+    //! commands `ui/src/lib/bridge.ts` calls are one list.
+
+    use std::collections::BTreeSet;
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap()
+    }
+
+    /// The quoted names between `start` and the next `]` of `text`.
+    fn quoted_after(text: &str, start: &str) -> BTreeSet<String> {
+        let rest = &text[text.find(start).unwrap() + start.len()..];
+        let list = &rest[..rest.find(']').unwrap()];
+        list.split('"').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    /// The first string argument of each `marker("name"` call in `text`.
+    fn called(text: &str, marker: &str) -> BTreeSet<String> {
+        text.split(marker)
+            .skip(1)
+            .filter_map(|s| s.split_once(">(\"").and_then(|(_, r)| r.split_once('"')))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_capability_allows_exactly_the_commands_the_window_calls() {
+        let manifest = quoted_after(&read("build.rs"), "const COMMANDS: &[&str] = &[");
+        let lib = read("src/lib.rs");
+        let handler = &lib[lib.find("generate_handler![").unwrap()..];
+        let registered: BTreeSet<String> = handler[18..handler.find(']').unwrap()]
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(manifest, registered, "build.rs lists every registered command");
+
+        let bridge = read("../ui/src/lib/bridge.ts");
+        let calls = called(&bridge, "call<");
+        assert_eq!(calls, registered, "the window calls every command, and only those");
+
+        let cap: serde_json::Value =
+            serde_json::from_str(&read("capabilities/default.json")).unwrap();
+        let permissions: BTreeSet<String> = cap["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().expect("plain permission identifiers").to_string())
+            .collect();
+        let allowed: BTreeSet<String> = permissions
+            .iter()
+            .filter_map(|p| p.strip_prefix("allow-"))
+            .map(|c| c.replace('-', "_"))
+            .collect();
+        assert_eq!(allowed, registered);
+        // Tauri's own API: listening to the shell's events, nothing else.
+        let events = called(&bridge, "listen<");
+        assert_eq!(
+            events,
+            ["discovery", "session", "session-finished", "sync"].map(String::from).into()
+        );
+        let core: BTreeSet<&str> =
+            permissions.iter().map(String::as_str).filter(|p| !p.starts_with("allow-")).collect();
+        assert_eq!(core, ["core:event:allow-listen", "core:event:allow-unlisten"].into());
+    }
 }

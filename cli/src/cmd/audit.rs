@@ -89,17 +89,24 @@ pub fn run(cmd: AuditCommand, json: bool) -> anyhow::Result<ExitCode> {
                         "devices": v.devices, "fingerprint": v.fingerprint,
                         "server_key": v.checkpoint_server_key,
                         "trust_store_sha256": v.trust_store_sha256,
+                        "manifest_server_key": v.manifest_server_key,
                     })
                 );
             } else {
                 println!(
-                    "OK: visit {} verifies: {} signed events by technician key {}, {} devices; fingerprint {}; {}",
+                    "OK: visit {} verifies: {} signed events by technician key {}, {} devices; fingerprint {}; {}{}",
                     v.visit_id,
                     v.events,
                     v.technician_key,
                     v.devices,
                     v.fingerprint,
-                    checkpoint_text(v.checkpoint_server_key.as_deref())
+                    checkpoint_text(v.checkpoint_server_key.as_deref()),
+                    match &v.manifest_server_key {
+                        Some(k) => format!(
+                            "; exported by the inventory server: manifest signed by server key {k}"
+                        ),
+                        None => String::new(),
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

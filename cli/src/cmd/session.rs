@@ -246,6 +246,10 @@ fn print_plan(plan: &Plan) {
             Disposition::UpToDate { version } => format!("up to date ({version})"),
             Disposition::Unpatchable { why } => format!("cannot patch: {why}"),
         };
+        let what = match &d.no_rollback {
+            Some(note) => format!("{what} [{note}]"),
+            None => what,
+        };
         println!("{:<16} {:<28} {:<10} {}", d.device.id, d.device.address.to_string(), runs, what);
     }
 }

@@ -140,6 +140,12 @@ pub enum BundleError {
         #[source]
         source: crate::image::dfu_file::DfuFileError,
     },
+    #[error("payload {name:?} is not a valid SWUpdate image: {source}")]
+    SwuImage {
+        name: String,
+        #[source]
+        source: crate::image::swu::SwuError,
+    },
     /// A trust-root refusal without a bundle-specific twin: an expired trust store, a catalog
     /// listing that does not hold.
     #[error(transparent)]
@@ -218,6 +224,7 @@ impl BundleError {
             BundleError::Key { .. } => "key",
             BundleError::Image { .. } => "image",
             BundleError::DfuImage { .. } => "dfu_image",
+            BundleError::SwuImage { source, .. } => source.code(),
             BundleError::Trust(e) => e.code(),
         }
     }

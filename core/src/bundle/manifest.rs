@@ -25,6 +25,9 @@ pub enum PayloadFormat {
     Dfu,
     /// Raw bytes.
     Raw,
+    /// An SWUpdate image (`.swu`) for an embedded Linux gateway: its archive, `sw-description`,
+    /// signature presence and every artifact's sha256 are checked at catalog load.
+    Swupdate,
 }
 
 impl std::str::FromStr for PayloadFormat {
@@ -34,7 +37,8 @@ impl std::str::FromStr for PayloadFormat {
             "mcuboot" => Ok(PayloadFormat::Mcuboot),
             "dfu" => Ok(PayloadFormat::Dfu),
             "raw" => Ok(PayloadFormat::Raw),
-            _ => Err(format!("unknown payload format {s:?}: use mcuboot, dfu or raw")),
+            "swupdate" => Ok(PayloadFormat::Swupdate),
+            _ => Err(format!("unknown payload format {s:?}: use mcuboot, dfu, raw or swupdate")),
         }
     }
 }

@@ -116,6 +116,7 @@ fn fill(into: &mut DeviceIdentity, from: &DeviceIdentity) {
     take(&mut into.serial_number, &from.serial_number);
     take(&mut into.firmware_version, &from.firmware_version);
     take(&mut into.image_hash, &from.image_hash);
+    take(&mut into.mode, &from.mode);
 }
 
 fn extend_details(into: &mut Vec<String>, more: Vec<String>) {

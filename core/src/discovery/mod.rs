@@ -31,12 +31,13 @@ pub use fieldpatch_drivers::discovery::{
 pub use matching::{Capability, DiscoveredDevice, Find, InventoryMatch, MatchKey};
 
 use crate::fieldpatch::{Error, Fieldpatch};
-use crate::model::DeviceIdentity;
+use crate::model::{DeviceIdentity, DeviceMode};
 use crate::plan::{DeviceAddress, DeviceRecord};
 use crate::store::InventoryDevice;
 use crate::visitlog::{EventKind, NewEvent};
 use fieldpatch_drivers::dfu::DfuMode;
 use fieldpatch_drivers::discovery::{self as drv, Endpoint, Probed, Via};
+use fieldpatch_drivers::smp::SmpMode;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -122,6 +123,7 @@ impl DiscoveryReport {
                             inv.firmware_version.as_deref().and_then(|v| v.parse().ok())
                         }),
                         image_hash: d.identity.image_hash.clone(),
+                        mode: d.identity.mode,
                     },
                     criticality: Default::default(),
                     windows: vec![],
@@ -142,8 +144,12 @@ fn transport(address: &DeviceAddress) -> &'static str {
         DeviceAddress::Serial { .. } => "serial",
         DeviceAddress::Udp { .. } => "udp",
         DeviceAddress::Usb { .. } => "usb",
+        DeviceAddress::Swupdate { .. } => "swupdate",
     }
 }
+
+/// What discovery calls a bootloader in MCUboot's serial recovery.
+pub const SERIAL_RECOVERY: &str = "MCUboot serial recovery";
 
 /// A find from the drivers' scan, in core's terms: the address, how it was found, the identity
 /// the device gave (completed by what its advertisement claims) and what its answers say it can
@@ -176,14 +182,28 @@ fn find_of(found: &drv::Found) -> Find {
         serial_number: id.serial_number,
         firmware_version: id.firmware_version.as_deref().and_then(|v| v.parse().ok()),
         image_hash: id.image_hash,
+        mode: None,
     };
     let mut capabilities = BTreeSet::new();
     let mut bootloader = None;
+    let mut identity = identity;
     if let Probed::Answered(report) = &found.probed
         && let drv::Details::Smp(facts) = &report.details
     {
         capabilities.insert(Capability::Reset);
-        if !facts.images.is_empty() {
+        identity.mode = facts.mode.map(|m| match m {
+            SmpMode::Application => DeviceMode::Application,
+            SmpMode::SerialRecovery => DeviceMode::SerialRecovery,
+        });
+        if facts.mode == Some(SmpMode::SerialRecovery) {
+            // MCUboot's serial recovery: an upload overwrites the primary slot, whose hash the
+            // device lists where it is built to; no test boot, no revert.
+            bootloader = Some(SERIAL_RECOVERY.to_string());
+            capabilities.insert(Capability::Upload);
+            if facts.images.iter().any(|s| !s.hash.is_empty()) {
+                capabilities.insert(Capability::ImageHash);
+            }
+        } else if !facts.images.is_empty() {
             // Image management answers: MCUboot slots, an upload into the secondary slot, a test
             // boot that reverts unless confirmed, and the hash of each slot.
             bootloader = Some("MCUboot".to_string());

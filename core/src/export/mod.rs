@@ -4,10 +4,10 @@
 //! [`export_visit`] gathers one visit from the local store: the contiguous run of the log from the
 //! visit's first event to its last (to the server's countersigned head when the visit was
 //! synced), the event before it as the chain's anchor, the server checkpoint (checked against the
-//! pinned server key), and optionally the trust store in force and the manifests and verdicts of
-//! the bundles the visit used. It signs the archive's manifest with the technician's key, verifies
-//! the archive it built, and only then writes it (atomically). [`verify_file`] reads an archive
-//! (bounded) and verifies it without the store.
+//! pinned server key), and optionally the trust store in force and the manifests, verdicts and
+//! release signatures of the bundles the visit used. It signs the archive's manifest with the
+//! technician's key, verifies the archive it built, and only then writes it (atomically).
+//! [`verify_file`] reads an archive (bounded) and verifies it without the store.
 //!
 //! Nothing secret is ever exported: the archive holds the signed events (which name credentials
 //! at most by name), public keys and public documents; the technician key signs, it is never
@@ -189,6 +189,17 @@ pub async fn export_visit(
                 .map_err(|e| ExportError::Damaged(visit_id, format!("bundle {id}: {e}")))?;
             let verdict = serde_json::to_vec(b.bundle.verdict())
                 .map_err(|e| ExportError::Damaged(visit_id, format!("bundle {id}: {e}")))?;
+            // The manifest's release signatures, so the verifier re-proves the verdict.
+            let header = read_bundle_header(&b.path)?;
+            if header.manifest_bytes != manifest {
+                return Err(ExportError::Damaged(
+                    visit_id,
+                    format!("bundle {id} changed on disk since the catalog was verified"),
+                ));
+            }
+            let sigs = serde_json::to_vec(&header.signatures)
+                .map_err(|e| ExportError::Damaged(visit_id, format!("bundle {id}: {e}")))?;
+            extras.bundle_signatures.push((id.clone(), sigs));
             extras.bundles.push((id, manifest, verdict));
         }
     }
@@ -197,6 +208,13 @@ pub async fn export_visit(
     let verified = audit::verify(&archive, pinned_server_key)?;
     write_atomically(out, &archive)?;
     Ok(Exported { path: out.to_path_buf(), bytes: archive.len() as u64, verified })
+}
+
+fn read_bundle_header(path: &Path) -> Result<crate::bundle::container::Header, ExportError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let len = f.metadata().map_err(io(path))?.len();
+    crate::bundle::container::read_header(&mut f, len)
+        .map_err(|e| ExportError::Io { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 fn write_atomically(out: &Path, bytes: &[u8]) -> Result<(), ExportError> {

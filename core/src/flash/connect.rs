@@ -1,5 +1,6 @@
 //! Opening devices by address: SMP over serial or UDP, USB DFU on a bus (the real one or the
-//! lab's).
+//! lab's), SWUpdate gateways over HTTP (here without credentials; the facade opens them with
+//! their keyring password through [`super::swupdate::KeyringConnector`]).
 //!
 //! A USB address names a device by vendor and product id and, optionally, serial number
 //! ([`select_usb`]): with a serial number it selects exactly the attached device that reports it;
@@ -108,6 +109,10 @@ where
             let devices = fieldpatch_drivers::dfu::list(usb).map_err(|e| open_err(&e, true))?;
             let found = select_usb(&devices, *vid, *pid, serial.as_deref())?;
             Ok(Box::new(DfuTarget::new(usb.clone(), found.location.clone())))
+        }
+        DeviceAddress::Swupdate { url, .. } => {
+            let timeouts = fieldpatch_drivers::swupdate::Timeouts::default();
+            Ok(Box::new(super::swupdate::SwupdateTarget::new(url, None, None, timeouts)?))
         }
     }
 }

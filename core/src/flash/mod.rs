@@ -24,6 +24,7 @@
 pub mod connect;
 pub mod dfu;
 pub mod smp;
+pub mod swupdate;
 
 use crate::model::Version;
 use crate::progress::{Progress, TransferProgress};
@@ -75,6 +76,9 @@ pub enum TargetError {
     /// A USB DFU device.
     #[error(transparent)]
     Dfu(#[from] fieldpatch_drivers::dfu::DfuError),
+    /// An SWUpdate gateway's web server (no error of it carries a credential).
+    #[error(transparent)]
+    Swupdate(#[from] fieldpatch_drivers::swupdate::SwupdateError),
     /// A DFU file that does not fit the device it was meant for.
     #[error(transparent)]
     DfuFile(#[from] crate::image::dfu_file::DfuFileError),
@@ -110,6 +114,7 @@ impl TargetError {
         match self {
             TargetError::Smp(e) => e.is_transient(),
             TargetError::Dfu(e) => e.is_transient(),
+            TargetError::Swupdate(e) => e.is_transient(),
             TargetError::DfuFile(_) | TargetError::Unsupported(_) => false,
             TargetError::Open { transient, .. } => *transient,
             TargetError::UsbSelect(e) => e.is_transient(),
@@ -123,6 +128,7 @@ impl TargetError {
         match self {
             TargetError::Smp(e) => e.code(),
             TargetError::Dfu(e) => e.code(),
+            TargetError::Swupdate(e) => e.code(),
             TargetError::DfuFile(_) => "dfu_file",
             TargetError::Open { .. } => "device_unreachable",
             TargetError::UsbSelect(e) => e.code(),
@@ -169,6 +175,17 @@ pub trait FlashTarget: Send {
     /// in the visit log before the upload); `None` when nothing needs saying.
     fn no_rollback(&self) -> Option<String> {
         None
+    }
+    /// What answered when the state was last read ([`FlashTarget::state`]), for targets that
+    /// can tell (MCUboot: the application or serial recovery); `None` otherwise.
+    fn device_mode(&self) -> Option<crate::model::DeviceMode> {
+        None
+    }
+    /// Whether the last [`FlashTarget::reconnect`] reset the device out of its bootloader into
+    /// the image just written and checked (MCUboot serial recovery): silence after that means
+    /// only that the application does not answer, so its boot cannot be checked.
+    fn reset_into_upload(&self) -> bool {
+        false
     }
 }
 
@@ -469,6 +486,18 @@ pub async fn flash(
             progress.phase("reconnect");
             let after = match target.reconnect(opts.reconnect_timeout).await {
                 Ok(s) => s,
+                // The bootloader listed the verified image and booted it; the application does
+                // not speak SMP, so there is nothing to health-check: say so, claim nothing.
+                Err(e) if target.reset_into_upload() => {
+                    rec(EventKind::Note {
+                        text: format!(
+                            "image {sha_hex} ({}) written to the slot the bootloader boots, its hash checked, and the device reset into it; the application does not answer SMP ({e}), so whether it booted cannot be checked: booted, not checkable; unverified, not confirmed",
+                            image.to
+                        ),
+                    })
+                    .await?;
+                    return Ok(FlashOutcome::Unverified { version: image.to });
+                }
                 Err(e) => return failed(FlashStage::Reconnect, e.to_string()).await,
             };
             if report.check == HashCheck::StatusOnly {

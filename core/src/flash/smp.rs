@@ -8,10 +8,12 @@
 //! [`fieldpatch_drivers::smp::SmpMode`]) has no test boot and no revert: the upload overwrites
 //! the primary slot, the hash the device then lists is checked like any other, and only then is
 //! the device reset into the application, which is waited for and health-checked where it speaks
-//! SMP. The pipeline records that no rollback is possible ([`FlashTarget::no_rollback`]).
+//! SMP; where it does not, the flash ends unverified, booted but not checkable
+//! ([`FlashTarget::reset_into_upload`]). The pipeline records that no rollback is possible
+//! ([`FlashTarget::no_rollback`]).
 
 use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport};
-use crate::model::Version;
+use crate::model::{DeviceMode, Version};
 use crate::progress::Progress;
 use async_trait::async_trait;
 use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, SmpClient, SmpMode, UploadOptions};
@@ -32,6 +34,10 @@ pub struct SmpTarget<L: Link> {
     recovery: bool,
     /// An image was written in serial recovery: the next reconnect resets into it first.
     reset_pending: bool,
+    /// The state was read at least once, so `recovery` tells the mode.
+    state_read: bool,
+    /// The last reconnect reset the device out of serial recovery into the uploaded image.
+    reset_into_upload: bool,
 }
 
 impl<L: Link> SmpTarget<L> {
@@ -41,7 +47,14 @@ impl<L: Link> SmpTarget<L> {
 
     /// A target over a client already talking to the device.
     pub fn from_client(client: SmpClient<L>, what: impl Into<String>) -> Self {
-        Self { client, what: what.into(), recovery: false, reset_pending: false }
+        Self {
+            client,
+            what: what.into(),
+            recovery: false,
+            reset_pending: false,
+            state_read: false,
+            reset_into_upload: false,
+        }
     }
 
     /// Whether the device was in serial recovery when its state was last read.
@@ -97,11 +110,13 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
         let states = self.client.image_list().await.map_err(dev_err)?;
         if states.iter().any(|s| s.active) {
             self.recovery = false;
+            self.state_read = true;
             return running(&states);
         }
         // Nothing runs: ask what answers (an application with no active image is an error).
         let id = self.client.identify().await.map_err(dev_err)?;
         self.recovery = id.mode == SmpMode::SerialRecovery;
+        self.state_read = true;
         if self.recovery { Ok(in_recovery(&id.images)) } else { running(&id.images) }
     }
 
@@ -135,6 +150,14 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
         })
     }
 
+    fn device_mode(&self) -> Option<DeviceMode> {
+        self.state_read.then_some(if self.recovery {
+            DeviceMode::SerialRecovery
+        } else {
+            DeviceMode::Application
+        })
+    }
+
     async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
         self.client.image_test(image_hash).await.map_err(dev_err)?;
         self.client.reset().await.map_err(dev_err)?;
@@ -160,20 +183,29 @@ impl<L: Link + 'static> FlashTarget for SmpTarget<L> {
         Ok(())
     }
 
+    fn reset_into_upload(&self) -> bool {
+        self.reset_into_upload
+    }
+
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {
+        self.reset_into_upload = false;
         if self.reset_pending {
             // Leave serial recovery: the bootloader boots the image just written and checked.
             self.client.reset().await.map_err(dev_err)?;
             self.reset_pending = false;
             self.recovery = false;
+            self.reset_into_upload = true;
             tokio::time::sleep(RESET_SETTLE).await;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
         while tokio::time::Instant::now() < deadline {
-            match self.client.image_list().await {
-                Ok(states) => return running(&states),
-                Err(e) => last = Some(e),
+            // One listing (with the client's own retries) may not outlast the timeout.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.client.image_list()).await {
+                Ok(Ok(states)) => return running(&states),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => break,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

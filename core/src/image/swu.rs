@@ -572,6 +572,30 @@ pub fn verify_file(
     let io = |e: std::io::Error| SwuError::Io(e.to_string());
     let mut f = std::fs::File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
+    verify_reader(&mut f, file_len, Some(vendor_pem), Some(target))
+}
+
+/// The checks of [`verify_file`] on a `.swu` held in memory (a bundle payload). Without
+/// `vendor_pem` the CMS signature is only required to be present (the trust store carries no
+/// X.509 certificates: the bundle's release signatures vouch for these bytes, and the gateway
+/// verifies the CMS signature with its own key); without `target` the hardware compatibility list
+/// is only required to be non-empty.
+pub fn verify_bytes(
+    bytes: &[u8],
+    vendor_pem: Option<&[u8]>,
+    target: Option<&SwuTarget>,
+) -> Result<VerifiedSwu, SwuError> {
+    verify_reader(&mut std::io::Cursor::new(bytes), bytes.len() as u64, vendor_pem, target)
+}
+
+fn verify_reader<R: Read + Seek>(
+    f: &mut R,
+    file_len: u64,
+    vendor_pem: Option<&[u8]>,
+    target: Option<&SwuTarget>,
+) -> Result<VerifiedSwu, SwuError> {
+    let io = |e: std::io::Error| SwuError::Io(e.to_string());
+    let mut f = f;
     let members = members(&mut f, file_len)?;
     let desc_m = members
         .first()
@@ -581,13 +605,20 @@ pub fn verify_file(
     let sig_m =
         members.get(1).filter(|m| m.name == "sw-description.sig").ok_or(SwuError::Unsigned)?;
     let sig = read_member(&mut f, sig_m, MAX_DESCRIPTION)?;
-    verify_signature(&desc_bytes, &sig, vendor_pem)?;
-    let description = parse_description(&desc_bytes, target.board.as_deref())?;
-    if description.hardware_compatibility.is_empty()
-        || !description.hardware_compatibility.contains(&target.hardware_revision)
-    {
+    if let Some(vendor_pem) = vendor_pem {
+        verify_signature(&desc_bytes, &sig, vendor_pem)?;
+    } else if sig.is_empty() {
+        return Err(SwuError::Unsigned);
+    }
+    let board = target.and_then(|t| t.board.as_deref());
+    let description = parse_description(&desc_bytes, board)?;
+    let fits = match target {
+        Some(t) => description.hardware_compatibility.contains(&t.hardware_revision),
+        None => true,
+    };
+    if description.hardware_compatibility.is_empty() || !fits {
         return Err(SwuError::Hardware {
-            device: target.hardware_revision.clone(),
+            device: target.map_or_else(|| "(any)".into(), |t| t.hardware_revision.clone()),
             supported: description.hardware_compatibility.clone(),
         });
     }

@@ -14,7 +14,7 @@
 //!   the device's criticality, then by id; scheduled devices (outside their maintenance window)
 //!   come next, then up-to-date and unpatchable ones.
 
-use crate::model::{DeviceIdentity, Version};
+use crate::model::{DeviceIdentity, DeviceMode, Version};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -51,7 +51,13 @@ pub enum DeviceAddress {
     Udp { addr: String },
     /// USB DFU, by vendor/product id and optional serial number.
     Usb { vid: u16, pid: u16, serial: Option<String> },
+    /// An embedded Linux gateway's SWUpdate web server (`http://HOST:PORT`), with the digest
+    /// user name when it is not `admin`; the password is the device's keyring credential.
+    Swupdate { url: String, user: Option<String> },
 }
+
+/// The digest user name of an SWUpdate address without one.
+pub const SWUPDATE_DEFAULT_USER: &str = "admin";
 
 impl std::fmt::Display for DeviceAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +71,8 @@ impl std::fmt::Display for DeviceAddress {
                 }
                 Ok(())
             }
+            DeviceAddress::Swupdate { url, user: None } => write!(f, "swupdate:{url}"),
+            DeviceAddress::Swupdate { url, user: Some(u) } => write!(f, "swupdate:{u}@{url}"),
         }
     }
 }
@@ -72,7 +80,7 @@ impl std::fmt::Display for DeviceAddress {
 /// Text that is not a device address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{text:?} is not a device address ({why}): write serial:PORT@BAUD, udp:HOST:PORT or usb:VVVV:PPPP[:SERIAL] (vendor and product id in hex, as `fieldpatch dfu list` shows them)"
+    "{text:?} is not a device address ({why}): write serial:PORT@BAUD, udp:HOST:PORT, usb:VVVV:PPPP[:SERIAL] (vendor and product id in hex, as `fieldpatch dfu list` shows them) or swupdate:[USER@]http://HOST:PORT"
 )]
 pub struct AddressError {
     pub text: String,
@@ -88,7 +96,7 @@ impl AddressError {
 
 /// The text form [`DeviceAddress`] displays as: `serial:PORT@BAUD`, `udp:HOST:PORT`,
 /// `usb:VVVV:PPPP` or `usb:VVVV:PPPP:SERIAL` (the serial number is everything after the third
-/// colon, so it may contain colons itself).
+/// colon, so it may contain colons itself), or `swupdate:[USER@]http://HOST:PORT`.
 impl std::str::FromStr for DeviceAddress {
     type Err = AddressError;
 
@@ -125,7 +133,28 @@ impl std::str::FromStr for DeviceAddress {
                 };
                 Ok(DeviceAddress::Usb { vid, pid, serial })
             }
-            _ => Err(bad("the transport is not serial, udp or usb")),
+            "swupdate" => {
+                let (user, url) = match rest.split_once("@http://") {
+                    Some((u, host)) => (Some(u), format!("http://{host}")),
+                    None => (None, rest.to_string()),
+                };
+                let host = url.strip_prefix("http://").ok_or_else(|| bad("no http:// URL"))?;
+                let host = host.trim_end_matches('/');
+                if host.is_empty()
+                    || host.contains(['/', '@', '?', '#'])
+                    || host.chars().any(char::is_whitespace)
+                {
+                    return Err(bad("the URL is not http://HOST:PORT"));
+                }
+                if user.is_some_and(|u| u.is_empty() || u.contains([':', '/'])) {
+                    return Err(bad("the user name is empty or has `:` or `/`"));
+                }
+                Ok(DeviceAddress::Swupdate {
+                    url: format!("http://{host}"),
+                    user: user.map(str::to_string),
+                })
+            }
+            _ => Err(bad("the transport is not serial, udp, usb or swupdate")),
         }
     }
 }
@@ -289,6 +318,12 @@ pub enum Disposition {
 pub struct DevicePlan {
     pub device: DeviceRecord,
     pub disposition: Disposition,
+    /// Why flashing this device, as it was identified, can neither test-boot nor revert the new
+    /// image (a device in MCUboot's serial recovery), said before the technician starts; `None`:
+    /// nothing to say. Absent from plans made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub no_rollback: Option<String>,
 }
 
 impl DevicePlan {
@@ -330,7 +365,11 @@ pub fn plan(input: &PlanInput, now: DateTime<Utc>) -> Plan {
     let mut devices: Vec<DevicePlan> = input
         .devices
         .iter()
-        .map(|d| DevicePlan { device: d.clone(), disposition: plan_device(input, d, now) })
+        .map(|d| DevicePlan {
+            device: d.clone(),
+            disposition: plan_device(input, d, now),
+            no_rollback: no_rollback(&d.identity),
+        })
         .collect();
     devices.sort_by(|a, b| {
         let (ga, sa, ca) = a.rank();
@@ -339,6 +378,17 @@ pub fn plan(input: &PlanInput, now: DateTime<Utc>) -> Plan {
     });
     Plan { created: now, devices }
 }
+
+/// What the plan says about a device that cannot test-boot or revert as it was identified.
+fn no_rollback(identity: &DeviceIdentity) -> Option<String> {
+    match identity.mode? {
+        DeviceMode::Application => None,
+        DeviceMode::SerialRecovery => Some(SERIAL_RECOVERY_NO_ROLLBACK.to_string()),
+    }
+}
+
+/// The plan's word on a device in MCUboot's serial recovery.
+pub const SERIAL_RECOVERY_NO_ROLLBACK: &str = "in MCUboot serial recovery: the new image overwrites the one the bootloader boots; no test boot, and no revert if it does not come up";
 
 fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Disposition {
     let unpatchable = |why| Disposition::Unpatchable { why };
@@ -423,7 +473,10 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
     let needs_cred = steps
         .iter()
         .any(|s| matching.iter().any(|e| e.bundle_id == s.bundle_id && e.needs_credential));
-    if let Some(name) = &d.credential {
+    // An SWUpdate gateway's password: its record's credential, else `device/<id>/password`.
+    let gateway = matches!(d.address, DeviceAddress::Swupdate { .. })
+        .then(|| crate::flash::swupdate::default_credential(&d.id));
+    if let Some(name) = d.credential.as_ref().or(gateway.as_ref()) {
         if !input.credentials.contains(name) {
             return unpatchable(Unpatchable::MissingCredential { name: name.clone() });
         }
@@ -603,6 +656,43 @@ mod tests {
     }
 
     #[test]
+    fn a_device_in_serial_recovery_is_planned_without_test_boot_or_revert() {
+        let mut recovery = device("rec", "1.0.0");
+        recovery.identity.mode = Some(DeviceMode::SerialRecovery);
+        let mut app = device("app", "1.0.0");
+        app.identity.mode = Some(DeviceMode::Application);
+        let input = PlanInput {
+            devices: vec![recovery, app, device("unknown-mode", "1.0.0")],
+            catalog: vec![entry("to-2", "1.0.0", "2.0.0", "2.0.0", 5.0)],
+            ..Default::default()
+        };
+        let p = plan(&input, Utc::now());
+        let of = |id: &str| p.devices.iter().find(|d| d.device.id == id).unwrap();
+        // Still patched, and said so before anyone starts.
+        assert_eq!(of("rec").steps_now().len(), 1);
+        let note = of("rec").no_rollback.as_deref().unwrap();
+        assert!(note.contains("serial recovery") && note.contains("no test boot"), "{note}");
+        assert_eq!(of("app").no_rollback, None);
+        assert_eq!(of("unknown-mode").no_rollback, None);
+        // The plan file carries it; plans written before the field still read.
+        let json = serde_json::to_value(&p).unwrap();
+        let devices = json["devices"].as_array().unwrap();
+        let rec = devices.iter().find(|d| d["device"]["id"] == "rec").unwrap();
+        assert_eq!(rec["device"]["identity"]["mode"], "serial_recovery");
+        assert_eq!(rec["no_rollback"], note);
+        let app = devices.iter().find(|d| d["device"]["id"] == "app").unwrap();
+        assert!(app.get("no_rollback").is_none(), "{app}");
+        let mut old = json.clone();
+        for d in old["devices"].as_array_mut().unwrap() {
+            d.as_object_mut().unwrap().remove("no_rollback");
+            d["device"]["identity"].as_object_mut().unwrap().remove("mode");
+        }
+        let read: Plan = serde_json::from_value(old).unwrap();
+        assert!(read.devices.iter().all(|d| d.no_rollback.is_none()));
+        assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), p);
+    }
+
+    #[test]
     fn direct_bundle_is_preferred_over_a_longer_path() {
         let input = PlanInput {
             devices: vec![device("d1", "1.0.0")],
@@ -734,16 +824,52 @@ mod tests {
             DeviceAddress::Udp { addr: "192.0.2.7:1337".into() },
             DeviceAddress::Usb { vid: 0x1209, pid: 0x0002, serial: None },
             DeviceAddress::Usb { vid: 0x0483, pid: 0xdf11, serial: Some("3276:3A5B".into()) },
+            DeviceAddress::Swupdate { url: "http://192.0.2.9:8080".into(), user: None },
+            DeviceAddress::Swupdate {
+                url: "http://gw-1.local:8080".into(),
+                user: Some("ops".into()),
+            },
         ];
         for a in addresses {
             assert_eq!(a.to_string().parse::<DeviceAddress>().unwrap(), a, "{a}");
         }
         let usb: DeviceAddress = "usb:1209:2:B-07".parse().unwrap();
         assert_eq!(usb, DeviceAddress::Usb { vid: 0x1209, pid: 2, serial: Some("B-07".into()) });
-        for bad in ["3-2", "usb:1209", "usb:12345:0002", "usb:1209:zz", "usb:1209:0002:", "udp:"] {
+        for bad in ["3-2", "usb:1209", "usb:12345:0002", "usb:1209:zz", "usb:1209:0002:", "udp:"]
+            .into_iter()
+            .chain([
+                "swupdate:",
+                "swupdate:ftp://h:1",
+                "swupdate:http://h/x",
+                "swupdate:@http://h:1",
+            ])
+        {
             let e = bad.parse::<DeviceAddress>().unwrap_err();
             assert_eq!(e.code(), "bad_address");
             assert!(e.to_string().contains("usb:VVVV:PPPP[:SERIAL]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_without_its_password_in_the_keyring_is_refused_up_front() {
+        let mut gw = device("gw", "1.0.0");
+        gw.address = DeviceAddress::Swupdate { url: "http://192.0.2.9:8080".into(), user: None };
+        let mut named = device("gw-named", "1.0.0");
+        named.address = gw.address.clone();
+        named.credential = Some("site/a/gateway/password".into());
+        let mut e = entry("to-2", "1.0.0", "2.0.0", "2.0.0", 5.0);
+        e.needs_credential = true;
+        let mut input =
+            PlanInput { devices: vec![gw, named], catalog: vec![e], ..Default::default() };
+        let missing = |name: &str| Disposition::Unpatchable {
+            why: Unpatchable::MissingCredential { name: name.into() },
+        };
+        assert_eq!(disposition(&input, "gw"), missing("device/gw/password"));
+        assert_eq!(disposition(&input, "gw-named"), missing("site/a/gateway/password"));
+        input.credentials =
+            ["device/gw/password", "site/a/gateway/password"].map(String::from).into();
+        for id in ["gw", "gw-named"] {
+            assert!(matches!(disposition(&input, id), Disposition::Patch { .. }), "{id}");
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn work_order_devices(
                     .and_then(|d| d.firmware_version.as_deref())
                     .and_then(|v| v.parse().ok()),
                 image_hash: None,
+                mode: None,
             },
             criticality: Default::default(),
             windows: vec![],
@@ -129,12 +130,16 @@ pub async fn identify(
     for mut d in devices {
         let found = tokio::time::timeout(timeout, async {
             let mut target = connector.open(&d).await.map_err(|e| e.to_string())?;
-            target.state().await.map_err(|e| e.to_string())
+            let state = target.state().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((state, target.device_mode()))
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
         match found {
-            Ok(state) => {
+            Ok((state, mode)) => {
+                if mode.is_some() {
+                    d.identity.mode = mode;
+                }
                 if let Some(v) = state.running_version {
                     d.identity.firmware_version = Some(v);
                 }
@@ -264,7 +269,7 @@ pub fn not_patched_reason(status: &super::DeviceStatus) -> Option<String> {
         Failed { reason } => Some(format!("failed: {reason}")),
         Skipped { reason } => Some(format!("skipped: {reason}")),
         Unverified { version } => Some(format!(
-            "{version} written but unverified: the device cannot report or read back its image"
+            "{version} written but unverified: what the device runs could not be checked (it cannot report or read back its image, or its application does not answer after a serial-recovery flash; the visit log says which)"
         )),
     }
 }

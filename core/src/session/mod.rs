@@ -158,7 +158,8 @@ pub enum DeviceStatus {
     Skipped {
         reason: String,
     },
-    /// Written and accepted, but the device cannot report or read back what it holds.
+    /// Written and accepted, but what the device runs cannot be checked: it cannot report or read
+    /// back what it holds, or (MCUboot serial recovery) its application does not answer SMP.
     Unverified {
         version: String,
     },
@@ -184,7 +185,7 @@ impl std::fmt::Display for DeviceStatus {
             DeviceStatus::Skipped { reason } => write!(f, "skipped: {reason}"),
             DeviceStatus::Unverified { version } => write!(
                 f,
-                "written, unverified: {version} (the device cannot report or read back its image)"
+                "written, unverified: {version} (what the device runs could not be checked)"
             ),
         }
     }

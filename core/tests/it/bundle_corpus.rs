@@ -30,6 +30,7 @@ fn device(model: &str, rev: &str, fw: Version) -> DeviceIdentity {
         serial_number: Some("SN1".into()),
         firmware_version: Some(fw),
         image_hash: None,
+        mode: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn device(fw: Version) -> DeviceIdentity {
         serial_number: None,
         firmware_version: Some(fw),
         image_hash: None,
+        mode: None,
     }
 }
 

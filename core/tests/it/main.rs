@@ -12,9 +12,12 @@ mod dfu_file_tools;
 mod dfu_gate;
 mod mcuboot_imgtool;
 mod offline_grace;
+#[cfg(unix)]
+mod recovery_discovery;
 mod recovery_flash;
 mod store_schema;
 mod store_secrets_never_on_disk;
+mod swupdate_session;
 mod sync_client_retries;
 mod sync_settings;
 mod visitlog_chain;

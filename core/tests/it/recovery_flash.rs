@@ -138,3 +138,34 @@ async fn recovery_flash_catches_a_device_listing_another_image() {
     assert!(dev.in_serial_recovery(), "{:?}", dev.log());
     assert!(!sink.tags().contains(&"confirmed"), "{:?}", sink.tags());
 }
+
+/// The application the bootloader boots does not speak SMP: the write and its hash were checked
+/// in recovery, the device was reset into it, and nothing more can be known. The flash ends
+/// unverified with a note saying so, not as a reconnect failure and never as confirmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_flash_into_an_application_without_smp_is_booted_not_checkable() {
+    let dev = recovery_device();
+    dev.faults().application_without_smp = true;
+    let server = serve_pty(dev.clone(), 115_200).unwrap();
+    let mut target = target(&server);
+    let img = new_image();
+    let sink = Sink::default();
+    let opts = FlashOptions { reconnect_timeout: Duration::from_secs(2), ..options() };
+    let outcome =
+        flash("d1", &mut target, &verified(&img), &sink, &NoProgress, &opts).await.unwrap();
+    assert!(
+        matches!(outcome, FlashOutcome::Unverified { ref version } if version.to_string() == "2.1.0"),
+        "{outcome:?} {:?}",
+        dev.log()
+    );
+    let tags = sink.tags();
+    for never in ["confirmed", "failed", "health_check", "test_boot_requested"] {
+        assert!(!tags.contains(&never), "{never}: {tags:?}");
+    }
+    assert!(tags.contains(&"image_uploaded"), "{tags:?}");
+    let notes = sink.notes();
+    assert!(notes.iter().any(|n| n.contains("booted, not checkable")), "{notes:?}");
+    // The device did leave recovery into the image that was written and checked.
+    assert!(!dev.in_serial_recovery(), "{:?}", dev.log());
+    assert_eq!(dev.active_image().unwrap().0, parse(&img).unwrap().hash);
+}

@@ -14,6 +14,10 @@
 //!   does not support leave their facts empty; other failures are listed in
 //!   [`SmpFacts::problems`]. When the device stops answering, or the deadline draws near, the
 //!   probe stops asking and reports what it has.
+//! - Mode: an answer to OS info or an active image is the application's SMP server; a device
+//!   that refuses OS info and bootloader info as not supported and marks no image active is
+//!   MCUboot's serial recovery ([`SmpMode::from_answers`], the rule identification uses). In
+//!   recovery the listed image is the one the bootloader will boot, not one that runs.
 //! - Identity: Zephyr's hardware platform (`i`, `BOARD[@REVISION]`) gives the model and the
 //!   hardware revision; the running image of image 0 gives the firmware version and image hash.
 //!   SMP has no standard vendor or serial-number query: those come from other sources (mDNS TXT,
@@ -27,7 +31,7 @@ use super::probe::{
     ProbeReport, clean_text,
 };
 use crate::smp::commands::{self, hex_string};
-use crate::smp::{ImageSlotState, Params, SmpClient, SmpError, Timeouts};
+use crate::smp::{ImageSlotState, Params, SmpClient, SmpError, SmpMode, Timeouts};
 use crate::transport::{Link, SerialLink, TransportError, UdpLink};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +66,9 @@ pub struct SmpFacts {
     pub os: OsInfo,
     /// The image slots (empty when the device does not support image management).
     pub images: Vec<ImageSlotState>,
+    /// What answers: the application's SMP server or MCUboot's serial recovery (`None`: the
+    /// answers did not say, for example when the deadline stopped the questions).
+    pub mode: Option<SmpMode>,
     /// Requests that failed other than by not being supported (what, and why).
     pub problems: Vec<String>,
 }
@@ -211,7 +218,9 @@ async fn talk<L: Link>(link: L, ctx: &ProbeContext) -> Result<ProbeOutcome, Prob
                 clean_text(&text).unwrap_or_default()
             )));
         }
-        // A well-formed SMP error answer: an SMP server with echo turned off.
+        // A well-formed SMP error answer: an SMP server with echo turned off (not supported,
+        // as in MCUboot's serial recovery by default, is no problem: `echo` says it).
+        Err(SmpError::Device(e)) if e.rc == 8 => {}
         Err(SmpError::Device(e)) => facts.problems.push(format!("echo: {e}")),
         Err(SmpError::Timeout { .. }) => return Ok(ProbeOutcome::Silent),
         // ICMP "port/host unreachable" on a connected UDP socket: nobody listens there.
@@ -238,7 +247,7 @@ async fn talk<L: Link>(link: L, ctx: &ProbeContext) -> Result<ProbeOutcome, Prob
     client.timeouts.retries = 1;
     let mut asker = Asker { client, ctx, stopped: false, problems: &mut facts.problems };
     facts.params = asker.ask(&commands::McumgrParams).await;
-    let mut os_supported = true;
+    let (mut os_supported, mut os_answered) = (true, false);
     for letter in OsInfo::LETTERS {
         if !os_supported {
             break;
@@ -246,6 +255,7 @@ async fn talk<L: Link>(link: L, ctx: &ProbeContext) -> Result<ProbeOutcome, Prob
         let cmd = commands::AppInfo { format: Some(letter.to_string()) };
         match asker.ask_raw(&cmd).await {
             Some(Ok(text)) => {
+                os_answered = true;
                 if let Some(field) = facts.os.field(letter) {
                     *field = clean_text(&text);
                 }
@@ -259,7 +269,36 @@ async fn talk<L: Link>(link: L, ctx: &ProbeContext) -> Result<ProbeOutcome, Prob
             Some(Err(e)) => asker.note(&format!("OS info `{letter}`"), &e),
         }
     }
-    facts.images = asker.ask(&commands::ImageStateRead).await.unwrap_or_default();
+    let images = asker.ask_raw(&commands::ImageStateRead).await;
+    let images_read = matches!(images, Some(Ok(_)));
+    match images {
+        Some(Ok(list)) => facts.images = list,
+        Some(Err(SmpError::Device(e))) if e.group.is_none() && e.rc == 8 => {}
+        Some(Err(e)) => asker.note("image state read", &e),
+        None => {}
+    }
+    // The mode, as identification tells it ([`SmpMode::from_answers`]): only from answers
+    // actually received. An application answers OS info or lists an active image; otherwise
+    // one more question (bootloader info, which serial recovery refuses) settles it.
+    facts.mode = if os_answered || facts.images.iter().any(|i| i.active) {
+        Some(SmpMode::Application)
+    } else if !os_supported && images_read {
+        match asker.ask_raw(&commands::BootloaderInfo { query: None }).await {
+            Some(Ok(b)) => {
+                Some(SmpMode::from_answers(b.bootloader.is_some(), false, &facts.images))
+            }
+            Some(Err(SmpError::Device(e))) if e.rc == 8 => {
+                Some(SmpMode::from_answers(false, false, &facts.images))
+            }
+            Some(Err(e)) => {
+                asker.note("bootloader info", &e);
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
 
     let mut identity = Identity::default();
     if let Some(platform) = &facts.os.hardware_platform {
@@ -273,7 +312,10 @@ async fn talk<L: Link>(link: L, ctx: &ProbeContext) -> Result<ProbeOutcome, Prob
         .or_else(|| facts.images.iter().find(|s| s.image == 0 && s.slot == 0));
     if let Some(slot) = running {
         identity.firmware_version = clean_text(&slot.version);
-        identity.image_hash = (!slot.hash.is_empty()).then(|| hex_string(&slot.hash));
+        // In serial recovery nothing runs: the version is what the bootloader will boot.
+        identity.image_hash = (!slot.hash.is_empty()
+            && facts.mode != Some(SmpMode::SerialRecovery))
+        .then(|| hex_string(&slot.hash));
     }
     Ok(ProbeOutcome::Answered(Box::new(ProbeReport {
         protocol: "smp",

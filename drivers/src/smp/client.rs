@@ -113,6 +113,24 @@ impl SmpMode {
     }
 }
 
+impl SmpMode {
+    /// The mode the answers show: an application lists the image it runs as active and answers
+    /// OS info or bootloader info; MCUboot's serial recovery refuses both (rc 8) and never marks
+    /// an image active. `answers_bootloader_info` / `answers_os_info`: the command was answered
+    /// (false only when the device refused it as not supported).
+    pub fn from_answers(
+        answers_bootloader_info: bool,
+        answers_os_info: bool,
+        images: &[ImageSlotState],
+    ) -> SmpMode {
+        if !answers_bootloader_info && !answers_os_info && !images.iter().any(|i| i.active) {
+            SmpMode::SerialRecovery
+        } else {
+            SmpMode::Application
+        }
+    }
+}
+
 impl std::fmt::Display for SmpMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -259,11 +277,7 @@ impl<L: Link> SmpClient<L> {
         let images = self.image_list().await?;
         // An application lists the image it runs as active; MCUboot's serial recovery never
         // marks one, and answers neither OS info nor bootloader info.
-        let mode = if bootloader.is_none() && info.is_none() && !images.iter().any(|i| i.active) {
-            SmpMode::SerialRecovery
-        } else {
-            SmpMode::Application
-        };
+        let mode = SmpMode::from_answers(bootloader.is_some(), info.is_some(), &images);
         self.mode = Some(mode);
         Ok(Identification { mode, info, bootloader, images })
     }

@@ -312,13 +312,45 @@ impl SwupdateClient {
         };
         let file = tokio::fs::File::open(path).await.map_err(image_err)?;
         let len = file.metadata().await.map_err(image_err)?.len();
-        let filename: String = path
+        let filename = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "update.swu".into())
-            .chars()
-            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
-            .collect();
+            .unwrap_or_else(|| "update.swu".into());
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK);
+        self.install_stream(&filename, len, stream, credentials, progress).await
+    }
+
+    /// [`SwupdateClient::install`] of a `.swu` held in memory (named `name` in the upload): the
+    /// bytes go out in 64 KiB slices of `image`, without a further copy.
+    pub async fn install_bytes(
+        &self,
+        name: &str,
+        image: Vec<u8>,
+        credentials: Option<&DigestCredentials>,
+        progress: &dyn Progress,
+    ) -> Result<InstallReport, SwupdateError> {
+        let image = Bytes::from(image);
+        let len = image.len();
+        let stream =
+            futures_util::stream::iter((0..len).step_by(CHUNK).map(move |at| {
+                Ok::<Bytes, std::io::Error>(image.slice(at..(at + CHUNK).min(len)))
+            }));
+        self.install_stream(name, len as u64, stream, credentials, progress).await
+    }
+
+    async fn install_stream<S>(
+        &self,
+        filename: &str,
+        len: u64,
+        source: S,
+        credentials: Option<&DigestCredentials>,
+        progress: &dyn Progress,
+    ) -> Result<InstallReport, SwupdateError>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let filename: String =
+            filename.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect();
 
         progress.phase("authenticate");
         let challenge = self.authenticate(credentials).await?;
@@ -337,7 +369,7 @@ impl SwupdateClient {
         let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
         let file_stream = {
             let (sent, hasher) = (sent.clone(), hasher.clone());
-            tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map(move |chunk| {
+            source.map(move |chunk| {
                 if let Ok(c) = &chunk {
                     if let Ok(mut h) = hasher.lock() {
                         h.update(c);

@@ -163,6 +163,9 @@ pub struct Faults {
     /// Serial recovery: a completed upload leaves this image in the slot instead of the bytes
     /// received (a bootloader that wrote somewhere else, or a stale image listed).
     pub recovery_lists_other: Option<Vec<u8>>,
+    /// The application does not answer SMP at all (only the bootloader's serial recovery does):
+    /// it boots and runs, but nothing can ask it what it runs.
+    pub application_without_smp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +380,9 @@ impl SmpDevice {
                 _ => None,
             };
             return self.handle_recovery(rec, op, group, id, body.as_deref(), &reply);
+        }
+        if self.faults().application_without_smp {
+            return Outcome::default();
         }
         if packet.len() != 8 + len {
             return rc(MGMT_EINVAL);

@@ -1,4 +1,5 @@
 //! fieldpatch-proto's integration tests, one module per area, linked into one test binary.
 
+mod audit_bundles;
 mod audit_export;
 mod trust_documents;

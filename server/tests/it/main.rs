@@ -3,6 +3,7 @@
 mod common;
 
 mod api;
+mod audit_export;
 mod cli_tls;
 mod continuity;
 mod kill;

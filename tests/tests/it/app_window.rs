@@ -2,7 +2,8 @@
 //! loads the built UI, shows the version it got from the core over IPC, then identifies the demo
 //! site's lab devices, discovers them (each matched to the inventory), plans, runs a batch session
 //! (one sensor rolls back) and verifies the visit log, all from the window (`--demo`). Without
-//! `--demo` it opens in real mode on the settings and logs in. Screenshots are kept in
+//! `--demo` it opens in real mode on the settings and logs in. Commands outside the window's
+//! capability are refused. Screenshots are kept in
 //! `artifacts/`.
 
 use fieldpatch_e2e::{artifacts_dir, built_binary, free_port, webdriver::Session, xvfb::Xvfb};
@@ -138,6 +139,20 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     };
     let forged_id = invoke("{ planId: 'plan-999', canary: false }");
     let forged_plan = invoke("{ plan: { devices: [] }, canary: false }");
+    // The capability grants the app's commands and listening to events, nothing else of Tauri:
+    // a core API the window does not use is refused at the IPC boundary.
+    let call = |cmd: &str| {
+        session
+            .execute_async(&format!(
+                "const done = arguments[arguments.length - 1];
+                 window.__TAURI_INTERNALS__.invoke('{cmd}', {{}})
+                   .then((r) => done({{ ok: r }}), (e) => done({{ err: String(e) }}));"
+            ))
+            .unwrap()
+    };
+    let app_version = call("plugin:app|version");
+    let window_title = call("plugin:window|title");
+    let emitted = call("plugin:event|emit");
     session.click("#verify", long).unwrap();
     let log = session.wait_for("#log-status", long, |t| !t.is_empty()).unwrap();
     let png2 = session.screenshot().unwrap();
@@ -182,6 +197,10 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     assert_eq!(entries, vec!["demo".to_string()], "the demo wrote into the real data directory");
 
     assert_eq!(forged_id["err"]["code"], "no_plan", "{forged_id}");
+    for refused in [&app_version, &window_title, &emitted] {
+        let err = refused["err"].as_str().unwrap_or_else(|| panic!("allowed: {refused}"));
+        assert!(err.contains("not allowed"), "{err}");
+    }
     assert!(forged_plan["ok"].is_null(), "a plan sent by the window ran: {forged_plan}");
 
     assert_eq!(version, env!("CARGO_PKG_VERSION"));

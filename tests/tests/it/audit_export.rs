@@ -205,6 +205,8 @@ fn a_session_visit_exports_verifies_offline_holds_no_secret_and_refuses_changed_
     assert_no_secret(&v, &archive, &files);
     v.cleanup_credential();
     assert!(files.join("bundles/lab-sensor-2.0.0.manifest.json").exists());
+    // The release signatures too: `audit verify` re-proved the verdict against the trust store.
+    assert!(files.join("bundles/lab-sensor-2.0.0.signatures.json").exists());
     let csv = std::fs::read_to_string(files.join("devices.csv")).unwrap();
     for (device, outcome) in [("s0", "patched"), ("s1", "rolled_back"), ("s2", "not_patched")] {
         let row = csv

@@ -2,8 +2,11 @@
 //! binary.
 
 #[cfg(target_os = "linux")]
+mod app_shell;
+#[cfg(target_os = "linux")]
 mod app_window;
 mod audit_export;
+mod audit_server;
 #[cfg(target_os = "linux")]
 mod discover;
 mod listing;

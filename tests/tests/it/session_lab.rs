@@ -5,6 +5,7 @@
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::flash::connect::DriverConnector;
 use fieldpatch_core::image::dfu_file::DfuSuffix;
+use fieldpatch_core::model::DeviceMode;
 use fieldpatch_core::plan::Criticality;
 use fieldpatch_core::session::batch::{VisitRun, identify, load_catalog, make_plan, run_in_visit};
 use fieldpatch_core::session::{Phase, SessionOptions, SessionState, Threshold};
@@ -606,8 +607,25 @@ async fn session_flashes_a_device_in_serial_recovery_beside_application_devices(
     for (d, err) in &identified {
         assert!(err.is_none(), "{}: {err:?}", d.id);
     }
+    // Identification records the mode; the plan says before the start what it means.
+    for (d, _) in &identified {
+        let expected = match d.id.as_str() {
+            "sensor-recovery" => Some(DeviceMode::SerialRecovery),
+            "board-usb" => None,
+            _ => Some(DeviceMode::Application),
+        };
+        assert_eq!(d.identity.mode, expected, "{}", d.id);
+    }
     let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
     assert_eq!(plan.patchable().count(), 4, "{plan:#?}");
+    for d in &plan.devices {
+        let said = d.no_rollback.as_deref();
+        if d.device.id == "sensor-recovery" {
+            assert!(said.is_some_and(|s| s.contains("no test boot")), "{d:#?}");
+        } else {
+            assert_eq!(said, None, "{d:#?}");
+        }
+    }
 
     let store = Store::open_in(&tmp.path().join("data")).await.unwrap();
     let log = Arc::new(VisitLog::open(&store, ed25519_key()).await.unwrap());
@@ -656,4 +674,53 @@ async fn session_flashes_a_device_in_serial_recovery_beside_application_devices(
     );
     let app: Vec<&str> = of("sensor-app-0").iter().map(|k| k.tag()).collect();
     assert!(app.contains(&"test_boot_requested"), "{app:?}");
+}
+
+/// `fieldpatch plan` identifies a device in MCUboot serial recovery live and says, in its table
+/// and its JSON, that flashing it has no test boot and no revert; the application-mode devices
+/// beside it carry no such word.
+#[cfg(unix)]
+#[test]
+fn cli_plan_says_a_device_in_serial_recovery_has_no_test_boot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let site = SiteBuilder::new()
+        .first_seed(1)
+        .console("sensor-recovery", "sensor", Criticality::Normal)
+        .udp_sensors(1, "sensor", Criticality::Normal, |i| format!("sensor-app-{i}"))
+        .start()
+        .unwrap();
+    let recovering = site.console.clone().unwrap();
+    recovering.enter_serial_recovery();
+    std::thread::sleep(Duration::from_millis(400));
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&site.records).unwrap())
+        .unwrap();
+    let cat =
+        ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
+
+    let mut args = vec!["plan", "--devices", "devices.json"];
+    args.extend(cat);
+    let out = fieldpatch(tmp.path(), &data, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = |id: &str| table.lines().find(|l| l.starts_with(id)).unwrap_or_default().to_string();
+    let rec = line("sensor-recovery");
+    assert!(rec.contains("patch: 1.0.0 -> 2.0.0"), "{table}");
+    assert!(rec.contains("serial recovery") && rec.contains("no test boot"), "{table}");
+    assert!(!line("sensor-app-0").contains("serial recovery"), "{table}");
+
+    let mut args = vec!["--json", "plan", "--devices", "devices.json"];
+    args.extend(cat);
+    let out = fieldpatch(tmp.path(), &data, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devices = plan["devices"].as_array().unwrap();
+    let of = |id: &str| devices.iter().find(|d| d["device"]["id"] == id).unwrap();
+    assert_eq!(of("sensor-recovery")["device"]["identity"]["mode"], "serial_recovery", "{plan}");
+    assert!(of("sensor-recovery")["no_rollback"].as_str().unwrap().contains("no revert"));
+    assert_eq!(of("sensor-app-0")["device"]["identity"]["mode"], "application", "{plan}");
+    assert!(of("sensor-app-0").get("no_rollback").is_none(), "{plan}");
+    // Planning only read: the device is still in serial recovery, nothing was written.
+    assert!(recovering.in_serial_recovery(), "{:?}", recovering.log());
 }

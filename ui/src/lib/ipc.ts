@@ -49,7 +49,7 @@ export type DataDirSource = "environment" | "os_convention";
 /**
  * How to reach a device.
  */
-export type DeviceAddress = { "transport": "serial", port: string, baud: number, } | { "transport": "udp", addr: string, } | { "transport": "usb", vid: number, pid: number, serial: string | null, };
+export type DeviceAddress = { "transport": "serial", port: string, baud: number, } | { "transport": "udp", addr: string, } | { "transport": "usb", vid: number, pid: number, serial: string | null, } | { "transport": "swupdate", url: string, user: string | null, };
 
 /**
  * What a device says about itself, as far as Fieldpatch needs to match it to the inventory and to
@@ -59,12 +59,29 @@ export type DeviceIdentity = { vendor: string | null, model: string | null, hard
 /**
  * SHA-256 of the running image as the device reports it (MCUboot image hash), hex.
  */
-image_hash: string | null, };
+image_hash: string | null,
+/**
+ * What answered when the device was identified (`None`: not known, or not an SMP device).
+ * Absent from the serialized form when `None`, so identities recorded before the field
+ * existed keep their bytes.
+ */
+mode?: DeviceMode, };
+
+/**
+ * What answers on a device with MCUboot when it is identified.
+ */
+export type DeviceMode = "application" | "serial_recovery";
 
 /**
  * The plan for one device.
  */
-export type DevicePlan = { device: DeviceRecord, disposition: Disposition, };
+export type DevicePlan = { device: DeviceRecord, disposition: Disposition,
+/**
+ * Why flashing this device, as it was identified, can neither test-boot nor revert the new
+ * image (a device in MCUboot's serial recovery), said before the technician starts; `None`:
+ * nothing to say. Absent from plans made before it existed.
+ */
+no_rollback?: string, };
 
 /**
  * A device as the planner sees it: inventory facts plus what was identified on site.

@@ -65,6 +65,9 @@ describe("labels", () => {
   it("names addresses", () => {
     expect(addressText({ transport: "usb", vid: 0x1209, pid: 2, serial: null })).toBe("usb 1209:0002");
     expect(addressText({ transport: "udp", addr: "127.0.0.1:1337" })).toBe("udp 127.0.0.1:1337");
+    expect(addressText({ transport: "swupdate", url: "http://10.0.0.5:8080", user: null })).toBe(
+      "swupdate http://10.0.0.5:8080",
+    );
     expect(addressText({ transport: "serial", port: "/dev/pts/3", baud: 115200 })).toBe(
       "serial /dev/pts/3 @ 115200",
     );

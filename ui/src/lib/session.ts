@@ -28,6 +28,8 @@ export function addressText(a: DeviceAddress): string {
       return `udp ${a.addr}`;
     case "usb":
       return `usb ${a.vid.toString(16).padStart(4, "0")}:${a.pid.toString(16).padStart(4, "0")}`;
+    case "swupdate":
+      return `swupdate ${a.url}`;
   }
 }
 
