@@ -157,60 +157,67 @@ pub const SERIAL_RECOVERY: &str = "MCUboot serial recovery";
 /// that run the drivers' scan themselves see the same finds.
 impl From<&drv::Found> for Find {
     fn from(found: &drv::Found) -> Find {
-        find_of(found)
-    }
-}
-
-fn find_of(found: &drv::Found) -> Find {
-    let address = match &found.endpoint {
-        Endpoint::Serial { path, baud } => {
-            DeviceAddress::Serial { port: path.clone(), baud: *baud }
-        }
-        Endpoint::Udp { addr } => DeviceAddress::Udp { addr: addr.to_string() },
-        other => DeviceAddress::Udp { addr: other.to_string() },
-    };
-    let via = match &found.via {
-        Via::SerialPort(_) => "serial",
-        Via::Address(_) => "udp-probe",
-        Via::Mdns(_) => "mdns",
-    };
-    let id = found.identity();
-    let identity = DeviceIdentity {
-        vendor: id.vendor,
-        model: id.model,
-        hardware_revision: id.hardware_revision,
-        serial_number: id.serial_number,
-        firmware_version: id.firmware_version.as_deref().and_then(|v| v.parse().ok()),
-        image_hash: id.image_hash,
-        mode: None,
-    };
-    let mut capabilities = BTreeSet::new();
-    let mut bootloader = None;
-    let mut identity = identity;
-    if let Probed::Answered(report) = &found.probed
-        && let drv::Details::Smp(facts) = &report.details
-    {
-        capabilities.insert(Capability::Reset);
-        identity.mode = facts.mode.map(|m| match m {
-            SmpMode::Application => DeviceMode::Application,
-            SmpMode::SerialRecovery => DeviceMode::SerialRecovery,
-        });
-        if facts.mode == Some(SmpMode::SerialRecovery) {
-            // MCUboot's serial recovery: an upload overwrites the primary slot, whose hash the
-            // device lists where it is built to; no test boot, no revert.
-            bootloader = Some(SERIAL_RECOVERY.to_string());
-            capabilities.insert(Capability::Upload);
-            if facts.images.iter().any(|s| !s.hash.is_empty()) {
-                capabilities.insert(Capability::ImageHash);
+        let address = match &found.endpoint {
+            Endpoint::Serial { path, baud } => {
+                DeviceAddress::Serial { port: path.clone(), baud: *baud }
             }
-        } else if !facts.images.is_empty() {
-            // Image management answers: MCUboot slots, an upload into the secondary slot, a test
-            // boot that reverts unless confirmed, and the hash of each slot.
-            bootloader = Some("MCUboot".to_string());
-            capabilities.extend([Capability::Upload, Capability::TestBoot, Capability::ImageHash]);
+            Endpoint::Udp { addr } => DeviceAddress::Udp { addr: addr.to_string() },
+            other => DeviceAddress::Udp { addr: other.to_string() },
+        };
+        let via = match &found.via {
+            Via::SerialPort(_) => "serial",
+            Via::Address(_) => "udp-probe",
+            Via::Mdns(_) => "mdns",
+        };
+        let id = found.identity();
+        let identity = DeviceIdentity {
+            vendor: id.vendor,
+            model: id.model,
+            hardware_revision: id.hardware_revision,
+            serial_number: id.serial_number,
+            firmware_version: id.firmware_version.as_deref().and_then(|v| v.parse().ok()),
+            image_hash: id.image_hash,
+            mode: None,
+        };
+        let mut capabilities = BTreeSet::new();
+        let mut bootloader = None;
+        let mut identity = identity;
+        if let Probed::Answered(report) = &found.probed
+            && let drv::Details::Smp(facts) = &report.details
+        {
+            capabilities.insert(Capability::Reset);
+            identity.mode = facts.mode.map(|m| match m {
+                SmpMode::Application => DeviceMode::Application,
+                SmpMode::SerialRecovery => DeviceMode::SerialRecovery,
+            });
+            if facts.mode == Some(SmpMode::SerialRecovery) {
+                // MCUboot's serial recovery: an upload overwrites the primary slot, whose hash the
+                // device lists where it is built to; no test boot, no revert.
+                bootloader = Some(SERIAL_RECOVERY.to_string());
+                capabilities.insert(Capability::Upload);
+                if facts.images.iter().any(|s| !s.hash.is_empty()) {
+                    capabilities.insert(Capability::ImageHash);
+                }
+            } else if !facts.images.is_empty() {
+                // Image management answers: MCUboot slots, an upload into the secondary slot, a test
+                // boot that reverts unless confirmed, and the hash of each slot.
+                bootloader = Some("MCUboot".to_string());
+                capabilities.extend([
+                    Capability::Upload,
+                    Capability::TestBoot,
+                    Capability::ImageHash,
+                ]);
+            }
+        }
+        Find {
+            address,
+            via: via.to_string(),
+            identity,
+            bootloader,
+            capabilities,
+            details: Vec::new(),
         }
     }
-    Find { address, via: via.to_string(), identity, bootloader, capabilities, details: Vec::new() }
 }
 
 /// A USB DFU device from the bus listing, with what its descriptors say (`described`: identity
@@ -342,7 +349,7 @@ impl Fieldpatch {
                 drv::Discovery::new(request).start().await.map_err(DiscoverError::from)?;
             while let Some(event) = scan.next().await {
                 match event {
-                    drv::Event::Found(found) => add(&mut devices, find_of(&found), on_update),
+                    drv::Event::Found(found) => add(&mut devices, Find::from(&*found), on_update),
                     drv::Event::Skipped(s) => {
                         let s = skipped_of(&s);
                         on_update(&Update::Skipped { skipped: s.clone() });
