@@ -17,6 +17,12 @@ const COMMANDS: &[&str] = &[
     "set_auto_sync",
     "sync_now",
     "close_session",
+    "home",
+    "visit_log",
+    "sync_once",
+    "export_visit",
+    "pause_session",
+    "resume_session",
 ];
 
 fn main() {

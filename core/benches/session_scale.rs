@@ -113,5 +113,15 @@ fn main() {
             ratio,
             if ratio <= 1.5 { "ok" } else { "MISSED" }
         );
+        println!(
+            "FIGURE {}",
+            serde_json::json!({
+                "group": format!("Batch scaling ({IMAGE_KIB} KiB MCUboot image, lab SMP over UDP)"),
+                "name": format!("32 devices in one session, added RTT {} ms", rtt.as_millis()),
+                "value": many.as_secs_f64(), "unit": "s", "runs": 1,
+                "peer": "1 device alone", "peer_value": one.as_secs_f64(),
+                "better": "lower", "goal": "at most 1.5x one device",
+            })
+        );
     }
 }

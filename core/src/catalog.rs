@@ -252,6 +252,9 @@ impl ImageSource for Catalog {
         let b = self
             .bundle(&step.bundle_id)
             .ok_or_else(|| format!("bundle {} is not in the verified catalog", step.bundle_id))?;
+        if b.bundle.payloads().iter().any(|p| p.entry().format == PayloadFormat::Esp) {
+            return esp_image(&step.bundle_id, &b.bundle, step);
+        }
         let payload = b
             .bundle
             .payloads()
@@ -274,6 +277,71 @@ impl ImageSource for Catalog {
             bytes,
             sha256,
             device_hash,
+            esp: None,
         })
     }
+}
+
+/// An ESP bundle's application as the image, with the other `esp` payloads (bootloader,
+/// partition table, data) placed at their manifest offsets and the layout checked again.
+fn esp_image(
+    bundle_id: &str,
+    bundle: &VerifiedBundle,
+    step: &Step,
+) -> Result<VerifiedImage, String> {
+    use crate::flash::esp::{EspPlacement, PlacedPayload};
+    use crate::image::esp::EspPayloadKind;
+    let payloads: Vec<_> =
+        bundle.payloads().iter().filter(|p| p.entry().format == PayloadFormat::Esp).collect();
+    let layout = crate::image::esp::layout_of(
+        payloads.iter().map(|p| (p.entry().name.as_str(), p.bytes(), p.entry().flash_offset)),
+    )
+    .map_err(|e| format!("bundle {bundle_id}: {e}"))?;
+    let apps: Vec<&str> = layout
+        .payloads
+        .iter()
+        .filter(|p| matches!(p.kind, EspPayloadKind::App { .. }))
+        .map(|p| p.name.as_str())
+        .collect();
+    let [app_name] = apps.as_slice() else {
+        return Err(format!(
+            "bundle {bundle_id} carries {} ESP application images ({}): it must carry exactly one, the application the device runs",
+            apps.len(),
+            apps.join(", ")
+        ));
+    };
+    let mut app = None;
+    let mut others = Vec::new();
+    for p in &payloads {
+        let e = p.entry();
+        let bytes: Arc<[u8]> = p.bytes().into();
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        if hex::encode(sha256) != e.sha256.to_ascii_lowercase() {
+            return Err(format!(
+                "bundle {bundle_id}: payload {} does not match its manifest hash",
+                e.name
+            ));
+        }
+        // The layout check refused a payload without an offset.
+        let offset = e
+            .flash_offset
+            .ok_or_else(|| format!("bundle {bundle_id}: payload {} has no flash_offset", e.name))?;
+        if e.name == *app_name {
+            app = Some((offset, bytes, sha256));
+        } else {
+            others.push(PlacedPayload { name: e.name.clone(), offset, bytes, sha256 });
+        }
+    }
+    others.sort_by_key(|p| p.offset);
+    let (offset, bytes, sha256) =
+        app.ok_or_else(|| format!("bundle {bundle_id}: application {app_name} not found"))?;
+    Ok(VerifiedImage {
+        bundle_id: Some(bundle_id.to_string()),
+        from: Some(step.from),
+        to: step.to,
+        bytes,
+        sha256,
+        device_hash: sha256.to_vec(),
+        esp: Some(Arc::new(EspPlacement { layout, offset, others })),
+    })
 }

@@ -14,10 +14,10 @@
 //! the running version from the device first; `dfu_install` (USB DFU, whose devices cannot say
 //! what they run) decides with the version in the inventory, as a session does.
 
+use crate::bundle::VerifyPolicy;
 use crate::bundle::container::looks_like_bundle;
 use crate::bundle::input::clear_for_device;
 use crate::bundle::verify::AcceptRule;
-use crate::bundle::{TrustStore, VerifyPolicy};
 use crate::catalog::Catalog;
 use crate::fieldpatch::{Error, Fieldpatch};
 use crate::flash::connect::select_usb;
@@ -108,6 +108,11 @@ impl Fieldpatch {
                     "{address} is an SWUpdate gateway: use `fieldpatch device --swupdate URL` for it"
                 )));
             }
+            DeviceAddress::Esp { .. } => {
+                return Err(Error::WrongAddress(format!(
+                    "{address} is an ESP device in its ROM loader: use `fieldpatch device --esp PORT` for it"
+                )));
+            }
         };
         Ok(SmpDevice { fp: self, name: address.to_string(), client: SmpClient::new(link) })
     }
@@ -120,7 +125,15 @@ impl Fieldpatch {
         trust: Option<&Path>,
         allow_unverified: bool,
     ) -> Result<crate::bundle::input::ClearedImage, Error> {
-        let trust = trust.map(TrustStore::load).transpose()?;
+        let trust = match trust {
+            Some(path) => Some(self.trust_store(Some(path)).await?),
+            // A bare image may be vendor-signed: check it against the pinned store when there is one.
+            None => match self.trust_store(None).await {
+                Ok(t) => Some(t),
+                Err(Error::NoTrustStore) => None,
+                Err(e) => return Err(e),
+            },
+        };
         let policy = match &trust {
             Some(t) => self.verify_policy(t).await?,
             None => VerifyPolicy::now(),
@@ -275,7 +288,7 @@ impl Fieldpatch {
         trust: &Path,
         device: &DeviceRecord,
     ) -> Result<Gate, Error> {
-        let trust_store = TrustStore::load(trust)?;
+        let trust_store = self.trust_store(Some(trust)).await?;
         let policy = self.verify_policy(&trust_store).await?;
         let catalog = Catalog::load_file(bundle, &trust_store, &policy);
         if let Some(r) = catalog.refused.first() {

@@ -95,6 +95,16 @@ pub enum Error {
         "{device}: credential `{credential}` is not in this laptop's keyring: sync, or add it with `fieldpatch credentials set {credential}`; nothing was sent"
     )]
     MissingCredential { device: String, credential: String },
+    /// The trust store named for a job is not the one in force on this laptop: nothing was sent.
+    #[error(
+        "the trust store {path} is not the one in force on this laptop ({reason}): use the pinned store (omit the trust file, or sync to receive a rotation), or ask the release team for a rotation signed by the current root keys"
+    )]
+    TrustNotInForce { path: String, reason: String },
+    /// No trust store: none given and none pinned by a sync.
+    #[error(
+        "no trust store is in force on this laptop: sync with the inventory server first (it pins the trust store), or name the trust store file for an offline session"
+    )]
+    NoTrustStore,
 }
 
 impl Error {
@@ -124,6 +134,8 @@ impl Error {
             Error::Swu(e) => e.code(),
             Error::Swupdate(e) => e.code(),
             Error::MissingCredential { .. } => "credential_missing",
+            Error::TrustNotInForce { .. } => "trust_store_not_in_force",
+            Error::NoTrustStore => "no_trust_store",
         }
     }
 }
@@ -273,14 +285,50 @@ impl Fieldpatch {
         Ok(crate::bundle::VerifyPolicy { now, offline_grace })
     }
 
-    /// Load a trust store and verify every bundle of a catalog folder against it, under
-    /// [`Fieldpatch::verify_policy`].
+    /// The trust store in force for a job that may send bytes to a device. Once a sync pinned a
+    /// store on this laptop, that store is the anchor: `path` (a store file named for the job)
+    /// must be the pinned store itself or a newer store signed as its rotation (a threshold of the
+    /// pinned root keys); anything else is refused, so a hand-made trust store cannot open a
+    /// path to a device. Without a pinned store (a laptop provisioned for offline sessions that
+    /// never synced) the file named is the anchor, as a first sync's store would be. `None` asks
+    /// for the pinned store.
+    pub async fn trust_store(
+        &self,
+        path: Option<&Path>,
+    ) -> Result<crate::bundle::TrustStore, Error> {
+        let pinned_path = self.sync_local().await?.trust_path();
+        let pinned = if pinned_path.exists() {
+            Some(crate::bundle::TrustStore::load(&pinned_path)?)
+        } else {
+            None
+        };
+        let Some(path) = path else { return pinned.ok_or(Error::NoTrustStore) };
+        let given = crate::bundle::TrustStore::load(path)?;
+        let Some(pinned) = pinned else { return Ok(given) };
+        if given.document() == pinned.document() {
+            return Ok(given);
+        }
+        let refuse =
+            |reason: String| Error::TrustNotInForce { path: path.display().to_string(), reason };
+        if given.version() <= pinned.version() {
+            return Err(refuse(format!(
+                "it is version {}, the pinned store is version {}{}",
+                given.version(),
+                pinned.version(),
+                if given.version() == pinned.version() { " with different contents" } else { "" }
+            )));
+        }
+        pinned.rotate(given.document().clone()).map_err(|e| refuse(e.to_string()))
+    }
+
+    /// Load a trust store (which must be the one in force: [`Fieldpatch::trust_store`]) and
+    /// verify every bundle of a catalog folder against it, under [`Fieldpatch::verify_policy`].
     pub async fn load_catalog(
         &self,
         catalog_dir: &Path,
         trust_path: &Path,
     ) -> Result<Catalog, Error> {
-        let trust = crate::bundle::TrustStore::load(trust_path)?;
+        let trust = self.trust_store(Some(trust_path)).await?;
         let policy = self.verify_policy(&trust).await?;
         Ok(batch::load_catalog(catalog_dir, trust_path, &policy)?)
     }
@@ -347,6 +395,7 @@ impl Fieldpatch {
                 criticality: Default::default(),
                 windows: vec![],
                 credential: None,
+                health_url: None,
             });
         }
         if let Some(file) = devices_file

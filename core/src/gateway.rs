@@ -1,11 +1,15 @@
 //! One-device jobs on embedded Linux gateways that SWUpdate updates over HTTP.
 //!
 //! [`Fieldpatch::swupdate_install`] checks the `.swu` completely on the laptop first
-//! ([`crate::image::swu`]: archive, the vendor's CMS signature, the device's hardware revision,
-//! every artifact's SHA-256), then reads the device's password from the OS keyring at the moment
+//! ([`crate::image::swu`]: archive, the vendor's CMS signature against a vendor certificate of the
+//! trust store in force, the device's hardware revision, every artifact's SHA-256), then reads the device's password from the OS keyring at the moment
 //! of use (`device/<id>/password`; a missing one is a per-device error naming the credential and
 //! how to add it) and hands it to the driver for this one upload. The job is bracketed in the visit
-//! log: `flash_started` (image hash and size) before the first byte, then `image_uploaded` or
+//! log: why the image may be sent (the vendor certificate that verified it, or
+//! `unverified_image_allowed` when the technician sends it with `allow_unverified`: the trust
+//! store then names no vendor certificate, or the signature does not verify against one; the
+//! archive, hardware and hashes are checked all the same), `flash_started` (image hash and size)
+//! before the first byte, then `image_uploaded` or
 //! `failed` with the daemon's own message. The secret never reaches an event, an error or the
 //! store. The upload hashes the bytes again as they stream; a mismatch with what was verified is
 //! recorded as a failure. The device checks the same signature and hashes itself (SWUpdate with a
@@ -14,7 +18,7 @@
 use crate::credentials::CredentialKind;
 use crate::fieldpatch::{Error, Fieldpatch};
 use crate::flash::FlashStage;
-use crate::image::swu::{SwuTarget, VerifiedSwu, verify_file};
+use crate::image::swu::{SwuError, SwuTarget, VerifiedSwu, verify_file};
 use crate::progress::Progress;
 use crate::visitlog::EventKind;
 use fieldpatch_drivers::swupdate::{DigestCredentials, SwupdateClient, Timeouts};
@@ -34,8 +38,13 @@ pub struct SwupdateJob<'a> {
     pub user: &'a str,
     /// The `.swu` file.
     pub file: &'a Path,
-    /// The vendor certificate(s), PEM, the image must be signed by.
-    pub vendor_cert: &'a Path,
+    /// The trust store file; `None`: the one pinned by sync. Either way it must be the trust
+    /// store in force ([`Fieldpatch::trust_store`]).
+    pub trust: Option<&'a Path>,
+    /// Send a `.swu` whose signature Fieldpatch could not verify against a vendor certificate of
+    /// the trust store (recorded in the visit log). Its archive, hardware and hashes are still
+    /// checked.
+    pub allow_unverified: bool,
     /// What the image must fit.
     pub target: SwuTarget,
     pub timeouts: Timeouts,
@@ -58,17 +67,16 @@ impl Fieldpatch {
     ) -> Result<SwupdateOutcome, Error> {
         let client = SwupdateClient::new(job.url, job.timeouts)?;
         progress.phase("verify");
-        let vendor = std::fs::read(job.vendor_cert).map_err(|e| {
-            Error::Invalid(format!(
-                "cannot read the vendor certificate {}: {e}",
-                job.vendor_cert.display()
-            ))
-        })?;
-        let (file, target) = (job.file.to_path_buf(), job.target.clone());
-        let verified = tokio::task::spawn_blocking(move || verify_file(&file, &vendor, &target))
-            .await
-            .map_err(|e| Error::Invalid(format!("verification stopped: {e}")))?;
-        let verified = match verified {
+        if crate::bundle::container::looks_like_bundle(job.file) {
+            return Err(Error::Invalid(format!(
+                "{} is a patch bundle: it is installed through the planner for the inventory gateway it is meant for (`fieldpatch plan` and `fieldpatch session`)",
+                job.file.display()
+            )));
+        }
+        let trust = self.trust_store(job.trust).await?;
+        let certs: Vec<(String, String)> =
+            trust.vendor_certificates().iter().map(|c| (c.id.clone(), c.pem.clone())).collect();
+        let verified = match self.verify_swu(&job, certs, trust.version()).await? {
             Ok(v) => v,
             Err(e) => {
                 self.record(
@@ -76,9 +84,11 @@ impl Fieldpatch {
                     EventKind::Failed { stage: "verify".into(), reason: e.to_string() },
                 )
                 .await?;
-                return Err(e.into());
+                return Err(e);
             }
         };
+        self.record(Some(job.device), verified.1.clone()).await?;
+        let verified = verified.0;
 
         let secret = match self
             .credentials()
@@ -159,5 +169,59 @@ impl Fieldpatch {
                 Err(e.into())
             }
         }
+    }
+}
+
+impl Fieldpatch {
+    /// The checks of [`Fieldpatch::swupdate_install`] before anything is sent, and the event
+    /// that records why the image may go: `Ok(Err(e))` is a refusal to record.
+    async fn verify_swu(
+        &self,
+        job: &SwupdateJob<'_>,
+        certs: Vec<(String, String)>,
+        trust_version: u64,
+    ) -> Result<Result<(VerifiedSwu, EventKind), Error>, Error> {
+        let (file, target) = (job.file.to_path_buf(), job.target.clone());
+        let shown = job.file.display().to_string();
+        let allow = job.allow_unverified;
+        let checked = tokio::task::spawn_blocking(move || {
+            // Each certificate on its own, so the log can say which one vouched for the image.
+            let mut signed = Err(SwuError::VendorCertificate(format!(
+                "the trust store in force names none, so the signature of {shown} cannot be checked: add the vendor's certificate in a trust-store rotation (`fieldpatch keys trust-init --vendor-cert PEM`) and sync, or send it with --allow-unverified (recorded in the visit log)"
+            )));
+            for (id, pem) in &certs {
+                signed = verify_file(&file, Some(pem.as_bytes()), &target).map(|v| (v, id.clone()));
+                if !matches!(signed, Err(SwuError::BadSignature(_))) {
+                    break;
+                }
+            }
+            match signed {
+                Ok((v, id)) => Ok((v, Ok(id))),
+                Err(e @ (SwuError::BadSignature(_) | SwuError::VendorCertificate(_))) if allow => {
+                    verify_file(&file, None, &target)
+                        .map(|v| (v, Err(e.to_string())))
+                        .map_err(Error::from)
+                }
+                Err(e) => Err(Error::from(e)),
+            }
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("verification stopped: {e}")))?;
+        Ok(checked.map(|(v, by)| {
+            let sha = hex::encode(v.file_sha256);
+            let kind = match by {
+                Err(why) => EventKind::UnverifiedImageAllowed {
+                    image_sha256: sha,
+                    reason: format!("{}: sent with --allow-unverified ({why})", job.file.display()),
+                },
+                Ok(cert) => EventKind::Note {
+                    text: format!(
+                        "SWUpdate image {} ({sha}) verified by vendor certificate {cert} of trust store version {trust_version}",
+                        job.file.display()
+                    ),
+                },
+            };
+            (v, kind)
+        }))
     }
 }

@@ -26,6 +26,7 @@ mod fieldpatch;
 pub mod flash;
 pub mod gateway;
 pub mod image;
+pub mod overview;
 pub mod paths;
 pub mod plan;
 pub mod session;

@@ -258,7 +258,9 @@ impl Demo {
                 DeviceAddress::Udp { addr } => {
                     targets.extend(addr.parse::<NetTarget>().ok());
                 }
-                DeviceAddress::Usb { .. } | DeviceAddress::Swupdate { .. } => {}
+                DeviceAddress::Usb { .. }
+                | DeviceAddress::Swupdate { .. }
+                | DeviceAddress::Esp { .. } => {}
             }
         }
         let serial = (!ports.is_empty()).then(|| SerialScope {

@@ -10,6 +10,7 @@
 
 pub mod dfu;
 pub mod discovery;
+pub mod esp;
 pub mod progress;
 pub mod smp;
 pub mod swupdate;

@@ -14,6 +14,7 @@
 //! in without touching the machine's real network.
 
 pub mod dfu;
+pub mod esp;
 pub mod mdns;
 #[cfg(target_os = "linux")]
 pub mod netns;

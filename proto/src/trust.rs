@@ -208,6 +208,88 @@ pub struct TrustStoreBody {
     /// does not expire (and is not serialized, so older stores keep their signed bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<DateTime<Utc>>,
+    /// X.509 certificates of device vendors whose CMS-signed images the store vouches for (an
+    /// SWUpdate `.swu` signs its `sw-description` with one). Absent: not serialized, so older
+    /// stores keep their signed bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vendor_certificates: Vec<VendorCertificate>,
+}
+
+/// Largest vendor certificate (PEM) a trust store may carry.
+pub const MAX_VENDOR_CERTIFICATE_PEM: usize = 16 << 10;
+
+/// A vendor's X.509 signing certificate in the trust store, the anchor for CMS signatures on
+/// images (the counterpart of a `vendor_image` ed25519 key for MCUboot images).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorCertificate {
+    /// [`certificate_id`]: lower-case hex SHA-256 of the certificate's DER bytes.
+    pub id: String,
+    /// The certificate, PEM (exactly one `CERTIFICATE` block).
+    pub pem: String,
+    /// Whose certificate it is (for people reading the store).
+    pub label: String,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl VendorCertificate {
+    /// A certificate entry for `pem` (one PEM certificate), its id computed.
+    pub fn new(pem: &str, label: impl Into<String>) -> Result<VendorCertificate, TrustError> {
+        let id = certificate_id(pem)?;
+        Ok(VendorCertificate {
+            id,
+            pem: pem.trim().to_string() + "\n",
+            label: label.into(),
+            revoked: false,
+        })
+    }
+}
+
+/// The id of a PEM certificate: lower-case hex SHA-256 of its DER bytes (the fingerprint
+/// `openssl x509 -noout -fingerprint -sha256` prints, without colons). Refuses anything but
+/// exactly one `CERTIFICATE` block.
+pub fn certificate_id(pem: &str) -> Result<String, TrustError> {
+    use sha2::{Digest, Sha256};
+    let der = pem_certificate_der(pem)?;
+    Ok(hex::encode(Sha256::digest(der)))
+}
+
+fn pem_certificate_der(pem: &str) -> Result<Vec<u8>, TrustError> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if pem.len() > MAX_VENDOR_CERTIFICATE_PEM {
+        return Err(TrustError::LengthTooLarge {
+            field: "vendor certificate".into(),
+            value: pem.len() as u64,
+            limit: MAX_VENDOR_CERTIFICATE_PEM as u64,
+        });
+    }
+    let bad = |why: &str| {
+        invalid(format!(
+            "a vendor certificate {why}: give exactly one PEM certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+        ))
+    };
+    let text = pem.trim();
+    let body = text
+        .strip_prefix(BEGIN)
+        .and_then(|rest| rest.strip_suffix(END))
+        .ok_or_else(|| bad("is not a single PEM CERTIFICATE block"))?;
+    if body.contains("-----") {
+        return Err(bad("holds more than one PEM block"));
+    }
+    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| bad("is not valid base64"))?
+    };
+    // A DER certificate is a SEQUENCE.
+    if der.first() != Some(&0x30) || der.len() < 64 {
+        return Err(bad("does not hold a DER certificate"));
+    }
+    Ok(der)
 }
 
 /// A trust store document as stored and distributed: body plus root signatures.
@@ -376,6 +458,19 @@ impl TrustStore {
                 return Err(invalid(format!("key {} is listed twice", k.id)));
             }
         }
+        let mut certs = std::collections::HashSet::new();
+        for c in &doc.store.vendor_certificates {
+            let id = certificate_id(&c.pem)?;
+            if id != c.id {
+                return Err(invalid(format!(
+                    "vendor certificate id {} does not match its certificate (expected {id})",
+                    c.id
+                )));
+            }
+            if !certs.insert(id) {
+                return Err(invalid(format!("vendor certificate {} is listed twice", c.id)));
+            }
+        }
         for role in Role::ALL {
             let need = doc.store.thresholds.get(&role).copied().unwrap_or(1);
             if need == 0 {
@@ -480,6 +575,11 @@ impl TrustStore {
     /// Look a key up by id.
     pub fn lookup(&self, id: &str) -> KeyLookup<'_> {
         self.keys.get(id).map(|e| (&e.key, e.roles.as_slice(), e.revoked))
+    }
+
+    /// Unrevoked vendor certificates (the anchors for CMS-signed images such as SWUpdate's).
+    pub fn vendor_certificates(&self) -> Vec<&VendorCertificate> {
+        self.doc.store.vendor_certificates.iter().filter(|c| !c.revoked).collect()
     }
 
     /// Unrevoked keys holding `role`, with their ids.

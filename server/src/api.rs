@@ -8,9 +8,8 @@ use crate::push;
 use crate::store::{Principal, Store, StoreError, StoredCredential, Technician};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::event::Event;
@@ -42,6 +41,8 @@ pub struct App<S> {
     log_locks: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// Pushes verified and stored at the same time; more wait for a retryable 503.
     pushes: Arc<tokio::sync::Semaphore>,
+    /// Shutting down: new requests get a retryable 503, `/v1/ready` says not ready.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Pushes one server instance works on at once (each checks signatures on a blocking thread).
@@ -67,7 +68,19 @@ impl<S: Store> App<S> {
             credential_key: None,
             log_locks: Default::default(),
             pushes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PUSHES)),
+            draining: Default::default(),
         }
+    }
+
+    /// Start shutting down: requests from now on are answered with a retryable 503 (requests
+    /// already running finish), and readiness turns false so load balancers route elsewhere.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`App::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Serve device credentials, kept encrypted at rest under `data_key`.
@@ -217,10 +230,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message }))
-            .into_response()
+        let retryable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut r =
+            (self.status, Json(ApiErrorBody { code: self.code.into(), message: self.message }))
+                .into_response();
+        if retryable {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        r
     }
 }
 
@@ -234,7 +257,14 @@ async fn principal<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Princi
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
-    app.store.principal(&token_hash(token)).await?.ok_or_else(ApiError::unauthorized)
+    let p = app.store.principal(&token_hash(token)).await?.ok_or_else(ApiError::unauthorized)?;
+    // The request log names who asked (never the token).
+    let span = tracing::Span::current();
+    match &p {
+        Principal::Technician(t) => span.record("technician", tracing::field::display(&t.id)),
+        Principal::Admin => span.record("admin", true),
+    };
+    Ok(p)
 }
 
 async fn technician<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Technician, ApiError> {
@@ -272,6 +302,43 @@ async fn health() -> Json<Health> {
     Json(Health { status: "ok", version: crate::VERSION, api: "v1" })
 }
 
+#[derive(Serialize)]
+struct Ready {
+    status: &'static str,
+    database: &'static str,
+}
+
+/// How long the readiness check waits for the database.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Readiness: 200 when this instance takes requests and its database answers a round trip,
+/// 503 (retryable) while shutting down or when the database does not answer.
+async fn ready<S: Store>(State(app): Shared<S>) -> Result<Json<Ready>, ApiError> {
+    if app.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this server instance is shutting down; use another",
+        ));
+    }
+    match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(Ready { status: "ready", database: "ok" })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the inventory database does not answer; retry later",
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            format!("the inventory database did not answer within {}s", READY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
@@ -297,7 +364,7 @@ async fn pull<S: Store>(
         sites: app.store.sites(Some(&t.id)).await?,
         devices: app.store.devices(Some(&t.id)).await?,
         work_orders: app.store.work_orders(Some(&t.id)).await?,
-        catalog: app.store.catalog().await?,
+        catalog: app.store.catalog_for(&t.id).await?,
         trust_store: app.store.trust_store().await?,
         catalog_listing: app.store.catalog_listing().await?,
         credentials: app.sealed_credentials(&t).await?,
@@ -309,10 +376,17 @@ async fn bundle<S: Store>(
     headers: HeaderMap,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&app, &headers).await?;
-    let bytes = app.store.bundle_bytes(&sha256.to_ascii_lowercase()).await?.ok_or_else(|| {
-        ApiError::not_found(format!("no bundle with SHA-256 {sha256} in the catalog"))
-    })?;
+    let sha256 = sha256.to_ascii_lowercase();
+    let missing =
+        || ApiError::not_found(format!("no bundle with SHA-256 {sha256} in your catalog"));
+    // A technician downloads only what their catalog lists: a bundle published to other sites
+    // answers like one that does not exist.
+    if let Principal::Technician(t) = principal(&app, &headers).await?
+        && !app.store.catalog_for(&t.id).await?.iter().any(|e| e.sha256 == sha256)
+    {
+        return Err(missing());
+    }
+    let bytes = app.store.bundle_bytes(&sha256).await?.ok_or_else(missing)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -373,7 +447,18 @@ async fn push_events<S: Store>(
             )
         })?;
     let _guards = app.lock_logs(&prepared).await;
-    let (ack, added) = push::push(&app.store, &app.key, &t, prepared).await?;
+    // Other instances on the same database take turns on these logs too.
+    let log_ids: Vec<String> = prepared
+        .iter()
+        .map(|(e, _)| e.body.log_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let db_lock = app.store.lock_logs(&log_ids).await?;
+    let result = push::push(&app.store, &app.key, &t, prepared).await;
+    db_lock.release().await;
+    let (ack, added) = result?;
     tracing::info!(technician = %t.id, added, stored = ack.stored.len(), retryable = ack.retryable.len(), rejected = ack.rejected.len(), "push");
     Ok(Json(ack))
 }
@@ -417,7 +502,14 @@ pub async fn report_not_at_approved<S: Store>(
     store: &S,
     technician: Option<&str>,
 ) -> Result<Vec<Device>, StoreError> {
-    Ok(store.devices(technician).await?.into_iter().filter(|d| !at_approved(d)).collect())
+    // The database leaves out devices whose firmware is the approved string; versions that are
+    // equal but spelled differently are compared here.
+    Ok(store
+        .devices_off_approved(technician)
+        .await?
+        .into_iter()
+        .filter(|d| !at_approved(d))
+        .collect())
 }
 
 /// Devices in work orders that are not at their approved version, with the recorded reasons.
@@ -425,18 +517,14 @@ pub async fn report_planned_not_patched<S: Store>(
     store: &S,
     technician: Option<&str>,
 ) -> Result<Vec<PlannedNotPatched>, StoreError> {
-    let devices = store.devices(technician).await?;
-    let mut out = Vec::new();
-    for w in store.work_orders(technician).await? {
-        for id in &w.devices {
-            if let Some(d) = devices.iter().find(|d| &d.id == id)
-                && !at_approved(d)
-            {
-                out.push(PlannedNotPatched { work_order_id: w.id.clone(), device: d.clone() });
-            }
-        }
-    }
-    Ok(out)
+    // Work orders, devices and the approved-version filter are joined in the database.
+    Ok(store
+        .planned_off_approved(technician)
+        .await?
+        .into_iter()
+        .filter(|(_, d)| !at_approved(d))
+        .map(|(work_order_id, device)| PlannedNotPatched { work_order_id, device })
+        .collect())
 }
 
 async fn not_at_approved<S: Store>(
@@ -543,9 +631,7 @@ async fn admin_sites<S: Store>(
     Json(sites): Json<Vec<Site>>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
-    for s in &sites {
-        app.store.upsert_site(s).await?;
-    }
+    app.store.upsert_sites(&sites).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -555,9 +641,7 @@ async fn admin_devices<S: Store>(
     Json(devices): Json<Vec<Device>>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
-    for d in &devices {
-        app.store.upsert_device(d).await?;
-    }
+    app.store.upsert_devices(&devices).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -712,32 +796,120 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
     }
 }
 
+/// While shutting down, every request but health and readiness gets a retryable 503.
+async fn drain_gate(
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let exempt = matches!(req.uri().path(), "/v1/health" | "/v1/ready");
+    if draining.load(std::sync::atomic::Ordering::SeqCst) && !exempt {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this server instance is shutting down; retry (another instance will answer)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The request log: one line per response with method, route (the path pattern, not the
+/// request's path), status, latency and who asked (technician id, or admin). Headers are never
+/// logged, so neither are tokens.
+fn request_log<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = %route,
+        technician = tracing::field::Empty,
+        admin = tracing::field::Empty,
+    )
+}
+
+fn response_log(res: &Response, latency: std::time::Duration, _span: &tracing::Span) {
+    let status = res.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if res.status().is_server_error() {
+        tracing::warn!(status, latency_ms, "response");
+    } else {
+        tracing::info!(status, latency_ms, "response");
+    }
+}
+
+/// One route: method, path pattern and handler.
+pub type Route<S> = (Method, &'static str, axum::routing::MethodRouter<Arc<App<S>>>);
+
+fn route<S: Store, H, T>(method: Method, path: &'static str, handler: H) -> Route<S>
+where
+    H: axum::handler::Handler<T, Arc<App<S>>>,
+    T: 'static,
+{
+    let filter = axum::routing::MethodFilter::try_from(method.clone())
+        .expect("the API uses standard HTTP methods only");
+    (method, path, axum::routing::on(filter, handler))
+}
+
+/// Every route of the `/v1` API. The router is built from this list, and the OpenAPI document's
+/// test compares the document with it, so neither can gain or lose a route unnoticed.
+pub fn routes<S: Store>() -> Vec<Route<S>> {
+    use Method as M;
+    vec![
+        route(M::GET, "/v1/health", health),
+        route(M::GET, "/v1/ready", ready::<S>),
+        route(M::GET, "/v1/openapi.json", openapi),
+        route(M::GET, "/v1/server-key", server_key::<S>),
+        route(M::GET, "/v1/pull", pull::<S>),
+        route(M::GET, "/v1/catalog/{sha256}", bundle::<S>),
+        route(M::POST, "/v1/push", push_events::<S>),
+        route(M::GET, "/v1/devices/{id}/history", device_history::<S>),
+        route(M::GET, "/v1/reports/not-at-approved-version", not_at_approved::<S>),
+        route(M::GET, "/v1/reports/planned-not-patched", planned_not_patched::<S>),
+        route(M::POST, "/v1/admin/technicians", admin_create_technician::<S>),
+        route(M::POST, "/v1/admin/technicians/{id}/tokens", admin_issue_token::<S>),
+        route(M::POST, "/v1/admin/sites", admin_sites::<S>),
+        route(M::POST, "/v1/admin/devices", admin_devices::<S>),
+        route(M::POST, "/v1/admin/work-orders", admin_work_orders::<S>),
+        route(M::PUT, "/v1/admin/assignments/{technician}/{site}", admin_assign::<S>),
+        route(M::DELETE, "/v1/admin/assignments/{technician}/{site}", admin_unassign::<S>),
+        route(M::GET, "/v1/admin/sites/{id}/audit-export", admin_audit_export::<S>),
+        route(M::PUT, "/v1/admin/trust-store", admin_trust_store::<S>),
+        route(M::PUT, "/v1/admin/catalog-listing", admin_catalog_listing::<S>),
+        route(M::PUT, "/v1/admin/devices/{id}/credentials/{kind}", admin_set_credential::<S>),
+    ]
+}
+
 /// The `/v1` API over `app`.
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/server-key", get(server_key::<S>))
-        .route("/v1/pull", get(pull::<S>))
-        .route("/v1/catalog/{sha256}", get(bundle::<S>))
-        .route("/v1/push", post(push_events::<S>))
-        .route("/v1/devices/{id}/history", get(device_history::<S>))
-        .route("/v1/reports/not-at-approved-version", get(not_at_approved::<S>))
-        .route("/v1/reports/planned-not-patched", get(planned_not_patched::<S>))
-        .route("/v1/admin/technicians", post(admin_create_technician::<S>))
-        .route("/v1/admin/technicians/{id}/tokens", post(admin_issue_token::<S>))
-        .route("/v1/admin/sites", post(admin_sites::<S>))
-        .route("/v1/admin/devices", post(admin_devices::<S>))
-        .route("/v1/admin/work-orders", post(admin_work_orders::<S>))
-        .route(
-            "/v1/admin/assignments/{technician}/{site}",
-            put(admin_assign::<S>).merge(delete(admin_unassign::<S>)),
-        )
-        .route("/v1/admin/sites/{id}/audit-export", get(admin_audit_export::<S>))
-        .route("/v1/admin/trust-store", put(admin_trust_store::<S>))
-        .route("/v1/admin/catalog-listing", put(admin_catalog_listing::<S>))
-        .route("/v1/admin/devices/{id}/credentials/{kind}", put(admin_set_credential::<S>))
+    let draining = app.draining.clone();
+    // One method router per path, merging the methods of that path.
+    let mut paths: Vec<(&'static str, axum::routing::MethodRouter<Arc<App<S>>>)> = Vec::new();
+    for (_, path, handler) in routes::<S>() {
+        match paths.iter().position(|(p, _)| *p == path) {
+            Some(i) => {
+                let (p, merged) = paths.remove(i);
+                paths.insert(i, (p, merged.merge(handler)));
+            }
+            None => paths.push((path, handler)),
+        }
+    }
+    paths
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .layer(axum::middleware::from_fn(request_timeout))
+        .layer(axum::middleware::from_fn(move |req, next| drain_gate(draining.clone(), req, next)))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_log)
+                .on_request(())
+                .on_response(response_log)
+                .on_failure(()),
+        )
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app)
 }

@@ -1,8 +1,11 @@
 //! Importing sites and devices from CSV or JSON files (admin CLI).
 //!
-//! JSON files hold an array of objects with the API's field names. CSV files have a header row
-//! naming the same fields (any order; unknown columns are an error so typos do not pass silently);
-//! fields may be quoted with `"` (a doubled `""` inside quotes is one quote).
+//! JSON files hold an array of objects with the API's field names. CSV files (read with the
+//! `csv` crate, as spreadsheets export them: RFC 4180 quoting, `""` for a quote inside quotes,
+//! line breaks inside quoted fields, an optional UTF-8 byte-order mark) have a header row naming
+//! the same fields in any order. Unknown or repeated columns are an error so typos do not pass
+//! silently; an empty field means "not set". Errors name the row (as a spreadsheet numbers it,
+//! the header being row 1), the line it starts on, and the column.
 
 use fieldpatch_proto::wire::{Device, Site};
 use serde::de::DeserializeOwned;
@@ -18,107 +21,141 @@ pub enum ImportError {
     Format { path: String, detail: String },
 }
 
-fn parse_csv_line(line: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => cur.push(c),
-            (false, '"') if cur.is_empty() && !was_quoted => {
-                quoted = true;
-                was_quoted = true;
-            }
-            (false, ',') => {
-                out.push(std::mem::take(&mut cur));
-                was_quoted = false;
-            }
-            (false, c) => cur.push(c),
-        }
-    }
-    if quoted {
-        return Err("unterminated quoted field".into());
-    }
-    out.push(cur);
-    Ok(out)
+/// The columns of one kind of record: all it may have, and those every row must fill.
+struct Columns {
+    what: &'static str,
+    allowed: &'static [&'static str],
+    required: &'static [&'static str],
 }
 
-fn read_rows<T: DeserializeOwned>(path: &Path, allowed: &[&str]) -> Result<Vec<T>, ImportError> {
-    let p = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ImportError::Read { path: p.clone(), source })?;
-    let fmt = |detail: String| ImportError::Format { path: p.clone(), detail };
-    let is_json = path.extension().map(|e| e.eq_ignore_ascii_case("json")).unwrap_or(false)
-        || text.trim_start().starts_with('[');
-    if is_json {
-        return serde_json::from_str(&text)
-            .map_err(|e| fmt(format!("not a JSON array of records: {e}")));
+/// Where a CSV record starts, for messages: `row N (line L)`.
+fn at(row: u64, pos: Option<&csv::Position>) -> String {
+    match pos {
+        Some(p) if p.line() != row => format!("row {row} (line {})", p.line()),
+        _ => format!("row {row}"),
     }
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) =
-        lines.next().ok_or_else(|| fmt("empty file: expected a header row".into()))?;
-    let header: Vec<String> = parse_csv_line(header)
-        .map_err(|e| fmt(format!("line 1: {e}")))?
-        .into_iter()
+}
+
+fn csv_error(e: &csv::Error, row: u64) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => format!(
+            "{}: {len} fields, but the header names {expected_len}; quote fields that contain commas",
+            at(row, pos.as_ref())
+        ),
+        csv::ErrorKind::Utf8 { pos, err } => {
+            let field = err.field() + 1;
+            format!(
+                "{}, field {field}: not UTF-8 text; save the file as UTF-8",
+                at(row, pos.as_ref())
+            )
+        }
+        csv::ErrorKind::Io(err) => format!("cannot read: {err}"),
+        _ => format!("row {row}: {e}"),
+    }
+}
+
+fn read_rows<T: DeserializeOwned>(path: &Path, columns: &Columns) -> Result<Vec<T>, ImportError> {
+    let p = path.display().to_string();
+    let bytes =
+        std::fs::read(path).map_err(|source| ImportError::Read { path: p.clone(), source })?;
+    let fmt = |detail: String| ImportError::Format { path: p.clone(), detail };
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let is_json = path.extension().map(|e| e.eq_ignore_ascii_case("json")).unwrap_or(false)
+        || body.trim_ascii_start().starts_with(b"[");
+    if is_json {
+        return serde_json::from_slice(body)
+            .map_err(|e| fmt(format!("not a JSON array of {}s: {e}", columns.what)));
+    }
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(body);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| fmt(csv_error(&e, 1)))?
+        .iter()
         .map(|h| h.trim().to_string())
         .collect();
-    for h in &header {
-        if !allowed.contains(&h.as_str()) {
+    if header.iter().all(|h| h.is_empty()) {
+        return Err(fmt(format!(
+            "empty file: expected a header row naming some of {}",
+            columns.allowed.join(", ")
+        )));
+    }
+    for (i, h) in header.iter().enumerate() {
+        let column = i + 1;
+        if !columns.allowed.contains(&h.as_str()) {
             return Err(fmt(format!(
-                "unknown column {h:?}; expected some of {}",
-                allowed.join(", ")
+                "row 1, column {column}: unknown column {h:?}; expected some of {}",
+                columns.allowed.join(", ")
             )));
+        }
+        if header[..i].contains(h) {
+            return Err(fmt(format!("row 1, column {column}: column {h:?} appears twice")));
+        }
+    }
+    for r in columns.required {
+        if !header.iter().any(|h| h == r) {
+            return Err(fmt(format!("row 1: no column {r:?}; every {} needs one", columns.what)));
         }
     }
     let mut out = Vec::new();
-    for (i, line) in lines {
-        let fields = parse_csv_line(line).map_err(|e| fmt(format!("line {}: {e}", i + 1)))?;
-        if fields.len() != header.len() {
-            return Err(fmt(format!(
-                "line {}: {} fields, but the header names {}",
-                i + 1,
-                fields.len(),
-                header.len()
-            )));
+    let mut record = csv::StringRecord::new();
+    let mut row = 1u64;
+    loop {
+        row += 1;
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(fmt(csv_error(&e, row))),
         }
-        let obj: BTreeMap<&str, serde_json::Value> = header
-            .iter()
-            .zip(fields)
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(h, v)| (h.as_str(), serde_json::Value::String(v)))
-            .collect();
-        let value = serde_json::to_value(obj).map_err(|e| fmt(e.to_string()))?;
-        out.push(serde_json::from_value(value).map_err(|e| fmt(format!("line {}: {e}", i + 1)))?);
+        // A blank line (spreadsheets add them at the end) is no record.
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let here = at(row, record.position());
+        let mut obj: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+        for (h, v) in header.iter().zip(record.iter()) {
+            if v.is_empty() {
+                if columns.required.contains(&h.as_str()) {
+                    return Err(fmt(format!(
+                        "{here}, column {h:?}: empty, but every {} needs one",
+                        columns.what
+                    )));
+                }
+                continue;
+            }
+            obj.insert(h.as_str(), serde_json::Value::String(v.to_string()));
+        }
+        let value = serde_json::to_value(obj).map_err(|e| fmt(format!("{here}: {e}")))?;
+        out.push(serde_json::from_value(value).map_err(|e| fmt(format!("{here}: {e}")))?);
     }
     Ok(out)
 }
 
 /// Read sites (`id,name,address`) from a CSV or JSON file.
 pub fn read_sites(path: &Path) -> Result<Vec<Site>, ImportError> {
-    read_rows(path, &["id", "name", "address"])
+    read_rows(
+        path,
+        &Columns { what: "site", allowed: &["id", "name", "address"], required: &["id", "name"] },
+    )
 }
 
 /// Read devices from a CSV or JSON file.
 pub fn read_devices(path: &Path) -> Result<Vec<Device>, ImportError> {
     read_rows(
         path,
-        &[
-            "id",
-            "site_id",
-            "vendor",
-            "model",
-            "hardware_revision",
-            "serial_number",
-            "approved_version",
-            "current_firmware",
-        ],
+        &Columns {
+            what: "device",
+            allowed: &[
+                "id",
+                "site_id",
+                "vendor",
+                "model",
+                "hardware_revision",
+                "serial_number",
+                "approved_version",
+                "current_firmware",
+            ],
+            required: &["id", "site_id"],
+        },
     )
 }
 
@@ -146,13 +183,62 @@ mod tests {
 
         std::fs::write(&p, "id,site,name\nx,y,z\n").unwrap();
         let e = read_devices(&p).unwrap_err().to_string();
-        assert!(e.contains("unknown column \"site\""), "{e}");
+        assert!(e.contains("row 1, column 2: unknown column \"site\""), "{e}");
         std::fs::write(&p, "id,name\nx\n").unwrap();
         let e = read_sites(&p).unwrap_err().to_string();
-        assert!(e.contains("line 2: 1 fields"), "{e}");
+        assert!(e.contains("row 2: 1 fields, but the header names 2"), "{e}");
 
         let j = dir.path().join("sites.json");
+        std::fs::write(&j, b"\xEF\xBB\xBF[{\"id\":\"s0\",\"name\":\"BOM\"}]").unwrap();
+        assert_eq!(read_sites(&j).unwrap()[0].name, "BOM");
         std::fs::write(&j, r#"[{"id":"s1","name":"Plant 1"}]"#).unwrap();
         assert_eq!(read_sites(&j).unwrap()[0].name, "Plant 1");
+    }
+
+    #[test]
+    fn a_spreadsheet_export_with_a_bom_and_line_breaks_in_quotes_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sites.csv");
+        // What spreadsheets write: a UTF-8 byte-order mark, CRLF line ends, a quoted address
+        // over two lines, a quote inside quotes, a trailing blank line.
+        std::fs::write(
+            &p,
+            "\u{FEFF}id,name,address\r\n\
+             s1,\"Plant \"\"North\"\"\",\"Hauptstr. 1\r\n12345 Musterstadt\"\r\n\
+             s2,Plant South,\r\n\
+             \r\n",
+        )
+        .unwrap();
+        let sites = read_sites(&p).unwrap();
+        assert_eq!(sites.len(), 2);
+        assert_eq!(sites[0].id, "s1", "the byte-order mark is not part of the first column");
+        assert_eq!(sites[0].name, "Plant \"North\"");
+        assert_eq!(sites[0].address.as_deref(), Some("Hauptstr. 1\r\n12345 Musterstadt"));
+        assert_eq!((sites[1].name.as_str(), sites[1].address.as_deref()), ("Plant South", None));
+    }
+
+    #[test]
+    fn errors_name_the_row_and_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("devices.csv");
+        // Row 3 starts on line 4: row 2's quoted model holds a line break.
+        std::fs::write(&p, "id,site_id,model\nd1,s1,\"gw\n2\"\nd2,,gw-3\n").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("row 3 (line 4), column \"site_id\": empty"), "{e}");
+        std::fs::write(&p, "id,model\nd1,gw\n").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("no column \"site_id\""), "{e}");
+        std::fs::write(&p, "id,site_id,id\nd1,s1,d1\n").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("row 1, column 3: column \"id\" appears twice"), "{e}");
+        std::fs::write(&p, b"id,site_id,vendor\nd1,s1,Acme\nd2,s1,\xFFcme\n").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("row 3, field 3: not UTF-8"), "{e}");
+        std::fs::write(&p, "id,site_id\nd1,s1,extra\n").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("row 2: 3 fields, but the header names 2"), "{e}");
+        std::fs::write(&p, "").unwrap();
+        let e = read_devices(&p).unwrap_err().to_string();
+        assert!(e.contains("empty file"), "{e}");
     }
 }

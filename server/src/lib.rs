@@ -21,11 +21,17 @@
 //!   valid store or rotation of the published one, a catalog listing only when signed by the
 //!   store's catalog keys and naming published bundles, with the laptop's own rules
 //!   (`fieldpatch_proto::trust`, `fieldpatch_proto::listing`).
+//! * **Stateless instances.** Any number of servers may share one PostgreSQL database: pushes of
+//!   a log take turns on a database lock ([`store::Store::lock_logs`]), not on process memory.
+//!   On SIGTERM or Ctrl-C a server stops accepting, answers new requests with a retryable 503
+//!   and lets requests in flight finish ([`Bound::serve_until`]); `/v1/ready` includes a
+//!   database round trip. Settings may come from a TOML file ([`config`]).
 //! * **TLS or loopback.** With `--tls-cert/--tls-key` the server speaks HTTPS (rustls). Without
 //!   TLS it refuses to listen anywhere but loopback unless explicitly told otherwise, because
 //!   tokens would cross the network in the clear.
 
 pub mod api;
+pub mod config;
 pub mod continuity;
 pub mod export;
 pub mod import;
@@ -208,6 +214,13 @@ fn load_or_create_secret(dir: &Path, name: &str) -> Result<[u8; 32], ServerError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
             let key: [u8; 32] = rand::random();
+            // Written whole under a private name, then linked into place: instances starting
+            // together on one data directory never read a half-written key, and only one key wins.
+            let tmp = dir.join(format!(
+                ".{name}.{}.{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 8]>())
+            ));
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -216,9 +229,19 @@ fn load_or_create_secret(dir: &Path, name: &str) -> Result<[u8; 32], ServerError
                 opts.mode(0o600);
             }
             use std::io::Write;
-            let mut f = opts.open(&path).map_err(|e| err(e.to_string()))?;
-            f.write_all(hex::encode(key).as_bytes()).map_err(|e| err(e.to_string()))?;
-            Ok(key)
+            let written = opts.open(&tmp).and_then(|mut f| {
+                f.write_all(hex::encode(key).as_bytes())?;
+                f.sync_all()
+            });
+            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(key),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_secret(dir, name)
+                }
+                Err(e) => Err(err(e.to_string())),
+            }
         }
         Err(e) => Err(err(e.to_string())),
     }
@@ -255,10 +278,29 @@ impl Bound {
 
     /// Serve `app` until the task is dropped.
     pub async fn serve<S: Store>(self, app: Arc<App<S>>) -> Result<(), ServerError> {
-        let router = router(app);
+        self.serve_until(app, std::future::pending::<()>(), Duration::MAX).await
+    }
+
+    /// Serve `app` until `shutdown` completes, then shut down gracefully: the API starts
+    /// answering new requests with a retryable 503 (and `/v1/ready` with 503), no new connection
+    /// is accepted, requests in flight (a push being stored) finish and their connections close.
+    /// After `grace`, connections still open are cut.
+    pub async fn serve_until<S: Store>(
+        self,
+        app: Arc<App<S>>,
+        shutdown: impl std::future::Future<Output = ()>,
+        grace: Duration,
+    ) -> Result<(), ServerError> {
+        let router = router(app.clone());
         let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (tcp, peer) = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -268,12 +310,13 @@ impl Bound {
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
                 match acceptor {
-                    None => serve_connection(tcp, router, peer).await,
+                    None => serve_connection(tcp, router, peer, watcher).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => serve_connection(stream, router, peer).await,
+                            Ok(Ok(stream)) => serve_connection(stream, router, peer, watcher).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -283,6 +326,46 @@ impl Bound {
                 }
             });
         }
+        app.drain();
+        drop(self.listener);
+        let open = graceful.count();
+        tracing::info!(connections = open, "shutting down: finishing requests in flight");
+        match tokio::time::timeout(grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "connections still open after the shutdown grace period; closing them"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
     }
 }
 
@@ -291,17 +374,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers must arrive within this time (no connection is held open by a silent peer).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn serve_connection<I>(io: I, router: axum::Router, peer: SocketAddr)
-where
+async fn serve_connection<I>(
+    io: I,
+    router: axum::Router,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(router);
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-    if let Err(e) =
-        builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await
-    {
+    let conn = builder
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -9,24 +9,34 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use fieldpatch_proto::wire::{CatalogEntry, WorkOrder};
 use fieldpatch_server::api::{self, NewTechnician};
+use fieldpatch_server::config::Config;
 use fieldpatch_server::{App, Bound, PgStore, SqliteStore, Store, TlsFiles};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Where `serve` listens unless told otherwise.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8470);
+
 #[derive(Parser, Debug)]
 #[command(name = "fieldpatch-server", version, about = "Fieldpatch central inventory and sync API")]
 struct Cli {
+    /// Configuration file (TOML) with any of the settings below (keys named like the flags, with
+    /// `_` for `-`: data_dir, database, listen, tls_cert, tls_key, allow_insecure_non_loopback,
+    /// shutdown_grace_secs, log). Flags and environment variables override it.
+    #[arg(long, env = "FIELDPATCH_SERVER_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Directory for the server keys (checkpoint signing, credential encryption) and the default
-    /// SQLite database. Back it up together with the database.
-    #[arg(
-        long,
-        env = "FIELDPATCH_SERVER_DATA",
-        default_value = "fieldpatch-server-data",
-        global = true
-    )]
-    data_dir: PathBuf,
+    /// SQLite database. Back it up together with the database. Instances sharing one database
+    /// need the same keys. Default: fieldpatch-server-data.
+    #[arg(long, env = "FIELDPATCH_SERVER_DATA", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `fieldpatch_server=debug,info`...). Default: `RUST_LOG`,
+    /// else info.
+    #[arg(long, env = "FIELDPATCH_SERVER_LOG", global = true)]
+    log: Option<String>,
     /// Database: `postgres://...` for PostgreSQL (over TLS when the URL asks: `?sslmode=require`,
     /// or `?sslmode=verify-full&sslrootcert=CA.pem`); default is `inventory.db` (SQLite) in the
     /// data directory; a `sqlite://PATH` URL picks another SQLite file.
@@ -40,9 +50,9 @@ struct Cli {
 enum Command {
     /// Run the API.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8470")]
-        listen: SocketAddr,
+        /// Address to listen on. Default: 127.0.0.1:8470.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// PEM certificate chain; enables HTTPS together with --tls-key.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -52,6 +62,10 @@ enum Command {
         /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
         #[arg(long)]
         allow_insecure_non_loopback: bool,
+        /// At shutdown (SIGTERM, Ctrl-C), how long requests in flight may take to finish before
+        /// their connections are cut. Default: 30.
+        #[arg(long)]
+        shutdown_grace_secs: Option<u64>,
     },
     /// Inventory administration.
     #[command(subcommand)]
@@ -132,7 +146,7 @@ enum Admin {
         #[arg(long)]
         site: String,
     },
-    /// Publish a bundle file with its manifest (JSON) to the catalog.
+    /// Publish a bundle file with its manifest (JSON) to the catalog, for every site or some.
     Publish {
         #[arg(long)]
         bundle_id: String,
@@ -142,6 +156,10 @@ enum Admin {
         manifest: PathBuf,
         #[arg(long)]
         bundle: PathBuf,
+        /// Publish to this site only (repeat for several): only technicians assigned to one of
+        /// them pull and download it. Default: every site.
+        #[arg(long = "site")]
+        sites: Vec<String>,
     },
     /// Publish the trust store document (JSON): it must be signed by its own root threshold and,
     /// when a store is published, be a rotation of it (signed by a threshold of the current root
@@ -180,23 +198,46 @@ enum Admin {
     ServerKey,
 }
 
+/// Settings after merging flags and environment variables over the configuration file.
+#[derive(Debug)]
+struct Settings {
+    data_dir: PathBuf,
+    file: Config,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let filter = match cli.log.clone().or_else(|| file.log.clone()) {
+        Some(f) => tracing_subscriber::EnvFilter::try_new(&f).with_context(|| {
+            format!("log filter {f:?} is not valid (try \"info\" or \"debug\")")
+        })?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let data_dir = cli
+        .data_dir
+        .take()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("fieldpatch-server-data"));
     let database = cli
         .database
         .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", cli.data_dir.join("inventory.db").display()));
+        .or_else(|| file.database.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("inventory.db").display()));
+    let settings = Settings { data_dir, file };
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
         let store = PgStore::connect(&database).await.context("cannot connect to PostgreSQL")?;
-        run(store, cli).await
+        run(store, cli, settings).await
     } else if let Some(path) = database.strip_prefix("sqlite://") {
         let path = PathBuf::from(path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -206,17 +247,35 @@ async fn main() -> anyhow::Result<()> {
         let store = SqliteStore::open(&path)
             .await
             .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
-        run(store, cli).await
+        run(store, cli, settings).await
     } else {
         anyhow::bail!("--database must be a postgres://... or sqlite://PATH URL")
     }
 }
 
-async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
+async fn run<S: Store>(store: S, cli: Cli, settings: Settings) -> anyhow::Result<()> {
     store.migrate().await?;
-    let key = fieldpatch_server::load_or_create_key(&cli.data_dir)?;
+    let data_dir = &settings.data_dir;
+    let file = settings.file;
+    let key = fieldpatch_server::load_or_create_key(data_dir)?;
     match cli.command {
-        Command::Serve { listen, tls_cert, tls_key, allow_insecure_non_loopback } => {
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            allow_insecure_non_loopback,
+            shutdown_grace_secs,
+        } => {
+            let listen = listen.or(file.listen).unwrap_or(DEFAULT_LISTEN);
+            let (tls_cert, tls_key) = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => (Some(c), Some(k)),
+                _ => (file.tls_cert, file.tls_key),
+            };
+            let allow_insecure_non_loopback =
+                allow_insecure_non_loopback || file.allow_insecure_non_loopback.unwrap_or(false);
+            let grace = std::time::Duration::from_secs(
+                shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(30),
+            );
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(fieldpatch_server::tls_config(&TlsFiles { cert, key })?)
@@ -229,12 +288,13 @@ async fn run<S: Store>(store: S, cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%addr, https, "listening");
             // Tests and scripts read the bound address from stdout.
             println!("listening on {}://{addr}", if https { "https" } else { "http" });
-            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            let credential_key = fieldpatch_server::load_or_create_credential_key(data_dir)?;
             let app = App::new(store, key).with_credential_key(credential_key);
-            bound.serve(Arc::new(app)).await?;
+            bound.serve_until(Arc::new(app), fieldpatch_server::shutdown_signal(), grace).await?;
+            tracing::info!("stopped");
         }
         Command::Admin(cmd) => {
-            let credential_key = fieldpatch_server::load_or_create_credential_key(&cli.data_dir)?;
+            let credential_key = fieldpatch_server::load_or_create_credential_key(data_dir)?;
             admin(App::new(store, key).with_credential_key(credential_key), cmd).await?
         }
     }
@@ -303,17 +363,13 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
         }
         Admin::ImportSites { file } => {
             let sites = fieldpatch_server::import::read_sites(&file)?;
-            for s in &sites {
-                store.upsert_site(s).await?;
-            }
-            println!("imported {} sites", sites.len());
+            let n = store.upsert_sites(&sites).await?;
+            println!("imported {n} sites");
         }
         Admin::ImportDevices { file } => {
             let devices = fieldpatch_server::import::read_devices(&file)?;
-            for d in &devices {
-                store.upsert_device(d).await?;
-            }
-            println!("imported {} devices", devices.len());
+            let n = store.upsert_devices(&devices).await?;
+            println!("imported {n} devices");
         }
         Admin::ImportWorkOrders { file } => {
             let text = std::fs::read_to_string(&file)
@@ -336,7 +392,7 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
             }
             println!("site {site} no longer assigned to {technician}");
         }
-        Admin::Publish { bundle_id, version, manifest, bundle } => {
+        Admin::Publish { bundle_id, version, manifest, bundle, sites } => {
             let manifest_text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("cannot read {}", manifest.display()))?;
             let manifest_json: serde_json::Value = serde_json::from_str(&manifest_text)
@@ -351,8 +407,12 @@ async fn admin<S: Store>(app: App<S>, cmd: Admin) -> anyhow::Result<()> {
                 size: bytes.len() as u64,
                 published_at: Utc::now(),
             };
-            store.publish_bundle(&entry, &bytes).await?;
-            println!("published {} {} (sha256 {})", entry.bundle_id, entry.version, entry.sha256);
+            store.publish_bundle_to(&entry, &bytes, &sites).await?;
+            let scope = if sites.is_empty() { "every site".to_string() } else { sites.join(", ") };
+            println!(
+                "published {} {} (sha256 {}) to {scope}",
+                entry.bundle_id, entry.version, entry.sha256
+            );
         }
         Admin::PublishTrust { file } => {
             let bytes = read_document(&file, fieldpatch_proto::trust::MAX_TRUST_STORE_BYTES)?;

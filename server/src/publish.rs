@@ -9,7 +9,9 @@
 //!   checked) can be replaced by any valid store.
 //! - **Catalog listing** ([`publish_listing`]): signed by the catalog threshold of the published
 //!   trust store, naming its version, not expired, with a version higher than the published
-//!   listing, and every listed bundle published with the same SHA-256 (and id and size).
+//!   listing, and every listed bundle published with the same SHA-256 (and id and size), for
+//!   every site: a laptop refuses a pull that lacks a listed bundle, and a bundle published to
+//!   some sites only reaches the technicians of those sites.
 //!
 //! Both are written with a compare-and-swap on the published document, so two publishes at once
 //! cannot both pass their checks against the same predecessor.
@@ -34,6 +36,10 @@ pub enum PublishError {
         "the catalog listing was not published: its version {offered} does not replace the published version {current}; sign a listing with a higher version (`fieldpatch bundle sign-listing --version`)"
     )]
     ListingNotNewer { current: u64, offered: u64 },
+    #[error(
+        "the catalog listing was not published: it names bundle {bundle_id} ({sha256}), which is published only to sites {sites}; a listing is for every laptop and each must receive every bundle it names. List only bundles published to every site, or publish the bundle to every site"
+    )]
+    ListedBundleRestricted { bundle_id: String, sha256: String, sites: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -45,6 +51,7 @@ impl PublishError {
             PublishError::TrustStore(e) | PublishError::Listing(e) => e.code(),
             PublishError::NoTrustStore(_) => "no_trust_store",
             PublishError::ListingNotNewer { .. } => "catalog_listing_not_newer",
+            PublishError::ListedBundleRestricted { .. } => "listed_bundle_site_restricted",
             PublishError::Store(StoreError::Conflict(_)) => "publish_conflict",
             PublishError::Store(_) => "storage",
         }
@@ -193,6 +200,16 @@ pub async fn publish_listing<S: Store>(
                 entry.size,
                 manifest_version.map_or_else(|| "unknown".to_string(), |v| v.to_string())
             )));
+        }
+    }
+    let restricted = store.bundle_sites().await?;
+    for listed in &offered.listing.bundles {
+        if let Some(sites) = restricted.get(&listed.sha256.to_ascii_lowercase()) {
+            return Err(PublishError::ListedBundleRestricted {
+                bundle_id: listed.bundle_id.clone(),
+                sha256: listed.sha256.clone(),
+                sites: sites.join(", "),
+            });
         }
     }
     let doc = serde_json::to_value(&offered)

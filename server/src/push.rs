@@ -5,8 +5,9 @@
 //! batch a no-op with the same acknowledgement. Above the head, the next event must continue the
 //! chain: right seq, `prev_hash` naming the head, signed by the pushing technician's registered key.
 //! A missing earlier event (a gap) is *retryable*; anything that can never verify is *rejected*,
-//! and so is everything after it in that log. Pushes are serialized by one lock, so two pushes of
-//! the same log cannot both extend it.
+//! and so is everything after it in that log. Pushes of the same log take turns (a lock per log
+//! in the process, and on PostgreSQL a lock per log in the database, which every server instance
+//! sharing it takes), so two pushes of a log, to one instance or two, cannot both extend it.
 //!
 //! An event the technician signed at a seq the server holds with other content (`conflict`), or
 //! one that does not link to the server's head (`broken_chain` right above it), means the laptop's

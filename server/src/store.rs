@@ -128,6 +128,19 @@ pub trait Store: Send + Sync + 'static {
     /// Apply the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// One round trip to the database (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Take the push locks of these logs (in a fixed order, so two batches never deadlock) and
+    /// hold them until the returned [`LogLock`] is released or dropped. On PostgreSQL they are
+    /// transaction-scoped advisory locks, so every server instance sharing the database takes
+    /// turns on a log, and a lock dies with its connection if the instance does. SQLite serves
+    /// one instance, which orders pushes in process: nothing is locked here.
+    fn lock_logs(
+        &self,
+        log_ids: &[String],
+    ) -> impl Future<Output = Result<LogLock, StoreError>> + Send;
+
     fn create_technician(
         &self,
         t: &Technician,
@@ -160,6 +173,15 @@ pub trait Store: Send + Sync + 'static {
     /// Insert or update a device's descriptive fields and approved version; what the inventory
     /// learnt from visit logs is kept.
     fn upsert_device(&self, d: &Device) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// [`Store::upsert_device`] for many devices in one transaction (multi-row statements, so
+    /// an import of a large inventory is not one round trip per device). All or nothing; a
+    /// device listed twice takes its last entry. Returns how many distinct devices were written.
+    fn upsert_devices(
+        &self,
+        devices: &[Device],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// [`Store::upsert_site`] for many sites in one transaction.
+    fn upsert_sites(&self, sites: &[Site]) -> impl Future<Output = Result<u64, StoreError>> + Send;
     fn assign(
         &self,
         technician_id: &str,
@@ -174,11 +196,33 @@ pub trait Store: Send + Sync + 'static {
         &self,
         w: &WorkOrder,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Publish a bundle file for every site.
     fn publish_bundle(
         &self,
         entry: &CatalogEntry,
         bytes: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.publish_bundle_to(entry, bytes, &[])
+    }
+    /// Publish a bundle file for these sites only (every site when empty): only technicians
+    /// assigned to one of them pull it or can download it.
+    fn publish_bundle_to(
+        &self,
+        entry: &CatalogEntry,
+        bytes: &[u8],
+        sites: &[String],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The catalog a technician pulls: bundles for every site and those published to one of
+    /// their assigned sites.
+    fn catalog_for(
+        &self,
+        technician_id: &str,
+    ) -> impl Future<Output = Result<Vec<CatalogEntry>, StoreError>> + Send;
+    /// The sites each site-restricted bundle is published to, by SHA-256 (bundles for every
+    /// site are not named).
+    fn bundle_sites(
+        &self,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, Vec<String>>, StoreError>> + Send;
     fn set_trust_store(
         &self,
         doc: &serde_json::Value,
@@ -208,6 +252,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         technician_id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+    /// Devices with an approved version whose recorded firmware is not that very string (all, or
+    /// at the technician's sites): what the "not at approved version" reports start from, filtered
+    /// in the database so a large inventory is not read whole.
+    fn devices_off_approved(
+        &self,
+        technician_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+    /// [`Store::devices_off_approved`] that are in a work order, with the work order's id,
+    /// ordered by work order and device.
+    fn planned_off_approved(
+        &self,
+        technician_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<(String, Device)>, StoreError>> + Send;
     fn device(&self, id: &str) -> impl Future<Output = Result<Option<Device>, StoreError>> + Send;
     fn work_orders(
         &self,
@@ -303,6 +360,39 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StoredCredential>, StoreError>> + Send;
 }
 
+/// Push locks held in the database until released (see [`Store::lock_logs`]).
+#[derive(Debug)]
+pub struct LogLock(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl LogLock {
+    /// Release the locks now (dropping the lock releases them too, a moment later, when its
+    /// connection goes back to the pool).
+    pub async fn release(self) {
+        if let Some(tx) = self.0
+            && let Err(e) = tx.rollback().await
+        {
+            tracing::warn!(error = %e, "releasing push locks; they end with the connection");
+        }
+    }
+
+    /// Whether the locks are held in the database.
+    pub fn in_database(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// The advisory-lock key of a visit log: the first 8 bytes of SHA-256 over a product prefix and
+/// the log id (a collision only makes two logs take turns).
+pub fn log_lock_key(log_id: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("fieldpatch push lock\0{log_id}"));
+    i64::from_be_bytes(d[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
+}
+
+/// How long a push waits for another instance's push of the same log before answering
+/// "retry" (PostgreSQL `lock_timeout`).
+pub const LOG_LOCK_WAIT: &str = "30s";
+
 fn migrator(files: &[(&'static str, &'static str)]) -> Migrator {
     let migrations: Vec<Migration> = files
         .iter()
@@ -326,6 +416,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("token lifetime", include_str!("../migrations/sqlite/0003_token_lifetime.sql")),
     ("log continuity", include_str!("../migrations/sqlite/0004_log_continuity.sql")),
     ("catalog listing", include_str!("../migrations/sqlite/0005_catalog_listing.sql")),
+    ("catalog sites", include_str!("../migrations/sqlite/0006_catalog_sites.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/postgres/0001_inventory.sql")),
@@ -333,6 +424,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("token lifetime", include_str!("../migrations/postgres/0003_token_lifetime.sql")),
     ("log continuity", include_str!("../migrations/postgres/0004_log_continuity.sql")),
     ("catalog listing", include_str!("../migrations/postgres/0005_catalog_listing.sql")),
+    ("catalog sites", include_str!("../migrations/postgres/0006_catalog_sites.sql")),
 ];
 
 fn to_i64(v: u64) -> i64 {
@@ -399,6 +491,11 @@ fn fold_batch(events: &[(Event, String)]) -> Vec<(String, DeviceFold)> {
 const DEVICE_COLUMNS: &str = "d.id, d.site_id, d.vendor, d.model, d.hardware_revision, d.serial_number, \
      d.approved_version, d.current_firmware, d.last_visit, d.failures, d.last_failure, d.not_patched_reason";
 
+/// Devices with an approved version whose firmware is not that very string (a constant, so the
+/// queries formatted with it are SQL-safe).
+const OFF_APPROVED: &str = "d.approved_version IS NOT NULL \
+     AND (d.current_firmware IS NULL OR d.current_firmware <> d.approved_version)";
+
 /// The documents published as one row each.
 #[derive(Debug, Clone, Copy)]
 enum Singleton {
@@ -438,17 +535,31 @@ macro_rules! store_impl {
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
+            /// Connections that hold per-log push locks while a push runs on `pool` (separate,
+            /// so lock holders can never take every connection the push itself needs).
+            lock_pool: Option<$pool>,
         }
 
         impl $name {
             /// Wrap an open pool. Call [`Store::migrate`] before use.
             pub fn new(pool: $pool) -> Self {
-                Self { pool }
+                Self { pool, lock_pool: None }
+            }
+
+            /// Hold push locks on connections of `locks` instead of the main pool.
+            pub fn with_lock_pool(mut self, locks: $pool) -> Self {
+                self.lock_pool = Some(locks);
+                self
             }
 
             /// The pool, for tests and tools.
             pub fn pool(&self) -> &$pool {
                 &self.pool
+            }
+
+            /// The pool push locks are held on.
+            pub fn lock_pool(&self) -> &$pool {
+                self.lock_pool.as_ref().unwrap_or(&self.pool)
             }
 
             /// Replace a one-row published document (compare and swap in one statement), so two
@@ -485,6 +596,20 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            fn catalog_row(r: &<$db as sqlx::Database>::Row) -> Result<CatalogEntry, StoreError> {
+                use sqlx::Row;
+                let manifest: String = r.try_get("manifest")?;
+                Ok(CatalogEntry {
+                    bundle_id: r.try_get("bundle_id")?,
+                    version: r.try_get("version")?,
+                    manifest: serde_json::from_str(&manifest)
+                        .map_err(|e| StoreError::Corrupt(format!("catalog manifest: {e}")))?,
+                    sha256: r.try_get("sha256")?,
+                    size: to_u64(r.try_get::<i64, _>("size")?),
+                    published_at: r.try_get("published_at")?,
+                })
+            }
+
             fn device_row(row: &<$db as sqlx::Database>::Row) -> Result<Device, StoreError> {
                 use sqlx::Row;
                 Ok(Device {
@@ -508,6 +633,15 @@ macro_rules! store_impl {
             async fn migrate(&self) -> Result<(), StoreError> {
                 migrator($migrations).run(&self.pool).await?;
                 Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn lock_logs(&self, log_ids: &[String]) -> Result<LogLock, StoreError> {
+                self.take_log_locks(log_ids).await
             }
 
             async fn create_technician(&self, t: &Technician) -> Result<(), StoreError> {
@@ -625,6 +759,83 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            async fn upsert_devices(&self, devices: &[Device]) -> Result<u64, StoreError> {
+                // The last entry of a device wins (one statement may not touch a row twice).
+                let mut last: std::collections::HashMap<&str, usize> = Default::default();
+                for (i, d) in devices.iter().enumerate() {
+                    last.insert(d.id.as_str(), i);
+                }
+                let unique: Vec<&Device> =
+                    devices.iter().enumerate().filter(|(i, d)| last[d.id.as_str()] == *i).map(|(_, d)| d).collect();
+                let mut tx = self.pool.begin().await?;
+                for chunk in unique.chunks(INSERT_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO devices (id, site_id, vendor, model, hardware_revision, serial_number, \
+                         approved_version, current_firmware) ",
+                    );
+                    qb.push_values(chunk.iter(), |mut b, d| {
+                        b.push_bind(d.id.clone())
+                            .push_bind(d.site_id.clone())
+                            .push_bind(d.vendor.clone())
+                            .push_bind(d.model.clone())
+                            .push_bind(d.hardware_revision.clone())
+                            .push_bind(d.serial_number.clone())
+                            .push_bind(d.approved_version.clone())
+                            .push_bind(d.current_firmware.clone());
+                    });
+                    qb.push(
+                        " ON CONFLICT (id) DO UPDATE SET site_id = excluded.site_id, vendor = excluded.vendor, \
+                         model = excluded.model, hardware_revision = excluded.hardware_revision, \
+                         serial_number = excluded.serial_number, approved_version = excluded.approved_version, \
+                         current_firmware = COALESCE(devices.current_firmware, excluded.current_firmware)",
+                    );
+                    if let Err(e) = qb.build().execute(&mut *tx).await {
+                        let fk = matches!(&e, sqlx::Error::Database(x) if x.is_foreign_key_violation());
+                        drop(tx);
+                        if !fk {
+                            return Err(StoreError::Db(e));
+                        }
+                        // Name the first device whose site is missing.
+                        for d in chunk {
+                            let exists = sqlx::query("SELECT 1 FROM sites WHERE id = $1")
+                                .bind(&d.site_id)
+                                .fetch_optional(&self.pool)
+                                .await?
+                                .is_some();
+                            if !exists {
+                                return Err(StoreError::Invalid(format!(
+                                    "device {:?} names site {:?}, which does not exist; import the site first (nothing was imported)",
+                                    d.id, d.site_id
+                                )));
+                            }
+                        }
+                        return Err(StoreError::Db(e));
+                    }
+                }
+                tx.commit().await?;
+                Ok(unique.len() as u64)
+            }
+
+            async fn upsert_sites(&self, sites: &[Site]) -> Result<u64, StoreError> {
+                let mut last: std::collections::HashMap<&str, usize> = Default::default();
+                for (i, s) in sites.iter().enumerate() {
+                    last.insert(s.id.as_str(), i);
+                }
+                let unique: Vec<&Site> =
+                    sites.iter().enumerate().filter(|(i, s)| last[s.id.as_str()] == *i).map(|(_, s)| s).collect();
+                let mut tx = self.pool.begin().await?;
+                for chunk in unique.chunks(INSERT_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO sites (id, name, address) ");
+                    qb.push_values(chunk.iter(), |mut b, s| {
+                        b.push_bind(s.id.clone()).push_bind(s.name.clone()).push_bind(s.address.clone());
+                    });
+                    qb.push(" ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(unique.len() as u64)
+            }
+
             async fn upsert_device(&self, d: &Device) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO devices (id, site_id, vendor, model, hardware_revision, serial_number, \
@@ -737,7 +948,13 @@ macro_rules! store_impl {
                 Ok(())
             }
 
-            async fn publish_bundle(&self, e: &CatalogEntry, bytes: &[u8]) -> Result<(), StoreError> {
+            async fn publish_bundle_to(
+                &self,
+                e: &CatalogEntry,
+                bytes: &[u8],
+                sites: &[String],
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO catalog_bundles (sha256, bundle_id, version, manifest, bytes, size, published_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -749,7 +966,7 @@ macro_rules! store_impl {
                 .bind(bytes)
                 .bind(to_i64(e.size))
                 .bind(e.published_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(|err| match &err {
                     sqlx::Error::Database(x) if x.is_unique_violation() => StoreError::Invalid(format!(
@@ -758,7 +975,49 @@ macro_rules! store_impl {
                     )),
                     _ => StoreError::Db(err),
                 })?;
+                for site in sites {
+                    sqlx::query(
+                        "INSERT INTO catalog_bundle_sites (sha256, site_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&e.sha256)
+                    .bind(site)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| match &err {
+                        sqlx::Error::Database(x) if x.is_foreign_key_violation() => StoreError::Invalid(format!(
+                            "site {site:?} does not exist; import it first (nothing was published)"
+                        )),
+                        _ => StoreError::Db(err),
+                    })?;
+                }
+                tx.commit().await?;
                 Ok(())
+            }
+
+            async fn catalog_for(&self, technician_id: &str) -> Result<Vec<CatalogEntry>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT b.sha256, b.bundle_id, b.version, b.manifest, b.size, b.published_at FROM catalog_bundles b \
+                     WHERE NOT EXISTS (SELECT 1 FROM catalog_bundle_sites s WHERE s.sha256 = b.sha256) \
+                     OR EXISTS (SELECT 1 FROM catalog_bundle_sites s JOIN assignments a ON a.site_id = s.site_id \
+                                WHERE s.sha256 = b.sha256 AND a.technician_id = $1) \
+                     ORDER BY b.bundle_id, b.published_at",
+                )
+                .bind(technician_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::catalog_row).collect()
+            }
+
+            async fn bundle_sites(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query("SELECT sha256, site_id FROM catalog_bundle_sites ORDER BY sha256, site_id")
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for r in &rows {
+                    out.entry(r.try_get("sha256")?).or_default().push(r.try_get("site_id")?);
+                }
+                Ok(out)
             }
 
             async fn set_trust_store(&self, doc: &serde_json::Value) -> Result<(), StoreError> {
@@ -830,6 +1089,49 @@ macro_rules! store_impl {
                 rows.iter().map(Self::device_row).collect()
             }
 
+            async fn planned_off_approved(&self, technician_id: Option<&str>) -> Result<Vec<(String, Device)>, StoreError> {
+                use sqlx::Row;
+                let rows = match technician_id {
+                    Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT wd.work_order_id, {DEVICE_COLUMNS} FROM work_order_devices wd \
+                         JOIN work_orders w ON w.id = wd.work_order_id \
+                         JOIN assignments a ON a.site_id = w.site_id \
+                         JOIN devices d ON d.id = wd.device_id \
+                         WHERE a.technician_id = $1 AND {OFF_APPROVED} ORDER BY wd.work_order_id, d.id"
+                    )))
+                    .bind(t)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT wd.work_order_id, {DEVICE_COLUMNS} FROM work_order_devices wd \
+                         JOIN devices d ON d.id = wd.device_id \
+                         WHERE {OFF_APPROVED} ORDER BY wd.work_order_id, d.id"
+                    )))
+                    .fetch_all(&self.pool)
+                    .await?,
+                };
+                rows.iter().map(|r| Ok((r.try_get("work_order_id")?, Self::device_row(r)?))).collect()
+            }
+
+            async fn devices_off_approved(&self, technician_id: Option<&str>) -> Result<Vec<Device>, StoreError> {
+                const OFF: &str = OFF_APPROVED;
+                let rows = match technician_id {
+                    Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {DEVICE_COLUMNS} FROM devices d JOIN assignments a ON a.site_id = d.site_id \
+                         WHERE a.technician_id = $1 AND {OFF} ORDER BY d.id"
+                    )))
+                    .bind(t)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE {OFF} ORDER BY d.id"
+                    )))
+                    .fetch_all(&self.pool)
+                    .await?,
+                };
+                rows.iter().map(Self::device_row).collect()
+            }
+
             async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1")))
                     .bind(id)
@@ -887,27 +1189,13 @@ macro_rules! store_impl {
             }
 
             async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
-                use sqlx::Row;
                 let rows = sqlx::query(
                     "SELECT sha256, bundle_id, version, manifest, size, published_at FROM catalog_bundles \
                      ORDER BY bundle_id, published_at",
                 )
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        let manifest: String = r.try_get("manifest")?;
-                        Ok(CatalogEntry {
-                            bundle_id: r.try_get("bundle_id")?,
-                            version: r.try_get("version")?,
-                            manifest: serde_json::from_str(&manifest)
-                                .map_err(|e| StoreError::Corrupt(format!("catalog manifest: {e}")))?,
-                            sha256: r.try_get("sha256")?,
-                            size: to_u64(r.try_get::<i64, _>("size")?),
-                            published_at: r.try_get("published_at")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(Self::catalog_row).collect()
             }
 
             async fn bundle_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1308,6 +1596,10 @@ store_impl!(SqliteStore, sqlx::Sqlite, sqlx::SqlitePool, SQLITE_MIGRATIONS);
 store_impl!(PgStore, sqlx::Postgres, sqlx::PgPool, POSTGRES_MIGRATIONS);
 
 impl SqliteStore {
+    async fn take_log_locks(&self, _log_ids: &[String]) -> Result<LogLock, StoreError> {
+        Ok(LogLock(None))
+    }
+
     /// Open (creating if needed) the SQLite database file, with WAL, full sync and foreign keys on.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         use sqlx::sqlite::{
@@ -1328,6 +1620,39 @@ impl SqliteStore {
 }
 
 impl PgStore {
+    async fn take_log_locks(&self, log_ids: &[String]) -> Result<LogLock, StoreError> {
+        let mut keys: Vec<i64> = log_ids.iter().map(|l| log_lock_key(l)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let busy = |e: sqlx::Error| match &e {
+            // lock_not_available (lock_timeout) and deadlock_detected: another instance holds
+            // the log; the client retries.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "40P01")) => {
+                StoreError::Conflict(
+                    "another server instance is storing a push of this log; push again shortly"
+                        .into(),
+                )
+            }
+            sqlx::Error::PoolTimedOut => StoreError::Conflict(
+                "the server is handling many pushes; push again shortly".into(),
+            ),
+            _ => StoreError::Db(e),
+        };
+        let mut tx = self.lock_pool().begin().await.map_err(busy)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOG_LOCK_WAIT}'")))
+            .execute(&mut *tx)
+            .await
+            .map_err(busy)?;
+        for key in keys {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(busy)?;
+        }
+        Ok(LogLock(Some(tx)))
+    }
+
     /// Connect to PostgreSQL (`postgres://user@host:port/db`), over TLS (rustls) when the URL's
     /// `sslmode` (or `PGSSLMODE`) asks for it: `require` encrypts; `verify-ca` and `verify-full`
     /// also check the server's certificate, against `sslrootcert=FILE` or the public (Mozilla)
@@ -1346,9 +1671,16 @@ impl PgStore {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self::new(pool))
+        // One lock connection per push this instance works on at once, opened on demand.
+        let locks = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(crate::api::MAX_CONCURRENT_PUSHES as u32)
+            .min_connections(0)
+            .idle_timeout(std::time::Duration::from_secs(60))
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect_lazy_with(options);
+        Ok(Self::new(pool).with_lock_pool(locks))
     }
 }
 

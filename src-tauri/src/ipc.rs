@@ -8,7 +8,7 @@
 
 use fieldpatch_core::plan::{DeviceRecord, PlannableBundle};
 use fieldpatch_core::session::{DeviceStatus, SessionEvent, Summary};
-use fieldpatch_core::sync::WatchEvent;
+use fieldpatch_core::sync::{SyncReport, WatchEvent};
 use serde::Serialize;
 use ts_rs::TS;
 
@@ -144,17 +144,115 @@ impl From<&WatchEvent> for SyncKind {
     }
 }
 
-/// A sync event as the window receives it (the kind and the core's wording).
+/// A sync event as the window receives it (the kind and the core's wording); a finished sync
+/// carries its report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
 pub struct SyncEventView {
     pub kind: SyncKind,
     pub text: String,
+    /// What the sync did, when `kind` is `synced`.
+    pub report: Option<SyncReportView>,
 }
 
 impl From<&WatchEvent> for SyncEventView {
     fn from(e: &WatchEvent) -> Self {
-        SyncEventView { kind: e.into(), text: e.to_string() }
+        let report = match e {
+            WatchEvent::Synced(r) => Some(SyncReportView::from(r)),
+            _ => None,
+        };
+        SyncEventView { kind: e.into(), text: e.to_string(), report }
     }
+}
+
+/// What one sync did: events the server accepted, what is still pending, and the events it
+/// rejected, will take later or kept without applying, each with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct SyncReportView {
+    /// Events the server newly countersigned (accepted) in this sync.
+    #[ts(type = "number")]
+    pub accepted: u64,
+    /// Events not on the server yet.
+    #[ts(type = "number")]
+    pub pending: u64,
+    pub rejected: Vec<EventProblemView>,
+    pub retryable: Vec<EventProblemView>,
+    pub not_applied: Vec<EventProblemView>,
+    /// What the pull brought: devices, work orders and catalog entries.
+    pub devices: usize,
+    pub work_orders: usize,
+    pub catalog: usize,
+}
+
+/// One event the server did not take (or did not apply), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct EventProblemView {
+    pub log_id: String,
+    #[ts(type = "number")]
+    pub seq: u64,
+    pub code: String,
+    pub reason: String,
+}
+
+impl From<&SyncReport> for SyncReportView {
+    fn from(r: &SyncReport) -> Self {
+        let list = |v: &[fieldpatch_core::sync::EventProblem]| {
+            v.iter()
+                .map(|p| EventProblemView {
+                    log_id: p.log_id.to_string(),
+                    seq: p.seq,
+                    code: p.code.clone(),
+                    reason: p.reason.clone(),
+                })
+                .collect()
+        };
+        SyncReportView {
+            accepted: r.pushed,
+            pending: r.pending_total(),
+            rejected: list(&r.rejected),
+            retryable: list(&r.retryable),
+            not_applied: list(&r.not_applied),
+            devices: r.devices,
+            work_orders: r.work_orders,
+            catalog: r.catalog,
+        }
+    }
+}
+
+/// The home screen: the core's overview, whether the inventory answers, and where exports go.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct HomeView {
+    pub overview: fieldpatch_core::overview::Overview,
+    /// The inventory server (none in real mode before a login).
+    pub server: Option<String>,
+    /// Whether the inventory server answered its health check just now.
+    pub online: bool,
+    /// The folder the window suggests for audit exports.
+    pub export_dir: String,
+}
+
+/// An audit export written from the window, and what the offline verifier says of the file.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct ExportView {
+    pub path: String,
+    #[ts(type = "number")]
+    pub bytes: u64,
+    pub visit_id: String,
+    pub events: usize,
+    pub devices: usize,
+    /// The hash of the visit's last event: the report's verification fingerprint.
+    pub fingerprint: String,
+    /// The inventory key that countersigned the visit (none when exported before sync).
+    pub server_key: Option<String>,
+    /// What `fieldpatch audit verify` says of the written file.
+    pub check: ExportCheck,
+}
+
+/// The offline verifier's verdict on an archive: it verifies, or the first problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ExportCheck {
+    Pass { events: usize, devices: usize, fingerprint: String, countersigned: bool },
+    Fail { code: String, problem: String },
 }
 
 #[cfg(test)]
@@ -215,6 +313,10 @@ mod ipc_types {
         d.visit::<fieldpatch_core::discovery::Update>();
         d.visit::<Mode>();
         d.visit::<fieldpatch_core::SyncSettings>();
+        d.visit::<HomeView>();
+        d.visit::<fieldpatch_core::overview::VisitTimeline>();
+        d.visit::<SyncReportView>();
+        d.visit::<ExportView>();
         let mut out = format!(
             "// generated from the Rust types by `{BLESS}`; do not edit\n\
              // (the types the desktop shell's commands take and return, and its event payloads)\n"
@@ -343,6 +445,50 @@ mod ipc_types {
         let v = serde_json::to_value(Update::Skipped { skipped }).unwrap();
         assert_eq!(v["event"], "skipped");
         assert_eq!(v["skipped"]["code"], "no_answer");
+    }
+
+    /// A finished sync carries what it did: accepted, pending, and each problem with its reason.
+    #[test]
+    fn a_synced_event_carries_its_report() {
+        use fieldpatch_core::sync::{EventProblem, SyncReport};
+        let log = uuid::Uuid::now_v7();
+        let mut r = SyncReport { pushed: 7, devices: 6, ..SyncReport::default() };
+        r.pending.insert(log, 2);
+        r.pending.insert(uuid::Uuid::now_v7(), 1);
+        r.rejected.push(EventProblem {
+            id: uuid::Uuid::now_v7(),
+            log_id: log,
+            seq: 9,
+            code: "bad_signature".into(),
+            reason: "signature does not match the content".into(),
+        });
+        let v = serde_json::to_value(SyncEventView::from(&WatchEvent::Synced(r))).unwrap();
+        assert_eq!(v["kind"], "synced");
+        assert_eq!(v["report"]["accepted"], 7);
+        assert_eq!(v["report"]["pending"], 3);
+        assert_eq!(
+            v["report"]["rejected"],
+            json!([{"log_id": log.to_string(), "seq": 9, "code": "bad_signature",
+                    "reason": "signature does not match the content"}])
+        );
+        let offline = WatchEvent::Offline { retry_in: Default::default(), detail: "x".into() };
+        assert!(serde_json::to_value(SyncEventView::from(&offline)).unwrap()["report"].is_null());
+    }
+
+    #[test]
+    fn the_export_verdict_is_tagged() {
+        let pass = ExportCheck::Pass {
+            events: 3,
+            devices: 1,
+            fingerprint: "ab".into(),
+            countersigned: false,
+        };
+        assert_eq!(serde_json::to_value(&pass).unwrap()["result"], "pass");
+        let fail = ExportCheck::Fail { code: "audit".into(), problem: "row 2".into() };
+        assert_eq!(
+            serde_json::to_value(&fail).unwrap(),
+            json!({"result": "fail", "code": "audit", "problem": "row 2"})
+        );
     }
 
     #[test]

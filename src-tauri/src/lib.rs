@@ -10,6 +10,12 @@
 //! (inventory server, login with the token kept in the OS keyring, the pinned server key and the
 //! trust store in force).
 //!
+//! In both modes the window has a home screen (`home`: pending events, last sync, visits and work
+//! orders, the trust store's and catalog's validity, whether the inventory answers), the visit log
+//! (`visit_log`: a visit's events and its log's verification) and the audit export
+//! (`export_visit`, checked by the offline verifier once written); real mode syncs on demand
+//! (`sync_once`), the demo's sessions can be paused and resumed.
+//!
 //! The window may call exactly the commands of `generate_handler!` (the app manifest in `build.rs`
 //! and `capabilities/default.json`); one instance runs per data directory and mode, and it logs
 //! to a rotating file (`shell`).
@@ -25,14 +31,17 @@ use fieldpatch_core::SyncSettings;
 use fieldpatch_core::catalog::Catalog;
 use fieldpatch_core::discovery::{DiscoveryReport, Update};
 use fieldpatch_core::flash::connect::{DriverConnector, SystemUsb};
+use fieldpatch_core::overview::VisitTimeline;
 use fieldpatch_core::plan::{DeviceRecord, Plan};
 use fieldpatch_core::session::{SessionEvent, SessionOptions, SessionState};
 use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
 use fieldpatch_core::visitlog::LogVerification;
 use fieldpatch_demo::Demo;
 use ipc::{
-    BridgeError, Mode, PlanView, SessionEventView, SessionFinished, SiteView, SyncEventView,
+    BridgeError, ExportCheck, ExportView, HomeView, Mode, PlanView, SessionEventView,
+    SessionFinished, SiteView, SyncEventView, SyncKind, SyncReportView,
 };
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -52,6 +61,8 @@ struct Site {
     plan: Mutex<Option<(u64, Plan)>>,
     /// The last session run from the window, for its close-out.
     last_session: Mutex<Option<SessionState>>,
+    /// Set to pause the running session.
+    pause: Arc<AtomicBool>,
     /// Syncing with the embedded inventory (the demo token is kept in memory only).
     sync: Option<AutoSync>,
     /// Why sync is unavailable, when it is.
@@ -112,10 +123,17 @@ async fn set_auto_sync(
     Ok(on)
 }
 
-/// Sync now (when automatic sync is on, this wakes it).
+/// Sync now: wakes automatic sync (refused while it is off: nothing would sync).
 #[tauri::command]
 async fn sync_now(site: tauri::State<'_, Arc<Site>>) -> Result<(), BridgeError> {
-    site.sync()?.sync_now();
+    let sync = site.sync()?;
+    if !sync.is_on() {
+        return Err(BridgeError {
+            code: "sync_off",
+            message: "automatic sync is off: turn it on to sync with the inventory".into(),
+        });
+    }
+    sync.sync_now();
     Ok(())
 }
 
@@ -174,14 +192,51 @@ async fn run_session(
     };
     let state = SessionState::new(plan, SessionOptions { canary, ..SessionOptions::demo() });
     let id = state.id.to_string();
+    spawn_session(app, site.inner().clone(), Some(state));
+    Ok(id)
+}
+
+/// Resume the latest unfinished session (paused, or cut short when the app was closed) where it
+/// stopped; progress and the end arrive as for [`run_session`].
+#[tauri::command]
+async fn resume_session(
+    app: tauri::AppHandle,
+    site: tauri::State<'_, Arc<Site>>,
+) -> Result<String, BridgeError> {
+    if site.fp.session_running() {
+        return Err(fieldpatch_core::Error::Busy.into());
+    }
+    let state = site.fp.unfinished_session(None).await?;
+    let id = state.id.to_string();
+    spawn_session(app, site.inner().clone(), None);
+    Ok(id)
+}
+
+/// Pause the running session: devices in flight finish, no new one starts; it ends with a
+/// `session-finished` event and can be resumed (also after a restart of the app).
+#[tauri::command]
+async fn pause_session(site: tauri::State<'_, Arc<Site>>) -> Result<bool, BridgeError> {
+    if !site.fp.session_running() {
+        return Err(BridgeError { code: "no_session", message: "no session is running".into() });
+    }
+    site.pause.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(true)
+}
+
+/// Run `state` (or resume the latest unfinished session) in the background, forwarding its
+/// events to the window.
+fn spawn_session(app: tauri::AppHandle, site: Arc<Site>, state: Option<SessionState>) {
     let emitter = app.clone();
     let observer = Arc::new(move |device: Option<&str>, event: SessionEvent| {
         let _ = emitter.emit("session", SessionEventView::new(device, event));
     });
-    let site = site.inner().clone();
+    site.pause.store(false, std::sync::atomic::Ordering::SeqCst);
     tauri::async_runtime::spawn(async move {
-        let pause = Arc::new(AtomicBool::new(false));
-        let result = site.fp.run_session(state, site.catalog.clone(), observer, pause).await;
+        let pause = site.pause.clone();
+        let result = match state {
+            Some(state) => site.fp.run_session(state, site.catalog.clone(), observer, pause).await,
+            None => site.fp.resume_session(None, site.catalog.clone(), observer, pause).await,
+        };
         let summary = match result {
             Ok((summary, state)) => {
                 *site.last_session.lock().await = Some(state);
@@ -191,7 +246,6 @@ async fn run_session(
         };
         let _ = app.emit("session-finished", SessionFinished::from(summary));
     });
-    Ok(id)
 }
 
 /// Close out the last session: the technician's reason for every device it did not patch goes
@@ -215,6 +269,157 @@ async fn verify_log(
     site: tauri::State<'_, Arc<Site>>,
 ) -> Result<Vec<LogVerification>, BridgeError> {
     Ok(site.fp.verify_logs().await?)
+}
+
+/// The window's Fieldpatch in either mode, for the commands both modes offer.
+enum Shell {
+    Demo(Arc<Site>),
+    Real(Arc<Real>),
+}
+
+impl Shell {
+    fn of(app: &tauri::AppHandle) -> Result<Shell, BridgeError> {
+        if let Some(site) = app.try_state::<Arc<Site>>() {
+            return Ok(Shell::Demo(site.inner().clone()));
+        }
+        if let Some(real) = app.try_state::<Arc<Real>>() {
+            return Ok(Shell::Real(real.inner().clone()));
+        }
+        Err(BridgeError {
+            code: "starting",
+            message: "the app is still opening its data directory: try again in a moment".into(),
+        })
+    }
+
+    fn fp(&self) -> &Fieldpatch {
+        match self {
+            Shell::Demo(site) => &site.fp,
+            Shell::Real(real) => &real.fp,
+        }
+    }
+
+    /// The trust store in force and the catalog folder (the demo's, or the synced ones).
+    async fn trust_and_catalog(&self) -> Result<(PathBuf, PathBuf), BridgeError> {
+        Ok(match self {
+            Shell::Demo(site) => (site.demo.trust_path.clone(), site.demo.catalog_dir.clone()),
+            Shell::Real(real) => {
+                let local = real.fp.sync_local().await?;
+                (local.trust_path(), local.catalog_dir())
+            }
+        })
+    }
+}
+
+/// The home screen: pending events, last sync, visits and work orders, how long the trust store
+/// and the catalog stay usable, and whether the inventory answers now.
+#[tauri::command]
+async fn home(app: tauri::AppHandle) -> Result<HomeView, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let (trust, catalog_dir) = shell.trust_and_catalog().await?;
+    let (catalog, server) = match &shell {
+        Shell::Demo(site) => {
+            (Some(site.catalog.clone()), Some(format!("http://{}", site.inventory.addr)))
+        }
+        Shell::Real(real) => (None, real.fp.sync_settings().await?.server),
+    };
+    let overview = shell.fp().overview(&trust, &catalog_dir, catalog.as_deref()).await?;
+    let online = match &server {
+        Some(s) => fieldpatch_core::overview::reachable(s, Duration::from_secs(3)).await,
+        None => false,
+    };
+    let export_dir = shell.fp().data_dir().join("exports").display().to_string();
+    Ok(HomeView { overview, server, online, export_dir })
+}
+
+/// A visit's events (the newest visit without `visit_id`) and its log's verification.
+#[tauri::command]
+async fn visit_log(
+    app: tauri::AppHandle,
+    visit_id: Option<String>,
+) -> Result<VisitTimeline, BridgeError> {
+    let id = visit_id.as_deref().map(parse_visit).transpose()?;
+    Ok(Shell::of(&app)?.fp().visit_timeline(id).await?)
+}
+
+fn parse_visit(id: &str) -> Result<uuid::Uuid, BridgeError> {
+    id.parse().map_err(|_| BridgeError {
+        code: "invalid_input",
+        message: format!("{id:?} is not a visit id: pick a visit from the list"),
+    })
+}
+
+/// Real mode: sync now with the remembered server and the token in the OS keyring; the report
+/// also reaches the window as a `sync` event.
+#[tauri::command]
+async fn sync_once(
+    app: tauri::AppHandle,
+    real: tauri::State<'_, Arc<Real>>,
+) -> Result<SyncReportView, BridgeError> {
+    let _ = app.emit("sync", SyncEventView::from(&WatchEvent::Reachable));
+    match real.fp.sync_once().await {
+        Ok(report) => {
+            let _ = app.emit("sync", SyncEventView::from(&WatchEvent::Synced(report.clone())));
+            Ok(SyncReportView::from(&report))
+        }
+        Err(e) => {
+            let e = BridgeError::from(e);
+            let text = format!("sync failed: {}", e.message);
+            let _ = app.emit("sync", SyncEventView { kind: SyncKind::Failed, text, report: None });
+            Err(e)
+        }
+    }
+}
+
+/// Write visit `visit_id`'s audit export to `path` (a full path; its folder is created), with
+/// the trust store in force and the catalog's bundle verdicts, then check the written file with
+/// the offline verifier.
+#[tauri::command]
+async fn export_visit(
+    app: tauri::AppHandle,
+    visit_id: String,
+    path: String,
+) -> Result<ExportView, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let id = parse_visit(&visit_id)?;
+    let out = PathBuf::from(path.trim());
+    if !out.is_absolute() || out.file_name().is_none() {
+        return Err(BridgeError {
+            code: "invalid_input",
+            message: format!("{path:?}: give the full path of the file to write"),
+        });
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| BridgeError {
+            code: "export_io",
+            message: format!("cannot create {}: {e}; choose another folder", dir.display()),
+        })?;
+    }
+    let (trust, catalog) = shell.trust_and_catalog().await?;
+    let trust = trust.exists().then_some(trust);
+    let catalog = catalog.exists().then_some(catalog).filter(|_| trust.is_some());
+    let fp = shell.fp();
+    let done = fp.export_visit(id, &out, trust.as_deref(), catalog.as_deref()).await?;
+    let pinned = fp.sync_settings().await.ok().and_then(|s| s.pinned_server_key);
+    let check = match fieldpatch_core::export::verify_file(&done.path, pinned.as_deref()) {
+        Ok(v) => ExportCheck::Pass {
+            events: v.events,
+            devices: v.devices,
+            fingerprint: v.fingerprint,
+            countersigned: v.checkpoint_server_key.is_some(),
+        },
+        Err(e) => ExportCheck::Fail { code: e.code().into(), problem: e.to_string() },
+    };
+    let v = done.verified;
+    Ok(ExportView {
+        path: done.path.display().to_string(),
+        bytes: done.bytes,
+        visit_id: v.visit_id.to_string(),
+        events: v.events,
+        devices: v.devices,
+        fingerprint: v.fingerprint,
+        server_key: v.checkpoint_server_key,
+        check,
+    })
 }
 
 /// Start the built-in demo site, open Fieldpatch in the demo's own data directory and start the
@@ -245,6 +450,7 @@ async fn start_site() -> Result<Site, String> {
         inventory,
         catalog: Arc::new(catalog),
         last_session: Mutex::new(None),
+        pause: Arc::new(AtomicBool::new(false)),
         plan: Mutex::new(None),
         runtime: tokio::runtime::Handle::current(),
     })
@@ -375,7 +581,13 @@ pub fn run(demo: bool) {
             verify_log,
             set_auto_sync,
             sync_now,
-            close_session
+            close_session,
+            home,
+            visit_log,
+            sync_once,
+            export_visit,
+            pause_session,
+            resume_session
         ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");

@@ -53,6 +53,7 @@ pub fn payload_entry(name: &str, format: PayloadFormat, bytes: &[u8]) -> Payload
         format,
         length: bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(bytes)),
+        flash_offset: None,
     }
 }
 
@@ -125,7 +126,14 @@ impl BundleKit {
             (Role::Rollback, 2),
             (Role::VendorImage, 1),
         ]);
-        TrustStoreBody { version, keys, thresholds, offline_grace_days: None, expires: None }
+        TrustStoreBody {
+            version,
+            keys,
+            thresholds,
+            offline_grace_days: None,
+            expires: None,
+            vendor_certificates: Vec::new(),
+        }
     }
 
     /// A valid manifest for the given payloads (raw format), approved by release[0] and release[1].
@@ -237,6 +245,7 @@ pub struct CatalogBuilder {
     offline_grace_days: Option<u32>,
     catalog: Vec<(SigningKey, String)>,
     trust_expires: Option<DateTime<Utc>>,
+    vendor_certificates: Vec<fieldpatch_core::bundle::VendorCertificate>,
 }
 
 impl Default for CatalogBuilder {
@@ -263,7 +272,18 @@ impl CatalogBuilder {
             offline_grace_days: None,
             catalog: vec![],
             trust_expires: None,
+            vendor_certificates: vec![],
         }
+    }
+
+    /// Add a vendor's X.509 certificate (PEM) to the trust store: CMS-signed images (`.swu`) are
+    /// then checked against it. None by default.
+    pub fn vendor_certificate(mut self, pem: &[u8], label: &str) -> Self {
+        let pem = String::from_utf8_lossy(pem);
+        let cert = fieldpatch_core::bundle::VendorCertificate::new(&pem, label)
+            .expect("a PEM certificate");
+        self.vendor_certificates.push(cert);
+        self
     }
 
     /// Add a catalog key: the trust store then names catalog keys, so the catalog folder needs a
@@ -369,6 +389,7 @@ impl CatalogBuilder {
                 thresholds: self.thresholds.clone(),
                 offline_grace_days: self.offline_grace_days,
                 expires: self.trust_expires,
+                vendor_certificates: self.vendor_certificates.clone(),
             }
             .sign(&root_keys),
         )?;

@@ -48,6 +48,7 @@ pub fn record(id: &str, vendor: &str, model: &str, address: DeviceAddress) -> De
         criticality: Criticality::default(),
         windows: vec![],
         credential: None,
+        health_url: None,
     }
 }
 

@@ -46,6 +46,7 @@ impl TrustDocs {
             thresholds: BTreeMap::from([(Role::Root, 1), (Role::Catalog, 1)]),
             offline_grace_days: None,
             expires,
+            vendor_certificates: Vec::new(),
         };
         let mut signers = vec![&self.root];
         signers.extend_from_slice(extra_signers);

@@ -189,6 +189,26 @@ impl Session {
         )
     }
 
+    /// Resize the window to `width` x `height` (CSS pixels of the outer window).
+    pub fn set_window_size(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )?;
+        Ok(())
+    }
+
+    /// Press `key` (a character, or a WebDriver key code such as `"\u{E004}"` for Tab) on
+    /// whatever has the keyboard focus, as a user would.
+    pub fn press_key(&self, key: &str) -> anyhow::Result<()> {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
+        ]}]});
+        self.call(reqwest::Method::POST, "/actions", Some(actions))?;
+        Ok(())
+    }
+
     /// A PNG screenshot of the window.
     pub fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None)?;

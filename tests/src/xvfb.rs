@@ -14,8 +14,13 @@ pub struct Xvfb {
 impl Xvfb {
     /// Start Xvfb on a free display number (chosen by the server via `-displayfd`).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_screen("1280x800x24")
+    }
+
+    /// [`Xvfb::start`] with a screen of `geometry` (`WIDTHxHEIGHTxDEPTH`, e.g. `1366x768x24`).
+    pub fn start_with_screen(geometry: &str) -> anyhow::Result<Self> {
         let mut child = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .args(["-displayfd", "1", "-screen", "0", geometry, "-nolisten", "tcp"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

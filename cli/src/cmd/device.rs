@@ -82,11 +82,10 @@ enum ImageCommand {
         #[arg(long, requires = "device")]
         devices: Option<PathBuf>,
         /// Send a bare image file that Fieldpatch has not verified (recorded in the visit log).
+        /// SWUpdate: a `.swu` whose signature does not verify against a vendor certificate of the
+        /// trust store (its archive, hardware and hashes are still checked).
         #[arg(long)]
         allow_unverified: bool,
-        /// SWUpdate: the vendor certificate (PEM) the `.swu` must be signed by.
-        #[arg(long)]
-        vendor_cert: Option<PathBuf>,
     },
     /// Mark the image with HASH (hex) for a test boot on the next reset.
     Test { hash: String },
@@ -141,7 +140,6 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                 device: Some(id),
                 devices,
                 allow_unverified: _,
-                vendor_cert: _,
             }) if looks_like_bundle(&file) => {
                 if test {
                     bail!(
@@ -233,13 +231,15 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `device --swupdate URL --device ID --hardware REV image upload FILE.swu --vendor-cert PEM`.
+/// `device --swupdate URL --device ID --hardware REV image upload FILE.swu [--trust FILE]
+/// [--allow-unverified]`: the `.swu` is verified against a vendor certificate of the trust store
+/// in force.
 fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let DeviceCommand::Image(ImageCommand::Upload { file, vendor_cert, .. }) = args.command else {
-        bail!("an SWUpdate gateway takes `image upload FILE.swu --vendor-cert PEM` only");
+    let DeviceCommand::Image(ImageCommand::Upload { file, trust, allow_unverified, .. }) =
+        args.command
+    else {
+        bail!("an SWUpdate gateway takes `image upload FILE.swu` only");
     };
-    let vendor_cert =
-        vendor_cert.context("a .swu is verified against its vendor: pass --vendor-cert PEM")?;
     let (Some(device), Some(hardware)) = (args.gateway, args.hardware) else {
         bail!("an SWUpdate gateway needs --device ID and --hardware REV");
     };
@@ -251,7 +251,8 @@ fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitC
             url,
             user: &args.user,
             file: &file,
-            vendor_cert: &vendor_cert,
+            trust: trust.as_deref(),
+            allow_unverified,
             target: SwuTarget { board: args.board, hardware_revision: hardware },
             timeouts: Timeouts::default(),
         };

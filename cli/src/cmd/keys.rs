@@ -54,6 +54,11 @@ pub enum KeysCmd {
         /// are refused until a rotation is synced. Default: it does not expire.
         #[arg(long)]
         expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// A device vendor's X.509 signing certificate: PEM_FILE[:LABEL]. SWUpdate images (`.swu`)
+        /// must carry a CMS signature that verifies against one of them before Fieldpatch sends
+        /// them to a gateway.
+        #[arg(long = "vendor-cert")]
+        vendor_certs: Vec<String>,
     },
 }
 
@@ -109,6 +114,7 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             version,
             offline_grace_days,
             expires,
+            vendor_certs,
         } => {
             let mut body = TrustStoreBody {
                 version,
@@ -116,6 +122,7 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
                 thresholds: BTreeMap::new(),
                 offline_grace_days,
                 expires,
+                vendor_certificates: Vec::new(),
             };
             for spec in &keys {
                 let (roles, rest) =
@@ -127,6 +134,15 @@ pub fn run(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
                     .collect::<Result<Vec<Role>, _>>()
                     .map_err(anyhow::Error::msg)?;
                 body.keys.push(TrustedKey::from_hex(public, roles, label)?);
+            }
+            for spec in &vendor_certs {
+                let (path, label) = spec.split_once(':').unwrap_or((spec, ""));
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the vendor certificate {path}"))?;
+                body.vendor_certificates.push(
+                    fieldpatch_core::bundle::VendorCertificate::new(&pem, label)
+                        .with_context(|| format!("the vendor certificate {path}"))?,
+                );
             }
             for spec in &thresholds {
                 let (role, n) = spec.split_once('=').context("--threshold must be ROLE=N")?;

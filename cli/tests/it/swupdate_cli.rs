@@ -1,9 +1,13 @@
-//! `fieldpatch device --swupdate URL --device ID --hardware REV image upload FILE.swu
-//! --vendor-cert PEM` against the real SWUpdate daemon (its mongoose web server with HTTP digest
-//! authentication and a vendor key), with the gateway's password in the real Secret Service:
+//! `fieldpatch device --swupdate URL --device ID --hardware REV image upload FILE.swu --trust
+//! FILE` against the real SWUpdate daemon (its mongoose web server with HTTP digest
+//! authentication and a vendor key), with the gateway's password in the real Secret Service and
+//! the vendor's certificate in a trust store made with `fieldpatch keys trust-init --vendor-cert`:
 //! a good image installed byte for byte; unsigned, wrongly signed, wrong-hardware and tampered
 //! images refused by Fieldpatch before any byte reaches the daemon; a missing or wrong credential
-//! refused without an upload; no secret in the data directory or anything printed.
+//! refused without an upload; no secret in the data directory or anything printed. The trust
+//! anchor is the trust store in force, never a file named for the one job: a store without the
+//! vendor's certificate refuses the image unless the technician sends it as unverified (recorded),
+//! and a hand-made store is refused once a store is pinned.
 
 use fieldpatch_testkit::swupdate::{Daemon, DaemonAuth, Swu, Vendor};
 use std::io::Write as _;
@@ -70,13 +74,18 @@ impl Env {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    fn upload(&self, daemon: &Daemon, device: &str, swu: &Path, vendor: &Vendor) -> Output {
-        self.run(
+    fn upload(&self, daemon: &Daemon, device: &str, swu: &Path, trust: &Path) -> Output {
+        self.upload_with(daemon, device, swu, &["--trust", trust.to_str().unwrap()])
+    }
+
+    fn upload_with(&self, daemon: &Daemon, device: &str, swu: &Path, extra: &[&str]) -> Output {
+        let url = daemon.url();
+        let args = [
             &[
                 "--json",
                 "device",
                 "--swupdate",
-                &daemon.url(),
+                &url,
                 "--device",
                 device,
                 "--hardware",
@@ -84,11 +93,41 @@ impl Env {
                 "image",
                 "upload",
                 swu.to_str().unwrap(),
-                "--vendor-cert",
-                vendor.cert.to_str().unwrap(),
             ],
-            None,
-        )
+            extra,
+        ]
+        .concat();
+        self.run(&args, None)
+    }
+
+    /// A trust store made with the CLI: a new root key in `dir`, and `vendors`' certificates.
+    fn trust_store(&self, dir: &str, vendors: &[&Vendor]) -> std::path::PathBuf {
+        let dir = self.dir.path().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("root.key");
+        let out = self.run(&["--json", "keys", "generate", "--out", key.to_str().unwrap()], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let public: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let root = format!("root={}:root", public["public_key"].as_str().unwrap());
+        let store = dir.join("trust.json");
+        let mut args = vec![
+            "keys".to_string(),
+            "trust-init".into(),
+            "--out".into(),
+            store.display().to_string(),
+            "--key".into(),
+            root,
+            "--sign".into(),
+            key.display().to_string(),
+        ];
+        for v in vendors {
+            args.push("--vendor-cert".into());
+            args.push(format!("{}:Gateway Vendor", v.cert.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&args, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        store
     }
 
     /// The secret appears nowhere: not in any file of the data directory, not in any output.
@@ -146,6 +185,8 @@ struct Gateway {
     vendor: Vendor,
     daemon: Daemon,
     password: String,
+    /// A trust store naming the vendor's certificate.
+    trust: std::path::PathBuf,
 }
 
 fn gateway(env: &Env) -> Gateway {
@@ -154,7 +195,8 @@ fn gateway(env: &Env) -> Gateway {
     let password = format!("gw-pass-{}", uuid::Uuid::new_v4().simple());
     let auth = DaemonAuth { user: "admin".into(), realm: REALM.into(), password: password.clone() };
     let daemon = Daemon::start(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth));
-    Gateway { vendor, daemon, password }
+    let trust = env.trust_store("release", &[&vendor]);
+    Gateway { vendor, daemon, password, trust }
 }
 
 fn good(gw: &Gateway) -> Swu {
@@ -176,7 +218,7 @@ fn swupdate_cli_installs_with_the_keyring_credential_and_leaks_nothing() {
     env.set_password("gw-1", &gw.password);
     let swu = good(&gw);
     let file = swu.write(env.dir.path(), "good.swu");
-    let out = env.upload(&gw.daemon, "gw-1", &file, &gw.vendor);
+    let out = env.upload(&gw.daemon, "gw-1", &file, &gw.trust);
     assert!(
         out.status.success(),
         "stdout: {}\nstderr: {}\ndaemon log:\n{}",
@@ -190,10 +232,16 @@ fn swupdate_cli_installs_with_the_keyring_credential_and_leaks_nothing() {
     assert!(gw.daemon.log_text().contains("SWUPDATE successful"));
     let events = env.events_about("gw-1");
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["flash_started", "image_uploaded"], "{events:?}");
+    assert_eq!(kinds, ["note", "flash_started", "image_uploaded"], "{events:?}");
     let sha = fieldpatch_testkit::swupdate::sha256_hex(&std::fs::read(&file).unwrap());
-    assert_eq!(events[0].1["image_sha256"], sha.as_str());
-    assert_eq!(events[0].1["to_version"], "4.2.0");
+    let cert_id =
+        fieldpatch_core::bundle::certificate_id(&String::from_utf8(gw.vendor.cert_pem()).unwrap())
+            .unwrap();
+    let note = events[0].1["text"].as_str().unwrap();
+    assert!(note.contains(&format!("verified by vendor certificate {cert_id}")), "{note}");
+    assert!(note.contains(&sha), "{note}");
+    assert_eq!(events[1].1["image_sha256"], sha.as_str());
+    assert_eq!(events[1].1["to_version"], "4.2.0");
     env.assert_no_secret(&gw.password);
 }
 
@@ -212,21 +260,21 @@ fn swupdate_cli_refuses_bad_images_and_credentials_before_upload() {
     ];
     for (name, swu, code) in cases {
         let file = swu.write(env.dir.path(), &format!("{name}.swu"));
-        let out = env.upload(&gw.daemon, "gw-1", &file, &gw.vendor);
+        let out = env.upload(&gw.daemon, "gw-1", &file, &gw.trust);
         assert!(!out.status.success(), "{name} was accepted");
         assert_eq!(error_code(&out), code, "{name}");
     }
 
     let file = base.write(env.dir.path(), "good.swu");
     // No credential for this gateway: a clear error naming it and how to add it.
-    let out = env.upload(&gw.daemon, "gw-9", &file, &gw.vendor);
+    let out = env.upload(&gw.daemon, "gw-9", &file, &gw.trust);
     assert_eq!(error_code(&out), "credential_missing");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("device/gw-9/password"), "{err}");
     assert!(err.contains("fieldpatch credentials set"), "{err}");
     // A wrong credential: the daemon's 401, before the image is sent.
     env.set_password("gw-2", "not-the-gateway-password");
-    let out = env.upload(&gw.daemon, "gw-2", &file, &gw.vendor);
+    let out = env.upload(&gw.daemon, "gw-2", &file, &gw.trust);
     assert_eq!(error_code(&out), "swupdate_unauthorized");
 
     assert!(
@@ -240,11 +288,59 @@ fn swupdate_cli_refuses_bad_images_and_credentials_before_upload() {
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["failed"; 4], "{events:?}");
     assert!(events.iter().all(|(_, e)| e["stage"] == "verify"), "{events:?}");
-    // The wrong credential is refused before anything starts, and that is recorded.
+    // The wrong credential is refused before anything starts, and that is recorded (after the
+    // note that the image verified).
     let events = env.events_about("gw-2");
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].0, "failed");
-    assert_eq!(events[0].1["stage"], "authenticate");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["note", "failed"], "{events:?}");
+    assert_eq!(events[1].1["stage"], "authenticate");
     env.assert_no_secret(&gw.password);
     env.assert_no_secret("not-the-gateway-password");
+}
+
+#[test]
+fn swupdate_cli_takes_its_trust_anchor_from_the_trust_store_in_force_only() {
+    let env = Env::new();
+    let gw = gateway(&env);
+    env.set_password("gw-1", &gw.password);
+    let file = good(&gw).write(env.dir.path(), "good.swu");
+
+    // No trust store at all (none named, none pinned): refused, saying how to get one.
+    let out = env.upload_with(&gw.daemon, "gw-1", &file, &[]);
+    assert_eq!(error_code(&out), "no_trust_store");
+
+    // A trust store without the vendor's certificate: the signature cannot be checked, so the
+    // image is refused, saying how to add the certificate or send it as unverified.
+    let bare = env.trust_store("bare", &[]);
+    let out = env.upload(&gw.daemon, "gw-1", &file, &bare);
+    assert_eq!(error_code(&out), "swu_vendor_certificate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--vendor-cert") && err.contains("--allow-unverified"), "{err}");
+    assert!(!gw.daemon.started_an_update(), "{}", gw.daemon.log_text());
+
+    // The technician may send it anyway, as unverified: recorded before the first byte.
+    let out = env.upload_with(
+        &gw.daemon,
+        "gw-1",
+        &file,
+        &["--trust", bare.to_str().unwrap(), "--allow-unverified"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kinds: Vec<String> = env.events_about("gw-1").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["failed", "unverified_image_allowed", "flash_started", "image_uploaded"],
+        "the refusal, then the unverified upload"
+    );
+
+    // Once a store is pinned on this laptop (as a sync leaves it), a store made by hand for the
+    // job is refused, even one naming the right vendor: the anchor is the store in force.
+    std::fs::create_dir_all(env.data()).unwrap();
+    std::fs::copy(&bare, env.data().join("trust.json")).unwrap();
+    let out = env.upload(&gw.daemon, "gw-1", &file, &gw.trust);
+    assert_eq!(error_code(&out), "trust_store_not_in_force");
+    // Without --trust the pinned store is used; it names no vendor certificate.
+    let out = env.upload_with(&gw.daemon, "gw-1", &file, &[]);
+    assert_eq!(error_code(&out), "swu_vendor_certificate");
+    env.assert_no_secret(&gw.password);
 }

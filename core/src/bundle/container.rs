@@ -237,7 +237,13 @@ pub fn payload_entry(
         h.update(&buf[..n]);
         length += n as u64;
     }
-    Ok(PayloadEntry { name: name.into(), format, length, sha256: hex::encode(h.finalize()) })
+    Ok(PayloadEntry {
+        name: name.into(),
+        format,
+        length,
+        sha256: hex::encode(h.finalize()),
+        flash_offset: None,
+    })
 }
 
 fn write_header<W: Write>(

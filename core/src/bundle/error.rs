@@ -146,6 +146,12 @@ pub enum BundleError {
         #[source]
         source: crate::image::swu::SwuError,
     },
+    #[error("payload {name:?} is not a valid ESP payload: {source}")]
+    EspImage {
+        name: String,
+        #[source]
+        source: Box<crate::image::esp::EspImageError>,
+    },
     /// A trust-root refusal without a bundle-specific twin: an expired trust store, a catalog
     /// listing that does not hold.
     #[error(transparent)]
@@ -225,6 +231,7 @@ impl BundleError {
             BundleError::Image { .. } => "image",
             BundleError::DfuImage { .. } => "dfu_image",
             BundleError::SwuImage { source, .. } => source.code(),
+            BundleError::EspImage { source, .. } => source.code(),
             BundleError::Trust(e) => e.code(),
         }
     }

@@ -28,6 +28,10 @@ pub enum PayloadFormat {
     /// An SWUpdate image (`.swu`) for an embedded Linux gateway: its archive, `sw-description`,
     /// signature presence and every artifact's sha256 are checked at catalog load.
     Swupdate,
+    /// ESP-family flash contents (application and bootloader images, a partition table, data),
+    /// each written at its `flash_offset`: images, checksums, appended SHA-256 and the layout are
+    /// checked at catalog load.
+    Esp,
 }
 
 impl std::str::FromStr for PayloadFormat {
@@ -38,7 +42,10 @@ impl std::str::FromStr for PayloadFormat {
             "dfu" => Ok(PayloadFormat::Dfu),
             "raw" => Ok(PayloadFormat::Raw),
             "swupdate" => Ok(PayloadFormat::Swupdate),
-            _ => Err(format!("unknown payload format {s:?}: use mcuboot, dfu, raw or swupdate")),
+            "esp" => Ok(PayloadFormat::Esp),
+            _ => {
+                Err(format!("unknown payload format {s:?}: use mcuboot, dfu, raw, swupdate or esp"))
+            }
         }
     }
 }
@@ -53,6 +60,10 @@ pub struct PayloadEntry {
     pub length: u64,
     /// SHA-256 of the payload bytes, lowercase hex.
     pub sha256: String,
+    /// Where an `esp` payload is written in the device's flash (absent from the signed bytes of
+    /// every other payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flash_offset: Option<u32>,
 }
 
 /// An inclusive range of hardware revisions. Revisions that parse as versions (`2`, `1.3`) compare
@@ -254,6 +265,12 @@ impl Manifest {
                 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
             {
                 return bad(format!("payload {:?} sha256 must be 64 lowercase hex digits", p.name));
+            }
+            if p.flash_offset.is_some() && p.format != PayloadFormat::Esp {
+                return bad(format!(
+                    "payload {:?} has a flash_offset but only esp payloads are written at one",
+                    p.name
+                ));
             }
         }
         if let Some(cvss) = &self.severity.cvss {

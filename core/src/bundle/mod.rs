@@ -51,7 +51,10 @@ pub use manifest::{
 };
 pub use rollback::{RollbackApproval, SignedRollbackApproval};
 pub use signature::{SignatureEntry, key_id};
-pub use trust::{Role, SignedTrustStore, TrustError, TrustStore, TrustStoreBody, TrustedKey};
+pub use trust::{
+    Role, SignedTrustStore, TrustError, TrustStore, TrustStoreBody, TrustedKey, VendorCertificate,
+    certificate_id,
+};
 pub use verify::{
     AcceptRule, Check, OfflineGrace, Rejected, TargetCheck, Verdict, VerifiedBundle,
     VerifiedPayload, VerifyPolicy, check_target, expiry_rule, trust_rule, verify_file,

@@ -17,6 +17,7 @@
 use super::BundleError;
 pub use fieldpatch_proto::trust::{
     MAX_TRUST_STORE_BYTES, Role, SignedTrustStore, TrustError, TrustStoreBody, TrustedKey,
+    VendorCertificate, certificate_id,
 };
 use std::io::Read;
 use std::path::Path;

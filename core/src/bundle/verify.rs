@@ -4,7 +4,8 @@
 //! Order of checks: container structure and lengths, manifest, the trust store's own expiry (when
 //! it has one, with the same offline grace as bundles), signatures and threshold, approver
 //! evidence, validity period (with offline grace), then payload digests while streaming, then
-//! MCUboot image checks (digest TLV, vendor signature when the trust store knows vendor keys).
+//! MCUboot image checks (digest TLV, vendor signature when the trust store knows vendor keys),
+//! and for ESP payloads each image, partition table and flash offset, then their layout together.
 
 use super::BundleError;
 use super::container::{self, CHUNK, Header};
@@ -326,6 +327,8 @@ fn run(
         return Err(v.fail("payloads", e));
     }
     let mut buf = vec![0u8; CHUNK];
+    // ESP payloads are checked one by one, then together (offsets, overlaps, partitions).
+    let mut esp = Vec::new();
     for p in &header.manifest.payloads {
         // Image formats are parsed as well as hashed, so MCUboot and DFU payloads are held.
         let keep = hold == Hold::All || p.format != PayloadFormat::Raw;
@@ -368,16 +371,42 @@ fn run(
         }
         if p.format == PayloadFormat::Swupdate {
             let image_check = format!("image:{}", p.name);
-            match crate::image::swu::verify_bytes(bytes.as_deref().unwrap_or_default(), None, None)
-            {
-                Ok(swu) => v.pass(&image_check, swu_detail(&swu)),
+            let vendor = crate::image::swu::trusted_vendor_pem(trust);
+            let swu_bytes = bytes.as_deref().unwrap_or_default();
+            match crate::image::swu::verify_bytes(swu_bytes, vendor.as_deref(), None) {
+                Ok(swu) => v.pass(&image_check, swu_detail(&swu, vendor.is_some())),
                 Err(source) => {
                     let e = BundleError::SwuImage { name: p.name.clone(), source };
                     return Err(v.fail(&image_check, e));
                 }
             }
         }
+        if p.format == PayloadFormat::Esp {
+            let image_check = format!("image:{}", p.name);
+            let esp_payload = crate::image::esp::inspect_payload(
+                &p.name,
+                bytes.as_deref().unwrap_or_default(),
+                p.flash_offset,
+            );
+            match esp_payload {
+                Ok(e) => {
+                    v.pass(&image_check, e.describe());
+                    esp.push(e);
+                }
+                Err(source) => {
+                    let e =
+                        BundleError::EspImage { name: p.name.clone(), source: Box::new(source) };
+                    return Err(v.fail(&image_check, e));
+                }
+            }
+        }
         held.push(if hold == Hold::All { bytes } else { None });
+    }
+    if !esp.is_empty() {
+        match check_esp_layout(esp) {
+            Ok(detail) => v.pass("esp_layout", detail),
+            Err(e) => return Err(v.fail("esp_layout", e)),
+        }
     }
     v.valid = true;
     Ok((header, v))
@@ -420,11 +449,32 @@ fn hash_payload(
     Ok(())
 }
 
+/// The flash layout of a bundle's ESP payloads, checked together.
+fn check_esp_layout(esp: Vec<crate::image::esp::EspPayload>) -> Result<String, BundleError> {
+    let name = esp.first().map(|p| p.name.clone()).unwrap_or_default();
+    crate::image::esp::check_layout(esp).map(|l| l.describe()).map_err(|source| {
+        let name = match &source {
+            crate::image::esp::EspImageError::Overlap { name, .. }
+            | crate::image::esp::EspImageError::MixedChips { name, .. }
+            | crate::image::esp::EspImageError::Duplicate { name, .. }
+            | crate::image::esp::EspImageError::AppPlacement { name, .. }
+            | crate::image::esp::EspImageError::DataPlacement { name, .. } => name.clone(),
+            _ => name,
+        };
+        BundleError::EspImage { name, source: Box::new(source) }
+    })
+}
+
 /// What the catalog checked of a `.swu` payload, and what it left to the gateway.
-fn swu_detail(swu: &crate::image::swu::VerifiedSwu) -> String {
+fn swu_detail(swu: &crate::image::swu::VerifiedSwu, cms_checked: bool) -> String {
+    let signature = if cms_checked {
+        "its CMS signature verifies against a vendor certificate in the trust store"
+    } else {
+        "sw-description is signed; its CMS signature is verified by the gateway only (the trust \
+         store carries no vendor certificates)"
+    };
     format!(
-        "SWUpdate image {} for hardware {}, {} artifact(s) sha256-checked; sw-description is signed, \
-         its CMS signature is verified by the gateway (the trust store carries no vendor certificates)",
+        "SWUpdate image {} for hardware {}, {} artifact(s) sha256-checked; {signature}",
         swu.description.version.as_deref().unwrap_or("(no version)"),
         swu.description.hardware_compatibility.join(", "),
         swu.description.artifacts.len()

@@ -128,6 +128,7 @@ impl DiscoveryReport {
                     criticality: Default::default(),
                     windows: vec![],
                     credential: None,
+                    health_url: None,
                 })
             })
             .collect()
@@ -145,6 +146,7 @@ fn transport(address: &DeviceAddress) -> &'static str {
         DeviceAddress::Udp { .. } => "udp",
         DeviceAddress::Usb { .. } => "usb",
         DeviceAddress::Swupdate { .. } => "swupdate",
+        DeviceAddress::Esp { .. } => "esp",
     }
 }
 

@@ -1,6 +1,7 @@
 //! Opening devices by address: SMP over serial or UDP, USB DFU on a bus (the real one or the
 //! lab's), SWUpdate gateways over HTTP (here without credentials; the facade opens them with
-//! their keyring password through [`super::swupdate::KeyringConnector`]).
+//! their keyring password through [`super::swupdate::KeyringConnector`]), ESP devices in their ROM
+//! serial bootloader ([`open_esp`]).
 //!
 //! A USB address names a device by vendor and product id and, optionally, serial number
 //! ([`select_usb`]): with a serial number it selects exactly the attached device that reports it;
@@ -9,10 +10,11 @@
 //! whichever board happens to be listed first.
 
 use super::dfu::DfuTarget;
+use super::esp::{EspTarget, EspTargetOptions};
 use super::smp::SmpTarget;
 use super::{FlashTarget, TargetError};
 use crate::image::dfu_file::{self, DfuFile};
-use crate::plan::{DeviceAddress, DeviceRecord};
+use crate::plan::{DeviceAddress, DeviceRecord, EspReset};
 use crate::progress::Progress;
 use crate::session::Connector;
 use crate::session::lock::{LockError, RunnerLock};
@@ -20,6 +22,7 @@ use async_trait::async_trait;
 use fieldpatch_drivers::dfu::{
     DfuDevice, DfuDeviceInfo, DfuMode, DfuOptions, DfuseOptions, DownloadReport,
 };
+use fieldpatch_drivers::esp::{ConnectOptions, EspSerial, ROM_BAUD, ResetMode};
 use fieldpatch_drivers::transport::{SerialLink, UdpLink, udp::parse_addr};
 use fieldpatch_drivers::usb::UsbBus;
 
@@ -114,7 +117,38 @@ where
             let timeouts = fieldpatch_drivers::swupdate::Timeouts::default();
             Ok(Box::new(super::swupdate::SwupdateTarget::new(url, None, None, timeouts)?))
         }
+        DeviceAddress::Esp { .. } => Ok(Box::new(open_esp(address).await?)),
     }
+}
+
+/// The driver's options for an ESP address: its reset mode, its chip, the baud rate to switch to
+/// for the upload (the ROM loader always starts at 115200).
+pub fn esp_options(address: &DeviceAddress) -> Option<EspTargetOptions> {
+    let DeviceAddress::Esp { baud, reset, chip, .. } = address else { return None };
+    let reset = match reset {
+        EspReset::Classic => ResetMode::Classic,
+        EspReset::UsbJtag => ResetMode::UsbSerialJtag,
+        EspReset::None => ResetMode::NoReset,
+    };
+    Some(EspTargetOptions {
+        connect: ConnectOptions { reset, ..ConnectOptions::default() },
+        expected_chip: chip.as_deref().and_then(crate::plan::esp_chip),
+        upload_baud: baud.filter(|b| *b != ROM_BAUD),
+        ..EspTargetOptions::default()
+    })
+}
+
+/// Open the ESP device at an `esp:` address: reset it into its ROM loader as the address says,
+/// sync, detect the chip (refusing another than the address names) and attach its flash.
+pub async fn open_esp(address: &DeviceAddress) -> Result<EspTarget<EspSerial>, TargetError> {
+    let (DeviceAddress::Esp { port, .. }, Some(opts)) = (address, esp_options(address)) else {
+        return Err(TargetError::reported(format!("{address} is not an ESP address")));
+    };
+    let serial = EspSerial::open(port, ROM_BAUD).map_err(|e| {
+        let transient = e.is_transient();
+        TargetError::Open { address: address.to_string(), reason: e.to_string(), transient }
+    })?;
+    EspTarget::connect(serial, address.to_string(), opts).await
 }
 
 /// A USB address that does not name exactly one attached DFU device.

@@ -23,6 +23,7 @@
 
 pub mod connect;
 pub mod dfu;
+pub mod esp;
 pub mod smp;
 pub mod swupdate;
 
@@ -30,6 +31,7 @@ use crate::model::Version;
 use crate::progress::{Progress, TransferProgress};
 use crate::visitlog::EventKind;
 use async_trait::async_trait;
+use fieldpatch_drivers::swupdate::SwupdateError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,9 @@ pub enum TargetError {
     /// An SWUpdate gateway's web server (no error of it carries a credential).
     #[error(transparent)]
     Swupdate(#[from] fieldpatch_drivers::swupdate::SwupdateError),
+    /// An ESP ROM serial bootloader or its link.
+    #[error(transparent)]
+    Esp(#[from] fieldpatch_drivers::esp::EspError),
     /// A DFU file that does not fit the device it was meant for.
     #[error(transparent)]
     DfuFile(#[from] crate::image::dfu_file::DfuFileError),
@@ -115,6 +120,7 @@ impl TargetError {
             TargetError::Smp(e) => e.is_transient(),
             TargetError::Dfu(e) => e.is_transient(),
             TargetError::Swupdate(e) => e.is_transient(),
+            TargetError::Esp(e) => e.is_transient(),
             TargetError::DfuFile(_) | TargetError::Unsupported(_) => false,
             TargetError::Open { transient, .. } => *transient,
             TargetError::UsbSelect(e) => e.is_transient(),
@@ -129,6 +135,7 @@ impl TargetError {
             TargetError::Smp(e) => e.code(),
             TargetError::Dfu(e) => e.code(),
             TargetError::Swupdate(e) => e.code(),
+            TargetError::Esp(e) => e.code(),
             TargetError::DfuFile(_) => "dfu_file",
             TargetError::Open { .. } => "device_unreachable",
             TargetError::UsbSelect(e) => e.code(),
@@ -173,6 +180,12 @@ pub trait FlashTarget: Send {
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError>;
     /// Why this device, as it is now, can neither test-boot nor roll back a new image (recorded
     /// in the visit log before the upload); `None` when nothing needs saying.
+    /// What this target's health check established, when it checks more (or other) than the
+    /// device reporting the new image: recorded with the passed health check.
+    fn health_detail(&self) -> Option<String> {
+        None
+    }
+
     fn no_rollback(&self) -> Option<String> {
         None
     }
@@ -186,6 +199,19 @@ pub trait FlashTarget: Send {
     /// only that the application does not answer, so its boot cannot be checked.
     fn reset_into_upload(&self) -> bool {
         false
+    }
+    /// After [`FlashTarget::reset_into_upload`], what was done and why the boot cannot be
+    /// checked, in the target's own words (recorded with the unverified outcome); `None`: an
+    /// MCUboot bootloader booted the slot and the application does not answer SMP.
+    fn unchecked_boot(&self) -> Option<String> {
+        None
+    }
+    /// Take what a verified image says about where it goes on the device (ESP: its flash offset,
+    /// the other payloads of its bundle and their layout, checked against the device) before the
+    /// upload. An error refuses the image before anything is sent. Targets that place an image
+    /// themselves ignore it.
+    fn place(&mut self, _image: &VerifiedImage) -> Result<(), TargetError> {
+        Ok(())
     }
 }
 
@@ -201,6 +227,9 @@ pub struct VerifiedImage {
     /// The hash the device reports for this image once received (MCUboot: the image's SHA-256
     /// TLV; readback devices: `sha256`).
     pub device_hash: Vec<u8>,
+    /// Where the bytes go and what is written with them, for devices written at flash offsets
+    /// (ESP ROM loader); `None` for devices that place an image themselves.
+    pub esp: Option<Arc<esp::EspPlacement>>,
 }
 
 /// A place visit-log events go (the local store's appender).
@@ -414,6 +443,9 @@ pub async fn flash(
             bytes: image.bytes.len() as u64,
         })
         .await?;
+        if let Err(e) = target.place(image) {
+            return failed(FlashStage::Verify, format!("{e}; nothing was sent")).await;
+        }
         if let Some(why) = target.no_rollback() {
             rec(EventKind::Note { text: why }).await?;
         }
@@ -489,14 +521,26 @@ pub async fn flash(
                 // The bootloader listed the verified image and booted it; the application does
                 // not speak SMP, so there is nothing to health-check: say so, claim nothing.
                 Err(e) if target.reset_into_upload() => {
+                    let what = target.unchecked_boot().unwrap_or_else(|| {
+                        "written to the slot the bootloader boots, its hash checked, and the device reset into it; the application does not answer SMP".into()
+                    });
                     rec(EventKind::Note {
                         text: format!(
-                            "image {sha_hex} ({}) written to the slot the bootloader boots, its hash checked, and the device reset into it; the application does not answer SMP ({e}), so whether it booted cannot be checked: booted, not checkable; unverified, not confirmed",
+                            "image {sha_hex} ({}) {what} ({e}), so whether it booted cannot be checked: booted, not checkable; unverified, not confirmed",
                             image.to
                         ),
                     })
                     .await?;
                     return Ok(FlashOutcome::Unverified { version: image.to });
+                }
+                Err(e @ TargetError::Swupdate(SwupdateError::Unhealthy { .. })) => {
+                    let why = e.to_string();
+                    rec(EventKind::HealthCheck { passed: false, detail: why.clone() }).await?;
+                    return failed(
+                        FlashStage::HealthCheck,
+                        format!("{why}; this device cannot be rolled back by Fieldpatch: check it on site, or reflash the previous image"),
+                    )
+                    .await;
                 }
                 Err(e) => return failed(FlashStage::Reconnect, e.to_string()).await,
             };
@@ -514,8 +558,8 @@ pub async fn flash(
             }
             return match health(&after, image, opts) {
                 Ok(()) => {
-                    rec(EventKind::HealthCheck { passed: true, detail: health_detail(&after) })
-                        .await?;
+                    let detail = target.health_detail().unwrap_or_else(|| health_detail(&after));
+                    rec(EventKind::HealthCheck { passed: true, detail }).await?;
                     rec(EventKind::Confirmed {
                         version: Some(image.to.to_string()),
                         image_sha256: sha_hex,
@@ -639,6 +683,7 @@ mod tests {
             bytes: bytes.into(),
             sha256: sha,
             device_hash: sha.to_vec(),
+            esp: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct SwupdateTarget {
     fits: Option<SwuTarget>,
     /// SHA-256 of the `.swu` this target installed and the daemon accepted.
     installed: Option<Vec<u8>>,
+    /// The device's own health URL (its record's `health_url`), which must answer 2xx after an
+    /// install.
+    health_url: Option<String>,
 }
 
 impl SwupdateTarget {
@@ -61,7 +64,14 @@ impl SwupdateTarget {
         timeouts: Timeouts,
     ) -> Result<SwupdateTarget, TargetError> {
         let client = SwupdateClient::new(url, timeouts)?;
-        Ok(SwupdateTarget { client, credentials, fits, installed: None })
+        Ok(SwupdateTarget { client, credentials, fits, installed: None, health_url: None })
+    }
+
+    /// Require `url` (a health endpoint of the device's own) to answer HTTP 2xx after an
+    /// install before the device counts as healthy.
+    pub fn with_health_url(mut self, url: Option<String>) -> SwupdateTarget {
+        self.health_url = url;
+        self
     }
 
     /// Open `device` (an SWUpdate address) with its password from `credentials`; a missing
@@ -100,7 +110,8 @@ impl SwupdateTarget {
             .hardware_revision
             .clone()
             .map(|hardware_revision| SwuTarget { board: None, hardware_revision });
-        SwupdateTarget::new(url, Some(creds), fits, timeouts)
+        Ok(SwupdateTarget::new(url, Some(creds), fits, timeouts)?
+            .with_health_url(device.health_url.clone()))
     }
 }
 
@@ -157,22 +168,49 @@ impl FlashTarget for SwupdateTarget {
 
     async fn reconnect(&mut self, timeout: Duration) -> Result<DeviceState, TargetError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let state = loop {
             match self.state().await {
-                Ok(s) => return Ok(s),
+                Ok(s) => break s,
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) if e.is_retryable() => return Err(TargetError::Timeout(timeout)),
                 Err(e) => return Err(e),
             }
+        };
+        // The device's own health endpoint, until it answers 2xx or the time is up (a gateway
+        // that restarts into the new software takes a while to serve again).
+        if let Some(url) = self.health_url.clone() {
+            loop {
+                match self.client.check_health(&url).await {
+                    Ok(()) => break,
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
+        Ok(state)
+    }
+
+    fn health_detail(&self) -> Option<String> {
+        Some(match &self.health_url {
+            Some(url) => format!(
+                "the SWUpdate daemon installed the verified .swu and answers again, and the device's health check {url} answered 2xx"
+            ),
+            None => "the SWUpdate daemon installed the verified .swu and answers again (no health URL in the device's record)".into(),
+        })
     }
 
     fn no_rollback(&self) -> Option<String> {
         Some(format!(
-            "{}: SWUpdate offers no trial boot or revert to Fieldpatch; any A/B fallback is the gateway's own and is not claimed. The daemon checks the CMS signature and every artifact's sha256 before it reports success; it cannot report what the device runs, so the health check is that it answers after the install",
-            self.describe()
+            "{}: SWUpdate offers no trial boot or revert to Fieldpatch; any A/B fallback is the gateway's own and is not claimed. The daemon checks the CMS signature and every artifact's sha256 before it reports success; it cannot report what the device runs, so the health check is that it answers after the install{}",
+            self.describe(),
+            match &self.health_url {
+                Some(url) => format!(" and that the device's health URL {url} answers 2xx"),
+                None => String::new(),
+            }
         ))
     }
 }

@@ -563,16 +563,27 @@ pub fn verify_signature(content: &[u8], sig_der: &[u8], vendor_pem: &[u8]) -> Re
     cms.verify(Some(&stack), Some(&store), Some(content), None, CMSOptions::BINARY).map_err(bad)
 }
 
-/// Checks the `.swu` at `path`: archive, signature (against `vendor_pem`), hardware, hashes.
+/// The unrevoked vendor certificates of `trust`, as one PEM bundle for [`verify_signature`];
+/// `None` when the store carries none.
+pub fn trusted_vendor_pem(trust: &fieldpatch_proto::trust::TrustStore) -> Option<Vec<u8>> {
+    let certs = trust.vendor_certificates();
+    if certs.is_empty() {
+        return None;
+    }
+    Some(certs.iter().flat_map(|c| c.pem.as_bytes().iter().copied().chain([b'\n'])).collect())
+}
+
+/// Checks the `.swu` at `path`: archive, signature (against `vendor_pem`; without it the
+/// signature is only required to be present), hardware, hashes.
 pub fn verify_file(
     path: &Path,
-    vendor_pem: &[u8],
+    vendor_pem: Option<&[u8]>,
     target: &SwuTarget,
 ) -> Result<VerifiedSwu, SwuError> {
     let io = |e: std::io::Error| SwuError::Io(e.to_string());
     let mut f = std::fs::File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
-    verify_reader(&mut f, file_len, Some(vendor_pem), Some(target))
+    verify_reader(&mut f, file_len, vendor_pem, Some(target))
 }
 
 /// The checks of [`verify_file`] on a `.swu` held in memory (a bundle payload). Without

@@ -54,6 +54,67 @@ pub enum DeviceAddress {
     /// An embedded Linux gateway's SWUpdate web server (`http://HOST:PORT`), with the digest
     /// user name when it is not `admin`; the password is the device's keyring credential.
     Swupdate { url: String, user: Option<String> },
+    /// An ESP32-family device in its ROM serial bootloader (`esp:PORT[@BAUD][?reset=..&chip=..]`):
+    /// the loader is reached at 115200 baud and switched to `baud` for the upload where given;
+    /// `reset` is how the adapter's DTR/RTS lines get the chip into its loader; `chip` (an
+    /// esptool chip name such as `esp32`) is checked against the chip the ROM reports.
+    Esp {
+        port: String,
+        baud: Option<u32>,
+        #[serde(default)]
+        reset: EspReset,
+        #[serde(default)]
+        chip: Option<String>,
+    },
+}
+
+/// How an ESP address gets the chip into its ROM loader. The default is the classic auto-reset
+/// circuit of USB-UART dev boards (RTS = EN, DTR = GPIO0), what real adapters have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, TS)]
+#[serde(rename_all = "kebab-case")]
+pub enum EspReset {
+    #[default]
+    Classic,
+    /// The chip's built-in USB-Serial/JTAG peripheral (ESP32-C3, -S3, -C6, ...).
+    UsbJtag,
+    /// Leave DTR/RTS alone: the technician put the device in download mode (hold BOOT, press EN),
+    /// or the adapter has no such lines.
+    None,
+}
+
+impl EspReset {
+    /// The word used in addresses (`?reset=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EspReset::Classic => "classic",
+            EspReset::UsbJtag => "usb-jtag",
+            EspReset::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for EspReset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(EspReset::Classic),
+            "usb-jtag" => Ok(EspReset::UsbJtag),
+            "none" => Ok(EspReset::None),
+            _ => Err(format!("reset {s:?} is not classic, usb-jtag or none")),
+        }
+    }
+}
+
+/// The esptool name of an ESP chip (`esp32`, `esp32c3`, ...), when `name` is one.
+fn esp_chip_name(name: &str) -> Option<&'static str> {
+    esp_chip(name).map(|c| c.name())
+}
+
+/// The chip an ESP address names (`esp32`, `ESP32-C3`, ...), as the driver knows it.
+pub fn esp_chip(name: &str) -> Option<fieldpatch_drivers::esp::Chip> {
+    fieldpatch_drivers::esp::Chip::ALL
+        .into_iter()
+        .find(|c| c.name().replace('-', "").eq_ignore_ascii_case(&name.replace('-', "")))
 }
 
 /// The digest user name of an SWUpdate address without one.
@@ -73,6 +134,21 @@ impl std::fmt::Display for DeviceAddress {
             }
             DeviceAddress::Swupdate { url, user: None } => write!(f, "swupdate:{url}"),
             DeviceAddress::Swupdate { url, user: Some(u) } => write!(f, "swupdate:{u}@{url}"),
+            DeviceAddress::Esp { port, baud, reset, chip } => {
+                write!(f, "esp:{port}")?;
+                if let Some(b) = baud {
+                    write!(f, "@{b}")?;
+                }
+                let mut sep = '?';
+                if *reset != EspReset::Classic {
+                    write!(f, "{sep}reset={}", reset.as_str())?;
+                    sep = '&';
+                }
+                if let Some(c) = chip {
+                    write!(f, "{sep}chip={c}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -80,7 +156,7 @@ impl std::fmt::Display for DeviceAddress {
 /// Text that is not a device address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{text:?} is not a device address ({why}): write serial:PORT@BAUD, udp:HOST:PORT, usb:VVVV:PPPP[:SERIAL] (vendor and product id in hex, as `fieldpatch dfu list` shows them) or swupdate:[USER@]http://HOST:PORT"
+    "{text:?} is not a device address ({why}): write serial:PORT@BAUD, udp:HOST:PORT, usb:VVVV:PPPP[:SERIAL] (vendor and product id in hex, as `fieldpatch dfu list` shows them), swupdate:[USER@]http://HOST:PORT or esp:PORT[@BAUD][?reset=classic|usb-jtag|none][&chip=esp32]"
 )]
 pub struct AddressError {
     pub text: String,
@@ -96,7 +172,8 @@ impl AddressError {
 
 /// The text form [`DeviceAddress`] displays as: `serial:PORT@BAUD`, `udp:HOST:PORT`,
 /// `usb:VVVV:PPPP` or `usb:VVVV:PPPP:SERIAL` (the serial number is everything after the third
-/// colon, so it may contain colons itself), or `swupdate:[USER@]http://HOST:PORT`.
+/// colon, so it may contain colons itself), `swupdate:[USER@]http://HOST:PORT`, or
+/// `esp:PORT[@BAUD][?reset=classic|usb-jtag|none][&chip=CHIP]` (no `reset`: classic).
 impl std::str::FromStr for DeviceAddress {
     type Err = AddressError;
 
@@ -154,7 +231,41 @@ impl std::str::FromStr for DeviceAddress {
                     user: user.map(str::to_string),
                 })
             }
-            _ => Err(bad("the transport is not serial, udp, usb or swupdate")),
+            "esp" => {
+                let (head, query) = match rest.split_once('?') {
+                    Some((h, q)) => (h, Some(q)),
+                    None => (rest, None),
+                };
+                let (port, baud) = match head.rsplit_once('@') {
+                    Some((p, b)) => {
+                        let baud: u32 =
+                            b.parse().map_err(|_| bad("the baud rate is not a number"))?;
+                        if baud == 0 {
+                            return Err(bad("the baud rate is 0"));
+                        }
+                        (p, Some(baud))
+                    }
+                    None => (head, None),
+                };
+                if port.is_empty() {
+                    return Err(bad("no port"));
+                }
+                let (mut reset, mut chip) = (EspReset::Classic, None);
+                for pair in query.into_iter().flat_map(|q| q.split('&')) {
+                    match pair.split_once('=') {
+                        Some(("reset", r)) => reset = r.parse().map_err(|e: String| bad(&e))?,
+                        Some(("chip", c)) => {
+                            let name = esp_chip_name(c).ok_or_else(|| {
+                                bad(&format!("chip {c:?} is not an ESP chip esptool knows"))
+                            })?;
+                            chip = Some(name.to_ascii_lowercase().replace('-', ""));
+                        }
+                        _ => return Err(bad(&format!("{pair:?} is not reset=... or chip=..."))),
+                    }
+                }
+                Ok(DeviceAddress::Esp { port: port.to_string(), baud, reset, chip })
+            }
+            _ => Err(bad("the transport is not serial, udp, usb, swupdate or esp")),
         }
     }
 }
@@ -174,6 +285,12 @@ pub struct DeviceRecord {
     /// Name of the keyring credential needed to open this device, if any.
     #[serde(default)]
     pub credential: Option<String>,
+    /// A URL of the device's own that must answer (HTTP 2xx) after an update before it counts
+    /// as healthy, for devices whose update interface cannot report what they run (SWUpdate
+    /// gateways). Absent: the update interface answering again is the health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub health_url: Option<String>,
 }
 
 /// An inclusive version range (as bundle manifests state it); `None` bounds are open.
@@ -612,6 +729,7 @@ mod tests {
             criticality: Criticality::Normal,
             windows: vec![],
             credential: None,
+            health_url: None,
         }
     }
 
@@ -848,6 +966,68 @@ mod tests {
             assert_eq!(e.code(), "bad_address");
             assert!(e.to_string().contains("usb:VVVV:PPPP[:SERIAL]"), "{e}");
         }
+    }
+
+    #[test]
+    fn esp_addresses_round_trip_with_their_baud_reset_and_chip() {
+        let addresses = [
+            DeviceAddress::Esp {
+                port: "/dev/ttyUSB0".into(),
+                baud: None,
+                reset: EspReset::Classic,
+                chip: None,
+            },
+            DeviceAddress::Esp {
+                port: "/dev/pts/7".into(),
+                baud: Some(921_600),
+                reset: EspReset::None,
+                chip: Some("esp32".into()),
+            },
+            DeviceAddress::Esp {
+                port: "COM5".into(),
+                baud: Some(460_800),
+                reset: EspReset::UsbJtag,
+                chip: None,
+            },
+            DeviceAddress::Esp {
+                port: "/dev/serial/by-id/usb-Espressif_USB_JTAG-if00".into(),
+                baud: None,
+                reset: EspReset::Classic,
+                chip: Some("esp32c3".into()),
+            },
+        ];
+        for a in addresses {
+            let text = a.to_string();
+            assert_eq!(text.parse::<DeviceAddress>().unwrap(), a, "{text}");
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(serde_json::from_str::<DeviceAddress>(&json).unwrap(), a, "{json}");
+        }
+        assert_eq!(
+            "esp:/dev/ttyUSB1@921600?chip=ESP32-S3&reset=none".parse::<DeviceAddress>().unwrap(),
+            DeviceAddress::Esp {
+                port: "/dev/ttyUSB1".into(),
+                baud: Some(921_600),
+                reset: EspReset::None,
+                chip: Some("esp32s3".into()),
+            }
+        );
+        // Defaults are left out of the text.
+        let plain: DeviceAddress = "esp:/dev/ttyUSB0?reset=classic".parse().unwrap();
+        assert_eq!(plain.to_string(), "esp:/dev/ttyUSB0");
+        for bad in [
+            "esp:",
+            "esp:@115200",
+            "esp:/dev/ttyUSB0@fast",
+            "esp:/dev/ttyUSB0@0",
+            "esp:/dev/ttyUSB0?reset=hard",
+            "esp:/dev/ttyUSB0?chip=esp99",
+            "esp:/dev/ttyUSB0?speed=1",
+        ] {
+            let e = bad.parse::<DeviceAddress>().unwrap_err();
+            assert_eq!(e.code(), "bad_address", "{bad}");
+            assert!(e.to_string().contains("esp:PORT[@BAUD]"), "{e}");
+        }
+        assert_eq!(esp_chip("esp32c3"), Some(fieldpatch_drivers::esp::Chip::Esp32C3));
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub async fn work_order_devices(
             criticality: Default::default(),
             windows: vec![],
             credential: None,
+            health_url: None,
         });
     }
     Ok((found, missing))

@@ -441,9 +441,19 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
     let mut remaining = order;
     let canary_done = state.lock().await.canary_done;
     if opts.canary && !canary_done && !remaining.is_empty() {
-        let canary = remaining.remove(0);
+        // The canary proves the image on one device before the rest: it is a device that can
+        // test-boot and revert where the session has one (a device in serial recovery or a
+        // gateway is patched without a way back, so it waits for the canary's verdict).
+        let pick = remaining.iter().position(|d| d.no_rollback.is_none());
+        let canary = remaining.remove(pick.unwrap_or(0));
         let id = canary.device.id.clone();
-        (deps.observer)(None, SessionEvent::Note(format!("canary: {id}")));
+        let note = match pick {
+            Some(_) => format!("canary: {id}"),
+            None => format!(
+                "canary: {id}; no device in this session can test-boot and revert, so the canary cannot either"
+            ),
+        };
+        (deps.observer)(None, SessionEvent::Note(note));
         let status = run_device(state, deps, &canary).await?;
         if !matches!(status, DeviceStatus::Patched { .. }) {
             return stop(state, deps, format!("canary {id} did not patch cleanly")).await;
@@ -763,6 +773,7 @@ mod tests {
                 bytes: bytes.into(),
                 sha256: sha,
                 device_hash: sha.to_vec(),
+                esp: None,
             })
         }
     }
@@ -796,6 +807,7 @@ mod tests {
                 criticality: Default::default(),
                 windows: vec![],
                 credential: None,
+                health_url: None,
             });
             lab.insert(id, FakeDevice::new("1.0.0"));
         }
@@ -844,6 +856,29 @@ mod tests {
             retries: 0,
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn the_canary_is_a_device_that_can_revert_when_the_session_has_one() {
+        let (mut plan, lab) = setup(4);
+        // The first two in plan order cannot test-boot or revert (as a device in serial
+        // recovery): the canary is the first that can.
+        for d in plan.devices.iter_mut().take(2) {
+            d.no_rollback = Some(crate::plan::SERIAL_RECOVERY_NO_ROLLBACK.into());
+        }
+        let first_revertible = plan.devices[2].device.id.clone();
+        let store = Arc::new(Saved::default());
+        let sink = Arc::new(MemorySink::default());
+        let d = deps(lab.clone(), store.clone(), sink.clone());
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!(summary.patched, 4, "{summary:?}");
+        let tags = sink.0.lock().unwrap().clone();
+        let confirmed = tags.iter().position(|(_, k)| k.tag() == "confirmed").unwrap();
+        assert!(
+            tags[..=confirmed].iter().all(|(dev, _)| dev == &first_revertible),
+            "the canary {first_revertible} went first and alone: {tags:?}"
+        );
     }
 
     #[tokio::test]

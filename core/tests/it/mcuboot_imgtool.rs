@@ -247,6 +247,7 @@ fn a_bare_image_is_cleared_for_a_device_only_by_a_trusted_vendor_signature() {
                 thresholds,
                 offline_grace_days: None,
                 expires: None,
+                vendor_certificates: Vec::new(),
             }
             .sign(&[&root]),
         )

@@ -63,6 +63,7 @@ fn verified(img: &[u8]) -> VerifiedImage {
         bytes: Arc::from(img),
         sha256: Sha256::digest(img).into(),
         device_hash: parse(img).unwrap().hash.to_vec(),
+        esp: None,
     }
 }
 

@@ -257,6 +257,66 @@ fn a_swu_payload_that_does_not_check_out_is_refused_at_catalog_load() {
     assert!(reason("gw-unsigned").contains("not signed"), "{}", reason("gw-unsigned"));
 }
 
+#[test]
+fn with_a_vendor_certificate_in_the_trust_store_the_catalog_checks_each_swu_signature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let vendor = Vendor::new(&root.join("vendor"), "Gateway Vendor");
+    let stranger = Vendor::new(&root.join("stranger"), "Someone Else");
+    let good = Swu {
+        version: "2.1.0".into(),
+        hardware: vec!["1.0".into()],
+        image_name: "rootfs.img".into(),
+        image: vec![0x5a; 10_000],
+        device_path: root.join("flash.bin"),
+        signer: Some(vendor.clone()),
+        tamper: false,
+    };
+    let foreign = Swu { signer: Some(stranger), ..good.clone() };
+    let signed = CatalogBuilder::new()
+        .vendor_certificate(&vendor.cert_pem(), "Gateway Vendor")
+        .write(&root.join("release"))
+        .unwrap();
+    for (id, swu) in [("gw-vendor", &good), ("gw-foreign", &foreign)] {
+        let payload = std::fs::read(swu.write(root, &format!("{id}.swu"))).unwrap();
+        let spec = BundleSpec {
+            id,
+            model: "gateway",
+            applies: (v(1, 0, 0), v(1, 9, 9)),
+            installs: v(2, 1, 0),
+            cvss: "7.0",
+            format: PayloadFormat::Swupdate,
+            payload: &payload,
+        };
+        signed.bundle(&spec).unwrap();
+    }
+    let catalog =
+        load_catalog(&signed.catalog_dir, &signed.trust_path, &VerifyPolicy::now()).unwrap();
+    let ids: Vec<&str> =
+        catalog.bundles.iter().map(|b| b.bundle.manifest().bundle_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["gw-vendor"],
+        "a .swu signed by another vendor is refused: {:?}",
+        catalog.refused
+    );
+    let detail = catalog.bundles[0]
+        .bundle
+        .verdict()
+        .checks
+        .iter()
+        .map(|c| c.detail.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(
+        detail.contains("verifies against a vendor certificate in the trust store"),
+        "{detail}"
+    );
+    let refused = &catalog.refused[0];
+    assert_eq!(refused.bundle_id.as_deref(), Some("gw-foreign"));
+    assert!(refused.reason.contains("signature"), "{}", refused.reason);
+}
+
 #[tokio::test]
 async fn a_swu_for_other_hardware_is_refused_by_the_target_before_a_byte_is_sent() {
     use fieldpatch_core::flash::FlashTarget;
@@ -291,4 +351,115 @@ async fn a_swu_for_other_hardware_is_refused_by_the_target_before_a_byte_is_sent
     assert!(!e.to_string().contains(PASSWORD));
     assert!(!daemon.started_an_update(), "{}", daemon.log_text());
     assert!(daemon.flash_bytes().is_empty());
+}
+
+/// A device's own health endpoint: answers every request with the status in `status`.
+async fn health_endpoint(status: std::sync::Arc<std::sync::atomic::AtomicU16>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let status = status.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+struct Events(std::sync::Mutex<Vec<fieldpatch_core::visitlog::EventKind>>);
+
+#[async_trait::async_trait]
+impl fieldpatch_core::flash::EventSink for Events {
+    async fn record(
+        &self,
+        _device: &str,
+        kind: fieldpatch_core::visitlog::EventKind,
+    ) -> Result<(), fieldpatch_core::flash::SinkError> {
+        self.0.lock().unwrap().push(kind);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_counts_as_healthy_only_once_its_own_health_url_answers() {
+    use fieldpatch_core::flash::swupdate::SwupdateTarget;
+    use fieldpatch_core::flash::{FlashOptions, FlashOutcome, FlashStage, VerifiedImage, flash};
+    use fieldpatch_core::progress::NoProgress;
+    use fieldpatch_drivers::swupdate::{DigestCredentials, Timeouts};
+    use sha2::Digest;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let vendor = Vendor::new(&root.join("vendor"), "Gateway Vendor");
+    let auth =
+        DaemonAuth { user: "admin".into(), realm: "gw-site-a".into(), password: PASSWORD.into() };
+    let daemon = Daemon::start(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth));
+    let swu = Swu {
+        version: "2.1.0".into(),
+        hardware: vec!["1.0".into()],
+        image_name: "rootfs.img".into(),
+        image: vec![0x44; 40_000],
+        device_path: daemon.flash.clone(),
+        signer: Some(vendor),
+        tamper: false,
+    };
+    let bytes = std::fs::read(swu.write(root, "gw.swu")).unwrap();
+    let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let image = VerifiedImage {
+        bundle_id: Some("gw-2.1.0".into()),
+        from: None,
+        to: v(2, 1, 0),
+        bytes: bytes.clone().into(),
+        sha256: sha,
+        device_hash: sha.to_vec(),
+        esp: None,
+    };
+    let status = Arc::new(AtomicU16::new(200));
+    let url = health_endpoint(status.clone()).await;
+    let opts = FlashOptions { reconnect_timeout: Duration::from_secs(2), ..Default::default() };
+    let target = || {
+        let creds = DigestCredentials::new("admin", PASSWORD);
+        SwupdateTarget::new(&daemon.url(), Some(creds), None, Timeouts::default())
+            .unwrap()
+            .with_health_url(Some(url.clone()))
+    };
+
+    // The device's endpoint answers 200: confirmed, and the log says what was checked.
+    let events = Events(Default::default());
+    let out = flash("gw-1", &mut target(), &image, &events, &NoProgress, &opts).await.unwrap();
+    assert_eq!(out, FlashOutcome::Confirmed { version: v(2, 1, 0) });
+    let passed = events.0.lock().unwrap().iter().find_map(|e| match e {
+        EventKind::HealthCheck { passed: true, detail } => Some(detail.clone()),
+        _ => None,
+    });
+    let passed = passed.expect("a passed health check is recorded");
+    assert!(passed.contains(&url), "{passed}");
+    assert_eq!(daemon.flash_bytes(), swu.image);
+
+    // It keeps answering 503: the install is not counted healthy, and nothing claims a rollback.
+    status.store(503, Ordering::SeqCst);
+    let events = Events(Default::default());
+    let out = flash("gw-1", &mut target(), &image, &events, &NoProgress, &opts).await.unwrap();
+    let FlashOutcome::Failed { stage, reason } = out else { panic!("{out:?}") };
+    assert_eq!(stage, FlashStage::HealthCheck);
+    assert!(reason.contains("HTTP 503") && reason.contains("cannot be rolled back"), "{reason}");
+    let tags: Vec<String> = events.0.lock().unwrap().iter().map(|e| e.tag().to_string()).collect();
+    assert!(tags.contains(&"health_check".to_string()), "{tags:?}");
+    assert!(!tags.contains(&"rolled_back".to_string()), "{tags:?}");
+    assert!(!tags.contains(&"confirmed".to_string()), "{tags:?}");
 }

@@ -80,6 +80,10 @@ pub enum SwupdateError {
     Protocol { url: String, detail: String },
     #[error("cannot read the image {path}: {reason}")]
     Image { path: String, reason: String },
+    #[error(
+        "the device's health check {url} did not pass ({detail}): the device may still be restarting, or the new software does not run"
+    )]
+    Unhealthy { url: String, detail: String },
 }
 
 impl SwupdateError {
@@ -95,6 +99,7 @@ impl SwupdateError {
             SwupdateError::Timeout { .. } => "swupdate_timeout",
             SwupdateError::Protocol { .. } => "swupdate_protocol",
             SwupdateError::Image { .. } => "swupdate_image_unreadable",
+            SwupdateError::Unhealthy { .. } => "swupdate_unhealthy",
         }
     }
 
@@ -533,6 +538,27 @@ impl SwupdateClient {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Asks a health endpoint of the device's own (`url`, `http://` or `https://`) once: `Ok` on
+    /// HTTP 2xx. It is not the daemon, so no credentials are sent to it.
+    pub async fn check_health(&self, url: &str) -> Result<(), SwupdateError> {
+        let unhealthy = |detail: String| SwupdateError::Unhealthy { url: url.to_string(), detail };
+        let parsed = reqwest::Url::parse(url).map_err(|e| unhealthy(format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(unhealthy("only http:// and https:// health checks exist".into()));
+        }
+        let resp = self
+            .http
+            .get(parsed)
+            .timeout(self.timeouts.request)
+            .send()
+            .await
+            .map_err(|e| unhealthy(e.to_string()))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            s => Err(unhealthy(format!("it answered HTTP {s}"))),
         }
     }
 

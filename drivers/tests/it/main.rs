@@ -2,6 +2,7 @@
 
 mod dfu_descriptors;
 mod discovery;
+mod esp_lab;
 mod smp_bad_input;
 mod smp_lab;
 mod smp_recovery;

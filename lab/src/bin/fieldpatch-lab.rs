@@ -33,6 +33,19 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Run a simulated ESP32 in its ROM serial bootloader on a new pty (prints its path); use
+    /// esptool with `--before no-reset --no-stub`.
+    EspSerial {
+        /// Flash size in bytes (a power of two, 256 KiB to 16 MiB).
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        flash_size: u32,
+        /// Keep the flash in this file (created erased when missing).
+        #[arg(long)]
+        flash_file: Option<std::path::PathBuf>,
+        /// Pace the line at its baud rate (115200, then what CHANGE_BAUDRATE sets).
+        #[arg(long)]
+        paced: bool,
+    },
     /// Run a simulated Zephyr/MCUboot SMP device on a UDP port.
     SmpUdp {
         /// Address to bind (loopback only is sensible).
@@ -203,6 +216,26 @@ fn main() -> anyhow::Result<()> {
             let server = fieldpatch_lab::smp::serial::serve_pty(dev.clone(), baud)?;
             println!("{}", server.path().display());
             follow(&dev)
+        }
+        Command::EspSerial { flash_size, flash_file, paced } => {
+            let config = fieldpatch_lab::esp::EspConfig {
+                flash_size,
+                flash_file,
+                paced,
+                ..Default::default()
+            };
+            let dev = fieldpatch_lab::esp::EspDevice::new(config)?;
+            let server = fieldpatch_lab::esp::serial::serve_pty(dev.clone())?;
+            println!("{}", server.path().display());
+            let mut seen = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let commands = dev.commands();
+                for c in &commands[seen.min(commands.len())..] {
+                    eprintln!("{}", c.name());
+                }
+                seen = commands.len();
+            }
         }
         Command::SmpUdp { bind, rtt_ms, loss, advertise, mdns_interface, mdns_port, device } => {
             anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be at least 0 and below 1");

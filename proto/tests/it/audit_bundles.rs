@@ -69,6 +69,7 @@ fn kit() -> Kit {
         thresholds: BTreeMap::from([(Role::Release, 2)]),
         offline_grace_days: None,
         expires: None,
+        vendor_certificates: Vec::new(),
     };
     let trust = serde_json::to_vec(&body.sign(&[&root])).unwrap();
     let manifest = fieldpatch_proto::canonical::to_canonical_of(

@@ -32,6 +32,7 @@ fn store(version: u64, catalog_threshold: u32) -> TrustStore {
         thresholds: BTreeMap::from([(Role::Catalog, catalog_threshold)]),
         offline_grace_days: None,
         expires: None,
+        vendor_certificates: Vec::new(),
     };
     TrustStore::provision(body.sign(&[&key(1)])).unwrap()
 }
@@ -256,6 +257,7 @@ fn a_listing_holds_only_with_the_catalog_threshold_of_the_store_in_force() {
             thresholds: BTreeMap::new(),
             offline_grace_days: None,
             expires: None,
+            vendor_certificates: Vec::new(),
         }
         .sign(&[&key(1)]),
     )
@@ -298,6 +300,7 @@ fn stores_without_the_new_fields_keep_their_signed_bytes() {
         thresholds: BTreeMap::from([(Role::Root, 1)]),
         offline_grace_days: None,
         expires: None,
+        vendor_certificates: Vec::new(),
     };
     let want = format!(
         "{{\"keys\":[{{\"id\":\"{}\",\"label\":\"root\",\"public_key\":\"{}\",\"revoked\":false,\"roles\":[\"root\"]}}],\"thresholds\":{{\"root\":1}},\"version\":1}}",
@@ -333,4 +336,85 @@ fn roles_include_catalog_everywhere_they_are_named() {
     }
     let e = "wizard".parse::<Role>().unwrap_err();
     assert!(e.contains("catalog") && e.contains("vendor_image"), "{e}");
+}
+
+/// A self-signed certificate made by `openssl`, PEM.
+fn openssl_certificate(cn: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("fp-proto-cert-{}-{cn}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-days", "2", "-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (scripts/setup installs it)");
+    assert!(status.success());
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    pem
+}
+
+#[test]
+fn vendor_certificates_are_named_by_their_fingerprint_and_checked() {
+    use fieldpatch_proto::trust::{VendorCertificate, certificate_id};
+    let pem = openssl_certificate("vendor-a");
+    // The id is the SHA-256 of the DER bytes, as `openssl x509 -fingerprint -sha256` prints it.
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let fingerprint = printed.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    assert_eq!(certificate_id(&pem).unwrap(), fingerprint);
+
+    let body = |certs: Vec<VendorCertificate>| TrustStoreBody {
+        version: 1,
+        keys: vec![TrustedKey::new(&key(1).verifying_key(), vec![Role::Root], "root")],
+        thresholds: BTreeMap::new(),
+        offline_grace_days: None,
+        expires: None,
+        vendor_certificates: certs,
+    };
+    let good = VendorCertificate::new(&pem, "Vendor A").unwrap();
+    let store = TrustStore::provision(body(vec![good.clone()]).sign(&[&key(1)])).unwrap();
+    assert_eq!(store.vendor_certificates(), [&good]);
+    // The certificate is part of what the root keys sign.
+    let mut doc = store.document().clone();
+    doc.store.vendor_certificates[0].label = "Someone".into();
+    assert_eq!(TrustStore::provision(doc).unwrap_err().code(), "bad_signature");
+
+    // Refused: an id that is not the certificate's, a repeated certificate, and PEM that is not
+    // exactly one certificate.
+    let wrong_id = VendorCertificate { id: "00".repeat(32), ..good.clone() };
+    let other = openssl_certificate("vendor-b");
+    for (name, certs) in [
+        ("wrong id", vec![wrong_id]),
+        ("twice", vec![good.clone(), good.clone()]),
+        ("two blocks", vec![VendorCertificate { pem: format!("{pem}{other}"), ..good.clone() }]),
+        ("not base64", vec![VendorCertificate { pem: pem.replace('A', "*"), ..good.clone() }]),
+    ] {
+        let e = TrustStore::provision(body(certs).sign(&[&key(1)])).unwrap_err();
+        assert_eq!(e.code(), "invalid_trust_store", "{name}: {e}");
+    }
+    assert!(
+        VendorCertificate::new("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----", "x")
+            .is_err()
+    );
+    assert!(VendorCertificate::new(&"A".repeat(20_000), "x").is_err());
+    // A revoked certificate stays listed and is no anchor.
+    let revoked = VendorCertificate { revoked: true, ..good };
+    let store = TrustStore::provision(body(vec![revoked]).sign(&[&key(1)])).unwrap();
+    assert!(store.vendor_certificates().is_empty());
 }

@@ -157,6 +157,19 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The PostgreSQL database's name (`None` on SQLite).
+    pub fn pg_name(&self) -> Option<&str> {
+        self._pg.as_ref().map(|p| p.name.as_str())
+    }
+
+    /// Start shutting down (what SIGTERM does first).
+    pub fn drain(&self) {
+        match &self.app {
+            AnyStore::Sqlite(a) => a.drain(),
+            AnyStore::Postgres(a) => a.drain(),
+        }
+    }
+
     /// An admin request with a JSON body; panics unless 2xx.
     pub async fn admin_json(
         &self,
@@ -287,4 +300,95 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// The built server binary.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_fieldpatch-server");
+
+/// A `fieldpatch-server` command on this data directory and database.
+pub fn server_cmd(data: &std::path::Path, database: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(SERVER_BIN);
+    c.arg("--data-dir").arg(data).arg("--database").arg(database);
+    c.env_remove("RUST_LOG")
+        .env_remove("FIELDPATCH_SERVER_CONFIG")
+        .env_remove("FIELDPATCH_SERVER_LOG");
+    c
+}
+
+/// Run an admin command; panics unless it succeeds; returns standard output.
+pub fn server_admin(data: &std::path::Path, database: &str, args: &[&str]) -> String {
+    let out = server_cmd(data, database).arg("admin").args(args).output().unwrap();
+    assert!(out.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `token: ...` line of an admin command's output.
+pub fn token_in(stdout: &str) -> String {
+    stdout.lines().find_map(|l| l.strip_prefix("token: ")).expect("a token line").to_string()
+}
+
+/// A running `fieldpatch-server serve` process, its standard error going to a file. Killed on
+/// drop unless it exited.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Start `serve` (on a free loopback port unless `args` name one) and wait until it listens.
+    pub fn start(mut cmd: std::process::Command, args: &[&str], log: std::path::PathBuf) -> Self {
+        use std::io::BufRead;
+        let err = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .arg("serve")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        // Owned at once: a failed start below still kills and reaps the process (drop).
+        let mut server = Self { child, base: String::new(), log };
+        let mut out = std::io::BufReader::new(server.child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("server exited before listening: {}", server.logs());
+            }
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                server.base = url.to_string();
+                return server;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Send SIGTERM (as systemd and container runtimes stop a service).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

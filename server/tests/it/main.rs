@@ -4,8 +4,12 @@ mod common;
 
 mod api;
 mod audit_export;
+mod bulk;
 mod cli_tls;
 mod continuity;
 mod kill;
+mod ops;
 mod pg_tls;
 mod publish;
+mod scale;
+mod site_catalog;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// tauri-driver and the WebKitWebDriver it spawns, in their own process group; the whole group is
 /// ended on drop so no driver outlives the test.
-struct DriverGroup(std::process::Child);
+pub(crate) struct DriverGroup(std::process::Child);
 impl Drop for DriverGroup {
     fn drop(&mut self) {
         let group = format!("-{}", self.0.id());
@@ -25,7 +25,11 @@ impl Drop for DriverGroup {
 /// Xvfb, a fresh data directory (`FIELDPATCH_DATA_DIR`) and tauri-driver on a free port, in the
 /// order they must be dropped in (the driver first).
 fn display() -> (Xvfb, tempfile::TempDir, DriverGroup, u16) {
-    let xvfb = Xvfb::start().unwrap();
+    display_with(Xvfb::start().unwrap())
+}
+
+/// [`display`] on a given X server.
+pub(crate) fn display_with(xvfb: Xvfb) -> (Xvfb, tempfile::TempDir, DriverGroup, u16) {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let native_port = free_port();
@@ -54,6 +58,8 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     let png = session.screenshot().unwrap();
     std::fs::write(artifacts_dir().join("app-window.png"), &png).unwrap();
 
+    // The demo site's devices and session are on their own screen (the window opens on Home).
+    session.click("#nav-site", Duration::from_secs(60)).unwrap();
     // The demo site: identify, plan, run a session from the window, verify the visit log.
     let long = Duration::from_secs(120);
     session

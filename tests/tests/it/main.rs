@@ -2,6 +2,8 @@
 //! binary.
 
 #[cfg(target_os = "linux")]
+mod app_screens;
+#[cfg(target_os = "linux")]
 mod app_shell;
 #[cfg(target_os = "linux")]
 mod app_window;

@@ -7,6 +7,8 @@ import type {
   AppInfo,
   BridgeError,
   DiscoveryReport,
+  ExportView,
+  HomeView,
   LogVerification,
   Mode,
   PlanView,
@@ -14,8 +16,10 @@ import type {
   SessionFinished,
   SiteView,
   SyncEventView,
+  SyncReportView,
   SyncSettings,
   Update,
+  VisitTimeline,
 } from "./ipc";
 
 /** Normalise anything a command rejects with into a BridgeError. */
@@ -55,11 +59,24 @@ export const makePlan = () => call<PlanView>("plan");
 /** Run the plan the app made (by its id: the window never sends a plan). */
 export const runSession = (planId: string, canary: boolean) =>
   call<string>("run_session", { planId, canary });
+/** Pause the running session: devices in flight finish, no new one starts. */
+export const pauseSession = () => call<boolean>("pause_session");
+/** Resume the latest unfinished session (paused, or cut short when the app closed). */
+export const resumeSession = () => call<string>("resume_session");
 export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on });
 export const syncNow = () => call<void>("sync_now");
 export const closeSession = (reasons: Record<string, string>) =>
   call<string[]>("close_session", { reasons });
 export const verifyLog = () => call<LogVerification[]>("verify_log");
+/** The home screen: pending events, last sync, visits, work orders, expiry, online or not. */
+export const home = () => call<HomeView>("home");
+/** A visit's events and its log's verification (the newest visit without an id). */
+export const visitLog = (visitId: string | null) => call<VisitTimeline>("visit_log", { visitId });
+/** Real mode: sync now with the inventory; the report also arrives as a `sync` event. */
+export const syncOnce = () => call<SyncReportView>("sync_once");
+/** Write a visit's audit export to `path`, then check the file with the offline verifier. */
+export const exportVisit = (visitId: string, path: string) =>
+  call<ExportView>("export_visit", { visitId, path });
 /** Find the site's devices; each arrives as a `discovery` event, the whole report at the end. */
 export const discover = () => call<DiscoveryReport>("discover");
 

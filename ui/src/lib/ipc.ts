@@ -49,7 +49,7 @@ export type DataDirSource = "environment" | "os_convention";
 /**
  * How to reach a device.
  */
-export type DeviceAddress = { "transport": "serial", port: string, baud: number, } | { "transport": "udp", addr: string, } | { "transport": "usb", vid: number, pid: number, serial: string | null, } | { "transport": "swupdate", url: string, user: string | null, };
+export type DeviceAddress = { "transport": "serial", port: string, baud: number, } | { "transport": "udp", addr: string, } | { "transport": "usb", vid: number, pid: number, serial: string | null, } | { "transport": "swupdate", url: string, user: string | null, } | { "transport": "esp", port: string, baud: number | null, reset: EspReset, chip: string | null, };
 
 /**
  * What a device says about itself, as far as Fieldpatch needs to match it to the inventory and to
@@ -98,7 +98,13 @@ windows: Array<MaintenanceWindow>,
 /**
  * Name of the keyring credential needed to open this device, if any.
  */
-credential: string | null, };
+credential: string | null,
+/**
+ * A URL of the device's own that must answer (HTTP 2xx) after an update before it counts
+ * as healthy, for devices whose update interface cannot report what they run (SWUpdate
+ * gateways). Absent: the update interface answering again is the health check.
+ */
+health_url?: string, };
 
 /**
  * Where one device stands in a session. Its `Display` is the one wording of it that the CLI and
@@ -149,6 +155,56 @@ deadline_reached: boolean, elapsed_ms: number, };
  * What the plan says about one device.
  */
 export type Disposition = { "disposition": "patch", steps: Array<Step>, latest: Version, short_reason: Unpatchable | null, } | { "disposition": "scheduled", steps: Array<Step>, not_before: string, } | { "disposition": "up_to_date", version: Version, } | { "disposition": "unpatchable", why: Unpatchable, };
+
+/**
+ * How an ESP address gets the chip into its ROM loader. The default is the classic auto-reset
+ * circuit of USB-UART dev boards (RTS = EN, DTR = GPIO0), what real adapters have.
+ */
+export type EspReset = "classic" | "usb-jtag" | "none";
+
+/**
+ * One event the server did not take (or did not apply), and why.
+ */
+export type EventProblemView = { log_id: string, seq: number, code: string, reason: string, };
+
+/**
+ * The offline verifier's verdict on an archive: it verifies, or the first problem.
+ */
+export type ExportCheck = { "result": "pass", events: number, devices: number, fingerprint: string, countersigned: boolean, } | { "result": "fail", code: string, problem: string, };
+
+/**
+ * An audit export written from the window, and what the offline verifier says of the file.
+ */
+export type ExportView = { path: string, bytes: number, visit_id: string, events: number, devices: number,
+/**
+ * The hash of the visit's last event: the report's verification fingerprint.
+ */
+fingerprint: string,
+/**
+ * The inventory key that countersigned the visit (none when exported before sync).
+ */
+server_key: string | null,
+/**
+ * What `fieldpatch audit verify` says of the written file.
+ */
+check: ExportCheck, };
+
+/**
+ * The home screen: the core's overview, whether the inventory answers, and where exports go.
+ */
+export type HomeView = { overview: Overview,
+/**
+ * The inventory server (none in real mode before a login).
+ */
+server: string | null,
+/**
+ * Whether the inventory server answered its health check just now.
+ */
+online: boolean,
+/**
+ * The folder the window suggests for audit exports.
+ */
+export_dir: string, };
 
 /**
  * An inclusive version range (as bundle manifests state it); `None` bounds are open.
@@ -208,6 +264,31 @@ export type MatchKey = "serial_number" | "only_of_its_model";
  * Which mode the window runs in.
  */
 export type Mode = "demo" | "real";
+
+/**
+ * What a home screen shows. See [`Fieldpatch::overview`].
+ */
+export type Overview = {
+/**
+ * Events in the local visit logs the inventory has not countersigned yet.
+ */
+pending_events: number,
+/**
+ * The server time of the last successful sync (RFC 3339), if any.
+ */
+last_sync: string | null,
+/**
+ * Visits, most recent first (at most [`RECENT_VISITS`]); open ones have no `closed_at`.
+ */
+visits: Array<VisitSummary>,
+/**
+ * The work orders pulled from the inventory at the last sync.
+ */
+work_orders: Array<WorkOrderSummary>,
+/**
+ * How long the trust store, the catalog listing and the catalog's bundles stay usable.
+ */
+validity: Array<Validity>, };
 
 /**
  * A plan: devices in the order they should be flashed.
@@ -326,14 +407,37 @@ export type Summary = { patched: number, rolled_back: number, failed: number, sk
 unverified: number, };
 
 /**
- * A sync event as the window receives it (the kind and the core's wording).
+ * A sync event as the window receives it (the kind and the core's wording); a finished sync
+ * carries its report.
  */
-export type SyncEventView = { kind: SyncKind, text: string, };
+export type SyncEventView = { kind: SyncKind, text: string,
+/**
+ * What the sync did, when `kind` is `synced`.
+ */
+report: SyncReportView | null, };
 
 /**
  * What a sync event is about (the core's `WatchEvent::kind`).
  */
 export type SyncKind = "offline" | "probing" | "reachable" | "synced" | "failed" | "stopped";
+
+/**
+ * What one sync did: events the server accepted, what is still pending, and the events it
+ * rejected, will take later or kept without applying, each with its reason.
+ */
+export type SyncReportView = {
+/**
+ * Events the server newly countersigned (accepted) in this sync.
+ */
+accepted: number,
+/**
+ * Events not on the server yet.
+ */
+pending: number, rejected: Array<EventProblemView>, retryable: Array<EventProblemView>, not_applied: Array<EventProblemView>,
+/**
+ * What the pull brought: devices, work orders and catalog entries.
+ */
+devices: number, work_orders: number, catalog: number, };
 
 /**
  * How this laptop syncs, as a settings screen shows it: the remembered inventory server,
@@ -359,6 +463,27 @@ trust: TrustSummary | null,
 trust_problem: string | null, };
 
 /**
+ * One event of a timeline.
+ */
+export type TimelineEvent = { seq: number,
+/**
+ * RFC 3339.
+ */
+time: string,
+/**
+ * The event's kind (`visit_opened`, `flash_started`, `rolled_back`, ...).
+ */
+kind: string, device: string | null,
+/**
+ * The kind's fields as compact JSON (what was signed, minus the envelope).
+ */
+detail: string,
+/**
+ * SHA-256 of the event (hex): what the next event links to.
+ */
+hash: string, };
+
+/**
  * The trust store in force, for the technician to check.
  */
 export type TrustSummary = { version: number,
@@ -378,8 +503,61 @@ export type Unpatchable = { "reason": "unknown_device", missing: string, } | { "
 export type Update = { "event": "device", device: DiscoveredDevice, } | { "event": "skipped", skipped: SkippedCandidate, };
 
 /**
+ * How long one thing (the trust store, the catalog listing, the catalog's bundles) stays usable.
+ */
+export type Validity = {
+/**
+ * `trust_store`, `catalog_listing` or `catalog_bundles`.
+ */
+what: string, state: ValidityState,
+/**
+ * The last moment it may be used (RFC 3339): the expiry, or the end of the grace period.
+ */
+usable_until: string | null,
+/**
+ * Seconds from the checked "now" to `usable_until` (negative once past).
+ */
+remaining_secs: number | null,
+/**
+ * What the technician reads (the rule, or why it is not usable and what to do).
+ */
+detail: string, };
+
+/**
+ * Where something that expires stands now.
+ */
+export type ValidityState = "valid" | "grace" | "expired" | "no_expiry" | "missing";
+
+/**
  * A firmware version as MCUboot and most vendors write it: `major.minor.revision+build`.
  *
  * Ordering compares major, minor, revision, then build, numerically.
  */
 export type Version = { major: number, minor: number, revision: number, build: number, };
+
+/**
+ * A visit as lists show it.
+ */
+export type VisitSummary = { visit_id: string, log_id: string, site: string, work_order: string | null, opened_at: string,
+/**
+ * `None` while the visit is open.
+ */
+closed_at: string | null, };
+
+/**
+ * One visit's events and the verification of the log that holds them.
+ */
+export type VisitTimeline = { visit: VisitSummary, events: Array<TimelineEvent>,
+/**
+ * The whole log's verification (signatures, sequence, hash links, stored columns).
+ */
+verification: LogVerification,
+/**
+ * Events of the log the inventory has countersigned (every seq up to this).
+ */
+pushed_seq: number, };
+
+/**
+ * A work order from the inventory: which devices of a site to visit.
+ */
+export type WorkOrderSummary = { id: string, site_id: string, title: string, status: string, device_ids: Array<string>, };

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { SessionEventView } from "./ipc";
-import { addressText, applyEvent, percent, planText, type DeviceRow } from "./session";
+import { addressText, applyEvent, etaSecs, percent, planText, rateText, type DeviceRow } from "./session";
 
 const v = (major: number, minor: number, revision = 0) => ({ major, minor, revision, build: 0 });
 
@@ -61,6 +61,36 @@ describe("applyEvent", () => {
   });
 });
 
+describe("rate and time left", () => {
+  const transfer = (done: number, total = 100 * 1024): SessionEventView => ({ kind: "transfer", device: "d", done, total });
+  it("measure the transfer from its first report and count down", () => {
+    const rows: Record<string, DeviceRow> = {};
+    applyEvent(rows, transfer(0), 1000);
+    expect(rateText(rows.d)).toBe("");
+    expect(etaSecs(rows.d)).toBeNull();
+    applyEvent(rows, transfer(20 * 1024), 3000);
+    expect(rows.d.rate).toBe(10 * 1024);
+    expect(etaSecs(rows.d)).toBe(8);
+    expect(rateText(rows.d)).toBe("10.0 KiB/s, about 8 s left");
+  });
+  it("start over when a transfer goes back, and stop at the end", () => {
+    const rows: Record<string, DeviceRow> = {};
+    applyEvent(rows, transfer(50 * 1024), 0);
+    applyEvent(rows, transfer(10 * 1024), 1000);
+    expect(rows.d.rate).toBeUndefined();
+    applyEvent(rows, transfer(100 * 1024), 2000);
+    expect(rows.d.rate).toBe(90 * 1024);
+    expect(etaSecs(rows.d)).toBeNull();
+    expect(rateText(rows.d)).toBe("90.0 KiB/s");
+  });
+  it("say minutes for long transfers and MiB/s for fast ones", () => {
+    const slow: DeviceRow = { phase: "upload", done: 0, total: 10 * 1024 * 1024, status: null, result: "", rate: 20 * 1024 };
+    expect(rateText(slow)).toBe("20.0 KiB/s, about 9 min left");
+    const fast: DeviceRow = { ...slow, rate: 3 * 1024 * 1024 };
+    expect(rateText(fast)).toBe("3.0 MiB/s, about 4 s left");
+  });
+});
+
 describe("labels", () => {
   it("names addresses", () => {
     expect(addressText({ transport: "usb", vid: 0x1209, pid: 2, serial: null })).toBe("usb 1209:0002");
@@ -70,6 +100,12 @@ describe("labels", () => {
     );
     expect(addressText({ transport: "serial", port: "/dev/pts/3", baud: 115200 })).toBe(
       "serial /dev/pts/3 @ 115200",
+    );
+    expect(addressText({ transport: "esp", port: "/dev/ttyUSB0", baud: null, reset: "classic", chip: "esp32c3" })).toBe(
+      "esp esp32c3 /dev/ttyUSB0",
+    );
+    expect(addressText({ transport: "esp", port: "/dev/ttyACM0", baud: 460800, reset: "usb-jtag", chip: null })).toBe(
+      "esp /dev/ttyACM0 @ 460800",
     );
   });
 });

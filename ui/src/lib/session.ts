@@ -12,6 +12,10 @@ export interface DeviceRow {
   status: DeviceStatus | null;
   /** The core's wording of that status: what the table shows. */
   result: string;
+  /** When (ms) and at how many bytes the current transfer was first seen, for rate and ETA. */
+  since?: { at: number; done: number };
+  /** Bytes per second over the current transfer so far, once measurable. */
+  rate?: number;
 }
 
 export function versionText(v: Version | null | undefined): string {
@@ -30,6 +34,8 @@ export function addressText(a: DeviceAddress): string {
       return `usb ${a.vid.toString(16).padStart(4, "0")}:${a.pid.toString(16).padStart(4, "0")}`;
     case "swupdate":
       return `swupdate ${a.url}`;
+    case "esp":
+      return `esp ${a.chip ?? ""}${a.chip ? " " : ""}${a.port}${a.baud ? ` @ ${a.baud}` : ""}`;
   }
 }
 
@@ -50,7 +56,7 @@ export function planText(d: Disposition): string {
  * Fold one session event into the per-device rows; returns a line for the session log, if any.
  * A status is shown as the core words it (the event's `text`), never reworded here.
  */
-export function applyEvent(rows: Record<string, DeviceRow>, e: SessionEventView): string | null {
+export function applyEvent(rows: Record<string, DeviceRow>, e: SessionEventView, now: number = Date.now()): string | null {
   if (!e.device) {
     if (e.kind === "phase") return e.name;
     return "text" in e ? e.text : null;
@@ -59,10 +65,18 @@ export function applyEvent(rows: Record<string, DeviceRow>, e: SessionEventView)
   switch (e.kind) {
     case "phase":
       row.phase = e.name;
+      if (e.name !== "upload") row.rate = undefined;
       return null;
     case "transfer":
+      // A new transfer (or one that went back, as after a reconnect) starts the measure again.
+      if (!row.since || e.done < row.done || e.total !== row.total) row.since = { at: now, done: e.done };
       row.done = e.done;
       row.total = e.total;
+      if (now > row.since.at && e.done > row.since.done) {
+        row.rate = ((e.done - row.since.done) * 1000) / (now - row.since.at);
+      } else {
+        row.rate = undefined;
+      }
       return null;
     case "status":
       row.status = e.status;
@@ -77,4 +91,20 @@ export function applyEvent(rows: Record<string, DeviceRow>, e: SessionEventView)
 export function percent(row: DeviceRow | undefined): number {
   if (!row || row.total === 0) return 0;
   return Math.min(100, Math.round((row.done * 100) / row.total));
+}
+
+/** Seconds left at the measured rate, once there is one. */
+export function etaSecs(row: DeviceRow | undefined): number | null {
+  if (!row?.rate || row.total === 0 || row.done >= row.total) return null;
+  return Math.ceil((row.total - row.done) / row.rate);
+}
+
+/** "12.3 KiB/s, about 5 s left": the rate and ETA line of a device's transfer. */
+export function rateText(row: DeviceRow | undefined): string {
+  if (!row?.rate) return "";
+  const kib = row.rate / 1024;
+  const rate = kib >= 1024 ? `${(kib / 1024).toFixed(1)} MiB/s` : `${kib.toFixed(1)} KiB/s`;
+  const eta = etaSecs(row);
+  if (eta === null) return rate;
+  return `${rate}, about ${eta >= 120 ? `${Math.round(eta / 60)} min` : `${eta} s`} left`;
 }

@@ -23,6 +23,8 @@ export type SiteApi = Pick<
   | "site"
   | "makePlan"
   | "runSession"
+  | "pauseSession"
+  | "resumeSession"
   | "setAutoSync"
   | "syncNow"
   | "closeSession"
@@ -44,6 +46,8 @@ export class SiteStore {
   busy = $state(false);
   canary = $state(true);
   sessionDone = $state(false);
+  /** Whether a pause was asked of the running session. */
+  pausing = $state(false);
   logOk: boolean | null = $state(null);
   autoSync = $state(true);
   syncState: SyncEventView | null = $state(null);
@@ -84,6 +88,7 @@ export class SiteStore {
       this.#api.onSync((e) => (this.syncState = e)),
       this.#api.onSessionFinished((r) => {
         this.busy = false;
+        this.pausing = false;
         this.sessionDone = true;
         this.notes = [...this.notes, finishedNote(r)];
         if (r.outcome === "failed") this.error = r.error;
@@ -123,6 +128,22 @@ export class SiteStore {
     this.closeResult = null;
     this.reasonsRefused = false;
     await this.#api.runSession(this.planId, this.canary).catch((e) => this.#fail(e));
+  }
+
+  /** Pause the running session: devices in flight finish, no new one starts. */
+  async pause(): Promise<void> {
+    this.pausing = true;
+    await this.#api.pauseSession().catch((e) => ((this.pausing = false), this.#fail(e)));
+  }
+
+  /** Resume the latest unfinished session where it stopped (also after a restart of the app). */
+  async resume(): Promise<void> {
+    this.error = null;
+    this.busy = true;
+    this.sessionDone = false;
+    this.closeResult = null;
+    this.reasonsRefused = false;
+    await this.#api.resumeSession().catch((e) => ((this.busy = false), this.#fail(e)));
   }
 
   /** Record the technician's reason for every unpatched device of the last session. */

@@ -38,6 +38,8 @@ function shell(overrides: Partial<SiteApi> = {}) {
     site: async () => view,
     makePlan: async () => ({ id: "plan-1", plan }),
     runSession: vi.fn(async () => "session-1"),
+    pauseSession: vi.fn(async () => true),
+    resumeSession: vi.fn(async () => "session-1"),
     setAutoSync: vi.fn(async (v: boolean) => v),
     syncNow: vi.fn(async () => {}),
     closeSession: vi.fn(async (reasons: Record<string, string>) => Object.keys(reasons)),
@@ -164,7 +166,7 @@ describe("SiteStore", () => {
     const site = new SiteStore(api);
     site.start();
     await flush();
-    on.sync!({ kind: "synced", text: "synced: 3 event(s) pushed, 0 pending" });
+    on.sync!({ kind: "synced", text: "synced: 3 event(s) pushed, 0 pending", report: null });
     expect(site.sync.text).toBe("synced: 3 event(s) pushed, 0 pending");
     site.autoSync = false;
     await site.toggleSync();
@@ -205,6 +207,38 @@ describe("SiteStore", () => {
     await site.makePlan();
     await site.run();
     expect(site.error?.code).toBe("keyring");
+    expect(site.busy).toBe(false);
+  });
+
+  it("pauses the running session and resumes the latest unfinished one", async () => {
+    const { api, on } = shell();
+    const site = new SiteStore(api);
+    site.start();
+    await flush();
+    await site.makePlan();
+    await site.run();
+    await site.pause();
+    expect(api.pauseSession).toHaveBeenCalledOnce();
+    expect(site.pausing).toBe(true);
+    on.finished!({ outcome: "done", summary: { ...summary, pending: 3 } });
+    expect(site.pausing).toBe(false);
+    expect(site.busy).toBe(false);
+    await site.resume();
+    expect(api.resumeSession).toHaveBeenCalledOnce();
+    expect(site.busy).toBe(true);
+    expect(site.sessionDone).toBe(false);
+  });
+
+  it("unlocks the controls when there is nothing to pause or resume", async () => {
+    const { api } = shell({
+      pauseSession: reject("no_session", "no session is running"),
+      resumeSession: reject("no_session", "no such session in the local store"),
+    });
+    const site = new SiteStore(api);
+    await site.pause();
+    expect(site.pausing).toBe(false);
+    expect(site.error?.code).toBe("no_session");
+    await site.resume();
     expect(site.busy).toBe(false);
   });
 

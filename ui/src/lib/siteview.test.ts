@@ -118,17 +118,17 @@ describe("dispositionOf", () => {
 describe("syncStatus", () => {
   it("waits for the first event, then shows the last one", () => {
     expect(syncStatus(null, null)).toEqual({ kind: "", text: "waiting for the first sync…", tone: "muted" });
-    expect(syncStatus({ kind: "synced", text: "synced: 3 event(s)" }, null)).toEqual({
+    expect(syncStatus({ kind: "synced", text: "synced: 3 event(s)", report: null }, null)).toEqual({
       kind: "synced",
       text: "synced: 3 event(s)",
       tone: "muted",
     });
-    expect(syncStatus({ kind: "offline", text: "unreachable" }, null).tone).toBe("error");
-    expect(syncStatus({ kind: "failed", text: "boom" }, null).tone).toBe("error");
-    expect(syncStatus({ kind: "stopped", text: "automatic sync is off" }, null).text).toBe("automatic sync is off");
+    expect(syncStatus({ kind: "offline", text: "unreachable", report: null }, null).tone).toBe("error");
+    expect(syncStatus({ kind: "failed", text: "boom", report: null }, null).tone).toBe("error");
+    expect(syncStatus({ kind: "stopped", text: "automatic sync is off", report: null }, null).text).toBe("automatic sync is off");
   });
   it("says why sync is unavailable, before any event", () => {
-    expect(syncStatus({ kind: "synced", text: "synced" }, "no inventory token")).toEqual({
+    expect(syncStatus({ kind: "synced", text: "synced", report: null }, "no inventory token")).toEqual({
       kind: "unavailable",
       text: "sync unavailable: no inventory token",
       tone: "error",

@@ -53,7 +53,7 @@ export function dispositionOf(plan: Plan | null, id: string): Disposition | unde
 }
 
 /** The sync event shown once automatic sync is switched off. */
-export const SYNC_OFF: SyncEventView = { kind: "stopped", text: "automatic sync is off" };
+export const SYNC_OFF: SyncEventView = { kind: "stopped", text: "automatic sync is off", report: null };
 
 export interface SyncStatus {
   kind: SyncEventView["kind"] | "unavailable" | "";

@@ -1,0 +1,116 @@
+// The home, visit-log and sync-report components rendered (server-side, to HTML) from a store in
+// a known state: what the technician and a screen reader get.
+import { render } from "svelte/server";
+import { describe, expect, it } from "vitest";
+import { DAY, homeView, timeline, validity, visit } from "../lib/home.fixtures";
+import { HomeStore, type HomeApi } from "../lib/home.svelte";
+import HomePanel from "./HomePanel.svelte";
+import Nav from "./Nav.svelte";
+import SyncReport from "./SyncReport.svelte";
+import VisitLogPanel from "./VisitLogPanel.svelte";
+
+const never = () => new Promise<never>(() => {});
+const api: HomeApi = { home: never, visitLog: never, syncOnce: never, syncNow: never, exportVisit: never, onSync: never };
+const noop = () => {};
+
+describe("HomePanel", () => {
+  it("shows online state, pending events, last sync, the expiry banners and the open visit", () => {
+    const home = new HomeStore("demo", api);
+    home.view = homeView({
+      pending_events: 12,
+      last_sync: "2026-12-06T08:00:00+00:00",
+      visits: [visit("v-open", false), visit("v-past", true, "batch session s0")],
+      validity: [validity("trust_store", "grace", 2 * DAY, "expired at …"), validity("catalog_listing", "valid", 90 * DAY)],
+    }, false);
+    const { body } = render(HomePanel, { props: { home, mode: "demo", onAdHoc: noop, onShowVisit: noop } });
+    expect(body).toMatch(/<span id="online" data-online="false" class="error">offline<\/span>/);
+    expect(body).toContain('data-pending="12"');
+    expect(body).toContain("12 event(s) to sync");
+    expect(body).toContain("2026-12-06 08:00:00+00:00");
+    // One banner, as an alert for screen readers: the trust store in grace; the listing is fine.
+    expect(body.match(/role="alert"/g)).toHaveLength(1);
+    expect(body).toContain('data-banner="trust_store" data-tone="warning"');
+    expect(body).toContain("offline grace period, which ends in 2 days");
+    expect(body).toMatch(/<ul id="open-visits"[^>]*>[\s\S]*data-visit="v-open"/);
+    expect(body).toContain("No work orders from the inventory.");
+    expect(body).toContain('id="ad-hoc"');
+    expect(body).toContain('aria-label="Show the log of visit batch session s0"');
+  });
+
+  it("lists work orders and offers no ad-hoc visit in real mode before a visit exists", () => {
+    const home = new HomeStore("real", api);
+    home.view = homeView({
+      work_orders: [{ id: "WO-1", site_id: "plant-a", title: "Spring patching", status: "open", device_ids: ["pump-1", "pump-2"] }],
+    });
+    const { body } = render(HomePanel, { props: { home, mode: "real", onAdHoc: noop, onShowVisit: noop } });
+    expect(body).toContain('data-work-order="WO-1"');
+    expect(body).toContain("pump-1, pump-2");
+    expect(body).not.toContain('id="ad-hoc"');
+    expect(body).toContain('id="no-open-visit"');
+    expect(body).not.toContain('role="alert"');
+  });
+});
+
+describe("VisitLogPanel", () => {
+  it("shows the chain status and marks events from the first bad one", () => {
+    const home = new HomeStore("demo", api);
+    home.view = homeView({ visits: [timeline(false, 3).visit] });
+    home.timeline = timeline(false, 3);
+    home.exportTo = "/data/exports/visit-0190bbbb.tar";
+    const { body } = render(VisitLogPanel, { props: { home } });
+    expect(body).toMatch(/id="chain-status" role="status" aria-live="polite" class="error" data-ok="false"/);
+    expect(body).toContain("first bad event: seq 3");
+    expect(body).toMatch(/data-seq="2" data-kind="note" data-trust="verified"/);
+    expect(body).toMatch(/data-seq="3" data-kind="note" data-trust="bad"/);
+    expect(body).toMatch(/data-seq="4" data-kind="note" data-trust="unverified"/);
+    expect(body).toContain('value="/data/exports/visit-0190bbbb.tar"');
+    expect(body).toMatch(/<label>Save as <input id="export-path"/);
+  });
+
+  it("shows the verifier's verdict on the written export", () => {
+    const home = new HomeStore("demo", api);
+    home.timeline = timeline(true);
+    home.exported = {
+      path: "/x/visit.tar",
+      bytes: 10,
+      visit_id: "v",
+      events: 4,
+      devices: 1,
+      fingerprint: "a".repeat(64),
+      server_key: null,
+      check: { result: "fail", code: "audit", problem: "devices.csv row 2 is not backed by a signed event" },
+    };
+    const { body } = render(VisitLogPanel, { props: { home } });
+    expect(body).toContain('data-result="fail"');
+    expect(body).toContain("does NOT verify [audit]: devices.csv row 2 is not backed by a signed event");
+    expect(body).toMatch(/class="ok" data-ok="true"/);
+  });
+});
+
+describe("SyncReport and Nav", () => {
+  it("lists rejected events with their reasons", () => {
+    const report = {
+      accepted: 3,
+      pending: 1,
+      rejected: [{ log_id: "l", seq: 8, code: "bad_signature", reason: "signature does not match the content" }],
+      retryable: [],
+      not_applied: [{ log_id: "l", seq: 5, code: "device_not_assigned", reason: "device x is at a site not assigned to you" }],
+      devices: 2,
+      work_orders: 0,
+      catalog: 1,
+    };
+    const { body } = render(SyncReport, { props: { report } });
+    expect(body).toContain("accepted 3, pending 1, rejected 1");
+    expect(body).toMatch(/data-problems="rejected"[\s\S]*seq 8<\/span> \[bad_signature\]: signature does not match the content/);
+    expect(body).toContain('data-problems="not-applied"');
+    expect(body).not.toContain('data-problems="retryable"');
+  });
+
+  it("marks the current screen for screen readers", () => {
+    const { body } = render(Nav, { props: { mode: "real", screen: "log", onShow: noop } });
+    expect(body).toMatch(/<nav aria-label="Screens"/);
+    expect(body).toMatch(/id="nav-log" aria-current="page"/);
+    expect(body).toMatch(/id="nav-settings"[^>]*>Settings/);
+    expect(body).not.toContain("nav-site");
+  });
+});
