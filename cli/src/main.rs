@@ -54,7 +54,8 @@ enum Command {
     /// Offline batch sessions: run a plan (canary, waves), resume, status.
     #[command(subcommand)]
     Session(cmd::session::SessionCommand),
-    /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset.
+    /// Talk SMP (MCUmgr) to one device over serial or UDP: info, images, reset; `--esp PORT`: an
+    /// ESP32 in its ROM serial bootloader (info, image upload).
     Device(cmd::device::DeviceArgs),
     /// Push the visit logs to the inventory server and pull the next trip's data; `sync login`
     /// stores the token, `sync key` prints the technician key to register.

@@ -41,6 +41,9 @@ pub use fieldpatch_drivers::dfu::{DfuDeviceInfo, DfuseOptions, DownloadReport, V
 pub use fieldpatch_drivers::smp::commands::hex_string;
 pub use fieldpatch_drivers::smp::{AfterUpload, ImageSlotState, Params, SmpMode, UploadReport};
 
+mod esp;
+pub use esp::{DEFAULT_APP_OFFSET, EspInfo, EspUpload};
+
 /// What the device says about itself.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {

@@ -160,6 +160,19 @@ impl Daemon {
         vendor_cert: &Path,
         auth: Option<&DaemonAuth>,
     ) -> Daemon {
+        Daemon::start_with(dir, hardware, vendor_cert, auth, false)
+    }
+
+    /// [`Daemon::start`], with `post_update`: the daemon's post-update command (`-p`, what a
+    /// gateway runs to reboot into the new software when asked on `/restart`) touches
+    /// [`Daemon::restart_marker`].
+    pub fn start_with(
+        dir: &Path,
+        hardware: &str,
+        vendor_cert: &Path,
+        auth: Option<&DaemonAuth>,
+        post_update: bool,
+    ) -> Daemon {
         let www = dir.join("www");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&www).unwrap();
@@ -184,9 +197,12 @@ impl Daemon {
         }
         let log = dir.join("swupdate.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("swupdate")
-            .args(["-v", "-H", hardware, "-k"])
-            .arg(vendor_cert)
+        let mut command = Command::new("swupdate");
+        command.args(["-v", "-H", hardware, "-k"]).arg(vendor_cert);
+        if post_update {
+            command.arg("-p").arg(format!("touch {}", dir.join("restarted").display()));
+        }
+        let child = command
             .args(["-w", &web])
             .env("TMPDIR", &tmp)
             .current_dir(dir)
@@ -219,6 +235,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         d
+    }
+
+    /// The file the post-update command of [`Daemon::start_with`] touches.
+    pub fn restart_marker(&self) -> PathBuf {
+        self.dir.join("restarted")
     }
 
     /// `http://127.0.0.1:PORT`.

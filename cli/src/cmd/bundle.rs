@@ -1,6 +1,6 @@
 //! `fieldpatch bundle`: create, sign, verify and inspect patch bundles.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
 use clap::Subcommand;
 use fieldpatch_core::bundle::{
@@ -21,9 +21,13 @@ pub enum BundleCmd {
         /// A payload, in order: NAME=PATH.
         #[arg(long = "payload", required = true)]
         payloads: Vec<String>,
-        /// A payload's format: NAME=mcuboot|dfu|raw (default raw).
+        /// A payload's format: NAME=mcuboot|dfu|raw|swupdate|esp (default raw).
         #[arg(long = "format")]
         formats: Vec<String>,
+        /// An `esp` payload's flash offset: NAME=OFFSET (hex with 0x, or decimal), e.g.
+        /// bootloader=0x1000, partitions=0x8000, app=0x10000. Every `esp` payload needs one.
+        #[arg(long = "offset")]
+        offsets: Vec<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -129,7 +133,7 @@ pub enum BundleCmd {
 
 pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        BundleCmd::Create { template, payloads, formats, out } => {
+        BundleCmd::Create { template, payloads, formats, offsets, out } => {
             let tpl = std::fs::read(&template)
                 .with_context(|| format!("reading {}", template.display()))?;
             let mut entries = Vec::new();
@@ -141,8 +145,20 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                     .find_map(|f| f.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
                     .map_or(Ok(PayloadFormat::Raw), str::parse)
                     .map_err(anyhow::Error::msg)?;
-                entries.push(bundle::container::payload_entry(name, format, path.as_ref())?);
+                let mut entry = bundle::container::payload_entry(name, format, path.as_ref())?;
+                entry.flash_offset = offsets
+                    .iter()
+                    .find_map(|o| o.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                    .map(|o| parse_offset(o).with_context(|| format!("--offset {name}={o}")))
+                    .transpose()?;
+                entries.push(entry);
                 files.push(PathBuf::from(path));
+            }
+            for o in &offsets {
+                let (name, _) = o.split_once('=').context("--offset must be NAME=OFFSET")?;
+                if !entries.iter().any(|e| e.name == name) {
+                    bail!("--offset names {name:?}, which is not a --payload");
+                }
             }
             let manifest = Manifest::from_template(&tpl, entries)?;
             bundle::create_bundle(&manifest, &files, &out)?;
@@ -378,4 +394,16 @@ fn print_verdict(v: &Verdict, json: bool) -> anyhow::Result<()> {
         Some(e) => println!("INVALID ({}): {}", e.code, e.message),
     }
     Ok(())
+}
+
+/// A flash offset: `0x` hex or decimal.
+fn parse_offset(text: &str) -> anyhow::Result<u32> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| {
+        anyhow::anyhow!("{t:?} is not an offset: give hex with 0x (0x10000) or decimal")
+    })
 }

@@ -18,14 +18,20 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DeviceArgs {
     /// Serial port of the device (for example /dev/ttyACM0).
-    #[arg(long, required_unless_present_any = ["udp", "swupdate"], conflicts_with_all = ["udp", "swupdate"])]
+    #[arg(long, required_unless_present_any = ["udp", "swupdate", "esp"], conflicts_with_all = ["udp", "swupdate", "esp"])]
     serial: Option<String>,
     /// Serial speed.
     #[arg(long, default_value_t = 115_200, requires = "serial")]
     baud: u32,
     /// UDP address of the device, HOST[:PORT] (port 1337 by default).
-    #[arg(long, conflicts_with = "swupdate")]
+    #[arg(long, conflicts_with_all = ["swupdate", "esp"])]
     udp: Option<String>,
+    /// An ESP32-family device in its ROM serial bootloader: PORT[@BAUD][?reset=classic|usb-jtag|none]
+    /// (`info`, and `image upload` of a bundle with --device ID or of a bare image with
+    /// --allow-unverified; BAUD is the upload speed after CHANGE_BAUDRATE; reset: how the
+    /// adapter's DTR/RTS lines reach the loader, classic auto-reset by default).
+    #[arg(long, conflicts_with = "swupdate")]
+    esp: Option<String>,
     /// An embedded Linux gateway's SWUpdate web server, http://HOST:PORT (`image upload` of a
     /// `.swu` only; its password comes from the keyring as device/ID/password).
     #[arg(long, requires_all = ["gateway", "hardware"])]
@@ -47,7 +53,7 @@ pub struct DeviceArgs {
 }
 
 #[derive(Subcommand, Debug)]
-enum DeviceCommand {
+pub(crate) enum DeviceCommand {
     /// Show the device's OS/application info and SMP buffer parameters.
     Info,
     /// Image slots: list, upload, test, confirm.
@@ -60,7 +66,7 @@ enum DeviceCommand {
 }
 
 #[derive(Subcommand, Debug)]
-enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// List the images in the device's slots.
     List,
     /// Upload an image. A signed bundle goes through the same gate and pipeline as a session
@@ -86,6 +92,10 @@ enum ImageCommand {
         /// trust store (its archive, hardware and hashes are still checked).
         #[arg(long)]
         allow_unverified: bool,
+        /// ESP bare images: the flash offset to write at (hex with 0x, or decimal; 0x10000 by
+        /// default). A bundle's manifest gives its own offsets.
+        #[arg(long)]
+        offset: Option<String>,
     },
     /// Mark the image with HASH (hex) for a test boot on the next reset.
     Test { hash: String },
@@ -96,6 +106,9 @@ enum ImageCommand {
 pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.swupdate.clone() {
         return run_swupdate(&url, args, json);
+    }
+    if let Some(esp) = args.esp.clone() {
+        return super::esp::run(&esp, args.command, json);
     }
     super::runtime()?.block_on(async move {
         let address = match (&args.serial, &args.udp) {
@@ -140,6 +153,7 @@ pub fn run(args: DeviceArgs, json: bool) -> anyhow::Result<ExitCode> {
                 device: Some(id),
                 devices,
                 allow_unverified: _,
+                offset: _,
             }) if looks_like_bundle(&file) => {
                 if test {
                     bail!(

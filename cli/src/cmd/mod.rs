@@ -7,6 +7,7 @@ pub mod demo;
 pub mod device;
 pub mod dfu;
 pub mod discover;
+pub mod esp;
 pub mod info;
 pub mod keys;
 pub mod log;

@@ -433,3 +433,59 @@ fn signing_keys_kept_in_the_os_keyring_sign_bundles_and_never_touch_disk() {
         assert!(!text.contains(&secret), "{} holds the keyring key", path.display());
     }
 }
+
+#[test]
+fn bundle_create_places_esp_payloads_at_their_flash_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let template = serde_json::json!({
+        "bundle_id": "acme-esp-1.1.0",
+        "bundle_version": 1,
+        "target": {"vendor": "Acme", "model": "E-32", "hardware_revision": {}},
+        "applies_to": {"min": "1.0.0", "max": "1.0.9"},
+        "installs": "1.1.0",
+        "severity": {"cvss": "5.0", "cves": []},
+        "created": "2026-01-01T00:00:00Z",
+        "expires": "2027-01-01T00:00:00Z",
+        "evidence": {"test_report_sha256": "ab".repeat(32), "approvers": []},
+        "release_notes": "ESP32 application and partition table."
+    });
+    std::fs::write(d.join("tpl.json"), serde_json::to_vec_pretty(&template).unwrap()).unwrap();
+    std::fs::write(d.join("app.bin"), vec![0xe9u8; 4096]).unwrap();
+    std::fs::write(d.join("parts.bin"), vec![0xaau8; 3072]).unwrap();
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "bundle",
+            "create",
+            "--template",
+            "tpl.json",
+            "--payload",
+            "app=app.bin",
+            "--payload",
+            "parts=parts.bin",
+            "--format",
+            "app=esp",
+            "--format",
+            "parts=esp",
+            "--out",
+            "esp.fpb",
+        ];
+        args.extend_from_slice(extra);
+        fp(d, &args)
+    };
+    let out = create(&["--offset", "app=0x10000", "--offset", "parts=32768"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["payloads"][0]["format"], "esp");
+    assert_eq!(m["payloads"][0]["flash_offset"], 0x10000);
+    assert_eq!(m["payloads"][1]["flash_offset"], 0x8000);
+
+    // An offset for a payload that is not there, or that is not a number: refused, saying why.
+    let out = create(&["--offset", "app=0x10000", "--offset", "boot=0x1000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a --payload"));
+    let out = create(&["--offset", "app=ten", "--offset", "parts=0x8000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an offset"));
+}

@@ -6,6 +6,7 @@ mod credentials_cli;
 mod demo_cli;
 mod device_cli;
 mod dfu;
+mod esp_cli;
 mod info;
 mod log_cli;
 mod recovery_cli;

@@ -50,6 +50,10 @@ where
         if matches!(device.address, DeviceAddress::Usb { .. }) && !self.usb.is_shared() {
             return Ok(None);
         }
+        // An ESP device is its serial port, whatever baud or reset mode an address names.
+        if let DeviceAddress::Esp { port, .. } = &device.address {
+            return RunnerLock::device(&format!("esp:{port}")).map(Some);
+        }
         RunnerLock::device(&device.address.to_string()).map(Some)
     }
 
@@ -121,6 +125,10 @@ where
     }
 }
 
+/// How often, and how far apart, [`open_esp`] tries a port that will not open.
+const OPEN_RETRIES: u32 = 5;
+const OPEN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The driver's options for an ESP address: its reset mode, its chip, the baud rate to switch to
 /// for the upload (the ROM loader always starts at 115200).
 pub fn esp_options(address: &DeviceAddress) -> Option<EspTargetOptions> {
@@ -144,10 +152,26 @@ pub async fn open_esp(address: &DeviceAddress) -> Result<EspTarget<EspSerial>, T
     let (DeviceAddress::Esp { port, .. }, Some(opts)) = (address, esp_options(address)) else {
         return Err(TargetError::reported(format!("{address} is not an ESP address")));
     };
-    let serial = EspSerial::open(port, ROM_BAUD).map_err(|e| {
-        let transient = e.is_transient();
-        TargetError::Open { address: address.to_string(), reason: e.to_string(), transient }
-    })?;
+    // A port a previous connection just closed is released once its reader thread sees the
+    // stop (within one read timeout): try a few times before calling it unreachable.
+    let mut tries = 0;
+    let serial = loop {
+        match EspSerial::open(port, ROM_BAUD) {
+            Ok(s) => break s,
+            Err(_) if tries < OPEN_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(OPEN_RETRY_DELAY).await;
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                return Err(TargetError::Open {
+                    address: address.to_string(),
+                    reason: e.to_string(),
+                    transient,
+                });
+            }
+        }
+    };
     EspTarget::connect(serial, address.to_string(), opts).await
 }
 
@@ -286,4 +310,26 @@ pub fn dfu_download<B: UsbBus>(
         dev = dev.detach(usb)?;
     }
     Ok(dfu_file::download(&mut dev, file, options, progress)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_esp_address_gives_the_driver_its_reset_mode_chip_and_upload_baud() {
+        let a: DeviceAddress =
+            "esp:/dev/ttyUSB0@921600?reset=usb-jtag&chip=esp32c3".parse().unwrap();
+        let o = esp_options(&a).unwrap();
+        assert_eq!(o.connect.reset, ResetMode::UsbSerialJtag);
+        assert_eq!(o.expected_chip, Some(fieldpatch_drivers::esp::Chip::Esp32C3));
+        assert_eq!(o.upload_baud, Some(921_600));
+        let plain = esp_options(&"esp:/dev/ttyUSB0".parse().unwrap()).unwrap();
+        assert_eq!(plain.connect.reset, ResetMode::Classic, "real adapters auto-reset");
+        assert_eq!((plain.upload_baud, plain.expected_chip), (None, None));
+        let rom = esp_options(&"esp:/dev/pts/3@115200?reset=none".parse().unwrap()).unwrap();
+        assert_eq!(rom.connect.reset, ResetMode::NoReset);
+        assert_eq!(rom.upload_baud, None, "the ROM's own rate needs no baud change");
+        assert!(esp_options(&"serial:/dev/ttyUSB0@115200".parse().unwrap()).is_none());
+    }
 }

@@ -23,6 +23,13 @@
 //! against the chip and flash size the ROM reports (and each payload's bytes against its verified
 //! hash) before anything is sent, and the upload writes every payload at its offset, each checked
 //! with the device's MD5, the application last, in one connection to the loader.
+//!
+//! Where the bundle's partition table has OTA slots, the slot that boots is decided by the OTA
+//! data, which the ROM loader cannot read. The application must go to the slot that will boot:
+//! with the OTA data in the bundle, the slot it names; without it, the slot an erased OTA data
+//! boots (factory, else `ota_0`), and then the device's OTA data must be erased, which the
+//! device's MD5 of that region shows before anything is written. Otherwise the bundle is refused:
+//! writing a slot that does not boot would report a flash the device never runs.
 
 use super::{DeviceState, FlashTarget, HashCheck, TargetError, UploadReport, VerifiedImage};
 use crate::image::esp::{EspChip, EspImage, EspLayout};
@@ -120,6 +127,9 @@ pub struct EspTarget<P: EspPort> {
     reset_into_app: bool,
     /// Payloads written before the application (from [`FlashTarget::place`]).
     others: Vec<PlacedPayload>,
+    /// The device's OTA data region (offset, length) that must be erased for the application's
+    /// slot to boot, checked before the upload.
+    ota_erased: Option<(u32, u32, String)>,
 }
 
 impl EspTarget<EspSerial> {
@@ -176,6 +186,7 @@ impl<P: EspPort> EspTarget<P> {
             written: None,
             reset_into_app: false,
             others: Vec::new(),
+            ota_erased: None,
         })
     }
 
@@ -286,7 +297,16 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
             }
         }
         let total = others.iter().map(|p| p.bytes.len() as u64).sum::<u64>() + image.len() as u64;
+        let ota_erased = self.ota_erased.clone();
         let loader = self.loader()?;
+        if let Some((at, len, slot)) = ota_erased {
+            let erased: [u8; 16] = md5::Md5::digest(vec![0xFFu8; len as usize]).into();
+            if loader.flash_md5(at, len).await? != erased {
+                return Err(TargetError::reported(format!(
+                    "the device's OTA data at {at:#x} is not erased, so it may start another slot than {slot}, where this bundle puts the application, and the ROM loader cannot read which; nothing was sent: release the bundle with its OTA data (ota_data_initial.bin) at {at:#x}"
+                )));
+            }
+        }
         if let Some(baud) = baud
             && loader.port().baud() != baud
         {
@@ -357,6 +377,7 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
                 )));
             }
         }
+        self.ota_erased = boot_check(placement)?;
         self.opts.offset = placement.offset;
         self.others = placement.others.clone();
         Ok(())
@@ -372,4 +393,34 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
     fn reset_into_upload(&self) -> bool {
         self.reset_into_app
     }
+}
+
+/// Whether the application of `placement` goes to the slot the bootloader will start (see the
+/// module docs): `Ok(Some(region))` when that holds only if the device's OTA data region is
+/// erased, `Ok(None)` when the bundle settles it (or has no OTA partition table), an error when
+/// the application would not be started.
+fn boot_check(placement: &EspPlacement) -> Result<Option<(u32, u32, String)>, TargetError> {
+    let Some(table) = placement.layout.partition_table() else { return Ok(None) };
+    let Some(otadata) = table.ota_data().filter(|_| table.has_ota()) else { return Ok(None) };
+    let slot = table.at_offset(placement.offset).map(|p| p.name.clone()).ok_or_else(|| {
+        TargetError::reported(format!(
+            "the application at {:#x} starts no partition of the bundle's table",
+            placement.offset
+        ))
+    })?;
+    let carried = placement.others.iter().find(|p| p.offset == otadata.offset);
+    let ota = match carried {
+        Some(p) => Some(crate::image::esp::OtaData::parse(&p.bytes).map_err(|e| {
+            TargetError::reported(format!("the bundle's OTA data {} does not parse: {e}", p.name))
+        })?),
+        None => None,
+    };
+    let boots = table.boot_partition(ota.as_ref()).map(|p| p.name.clone()).unwrap_or_default();
+    if boots != slot {
+        return Err(TargetError::reported(format!(
+            "the bundle puts the application in {slot}, but with {} the bootloader starts {boots}: the application would never run",
+            if carried.is_some() { "the bundle's OTA data" } else { "erased OTA data" }
+        )));
+    }
+    Ok(carried.is_none().then_some((otadata.offset, otadata.size, slot)))
 }

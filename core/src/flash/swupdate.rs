@@ -53,6 +53,8 @@ pub struct SwupdateTarget {
     /// The device's own health URL (its record's `health_url`), which must answer 2xx after an
     /// install.
     health_url: Option<String>,
+    /// What the restart request after the install did (for the health check's record).
+    restart: Option<String>,
 }
 
 impl SwupdateTarget {
@@ -64,7 +66,14 @@ impl SwupdateTarget {
         timeouts: Timeouts,
     ) -> Result<SwupdateTarget, TargetError> {
         let client = SwupdateClient::new(url, timeouts)?;
-        Ok(SwupdateTarget { client, credentials, fits, installed: None, health_url: None })
+        Ok(SwupdateTarget {
+            client,
+            credentials,
+            fits,
+            installed: None,
+            health_url: None,
+            restart: None,
+        })
     }
 
     /// Require `url` (a health endpoint of the device's own) to answer HTTP 2xx after an
@@ -160,6 +169,17 @@ impl FlashTarget for SwupdateTarget {
         // The daemon reported success after checking every artifact against the sha256 in the
         // sw-description that was verified here: it holds exactly these bytes' contents.
         self.installed = Some(report.sha256.to_vec());
+        // Ask the gateway to restart into the new software (SWUpdate's `/restart`, which runs the
+        // device's post-update command), as its web interface does after an install. A gateway
+        // whose web server offers none reboots by its own policy; that is said, not hidden.
+        progress.phase("restart");
+        self.restart = Some(match self.client.restart(self.credentials.as_ref()).await {
+            Ok(()) => "restart requested".to_string(),
+            Err(e @ fieldpatch_drivers::swupdate::SwupdateError::Protocol { .. }) => {
+                format!("no restart requested ({e}): the gateway restarts by its own policy")
+            }
+            Err(e) => return Err(e.into()),
+        });
         Ok(UploadReport {
             device_hash: Some(report.sha256.to_vec()),
             check: HashCheck::DeviceReported,
@@ -197,9 +217,13 @@ impl FlashTarget for SwupdateTarget {
     fn health_detail(&self) -> Option<String> {
         Some(match &self.health_url {
             Some(url) => format!(
-                "the SWUpdate daemon installed the verified .swu and answers again, and the device's health check {url} answered 2xx"
+                "the SWUpdate daemon installed the verified .swu ({}) and answers again, and the device's health check {url} answered 2xx",
+                self.restart.as_deref().unwrap_or("no restart requested")
             ),
-            None => "the SWUpdate daemon installed the verified .swu and answers again (no health URL in the device's record)".into(),
+            None => format!(
+                "the SWUpdate daemon installed the verified .swu ({}) and answers again (no health URL in the device's record)",
+                self.restart.as_deref().unwrap_or("no restart requested")
+            ),
         })
     }
 

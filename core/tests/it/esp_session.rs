@@ -5,7 +5,9 @@
 //! payload lands at its offset, checked with the device's MD5, and the log says flash_started,
 //! image_uploaded and an unverified outcome with the ESP ROM loader's reason, never confirmed.
 //! A tampered ESP bundle is refused at catalog load, and a bundle for another chip by the target,
-//! both before the lab device sees a single FLASH_DATA.
+//! both before the lab device sees a single FLASH_DATA. Faults: a dropped frame is recovered, a
+//! flash write failure is reported with the device left in its ROM loader. With an OTA partition
+//! table the application goes only to the slot that will boot.
 
 use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::bundle::PayloadFormat;
@@ -64,29 +66,44 @@ fn bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// An ESP-IDF partition table (the "single factory app" layout): nvs, phy_init, factory at
-/// 0x10000, with its MD5 entry.
-fn partition_table() -> Vec<u8> {
-    let entry = |ty: u8, sub: u8, offset: u32, size: u32, name: &str| {
-        let mut e = vec![0xAA, 0x50, ty, sub];
-        e.extend_from_slice(&offset.to_le_bytes());
-        e.extend_from_slice(&size.to_le_bytes());
+/// An ESP-IDF partition table of `(type, subtype, offset, size, name)` entries, with its MD5.
+fn table_of(entries: &[(u8, u8, u32, u32, &str)]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for (ty, sub, offset, size, name) in entries {
+        t.extend_from_slice(&[0xAA, 0x50, *ty, *sub]);
+        t.extend_from_slice(&offset.to_le_bytes());
+        t.extend_from_slice(&size.to_le_bytes());
         let mut n = name.as_bytes().to_vec();
         n.resize(16, 0);
-        e.extend_from_slice(&n);
-        e.extend_from_slice(&0u32.to_le_bytes());
-        e
-    };
-    let mut t = Vec::new();
-    t.extend(entry(1, 2, 0x9000, 0x6000, "nvs"));
-    t.extend(entry(1, 1, 0xF000, 0x1000, "phy_init"));
-    t.extend(entry(0, 0, 0x10000, 0x100000, "factory"));
+        t.extend_from_slice(&n);
+        t.extend_from_slice(&0u32.to_le_bytes());
+    }
     let md5: [u8; 16] = Md5::digest(&t).into();
     t.extend_from_slice(&[0xEB, 0xEB]);
     t.extend_from_slice(&[0xFF; 14]);
     t.extend_from_slice(&md5);
     t.resize(0xC00, 0xFF);
     t
+}
+
+/// The "single factory app" table: nvs, phy_init, factory at 0x10000.
+fn partition_table() -> Vec<u8> {
+    table_of(&[
+        (1, 2, 0x9000, 0x6000, "nvs"),
+        (1, 1, 0xF000, 0x1000, "phy_init"),
+        (0, 0, 0x10000, 0x100000, "factory"),
+    ])
+}
+
+/// The "two OTA slots" table: nvs, otadata at 0xd000, phy_init, ota_0 and ota_1.
+fn ota_table() -> Vec<u8> {
+    table_of(&[
+        (1, 2, 0x9000, 0x4000, "nvs"),
+        (1, 0, 0xD000, 0x2000, "otadata"),
+        (1, 1, 0xF000, 0x1000, "phy_init"),
+        (0, 0x10, 0x10000, 0x100000, "ota_0"),
+        (0, 0x11, 0x110000, 0x100000, "ota_1"),
+    ])
 }
 
 /// Sign a bundle of ESP payloads `(name, bytes, offset)` for model `meter`; with `tamper` one
@@ -354,4 +371,149 @@ async fn tampered_or_wrong_chip_esp_bundles_never_reach_the_device() {
     assert_eq!(esp.flash_data_frames(), 0, "not one FLASH_DATA");
     assert!(!esp.commands().iter().any(|c| c.name() == "FLASH_BEGIN"));
     assert!(esp.in_loader(), "left in its ROM loader");
+}
+
+/// One ESP bundle (bootloader and application) flashed by a session onto a lab device with
+/// `faults`; returns the device's status and the lab device.
+async fn session_with_faults(
+    root: &std::path::Path,
+    faults: fieldpatch_lab::esp::EspFaults,
+) -> (DeviceStatus, EspDevice, Vec<u8>) {
+    let site = SiteBuilder::new()
+        .first_seed(31)
+        .dfu_board("board-usb", "board", "1.0.0".parse().unwrap(), Criticality::Normal)
+        .start()
+        .unwrap();
+    let (esp, _server, address) = lab_esp();
+    esp.set_faults(faults);
+    let signed = CatalogBuilder::new().write(&root.join("release")).unwrap();
+    let bootloader = esp_image(0, &bytes(4_000, 12));
+    let app = esp_image(0, &bytes(30_000, 13));
+    esp_bundle(
+        &signed,
+        "lab-meter-1.3.0",
+        &[("bootloader.bin", &bootloader, 0x1000), ("app.bin", &app, 0x10000)],
+        false,
+    );
+    let catalog =
+        load_catalog(&signed.catalog_dir, &signed.trust_path, &VerifyPolicy::now()).unwrap();
+    let mut meter = fieldpatch_testkit::site::record("meter-3", "Lab", "meter", address);
+    meter.identity.firmware_version = Some(v(1, 2, 0));
+    let fp = Fieldpatch::open_in(&root.join("laptop"), Arc::new(site.connector())).await.unwrap();
+    let plan = make_plan(vec![meter], &catalog, None).await;
+    let (_, state) = fp
+        .run_session(
+            SessionState::new(plan, options()),
+            Arc::new(catalog),
+            Arc::new(|_, _| {}),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await
+        .unwrap();
+    (state.devices.get("meter-3").cloned().unwrap(), esp, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_frame_is_recovered_and_a_flash_write_failure_is_reported_in_a_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dropped = fieldpatch_lab::esp::EspFaults {
+        drop_frames: 1,
+        drop_at_seq: Some(2),
+        ..Default::default()
+    };
+    let (status, esp, app) = session_with_faults(&tmp.path().join("a"), dropped).await;
+    assert_eq!(status, DeviceStatus::Unverified { version: "1.3.0".into() });
+    assert_eq!(esp.dropped_frames(), 1, "the fault happened");
+    assert_eq!(esp.flash(0x10000, app.len()), app);
+
+    let failing =
+        fieldpatch_lab::esp::EspFaults { flash_write_fail_at_seq: Some(1), ..Default::default() };
+    let (status, esp, _) = session_with_faults(&tmp.path().join("b"), failing).await;
+    let DeviceStatus::Failed { reason } = status else { panic!("{status:?}") };
+    assert!(reason.starts_with("upload:") && reason.contains("ROM loader"), "{reason}");
+    assert!(esp.in_loader(), "a failed write leaves the device in its ROM loader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ota_table_application_goes_only_to_the_slot_that_boots() {
+    use fieldpatch_core::flash::connect::open_esp;
+    use fieldpatch_core::flash::{FlashOptions, FlashOutcome, FlashStage, flash};
+    use fieldpatch_core::plan::Step;
+    use fieldpatch_core::progress::NoProgress;
+    use fieldpatch_core::session::ImageSource;
+
+    struct Sink;
+    #[async_trait::async_trait]
+    impl fieldpatch_core::flash::EventSink for Sink {
+        async fn record(
+            &self,
+            _: &str,
+            _: EventKind,
+        ) -> Result<(), fieldpatch_core::flash::SinkError> {
+            Ok(())
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let signed = CatalogBuilder::new().write(&tmp.path().join("release")).unwrap();
+    let table = ota_table();
+    let app = esp_image(0, &bytes(20_000, 14));
+    esp_bundle(
+        &signed,
+        "meter-ota0",
+        &[("partitions.bin", &table, 0x8000), ("app.bin", &app, 0x10000)],
+        false,
+    );
+    esp_bundle(
+        &signed,
+        "meter-ota1",
+        &[("partitions.bin", &table, 0x8000), ("app.bin", &app, 0x110000)],
+        false,
+    );
+    let catalog =
+        load_catalog(&signed.catalog_dir, &signed.trust_path, &VerifyPolicy::now()).unwrap();
+    assert!(catalog.refused.is_empty(), "{:?}", catalog.refused);
+    let step = |bundle_id: &str| Step {
+        bundle_id: bundle_id.into(),
+        from: v(1, 2, 0),
+        to: v(1, 3, 0),
+        cvss: 8.1,
+        rollback: false,
+    };
+    let opts = FlashOptions { reconnect_timeout: Duration::from_secs(2), ..Default::default() };
+    let run = |bundle_id: &'static str, preload_otadata: bool| {
+        let catalog = &catalog;
+        let opts = &opts;
+        async move {
+            let (esp, _server, address) = lab_esp();
+            if preload_otadata {
+                // OTA data selecting a slot (sequence 2: ota_1).
+                let mut ota = vec![0xFFu8; 0x2000];
+                ota[..4].copy_from_slice(&2u32.to_le_bytes());
+                esp.preload(0xD000, &ota);
+            }
+            let record = fieldpatch_testkit::site::record("m", "Lab", "meter", address.clone());
+            let image = catalog.image(&record, &step(bundle_id)).unwrap();
+            let mut target = open_esp(&address).await.unwrap();
+            let out = flash("m", &mut target, &image, &Sink, &NoProgress, opts).await.unwrap();
+            (out, esp)
+        }
+    };
+
+    // Erased OTA data boots ota_0: the application goes there.
+    let (out, esp) = run("meter-ota0", false).await;
+    assert_eq!(out, FlashOutcome::Unverified { version: v(1, 3, 0) });
+    assert_eq!(esp.flash(0x10000, app.len()), app);
+
+    // The device's OTA data may select ota_1: refused before a byte is written.
+    let (out, esp) = run("meter-ota0", true).await;
+    let FlashOutcome::Failed { stage: FlashStage::Upload, reason } = out else { panic!("{out:?}") };
+    assert!(reason.contains("not erased") && reason.contains("nothing was sent"), "{reason}");
+    assert_eq!(esp.flash_data_frames(), 0);
+
+    // An application in ota_1 without OTA data in the bundle would never run.
+    let (out, esp) = run("meter-ota1", false).await;
+    let FlashOutcome::Failed { stage: FlashStage::Verify, reason } = out else { panic!("{out:?}") };
+    assert!(reason.contains("starts ota_0") && reason.contains("never run"), "{reason}");
+    assert_eq!(esp.flash_data_frames(), 0);
 }

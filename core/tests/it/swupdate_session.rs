@@ -395,7 +395,7 @@ impl fieldpatch_core::flash::EventSink for Events {
 }
 
 #[tokio::test]
-async fn a_gateway_counts_as_healthy_only_once_its_own_health_url_answers() {
+async fn a_gateway_restarts_and_counts_as_healthy_only_once_its_own_health_url_answers() {
     use fieldpatch_core::flash::swupdate::SwupdateTarget;
     use fieldpatch_core::flash::{FlashOptions, FlashOutcome, FlashStage, VerifiedImage, flash};
     use fieldpatch_core::progress::NoProgress;
@@ -408,7 +408,8 @@ async fn a_gateway_counts_as_healthy_only_once_its_own_health_url_answers() {
     let vendor = Vendor::new(&root.join("vendor"), "Gateway Vendor");
     let auth =
         DaemonAuth { user: "admin".into(), realm: "gw-site-a".into(), password: PASSWORD.into() };
-    let daemon = Daemon::start(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth));
+    let daemon =
+        Daemon::start_with(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth), true);
     let swu = Swu {
         version: "2.1.0".into(),
         hardware: vec!["1.0".into()],
@@ -450,6 +451,9 @@ async fn a_gateway_counts_as_healthy_only_once_its_own_health_url_answers() {
     let passed = passed.expect("a passed health check is recorded");
     assert!(passed.contains(&url), "{passed}");
     assert_eq!(daemon.flash_bytes(), swu.image);
+    // The gateway was asked to restart into the new software: its post-update command ran.
+    assert!(passed.contains("restart requested"), "{passed}");
+    assert!(daemon.restart_marker().exists(), "{}", daemon.log_text());
 
     // It keeps answering 503: the install is not counted healthy, and nothing claims a rollback.
     status.store(503, Ordering::SeqCst);

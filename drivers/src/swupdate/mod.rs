@@ -568,8 +568,14 @@ impl SwupdateClient {
         credentials: Option<&DigestCredentials>,
     ) -> Result<(), SwupdateError> {
         let challenge = self.authenticate(credentials).await?;
-        let mut req =
-            self.http.post(format!("{}/restart", self.base)).timeout(self.timeouts.request);
+        // An empty body with its length: the daemon's web server waits for a body it is told
+        // the length of.
+        let mut req = self
+            .http
+            .post(format!("{}/restart", self.base))
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .body(Vec::new())
+            .timeout(self.timeouts.request);
         if let Some((c, cr)) = challenge.as_ref().zip(credentials) {
             req = req.header(
                 reqwest::header::AUTHORIZATION,

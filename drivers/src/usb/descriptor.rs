@@ -221,6 +221,10 @@ pub fn parse_string_descriptor(b: &[u8]) -> Result<String, DescriptorError> {
     if b[1] != super::DT_STRING {
         return Err(DescriptorError::WrongType { what: WHAT, got: b[1], expected: 0x03 });
     }
+    // bLength counts the 2-byte header; a smaller one is corrupt, not an empty string.
+    if b[0] < 2 {
+        return Err(DescriptorError::BadLength { offset: 0, length: b[0] });
+    }
     let len = (b[0] as usize).min(b.len());
     let units: Vec<u16> =
         b[2..len].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
@@ -332,5 +336,23 @@ impl MemoryMap {
         let s = self.segment(address)?;
         let idx = (address - s.start) / s.page_size.max(1);
         Some((s.start + idx * s.page_size, s.page_size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_descriptor_with_a_blength_below_its_header_is_an_error() {
+        // Found by the `dfu_descriptors` fuzz target: bLength 0 or 1 made the slice start after
+        // its end.
+        for b in [&[0x00, 0x03, 0x4F][..], &[0x01, 0x03], &[0x00, 0x03]] {
+            assert_eq!(
+                parse_string_descriptor(b),
+                Err(DescriptorError::BadLength { offset: 0, length: b[0] })
+            );
+        }
+        assert_eq!(parse_string_descriptor(&[0x02, 0x03]).unwrap(), "");
     }
 }

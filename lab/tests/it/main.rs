@@ -1,8 +1,8 @@
 //! fieldpatch-lab's integration tests, one module per area, linked into one test binary.
 
 mod dfu_flash;
-mod esptool;
 mod discovery;
+mod esptool;
 mod imgtool;
 mod lab_bin;
 mod serial_recovery;

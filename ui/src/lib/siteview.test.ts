@@ -9,6 +9,8 @@ import {
   finishedNote,
   logVerifies,
   missingReasons,
+  modeText,
+  noRollbackOf,
   NOTES_KEPT,
   syncStatus,
   unpatchedIds,
@@ -112,6 +114,41 @@ describe("dispositionOf", () => {
     expect(dispositionOf(plan, "g")?.disposition).toBe("up_to_date");
     expect(dispositionOf(plan, "x")).toBeUndefined();
     expect(dispositionOf(null, "g")).toBeUndefined();
+  });
+});
+
+describe("noRollbackOf and modeText", () => {
+  it("say what a device in serial recovery cannot do, and nothing for the others", () => {
+    const device = (id: string, mode: "application" | "serial_recovery") => ({
+      id,
+      address: { transport: "serial" as const, port: `/dev/tty-${id}`, baud: 115200 },
+      identity: {
+        vendor: "Lab",
+        model: "board",
+        hardware_revision: "1",
+        serial_number: null,
+        firmware_version: null,
+        image_hash: null,
+        mode,
+      },
+      criticality: "normal" as const,
+      windows: [],
+      credential: null,
+    });
+    const up = { disposition: "up_to_date" as const, version: { major: 1, minor: 0, revision: 0, build: 0 } };
+    const plan = {
+      created: "now",
+      devices: [
+        { device: device("rec", "serial_recovery"), disposition: up, no_rollback: "in MCUboot serial recovery: no revert" },
+        { device: device("app", "application"), disposition: up },
+      ],
+    } satisfies Plan;
+    expect(noRollbackOf(plan, "rec")).toBe("in MCUboot serial recovery: no revert");
+    expect(noRollbackOf(plan, "app")).toBe("");
+    expect(noRollbackOf(null, "rec")).toBe("");
+    expect(modeText("serial_recovery")).toContain("serial recovery");
+    expect(modeText("application")).toBe("");
+    expect(modeText(undefined)).toBe("");
   });
 });
 

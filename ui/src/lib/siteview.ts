@@ -1,7 +1,7 @@
 // Pure helpers behind the site store: what the window derives from rows, plans, reasons and sync
 // events (unit-tested; no Tauri calls here).
 
-import type { Disposition, LogVerification, Plan, SessionFinished, SyncEventView } from "./ipc";
+import type { DeviceMode, Disposition, LogVerification, Plan, SessionFinished, SyncEventView } from "./ipc";
 import type { DeviceRow } from "./session";
 
 /** How many session-log lines are kept before the oldest are dropped. */
@@ -50,6 +50,19 @@ export function logVerifies(checks: LogVerification[]): boolean {
 /** The plan's disposition for one device, if the plan covers it. */
 export function dispositionOf(plan: Plan | null, id: string): Disposition | undefined {
   return plan?.devices.find((d) => d.device.id === id)?.disposition;
+}
+
+/**
+ * What the plan says a device cannot do (test boot, revert) as it was identified, e.g. a device
+ * held in MCUboot's serial recovery; empty when it can.
+ */
+export function noRollbackOf(plan: Plan | null, id: string): string {
+  return plan?.devices.find((d) => d.device.id === id)?.no_rollback ?? "";
+}
+
+/** How a device was found answering: its bootloader in serial recovery, or nothing to say. */
+export function modeText(mode: DeviceMode | null | undefined): string {
+  return mode === "serial_recovery" ? "serial recovery (bootloader)" : "";
 }
 
 /** The sync event shown once automatic sync is switched off. */
