@@ -739,6 +739,7 @@ pub fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, AuditError> {
         if size > MAX_FILE {
             return Err(AuditError::Archive(format!("{name} is larger than {MAX_FILE} bytes")));
         }
+        // The header's size is only a claim: reserve no more than the archive could hold.
         let mut bytes = Vec::with_capacity(size as usize);
         entry.take(MAX_FILE + 1).read_to_end(&mut bytes).map_err(bad)?;
         out.push((name, bytes));

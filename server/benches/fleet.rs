@@ -162,6 +162,23 @@ async fn main() {
             percentile(&latencies, 0.95),
             latencies.last().copied().unwrap_or_default()
         );
+        println!(
+            "FIGURE {}",
+            serde_json::json!({
+                "group": format!("Fleet push ({techs} technicians x {each} events, {instances} instances, one PostgreSQL)"),
+                "name": "events stored per second", "value": total as f64 / elapsed.as_secs_f64(),
+                "unit": "events/s", "runs": 1, "better": "higher",
+            })
+        );
+        println!(
+            "FIGURE {}",
+            serde_json::json!({
+                "group": format!("Fleet push ({techs} technicians x {each} events, {instances} instances, one PostgreSQL)"),
+                "name": format!("push latency p95 (batches of {batch})"),
+                "value": percentile(&latencies, 0.95).as_secs_f64(), "unit": "s", "runs": 1,
+                "better": "lower",
+            })
+        );
         let counts = store.counts().await.unwrap();
         println!("rows: events={} checkpoints={}", counts.events, counts.checkpoints);
         assert_eq!(counts.events as usize, total, "every event stored once");

@@ -51,6 +51,14 @@ async fn measure(client: &reqwest::Client, what: &str, runs: usize, url: &str, t
     }
     times.sort();
     println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": "Inventory reports over HTTP (PostgreSQL)",
+            "name": format!("{what} (p95)"), "value": percentile(&times, 0.95).as_secs_f64() * 1e3,
+            "unit": "ms", "runs": runs, "limit": 500.0, "better": "lower", "goal": "under 500 ms at p95",
+        })
+    );
+    println!(
         "{what}: p50 {:.1?} p95 {:.1?} ({runs} requests, {} KiB answer)",
         percentile(&times, 0.5),
         percentile(&times, 0.95),
@@ -109,6 +117,14 @@ async fn main() {
         store.upsert_sites(&site_rows).await.unwrap();
         store.upsert_devices(&device_rows).await.unwrap();
         let written = t.elapsed();
+        println!(
+            "FIGURE {}",
+            serde_json::json!({
+                "group": "Inventory reports over HTTP (PostgreSQL)",
+                "name": format!("CSV import of {sites} sites and {devices} devices (parse + write)"),
+                "value": (parsed + written).as_secs_f64(), "unit": "s", "runs": 1, "better": "lower",
+            })
+        );
         println!(
             "import: {sites} sites and {devices} devices from CSV: parsed in {parsed:.2?}, written in {written:.2?} ({:.0} devices/s)",
             devices as f64 / written.as_secs_f64()

@@ -374,7 +374,22 @@ fn run(
             let vendor = crate::image::swu::trusted_vendor_pem(trust);
             let swu_bytes = bytes.as_deref().unwrap_or_default();
             match crate::image::swu::verify_bytes(swu_bytes, vendor.as_deref(), None) {
-                Ok(swu) => v.pass(&image_check, swu_detail(&swu, vendor.is_some())),
+                Ok(swu) => {
+                    // The planner decides from the manifest's version: the image must say the same.
+                    let said = swu.description.version.as_deref().map(str::parse::<Version>);
+                    if let Some(Ok(version)) = said
+                        && version != header.manifest.installs
+                    {
+                        let e = BundleError::InvalidManifest {
+                            reason: format!(
+                                "the manifest installs {} but the .swu's sw-description says version {version}",
+                                header.manifest.installs
+                            ),
+                        };
+                        return Err(v.fail(&image_check, e));
+                    }
+                    v.pass(&image_check, swu_detail(&swu, vendor.is_some()))
+                }
                 Err(source) => {
                     let e = BundleError::SwuImage { name: p.name.clone(), source };
                     return Err(v.fail(&image_check, e));

@@ -225,8 +225,15 @@ fn a_swu_payload_that_does_not_check_out_is_refused_at_catalog_load() {
     };
     let tampered = Swu { tamper: true, ..good.clone() };
     let unsigned = Swu { signer: None, ..good.clone() };
+    // Its sw-description says 2.0.0 while the manifest installs 2.1.0.
+    let misversioned = Swu { version: "2.0.0".into(), ..good.clone() };
     let signed = CatalogBuilder::new().write(&root.join("release")).unwrap();
-    for (id, swu) in [("gw-good", &good), ("gw-tampered", &tampered), ("gw-unsigned", &unsigned)] {
+    for (id, swu) in [
+        ("gw-good", &good),
+        ("gw-tampered", &tampered),
+        ("gw-unsigned", &unsigned),
+        ("gw-misversioned", &misversioned),
+    ] {
         let payload = std::fs::read(swu.write(root, &format!("{id}.swu"))).unwrap();
         let spec = BundleSpec {
             id,
@@ -255,6 +262,11 @@ fn a_swu_payload_that_does_not_check_out_is_refused_at_catalog_load() {
         reason("gw-tampered")
     );
     assert!(reason("gw-unsigned").contains("not signed"), "{}", reason("gw-unsigned"));
+    assert!(
+        reason("gw-misversioned").contains("sw-description says version 2.0.0"),
+        "{}",
+        reason("gw-misversioned")
+    );
 }
 
 #[test]
