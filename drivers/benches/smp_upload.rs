@@ -92,6 +92,16 @@ async fn main() {
         r.retries
     );
 
+    let group_serial = "SMP over serial (lab device on a pty, 115200 baud)";
+    println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": group_serial, "name": "upload payload rate against the framing limit",
+            "value": ours_serial, "unit": "B/s", "runs": 1, "limit": limit, "better": "higher",
+            "goal": "at least 90% of the framing limit",
+        })
+    );
+
     // 2. UDP, windowed against stop-and-wait.
     let img = image(UDP_IMAGE);
     let net = NetConditions { added_rtt: RTT, ..Default::default() };
@@ -114,6 +124,15 @@ async fn main() {
     }
     let ours_udp = udp_rates[1];
     println!("udp windowed / stop-and-wait: {:.2}x (goal >= 3x)", udp_rates[1] / udp_rates[0]);
+    let group_udp = "SMP over UDP (lab device, 20 ms added round trip)";
+    println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": group_udp, "name": "windowed upload against stop-and-wait",
+            "value": udp_rates[1], "unit": "B/s", "runs": 1, "peer": "stop-and-wait (window 1)",
+            "peer_value": udp_rates[0], "better": "higher", "goal": "at least 3x stop-and-wait",
+        })
+    );
 
     // 3. smpmgr side by side.
     let Some(bin) = smpmgr() else {
@@ -142,6 +161,14 @@ async fn main() {
     );
     let theirs = rate(SERIAL_IMAGE, t.saturating_sub(startup));
     println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": group_serial, "name": "upload against smpmgr (start-up excluded)",
+            "value": ours_serial, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
+            "peer_value": theirs, "better": "higher",
+        })
+    );
+    println!(
         "smpmgr serial 115200: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / smpmgr = {:.2}x",
         t.as_secs_f64(),
         startup.as_secs_f64(),
@@ -160,6 +187,14 @@ async fn main() {
                 &["image", "upload", "--slot", "1", udp_file.to_str().unwrap()],
             );
             let theirs = rate(UDP_IMAGE, t.saturating_sub(startup));
+            println!(
+                "FIGURE {}",
+                serde_json::json!({
+                    "group": group_udp, "name": "windowed upload against smpmgr (start-up excluded)",
+                    "value": ours_udp, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
+                    "peer_value": theirs, "better": "higher",
+                })
+            );
             println!(
                 "smpmgr udp rtt 20 ms: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / smpmgr = {:.2}x",
                 t.as_secs_f64(),

@@ -739,7 +739,13 @@ pub fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, AuditError> {
         if size > MAX_FILE {
             return Err(AuditError::Archive(format!("{name} is larger than {MAX_FILE} bytes")));
         }
-        // The header's size is only a claim: reserve no more than the archive could hold.
+        // The header's size is only a claim: refuse it before reserving memory for it.
+        let left = (archive.len() as u64).saturating_sub(entry.raw_file_position());
+        if size > left {
+            return Err(AuditError::Archive(format!(
+                "{name} claims {size} bytes but only {left} follow its header (the archive is truncated or corrupt)"
+            )));
+        }
         let mut bytes = Vec::with_capacity(size as usize);
         entry.take(MAX_FILE + 1).read_to_end(&mut bytes).map_err(bad)?;
         out.push((name, bytes));

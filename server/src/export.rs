@@ -2,8 +2,8 @@
 //! `GET /v1/admin/sites/{id}/audit-export`): every visit of a site, one archive per visit, in
 //! the laptop's format ([`fieldpatch_proto::audit`]), verifiable by the same verifier.
 //!
-//! A visit is found by its stored `visit_opened` event (which names the site; `--from`/`--to`
-//! bound its time). Its run of the log goes from that event to its `visit_closed` event (or, for
+//! A visit is found by its stored `visit_opened` event (a partial index keeps that a walk over
+//! the visits; the event names the site; `--from`/`--to` bound its time). Its run of the log goes from that event to its `visit_closed` event (or, for
 //! a visit still open, its last event the server holds), read back exactly as pushed; the event
 //! before it is the chain's anchor. The server has no technician key: the manifest is signed by
 //! the server's checkpoint key, and `checkpoint.json` is a checkpoint of the visit's log at the

@@ -417,6 +417,7 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     ("log continuity", include_str!("../migrations/sqlite/0004_log_continuity.sql")),
     ("catalog listing", include_str!("../migrations/sqlite/0005_catalog_listing.sql")),
     ("catalog sites", include_str!("../migrations/sqlite/0006_catalog_sites.sql")),
+    ("visit openings index", include_str!("../migrations/sqlite/0007_visit_openings_index.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("inventory", include_str!("../migrations/postgres/0001_inventory.sql")),
@@ -425,6 +426,7 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ("log continuity", include_str!("../migrations/postgres/0004_log_continuity.sql")),
     ("catalog listing", include_str!("../migrations/postgres/0005_catalog_listing.sql")),
     ("catalog sites", include_str!("../migrations/postgres/0006_catalog_sites.sql")),
+    ("visit openings index", include_str!("../migrations/postgres/0007_visit_openings_index.sql")),
 ];
 
 fn to_i64(v: u64) -> i64 {

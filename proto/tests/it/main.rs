@@ -2,4 +2,5 @@
 
 mod audit_bundles;
 mod audit_export;
+mod audit_fuzz_regressions;
 mod trust_documents;
