@@ -390,6 +390,16 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
         ))
     }
 
+    async fn release(&mut self) -> Result<(), TargetError> {
+        // Opening reset the device into its ROM loader: identification leaves it running its
+        // application again. A device without reset lines was put into its loader by hand (a
+        // boot button) and stays there for the flash that follows.
+        if self.opts.connect.reset == fieldpatch_drivers::esp::ResetMode::NoReset {
+            return Ok(());
+        }
+        self.run_app().await
+    }
+
     fn reset_into_upload(&self) -> bool {
         self.reset_into_app
     }

@@ -194,6 +194,12 @@ pub trait FlashTarget: Send {
     fn device_mode(&self) -> Option<crate::model::DeviceMode> {
         None
     }
+    /// Hand the device back as it was found after a look that sends nothing (identification):
+    /// a device that opening put into its ROM loader is reset into its application.
+    async fn release(&mut self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
     /// Whether the last [`FlashTarget::reconnect`] reset the device out of its bootloader into
     /// the image just written and checked (MCUboot serial recovery): silence after that means
     /// only that the application does not answer, so its boot cannot be checked.

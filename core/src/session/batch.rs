@@ -131,7 +131,11 @@ pub async fn identify(
     for mut d in devices {
         let found = tokio::time::timeout(timeout, async {
             let mut target = connector.open(&d).await.map_err(|e| e.to_string())?;
-            let state = target.state().await.map_err(|e| e.to_string())?;
+            let state = target.state().await.map_err(|e| e.to_string());
+            // Whatever the answer, the device goes back to what it was doing.
+            let released = target.release().await.map_err(|e| e.to_string());
+            let state = state?;
+            released?;
             Ok::<_, String>((state, target.device_mode()))
         })
         .await
