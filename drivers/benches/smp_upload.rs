@@ -131,6 +131,7 @@ async fn main() {
             "group": group_udp, "name": "windowed upload against stop-and-wait",
             "value": udp_rates[1], "unit": "B/s", "runs": 1, "peer": "stop-and-wait (window 1)",
             "peer_value": udp_rates[0], "better": "higher", "goal": "at least 3x stop-and-wait",
+            "min_ratio": 3.0,
         })
     );
 

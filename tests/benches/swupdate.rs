@@ -7,7 +7,7 @@
 //! verdict, read by the driver on SWUpdate's WebSocket, and for curl from the daemon's log). Goal:
 //! Fieldpatch's upload within 10% of curl's. Figures only: nothing here asserts a time.
 //!
-//! `cargo bench -p fieldpatch-e2e --bench swupdate` (`FIELDPATCH_BENCH_RUNS=N`, default 5)
+//! `cargo bench -p fieldpatch-e2e --bench swupdate` (`FIELDPATCH_SWUPDATE_BENCH_RUNS=N`, default 5)
 
 use fieldpatch_drivers::progress::{Progress, TransferProgress};
 use fieldpatch_drivers::swupdate::{DigestCredentials, SwupdateClient, Timeouts};
@@ -41,8 +41,10 @@ fn successes(d: &Daemon) -> usize {
 }
 
 fn main() {
-    let runs: usize =
-        std::env::var("FIELDPATCH_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::var("FIELDPATCH_SWUPDATE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let vendor = Vendor::new(&root.join("vendor"), "Bench Vendor");
