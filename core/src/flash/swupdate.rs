@@ -173,12 +173,14 @@ impl FlashTarget for SwupdateTarget {
         // device's post-update command), as its web interface does after an install. A gateway
         // whose web server offers none reboots by its own policy; that is said, not hidden.
         progress.phase("restart");
+        // The install has succeeded whatever this answers: a refused or failed request is
+        // recorded with the health check, which then decides.
         self.restart = Some(match self.client.restart(self.credentials.as_ref()).await {
             Ok(()) => "restart requested".to_string(),
             Err(e @ fieldpatch_drivers::swupdate::SwupdateError::Protocol { .. }) => {
                 format!("no restart requested ({e}): the gateway restarts by its own policy")
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => format!("the restart request failed ({e})"),
         });
         Ok(UploadReport {
             device_hash: Some(report.sha256.to_vec()),

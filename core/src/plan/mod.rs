@@ -485,7 +485,7 @@ pub fn plan(input: &PlanInput, now: DateTime<Utc>) -> Plan {
         .map(|d| DevicePlan {
             device: d.clone(),
             disposition: plan_device(input, d, now),
-            no_rollback: no_rollback(&d.identity),
+            no_rollback: no_rollback(d),
         })
         .collect();
     devices.sort_by(|a, b| {
@@ -496,13 +496,28 @@ pub fn plan(input: &PlanInput, now: DateTime<Utc>) -> Plan {
     Plan { created: now, devices }
 }
 
-/// What the plan says about a device that cannot test-boot or revert as it was identified.
-fn no_rollback(identity: &DeviceIdentity) -> Option<String> {
-    match identity.mode? {
-        DeviceMode::Application => None,
-        DeviceMode::SerialRecovery => Some(SERIAL_RECOVERY_NO_ROLLBACK.to_string()),
+/// What the plan says about a device that cannot test-boot or revert, as it was identified (a
+/// bootloader in serial recovery) or by its kind (the way it is updated offers no way back).
+fn no_rollback(d: &DeviceRecord) -> Option<String> {
+    if d.identity.mode == Some(DeviceMode::SerialRecovery) {
+        return Some(SERIAL_RECOVERY_NO_ROLLBACK.to_string());
+    }
+    match &d.address {
+        DeviceAddress::Serial { .. } | DeviceAddress::Udp { .. } => None,
+        DeviceAddress::Usb { .. } => Some(DFU_NO_ROLLBACK.to_string()),
+        DeviceAddress::Swupdate { .. } => Some(SWUPDATE_NO_ROLLBACK.to_string()),
+        DeviceAddress::Esp { .. } => Some(ESP_NO_ROLLBACK.to_string()),
     }
 }
+
+/// The plan's word on a USB DFU device.
+pub const DFU_NO_ROLLBACK: &str = "USB DFU: the device writes and starts the new image itself; no test boot, and no revert by Fieldpatch";
+
+/// The plan's word on an SWUpdate gateway.
+pub const SWUPDATE_NO_ROLLBACK: &str = "SWUpdate gateway: no test boot or revert through its web server; any A/B fallback is the gateway's own";
+
+/// The plan's word on an ESP device in its ROM loader.
+pub const ESP_NO_ROLLBACK: &str = "ESP ROM loader: the new image is written in place; no test boot, and no revert (a failed write leaves the device in its ROM loader, from which it can be flashed again)";
 
 /// The plan's word on a device in MCUboot's serial recovery.
 pub const SERIAL_RECOVERY_NO_ROLLBACK: &str = "in MCUboot serial recovery: the new image overwrites the one the bootloader boots; no test boot, and no revert if it does not come up";
@@ -792,6 +807,18 @@ mod tests {
         assert!(note.contains("serial recovery") && note.contains("no test boot"), "{note}");
         assert_eq!(of("app").no_rollback, None);
         assert_eq!(of("unknown-mode").no_rollback, None);
+        // By kind: gateways, DFU and ESP devices have no way back either.
+        let by_kind = |address: DeviceAddress| {
+            let mut d = device("k", "1.0.0");
+            d.address = address;
+            no_rollback(&d)
+        };
+        let usb = DeviceAddress::Usb { vid: 0x1209, pid: 2, serial: None };
+        assert_eq!(by_kind(usb).as_deref(), Some(DFU_NO_ROLLBACK));
+        let gw = DeviceAddress::Swupdate { url: "http://127.0.0.1:8080".into(), user: None };
+        assert_eq!(by_kind(gw).as_deref(), Some(SWUPDATE_NO_ROLLBACK));
+        let esp: DeviceAddress = "esp:/dev/ttyUSB0".parse().unwrap();
+        assert_eq!(by_kind(esp).as_deref(), Some(ESP_NO_ROLLBACK));
         // The plan file carries it; plans written before the field still read.
         let json = serde_json::to_value(&p).unwrap();
         let devices = json["devices"].as_array().unwrap();

@@ -620,10 +620,13 @@ async fn session_flashes_a_device_in_serial_recovery_beside_application_devices(
     assert_eq!(plan.patchable().count(), 4, "{plan:#?}");
     for d in &plan.devices {
         let said = d.no_rollback.as_deref();
-        if d.device.id == "sensor-recovery" {
-            assert!(said.is_some_and(|s| s.contains("no test boot")), "{d:#?}");
-        } else {
-            assert_eq!(said, None, "{d:#?}");
+        match d.device.id.as_str() {
+            "sensor-recovery" => {
+                assert!(said.is_some_and(|s| s.contains("serial recovery")), "{d:#?}")
+            }
+            // A DFU board has no way back either, by its kind.
+            "board-usb" => assert!(said.is_some_and(|s| s.starts_with("USB DFU")), "{d:#?}"),
+            _ => assert_eq!(said, None, "{d:#?}"),
         }
     }
 
