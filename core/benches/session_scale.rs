@@ -129,6 +129,8 @@ fn main() {
             if n == 32 {
                 figure["goal"] = "at most 1.5x one device".into();
                 figure["max_ratio"] = 1.5.into();
+            } else {
+                figure["baseline"] = true.into();
             }
             println!("FIGURE {figure}");
             println!(
