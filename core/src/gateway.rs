@@ -76,7 +76,7 @@ impl Fieldpatch {
         let trust = self.trust_store(job.trust).await?;
         let certs: Vec<(String, String)> =
             trust.vendor_certificates().iter().map(|c| (c.id.clone(), c.pem.clone())).collect();
-        let verified = match self.verify_swu(&job, certs, trust.version()).await? {
+        let (verified, clearance) = match self.verify_swu(&job, certs, trust.version()).await? {
             Ok(v) => v,
             Err(e) => {
                 self.record(
@@ -87,8 +87,7 @@ impl Fieldpatch {
                 return Err(e);
             }
         };
-        self.record(Some(job.device), verified.1.clone()).await?;
-        let verified = verified.0;
+        self.record(Some(job.device), clearance).await?;
 
         let secret = match self
             .credentials()
