@@ -61,37 +61,10 @@ impl EspSerial {
             .open()
             .map_err(open_err)?;
         let _ = port.clear(serialport::ClearBuffer::All);
-        let mut reader = port.try_clone().map_err(open_err)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = port.try_clone().map_err(open_err)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_reader = stop.clone();
-        std::thread::Builder::new()
-            .name(format!("esp-rx {path}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; 4096];
-                while !stop_reader.load(Ordering::Relaxed) {
-                    match reader.read(&mut buf) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            if tx.send(Ok(buf[..n].to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::TimedOut
-                                    | std::io::ErrorKind::WouldBlock
-                                    | std::io::ErrorKind::Interrupted
-                            ) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(TransportError::SerialIo)?;
+        let rx =
+            crate::transport::serial::spawn_reader(reader, format!("esp-rx {path}"), stop.clone())?;
         Ok(EspSerial {
             port: Arc::new(Mutex::new(port)),
             rx,

@@ -51,37 +51,9 @@ impl SerialLink {
         let _ = port.write_data_terminal_ready(true);
         let _ = port.write_request_to_send(true);
         let _ = port.clear(serialport::ClearBuffer::All);
-        let mut reader = port.try_clone().map_err(open_err)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = port.try_clone().map_err(open_err)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_reader = stop.clone();
-        std::thread::Builder::new()
-            .name(format!("serial-rx {path}"))
-            .spawn(move || {
-                let mut buf = vec![0u8; 4096];
-                while !stop_reader.load(Ordering::Relaxed) {
-                    match reader.read(&mut buf) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            if tx.send(Ok(buf[..n].to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::TimedOut
-                                    | std::io::ErrorKind::WouldBlock
-                                    | std::io::ErrorKind::Interrupted
-                            ) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(TransportError::SerialIo)?;
+        let rx = spawn_reader(reader, format!("serial-rx {path}"), stop.clone())?;
         Ok(SerialLink {
             port: Arc::new(Mutex::new(port)),
             rx,
@@ -158,4 +130,42 @@ impl Link for SerialLink {
         }
         self.ready.clear();
     }
+}
+
+/// Reads `reader` on a thread of its own (`name`) until `stop` is set or the port fails, handing
+/// every chunk read to the returned channel; read timeouts only let it look at `stop` again.
+pub(crate) fn spawn_reader(
+    mut reader: Box<dyn serialport::SerialPort>,
+    name: String,
+    stop: Arc<AtomicBool>,
+) -> Result<mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>, TransportError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        if tx.send(Ok(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(TransportError::SerialIo)?;
+    Ok(rx)
 }
