@@ -23,6 +23,9 @@ const COMMANDS: &[&str] = &[
     "export_visit",
     "pause_session",
     "resume_session",
+    "choose_work_order",
+    "discovery_settings",
+    "set_discovery_settings",
 ];
 
 fn main() {

@@ -297,6 +297,18 @@ impl Fieldpatch {
     /// Sync once with the remembered inventory server, the token from the OS keyring and the
     /// pinned server key (what `fieldpatch sync` does).
     pub async fn sync_once(&self) -> Result<SyncReport, Error> {
+        let (cfg, local) = self.sync_config().await?;
+        Ok(crate::sync::sync(&cfg, &local, &|_| {}).await?)
+    }
+
+    /// Automatic sync with the remembered inventory server (the token from the OS keyring, the
+    /// pinned server key): once turned on, it syncs whenever the server answers again.
+    pub async fn auto_sync(&self) -> Result<crate::sync::AutoSync, Error> {
+        let (cfg, local) = self.sync_config().await?;
+        Ok(crate::sync::AutoSync::new(cfg, local))
+    }
+
+    async fn sync_config(&self) -> Result<(SyncConfig, crate::sync::StoreSync), Error> {
         let local = self.sync_local().await?;
         let local_err = |e| Error::Sync(SyncError::Local(Box::new(e)));
         let server = local.server().await.map_err(local_err)?.ok_or_else(|| {
@@ -310,7 +322,7 @@ impl Fieldpatch {
         })?;
         let mut cfg = SyncConfig::new(server, token.expose().to_string());
         cfg.server_key = local.pinned_server_key().await.map_err(local_err)?;
-        Ok(crate::sync::sync(&cfg, &local, &|_| {}).await?)
+        Ok((cfg, local))
     }
 }
 

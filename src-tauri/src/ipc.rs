@@ -61,12 +61,19 @@ pub struct SiteView {
     pub bundles: Vec<PlannableBundle>,
     /// Bundles that did not verify, and why.
     pub refused: Vec<fieldpatch_core::catalog::Refusal>,
-    /// Base URL of the embedded inventory server.
+    /// Base URL of the inventory server (the embedded one in the demo); empty before a login.
     pub inventory: String,
     /// Whether automatic sync is on.
     pub auto_sync: bool,
     /// Why sync is unavailable, when it is.
     pub sync_unavailable: Option<String>,
+    /// The work order the visit is for (real mode; `None`: an ad-hoc visit).
+    pub work_order: Option<String>,
+    /// Devices of that work order the last discovery did not find: each needs a reason at the
+    /// close-out.
+    pub missing: Vec<String>,
+    /// Why there is no verified catalog to plan with (real mode, before a sync pulled one).
+    pub catalog_problem: Option<String>,
 }
 
 /// A session event as the window receives it: the device it is about (none for the session
@@ -317,6 +324,7 @@ mod ipc_types {
         d.visit::<fieldpatch_core::overview::VisitTimeline>();
         d.visit::<SyncReportView>();
         d.visit::<ExportView>();
+        d.visit::<fieldpatch_core::discovery::DiscoverySettings>();
         let mut out = format!(
             "// generated from the Rust types by `{BLESS}`; do not edit\n\
              // (the types the desktop shell's commands take and return, and its event payloads)\n"

@@ -29,7 +29,7 @@ mod shell;
 use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::SyncSettings;
 use fieldpatch_core::catalog::Catalog;
-use fieldpatch_core::discovery::{DiscoveryReport, Update};
+use fieldpatch_core::discovery::{DiscoveryReport, DiscoverySettings, Update};
 use fieldpatch_core::flash::connect::{DriverConnector, SystemUsb};
 use fieldpatch_core::overview::VisitTimeline;
 use fieldpatch_core::plan::{DeviceRecord, Plan};
@@ -48,14 +48,38 @@ use std::time::Duration;
 use tauri::{Emitter, Manager};
 use tokio::sync::Mutex;
 
-/// What the window works on: the demo site, its verified catalog and Fieldpatch in the demo's
-/// data directory.
+/// What the window works on in the demo: the demo site, its verified catalog and Fieldpatch in
+/// the demo's data directory.
 struct Site {
     fp: Fieldpatch,
     demo: Demo,
     /// The embedded inventory server (SQLite, loopback).
     inventory: fieldpatch_server::Embedded,
     catalog: Arc<Catalog>,
+    bench: Bench,
+    /// Syncing with the embedded inventory (the demo token is kept in memory only).
+    sync: Option<Arc<AutoSync>>,
+    /// Why sync is unavailable, when it is.
+    sync_unavailable: Option<String>,
+    /// The runtime the automatic sync runs on.
+    runtime: tokio::runtime::Handle,
+}
+
+/// Real mode: Fieldpatch in the technician's own data directory, reaching devices through the
+/// system's drivers, with the catalog and inventory the last sync pulled.
+struct Real {
+    fp: Fieldpatch,
+    bench: Bench,
+    /// The catalog last verified from the synced catalog folder (loaded again for each plan).
+    catalog: Mutex<Option<Arc<Catalog>>>,
+    /// Automatic sync with the remembered server, once logged in.
+    sync: Mutex<Option<Arc<AutoSync>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The window's work on site, the same in both modes: the devices it identified, the plan it
+/// showed, the session it ran, and what the visit is for.
+struct Bench {
     devices: Mutex<Vec<DeviceRecord>>,
     /// The plan last shown in the window (its number and the plan): the only one it can run.
     plan: Mutex<Option<(u64, Plan)>>,
@@ -63,12 +87,23 @@ struct Site {
     last_session: Mutex<Option<SessionState>>,
     /// Set to pause the running session.
     pause: Arc<AtomicBool>,
-    /// Syncing with the embedded inventory (the demo token is kept in memory only).
-    sync: Option<AutoSync>,
-    /// Why sync is unavailable, when it is.
-    sync_unavailable: Option<String>,
-    /// The runtime the automatic sync runs on.
-    runtime: tokio::runtime::Handle,
+    /// The work order the visit is for (`None`: an ad-hoc visit).
+    work_order: Mutex<Option<String>>,
+    /// Devices of the work order the last discovery did not find.
+    missing: Mutex<Vec<String>>,
+}
+
+impl Bench {
+    fn new(devices: Vec<DeviceRecord>) -> Bench {
+        Bench {
+            devices: Mutex::new(devices),
+            plan: Mutex::new(None),
+            last_session: Mutex::new(None),
+            pause: Arc::new(AtomicBool::new(false)),
+            work_order: Mutex::new(None),
+            missing: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Version and local data directory of this installation.
@@ -77,56 +112,124 @@ fn app_info() -> Result<fieldpatch_core::AppInfo, BridgeError> {
     Ok(fieldpatch_core::app_info()?)
 }
 
-/// Identify every device of the site (what it runs now) and list the verified catalog.
+/// Identify the devices on the bench (the demo site's, or those the last discovery matched to
+/// the inventory) and list the verified catalog.
 #[tauri::command]
-async fn site(site: tauri::State<'_, Arc<Site>>) -> Result<SiteView, BridgeError> {
-    let found = site.fp.identify(site.demo.devices.clone(), Duration::from_secs(10)).await;
+async fn site(app: tauri::AppHandle) -> Result<SiteView, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let bench = shell.bench();
+    let devices = bench.devices.lock().await.clone();
+    let found = shell.fp().identify(devices, Duration::from_secs(10)).await;
     let unreachable =
         found.iter().filter_map(|(d, e)| e.clone().map(|e| (d.id.clone(), e))).collect();
     let devices: Vec<DeviceRecord> = found.into_iter().map(|(d, _)| d).collect();
-    *site.devices.lock().await = devices.clone();
+    *bench.devices.lock().await = devices.clone();
+    let (catalog, catalog_problem) = match shell.catalog().await {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.message)),
+    };
+    let (sync, sync_unavailable) = match shell.sync().await {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.message)),
+    };
     Ok(SiteView {
         devices,
         unreachable,
-        bundles: site.catalog.entries(),
-        refused: site.catalog.refused.clone(),
-        inventory: format!("http://{}", site.inventory.addr),
-        auto_sync: site.sync.as_ref().is_some_and(AutoSync::is_on),
-        sync_unavailable: site.sync_unavailable.clone(),
+        bundles: catalog.as_ref().map(|c| c.entries()).unwrap_or_default(),
+        refused: catalog.as_ref().map(|c| c.refused.clone()).unwrap_or_default(),
+        inventory: shell.server().await.unwrap_or_default(),
+        auto_sync: sync.as_ref().is_some_and(|s| s.is_on()),
+        sync_unavailable,
+        work_order: bench.work_order.lock().await.clone(),
+        missing: bench.missing.lock().await.clone(),
+        catalog_problem,
     })
 }
 
-/// Find the demo site's devices (its pty, its UDP sensors, the lab USB bus) and match them to
-/// the synced inventory of the demo site. Each device reaches the window as a `discovery` event
-/// ([`Update`]) the moment it answers; the command returns the whole report (with the site's
-/// devices not found as missing). Everything found is recorded in the visit log.
+/// Find the devices: on the demo site its pty, its UDP sensors and the lab USB bus; in real mode
+/// the places the discovery settings allow. Each device reaches the window as a `discovery`
+/// event ([`Update`]) the moment it answers; the command returns the whole report, matched
+/// against the chosen work order (its devices not found listed as missing) or the synced
+/// inventory. Everything found is recorded in the visit log. In real mode the devices matched to
+/// the inventory become the bench's devices (what the plan takes).
 #[tauri::command]
-async fn discover(
-    app: tauri::AppHandle,
-    site: tauri::State<'_, Arc<Site>>,
-) -> Result<DiscoveryReport, BridgeError> {
+async fn discover(app: tauri::AppHandle) -> Result<DiscoveryReport, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let emitter = app.clone();
     let mut on_update = move |u: &Update| {
-        let _ = app.emit("discovery", u);
+        let _ = emitter.emit("discovery", u);
     };
-    Ok(site.fp.discover(site.demo.discover_options(), &mut on_update).await?)
+    match &shell {
+        Shell::Demo(site) => {
+            Ok(site.fp.discover(site.demo.discover_options(), &mut on_update).await?)
+        }
+        Shell::Real(real) => {
+            let work_order = real.bench.work_order.lock().await.clone();
+            let options = real.fp.discovery_settings().await?.options(work_order)?;
+            let report = real.fp.discover(options, &mut on_update).await?;
+            let records = report.records(&real.fp.inventory_devices().await?);
+            *real.bench.devices.lock().await = records;
+            *real.bench.missing.lock().await = report.missing.clone();
+            Ok(report)
+        }
+    }
+}
+
+/// Real mode: the visit is for synced work order `work_order` (`None`: an ad-hoc visit).
+/// Discovery then matches against its devices, and the session's visit is recorded at its site
+/// with the order. Returns the work order chosen.
+#[tauri::command]
+async fn choose_work_order(
+    real: tauri::State<'_, Arc<Real>>,
+    work_order: Option<String>,
+) -> Result<Option<String>, BridgeError> {
+    let work_order = work_order.map(|w| w.trim().to_string()).filter(|w| !w.is_empty());
+    if let Some(id) = &work_order {
+        // Refused for an order the last sync did not bring.
+        real.fp.work_order_visit(id).await?;
+    }
+    let bench = &real.bench;
+    if *bench.work_order.lock().await != work_order {
+        bench.devices.lock().await.clear();
+        bench.missing.lock().await.clear();
+        *bench.plan.lock().await = None;
+    }
+    *bench.work_order.lock().await = work_order.clone();
+    Ok(work_order)
+}
+
+/// Real mode: where discovery looks (USB serial, other ports, USB DFU, networks, interfaces).
+#[tauri::command]
+async fn discovery_settings(
+    real: tauri::State<'_, Arc<Real>>,
+) -> Result<DiscoverySettings, BridgeError> {
+    Ok(real.fp.discovery_settings().await?)
+}
+
+/// Real mode: check and save where discovery looks; returns the settings as saved.
+#[tauri::command]
+async fn set_discovery_settings(
+    real: tauri::State<'_, Arc<Real>>,
+    settings: DiscoverySettings,
+) -> Result<DiscoverySettings, BridgeError> {
+    Ok(real.fp.set_discovery_settings(settings).await?)
 }
 
 /// Turn automatic sync with the inventory on or off. While on, sync probes the server (with
-/// backoff when it is unreachable) and syncs by itself; `sync` events tell the window.
+/// backoff when it is unreachable) and syncs by itself, so a laptop back on the network syncs
+/// without being asked; `sync` events tell the window.
 #[tauri::command]
-async fn set_auto_sync(
-    app: tauri::AppHandle,
-    site: tauri::State<'_, Arc<Site>>,
-    on: bool,
-) -> Result<bool, BridgeError> {
-    site.sync()?.set(on, &site.runtime, sync_events(app));
+async fn set_auto_sync(app: tauri::AppHandle, on: bool) -> Result<bool, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let sync = shell.sync().await?;
+    sync.set(on, shell.runtime(), sync_events(app));
     Ok(on)
 }
 
 /// Sync now: wakes automatic sync (refused while it is off: nothing would sync).
 #[tauri::command]
-async fn sync_now(site: tauri::State<'_, Arc<Site>>) -> Result<(), BridgeError> {
-    let sync = site.sync()?;
+async fn sync_now(app: tauri::AppHandle) -> Result<(), BridgeError> {
+    let sync = Shell::of(&app)?.sync().await?;
     if !sync.is_on() {
         return Err(BridgeError {
             code: "sync_off",
@@ -135,15 +238,6 @@ async fn sync_now(site: tauri::State<'_, Arc<Site>>) -> Result<(), BridgeError> 
     }
     sync.sync_now();
     Ok(())
-}
-
-impl Site {
-    fn sync(&self) -> Result<&AutoSync, BridgeError> {
-        self.sync.as_ref().ok_or_else(|| BridgeError {
-            code: "sync_unavailable",
-            message: self.sync_unavailable.clone().unwrap_or_default(),
-        })
-    }
 }
 
 /// Forward watch events to the window as `sync` events.
@@ -155,9 +249,19 @@ fn sync_events(app: tauri::AppHandle) -> fieldpatch_core::sync::WatchSink {
 
 /// Plan the identified devices against the verified catalog.
 #[tauri::command]
-async fn plan(site: tauri::State<'_, Arc<Site>>) -> Result<PlanView, BridgeError> {
-    let plan = site.fp.plan(site.devices.lock().await.clone(), &site.catalog).await;
-    let mut last = site.plan.lock().await;
+async fn plan(app: tauri::AppHandle) -> Result<PlanView, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let catalog = shell.catalog().await?;
+    let bench = shell.bench();
+    let devices = bench.devices.lock().await.clone();
+    if devices.is_empty() {
+        return Err(BridgeError {
+            code: "no_devices",
+            message: "no device of the inventory is on the bench: run a discovery first (check the discovery settings if it finds none)".into(),
+        });
+    }
+    let plan = shell.fp().plan(devices, &catalog).await;
+    let mut last = bench.plan.lock().await;
     let n = last.as_ref().map_or(1, |(n, _)| n + 1);
     *last = Some((n, plan.clone()));
     Ok(PlanView { id: plan_label(n), plan })
@@ -169,19 +273,21 @@ fn plan_label(n: u64) -> String {
 }
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
-/// `session-finished` ([`SessionFinished`]).
+/// `session-finished` ([`SessionFinished`]). In real mode the session has the field options
+/// (canary, soak, waves, threshold) and its visit is for the chosen work order.
 #[tauri::command]
 async fn run_session(
     app: tauri::AppHandle,
-    site: tauri::State<'_, Arc<Site>>,
     plan_id: String,
     canary: bool,
 ) -> Result<String, BridgeError> {
-    if site.fp.session_running() {
+    let shell = Shell::of(&app)?;
+    if shell.fp().session_running() {
         return Err(fieldpatch_core::Error::Busy.into());
     }
+    let bench = shell.bench();
     // The window names a plan the app made; it never hands one in.
-    let plan = match &*site.plan.lock().await {
+    let plan = match &*bench.plan.lock().await {
         Some((n, plan)) if plan_label(*n) == plan_id => plan.clone(),
         _ => {
             return Err(BridgeError {
@@ -190,56 +296,71 @@ async fn run_session(
             });
         }
     };
-    let state = SessionState::new(plan, SessionOptions { canary, ..SessionOptions::demo() });
+    let base = match &shell {
+        Shell::Demo(_) => SessionOptions::demo(),
+        Shell::Real(_) => SessionOptions::field(),
+    };
+    let mut state = SessionState::new(plan, SessionOptions { canary, ..base });
+    if let Some(order) = bench.work_order.lock().await.clone() {
+        let (visit, expected) = shell.fp().work_order_visit(&order).await?;
+        state = state.for_visit(visit, expected);
+    }
     let id = state.id.to_string();
-    spawn_session(app, site.inner().clone(), Some(state));
+    let catalog = shell.catalog().await?;
+    spawn_session(app, shell, catalog, Some(state));
     Ok(id)
 }
 
 /// Resume the latest unfinished session (paused, or cut short when the app was closed) where it
 /// stopped; progress and the end arrive as for [`run_session`].
 #[tauri::command]
-async fn resume_session(
-    app: tauri::AppHandle,
-    site: tauri::State<'_, Arc<Site>>,
-) -> Result<String, BridgeError> {
-    if site.fp.session_running() {
+async fn resume_session(app: tauri::AppHandle) -> Result<String, BridgeError> {
+    let shell = Shell::of(&app)?;
+    if shell.fp().session_running() {
         return Err(fieldpatch_core::Error::Busy.into());
     }
-    let state = site.fp.unfinished_session(None).await?;
+    let state = shell.fp().unfinished_session(None).await?;
     let id = state.id.to_string();
-    spawn_session(app, site.inner().clone(), None);
+    let catalog = shell.catalog().await?;
+    spawn_session(app, shell, catalog, None);
     Ok(id)
 }
 
 /// Pause the running session: devices in flight finish, no new one starts; it ends with a
 /// `session-finished` event and can be resumed (also after a restart of the app).
 #[tauri::command]
-async fn pause_session(site: tauri::State<'_, Arc<Site>>) -> Result<bool, BridgeError> {
-    if !site.fp.session_running() {
+async fn pause_session(app: tauri::AppHandle) -> Result<bool, BridgeError> {
+    let shell = Shell::of(&app)?;
+    if !shell.fp().session_running() {
         return Err(BridgeError { code: "no_session", message: "no session is running".into() });
     }
-    site.pause.store(true, std::sync::atomic::Ordering::SeqCst);
+    shell.bench().pause.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(true)
 }
 
 /// Run `state` (or resume the latest unfinished session) in the background, forwarding its
 /// events to the window.
-fn spawn_session(app: tauri::AppHandle, site: Arc<Site>, state: Option<SessionState>) {
+fn spawn_session(
+    app: tauri::AppHandle,
+    shell: Shell,
+    catalog: Arc<Catalog>,
+    state: Option<SessionState>,
+) {
     let emitter = app.clone();
     let observer = Arc::new(move |device: Option<&str>, event: SessionEvent| {
         let _ = emitter.emit("session", SessionEventView::new(device, event));
     });
-    site.pause.store(false, std::sync::atomic::Ordering::SeqCst);
+    shell.bench().pause.store(false, std::sync::atomic::Ordering::SeqCst);
     tauri::async_runtime::spawn(async move {
-        let pause = site.pause.clone();
+        let pause = shell.bench().pause.clone();
+        let fp = shell.fp();
         let result = match state {
-            Some(state) => site.fp.run_session(state, site.catalog.clone(), observer, pause).await,
-            None => site.fp.resume_session(None, site.catalog.clone(), observer, pause).await,
+            Some(state) => fp.run_session(state, catalog, observer, pause).await,
+            None => fp.resume_session(None, catalog, observer, pause).await,
         };
         let summary = match result {
             Ok((summary, state)) => {
-                *site.last_session.lock().await = Some(state);
+                *shell.bench().last_session.lock().await = Some(state);
                 Ok(summary)
             }
             Err(e) => Err(BridgeError::from(e)),
@@ -248,30 +369,31 @@ fn spawn_session(app: tauri::AppHandle, site: Arc<Site>, state: Option<SessionSt
     });
 }
 
-/// Close out the last session: the technician's reason for every device it did not patch goes
-/// into the visit log (and, with sync, to the inventory). Refused while any reason is missing.
+/// Close out the last session: the technician's reason for every device it did not patch, and
+/// for every device of the work order that was not found, goes into the visit log (and, with
+/// sync, to the inventory). Refused while any reason is missing.
 #[tauri::command]
 async fn close_session(
-    site: tauri::State<'_, Arc<Site>>,
+    app: tauri::AppHandle,
     reasons: std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<String>, BridgeError> {
+    let shell = Shell::of(&app)?;
     let state =
-        site.last_session.lock().await.clone().ok_or_else(|| BridgeError {
+        shell.bench().last_session.lock().await.clone().ok_or_else(|| BridgeError {
             code: "no_session",
             message: "run a session first".into(),
         })?;
-    Ok(site.fp.close_session(&state, &reasons).await?)
+    Ok(shell.fp().close_session(&state, &reasons).await?)
 }
 
 /// Verify the visit log(s) in the local store.
 #[tauri::command]
-async fn verify_log(
-    site: tauri::State<'_, Arc<Site>>,
-) -> Result<Vec<LogVerification>, BridgeError> {
-    Ok(site.fp.verify_logs().await?)
+async fn verify_log(app: tauri::AppHandle) -> Result<Vec<LogVerification>, BridgeError> {
+    Ok(Shell::of(&app)?.fp().verify_logs().await?)
 }
 
-/// The window's Fieldpatch in either mode, for the commands both modes offer.
+/// The window's Fieldpatch in either mode.
+#[derive(Clone)]
 enum Shell {
     Demo(Arc<Site>),
     Real(Arc<Real>),
@@ -295,6 +417,72 @@ impl Shell {
         match self {
             Shell::Demo(site) => &site.fp,
             Shell::Real(real) => &real.fp,
+        }
+    }
+
+    fn bench(&self) -> &Bench {
+        match self {
+            Shell::Demo(site) => &site.bench,
+            Shell::Real(real) => &real.bench,
+        }
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        match self {
+            Shell::Demo(site) => &site.runtime,
+            Shell::Real(real) => &real.runtime,
+        }
+    }
+
+    /// The inventory server: the embedded one, or the one logged in to.
+    async fn server(&self) -> Option<String> {
+        match self {
+            Shell::Demo(site) => Some(format!("http://{}", site.inventory.addr)),
+            Shell::Real(real) => real.fp.sync_settings().await.ok().and_then(|s| s.server),
+        }
+    }
+
+    /// The verified catalog: the demo's, or the synced folder verified again against the trust
+    /// store in force (so a sync since the last plan is taken into account).
+    async fn catalog(&self) -> Result<Arc<Catalog>, BridgeError> {
+        match self {
+            Shell::Demo(site) => Ok(site.catalog.clone()),
+            Shell::Real(real) => {
+                let local = real.fp.sync_local().await?;
+                let (trust, dir) = (local.trust_path(), local.catalog_dir());
+                if !trust.exists() || !dir.exists() {
+                    return Err(BridgeError {
+                        code: "no_catalog",
+                        message: "no verified catalog yet: log in and sync to pull the trust store and the catalog".into(),
+                    });
+                }
+                let catalog = Arc::new(real.fp.load_catalog(&dir, &trust).await?);
+                *real.catalog.lock().await = Some(catalog.clone());
+                Ok(catalog)
+            }
+        }
+    }
+
+    /// Automatic sync: the demo's with the embedded inventory, or real mode's with the server
+    /// logged in to (made at the first use after a login; on from then on).
+    async fn sync(&self) -> Result<Arc<AutoSync>, BridgeError> {
+        match self {
+            Shell::Demo(site) => site.sync.clone().ok_or_else(|| BridgeError {
+                code: "sync_unavailable",
+                message: site.sync_unavailable.clone().unwrap_or_default(),
+            }),
+            Shell::Real(real) => {
+                let mut slot = real.sync.lock().await;
+                if let Some(s) = &*slot {
+                    return Ok(s.clone());
+                }
+                let made = Arc::new(real.fp.auto_sync().await.map_err(|e| BridgeError {
+                    code: "sync_unavailable",
+                    message: BridgeError::from(e).message,
+                })?);
+                *slot = Some(made.clone());
+                Ok(made)
+            }
         }
     }
 
@@ -443,15 +631,12 @@ async fn start_site() -> Result<Site, String> {
     };
     Ok(Site {
         fp,
-        sync,
+        sync: sync.map(Arc::new),
         sync_unavailable,
-        devices: Mutex::new(demo.devices.clone()),
+        bench: Bench::new(demo.devices.clone()),
         demo,
         inventory,
         catalog: Arc::new(catalog),
-        last_session: Mutex::new(None),
-        pause: Arc::new(AtomicBool::new(false)),
-        plan: Mutex::new(None),
         runtime: tokio::runtime::Handle::current(),
     })
 }
@@ -491,12 +676,6 @@ fn mode(mode: tauri::State<'_, Mode>) -> Mode {
     *mode
 }
 
-/// Real mode: Fieldpatch in the technician's own data directory, reaching devices through the
-/// system's drivers.
-struct Real {
-    fp: Fieldpatch,
-}
-
 /// Real mode: the remembered inventory server, whether a token is in the OS keyring, the pinned
 /// server key and the trust store in force.
 #[tauri::command]
@@ -508,19 +687,40 @@ async fn settings(real: tauri::State<'_, Arc<Real>>) -> Result<SyncSettings, Bri
 /// remembered) and return the settings as they now are.
 #[tauri::command]
 async fn login(
+    app: tauri::AppHandle,
     real: tauri::State<'_, Arc<Real>>,
     server: String,
     token: String,
 ) -> Result<SyncSettings, BridgeError> {
     let token = fieldpatch_core::credentials::Secret::new(token);
     real.fp.sync_login(server.trim(), &token).await?;
+    // Automatic sync starts again with the new server and token.
+    if let Some(old) = real.sync.lock().await.take() {
+        old.set(false, &real.runtime, sync_events(app.clone()));
+    }
+    start_auto_sync(&app, &real).await;
     Ok(real.fp.sync_settings().await?)
+}
+
+/// Real mode: turn automatic sync on once a server and a token are known, so that the laptop
+/// syncs by itself whenever the inventory answers again. Without a login it stays off.
+async fn start_auto_sync(app: &tauri::AppHandle, real: &Arc<Real>) {
+    match Shell::Real(real.clone()).sync().await {
+        Ok(sync) => sync.set(true, &real.runtime, sync_events(app.clone())),
+        Err(e) => tracing::info!(reason = %e.message, "automatic sync is off"),
+    }
 }
 
 async fn start_real() -> Result<Real, String> {
     let connector = Arc::new(DriverConnector { usb: SystemUsb });
     let fp = Fieldpatch::open(connector).await.map_err(|e| e.to_string())?;
-    Ok(Real { fp })
+    Ok(Real {
+        fp,
+        bench: Bench::new(Vec::new()),
+        catalog: Mutex::new(None),
+        sync: Mutex::new(None),
+        runtime: tokio::runtime::Handle::current(),
+    })
 }
 
 /// Start the desktop app: on the built-in demo site with `demo`, else in real mode.
@@ -554,7 +754,9 @@ pub fn run(demo: bool) {
                 let real = tauri::async_runtime::block_on(start_real()).inspect_err(|e| {
                     tracing::error!(error = %e, "cannot open the data directory");
                 })?;
-                app.manage(Arc::new(real));
+                let real = Arc::new(real);
+                app.manage(real.clone());
+                tauri::async_runtime::block_on(start_auto_sync(app.handle(), &real));
                 tracing::info!("ready (real mode)");
                 return Ok(());
             }
@@ -587,7 +789,10 @@ pub fn run(demo: bool) {
             sync_once,
             export_visit,
             pause_session,
-            resume_session
+            resume_session,
+            choose_work_order,
+            discovery_settings,
+            set_discovery_settings
         ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");

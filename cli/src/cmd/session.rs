@@ -80,6 +80,10 @@ pub enum SessionCommand {
         catalog: CatalogArgs,
         #[command(flatten)]
         options: SessionArgs,
+        /// The synced work order this visit is for: the visit is recorded at its site, and its
+        /// devices the plan does not hold count as not found (each needs a reason at close-out).
+        #[arg(long)]
+        work_order: Option<String>,
     },
     /// Resume a paused, stopped or interrupted session (the latest unfinished one by default).
     Resume {
@@ -320,9 +324,19 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            SessionCommand::Run { plan, catalog, options } => {
+            SessionCommand::Run { plan, catalog, options, work_order } => {
                 let plan: Plan = read_plan(&plan)?;
-                (SessionState::new(plan, options.options()), catalog)
+                let mut state = SessionState::new(plan, options.options());
+                if let Some(order) = work_order {
+                    let (visit, expected) = fp.work_order_visit(&order).await?;
+                    state = state.for_visit(visit, expected);
+                    for id in &state.missing {
+                        eprintln!(
+                            "{id}: in work order {order} but not in the plan; recorded as not found (give a reason at `session close`)"
+                        );
+                    }
+                }
+                (state, catalog)
             }
             SessionCommand::Resume { id, catalog, threshold } => {
                 let mut state = fp.unfinished_session(id.as_deref()).await?;

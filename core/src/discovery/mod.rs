@@ -24,11 +24,13 @@
 //!   and left alone.
 
 pub mod matching;
+pub mod settings;
 
 pub use fieldpatch_drivers::discovery::{
     MdnsScope, NetTarget, NetworkScope, Request, SerialScope, SystemPorts,
 };
 pub use matching::{Capability, DiscoveredDevice, Find, InventoryMatch, MatchKey};
+pub use settings::DiscoverySettings;
 
 use crate::fieldpatch::{Error, Fieldpatch};
 use crate::model::{DeviceIdentity, DeviceMode};
@@ -420,6 +422,23 @@ impl Fieldpatch {
             return Ok((devices, format!("site {site}"), true));
         }
         Ok((self.store().devices(None).await?, "whole inventory".into(), false))
+    }
+
+    /// What a visit for synced work order `id` is for (its site and the order) and the devices
+    /// it is to patch, for [`crate::session::SessionState::for_visit`].
+    pub async fn work_order_visit(
+        &self,
+        id: &str,
+    ) -> Result<(crate::session::VisitFor, Vec<String>), Error> {
+        let orders = self.store().work_orders().await?;
+        let wo = orders.iter().find(|w| w.id == id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no work order {id} in the local store: sync first, or check the id with `fieldpatch info`"
+            ))
+        })?;
+        let visit =
+            crate::session::VisitFor { site: wo.site_id.clone(), work_order: Some(wo.id.clone()) };
+        Ok((visit, wo.device_ids.clone()))
     }
 
     /// The synced inventory devices (all sites), for turning a discovery into device records.

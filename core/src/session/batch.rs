@@ -203,11 +203,15 @@ pub async fn run_in_visit(
     state: SessionState,
 ) -> Result<(Summary, SessionState), BatchError> {
     let VisitRun { store, log, catalog, connector, observer, pause } = run;
-    let (visit, _) = log.open_visit(&format!("batch session {}", state.id), None).await?;
+    let (visit, _) = match &state.visit_for {
+        Some(v) => log.open_visit(&v.site, v.work_order.as_deref()).await?,
+        None => log.open_visit(&session_label(&state), None).await?,
+    };
     let sink = Arc::new(LogSink { log: log.clone(), visit: Some(visit) });
     // The synced inventory is authoritative for what a device is (vendor, model, hardware
     // revision): a plan file cannot make a device look like another model.
     let mut state = state;
+    state.visit = Some(visit);
     if let Ok(known) = store.devices(None).await {
         for dp in &mut state.plan.devices {
             if let Some(inv) = known.iter().find(|k| k.id == dp.device.id) {
@@ -240,13 +244,12 @@ pub async fn run_in_visit(
     let summary = state.summary();
     // No device left behind: every device of the plan that was not patched is named in the log
     // with the reason, before the visit closes.
-    for (device, status) in &state.devices {
-        if let Some(reason) = not_patched_reason(status) {
-            let kind = EventKind::DeviceNotPatched { reason };
-            log.append(crate::visitlog::NewEvent::new(kind).visit(visit).device(device.as_str()))
-                .await?;
-        }
+    for (device, reason) in unpatched(&state) {
+        let kind = EventKind::DeviceNotPatched { reason };
+        log.append(crate::visitlog::NewEvent::new(kind).visit(visit).device(device.as_str()))
+            .await?;
     }
+    let missing = u32::try_from(state.missing.len()).unwrap_or(u32::MAX);
     log.close_visit(
         visit,
         summary.patched,
@@ -254,11 +257,29 @@ pub async fn run_in_visit(
             + summary.rolled_back
             + summary.pending
             + summary.skipped
-            + summary.unverified,
+            + summary.unverified
+            + missing,
     )
     .await?;
     result?;
     Ok((summary, state))
+}
+
+/// The visit a session without a site of its own is recorded under.
+fn session_label(state: &SessionState) -> String {
+    format!("batch session {}", state.id)
+}
+
+/// Every device of the session left unpatched, with why: the plan's devices, then those the
+/// visit was to patch that were not found on site.
+fn unpatched(state: &SessionState) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = state
+        .devices
+        .iter()
+        .filter_map(|(id, st)| not_patched_reason(st).map(|why| (id.clone(), why)))
+        .collect();
+    out.extend(state.missing.iter().map(|id| (id.clone(), super::NOT_FOUND_REASON.to_string())));
+    out
 }
 
 /// Why a device ended a session unpatched, or `None` when it was patched.
@@ -295,32 +316,38 @@ pub async fn close_out(
     state: &SessionState,
     reasons: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<String>, BatchError> {
-    let unpatched: Vec<(&String, String)> = state
-        .devices
-        .iter()
-        .filter_map(|(id, st)| not_patched_reason(st).map(|why| (id, why)))
-        .collect();
+    let unpatched = unpatched(state);
     let missing: Vec<String> = unpatched
         .iter()
-        .filter(|(id, _)| reasons.get(*id).is_none_or(|r| r.trim().is_empty()))
-        .map(|(id, _)| (*id).clone())
+        .filter(|(id, _)| reasons.get(id).is_none_or(|r| r.trim().is_empty()))
+        .map(|(id, _)| id.clone())
         .collect();
     if !missing.is_empty() {
         return Err(BatchError::Reasons(ReasonsMissing(missing)));
     }
     // The reasons belong to the session's latest visit (so its audit export carries them).
-    let site = format!("batch session {}", state.id);
-    let visit = log.store().visits(false).await?.into_iter().find(|v| v.site == site);
+    let visit = match state.visit {
+        Some(id) => Some(id),
+        None => {
+            let site = session_label(state);
+            log.store()
+                .visits(false)
+                .await?
+                .into_iter()
+                .find(|v| v.site == site)
+                .map(|v| v.visit_id)
+        }
+    };
     let mut done = Vec::new();
     for (id, why) in unpatched {
-        let reason = format!("{} (session {}: {why})", reasons[id].trim(), state.id);
+        let reason = format!("{} (session {}: {why})", reasons[&id].trim(), state.id);
         let kind = EventKind::DeviceNotPatched { reason };
         let mut new = crate::visitlog::NewEvent::new(kind).device(id.as_str());
-        if let Some(v) = &visit {
-            new = new.visit(v.visit_id);
+        if let Some(v) = visit {
+            new = new.visit(v);
         }
         log.append(new).await?;
-        done.push(id.clone());
+        done.push(id);
     }
     Ok(done)
 }

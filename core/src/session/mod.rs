@@ -211,7 +211,28 @@ pub struct SessionState {
     pub phase: Phase,
     pub canary_done: bool,
     pub devices: BTreeMap<String, DeviceStatus>,
+    /// The site and work order the session's visit is for; `None`: a visit named after the
+    /// session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visit_for: Option<VisitFor>,
+    /// Devices the visit was to patch (its work order's or site's) that discovery did not find:
+    /// each is recorded as not patched, and needs the technician's reason at the close-out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// The visit the session's last run opened in the visit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visit: Option<Uuid>,
 }
+
+/// What a session's visit is for: a site and, usually, a work order of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitFor {
+    pub site: String,
+    pub work_order: Option<String>,
+}
+
+/// Why a device the visit was to patch, not found on site, stayed unpatched.
+pub const NOT_FOUND_REASON: &str = "not found on site: discovery did not find it";
 
 impl SessionState {
     /// A new session for `plan`: every device with steps is pending; the others are skipped with
@@ -236,7 +257,24 @@ impl SessionState {
             phase: Phase::NotStarted,
             canary_done: false,
             devices,
+            visit_for: None,
+            missing: Vec::new(),
+            visit: None,
         }
+    }
+
+    /// The same session, for `visit` (its visit is opened for that site and work order), which
+    /// was to patch `expected`: those the plan does not hold were not found on site, and are
+    /// recorded as not patched, each needing a reason at the close-out.
+    pub fn for_visit(mut self, visit: VisitFor, expected: Vec<String>) -> Self {
+        let planned: std::collections::BTreeSet<&String> = self.devices.keys().collect();
+        let mut missing: Vec<String> =
+            expected.into_iter().filter(|m| !planned.contains(m)).collect();
+        missing.sort();
+        missing.dedup();
+        self.visit_for = Some(visit);
+        self.missing = missing;
+        self
     }
 
     /// Counts by outcome.

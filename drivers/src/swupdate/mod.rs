@@ -424,15 +424,36 @@ impl SwupdateClient {
                                 "the connection closed during the upload ({e}); the daemon may be busy with another update: try again"
                             ))
                         };
-                        let verdict = tokio::time::timeout(
-                            self.timeouts.request,
-                            self.verdict(&mut status, progress),
-                        )
-                        .await;
-                        return Err(match verdict {
-                            Ok(Ok(Err(errors))) => refused(errors),
-                            _ => err,
-                        });
+                        // The daemon may also hang up right after it has taken the whole
+                        // image (closing with the multipart trailer unread resets the
+                        // connection, and the reset can overtake its HTTP answer): then its own
+                        // verdict on the status channel says whether the install happened.
+                        let whole = sent.load(Ordering::Relaxed) == len;
+                        let wait = if whole {
+                            progress.phase("install");
+                            self.timeouts.install
+                        } else {
+                            self.timeouts.request
+                        };
+                        let verdict =
+                            tokio::time::timeout(wait, self.verdict(&mut status, progress)).await;
+                        return match verdict {
+                            Ok(Ok(Err(errors))) => Err(refused(errors)),
+                            Ok(Ok(Ok(messages))) if whole => {
+                                status.close().await;
+                                progress.transfer(TransferProgress {
+                                    done: len,
+                                    total: len,
+                                    elapsed: started.elapsed(),
+                                });
+                                let sha256 = hasher
+                                    .lock()
+                                    .map(|h| h.clone().finalize().into())
+                                    .unwrap_or([0; 32]);
+                                Ok(InstallReport { bytes_sent: len, sha256, messages })
+                            }
+                            _ => Err(err),
+                        };
                     }
                     Err(e) => return Err(self.map_reqwest(e, "uploading")),
                 },

@@ -6,6 +6,8 @@ mod app_screens;
 #[cfg(target_os = "linux")]
 mod app_shell;
 #[cfg(target_os = "linux")]
+mod app_visit;
+#[cfg(target_os = "linux")]
 mod app_window;
 mod audit_export;
 mod audit_server;

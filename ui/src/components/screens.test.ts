@@ -22,7 +22,7 @@ describe("HomePanel", () => {
       visits: [visit("v-open", false), visit("v-past", true, "batch session s0")],
       validity: [validity("trust_store", "grace", 2 * DAY, "expired at …"), validity("catalog_listing", "valid", 90 * DAY)],
     }, false);
-    const { body } = render(HomePanel, { props: { home, mode: "demo", onAdHoc: noop, onShowVisit: noop } });
+    const { body } = render(HomePanel, { props: { home, mode: "demo", onOpenVisit: noop, onShowVisit: noop } });
     expect(body).toMatch(/<span id="online" data-online="false" class="error">offline<\/span>/);
     expect(body).toContain('data-pending="12"');
     expect(body).toContain("12 event(s) to sync");
@@ -37,15 +37,16 @@ describe("HomePanel", () => {
     expect(body).toContain('aria-label="Show the log of visit batch session s0"');
   });
 
-  it("lists work orders and offers no ad-hoc visit in real mode before a visit exists", () => {
+  it("lists work orders, each with a button that opens a visit for it, in real mode", () => {
     const home = new HomeStore("real", api);
     home.view = homeView({
       work_orders: [{ id: "WO-1", site_id: "plant-a", title: "Spring patching", status: "open", device_ids: ["pump-1", "pump-2"] }],
     });
-    const { body } = render(HomePanel, { props: { home, mode: "real", onAdHoc: noop, onShowVisit: noop } });
+    const { body } = render(HomePanel, { props: { home, mode: "real", onOpenVisit: noop, onShowVisit: noop } });
     expect(body).toContain('data-work-order="WO-1"');
     expect(body).toContain("pump-1, pump-2");
-    expect(body).not.toContain('id="ad-hoc"');
+    expect(body).toMatch(/data-open-work-order="WO-1" aria-label="Open a visit for work order WO-1"/);
+    expect(body).toContain('id="ad-hoc"');
     expect(body).toContain('id="no-open-visit"');
     expect(body).not.toContain('role="alert"');
   });
@@ -111,6 +112,7 @@ describe("SyncReport and Nav", () => {
     expect(body).toMatch(/<nav aria-label="Screens"/);
     expect(body).toMatch(/id="nav-log" aria-current="page"/);
     expect(body).toMatch(/id="nav-settings"[^>]*>Settings/);
-    expect(body).not.toContain("nav-site");
+    // The Devices screen is in both modes.
+    expect(body).toMatch(/id="nav-site"[^>]*>Devices &amp; session/);
   });
 });

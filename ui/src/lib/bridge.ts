@@ -7,6 +7,7 @@ import type {
   AppInfo,
   BridgeError,
   DiscoveryReport,
+  DiscoverySettings,
   ExportView,
   HomeView,
   LogVerification,
@@ -77,6 +78,14 @@ export const syncOnce = () => call<SyncReportView>("sync_once");
 /** Write a visit's audit export to `path`, then check the file with the offline verifier. */
 export const exportVisit = (visitId: string, path: string) =>
   call<ExportView>("export_visit", { visitId, path });
+/** Real mode: the visit is for this synced work order (null: an ad-hoc visit). */
+export const chooseWorkOrder = (workOrder: string | null) =>
+  call<string | null>("choose_work_order", { workOrder });
+/** Real mode: where discovery looks. */
+export const discoverySettings = () => call<DiscoverySettings>("discovery_settings");
+/** Real mode: check and save where discovery looks; returns them as saved. */
+export const setDiscoverySettings = (settings: DiscoverySettings) =>
+  call<DiscoverySettings>("set_discovery_settings", { settings });
 /** Find the site's devices; each arrives as a `discovery` event, the whole report at the end. */
 export const discover = () => call<DiscoveryReport>("discover");
 

@@ -43,6 +43,14 @@ export class DevicesStore {
     return () => void stop.then((f) => f());
   }
 
+  /** Forget the last run (a new visit starts). */
+  reset(): void {
+    if (this.running) return;
+    this.found = [];
+    this.report = null;
+    this.error = null;
+  }
+
   /** Run one discovery: devices stream in, then the report replaces them (with the missing). */
   async discover(): Promise<void> {
     if (this.running) return;

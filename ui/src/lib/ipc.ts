@@ -152,6 +152,44 @@ matched_against: string,
 deadline_reached: boolean, elapsed_ms: number, };
 
 /**
+ * The technician's discovery settings.
+ */
+export type DiscoverySettings = {
+/**
+ * Probe the USB serial ports the OS lists (USB-to-serial adapters, CDC ACM).
+ */
+usb_serial: boolean,
+/**
+ * Also probe the built-in UARTs the OS lists (each silent one costs a timeout).
+ */
+all_ports: boolean,
+/**
+ * Serial ports to probe besides those the OS lists (ptys, `/dev/serial/by-id/...`).
+ */
+ports: Array<string>,
+/**
+ * Serial ports never to open, whatever lists them.
+ */
+exclude: Array<string>,
+/**
+ * List USB DFU devices.
+ */
+usb_dfu: boolean,
+/**
+ * Addresses or ranges probed for SMP over UDP (`192.0.2.7`, `192.0.2.7:1337`,
+ * `192.0.2.0/24`).
+ */
+networks: Array<string>,
+/**
+ * Network interfaces mDNS is browsed on (only those named).
+ */
+interfaces: Array<string>,
+/**
+ * Seconds a discovery may take.
+ */
+deadline_secs: number, };
+
+/**
  * What the plan says about one device.
  */
 export type Disposition = { "disposition": "patch", steps: Array<Step>, latest: Version, short_reason: Unpatchable | null, } | { "disposition": "scheduled", steps: Array<Step>, not_before: string, } | { "disposition": "up_to_date", version: Version, } | { "disposition": "unpatchable", why: Unpatchable, };
@@ -363,7 +401,7 @@ bundles: Array<PlannableBundle>,
  */
 refused: Array<Refusal>,
 /**
- * Base URL of the embedded inventory server.
+ * Base URL of the inventory server (the embedded one in the demo); empty before a login.
  */
 inventory: string,
 /**
@@ -373,7 +411,20 @@ auto_sync: boolean,
 /**
  * Why sync is unavailable, when it is.
  */
-sync_unavailable: string | null, };
+sync_unavailable: string | null,
+/**
+ * The work order the visit is for (real mode; `None`: an ad-hoc visit).
+ */
+work_order: string | null,
+/**
+ * Devices of that work order the last discovery did not find: each needs a reason at the
+ * close-out.
+ */
+missing: Array<string>,
+/**
+ * Why there is no verified catalog to plan with (real mode, before a sync pulled one).
+ */
+catalog_problem: string | null, };
 
 /**
  * A candidate that was looked at and is not a device Fieldpatch can talk to.

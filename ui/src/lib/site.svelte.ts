@@ -54,12 +54,14 @@ export class SiteStore {
   /** Why sync is unavailable, once a sync command answered `sync_unavailable`. */
   syncRefused: string | null = $state(null);
   reasons: Record<string, string> = $state({});
+  /** The work order the visit is for (real mode; null: an ad-hoc visit). */
+  workOrder: string | null = $state(null);
   closeResult: string | null = $state(null);
   /** Whether the last close-out was refused for missing reasons. */
   reasonsRefused = $state(false);
 
   /** Devices the session left unpatched: each needs a reason before the close-out. */
-  readonly unpatched: string[] = $derived(unpatchedIds(this.rows));
+  readonly unpatched: string[] = $derived(unpatchedIds(this.rows, this.view?.missing ?? []));
   /** Devices whose reason inputs are highlighted after a refused close-out. */
   readonly needsReason: string[] = $derived(
     this.reasonsRefused ? missingReasons(this.unpatched, this.reasons) : [],
@@ -104,6 +106,7 @@ export class SiteStore {
       (v) => {
         this.view = v;
         this.autoSync = v.auto_sync;
+        this.workOrder = v.work_order;
       },
       (e) => this.#fail(e),
     );

@@ -21,6 +21,9 @@ const view: SiteView = {
   inventory: "http://127.0.0.1:1",
   auto_sync: true,
   sync_unavailable: null,
+  work_order: null,
+  missing: [],
+  catalog_problem: null,
 };
 const plan: Plan = { created: "now", devices: [] };
 const reject = (code: string, message = code) => () => Promise.reject<never>({ code, message } satisfies BridgeError);

@@ -42,6 +42,11 @@ describe("unpatchedIds and missingReasons", () => {
     };
     expect(unpatchedIds(rows)).toEqual(["b", "d"]);
   });
+  it("adds the work order's devices that discovery did not find, once", () => {
+    const rows = { a: row({ status: "patched", version: "1.5.0" }), b: row({ status: "failed", reason: "x" }) };
+    expect(unpatchedIds(rows, ["m1", "b"])).toEqual(["b", "m1"]);
+    expect(unpatchedIds({}, ["m1"])).toEqual(["m1"]);
+  });
   it("counts absent and blank reasons as missing, like the core", () => {
     expect(missingReasons(["b", "d", "e"], { b: "owner refused", d: "   " })).toEqual(["d", "e"]);
     expect(missingReasons([], {})).toEqual([]);

@@ -26,10 +26,12 @@ export function finishedNote(result: SessionFinished): string {
 }
 
 /** Devices that ended the session with a status other than patched, in row order. */
-export function unpatchedIds(rows: Record<string, DeviceRow>): string[] {
-  return Object.entries(rows)
+export function unpatchedIds(rows: Record<string, DeviceRow>, missing: string[] = []): string[] {
+  const ids = Object.entries(rows)
     .filter(([, r]) => r.status && r.status.status !== "patched")
     .map(([id]) => id);
+  // Devices of the work order that discovery did not find were not patched either.
+  return [...ids, ...missing.filter((id) => !(id in rows))];
 }
 
 /** Of `ids`, those without a reason yet (absent or only blanks, as the core counts them). */
