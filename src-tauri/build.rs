@@ -26,6 +26,9 @@ const COMMANDS: &[&str] = &[
     "choose_work_order",
     "discovery_settings",
     "set_discovery_settings",
+    "credentials",
+    "set_credential",
+    "delete_credential",
 ];
 
 fn main() {

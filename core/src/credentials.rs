@@ -285,7 +285,7 @@ impl CredentialError {
 }
 
 /// A credential the store knows by name (never its value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ts_rs::TS)]
 pub struct CredentialListing {
     pub name: String,
     pub backend: String,

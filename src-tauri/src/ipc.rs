@@ -225,6 +225,14 @@ impl From<&SyncReport> for SyncReportView {
     }
 }
 
+/// Real mode's credentials screen: the device and site credentials kept in the OS keyring, by
+/// name and when they were set (never their values), and which keyring holds them.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct CredentialsView {
+    pub keyring: String,
+    pub credentials: Vec<fieldpatch_core::credentials::CredentialListing>,
+}
+
 /// The home screen: the core's overview, whether the inventory answers, and where exports go.
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct HomeView {
@@ -325,6 +333,7 @@ mod ipc_types {
         d.visit::<SyncReportView>();
         d.visit::<ExportView>();
         d.visit::<fieldpatch_core::discovery::DiscoverySettings>();
+        d.visit::<CredentialsView>();
         let mut out = format!(
             "// generated from the Rust types by `{BLESS}`; do not edit\n\
              // (the types the desktop shell's commands take and return, and its event payloads)\n"

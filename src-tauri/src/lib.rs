@@ -29,6 +29,7 @@ mod shell;
 use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::SyncSettings;
 use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::credentials::{CredentialError, CredentialName};
 use fieldpatch_core::discovery::{DiscoveryReport, DiscoverySettings, Update};
 use fieldpatch_core::flash::connect::{DriverConnector, SystemUsb};
 use fieldpatch_core::overview::VisitTimeline;
@@ -38,8 +39,8 @@ use fieldpatch_core::sync::{AutoSync, SyncConfig, WatchEvent};
 use fieldpatch_core::visitlog::LogVerification;
 use fieldpatch_demo::Demo;
 use ipc::{
-    BridgeError, ExportCheck, ExportView, HomeView, Mode, PlanView, SessionEventView,
-    SessionFinished, SiteView, SyncEventView, SyncKind, SyncReportView,
+    BridgeError, CredentialsView, ExportCheck, ExportView, HomeView, Mode, PlanView,
+    SessionEventView, SessionFinished, SiteView, SyncEventView, SyncKind, SyncReportView,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -213,6 +214,73 @@ async fn set_discovery_settings(
     settings: DiscoverySettings,
 ) -> Result<DiscoverySettings, BridgeError> {
     Ok(real.fp.set_discovery_settings(settings).await?)
+}
+
+/// Real mode: the device and site credentials in the OS keyring, by name (never their values).
+#[tauri::command]
+async fn credentials(real: tauri::State<'_, Arc<Real>>) -> Result<CredentialsView, BridgeError> {
+    credentials_view(&real.fp).await
+}
+
+/// Real mode: keep a device's (`device/<device>/<kind>`) or a site model's
+/// (`site/<site>/<model>/<kind>`) credential in the OS keyring. The window sets no other
+/// credential: the technician key is made by Fieldpatch and the sync token comes with the login.
+#[tauri::command]
+async fn set_credential(
+    real: tauri::State<'_, Arc<Real>>,
+    name: String,
+    secret: String,
+) -> Result<CredentialsView, BridgeError> {
+    let name = device_credential(&name)?;
+    let secret = fieldpatch_core::credentials::Secret::new(secret);
+    if secret.is_empty() {
+        return Err(BridgeError {
+            code: "invalid_input",
+            message: format!("no secret given for {name}: type the device's secret"),
+        });
+    }
+    let creds = real.fp.credentials().await?;
+    creds.set(&name, &secret).await.map_err(fieldpatch_core::Error::from)?;
+    credentials_view(&real.fp).await
+}
+
+/// Real mode: remove a device or site credential from the OS keyring.
+#[tauri::command]
+async fn delete_credential(
+    real: tauri::State<'_, Arc<Real>>,
+    name: String,
+) -> Result<CredentialsView, BridgeError> {
+    let name = device_credential(&name)?;
+    let creds = real.fp.credentials().await?;
+    creds.delete(&name).await.map_err(fieldpatch_core::Error::from)?;
+    credentials_view(&real.fp).await
+}
+
+/// A device or site credential's name, or why the window may not touch it.
+fn device_credential(name: &str) -> Result<CredentialName, BridgeError> {
+    let parsed: CredentialName = name.trim().parse().map_err(|e: CredentialError| BridgeError {
+        code: "invalid_input",
+        message: e.to_string(),
+    })?;
+    match parsed {
+        CredentialName::Device { .. } | CredentialName::SiteModel { .. } => Ok(parsed),
+        _ => Err(BridgeError {
+            code: "invalid_input",
+            message: format!(
+                "{name}: only device (device/<device>/<kind>) and site (site/<site>/<model>/<kind>) credentials are kept here"
+            ),
+        }),
+    }
+}
+
+async fn credentials_view(fp: &Fieldpatch) -> Result<CredentialsView, BridgeError> {
+    let creds = fp.credentials().await?;
+    let listed = creds.list().await.map_err(fieldpatch_core::Error::from)?;
+    let credentials = listed
+        .into_iter()
+        .filter(|l| l.name.starts_with("device/") || l.name.starts_with("site/"))
+        .collect();
+    Ok(CredentialsView { keyring: creds.backend().as_str().into(), credentials })
 }
 
 /// Turn automatic sync with the inventory on or off. While on, sync probes the server (with
@@ -792,7 +860,10 @@ pub fn run(demo: bool) {
             resume_session,
             choose_work_order,
             discovery_settings,
-            set_discovery_settings
+            set_discovery_settings,
+            credentials,
+            set_credential,
+            delete_credential
         ])
         .run(tauri::generate_context!())
         .expect("the Fieldpatch window could not be started");

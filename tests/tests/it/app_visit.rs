@@ -1,9 +1,10 @@
 //! A technician's whole day in the window, in real mode, under Xvfb through WebDriver: the app
 //! (no `--demo`) against a `fieldpatch-server` process that holds a site, its devices, a work
 //! order, the signed catalog and the trust store, and lab devices on a pty and on UDP (a pump
-//! controller and four sensors, one of which fails its health check; the site's USB gateway is
-//! not reachable from this laptop). The window logs in (automatic sync then pulls the work order,
-//! the catalog and the trust store), is told where discovery may look, opens a visit for the work
+//! controller, and a sensor that fails its health check; the site's USB gateway is not reachable
+//! from this laptop). The window logs in (automatic sync then pulls the work order, the catalog
+//! and the trust store), is told where discovery may look, keeps the gateway's password in the
+//! OS keyring from the credentials screen (and nowhere on disk), opens a visit for the work
 //! order, discovers (the gateway is listed as missing), plans, runs a session (the failing sensor
 //! rolls back), is refused the close-out until every unpatched or missing device has a reason,
 //! closes out and syncs. The server's reports then show the result. Screenshots of each screen
@@ -117,6 +118,16 @@ fn publish(server: &Path, work: &Path, demo: &fieldpatch_demo::Demo, key: &str) 
     token
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
 /// The inventory's devices at the site (and the work order's).
 const SITE: [&str; 3] = ["pump-ctl-01", "sensor-04", "gateway-01"];
 
@@ -166,6 +177,19 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
     set_value(&session, "#ds-networks", &networks.join("\n"));
     session.click("#ds-save", long).unwrap();
     let saved = session.wait_for("#ds-status", long, |t| !t.is_empty()).unwrap();
+    // The gateway's password goes to the OS keyring from the credentials screen.
+    let secret = format!("gw-secret-{port}-{}", std::process::id());
+    session.type_text("#cred-device", "gateway-01").unwrap();
+    session.type_text("#cred-secret", &secret).unwrap();
+    session.click("#cred-save", long).unwrap();
+    let credential =
+        session.wait_text("tr[data-credential='device/gateway-01/password']", long).unwrap();
+    let secret_field = session
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             done(document.querySelector('#cred-secret').value);",
+        )
+        .unwrap();
     shot(&session, "app-real-settings.png");
 
     // Home: automatic sync brings the work order by itself; open a visit for it.
@@ -264,6 +288,20 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
     let pump_history = get("/v1/devices/pump-ctl-01/history");
 
     assert!(saved.starts_with("saved"), "{saved}");
+    assert!(credential.contains("device/gateway-01/password"), "{credential}");
+    assert!(!credential.contains(&secret), "{credential}");
+    assert_eq!(secret_field, "", "the secret stays in the form after it was sent");
+    // The keyring has it; no file of the app's data directory (store, logs) does.
+    let kept = laptop.ok(&["credentials", "get", "device/gateway-01/password", "--reveal"]);
+    assert_eq!(kept.trim(), secret);
+    for entry in walk(data.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is on disk in {}",
+            entry.display()
+        );
+    }
     assert!(order.contains("Patch the pump room"), "{order}");
     assert!(visit_for.contains("work order wo-7"), "{visit_for}");
     assert_eq!(missing, "gateway-01");

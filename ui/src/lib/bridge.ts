@@ -6,6 +6,7 @@ import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type {
   AppInfo,
   BridgeError,
+  CredentialsView,
   DiscoveryReport,
   DiscoverySettings,
   ExportView,
@@ -81,6 +82,13 @@ export const exportVisit = (visitId: string, path: string) =>
 /** Real mode: the visit is for this synced work order (null: an ad-hoc visit). */
 export const chooseWorkOrder = (workOrder: string | null) =>
   call<string | null>("choose_work_order", { workOrder });
+/** Real mode: the device and site credentials in the OS keyring, by name (never values). */
+export const credentials = () => call<CredentialsView>("credentials");
+/** Real mode: keep a device or site credential in the OS keyring. */
+export const setCredential = (name: string, secret: string) =>
+  call<CredentialsView>("set_credential", { name, secret });
+/** Real mode: remove a device or site credential from the OS keyring. */
+export const deleteCredential = (name: string) => call<CredentialsView>("delete_credential", { name });
 /** Real mode: where discovery looks. */
 export const discoverySettings = () => call<DiscoverySettings>("discovery_settings");
 /** Real mode: check and save where discovery looks; returns them as saved. */

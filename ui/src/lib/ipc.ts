@@ -37,6 +37,17 @@ message: string, };
 export type Capability = "upload" | "test_boot" | "image_hash" | "readback" | "reset";
 
 /**
+ * A credential the store knows by name (never its value).
+ */
+export type CredentialListing = { name: string, backend: string, updated_at: string, };
+
+/**
+ * Real mode's credentials screen: the device and site credentials kept in the OS keyring, by
+ * name and when they were set (never their values), and which keyring holds them.
+ */
+export type CredentialsView = { keyring: string, credentials: Array<CredentialListing>, };
+
+/**
  * How much the customer depends on a device (from the inventory).
  */
 export type Criticality = "low" | "normal" | "high" | "critical";
