@@ -579,6 +579,8 @@ pub struct SyncSettings {
     pub trust: Option<TrustSummary>,
     /// Why the trust store on disk cannot be read, when it cannot.
     pub trust_problem: Option<String>,
+    /// Whether the server's certificate is also checked against a private CA.
+    pub private_ca: bool,
 }
 
 /// The trust store in force, for the technician to check.
@@ -613,6 +615,28 @@ impl Fieldpatch {
         Ok(())
     }
 
+    /// Check the inventory server's certificate against this private CA (PEM) from now on, as
+    /// well as the system's roots; `None` forgets it. Refused, changing nothing, when `pem` holds
+    /// no certificate.
+    pub async fn set_server_ca(&self, pem: Option<&str>) -> Result<(), Error> {
+        if let Some(pem) = pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).unwrap_or_default();
+            if certs.is_empty() {
+                return Err(Error::Invalid(
+                    "the private CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----): choose the CA's certificate file".into(),
+                ));
+            }
+        }
+        let local = self.sync_local().await?;
+        local.remember_server_ca(pem).await.map_err(local_sync)
+    }
+
+    /// The private CA (PEM) the inventory server is checked against, if one was set.
+    pub async fn server_ca(&self) -> Result<Option<Vec<u8>>, Error> {
+        let local = self.sync_local().await?;
+        Ok(local.server_ca().await.map_err(local_sync)?.filter(|p| !p.is_empty()))
+    }
+
     /// This laptop's sync settings ([`SyncSettings`]).
     pub async fn sync_settings(&self) -> Result<SyncSettings, Error> {
         let local = self.sync_local().await?;
@@ -644,6 +668,7 @@ impl Fieldpatch {
             pinned_server_key: local.pinned_server_key().await.map_err(local_sync)?,
             trust,
             trust_problem,
+            private_ca: local.server_ca().await.map_err(local_sync)?.is_some_and(|p| !p.is_empty()),
         })
     }
 }

@@ -322,13 +322,21 @@ impl Fieldpatch {
         })?;
         let mut cfg = SyncConfig::new(server, token.expose().to_string());
         cfg.server_key = local.pinned_server_key().await.map_err(local_err)?;
+        cfg.root_certificate_pem =
+            local.server_ca().await.map_err(local_err)?.filter(|pem| !pem.is_empty());
         Ok((cfg, local))
     }
 }
 
-/// Whether the inventory server at `server` answers its health check within `timeout`.
-pub async fn reachable(server: &str, timeout: Duration) -> bool {
-    let Ok(client) = reqwest::Client::builder().timeout(timeout).build() else {
+/// Whether the inventory server at `server` answers its health check within `timeout`; its
+/// certificate is checked against the system's roots and `ca` (PEM), the private CA sync uses.
+pub async fn reachable(server: &str, timeout: Duration, ca: Option<&[u8]>) -> bool {
+    let mut builder = reqwest::Client::builder().timeout(timeout).tls_backend_rustls();
+    if let Some(pem) = ca.filter(|p| !p.is_empty()) {
+        let Ok(cert) = reqwest::Certificate::from_pem(pem) else { return false };
+        builder = builder.tls_certs_merge([cert]);
+    }
+    let Ok(client) = builder.build() else {
         return false;
     };
     let url = format!("{}/v1/health", server.trim_end_matches('/'));

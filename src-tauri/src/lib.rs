@@ -579,8 +579,14 @@ async fn home(app: tauri::AppHandle) -> Result<HomeView, BridgeError> {
         Shell::Real(real) => (None, real.fp.sync_settings().await?.server),
     };
     let overview = shell.fp().overview(&trust, &catalog_dir, catalog.as_deref()).await?;
+    let ca = match &shell {
+        Shell::Demo(_) => None,
+        Shell::Real(real) => real.fp.server_ca().await?,
+    };
     let online = match &server {
-        Some(s) => fieldpatch_core::overview::reachable(s, Duration::from_secs(3)).await,
+        Some(s) => {
+            fieldpatch_core::overview::reachable(s, Duration::from_secs(3), ca.as_deref()).await
+        }
         None => false,
     };
     let export_dir = shell.fp().data_dir().join("exports").display().to_string();
@@ -752,15 +758,28 @@ async fn settings(real: tauri::State<'_, Arc<Real>>) -> Result<SyncSettings, Bri
 }
 
 /// Real mode: log in to the inventory server (the token goes to the OS keyring, the server is
-/// remembered) and return the settings as they now are.
+/// remembered, with the private CA its certificate is checked against when `ca_path` names one)
+/// and return the settings as they now are.
 #[tauri::command]
 async fn login(
     app: tauri::AppHandle,
     real: tauri::State<'_, Arc<Real>>,
     server: String,
     token: String,
+    ca_path: Option<String>,
 ) -> Result<SyncSettings, BridgeError> {
+    let ca = match ca_path.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        None => None,
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| BridgeError {
+            code: "invalid_input",
+            message: format!(
+                "cannot read the private CA file {path}: {e}; give the full path of its PEM file"
+            ),
+        })?),
+    };
     let token = fieldpatch_core::credentials::Secret::new(token);
+    // The CA is checked before anything is stored.
+    real.fp.set_server_ca(ca.as_deref()).await?;
     real.fp.sync_login(server.trim(), &token).await?;
     // Automatic sync starts again with the new server and token.
     if let Some(old) = real.sync.lock().await.take() {

@@ -49,7 +49,8 @@ pub struct SyncArgs {
     /// Pin the server's checkpoint key (hex); by default the key from the first sync is pinned.
     #[arg(long)]
     pub server_key: Option<String>,
-    /// Extra trusted root certificate (PEM) for a private inventory CA.
+    /// Extra trusted root certificate (PEM) for a private inventory CA (default: the one
+    /// remembered on this laptop, if any).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
     /// Events per push.
@@ -158,6 +159,11 @@ pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 let mut cfg = config(&args, &server, token.expose().to_string())?;
                 cfg.server_key = local.pinned_server_key().await?;
+                // Without --ca-cert: the private CA remembered on this laptop (set in the app).
+                if cfg.root_certificate_pem.is_none() {
+                    cfg.root_certificate_pem =
+                        local.server_ca().await?.filter(|pem| !pem.is_empty());
+                }
                 let code = sync_with(&args, &cfg, &local, json).await?;
                 if !json && !args.watch {
                     for b in local.store().bundles().await? {

@@ -46,6 +46,9 @@ use uuid::Uuid;
 
 /// Store fact: the inventory server's base URL, remembered from `fieldpatch sync --server`.
 pub const SERVER_META: &str = "sync.server";
+/// Store fact: the private CA (PEM) the inventory server's certificate is checked against, when
+/// it is not signed by a CA the system trusts.
+pub const SERVER_CA_META: &str = "sync.server_ca_pem";
 /// Store fact: the pinned hex key the server countersigns checkpoints with.
 pub const SERVER_KEY_META: &str = "sync.server_key";
 /// Store fact: JSON list of the credential names sync wrote to the keyring (never values).
@@ -244,6 +247,17 @@ impl StoreSync {
     /// The remembered server URL, if any.
     pub async fn server(&self) -> Result<Option<String>, LocalSyncError> {
         Ok(self.store.meta(SERVER_META).await?)
+    }
+
+    /// The private CA (PEM) remembered for the server, if any.
+    pub async fn server_ca(&self) -> Result<Option<Vec<u8>>, LocalSyncError> {
+        Ok(self.store.meta(SERVER_CA_META).await?.map(String::into_bytes))
+    }
+
+    /// Remember (or, with `None`, forget) the private CA the server's certificate is checked
+    /// against.
+    pub async fn remember_server_ca(&self, pem: Option<&str>) -> Result<(), LocalSyncError> {
+        Ok(self.store.set_meta(SERVER_CA_META, pem.unwrap_or("")).await?)
     }
 
     /// Remember the server URL for the next `fieldpatch sync`.

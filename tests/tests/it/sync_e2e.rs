@@ -787,7 +787,7 @@ async fn watch_syncs_by_itself_once_the_server_is_reachable_and_can_be_stopped()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_over_https_trusts_only_the_configured_root() {
+async fn sync_and_the_online_check_over_https_trust_only_the_configured_root() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
     let db = Db::Sqlite(dir.path().join("inventory.db"));
@@ -805,6 +805,12 @@ async fn sync_over_https_trusts_only_the_configured_root() {
     let e = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap_err().to_string();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     assert!(local.checkpoints().is_empty());
+
+    // The online check (the app's Home) trusts the same roots as sync.
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let reachable = fieldpatch_core::overview::reachable;
+    assert!(!reachable(&url, Duration::from_secs(3), None).await);
+    assert!(reachable(&url, Duration::from_secs(3), Some(&tls.cert_pem())).await);
 
     cfg.root_certificate_pem = Some(tls.cert_pem());
     let report = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap();

@@ -55,7 +55,8 @@ export const mode = () => call<Mode>("mode");
 /** Real mode: the inventory server, the token's presence, the pinned key, the trust store. */
 export const settings = () => call<SyncSettings>("settings");
 /** Real mode: keep the token in the OS keyring and remember the server. */
-export const login = (server: string, token: string) => call<SyncSettings>("login", { server, token });
+export const login = (server: string, token: string, caPath: string | null = null) =>
+  call<SyncSettings>("login", { server, token, caPath });
 export const site = () => call<SiteView>("site");
 export const makePlan = () => call<PlanView>("plan");
 /** Run the plan the app made (by its id: the window never sends a plan). */

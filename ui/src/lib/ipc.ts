@@ -522,7 +522,11 @@ trust: TrustSummary | null,
 /**
  * Why the trust store on disk cannot be read, when it cannot.
  */
-trust_problem: string | null, };
+trust_problem: string | null,
+/**
+ * Whether the server's certificate is also checked against a private CA.
+ */
+private_ca: boolean, };
 
 /**
  * One event of a timeline.

@@ -11,6 +11,8 @@ export class SettingsStore {
   settings: SyncSettings | null = $state(null);
   server = $state("");
   token = $state("");
+  /** Full path of the private CA's PEM file (blank: the system's roots only). */
+  caPath = $state("");
   busy = $state(false);
   error: BridgeError | null = $state(null);
   /** What the last login did. */
@@ -41,7 +43,7 @@ export class SettingsStore {
     const token = this.token;
     this.token = "";
     try {
-      this.settings = await this.#api.login(this.server.trim(), token);
+      this.settings = await this.#api.login(this.server.trim(), token, this.caPath.trim() || null);
       this.result = `logged in: the token is in the OS keyring (${this.settings.keyring})`;
     } catch (e) {
       this.error = e as BridgeError;

@@ -12,6 +12,7 @@ const empty: SyncSettings = {
   pinned_server_key: null,
   trust: null,
   trust_problem: null,
+  private_ca: false,
 };
 const trust = { version: 3, expires: "2027-01-01T00:00:00+00:00", root_key_ids: ["ab12", "cd34"] };
 
@@ -31,6 +32,10 @@ describe("settingsRows", () => {
     expect(rows["Sync token"]).toBe("none: log in below");
     expect(rows["Pinned server key"]).toContain("pinned at the first sync");
     expect(rows["Trust store"]).toContain("the first sync pulls and pins it");
+    expect(rows["Server certificate"]).toBe("checked against the system's roots");
+    expect(Object.fromEntries(settingsRows({ ...empty, private_ca: true }))["Server certificate"]).toContain(
+      "private CA",
+    );
   });
 
   it("shows the server, the keyring, the pinned key and the trust store in force", () => {
@@ -65,7 +70,11 @@ describe("SettingsStore", () => {
     store.server = " https://inv ";
     store.token = "secret";
     await store.login();
-    expect(login).toHaveBeenCalledWith("https://inv", "secret");
+    expect(login).toHaveBeenCalledWith("https://inv", "secret", null);
+    store.token = "again";
+    store.caPath = " /etc/ssl/inv-ca.pem ";
+    await store.login();
+    expect(login).toHaveBeenLastCalledWith("https://inv", "again", "/etc/ssl/inv-ca.pem");
     expect(store.token).toBe("");
     expect(store.settings?.token_stored).toBe(true);
     expect(store.result).toContain("OS keyring (secret-service)");

@@ -17,6 +17,7 @@ export function loginProblem(server: string, token: string): string | null {
 export function settingsRows(s: SyncSettings): [label: string, value: string][] {
   return [
     ["Inventory server", s.server ?? "not set: log in below"],
+    ["Server certificate", s.private_ca ? "checked against the private CA and the system's roots" : "checked against the system's roots"],
     ["Sync token", s.token_stored ? `stored in the OS keyring (${s.keyring})` : "none: log in below"],
     ["Pinned server key", s.pinned_server_key ?? "none yet: pinned at the first sync, check it with the inventory team"],
     ["Trust store", trustText(s.trust, s.trust_problem)],
