@@ -23,6 +23,7 @@ const COMMANDS: &[&str] = &[
     "export_visit",
     "pause_session",
     "resume_session",
+    "end_session",
     "choose_work_order",
     "discovery_settings",
     "set_discovery_settings",

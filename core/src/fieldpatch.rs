@@ -487,6 +487,49 @@ impl Fieldpatch {
         self.run_session(state, catalog, observer, pause).await
     }
 
+    /// End a paused or stopped session for good (the technician's "abort"): its devices not yet
+    /// attempted are recorded as skipped and it is no longer offered for resume; its close-out
+    /// then asks for their reasons. A running session is paused first (devices in flight
+    /// finish), and a session cut short in the middle of a device's flash is refused: resume it
+    /// so that device ends in a known state.
+    pub async fn end_session(&self, id: Option<&str>) -> Result<SessionState, Error> {
+        use crate::session::{DeviceStatus, Phase, SessionStore};
+        if self.session_running() {
+            return Err(Error::Busy);
+        }
+        let mut state = self.unfinished_session(id).await?;
+        if state.phase == Phase::Finished {
+            return Err(Error::Finished(state.id.to_string()));
+        }
+        if let Some((device, _)) =
+            state.devices.iter().find(|(_, s)| matches!(s, DeviceStatus::InProgress { .. }))
+        {
+            return Err(Error::Invalid(format!(
+                "{device} was cut short in the middle of its flash: resume the session so it ends in a known state, then end the session"
+            )));
+        }
+        let mut ended = 0;
+        for status in state.devices.values_mut() {
+            if *status == DeviceStatus::Pending {
+                *status = DeviceStatus::Skipped {
+                    reason: "not attempted: the technician ended the session".into(),
+                };
+                ended += 1;
+            }
+        }
+        state.phase = Phase::Finished;
+        StoreSessions(self.store.clone())
+            .save(&state)
+            .await
+            .map_err(|e| Error::Batch(BatchError::Session(e)))?;
+        self.note(format!(
+            "session {} ended by the technician: {ended} device(s) not attempted",
+            state.id
+        ))
+        .await?;
+        Ok(state)
+    }
+
     /// Close out a session: the technician's reason for every device it left unpatched goes into
     /// the visit log. Refused, writing nothing, while any reason is missing.
     pub async fn close_session(

@@ -142,7 +142,17 @@ async fn site(app: tauri::AppHandle) -> Result<SiteView, BridgeError> {
         auto_sync: sync.as_ref().is_some_and(|s| s.is_on()),
         sync_unavailable,
         work_order: bench.work_order.lock().await.clone(),
-        missing: bench.missing.lock().await.clone(),
+        missing: {
+            // Those of the last discovery, and those the last session recorded (after a restart
+            // of the app only the session knows them).
+            let mut m = bench.missing.lock().await.clone();
+            if let Some(s) = &*bench.last_session.lock().await {
+                m.extend(
+                    s.missing.iter().filter(|id| !m.contains(id)).cloned().collect::<Vec<_>>(),
+                );
+            }
+            m
+        },
         catalog_problem,
     })
 }
@@ -404,6 +414,23 @@ async fn pause_session(app: tauri::AppHandle) -> Result<bool, BridgeError> {
     }
     shell.bench().pause.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(true)
+}
+
+/// End the latest unfinished session for good (paused, or cut short when the app was closed):
+/// its devices not yet attempted are skipped and need a reason at the close-out. Every device's
+/// final status reaches the window as a `session` event. Refused while the session runs (pause
+/// it first) and while a device was cut short in the middle of its flash (resume first).
+#[tauri::command]
+async fn end_session(app: tauri::AppHandle) -> Result<String, BridgeError> {
+    let shell = Shell::of(&app)?;
+    let state = shell.fp().end_session(None).await?;
+    for (device, status) in &state.devices {
+        let event = SessionEvent::Status(status.clone());
+        let _ = app.emit("session", SessionEventView::new(Some(device), event));
+    }
+    let id = state.id.to_string();
+    *shell.bench().last_session.lock().await = Some(state);
+    Ok(id)
 }
 
 /// Run `state` (or resume the latest unfinished session) in the background, forwarding its
@@ -877,6 +904,7 @@ pub fn run(demo: bool) {
             export_visit,
             pause_session,
             resume_session,
+            end_session,
             choose_work_order,
             discovery_settings,
             set_discovery_settings,

@@ -208,6 +208,62 @@ async fn session_patches_serial_udp_and_dfu_devices_and_rolls_back_an_unhealthy_
     assert_eq!(events.last().unwrap().body.kind.tag(), "visit_closed");
 }
 
+/// A session stopped by its threshold is ended for good through the facade: its devices never
+/// attempted become skipped (the lab devices still run what they ran), it is no longer offered
+/// for resume, and its close-out asks a reason for each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ending_a_stopped_session_skips_the_devices_it_never_reached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let catalog = catalog(&r);
+    let site = sensors(5, 40, 1024.0 * 1024.0);
+    for d in &site.sensors[1..3] {
+        d.faults().fail_health_check = true;
+    }
+    let connector = DriverConnector { usb: LabDfu::new(LabDfuConfig::plain_dfu()).bus() };
+    let fp = fieldpatch_core::Fieldpatch::open_in(&tmp.path().join("data"), Arc::new(connector))
+        .await
+        .unwrap();
+    let identified = fp.identify(site.records.clone(), Duration::from_secs(10)).await;
+    let plan = fp.plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog).await;
+    let mut opts = options(Threshold::Count(2));
+    opts.wave_size = 2;
+    opts.concurrency = 2;
+    let pause = Arc::new(AtomicBool::new(false));
+    let (_, state) = fp
+        .run_session(SessionState::new(plan, opts), catalog, Arc::new(|_, _| {}), pause)
+        .await
+        .unwrap();
+    assert!(matches!(state.phase, Phase::Stopped { .. }), "{state:#?}");
+    let never: Vec<String> = state
+        .devices
+        .iter()
+        .filter(|(_, s)| **s == fieldpatch_core::session::DeviceStatus::Pending)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!never.is_empty(), "{state:#?}");
+
+    let ended = fp.end_session(None).await.unwrap();
+    assert_eq!(ended.id, state.id);
+    assert_eq!(ended.phase, Phase::Finished);
+    for id in &never {
+        assert!(
+            matches!(&ended.devices[id], fieldpatch_core::session::DeviceStatus::Skipped { reason } if reason.contains("ended the session")),
+            "{id}: {:?}",
+            ended.devices[id]
+        );
+    }
+    for d in &site.sensors[3..] {
+        assert_eq!(d.active_image().unwrap().1, "1.0.0", "{:?}", d.log());
+    }
+    // Nothing is left to resume or to end.
+    assert_eq!(fp.end_session(None).await.unwrap_err().code(), "no_session");
+    let e = fp.close_session(&ended, &Default::default()).await.unwrap_err().to_string();
+    for id in &never {
+        assert!(e.contains(id.as_str()), "{e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failure_threshold_stops_the_session() {
     let tmp = tempfile::tempdir().unwrap();

@@ -66,6 +66,8 @@ export const runSession = (planId: string, canary: boolean) =>
 export const pauseSession = () => call<boolean>("pause_session");
 /** Resume the latest unfinished session (paused, or cut short when the app closed). */
 export const resumeSession = () => call<string>("resume_session");
+/** End the paused session for good: devices not attempted are skipped (reasons at close-out). */
+export const endSession = () => call<string>("end_session");
 export const setAutoSync = (on: boolean) => call<boolean>("set_auto_sync", { on });
 export const syncNow = () => call<void>("sync_now");
 export const closeSession = (reasons: Record<string, string>) =>

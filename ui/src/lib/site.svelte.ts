@@ -25,6 +25,7 @@ export type SiteApi = Pick<
   | "runSession"
   | "pauseSession"
   | "resumeSession"
+  | "endSession"
   | "setAutoSync"
   | "syncNow"
   | "closeSession"
@@ -147,6 +148,19 @@ export class SiteStore {
     this.closeResult = null;
     this.reasonsRefused = false;
     await this.#api.resumeSession().catch((e) => ((this.busy = false), this.#fail(e)));
+  }
+
+  /** End the paused session for good: its devices not attempted are skipped; close out next. */
+  async end(): Promise<void> {
+    this.error = null;
+    try {
+      const id = await this.#api.endSession();
+      this.sessionDone = true;
+      this.closeResult = null;
+      this.notes = appendNote(this.notes, `session ${id} ended: give a reason for each device it did not patch`);
+    } catch (e) {
+      this.#fail(e as BridgeError);
+    }
   }
 
   /** Record the technician's reason for every unpatched device of the last session. */

@@ -43,6 +43,7 @@ function shell(overrides: Partial<SiteApi> = {}) {
     runSession: vi.fn(async () => "session-1"),
     pauseSession: vi.fn(async () => true),
     resumeSession: vi.fn(async () => "session-1"),
+    endSession: vi.fn(async () => "session-1"),
     setAutoSync: vi.fn(async (v: boolean) => v),
     syncNow: vi.fn(async () => {}),
     closeSession: vi.fn(async (reasons: Record<string, string>) => Object.keys(reasons)),
@@ -230,6 +231,19 @@ describe("SiteStore", () => {
     expect(api.resumeSession).toHaveBeenCalledOnce();
     expect(site.busy).toBe(true);
     expect(site.sessionDone).toBe(false);
+  });
+
+  it("ends a paused session: the close-out opens and says why", async () => {
+    const { api } = shell();
+    const site = new SiteStore(api);
+    await site.end();
+    expect(api.endSession).toHaveBeenCalledOnce();
+    expect(site.sessionDone).toBe(true);
+    expect(site.notes[site.notes.length - 1]).toContain("session session-1 ended");
+    const refused = new SiteStore(shell({ endSession: reject("busy", "a session is running") }).api);
+    await refused.end();
+    expect(refused.error?.code).toBe("busy");
+    expect(refused.sessionDone).toBe(false);
   });
 
   it("unlocks the controls when there is nothing to pause or resume", async () => {
