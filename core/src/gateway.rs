@@ -10,7 +10,10 @@
 //! store then names no vendor certificate, or the signature does not verify against one; the
 //! archive, hardware and hashes are checked all the same), `flash_started` (image hash and size)
 //! before the first byte, then `image_uploaded` or
-//! `failed` with the daemon's own message. The secret never reaches an event, an error or the
+//! `failed` with the daemon's own message. After the install the gateway is asked to restart
+//! into the new software (SWUpdate's `/restart`; what it answered is noted), and, given the
+//! device's own health URL, the install counts as done only once that answers 2xx
+//! (`health_check` in the log either way). The secret never reaches an event, an error or the
 //! store. The upload hashes the bytes again as they stream; a mismatch with what was verified is
 //! recorded as a failure. The device checks the same signature and hashes itself (SWUpdate with a
 //! public key), and whatever rollback the gateway has (A/B slots) is the device's, not Fieldpatch's.
@@ -48,6 +51,13 @@ pub struct SwupdateJob<'a> {
     /// What the image must fit.
     pub target: SwuTarget,
     pub timeouts: Timeouts,
+    /// After the install, ask the gateway to restart into the new software (SWUpdate's
+    /// `/restart`), as its own web page does.
+    pub restart: bool,
+    /// The device's own health endpoint (`http://` or `https://`), which must answer 2xx within
+    /// `health_timeout` after the install (and the restart) for the install to count as done.
+    pub health_url: Option<&'a str>,
+    pub health_timeout: std::time::Duration,
 }
 
 /// What an install did.
@@ -55,6 +65,10 @@ pub struct SwupdateJob<'a> {
 pub struct SwupdateOutcome {
     pub verified: VerifiedSwu,
     pub report: InstallReport,
+    /// What the restart request did (`None`: none was asked for).
+    pub restart: Option<String>,
+    /// What the health check found (`None`: no health URL).
+    pub health: Option<String>,
 }
 
 impl Fieldpatch {
@@ -131,7 +145,6 @@ impl Fieldpatch {
         )
         .await?;
         let result = client.install(job.file, Some(&credentials), progress).await;
-        drop(credentials);
         match result {
             Ok(report) if report.sha256 == verified.file_sha256 => {
                 self.record(
@@ -139,7 +152,29 @@ impl Fieldpatch {
                     EventKind::ImageUploaded { image_sha256: sha, device_reported_hash: None },
                 )
                 .await?;
-                Ok(SwupdateOutcome { verified, report })
+                let restart = if job.restart {
+                    progress.phase("restart");
+                    let said = match client.restart(Some(&credentials)).await {
+                        Ok(()) => "restart requested".to_string(),
+                        Err(e) => format!(
+                            "the restart request failed ({e}): the gateway restarts by its own policy"
+                        ),
+                    };
+                    self.record(
+                        Some(job.device),
+                        EventKind::Note { text: format!("{}: {said}", job.device) },
+                    )
+                    .await?;
+                    Some(said)
+                } else {
+                    None
+                };
+                drop(credentials);
+                let health = match job.health_url {
+                    None => None,
+                    Some(url) => Some(self.gateway_health(&client, &job, url, progress).await?),
+                };
+                Ok(SwupdateOutcome { verified, report, restart, health })
             }
             Ok(report) => {
                 let reason = format!(
@@ -172,6 +207,48 @@ impl Fieldpatch {
 }
 
 impl Fieldpatch {
+    /// Poll the gateway's own health URL after an install until it answers 2xx or
+    /// `job.health_timeout` passes; the verdict goes into the visit log (`health_check`), and a
+    /// gateway that never answers is an error: the install is not done.
+    async fn gateway_health(
+        &self,
+        client: &SwupdateClient,
+        job: &SwupdateJob<'_>,
+        url: &str,
+        progress: &dyn Progress,
+    ) -> Result<String, Error> {
+        progress.phase("health check");
+        let deadline = tokio::time::Instant::now() + job.health_timeout;
+        loop {
+            match client.check_health(url).await {
+                Ok(()) => {
+                    let detail = format!("{url} answered 2xx after the install");
+                    self.record(
+                        Some(job.device),
+                        EventKind::HealthCheck { passed: true, detail: detail.clone() },
+                    )
+                    .await?;
+                    return Ok(detail);
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    let detail = format!(
+                        "{e}; still failing {} s after the install: the new software is installed but the device is not healthy, check it by hand (SWUpdate offers no revert)",
+                        job.health_timeout.as_secs()
+                    );
+                    self.record(
+                        Some(job.device),
+                        EventKind::HealthCheck { passed: false, detail: detail.clone() },
+                    )
+                    .await?;
+                    return Err(Error::Invalid(format!("{}: {detail}", job.device)));
+                }
+            }
+        }
+    }
+
     /// The checks of [`Fieldpatch::swupdate_install`] before anything is sent, and the event
     /// that records why the image may go: `Ok(Err(e))` is a refusal to record.
     async fn verify_swu(

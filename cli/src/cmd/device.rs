@@ -48,6 +48,16 @@ pub struct DeviceArgs {
     /// SWUpdate: the digest user name.
     #[arg(long, default_value = "admin", requires = "swupdate")]
     user: String,
+    /// SWUpdate: do not ask the gateway to restart after the install (it restarts by its own
+    /// policy).
+    #[arg(long, requires = "swupdate")]
+    no_restart: bool,
+    /// SWUpdate: the device's own health URL, which must answer 2xx after the install.
+    #[arg(long, requires = "swupdate")]
+    health_url: Option<String>,
+    /// SWUpdate: seconds the health URL may take to answer 2xx after the install.
+    #[arg(long, default_value_t = 120, requires = "swupdate")]
+    health_timeout: u64,
     #[command(subcommand)]
     command: DeviceCommand,
 }
@@ -269,6 +279,9 @@ fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitC
             allow_unverified,
             target: SwuTarget { board: args.board, hardware_revision: hardware },
             timeouts: Timeouts::default(),
+            restart: !args.no_restart,
+            health_url: args.health_url.as_deref(),
+            health_timeout: std::time::Duration::from_secs(args.health_timeout),
         };
         let outcome = fp.swupdate_install(job, &bar).await;
         bar.finish();
@@ -280,6 +293,8 @@ fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitC
                 "version": version,
                 "bytes": outcome.report.bytes_sent,
                 "sha256": hex::encode(outcome.report.sha256),
+                "restart": outcome.restart,
+                "health": outcome.health,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
@@ -287,6 +302,12 @@ fn run_swupdate(url: &str, args: DeviceArgs, json: bool) -> anyhow::Result<ExitC
                 "{device}: installed {version} ({} bytes; SWUpdate reported success)",
                 outcome.report.bytes_sent
             );
+            if let Some(r) = &outcome.restart {
+                println!("{device}: {r}");
+            }
+            if let Some(h) = &outcome.health {
+                println!("{device}: healthy: {h}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -232,7 +232,11 @@ fn swupdate_cli_installs_with_the_keyring_credential_and_leaks_nothing() {
     assert!(gw.daemon.log_text().contains("SWUPDATE successful"));
     let events = env.events_about("gw-1");
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["note", "flash_started", "image_uploaded"], "{events:?}");
+    // Then the gateway is asked to restart into the new software (what it answered is noted).
+    assert_eq!(kinds, ["note", "flash_started", "image_uploaded", "note"], "{events:?}");
+    let restart = v["restart"].as_str().unwrap();
+    assert!(events[3].1["text"].as_str().unwrap().ends_with(restart), "{events:?}");
+    assert!(v["health"].is_null(), "no health URL was given: {v}");
     let sha = fieldpatch_testkit::swupdate::sha256_hex(&std::fs::read(&file).unwrap());
     let cert_id =
         fieldpatch_core::bundle::certificate_id(&String::from_utf8(gw.vendor.cert_pem()).unwrap())
@@ -242,6 +246,67 @@ fn swupdate_cli_installs_with_the_keyring_credential_and_leaks_nothing() {
     assert!(note.contains(&sha), "{note}");
     assert_eq!(events[1].1["image_sha256"], sha.as_str());
     assert_eq!(events[1].1["to_version"], "4.2.0");
+    env.assert_no_secret(&gw.password);
+}
+
+/// A health endpoint on loopback answering every request with `status` (until dropped).
+fn health_server(status: u16) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten().take(20) {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, handle)
+}
+
+/// `--health-url`: the install counts as done only once the device's own health URL answers
+/// 2xx; one that keeps failing is a failed health check in the visit log and a non-zero exit,
+/// with the new software installed (SWUpdate has no revert) and said so.
+#[test]
+fn swupdate_cli_checks_the_device_health_url_after_the_install() {
+    let env = Env::new();
+    let gw = gateway(&env);
+    env.set_password("gw-1", &gw.password);
+    let file = good(&gw).write(env.dir.path(), "good.swu");
+    let trust = gw.trust.to_str().unwrap().to_string();
+
+    let (healthy, _h) = health_server(200);
+    let install = |extra: &[&str]| {
+        let url = gw.daemon.url();
+        let args = [
+            &["--json", "device", "--swupdate", &url, "--device", "gw-1", "--hardware", "1.0"],
+            extra,
+            &["image", "upload", file.to_str().unwrap(), "--trust", &trust],
+        ]
+        .concat();
+        env.run(&args, None)
+    };
+    let out = install(&["--no-restart", "--health-url", &healthy]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["restart"].is_null(), "--no-restart asks for none: {v}");
+    assert!(v["health"].as_str().unwrap().contains("answered 2xx"), "{v}");
+    let events = env.events_about("gw-1");
+    let last = events.last().unwrap();
+    assert_eq!((last.0.as_str(), &last.1["passed"]), ("health_check", &serde_json::json!(true)));
+
+    let (sick, _s) = health_server(503);
+    let out = install(&["--health-url", &sick, "--health-timeout", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("503") && stderr.contains("not healthy"), "{stderr}");
+    let events = env.events_about("gw-1");
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "health_check", "{events:?}");
+    assert_eq!(last.1["passed"], false, "{events:?}");
     env.assert_no_secret(&gw.password);
 }
 
@@ -329,8 +394,8 @@ fn swupdate_cli_takes_its_trust_anchor_from_the_trust_store_in_force_only() {
     let kinds: Vec<String> = env.events_about("gw-1").into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         kinds,
-        ["failed", "unverified_image_allowed", "flash_started", "image_uploaded"],
-        "the refusal, then the unverified upload"
+        ["failed", "unverified_image_allowed", "flash_started", "image_uploaded", "note"],
+        "the refusal, then the unverified upload and the restart request"
     );
 
     // Once a store is pinned on this laptop (as a sync leaves it), a store made by hand for the
