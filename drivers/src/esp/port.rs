@@ -7,7 +7,6 @@
 use super::slip::{self, SlipDecoder, SlipError};
 use crate::transport::{Link, TransportError};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,7 +35,7 @@ pub struct EspSerial {
     rx: mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>,
     decoder: SlipDecoder,
     ready: VecDeque<Result<Vec<u8>, SlipError>>,
-    stop: Arc<AtomicBool>,
+    _reader: crate::transport::serial::ReaderThread,
     name: String,
     baud: u32,
 }
@@ -62,15 +61,14 @@ impl EspSerial {
             .map_err(open_err)?;
         let _ = port.clear(serialport::ClearBuffer::All);
         let reader = port.try_clone().map_err(open_err)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rx =
-            crate::transport::serial::spawn_reader(reader, format!("esp-rx {path}"), stop.clone())?;
+        let (rx, reader) =
+            crate::transport::serial::spawn_reader(reader, format!("esp-rx {path}"))?;
         Ok(EspSerial {
             port: Arc::new(Mutex::new(port)),
             rx,
             decoder: SlipDecoder::new(MAX_RX_PACKET),
             ready: VecDeque::new(),
-            stop,
+            _reader: reader,
             name: path.to_string(),
             baud: baud.max(1),
         })
@@ -88,12 +86,6 @@ impl EspSerial {
         let mut port =
             self.port.lock().map_err(|_| std::io::Error::other("serial port lock poisoned"))?;
         f(&mut port).map_err(std::io::Error::from)
-    }
-}
-
-impl Drop for EspSerial {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

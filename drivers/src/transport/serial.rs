@@ -24,7 +24,7 @@ pub struct SerialLink {
     rx: mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>,
     decoder: FrameDecoder,
     ready: VecDeque<Result<Vec<u8>, frame::FrameError>>,
-    stop: Arc<AtomicBool>,
+    _reader: ReaderThread,
     name: String,
     baud: u32,
 }
@@ -52,23 +52,16 @@ impl SerialLink {
         let _ = port.write_request_to_send(true);
         let _ = port.clear(serialport::ClearBuffer::All);
         let reader = port.try_clone().map_err(open_err)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rx = spawn_reader(reader, format!("serial-rx {path}"), stop.clone())?;
+        let (rx, reader) = spawn_reader(reader, format!("serial-rx {path}"))?;
         Ok(SerialLink {
             port: Arc::new(Mutex::new(port)),
             rx,
             decoder: FrameDecoder::new(MAX_RX_PACKET),
             ready: VecDeque::new(),
-            stop,
+            _reader: reader,
             name: path.to_string(),
             baud: baud.max(1),
         })
-    }
-}
-
-impl Drop for SerialLink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -132,19 +125,39 @@ impl Link for SerialLink {
     }
 }
 
-/// Reads `reader` on a thread of its own (`name`) until `stop` is set or the port fails, handing
-/// every chunk read to the returned channel; read timeouts only let it look at `stop` again.
+/// The thread that reads a serial port. Dropping it stops the thread and waits for it (at most
+/// one read timeout), so the port's last handle is closed when the link is dropped and the port
+/// can be opened again at once.
+#[derive(Debug)]
+pub(crate) struct ReaderThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ReaderThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads `reader` on a thread of its own (`name`) until the returned [`ReaderThread`] is dropped
+/// or the port fails, handing every chunk read to the returned channel; read timeouts only let
+/// it look at its stop flag again.
 pub(crate) fn spawn_reader(
     mut reader: Box<dyn serialport::SerialPort>,
     name: String,
-    stop: Arc<AtomicBool>,
-) -> Result<mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>, TransportError> {
+) -> Result<(mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>, ReaderThread), TransportError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             let mut buf = vec![0u8; 4096];
-            while !stop.load(Ordering::Relaxed) {
+            while !flag.load(Ordering::Relaxed) {
                 match reader.read(&mut buf) {
                     Ok(0) => {}
                     Ok(n) => {
@@ -167,5 +180,5 @@ pub(crate) fn spawn_reader(
             }
         })
         .map_err(TransportError::SerialIo)?;
-    Ok(rx)
+    Ok((rx, ReaderThread { stop, handle: Some(handle) }))
 }

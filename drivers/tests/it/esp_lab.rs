@@ -224,3 +224,18 @@ async fn a_port_that_talks_garbage_is_no_sync_not_a_panic() {
     assert!(matches!(err, EspError::NoSync { .. }), "{err:?}");
     assert_eq!(err.code(), "esp_no_sync");
 }
+
+/// Dropping the port closes it at once (its reader thread is stopped and joined): the port is
+/// opened again, exclusively, right away, as the next job on the same adapter does.
+#[tokio::test]
+async fn a_dropped_port_can_be_opened_again_at_once() {
+    let (device, server) = lab();
+    let path = server.path().to_str().unwrap().to_string();
+    for _ in 0..20 {
+        let port = EspSerial::open(&path, ROM_BAUD).expect("the port is free again");
+        drop(port);
+    }
+    // And it still works after all that.
+    let mut loader = connect(&device, &server).await;
+    loader.spi_attach().await.unwrap();
+}
