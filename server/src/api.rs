@@ -502,14 +502,51 @@ pub async fn report_not_at_approved<S: Store>(
     store: &S,
     technician: Option<&str>,
 ) -> Result<Vec<Device>, StoreError> {
+    Ok(report_page(store, technician, None).await?.0)
+}
+
+/// One page of [`report_not_at_approved`] (`page`: after that device id, at most that many read),
+/// and the id the next page starts after when there may be more.
+pub async fn report_page<S: Store>(
+    store: &S,
+    technician: Option<&str>,
+    page: Option<(&str, u32)>,
+) -> Result<(Vec<Device>, Option<String>), StoreError> {
+    let read = store.devices_off_approved(technician, page).await?;
+    // A full page may have a next one: it starts after the last device read (which may itself
+    // be left out below).
+    let next = match page {
+        Some((_, limit)) if read.len() >= limit as usize => read.last().map(|d| d.id.clone()),
+        _ => None,
+    };
     // The database leaves out devices whose firmware is the approved string; versions that are
     // equal but spelled differently are compared here.
-    Ok(store
-        .devices_off_approved(technician)
-        .await?
-        .into_iter()
-        .filter(|d| !at_approved(d))
-        .collect())
+    Ok((read.into_iter().filter(|d| !at_approved(d)).collect(), next))
+}
+
+/// `text` as a query-string value (RFC 3986 unreserved characters kept, every other byte %XX).
+fn query_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The most devices one page of a report holds.
+pub const MAX_REPORT_PAGE: u32 = 10_000;
+
+/// `GET /v1/reports/not-at-approved-version` query: without `limit`, the whole report.
+#[derive(Debug, Deserialize)]
+pub struct ReportPageQuery {
+    /// At most this many devices (1 to [`MAX_REPORT_PAGE`]).
+    pub limit: Option<u32>,
+    /// Only devices whose id sorts after this one (the `next` of the previous page).
+    pub after: Option<String>,
 }
 
 /// Devices in work orders that are not at their approved version, with the recorded reasons.
@@ -527,12 +564,42 @@ pub async fn report_planned_not_patched<S: Store>(
         .collect())
 }
 
+/// The report, whole or (with `limit`) one page: a page that may have a next one says where it
+/// starts in a `Link: <...>; rel="next"` header and in `X-Next-After`.
 async fn not_at_approved<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-) -> Result<Json<Vec<Device>>, ApiError> {
+    axum::extract::Query(q): axum::extract::Query<ReportPageQuery>,
+) -> Result<Response, ApiError> {
     let scope = scope(&app, &headers).await?;
-    Ok(Json(report_not_at_approved(&app.store, scope.as_deref()).await?))
+    let page = match q.limit {
+        None if q.after.is_some() => {
+            return Err(ApiError::bad_request("`after` pages a report: give `limit` too"));
+        }
+        None => None,
+        Some(l) if l == 0 || l > MAX_REPORT_PAGE => {
+            return Err(ApiError::bad_request(format!(
+                "limit {l}: give a page size from 1 to {MAX_REPORT_PAGE}"
+            )));
+        }
+        Some(l) => Some((q.after.as_deref().unwrap_or(""), l)),
+    };
+    let (devices, next) = report_page(&app.store, scope.as_deref(), page).await?;
+    let mut resp = Json(devices).into_response();
+    if let (Some(next), Some((_, limit))) = (next, page) {
+        let encoded = query_encode(&next);
+        let link = format!(
+            "</v1/reports/not-at-approved-version?limit={limit}&after={encoded}>; rel=\"next\""
+        );
+        let h = resp.headers_mut();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            h.insert(axum::http::header::LINK, v);
+        }
+        if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {
+            h.insert("x-next-after", v);
+        }
+    }
+    Ok(resp)
 }
 
 async fn planned_not_patched<S: Store>(

@@ -253,11 +253,13 @@ pub trait Store: Send + Sync + 'static {
         technician_id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
     /// Devices with an approved version whose recorded firmware is not that very string (all, or
-    /// at the technician's sites): what the "not at approved version" reports start from, filtered
-    /// in the database so a large inventory is not read whole.
+    /// at the technician's sites), in device id order: what the "not at approved version" reports
+    /// start from, filtered in the database so a large inventory is not read whole. `page`: only
+    /// devices after that id, at most that many.
     fn devices_off_approved(
         &self,
         technician_id: Option<&str>,
+        page: Option<(&str, u32)>,
     ) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
     /// [`Store::devices_off_approved`] that are in a work order, with the work order's id,
     /// ordered by work order and device.
@@ -1115,19 +1117,28 @@ macro_rules! store_impl {
                 rows.iter().map(|r| Ok((r.try_get("work_order_id")?, Self::device_row(r)?))).collect()
             }
 
-            async fn devices_off_approved(&self, technician_id: Option<&str>) -> Result<Vec<Device>, StoreError> {
+            async fn devices_off_approved(&self, technician_id: Option<&str>, page: Option<(&str, u32)>) -> Result<Vec<Device>, StoreError> {
                 const OFF: &str = OFF_APPROVED;
+                // Without a page: everything after "" (every id), with no limit.
+                let (after, limit) = match page {
+                    Some((after, limit)) => (after, i64::from(limit)),
+                    None => ("", i64::MAX),
+                };
                 let rows = match technician_id {
                     Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {DEVICE_COLUMNS} FROM devices d JOIN assignments a ON a.site_id = d.site_id \
-                         WHERE a.technician_id = $1 AND {OFF} ORDER BY d.id"
+                         WHERE a.technician_id = $1 AND {OFF} AND d.id > $2 ORDER BY d.id LIMIT $3"
                     )))
                     .bind(t)
+                    .bind(after)
+                    .bind(limit)
                     .fetch_all(&self.pool)
                     .await?,
                     None => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE {OFF} ORDER BY d.id"
+                        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE {OFF} AND d.id > $1 ORDER BY d.id LIMIT $2"
                     )))
+                    .bind(after)
+                    .bind(limit)
                     .fetch_all(&self.pool)
                     .await?,
                 };

@@ -71,8 +71,6 @@ struct Site {
 struct Real {
     fp: Fieldpatch,
     bench: Bench,
-    /// The catalog last verified from the synced catalog folder (loaded again for each plan).
-    catalog: Mutex<Option<Arc<Catalog>>>,
     /// Automatic sync with the remembered server, once logged in.
     sync: Mutex<Option<Arc<AutoSync>>>,
     runtime: tokio::runtime::Handle,
@@ -551,9 +549,7 @@ impl Shell {
                         message: "no verified catalog yet: log in and sync to pull the trust store and the catalog".into(),
                     });
                 }
-                let catalog = Arc::new(real.fp.load_catalog(&dir, &trust).await?);
-                *real.catalog.lock().await = Some(catalog.clone());
-                Ok(catalog)
+                Ok(Arc::new(real.fp.load_catalog(&dir, &trust).await?))
             }
         }
     }
@@ -831,7 +827,6 @@ async fn start_real() -> Result<Real, String> {
     Ok(Real {
         fp,
         bench: Bench::new(Vec::new()),
-        catalog: Mutex::new(None),
         sync: Mutex::new(None),
         runtime: tokio::runtime::Handle::current(),
     })

@@ -108,6 +108,37 @@ async fn push_is_verified_idempotent_and_folds_into_the_inventory(backend: Backe
         get(&server, &tech.token, "/v1/reports/not-at-approved-version").await;
     assert_eq!(behind.len(), 2);
 
+    // Paged: two at a time in id order, each page naming the next until the last.
+    let mut paged = Vec::new();
+    let mut path = "/v1/reports/not-at-approved-version?limit=2".to_string();
+    loop {
+        let r = reqwest::Client::new()
+            .get(server.url(&path))
+            .bearer_auth(&server.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let next = r.headers().get("x-next-after").map(|v| v.to_str().unwrap().to_string());
+        let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<Device> = r.json().await.unwrap();
+        assert!(page.len() <= 2, "{page:?}");
+        paged.extend(page.into_iter().map(|d| d.id));
+        match next {
+            Some(after) => {
+                assert!(link.unwrap().contains(&format!("after={after}>; rel=\"next\"")));
+                path = format!("/v1/reports/not-at-approved-version?limit=2&after={after}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, ["d2", "d3", "d9"], "every device once, in id order");
+    for bad in ["?limit=0", "?limit=10001", "?after=d2"] {
+        let path = format!("/v1/reports/not-at-approved-version{bad}");
+        let code = status(&server, Some(&server.admin_token), reqwest::Method::GET, &path).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
     let history: Vec<Event> = get(&server, &tech.token, "/v1/devices/d1/history").await;
     assert_eq!(history, vec![events[1].clone()]);
     let history: Vec<Event> = get(&server, &server.admin_token, "/v1/devices/d3/history").await;
