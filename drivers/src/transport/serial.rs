@@ -125,6 +125,9 @@ impl Link for SerialLink {
     }
 }
 
+/// What a serial port's reader thread hands over: each chunk read, or the error that ended it.
+pub(crate) type Chunks = mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>;
+
 /// The thread that reads a serial port. Dropping it stops the thread and waits for it (at most
 /// one read timeout), so the port's last handle is closed when the link is dropped and the port
 /// can be opened again at once.
@@ -149,7 +152,7 @@ impl Drop for ReaderThread {
 pub(crate) fn spawn_reader(
     mut reader: Box<dyn serialport::SerialPort>,
     name: String,
-) -> Result<(mpsc::UnboundedReceiver<std::io::Result<Vec<u8>>>, ReaderThread), TransportError> {
+) -> Result<(Chunks, ReaderThread), TransportError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
