@@ -869,13 +869,20 @@ impl<D: UsbControl> DfuDevice<D> {
         let clock = Clock { progress, start: Instant::now(), total: len as u64 };
         let xfer = self.transfer_size();
         let mut out = Vec::with_capacity(len);
+        // One set-address, then consecutive blocks from 2 (each read at the pointer plus
+        // (block - 2) x wTransferSize, as dfu-util reads): a set-address waits the device's poll
+        // timeout, a block does not. The address is set again before the block number would wrap.
+        let mut block = u16::MAX;
         while out.len() < len {
-            let at = address.wrapping_add(out.len() as u32);
             let want = xfer.min(len - out.len());
-            self.dfuse_command(OP, DFUSE_SET_ADDRESS, Some(at))?;
-            self.abort()?;
+            if block == u16::MAX {
+                let at = address.wrapping_add(out.len() as u32);
+                self.dfuse_command(OP, DFUSE_SET_ADDRESS, Some(at))?;
+                self.abort()?;
+                block = 2;
+            }
             let mut buf = vec![0u8; want];
-            let s = self.setup(REQ_IN, UPLOAD, 2);
+            let s = self.setup(REQ_IN, UPLOAD, block);
             let n = self.dev.control_in(s, &mut buf, self.opts.control_timeout).map_err(usb(OP))?;
             if n < want {
                 if let Ok(st) = self.status(OP)
@@ -890,9 +897,14 @@ impl<D: UsbControl> DfuDevice<D> {
             }
             out.extend_from_slice(&buf[..n]);
             clock.report(out.len() as u64);
-            // dfuUPLOAD-IDLE accepts no DNLOAD (the next set-address): back to dfuIDLE.
-            self.abort()?;
+            block += 1;
+            if block == u16::MAX {
+                // dfuUPLOAD-IDLE accepts no DNLOAD (the next set-address): back to dfuIDLE.
+                self.abort()?;
+            }
         }
+        // Back to dfuIDLE for whatever comes next.
+        self.abort()?;
         Ok(out)
     }
 

@@ -684,7 +684,9 @@ impl Inner {
             if block == 1 {
                 return Err(self.stall());
             }
-            let a = self.pointer as u64 + (block as u64 - 2) * buf.len() as u64;
+            // AN3156: ((wBlockNum - 2) x wTransferSize) + the address pointer, whatever the
+            // length asked for (the last block of a read may be shorter).
+            let a = self.pointer as u64 + (block as u64 - 2) * u64::from(self.cfg.transfer_size);
             let Ok(a) = u32::try_from(a) else { return Err(self.stall()) };
             if self.span(a, buf.len(), |r| r.readable).is_err() {
                 self.fail(ERR_ADDRESS);
