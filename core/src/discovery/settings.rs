@@ -57,9 +57,14 @@ impl DiscoverySettings {
     /// The settings with blank entries dropped and every entry checked: an error names the entry
     /// and says what is expected.
     pub fn checked(mut self) -> Result<DiscoverySettings, Error> {
+        // Blank entries and repeats go; the order given stays.
         let tidy = |v: &mut Vec<String>| {
-            *v = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            v.dedup();
+            let mut seen = std::collections::BTreeSet::new();
+            *v = v
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && seen.insert(s.clone()))
+                .collect();
         };
         tidy(&mut self.ports);
         tidy(&mut self.exclude);
@@ -191,7 +196,12 @@ mod tests {
         let s = DiscoverySettings {
             usb_serial: false,
             usb_dfu: false,
-            ports: vec![" /dev/pts/7 ".into(), String::new()],
+            ports: vec![
+                " /dev/pts/7 ".into(),
+                String::new(),
+                "/dev/pts/8".into(),
+                "/dev/pts/7".into(),
+            ],
             networks: vec!["192.0.2.0/30".into()],
             interfaces: vec!["eth0".into()],
             ..DiscoverySettings::default()
@@ -199,7 +209,7 @@ mod tests {
         let o = s.options(Some("WO-1".into())).unwrap();
         let serial = o.request.serial.unwrap();
         assert_eq!(serial.system_ports, SystemPorts::None);
-        assert_eq!(serial.paths, vec![PathBuf::from("/dev/pts/7")]);
+        assert_eq!(serial.paths, vec![PathBuf::from("/dev/pts/7"), PathBuf::from("/dev/pts/8")]);
         assert_eq!(o.request.network.unwrap().targets.len(), 1);
         assert_eq!(o.request.mdns.unwrap().interfaces, vec!["eth0".to_string()]);
         assert_eq!(o.work_order.as_deref(), Some("WO-1"));
