@@ -781,8 +781,8 @@ async fn settings(real: tauri::State<'_, Arc<Real>>) -> Result<SyncSettings, Bri
 }
 
 /// Real mode: log in to the inventory server (the token goes to the OS keyring, the server is
-/// remembered, with the private CA its certificate is checked against when `ca_path` names one)
-/// and return the settings as they now are.
+/// remembered, with the private CA its certificate is checked against when `ca_path` names one;
+/// without `ca_path` a CA set at an earlier login stays) and return the settings as they now are.
 #[tauri::command]
 async fn login(
     app: tauri::AppHandle,
@@ -801,8 +801,10 @@ async fn login(
         })?),
     };
     let token = fieldpatch_core::credentials::Secret::new(token);
-    // The CA is checked before anything is stored.
-    real.fp.set_server_ca(ca.as_deref()).await?;
+    // The CA is checked before anything is stored; without one, the CA set before stays.
+    if let Some(pem) = &ca {
+        real.fp.set_server_ca(Some(pem)).await?;
+    }
     real.fp.sync_login(server.trim(), &token).await?;
     // Automatic sync starts again with the new server and token.
     if let Some(old) = real.sync.lock().await.take() {
