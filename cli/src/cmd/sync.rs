@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use fieldpatch_core::credentials::{CredentialName, Secret};
+use fieldpatch_core::credentials::Secret;
 use fieldpatch_core::store::BundleVerdict;
 use fieldpatch_core::sync::{
     SyncConfig, SyncLocal, SyncReport, WatchEvent, WatchOptions, sync as sync_once, watch,
@@ -36,6 +36,10 @@ pub enum SyncAction {
         /// Inventory server base URL.
         #[arg(long)]
         server: String,
+        /// The private CA (PEM) the server's certificate is also checked against, remembered
+        /// for every later sync (a login without it keeps the one set before).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
     },
     /// Print this laptop's technician public key (hex), to register with the inventory.
     Key,
@@ -120,12 +124,21 @@ pub fn run(cmd: SyncCommand, json: bool) -> anyhow::Result<ExitCode> {
         let creds = fp.credentials().await?.clone();
         let local = fp.sync_local().await?;
         match cmd.action {
-            Some(SyncAction::Login { server }) => {
+            Some(SyncAction::Login { server, ca_cert }) => {
                 // Refused before the token is even read: it would travel in the clear.
                 fieldpatch_core::sync::client::check_transport(&server)?;
+                let ca = match &ca_cert {
+                    None => None,
+                    Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read --ca-cert {}", path.display())
+                    })?),
+                };
                 let token = read_token()?;
-                creds.set(&CredentialName::SyncToken, &token).await?;
-                local.remember_server(&server).await?;
+                // The same login as the app's: the CA is checked before anything is stored.
+                if let Some(pem) = &ca {
+                    fp.set_server_ca(Some(pem)).await?;
+                }
+                fp.sync_login(&server, &token).await?;
                 println!("sync token stored in the {} keyring; server {server}", creds.backend());
                 Ok(ExitCode::SUCCESS)
             }

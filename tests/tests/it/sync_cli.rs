@@ -45,10 +45,16 @@ pub(crate) fn admin(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 pub(crate) fn serve(data: &Path) -> (Server, String) {
+    serve_with(data, &[])
+}
+
+/// [`serve`] with more `serve` flags (`--tls-cert`, ...).
+pub(crate) fn serve_with(data: &Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(built_binary("fieldpatch-server"))
         .arg("--data-dir")
         .arg(data)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -521,4 +527,43 @@ async fn a_server_restored_from_backup_gets_the_lost_events_again() {
     let report = sync(&url);
     assert_eq!(report["pending"], serde_json::json!({}), "{report}");
     assert_eq!(server_event_count(&db, &log_id).await, (6, 6), "every event is on the server once");
+}
+
+/// `sync login --ca-cert`: the private CA is checked and remembered, so later syncs check the
+/// server's certificate against it without the flag (as the app's login does); without it the
+/// server is refused as untrusted, and a file holding no certificate is refused at the login.
+#[test]
+fn sync_login_remembers_the_private_ca_for_later_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let laptop = new_laptop(tmp.path());
+    let server_data = tmp.path().join("server");
+    let token = enrol(&laptop, &server_data, "alice");
+    let tls = fieldpatch_testkit::tls::self_signed(tmp.path());
+    let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
+    let (_server, url) = serve_with(&server_data, &["--tls-cert", cert, "--tls-key", key]);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let login = |extra: &[&str]| {
+        let args = [&["sync", "login", "--server", url.as_str()], extra].concat();
+        laptop.run(&args, &format!("{token}\n"))
+    };
+
+    let out = login(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let untrusted = laptop.run(&["sync"], "");
+    assert!(!untrusted.status.success());
+    let e = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(e.contains("certificate"), "{e}");
+
+    let not_a_cert = login(&["--ca-cert", key]);
+    assert!(!not_a_cert.status.success());
+    let e = String::from_utf8_lossy(&not_a_cert.stderr);
+    assert!(e.contains("no PEM certificate"), "{e}");
+
+    let out = login(&["--ca-cert", cert]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A later login without the flag keeps it, and sync trusts the server from then on.
+    let out = login(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let synced = laptop.run(&["sync"], "");
+    assert!(synced.status.success(), "{}", String::from_utf8_lossy(&synced.stderr));
 }
