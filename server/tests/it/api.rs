@@ -17,13 +17,17 @@ async fn push(server: &TestServer, token: &str, events: &[Event]) -> PushAck {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
+    let body: serde_json::Value = r.json().await.unwrap();
+    common::check_response("POST", "/v1/push", 200, &body);
+    serde_json::from_value(body).unwrap()
 }
 
 async fn get<T: serde::de::DeserializeOwned>(server: &TestServer, token: &str, path: &str) -> T {
     let r = reqwest::Client::new().get(server.url(path)).bearer_auth(token).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{path}");
-    r.json().await.unwrap()
+    let body: serde_json::Value = r.json().await.unwrap();
+    common::check_response("GET", path, 200, &body);
+    serde_json::from_value(body).unwrap()
 }
 
 async fn status(
@@ -121,7 +125,9 @@ async fn push_is_verified_idempotent_and_folds_into_the_inventory(backend: Backe
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         let next = r.headers().get("x-next-after").map(|v| v.to_str().unwrap().to_string());
         let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
-        let page: Vec<Device> = r.json().await.unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
+        common::check_response("GET", &path, 200, &body);
+        let page: Vec<Device> = serde_json::from_value(body).unwrap();
         assert!(page.len() <= 2, "{page:?}");
         paged.extend(page.into_iter().map(|d| d.id));
         match next {
@@ -400,6 +406,15 @@ async fn openapi_document_names_every_route() {
         assert_ne!(status, 405, "{method} {path}");
         if status == 404 {
             assert!(body.contains("\"code\""), "{method} {path} is not routed");
+        }
+        // Every answer is one the document describes, with a body its schema allows.
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
+            common::check_response(
+                method,
+                &url[url.find("/v1").unwrap()..],
+                status.as_u16(),
+                &json,
+            );
         }
     }
     let r = client.delete(server.url("/v1/push")).send().await.unwrap();

@@ -392,3 +392,48 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// Check a JSON answer of the server against its OpenAPI document: the operation must document
+/// `status` for `method path` (a concrete path, matched against the document's templates), and
+/// `body` must validate against that response's JSON Schema (OpenAPI 3.1 schemas are JSON Schema
+/// 2020-12; `#/components/...` references resolve in the document). Panics naming every
+/// violation.
+pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::Value) {
+    static DOC: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(include_str!("../../src/openapi.json")).expect("openapi.json is JSON")
+    });
+    let path = path.split('?').next().unwrap_or(path);
+    let (template, item) = DOC["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .find(|(t, _)| {
+            let (a, b): (Vec<&str>, Vec<&str>) =
+                (t.split('/').collect(), path.split('/').collect());
+            a.len() == b.len()
+                && a.iter().zip(&b).all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
+        })
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let method = method.to_ascii_lowercase();
+    let response = &item[&method]["responses"][status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {template} answered {status}, which the OpenAPI document does not describe"
+    );
+    let Some(schema) = response["content"]["application/json"]["schema"].as_object() else {
+        return;
+    };
+    let mut root = serde_json::Value::Object(schema.clone());
+    root["components"] = DOC["components"].clone();
+    root["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+    let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| {
+        panic!("{method} {template} {status}: the schema does not compile: {e}")
+    });
+    let problems: Vec<String> =
+        validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(
+        problems.is_empty(),
+        "{method} {template} answered {status} with a body the OpenAPI document does not allow:\n{}",
+        problems.join("\n")
+    );
+}
