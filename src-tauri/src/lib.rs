@@ -541,8 +541,7 @@ impl Shell {
         match self {
             Shell::Demo(site) => Ok(site.catalog.clone()),
             Shell::Real(real) => {
-                let local = real.fp.sync_local().await?;
-                let (trust, dir) = (local.trust_path(), local.catalog_dir());
+                let (trust, dir) = self.trust_and_catalog().await?;
                 if !trust.exists() || !dir.exists() {
                     return Err(BridgeError {
                         code: "no_catalog",

@@ -63,6 +63,15 @@ fn first_rate(session: &Session, timeout: Duration) -> String {
     }
 }
 
+/// Real mode's first run opens on the settings: log in there to `url` with `token`.
+pub(crate) fn log_in(session: &Session, url: &str, token: &str, timeout: Duration) {
+    session.wait_for("dd[data-setting='Sync token']", timeout, |t| !t.is_empty()).unwrap();
+    session.type_text("#server-url", url).unwrap();
+    session.type_text("#sync-token", token).unwrap();
+    session.click("#login", timeout).unwrap();
+    session.wait_for("#login-status", timeout, |t| t.starts_with("logged in")).unwrap();
+}
+
 fn save(dir: &Path, name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
     std::fs::write(dir.join(name), png).unwrap();
@@ -301,12 +310,7 @@ fn real_mode_home_syncs_now_and_lists_the_work_orders() {
     let session = Session::start(&format!("http://127.0.0.1:{port}"), &app).unwrap();
     let long = Duration::from_secs(60);
     session.set_window_size(1366, 768).unwrap();
-    // A first run opens on the settings; log in there.
-    session.wait_for("dd[data-setting='Sync token']", long, |t| !t.is_empty()).unwrap();
-    session.type_text("#server-url", &url).unwrap();
-    session.type_text("#sync-token", &token).unwrap();
-    session.click("#login", long).unwrap();
-    session.wait_for("#login-status", long, |t| t.starts_with("logged in")).unwrap();
+    log_in(&session, &url, &token, long);
 
     session.click("#nav-home", long).unwrap();
     // Home as it is after the login (it names the server logged in to).

@@ -10,6 +10,7 @@
 //! closes out and syncs. The server's reports then show the result. Screenshots of each screen
 //! go to `artifacts/`.
 
+use super::app_screens::log_in;
 use super::app_window::display_with;
 use super::sync_cli::{Laptop, admin, serve};
 use fieldpatch_core::plan::DeviceAddress;
@@ -165,11 +166,7 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
     session.set_window_size(1366, 768).unwrap();
 
     // Settings: log in, and allow discovery only on the lab's pty and the sensors' addresses.
-    session.wait_for("dd[data-setting='Sync token']", long, |t| !t.is_empty()).unwrap();
-    session.type_text("#server-url", &url).unwrap();
-    session.type_text("#sync-token", &token).unwrap();
-    session.click("#login", long).unwrap();
-    session.wait_for("#login-status", long, |t| t.starts_with("logged in")).unwrap();
+    log_in(&session, &url, &token, long);
     session.wait_for("#ds-deadline", long, |_| true).unwrap();
     session.click("#ds-usb-serial", long).unwrap();
     session.click("#ds-usb-dfu", long).unwrap();
