@@ -65,6 +65,9 @@ pub enum Error {
     Discover(#[from] crate::discovery::DiscoverError),
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// The devices chosen for a session cannot be its devices.
+    #[error(transparent)]
+    Choice(#[from] crate::session::ChoiceError),
     /// A session is already running from this process.
     #[error("a session is already running; wait for it to finish or pause it")]
     Busy,
@@ -125,6 +128,7 @@ impl Error {
             Error::Discover(e) => e.code(),
             Error::Clock(e) => e.code(),
             Error::Export(e) => e.code(),
+            Error::Choice(_) => "device_choice",
             Error::Busy => "busy",
             Error::NoSession(_) => "no_session",
             Error::Finished(_) => "session_finished",

@@ -350,12 +350,15 @@ fn plan_label(n: u64) -> String {
 
 /// Start a batch session on the plan; progress arrives as `session` events, the end as
 /// `session-finished` ([`SessionFinished`]). In real mode the session has the field options
-/// (canary, soak, waves, threshold) and its visit is for the chosen work order.
+/// (canary, soak, waves, threshold) and its visit is for the chosen work order. `devices`: the
+/// devices the technician chose (one to flash a single device); the plan's others are skipped
+/// as not chosen. `None`: every device the plan would flash.
 #[tauri::command]
 async fn run_session(
     app: tauri::AppHandle,
     plan_id: String,
     canary: bool,
+    devices: Option<Vec<String>>,
 ) -> Result<String, BridgeError> {
     let shell = Shell::of(&app)?;
     if shell.fp().session_running() {
@@ -377,6 +380,9 @@ async fn run_session(
         Shell::Real(_) => SessionOptions::field(),
     };
     let mut state = SessionState::new(plan, SessionOptions { canary, ..base });
+    if let Some(chosen) = devices {
+        state = state.only(&chosen).map_err(fieldpatch_core::Error::from)?;
+    }
     if let Some(order) = bench.work_order.lock().await.clone() {
         let (visit, expected) = shell.fp().work_order_visit(&order).await?;
         state = state.for_visit(visit, expected);

@@ -107,8 +107,7 @@ fn one_run(app: &std::path::Path, demo: bool) -> anyhow::Result<Run> {
         session.wait_text("#home-heading", long)?;
         let home = started.elapsed();
         session.click("#nav-site", long)?;
-        session
-            .wait_for("tr[data-device='pump-ctl-01'] td:nth-child(4)", long, |t| !t.is_empty())?;
+        session.wait_for("tr[data-device='pump-ctl-01'] td.runs", long, |t| !t.is_empty())?;
         (home, started.elapsed())
     } else {
         // Real mode on a first run: the settings, nothing to list.

@@ -84,6 +84,11 @@ pub enum SessionCommand {
         /// devices the plan does not hold count as not found (each needs a reason at close-out).
         #[arg(long)]
         work_order: Option<String>,
+        /// Flash only this device of the plan (repeat for several; once to flash a single
+        /// device): the plan's other devices are skipped as not chosen, and each needs a reason
+        /// at `session close`.
+        #[arg(long = "only", value_name = "DEVICE")]
+        only: Vec<String>,
     },
     /// Resume a paused, stopped or interrupted session (the latest unfinished one by default).
     Resume {
@@ -324,9 +329,12 @@ pub fn run(cmd: SessionCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            SessionCommand::Run { plan, catalog, options, work_order } => {
+            SessionCommand::Run { plan, catalog, options, work_order, only } => {
                 let plan: Plan = read_plan(&plan)?;
                 let mut state = SessionState::new(plan, options.options());
+                if !only.is_empty() {
+                    state = state.only(&only).map_err(fieldpatch_core::Error::from)?;
+                }
                 if let Some(order) = work_order {
                     let (visit, expected) = fp.work_order_visit(&order).await?;
                     state = state.for_visit(visit, expected);

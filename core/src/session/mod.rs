@@ -234,6 +234,20 @@ pub struct VisitFor {
 /// Why a device the visit was to patch, not found on site, stayed unpatched.
 pub const NOT_FOUND_REASON: &str = "not found on site: discovery did not find it";
 
+/// Why a device the plan would flash was left out of a session by the technician's choice.
+pub const NOT_CHOSEN_REASON: &str = "not chosen for this session";
+
+/// Why the devices chosen for a session cannot be its devices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    #[error("no device was chosen: choose at least one device the plan would flash")]
+    Empty,
+    #[error("{0} is not in the plan: plan again after discovering it, or choose another device")]
+    NotPlanned(String),
+    #[error("{device} has nothing to flash now ({why}): leave it out of the session")]
+    NothingToFlash { device: String, why: String },
+}
+
 impl SessionState {
     /// A new session for `plan`: every device with steps is pending; the others are skipped with
     /// the plan's reason.
@@ -275,6 +289,34 @@ impl SessionState {
         self.visit_for = Some(visit);
         self.missing = missing;
         self
+    }
+
+    /// The same session, flashing only the `chosen` devices (one, to flash a single device
+    /// through the session's checks and log): every other device the plan would flash is
+    /// skipped with [`NOT_CHOSEN_REASON`], so it is still accounted for and needs a reason at the
+    /// close-out. Refused when nothing is chosen, or when a chosen device is not in the plan or
+    /// has nothing to flash now (the message says why).
+    pub fn only(mut self, chosen: &[String]) -> Result<Self, ChoiceError> {
+        if chosen.is_empty() {
+            return Err(ChoiceError::Empty);
+        }
+        for id in chosen {
+            let Some(planned) = self.plan.devices.iter().find(|d| &d.device.id == id) else {
+                return Err(ChoiceError::NotPlanned(id.clone()));
+            };
+            if planned.steps_now().is_empty() {
+                return Err(ChoiceError::NothingToFlash {
+                    device: id.clone(),
+                    why: skip_reason(planned),
+                });
+            }
+        }
+        for (id, status) in self.devices.iter_mut() {
+            if matches!(status, DeviceStatus::Pending) && !chosen.contains(id) {
+                *status = DeviceStatus::Skipped { reason: NOT_CHOSEN_REASON.into() };
+            }
+        }
+        Ok(self)
     }
 
     /// Counts by outcome.
@@ -450,6 +492,12 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
             .filter(|d| !st.devices.get(&d.device.id).is_some_and(DeviceStatus::is_final))
             .cloned()
             .collect();
+        // Devices already settled (skipped by the plan or the technician's choice, or done
+        // before a resume) are said first, so that a window opened now shows, and asks a reason
+        // for, every device of the session.
+        for (id, status) in st.devices.iter().filter(|(_, s)| s.is_final()) {
+            (deps.observer)(Some(id), SessionEvent::Status(status.clone()));
+        }
         (st.options.clone(), order)
     };
     if opts.dry_run {
@@ -917,6 +965,48 @@ mod tests {
             tags[..=confirmed].iter().all(|(dev, _)| dev == &first_revertible),
             "the canary {first_revertible} went first and alone: {tags:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_of_chosen_devices_flashes_those_only_and_accounts_for_the_rest() {
+        let (mut plan, lab) = setup(4);
+        // One device with nothing to flash now: it cannot be chosen.
+        plan.devices[3].disposition =
+            crate::plan::Disposition::UpToDate { version: "2.0.0".parse().unwrap() };
+        let up_to_date = plan.devices[3].device.id.clone();
+        let new = || SessionState::new(plan.clone(), opts());
+        assert_eq!(new().only(&[]).unwrap_err(), ChoiceError::Empty);
+        assert_eq!(
+            new().only(&["dev-99".into()]).unwrap_err(),
+            ChoiceError::NotPlanned("dev-99".into())
+        );
+        let err = new().only(std::slice::from_ref(&up_to_date)).unwrap_err();
+        assert!(
+            matches!(&err, ChoiceError::NothingToFlash { device, why } if device == &up_to_date && why.contains("already at")),
+            "{err}"
+        );
+
+        let chosen = plan.devices[1].device.id.clone();
+        let state = new().only(std::slice::from_ref(&chosen)).unwrap();
+        let sink = Arc::new(MemorySink::default());
+        let d = deps(lab.clone(), Arc::new(Saved::default()), sink.clone());
+        let state = Arc::new(tokio::sync::Mutex::new(state));
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!((summary.patched, summary.skipped), (1, 3), "{summary:?}");
+        let st = state.lock().await;
+        for (id, status) in &st.devices {
+            let uploads = lab[id].uploads();
+            if id == &chosen {
+                assert!(matches!(status, DeviceStatus::Patched { .. }), "{id}: {status}");
+                assert_eq!(uploads, 1);
+            } else {
+                assert_eq!(uploads, 0, "{id} was not chosen, yet flashed");
+                let not_chosen = DeviceStatus::Skipped { reason: NOT_CHOSEN_REASON.into() };
+                assert_eq!(*status == not_chosen, id != &up_to_date, "{id}: {status}");
+            }
+        }
+        // Only the chosen device shows up in the log.
+        assert!(sink.0.lock().unwrap().iter().all(|(dev, _)| dev == &chosen));
     }
 
     #[tokio::test]

@@ -122,9 +122,7 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
     session.wait_for("#sync-status", long, |t| t.starts_with("synced: ")).unwrap();
     session.click("#auto-sync", long).unwrap();
     session.wait_for("#sync-status", long, |t| t.contains("off")).unwrap();
-    session
-        .wait_for("tr[data-device='sensor-01'] td:nth-child(4)", long, |t| t == "1.4.0")
-        .unwrap();
+    session.wait_for("tr[data-device='sensor-01'] td.runs", long, |t| t == "1.4.0").unwrap();
     let site_a11y = session.execute_async(A11Y_SCRIPT).unwrap();
     session.click("#plan", long).unwrap();
     session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();

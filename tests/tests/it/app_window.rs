@@ -62,12 +62,8 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     session.click("#nav-site", Duration::from_secs(60)).unwrap();
     // The demo site: identify, plan, run a session from the window, verify the visit log.
     let long = Duration::from_secs(120);
-    session
-        .wait_for("tr[data-device='sensor-01'] td:nth-child(4)", long, |t| t == "1.4.0")
-        .unwrap();
-    session
-        .wait_for("tr[data-device='gateway-01'] td:nth-child(4)", long, |t| t == "3.0.0")
-        .unwrap();
+    session.wait_for("tr[data-device='sensor-01'] td.runs", long, |t| t == "1.4.0").unwrap();
+    session.wait_for("tr[data-device='gateway-01'] td.runs", long, |t| t == "3.0.0").unwrap();
     let inventory =
         session.wait_for("#inventory", long, |t| t.starts_with("http://127.0.0.1:")).unwrap();
     // The embedded inventory server answers from inside the running app.
@@ -103,6 +99,9 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     session.click("#plan", long).unwrap();
     let planned =
         session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();
+    // The technician leaves sensor-02 out of this session.
+    session.click("input[data-choose='sensor-02']", long).unwrap();
+    let run_label = session.wait_for("#run", long, |t| t.contains("5 of 6")).unwrap();
     session.click("#run", long).unwrap();
     session.wait_for("#session-done", long, |t| t.contains("finished")).unwrap();
     let result = |id: &str| {
@@ -115,12 +114,28 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
             .iter()
             .map(|id| (id.to_string(), result(id)))
             .collect();
-    // No device left behind: closing out needs a reason for the rolled-back sensor.
+    // No device left behind: closing out needs a reason for the rolled-back sensor and for the
+    // one left out.
     session.click("#close-out-btn", long).unwrap();
     let refused = session.wait_for("#close-out-status", long, |t| !t.is_empty()).unwrap();
     session.type_text("input[data-reason='sensor-04']", "owner refused a second attempt").unwrap();
+    session.type_text("input[data-reason='sensor-02']", "flashed alone next").unwrap();
     session.click("#close-out-btn", long).unwrap();
     let closed = session.wait_for("#close-out-status", long, |t| t.contains("closed out")).unwrap();
+
+    // Then sensor-02 alone: a session of one, the rolled-back sensor-04 not chosen.
+    session.click("#plan", long).unwrap();
+    session
+        .wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| t.starts_with("up to date"))
+        .unwrap();
+    session.click("button[data-flash-one='sensor-02']", long).unwrap();
+    let alone = session
+        .wait_for("tr[data-device='sensor-02'] td.result", long, |t| {
+            ["patched", "rolled back", "failed"].iter().any(|e| t.starts_with(e))
+        })
+        .unwrap();
+    session.wait_for("#session-done", long, |t| t.contains("finished")).unwrap();
+    let left_out = result("sensor-04");
 
     // Sync pushes the session's visit log to the embedded inventory.
     session.click("#sync-now", long).unwrap();
@@ -181,16 +196,19 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     assert_eq!(missing, ["sensor-01", "sensor-02", "sensor-03", "sensor-04"], "{listed}");
     assert!(filtered.contains("SN-GATEWAY-01"), "{filtered}");
     assert_eq!(planned, "1.4.0 → 1.5.0");
+    assert!(run_label.contains("Run session (5 of 6 devices)"), "{run_label}");
     for (id, r) in &results {
-        if id == "sensor-04" {
-            assert!(r.starts_with("rolled back"), "{id}: {r}");
-        } else {
-            assert!(r.starts_with("patched"), "{id}: {r}");
+        match id.as_str() {
+            "sensor-04" => assert!(r.starts_with("rolled back"), "{id}: {r}"),
+            "sensor-02" => assert_eq!(r, "skipped: not chosen for this session"),
+            _ => assert!(r.starts_with("patched"), "{id}: {r}"),
         }
     }
     assert_eq!(log, "visit log verifies");
-    assert!(refused.contains("missing for sensor-04"), "{refused}");
-    assert!(closed.contains("1 unpatched device"), "{closed}");
+    assert!(refused.contains("sensor-02") && refused.contains("sensor-04"), "{refused}");
+    assert!(closed.contains("2 unpatched device"), "{closed}");
+    assert!(alone.starts_with("patched"), "{alone}");
+    assert_eq!(left_out, "skipped: not chosen for this session");
     assert!(synced.contains("rejected 0;"), "{synced}");
     assert_eq!(off, "automatic sync is off");
 

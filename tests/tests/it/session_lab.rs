@@ -427,6 +427,63 @@ fn closing_out_a_session_needs_a_reason_for_every_unpatched_device() {
 }
 
 #[test]
+fn a_session_run_with_only_flashes_the_chosen_device_and_the_rest_need_reasons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = release(tmp.path());
+    let data = tmp.path().join("data");
+    let site = sensors(3, 0, 1024.0 * 1024.0);
+    std::fs::write(tmp.path().join("devices.json"), serde_json::to_vec(&site.records).unwrap())
+        .unwrap();
+    let cat =
+        ["--catalog", r.kit.catalog.to_str().unwrap(), "--trust", r.kit.trust.to_str().unwrap()];
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        if args.iter().any(|a| matches!(*a, "plan" | "session")) && !args.contains(&"close") {
+            a.extend(cat);
+        }
+        fieldpatch(tmp.path(), &data, &a)
+    };
+    assert!(run(&["plan", "--devices", "devices.json", "--out", "plan.json"]).status.success());
+    let boots: Vec<u32> = site.sensors.iter().map(|d| d.boots()).collect();
+    // A device the plan does not hold is refused before anything is flashed.
+    let out = run(&["session", "run", "plan.json", "--soak", "0", "--only", "s9"]);
+    assert!(!out.status.success());
+    let unknown = String::from_utf8_lossy(&out.stderr).to_string();
+
+    let out = run(&["--json", "session", "run", "plan.json", "--soak", "0", "--only", "s1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "every chosen device was patched: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let close = run(&["session", "close"]);
+    let refused = String::from_utf8_lossy(&close.stderr).to_string();
+    let close = run(&[
+        "session",
+        "close",
+        "--reason",
+        "s0=next visit",
+        "--reason",
+        "s2=owner asked to wait",
+    ]);
+    let log = String::from_utf8_lossy(&run(&["--json", "log", "show"]).stdout).to_string();
+
+    assert!(unknown.contains("s9 is not in the plan"), "{unknown}");
+    assert_eq!(report["summary"]["patched"], 1, "{report:#}");
+    assert_eq!(report["summary"]["skipped"], 2, "{report:#}");
+    for (i, d) in site.sensors.iter().enumerate() {
+        if i == 1 {
+            assert!(d.boots() > boots[i], "s1 was chosen but not flashed");
+        } else {
+            assert_eq!(d.boots(), boots[i], "s{i} was not chosen, yet flashed");
+        }
+    }
+    assert!(refused.contains("s0") && refused.contains("s2"), "{refused}");
+    assert!(close.status.success(), "{}", String::from_utf8_lossy(&close.stderr));
+    assert!(log.contains("owner asked to wait"), "{log}");
+    assert!(log.contains("not chosen for this session"), "{log}");
+    assert!(run(&["log", "verify"]).status.success());
+}
+
+#[test]
 fn device_upload_of_a_bundle_passes_the_session_gate_and_the_full_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let r = release(tmp.path());

@@ -4,6 +4,8 @@ import { render } from "svelte/server";
 import { describe, expect, it } from "vitest";
 import { DAY, homeView, timeline, validity, visit } from "../lib/home.fixtures";
 import { HomeStore, type HomeApi } from "../lib/home.svelte";
+import type { Plan, SiteView } from "../lib/ipc";
+import DeviceTable from "./DeviceTable.svelte";
 import HomePanel from "./HomePanel.svelte";
 import Nav from "./Nav.svelte";
 import SyncReport from "./SyncReport.svelte";
@@ -114,5 +116,55 @@ describe("SyncReport and Nav", () => {
     expect(body).toMatch(/id="nav-settings"[^>]*>Settings/);
     // The Devices screen is in both modes.
     expect(body).toMatch(/id="nav-site"[^>]*>Devices &amp; session/);
+  });
+});
+
+describe("DeviceTable", () => {
+  it("offers a choice and a single flash for the devices the plan would flash, and for no other", () => {
+    const device = (id: string) => ({
+      id,
+      address: { transport: "udp" as const, addr: "127.0.0.1:1337" },
+      identity: {
+        vendor: "Lab",
+        model: "sensor",
+        hardware_revision: "1",
+        serial_number: null,
+        firmware_version: { major: 1, minor: 4, revision: 0, build: 0 },
+        image_hash: null,
+      },
+      criticality: "normal" as const,
+      windows: [],
+      credential: null,
+    });
+    const v = { major: 1, minor: 5, revision: 0, build: 0 };
+    const step = { bundle_id: "b", from: { ...v, minor: 4 }, to: v, cvss: 7, rollback: false };
+    const plan: Plan = {
+      created: "now",
+      devices: [
+        { device: device("s1"), disposition: { disposition: "patch", steps: [step], latest: v, short_reason: null } },
+        { device: device("s2"), disposition: { disposition: "patch", steps: [step], latest: v, short_reason: null } },
+        { device: device("up"), disposition: { disposition: "up_to_date", version: v } },
+      ],
+    };
+    const view = {
+      devices: [device("s1"), device("s2"), device("up")],
+      unreachable: [],
+      bundles: [],
+      refused: [],
+      inventory: "",
+      auto_sync: false,
+      sync_unavailable: null,
+      work_order: null,
+      missing: [],
+      catalog_problem: null,
+    } satisfies SiteView;
+    const { body } = render(DeviceTable, { props: { view, plan, rows: {}, chosen: ["s2"] } });
+    expect(body.match(/data-choose=/g)).toHaveLength(2);
+    expect(body.match(/data-flash-one=/g)).toHaveLength(2);
+    expect(body).toMatch(/data-choose="s1"(?![^>]*checked)[^>]*>/);
+    expect(body).toMatch(/data-choose="s2"[^>]*checked/);
+    expect(body).toContain('aria-label="Flash s2 alone now"');
+    expect(body).not.toContain('data-choose="up"');
+    expect(body).not.toContain('data-flash-one="up"');
   });
 });

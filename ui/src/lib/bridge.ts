@@ -60,8 +60,8 @@ export const login = (server: string, token: string, caPath: string | null = nul
 export const site = () => call<SiteView>("site");
 export const makePlan = () => call<PlanView>("plan");
 /** Run the plan the app made (by its id: the window never sends a plan). */
-export const runSession = (planId: string, canary: boolean) =>
-  call<string>("run_session", { planId, canary });
+export const runSession = (planId: string, canary: boolean, devices: string[] | null = null) =>
+  call<string>("run_session", { planId, canary, devices });
 /** Pause the running session: devices in flight finish, no new one starts. */
 export const pauseSession = () => call<boolean>("pause_session");
 /** Resume the latest unfinished session (paused, or cut short when the app closed). */

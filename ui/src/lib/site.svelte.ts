@@ -11,6 +11,7 @@ import {
   finishedNote,
   logVerifies,
   missingReasons,
+  patchableIds,
   SYNC_OFF,
   syncStatus,
   unpatchedIds,
@@ -43,6 +44,8 @@ export class SiteStore {
   /** The id the app gave the plan shown: what "Run" names. */
   planId: string | null = $state(null);
   rows: Record<string, DeviceRow> = $state({});
+  /** The devices of the plan the next session flashes (all it would flash, once planned). */
+  chosen: string[] = $state([]);
   notes: string[] = $state([]);
   busy = $state(false);
   canary = $state(true);
@@ -61,6 +64,8 @@ export class SiteStore {
   /** Whether the last close-out was refused for missing reasons. */
   reasonsRefused = $state(false);
 
+  /** The devices the plan would flash now: what the technician chooses from. */
+  readonly patchable: string[] = $derived(patchableIds(this.plan));
   /** Devices the session left unpatched: each needs a reason before the close-out. */
   readonly unpatched: string[] = $derived(unpatchedIds(this.rows, this.view?.missing ?? []));
   /** Devices whose reason inputs are highlighted after a refused close-out. */
@@ -118,11 +123,27 @@ export class SiteStore {
     const made = await this.#api.makePlan().catch((e) => (this.#fail(e), null));
     this.plan = made?.plan ?? null;
     this.planId = made?.id ?? null;
+    this.chosen = patchableIds(this.plan);
   }
 
-  /** Run a session on the plan; progress and the end arrive as events. */
+  /** Choose, or leave out, one device of the plan for the next session. */
+  choose(id: string, on: boolean): void {
+    const rest = this.chosen.filter((c) => c !== id);
+    this.chosen = on ? this.patchable.filter((p) => p === id || rest.includes(p)) : rest;
+  }
+
+  /** Flash this one device now: a session of one, with the same checks and log as any. */
+  flashOne(id: string): Promise<void> {
+    this.chosen = [id];
+    return this.run();
+  }
+
+  /**
+   * Run a session on the plan with the chosen devices (the plan's others are skipped as not
+   * chosen); progress and the end arrive as events.
+   */
   async run(): Promise<void> {
-    if (!this.plan || !this.planId) return;
+    if (!this.plan || !this.planId || this.chosen.length === 0) return;
     this.error = null;
     this.busy = true;
     this.sessionDone = false;
@@ -131,7 +152,8 @@ export class SiteStore {
     this.reasons = {};
     this.closeResult = null;
     this.reasonsRefused = false;
-    await this.#api.runSession(this.planId, this.canary).catch((e) => this.#fail(e));
+    const devices = $state.snapshot(this.chosen);
+    await this.#api.runSession(this.planId, this.canary, devices).catch((e) => this.#fail(e));
   }
 
   /** Pause the running session: devices in flight finish, no new one starts. */

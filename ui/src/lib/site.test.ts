@@ -25,7 +25,39 @@ const view: SiteView = {
   missing: [],
   catalog_problem: null,
 };
-const plan: Plan = { created: "now", devices: [] };
+const v = (major: number, minor: number) => ({ major, minor, revision: 0, build: 0 });
+const planned = (id: string, disposition: Plan["devices"][number]["disposition"]) => ({
+  device: {
+    id,
+    address: { transport: "udp" as const, addr: "127.0.0.1:1337" },
+    identity: {
+      vendor: null,
+      model: null,
+      hardware_revision: null,
+      serial_number: null,
+      firmware_version: null,
+      image_hash: null,
+    },
+    criticality: "normal" as const,
+    windows: [],
+    credential: null,
+  },
+  disposition,
+});
+const patch = {
+  disposition: "patch" as const,
+  steps: [{ bundle_id: "b", from: v(1, 4), to: v(1, 5), cvss: 7, rollback: false }],
+  latest: v(1, 5),
+  short_reason: null,
+};
+const plan: Plan = {
+  created: "now",
+  devices: [
+    planned("sensor-01", patch),
+    planned("sensor-04", patch),
+    planned("gw-01", { disposition: "up_to_date", version: v(3, 0) }),
+  ],
+};
 const reject = (code: string, message = code) => () => Promise.reject<never>({ code, message } satisfies BridgeError);
 
 /** A stand-in shell: every command succeeds unless overridden; events are fired by the test. */
@@ -104,7 +136,7 @@ describe("SiteStore", () => {
   it("runs a session from the plan and follows its events to the end", async () => {
     const { api, on } = shell();
     const site = await afterSession(api, on);
-    expect(api.runSession).toHaveBeenCalledWith("plan-1", true);
+    expect(api.runSession).toHaveBeenCalledWith("plan-1", true, ["sensor-01", "sensor-04"]);
     expect(site.busy).toBe(false);
     expect(site.sessionDone).toBe(true);
     expect(site.unpatched).toEqual(["sensor-04"]);
@@ -114,6 +146,35 @@ describe("SiteStore", () => {
       "session finished: 1 patched, 1 rolled back, 0 failed, 0 skipped, 0 pending",
     ]);
     expect(site.error).toBeNull();
+  });
+
+  it("chooses every device the plan would flash, and lets the technician leave some out", async () => {
+    const { api } = shell();
+    const site = new SiteStore(api);
+    await site.makePlan();
+    expect(site.patchable).toEqual(["sensor-01", "sensor-04"]);
+    expect(site.chosen).toEqual(["sensor-01", "sensor-04"]);
+    site.choose("sensor-01", false);
+    expect(site.chosen).toEqual(["sensor-04"]);
+    site.choose("sensor-01", true);
+    expect(site.chosen).toEqual(["sensor-01", "sensor-04"]);
+    site.choose("sensor-04", false);
+    site.choose("sensor-01", false);
+    await site.run();
+    expect(api.runSession).not.toHaveBeenCalled();
+    site.choose("sensor-04", true);
+    await site.run();
+    expect(api.runSession).toHaveBeenCalledWith("plan-1", true, ["sensor-04"]);
+  });
+
+  it("flashes one device as a session of one", async () => {
+    const { api } = shell();
+    const site = new SiteStore(api);
+    await site.makePlan();
+    await site.flashOne("sensor-04");
+    expect(api.runSession).toHaveBeenCalledWith("plan-1", true, ["sensor-04"]);
+    expect(site.chosen).toEqual(["sensor-04"]);
+    expect(site.busy).toBe(true);
   });
 
   it("highlights the reasons still missing after a refused close-out", async () => {

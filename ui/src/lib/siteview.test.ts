@@ -6,6 +6,8 @@ import {
   appendNote,
   closeOutText,
   dispositionOf,
+  patchableIds,
+  runLabel,
   finishedNote,
   logVerifies,
   missingReasons,
@@ -119,6 +121,43 @@ describe("dispositionOf", () => {
     expect(dispositionOf(plan, "g")?.disposition).toBe("up_to_date");
     expect(dispositionOf(plan, "x")).toBeUndefined();
     expect(dispositionOf(null, "g")).toBeUndefined();
+  });
+});
+
+describe("patchableIds and runLabel", () => {
+  it("offer the devices with steps to flash now, and say what the run button does", () => {
+    const device = (id: string) => ({
+      id,
+      address: { transport: "udp" as const, addr: "127.0.0.1:1337" },
+      identity: {
+        vendor: null,
+        model: null,
+        hardware_revision: null,
+        serial_number: null,
+        firmware_version: null,
+        image_hash: null,
+      },
+      criticality: "normal" as const,
+      windows: [],
+      credential: null,
+    });
+    const v = { major: 1, minor: 0, revision: 0, build: 0 };
+    const step = { bundle_id: "b", from: v, to: { ...v, minor: 1 }, cvss: 5, rollback: false };
+    const plan = {
+      created: "now",
+      devices: [
+        { device: device("a"), disposition: { disposition: "patch" as const, steps: [step], latest: v, short_reason: null } },
+        { device: device("none"), disposition: { disposition: "patch" as const, steps: [], latest: v, short_reason: null } },
+        { device: device("later"), disposition: { disposition: "scheduled" as const, steps: [step], not_before: "t" } },
+        { device: device("b"), disposition: { disposition: "patch" as const, steps: [step], latest: v, short_reason: null } },
+      ],
+    } satisfies Plan;
+    expect(patchableIds(plan)).toEqual(["a", "b"]);
+    expect(patchableIds(null)).toEqual([]);
+    expect(runLabel([], ["a", "b"])).toBe("Run session");
+    expect(runLabel(["b"], ["a", "b"])).toBe("Flash b");
+    expect(runLabel(["a", "b"], ["a", "b"])).toBe("Run session (2 devices)");
+    expect(runLabel(["a", "b"], ["a", "b", "c"])).toBe("Run session (2 of 3 devices)");
   });
 });
 

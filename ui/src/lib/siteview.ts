@@ -50,6 +50,21 @@ export function logVerifies(checks: LogVerification[]): boolean {
 }
 
 /** The plan's disposition for one device, if the plan covers it. */
+/** The devices the plan would flash now, in plan order: what a session may be chosen from. */
+export function patchableIds(plan: Plan | null): string[] {
+  return (plan?.devices ?? [])
+    .filter((d) => d.disposition.disposition === "patch" && d.disposition.steps.length > 0)
+    .map((d) => d.device.id);
+}
+
+/** What "Run session" says it will do with the devices chosen. */
+export function runLabel(chosen: string[], patchable: string[]): string {
+  if (chosen.length === 0) return "Run session";
+  if (chosen.length === 1) return `Flash ${chosen[0]}`;
+  if (chosen.length === patchable.length) return `Run session (${chosen.length} devices)`;
+  return `Run session (${chosen.length} of ${patchable.length} devices)`;
+}
+
 export function dispositionOf(plan: Plan | null, id: string): Disposition | undefined {
   return plan?.devices.find((d) => d.device.id === id)?.disposition;
 }
