@@ -170,22 +170,32 @@ impl TestServer {
         }
     }
 
-    /// An admin request with a JSON body; panics unless 2xx.
+    /// An admin request with a JSON body; panics unless 2xx. The answer (`null` when it has no
+    /// body) is checked against the OpenAPI document's schema for that operation and status.
     pub async fn admin_json(
         &self,
         method: reqwest::Method,
         path: &str,
         body: serde_json::Value,
-    ) -> reqwest::Response {
+    ) -> serde_json::Value {
         let r = reqwest::Client::new()
-            .request(method, self.url(path))
+            .request(method.clone(), self.url(path))
             .bearer_auth(&self.admin_token)
             .json(&body)
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r
+        let status = r.status();
+        assert!(status.is_success(), "{path}: {status}");
+        let bytes = r.bytes().await.unwrap();
+        let answer = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{method} {path}: the answer is not JSON: {e}"))
+        };
+        check_response(method.as_str(), path, status.as_u16(), &answer);
+        answer
     }
 
     /// Register a technician with a fresh key; returns the key and a token.
@@ -209,7 +219,7 @@ impl TestServer {
                 serde_json::json!({}),
             )
             .await;
-        let token: api::IssuedToken = r.json().await.unwrap();
+        let token: api::IssuedToken = serde_json::from_value(r).unwrap();
         Tech { id: id.into(), key, token: token.token }
     }
 
@@ -421,6 +431,10 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::
         "{method} {template} answered {status}, which the OpenAPI document does not describe"
     );
     let Some(schema) = response["content"]["application/json"]["schema"].as_object() else {
+        assert!(
+            body.is_null(),
+            "{method} {template} answered {status} with a JSON body the OpenAPI document does not describe: {body}"
+        );
         return;
     };
     let mut root = serde_json::Value::Object(schema.clone());
