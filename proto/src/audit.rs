@@ -195,6 +195,25 @@ pub struct Extras {
     pub bundle_signatures: Vec<(String, Vec<u8>)>,
 }
 
+/// The bundles `events` name as verified or flashed, each once, in the order first named: the
+/// bundles whose manifests and verdicts an export carries.
+pub fn bundles_used(events: &[Event]) -> Vec<String> {
+    let mut used: Vec<String> = Vec::new();
+    for e in events {
+        let id = match &e.body.kind {
+            EventKind::BundleVerified { bundle_id, .. } => Some(bundle_id),
+            EventKind::FlashStarted { bundle_id, .. } => bundle_id.as_ref(),
+            _ => None,
+        };
+        if let Some(id) = id
+            && !used.contains(id)
+        {
+            used.push(id.clone());
+        }
+    }
+    used
+}
+
 /// What a verified export says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {

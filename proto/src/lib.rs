@@ -6,8 +6,8 @@
 //! ([`sealed`]), firmware versions and device identities ([`model`]), and the trust root both
 //! sides verify: canonical JSON ([`canonical`]), detached signatures and thresholds
 //! ([`signature`]), the trust store with its rotation rules ([`trust`]) and the signed catalog
-//! listing ([`listing`]), and the site-visit audit export format and its offline verifier
-//! ([`audit`]).
+//! listing ([`listing`]), the patch bundle file's layout ([`bundle`]), and the site-visit audit
+//! export format and its offline verifier ([`audit`]).
 //!
 //! Design decisions:
 //!
@@ -18,6 +18,7 @@
 //!   the hash chain cover; changing them needs a new schema version, on both sides at once.
 
 pub mod audit;
+pub mod bundle;
 pub mod canonical;
 pub mod event;
 pub mod listing;

@@ -345,6 +345,13 @@ impl SignedTrustStore {
         SignedTrustStore::deserialize(doc)
             .map_err(|e| invalid(format!("it is not a signed trust store: {e}")))
     }
+
+    /// The document as a laptop keeps it once a sync pinned it (pretty JSON): the same store
+    /// has the same bytes, and so the same SHA-256, in the laptop's and the server's audit
+    /// exports.
+    pub fn file_bytes(&self) -> Result<Vec<u8>, TrustError> {
+        serde_json::to_vec_pretty(self).map_err(|e| invalid(format!("{e}")))
+    }
 }
 
 impl TrustedKey {

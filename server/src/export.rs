@@ -10,14 +10,22 @@
 //! end of the run, countersigned by that key at export time (the server holds every event up to
 //! there). The events are still checked against the technician key that signed them.
 //!
-//! Not included (the server does not know them as they were on site): the trust store in force
-//! on the laptop and the bundles' verdicts. Every export is verified before it is handed out.
+//! The trust store and the bundles are the inventory's own word, made at export time: the
+//! archive's `trust_store.json` is the trust store the server publishes (in the bytes a laptop
+//! pins it in), and for each bundle the visit verified or flashed that the server holds, its
+//! manifest, its release signatures and the server's verdict: the release threshold met under
+//! that trust store and every payload's SHA-256 as the manifest says. The verifier re-proves the
+//! signatures. A bundle the server cannot vouch for that way (not published, or its signers no
+//! longer trusted) is left out, with a warning in the server's log: the events still name it.
+//! Every export is verified before it is handed out.
 
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::audit::{self, AuditError, Extras, Verified};
 use fieldpatch_proto::event::{Event, EventKind};
+use fieldpatch_proto::signature::{CONTEXT_MANIFEST, SignatureEntry, check_threshold};
+use fieldpatch_proto::trust::{Role, SignedTrustStore, TrustStore};
 use fieldpatch_proto::wire::Checkpoint;
 use uuid::Uuid;
 
@@ -170,7 +178,8 @@ pub async fn export_visit<S: Store>(
     // The server holds every event up to here: it countersigns that, now.
     let checkpoint =
         Checkpoint { log_id, last_seq: last.body.seq, last_hash: last.hash() }.sign(key);
-    let extras = Extras { checkpoint: Some(checkpoint), ..Default::default() };
+    let mut extras = Extras { checkpoint: Some(checkpoint), ..Default::default() };
+    vouch(store, visit, &run, &mut extras).await?;
     let audit_err = |source| ExportError::Audit { visit, source };
     let archive =
         audit::build_signed_by_server(visit, &run, anchor, &extras, key).map_err(audit_err)?;
@@ -178,4 +187,147 @@ pub async fn export_visit<S: Store>(
     let server_key = hex::encode(key.verifying_key().as_bytes());
     let verified = audit::verify(&archive, Some(&server_key)).map_err(audit_err)?;
     Ok(VisitExport { visit_id: visit, log_id, opened: opening.body.time, archive, verified })
+}
+
+/// Add the published trust store and the server's verdicts on the bundles `run` used (see the
+/// module docs).
+async fn vouch<S: Store>(
+    store: &S,
+    visit: Uuid,
+    run: &[Event],
+    extras: &mut Extras,
+) -> Result<(), ExportError> {
+    let Some(published) = store.trust_store().await? else {
+        return Ok(());
+    };
+    let trust = SignedTrustStore::from_value(&published)
+        .and_then(|doc| Ok((doc.file_bytes()?, TrustStore::provision(doc)?)));
+    let (trust_bytes, trust) = match trust {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(%visit, "audit export without the trust store: the published one is not valid ({e})");
+            return Ok(());
+        }
+    };
+    extras.trust_store = Some(trust_bytes);
+    let used = audit::bundles_used(run);
+    if used.is_empty() {
+        return Ok(());
+    }
+    let catalog = store.catalog().await?;
+    for id in used {
+        // The newest published revision of the bundle the log names (a re-issued bundle keeps
+        // its id and gets a higher bundle_version, which the visit's event names).
+        let named = run
+            .iter()
+            .find_map(|e| match &e.body.kind {
+                EventKind::BundleVerified { bundle_id, bundle_version, .. } if *bundle_id == id => {
+                    Some(bundle_version.clone())
+                }
+                _ => None,
+            })
+            .filter(|v| !v.is_empty());
+        let entry = catalog
+            .iter()
+            .filter(|c| c.bundle_id == id)
+            .filter(|c| {
+                named.as_ref().is_none_or(|v| {
+                    c.manifest.get("bundle_version").map(|b| b.to_string()).as_deref()
+                        == Some(v.as_str())
+                })
+            })
+            .max_by_key(|c| c.published_at);
+        let Some(entry) = entry else {
+            tracing::warn!(%visit, bundle = %id, "audit export without this bundle's verdict: the inventory does not hold it");
+            continue;
+        };
+        let Some(bytes) = store.bundle_bytes(&entry.sha256).await? else {
+            tracing::warn!(%visit, bundle = %id, "audit export without this bundle's verdict: its file is not stored");
+            continue;
+        };
+        match verdict(&id, &entry.sha256, &bytes, &trust) {
+            Ok((manifest, signatures, verdict)) => {
+                extras.bundle_signatures.push((id.clone(), signatures));
+                extras.bundles.push((id, manifest, verdict));
+            }
+            Err(why) => {
+                tracing::warn!(%visit, bundle = %id, "audit export without this bundle's verdict: {why}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server's verdict on a stored bundle file: `(manifest bytes, signatures JSON, verdict
+/// JSON)`, or why it cannot vouch for it.
+fn verdict(
+    id: &str,
+    sha256: &str,
+    bytes: &[u8],
+    trust: &TrustStore,
+) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    use sha2::{Digest, Sha256};
+    if hex::encode(Sha256::digest(bytes)) != sha256 {
+        return Err(format!("the stored file does not hash to its SHA-256 {sha256}"));
+    }
+    let mut reader = bytes;
+    let parts = fieldpatch_proto::bundle::read_header_parts(&mut reader, bytes.len() as u64)
+        .map_err(|e| e.to_string())?;
+    let manifest: serde_json::Value = fieldpatch_proto::canonical::parse_canonical(&parts.manifest)
+        .map_err(|e| format!("the manifest is not canonical JSON ({e:?})"))?;
+    if manifest.get("bundle_id").and_then(|v| v.as_str()) != Some(id) {
+        return Err("the manifest names another bundle".into());
+    }
+    let signatures: Vec<SignatureEntry> = serde_json::from_slice(&parts.signatures)
+        .map_err(|e| format!("the signature block is not a list of signatures: {e}"))?;
+    let signers = check_threshold(
+        "bundle manifest",
+        CONTEXT_MANIFEST,
+        &parts.manifest,
+        &signatures,
+        trust,
+        Role::Release,
+    )
+    .map_err(|e| {
+        format!("its release signatures do not hold under the published trust store: {e}")
+    })?;
+    // The payloads follow the header, in manifest order, each as long and hashing as it says.
+    let mut rest = reader;
+    let payloads = manifest.get("payloads").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    for p in &payloads {
+        let name = p.get("name").and_then(|v| v.as_str()).unwrap_or("?");
+        let len = p.get("length").and_then(|v| v.as_u64()).ok_or("a payload without a length")?;
+        let len = usize::try_from(len).map_err(|_| "a payload longer than memory".to_string())?;
+        if len > rest.len() {
+            return Err(format!("payload {name} is cut short"));
+        }
+        let (this, after) = rest.split_at(len);
+        if Some(hex::encode(Sha256::digest(this)).as_str())
+            != p.get("sha256").and_then(|v| v.as_str())
+        {
+            return Err(format!("payload {name} does not hash to the manifest's SHA-256"));
+        }
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes follow the last payload", rest.len()));
+    }
+    let checks = serde_json::json!([
+        {"name": "release signatures", "ok": true, "detail": format!("{} of the release threshold {} under the published trust store version {}", signers.len(), trust.threshold(Role::Release), trust.version())},
+        {"name": "payload hashes", "ok": true, "detail": format!("{} payload(s) hash as the manifest says", payloads.len())},
+        {"name": "vouched by", "ok": true, "detail": "the inventory server, at export time"},
+    ]);
+    let verdict = serde_json::json!({
+        "valid": true,
+        "bundle_id": id,
+        "bundle_version": manifest.get("bundle_version"),
+        "installs": manifest.get("installs"),
+        "signers": signers,
+        "rule": null,
+        "checks": checks,
+        "error": null,
+    });
+    let signatures = serde_json::to_vec(&signatures).map_err(|e| e.to_string())?;
+    let verdict = serde_json::to_vec(&verdict).map_err(|e| e.to_string())?;
+    Ok((parts.manifest, signatures, verdict))
 }

@@ -1,15 +1,6 @@
-//! The bundle file format.
-//!
-//! ```text
-//! offset  size  field
-//! 0       8     magic "FPBUNDLE"
-//! 8       4     format version (u32 little-endian) = 1
-//! 12      4     manifest length M (u32 LE), at most MAX_MANIFEST_LEN
-//! 16      M     manifest: canonical JSON
-//! 16+M    4     signature block length S (u32 LE), at most MAX_SIGNATURES_LEN
-//! 20+M    S     signature block: canonical JSON array of {key_id, signature}
-//! 20+M+S  ...   payloads, concatenated in manifest order, exactly as long as the manifest says
-//! ```
+//! The bundle file format: its layout is [`fieldpatch_proto::bundle`]'s (the inventory server
+//! reads it too); this module gives the header its meaning (manifest schema, signature block)
+//! and writes and signs bundles.
 //!
 //! The header (everything before the payloads) is small and bounded, so it is read whole; the
 //! payloads are only ever streamed. Signing rewrites the signature block by streaming the payloads
@@ -26,7 +17,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub const MAGIC: &[u8; 8] = b"FPBUNDLE";
+pub use fieldpatch_proto::bundle::{FORMAT_VERSION, MAGIC};
 
 /// Whether the file at `path` starts like a patch bundle (only its first bytes are read).
 pub fn looks_like_bundle(path: &std::path::Path) -> bool {
@@ -34,9 +25,6 @@ pub fn looks_like_bundle(path: &std::path::Path) -> bool {
     let mut head = [0u8; 8];
     std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == MAGIC
 }
-pub const FORMAT_VERSION: u32 = 1;
-pub const MAX_MANIFEST_LEN: u64 = 1 << 20;
-pub const MAX_SIGNATURES_LEN: u64 = 64 << 10;
 /// Chunk size for streaming payloads.
 pub const CHUNK: usize = 1 << 20;
 
@@ -60,51 +48,23 @@ pub struct BundleInfo {
     pub signatures: Vec<SignatureEntry>,
 }
 
-fn read_exact_counted<R: Read>(
-    r: &mut R,
-    buf: &mut [u8],
-    what: &str,
-    remaining: &mut u64,
-) -> Result<(), BundleError> {
-    let need = buf.len() as u64;
-    if need > *remaining {
-        return Err(BundleError::Truncated {
-            what: what.into(),
-            needed: need,
-            available: *remaining,
-        });
-    }
-    r.read_exact(buf).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            BundleError::Truncated { what: what.into(), needed: need, available: 0 }
-        } else {
-            BundleError::io(format!("reading the {what}"), e)
+impl From<fieldpatch_proto::bundle::HeaderError> for BundleError {
+    fn from(e: fieldpatch_proto::bundle::HeaderError) -> Self {
+        use fieldpatch_proto::bundle::HeaderError as H;
+        match e {
+            H::BadMagic => BundleError::BadMagic,
+            H::UnsupportedFormatVersion { found, supported } => {
+                BundleError::UnsupportedFormatVersion { found, supported }
+            }
+            H::Truncated { what, needed, available } => {
+                BundleError::Truncated { what, needed, available }
+            }
+            H::LengthTooLarge { field, value, limit } => {
+                BundleError::LengthTooLarge { field, value, limit }
+            }
+            H::Io { what, source } => BundleError::io(format!("reading the {what}"), source),
         }
-    })?;
-    *remaining -= need;
-    Ok(())
-}
-
-fn read_len<R: Read>(
-    r: &mut R,
-    what: &str,
-    limit: u64,
-    remaining: &mut u64,
-) -> Result<usize, BundleError> {
-    let mut b = [0u8; 4];
-    read_exact_counted(r, &mut b, &format!("{what} length"), remaining)?;
-    let len = u32::from_le_bytes(b) as u64;
-    if len > limit {
-        return Err(BundleError::LengthTooLarge { field: what.into(), value: len, limit });
     }
-    if len > *remaining {
-        return Err(BundleError::Truncated {
-            what: what.into(),
-            needed: len,
-            available: *remaining,
-        });
-    }
-    Ok(len as usize)
 }
 
 /// Parse a signature block (canonical JSON array).
@@ -137,30 +97,9 @@ fn signatures_bytes(sigs: &[SignatureEntry]) -> Vec<u8> {
 /// Read and check the header from `r`, positioned at the start of a bundle of `file_len` bytes.
 /// Also checks that the payload lengths the manifest declares fill the rest of the file exactly.
 pub fn read_header<R: Read>(r: &mut R, file_len: u64) -> Result<Header, BundleError> {
-    let mut remaining = file_len;
-    let mut magic = [0u8; 8];
-    if file_len < 8 {
-        return Err(BundleError::BadMagic);
-    }
-    read_exact_counted(r, &mut magic, "magic", &mut remaining)?;
-    if &magic != MAGIC {
-        return Err(BundleError::BadMagic);
-    }
-    let mut v = [0u8; 4];
-    read_exact_counted(r, &mut v, "format version", &mut remaining)?;
-    let version = u32::from_le_bytes(v);
-    if version != FORMAT_VERSION {
-        return Err(BundleError::UnsupportedFormatVersion {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    let mlen = read_len(r, "manifest", MAX_MANIFEST_LEN, &mut remaining)?;
-    let mut manifest_bytes = vec![0u8; mlen];
-    read_exact_counted(r, &mut manifest_bytes, "manifest", &mut remaining)?;
-    let slen = read_len(r, "signature block", MAX_SIGNATURES_LEN, &mut remaining)?;
-    let mut sig_bytes = vec![0u8; slen];
-    read_exact_counted(r, &mut sig_bytes, "signature block", &mut remaining)?;
+    let parts = fieldpatch_proto::bundle::read_header_parts(r, file_len)?;
+    let (manifest_bytes, sig_bytes) = (parts.manifest, parts.signatures);
+    let remaining = file_len - parts.header_len;
     let manifest = Manifest::from_canonical_bytes(&manifest_bytes)?;
     let signatures = parse_signatures(&sig_bytes)?;
     let declared = manifest.payload_total().ok_or_else(|| BundleError::LengthTooLarge {

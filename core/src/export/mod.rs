@@ -15,7 +15,7 @@
 
 use crate::catalog::Catalog;
 use crate::store::Store;
-use crate::visitlog::{Event, EventKind, LogError};
+use crate::visitlog::{Event, LogError};
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::audit::{self, AuditError, Extras, Verified};
 use fieldpatch_proto::wire::SignedCheckpoint;
@@ -166,20 +166,7 @@ pub async fn export_visit(
             Some(read_bounded(path, fieldpatch_proto::trust::MAX_TRUST_STORE_BYTES)?);
     }
     if let Some(catalog) = sources.catalog {
-        let mut used: Vec<String> = Vec::new();
-        for e in &events {
-            let id = match &e.body.kind {
-                EventKind::BundleVerified { bundle_id, .. } => Some(bundle_id),
-                EventKind::FlashStarted { bundle_id, .. } => bundle_id.as_ref(),
-                _ => None,
-            };
-            if let Some(id) = id
-                && !used.contains(id)
-            {
-                used.push(id.clone());
-            }
-        }
-        for id in used {
+        for id in fieldpatch_proto::audit::bundles_used(&events) {
             let b =
                 catalog.bundle(&id).ok_or_else(|| ExportError::BundleNotInCatalog(id.clone()))?;
             let manifest = b

@@ -81,9 +81,18 @@ impl StoreError {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// Taken for the whole of one sync: syncs of this store from one process (automatic sync
+    /// and "sync now") take turns.
+    sync_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
+    /// Wait for this process's other sync of the store, if one runs, and hold the turn until
+    /// the guard is dropped.
+    pub async fn sync_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.sync_turn.clone().lock_owned().await
+    }
+
     /// Open (creating if needed) the store in the data directory from [`crate::paths::data_dir`].
     pub async fn open_default() -> Result<Store, StoreError> {
         let (dir, _) = crate::paths::data_dir()?;
@@ -128,7 +137,7 @@ impl Store {
                 }
             }
         }
-        Ok(Store { pool, path: path.to_path_buf() })
+        Ok(Store { pool, path: path.to_path_buf(), sync_turn: Default::default() })
     }
 
     /// The SQLite file.

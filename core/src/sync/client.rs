@@ -40,6 +40,13 @@ pub trait SyncLocal: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Event>, Self::Error>> + Send;
 
+    /// Held for the whole of one sync, so that two syncs of this store from one process
+    /// (automatic sync and "sync now") run one after the other instead of overlapping. By default
+    /// nothing is held.
+    fn sync_turn(&self) -> impl Future<Output = Option<tokio::sync::OwnedMutexGuard<()>>> + Send {
+        async { None }
+    }
+
     /// Persist a checkpoint the server countersigned (already verified). Afterwards
     /// [`SyncLocal::cursors`] reports `pushed_seq = checkpoint.last_seq` for that log.
     fn record_checkpoint(
@@ -463,6 +470,7 @@ pub async fn sync<L: SyncLocal>(
     store: &L,
     progress: &(dyn Fn(PushProgress) + Send + Sync),
 ) -> Result<SyncReport, SyncError> {
+    let _turn = store.sync_turn().await;
     let http = Http::new(cfg)?;
     let mut report = SyncReport::default();
     let server_key = match &cfg.server_key {

@@ -384,6 +384,10 @@ fn credential_name(c: &SealedCredential) -> Result<CredentialName, LocalSyncErro
 impl SyncLocal for StoreSync {
     type Error = LocalSyncError;
 
+    async fn sync_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Some(self.store.sync_turn().await)
+    }
+
     async fn cursors(&self) -> Result<Vec<LogCursor>, LocalSyncError> {
         Ok(self
             .store
@@ -512,7 +516,9 @@ impl SyncLocal for StoreSync {
             }
         }
         if let Some(store) = rotated {
-            let bytes = serde_json::to_vec_pretty(store.document())
+            let bytes = store
+                .document()
+                .file_bytes()
                 .map_err(|e| LocalSyncError::Corrupt(format!("trust store: {e}")))?;
             write_atomic(&self.trust_path(), &bytes)?;
         }

@@ -117,6 +117,8 @@ async fn start(
 struct Empty {
     pulls: AtomicUsize,
     bundles: Mutex<Vec<Vec<u8>>>,
+    /// The store's turn to sync, when it has one.
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,12 @@ impl std::error::Error for Never {}
 
 impl SyncLocal for Empty {
     type Error = Never;
+    async fn sync_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.turn {
+            Some(t) => Some(t.clone().lock_owned().await),
+            None => None,
+        }
+    }
     async fn cursors(&self) -> Result<Vec<LogCursor>, Never> {
         Ok(vec![])
     }
@@ -174,6 +182,31 @@ fn hello_sha() -> String {
 
 fn count(peer: &Peer, path: &str) -> usize {
     peer.hits.lock().unwrap().iter().filter(|p| p.as_str() == path).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_waits_for_the_other_sync_of_its_store_to_end() {
+    let peer = Arc::new(Peer::default());
+    let url = start(peer.clone(), |_, _| Answer::Ok, hello_sha()).await;
+    let turn = Arc::new(tokio::sync::Mutex::new(()));
+    let local = Arc::new(Empty { turn: Some(turn.clone()), ..Default::default() });
+    // Another sync of the same store holds the turn (automatic sync, while "sync now" is asked).
+    let other = turn.clone().lock_owned().await;
+    let second = {
+        let (url, local) = (url.clone(), local.clone());
+        tokio::spawn(async move {
+            fieldpatch_core::sync::sync(&config(&url, 1), local.as_ref(), &|_| {}).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits_while_held = peer.hits.lock().unwrap().len();
+    let finished_while_held = second.is_finished();
+    drop(other);
+    let report = second.await.unwrap();
+    assert_eq!(hits_while_held, 0, "the second sync talked to the server during the first");
+    assert!(!finished_while_held);
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(local.pulls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,3 +268,138 @@ async fn a_changed_byte_of_a_server_export_is_refused(backend: Backend) {
     let e = audit::verify(&audit::pack(&files).unwrap(), None).unwrap_err();
     assert!(matches!(e, AuditError::ManifestSignature(_)), "{e}");
 }
+
+/// A bundle file of one payload, its manifest signed by `signer` (proto's layout; the server
+/// never builds the laptop's bundle writer).
+fn bundle(id: &str, payload: &[u8], signer: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    use fieldpatch_proto::{bundle, canonical, signature};
+    use sha2::Digest;
+    let manifest = canonical::to_canonical(&serde_json::json!({
+        "bundle_id": id,
+        "bundle_version": 1,
+        "installs": "1.4.0",
+        "payloads": [{
+            "name": "app.bin",
+            "format": "mcuboot",
+            "length": payload.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(payload)),
+        }],
+    }))
+    .unwrap();
+    let sig = signature::sign(signature::CONTEXT_MANIFEST, &manifest, signer);
+    let sigs = canonical::to_canonical_of(&vec![sig]).unwrap();
+    let mut b = bundle::MAGIC.to_vec();
+    b.extend(bundle::FORMAT_VERSION.to_le_bytes());
+    b.extend((manifest.len() as u32).to_le_bytes());
+    b.extend(&manifest);
+    b.extend((sigs.len() as u32).to_le_bytes());
+    b.extend(&sigs);
+    b.extend(payload);
+    b
+}
+
+both_backends!(a_server_export_vouches_for_the_bundles_it_can_prove_under_its_trust_store);
+async fn a_server_export_vouches_for_the_bundles_it_can_prove_under_its_trust_store(
+    backend: Backend,
+) {
+    use fieldpatch_proto::trust::{Role, TrustStoreBody, TrustedKey};
+    use fieldpatch_proto::wire::CatalogEntry;
+    use fieldpatch_server::Store;
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let alice = server.technician("alice").await;
+    server.assign("alice", "s1").await;
+    // The published trust store: a root key and one release key, thresholds 1.
+    let (root, release) =
+        (fieldpatch_testkit::chain::random_key(), fieldpatch_testkit::chain::random_key());
+    let store = TrustStoreBody {
+        version: 1,
+        keys: vec![
+            TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root"),
+            TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release"),
+        ],
+        thresholds: std::collections::BTreeMap::from([(Role::Root, 1), (Role::Release, 1)]),
+        offline_grace_days: None,
+        expires: None,
+        vendor_certificates: Vec::new(),
+    }
+    .sign(&[&root]);
+    server
+        .admin_json(
+            reqwest::Method::PUT,
+            "/v1/admin/trust-store",
+            serde_json::to_value(&store).unwrap(),
+        )
+        .await;
+    // Visit 1 flashed gw-1.4.0, signed by the release key and published.
+    let (log, [v1, _, _]) = visits(&alice.key);
+    let bytes = bundle("gw-1.4.0", b"payload of gw-1.4.0", &release);
+    let entry = CatalogEntry {
+        bundle_id: "gw-1.4.0".into(),
+        version: "1.4.0".into(),
+        manifest: serde_json::json!({"bundle_id": "gw-1.4.0", "bundle_version": 1}),
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        size: bytes.len() as u64,
+        published_at: chrono::Utc::now(),
+    };
+    match &server.app {
+        AnyStore::Sqlite(a) => a.store.publish_bundle(&entry, &bytes).await.unwrap(),
+        AnyStore::Postgres(a) => a.store.publish_bundle(&entry, &bytes).await.unwrap(),
+    }
+    let ack = push(&server, &alice.token, &log).await;
+    assert_eq!(ack.stored.len(), log.len(), "{ack:?}");
+
+    let all = export_site(&server, "s1", None, None).await.unwrap();
+    let first = all.iter().find(|v| v.visit_id == v1).unwrap();
+    let ok = audit::verify(&first.archive, Some(&server.server_key)).unwrap();
+    let files = audit::unpack(&first.archive).unwrap();
+    let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
+    let trust = file("trust_store.json").expect("the published trust store is in the export");
+    assert_eq!(trust, store.file_bytes().unwrap(), "the bytes a laptop pins");
+    assert_eq!(
+        ok.trust_store_sha256.as_deref(),
+        Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&trust)).as_str())
+    );
+    let verdict: serde_json::Value =
+        serde_json::from_slice(&file("bundles/gw-1.4.0.verdict.json").unwrap()).unwrap();
+    assert_eq!(verdict["valid"], true, "{verdict}");
+    let release_id = fieldpatch_proto::signature::key_id(&release.verifying_key());
+    assert_eq!(verdict["signers"], serde_json::json!([release_id]), "{verdict}");
+    assert!(file("bundles/gw-1.4.0.signatures.json").is_some());
+    assert!(file("bundles/gw-1.4.0.manifest.json").is_some());
+    // The visits that name no bundle carry the trust store only.
+    let third = all.iter().find(|v| v.visit_id != v1).unwrap();
+    let third_files = audit::unpack(&third.archive).unwrap();
+    assert!(third_files.iter().any(|(n, _)| n == "trust_store.json"));
+    assert!(!third_files.iter().any(|(n, _)| n.starts_with("bundles/")));
+
+    // The release key is revoked by a rotation: the server can no longer vouch for the bundle,
+    // so a new export leaves its verdict out (the events still name it) and still verifies.
+    let mut keys = vec![TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root")];
+    let mut revoked = TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release");
+    revoked.revoked = true;
+    keys.push(revoked);
+    let rotated = TrustStoreBody {
+        version: 2,
+        keys,
+        thresholds: std::collections::BTreeMap::from([(Role::Root, 1), (Role::Release, 1)]),
+        offline_grace_days: None,
+        expires: None,
+        vendor_certificates: Vec::new(),
+    }
+    .sign(&[&root]);
+    server
+        .admin_json(
+            reqwest::Method::PUT,
+            "/v1/admin/trust-store",
+            serde_json::to_value(&rotated).unwrap(),
+        )
+        .await;
+    let again = export_site(&server, "s1", None, None).await.unwrap();
+    let first = again.iter().find(|v| v.visit_id == v1).unwrap();
+    audit::verify(&first.archive, Some(&server.server_key)).unwrap();
+    let files = audit::unpack(&first.archive).unwrap();
+    let trust = files.iter().find(|(n, _)| n == "trust_store.json").unwrap();
+    assert_eq!(trust.1, rotated.file_bytes().unwrap());
+    assert!(!files.iter().any(|(n, _)| n.starts_with("bundles/")), "a revoked signer vouched");
+}

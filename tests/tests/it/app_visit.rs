@@ -43,7 +43,12 @@ fn set_value(session: &Session, css: &str, value: &str) {
 /// Publish the demo lab's inventory to a server's data directory through its admin CLI: the
 /// site, its devices, one work order for all of them, the technician (with the laptop's key),
 /// the trust store, every bundle and the signed listing. Returns the technician's token.
-fn publish(server: &Path, work: &Path, demo: &fieldpatch_demo::Demo, key: &str) -> String {
+fn publish(
+    server: &Path,
+    work: &Path,
+    demo: &fieldpatch_demo::Demo,
+    key: &str,
+) -> (String, String) {
     let trust = fieldpatch_core::bundle::TrustStore::load(&demo.trust_path).unwrap();
     let policy = fieldpatch_core::bundle::VerifyPolicy::now();
     let catalog =
@@ -116,7 +121,7 @@ fn publish(server: &Path, work: &Path, demo: &fieldpatch_demo::Demo, key: &str) 
             None,
         );
     }
-    token
+    (token, site.id.clone())
 }
 
 /// Every file under `dir`.
@@ -158,8 +163,9 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
     }
     assert_eq!((ports.len(), networks.len()), (1, 1), "the lab: a console and sensor-04");
     let server_data = work.path().join("server");
-    let token = publish(&server_data, work.path(), &demo, key["public_key"].as_str().unwrap());
-    let (_server, url) = serve(&server_data);
+    let (token, site) =
+        publish(&server_data, work.path(), &demo, key["public_key"].as_str().unwrap());
+    let (server, url) = serve(&server_data);
 
     let session = Session::start(&format!("http://127.0.0.1:{port}"), &app).unwrap();
     let long = Duration::from_secs(120);
@@ -207,9 +213,7 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
         )
         .unwrap();
     // The devices discovery matched are identified on the bench: they run 1.4.0.
-    session
-        .wait_for("tr[data-device='sensor-04'] td:nth-child(4)", long, |t| t == "1.4.0")
-        .unwrap();
+    session.wait_for("tr[data-device='sensor-04'] td.runs", long, |t| t == "1.4.0").unwrap();
     session.click("#plan", long).unwrap();
     session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();
     shot(&session, "app-real-devices-plan.png");
@@ -332,5 +336,34 @@ fn a_real_site_visit_from_login_to_sync_in_the_window() {
     assert!(reason("pump-ctl-01").is_none(), "{not_patched}");
     let history = pump_history.to_string();
     assert!(history.contains("1.5.0"), "the pump controller's patch is in its history: {history}");
+
+    // The inventory team's export of the site verifies offline, and carries the trust store the
+    // laptop pinned (byte for byte) and the server's verdicts on the bundles the visit flashed.
+    drop(server);
+    let exports = work.path().join("exports");
+    admin(&server_data, &["export", "--site", &site, "--out", exports.to_str().unwrap()], None);
+    let server_key = admin(&server_data, &["server-key"], None).trim().to_string();
+    let pinned = std::fs::read(data.path().join("trust.json")).unwrap();
+    let pinned_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pinned));
+    let mut with_verdicts = 0;
+    for file in std::fs::read_dir(&exports).unwrap() {
+        let file = file.unwrap().path();
+        let out = laptop.ok(&[
+            "--json",
+            "audit",
+            "verify",
+            file.to_str().unwrap(),
+            "--server-key",
+            &server_key,
+        ]);
+        let verified: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(verified["trust_store_sha256"], pinned_sha.as_str(), "{verified}");
+        let bytes = std::fs::read(&file).unwrap();
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        if has(b"bundles/") && has(b".verdict.json") && has(b".signatures.json") {
+            with_verdicts += 1;
+        }
+    }
+    assert!(with_verdicts >= 1, "no server export carries a bundle verdict");
     drop(demo);
 }
