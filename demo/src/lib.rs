@@ -276,6 +276,7 @@ impl Demo {
             work_order: None,
             site: Some(SITE_ID.into()),
             visit: None,
+            esp: None,
         }
     }
 }

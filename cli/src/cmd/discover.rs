@@ -52,6 +52,11 @@ pub struct DiscoverArgs {
     /// Seconds the whole discovery may take.
     #[arg(long, default_value_t = 10)]
     pub deadline: u64,
+    /// Also look for ESP32-family boards' ROM loaders on the serial ports, getting each chip
+    /// into its loader with this reset (classic, usb-jtag) and back into its application
+    /// afterwards: this reboots the boards. `none`: only boards already held in download mode.
+    #[arg(long = "esp-reset", value_name = "MODE")]
+    pub esp_reset: Option<fieldpatch_core::plan::EspReset>,
 }
 
 impl DiscoverArgs {
@@ -120,7 +125,8 @@ pub async fn discover(
     json: bool,
 ) -> anyhow::Result<DiscoveryReport> {
     let (request, usb) = args.request()?;
-    let options = DiscoverOptions { request, usb, work_order, site, visit: None };
+    let options =
+        DiscoverOptions { request, usb, work_order, site, visit: None, esp: args.esp_reset };
     let mut printed = std::collections::BTreeSet::new();
     let mut on_update = |u: &Update| match u {
         Update::Device { device } => {

@@ -223,3 +223,39 @@ fn an_esp_bundle_goes_through_the_gate_with_the_inventory_record() {
     }
     assert!(!log.contains("\"confirmed\""), "{log}");
 }
+
+/// Discovery finds the lab ESP32's ROM loader only when the technician allows the ESP probe:
+/// by its MAC as the serial number, at an `esp:` address with the reset mode chosen and the chip
+/// it reported; without `--esp-reset` the port is left as not recognized, and nothing was
+/// written either way.
+#[cfg(unix)]
+#[test]
+fn discovery_finds_an_esp_rom_loader_only_when_allowed() {
+    let data = tempfile::tempdir().unwrap();
+    let (device, _server, port) = lab();
+    let base = ["--json", "discover", "--port", port.as_str(), "--deadline", "5"];
+    let out = ok(&fieldpatch(data.path(), &[&base[..], &["--esp-reset", "none"]].concat()));
+    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = ok(&fieldpatch(data.path(), &base));
+    let without: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = fieldpatch(data.path(), &[&base[..], &["--esp-reset", "sideways"]].concat());
+
+    let devices = found["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{found}");
+    let d = &devices[0];
+    assert_eq!(d["identity"]["serial_number"], "24:0a:c4:12:34:56", "{d}");
+    assert_eq!(d["bootloader"], "ESP ROM loader", "{d}");
+    let address = &d["addresses"][0];
+    assert_eq!(address["transport"], "esp", "{d}");
+    assert_eq!(address["port"], port.as_str(), "{d}");
+    assert_eq!(address["reset"], "none", "{d}");
+    assert_eq!(address["chip"], "esp32", "{d}");
+    let details = d["details"].to_string();
+    assert!(details.contains("flash_size: 4194304"), "{details}");
+    assert!(without["devices"].as_array().unwrap().is_empty(), "{without}");
+    assert_eq!(without["skipped"][0]["candidate"], port.as_str(), "{without}");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sideways"), "{out:?}");
+    assert_eq!(device.flash_data_frames(), 0);
+    assert!(device.in_loader(), "a loader that was not reset stays in the loader");
+}

@@ -34,7 +34,7 @@ pub use settings::DiscoverySettings;
 
 use crate::fieldpatch::{Error, Fieldpatch};
 use crate::model::{DeviceIdentity, DeviceMode};
-use crate::plan::{DeviceAddress, DeviceRecord};
+use crate::plan::{DeviceAddress, DeviceRecord, EspReset};
 use crate::store::InventoryDevice;
 use crate::visitlog::{EventKind, NewEvent};
 use fieldpatch_drivers::dfu::DfuMode;
@@ -59,6 +59,10 @@ pub struct DiscoverOptions {
     pub site: Option<String>,
     /// Record the events in this open visit.
     pub visit: Option<Uuid>,
+    /// Also look for ESP chips' ROM loaders on the serial ports, getting each chip into its
+    /// loader this way (and back into its application afterwards): the technician's choice,
+    /// because a reset reboots the device (`None`: never).
+    pub esp: Option<EspReset>,
 }
 
 /// A candidate that was looked at and is not a device Fieldpatch can talk to.
@@ -161,12 +165,27 @@ pub const SERIAL_RECOVERY: &str = "MCUboot serial recovery";
 /// that run the drivers' scan themselves see the same finds.
 impl From<&drv::Found> for Find {
     fn from(found: &drv::Found) -> Find {
-        let address = match &found.endpoint {
-            Endpoint::Serial { path, baud } => {
+        let esp = found.report().and_then(|r| match &r.details {
+            drv::Details::Facts(facts) if r.protocol == drv::esp::PROTOCOL => Some(facts),
+            _ => None,
+        });
+        let address = match (&found.endpoint, esp) {
+            (Endpoint::Serial { path, .. }, Some(facts)) => DeviceAddress::Esp {
+                port: path.clone(),
+                baud: None,
+                reset: [EspReset::Classic, EspReset::UsbJtag, EspReset::None]
+                    .into_iter()
+                    .find(|r| {
+                        facts.get("reset").map(String::as_str) == Some(r.driver_mode().name())
+                    })
+                    .unwrap_or_default(),
+                chip: facts.get("chip").cloned(),
+            },
+            (Endpoint::Serial { path, baud }, None) => {
                 DeviceAddress::Serial { port: path.clone(), baud: *baud }
             }
-            Endpoint::Udp { addr } => DeviceAddress::Udp { addr: addr.to_string() },
-            other => DeviceAddress::Udp { addr: other.to_string() },
+            (Endpoint::Udp { addr }, _) => DeviceAddress::Udp { addr: addr.to_string() },
+            (other, _) => DeviceAddress::Udp { addr: other.to_string() },
         };
         let via = match &found.via {
             Via::SerialPort(_) => "serial",
@@ -213,14 +232,17 @@ impl From<&drv::Found> for Find {
                 ]);
             }
         }
-        Find {
-            address,
-            via: via.to_string(),
-            identity,
-            bootloader,
-            capabilities,
-            details: Vec::new(),
+        let mut details = Vec::new();
+        if let Some(facts) = esp {
+            // The ROM serial bootloader: it writes flash and reports its MD5; no slots, no test
+            // boot, no revert.
+            bootloader = Some("ESP ROM loader".to_string());
+            capabilities.insert(Capability::Upload);
+            details.extend(
+                facts.iter().filter(|(k, _)| *k != "reset").map(|(k, v)| format!("{k}: {v}")),
+            );
         }
+        Find { address, via: via.to_string(), identity, bootloader, capabilities, details }
     }
 }
 
@@ -349,8 +371,11 @@ impl Fieldpatch {
         .collect();
         let searched = format!("{matched_against} ({})", how.join(", "));
         if request.serial.is_some() || request.network.is_some() || request.mdns.is_some() {
-            let mut scan =
-                drv::Discovery::new(request).start().await.map_err(DiscoverError::from)?;
+            let mut discovery = drv::Discovery::new(request);
+            if let Some(reset) = options.esp {
+                discovery = discovery.with_probe(drv::EspRomProbe::new(reset.driver_mode()));
+            }
+            let mut scan = discovery.start().await.map_err(DiscoverError::from)?;
             while let Some(event) = scan.next().await {
                 match event {
                     drv::Event::Found(found) => add(&mut devices, Find::from(&*found), on_update),

@@ -36,6 +36,10 @@ pub struct DiscoverySettings {
     /// Seconds a discovery may take.
     #[ts(type = "number")]
     pub deadline_secs: u64,
+    /// Also look for ESP32-family boards' ROM loaders on the serial ports allowed above, with
+    /// this reset (which reboots each board into its loader and back): `None`, never.
+    #[ts(optional)]
+    pub esp_reset: Option<crate::plan::EspReset>,
 }
 
 impl Default for DiscoverySettings {
@@ -49,6 +53,7 @@ impl Default for DiscoverySettings {
             networks: Vec::new(),
             interfaces: Vec::new(),
             deadline_secs: 10,
+            esp_reset: None,
         }
     }
 }
@@ -147,6 +152,7 @@ impl DiscoverySettings {
             work_order,
             site: None,
             visit: None,
+            esp: s.esp_reset,
         })
     }
 }

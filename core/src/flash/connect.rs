@@ -14,7 +14,7 @@ use super::esp::{EspTarget, EspTargetOptions};
 use super::smp::SmpTarget;
 use super::{FlashTarget, TargetError};
 use crate::image::dfu_file::{self, DfuFile};
-use crate::plan::{DeviceAddress, DeviceRecord, EspReset};
+use crate::plan::{DeviceAddress, DeviceRecord};
 use crate::progress::Progress;
 use crate::session::Connector;
 use crate::session::lock::{LockError, RunnerLock};
@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use fieldpatch_drivers::dfu::{
     DfuDevice, DfuDeviceInfo, DfuMode, DfuOptions, DfuseOptions, DownloadReport,
 };
-use fieldpatch_drivers::esp::{ConnectOptions, EspSerial, ROM_BAUD, ResetMode};
+use fieldpatch_drivers::esp::{ConnectOptions, EspSerial, ROM_BAUD};
 use fieldpatch_drivers::transport::{SerialLink, UdpLink, udp::parse_addr};
 use fieldpatch_drivers::usb::UsbBus;
 
@@ -133,11 +133,7 @@ const OPEN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(5
 /// for the upload (the ROM loader always starts at 115200).
 pub fn esp_options(address: &DeviceAddress) -> Option<EspTargetOptions> {
     let DeviceAddress::Esp { baud, reset, chip, .. } = address else { return None };
-    let reset = match reset {
-        EspReset::Classic => ResetMode::Classic,
-        EspReset::UsbJtag => ResetMode::UsbSerialJtag,
-        EspReset::None => ResetMode::NoReset,
-    };
+    let reset = reset.driver_mode();
     Some(EspTargetOptions {
         connect: ConnectOptions { reset, ..ConnectOptions::default() },
         expected_chip: chip.as_deref().and_then(crate::plan::esp_chip),
@@ -315,6 +311,7 @@ pub fn dfu_download<B: UsbBus>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldpatch_drivers::esp::ResetMode;
 
     #[test]
     fn an_esp_address_gives_the_driver_its_reset_mode_chip_and_upload_baud() {

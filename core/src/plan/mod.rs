@@ -83,6 +83,16 @@ pub enum EspReset {
 }
 
 impl EspReset {
+    /// The driver's reset sequence for this mode.
+    pub fn driver_mode(self) -> fieldpatch_drivers::esp::ResetMode {
+        use fieldpatch_drivers::esp::ResetMode;
+        match self {
+            EspReset::Classic => ResetMode::Classic,
+            EspReset::UsbJtag => ResetMode::UsbSerialJtag,
+            EspReset::None => ResetMode::NoReset,
+        }
+    }
+
     /// The word used in addresses (`?reset=`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,7 +7,8 @@
 //!                ├─ serial  : list/named ports ─ exclude ─ busy? ─ probes × baud rates
 //!                ├─ network : addresses/CIDR ─ bounded ─ rate-limited ─ probes
 //!                └─ mdns    : browse allowed interfaces ─ probe what is advertised
-//!                                  probes: [`Probe`] (SMP first: [`smp::SmpProbe`])
+//!                                  probes: [`Probe`] (SMP first: [`smp::SmpProbe`]; the ESP
+//!                                  ROM loader when allowed: [`esp::EspRomProbe`])
 //! ```
 //!
 //! Design decisions:
@@ -60,6 +61,7 @@
 //! # }
 //! ```
 
+pub mod esp;
 pub mod mdns;
 pub mod net;
 pub mod probe;
@@ -67,6 +69,7 @@ mod scan;
 pub mod serial;
 pub mod smp;
 
+pub use esp::EspRomProbe;
 pub use mdns::{Advertisement, MdnsScope};
 pub use net::{NetTarget, NetworkScope};
 pub use probe::{

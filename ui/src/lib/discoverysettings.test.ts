@@ -20,6 +20,13 @@ describe("discovery settings form", () => {
     expect(fromForm(toForm(saved))).toEqual(saved);
     expect(toForm(saved).ports).toBe("/dev/pts/4\n/dev/serial/by-id/usb-x");
   });
+  it("keeps the ESP probe off unless a reset mode is chosen", () => {
+    expect(toForm(saved).esp_reset).toBe("");
+    expect(fromForm(toForm(saved))).not.toHaveProperty("esp_reset");
+    const allowed = { ...saved, esp_reset: "classic" as const };
+    expect(toForm(allowed).esp_reset).toBe("classic");
+    expect(fromForm(toForm(allowed))).toEqual(allowed);
+  });
   it("splits lines and commas and drops blanks", () => {
     expect(lines(" /dev/a \n\n/dev/b, /dev/c ,")).toEqual(["/dev/a", "/dev/b", "/dev/c"]);
     expect(lines("   ")).toEqual([]);

@@ -1,6 +1,6 @@
 // Where discovery looks (real mode), as the settings form edits it: lists are one entry per line.
 
-import type { DiscoverySettings } from "./ipc";
+import type { DiscoverySettings, EspReset } from "./ipc";
 
 /** The form's fields: the lists as text, one entry per line. */
 export interface DiscoveryForm {
@@ -12,6 +12,8 @@ export interface DiscoveryForm {
   networks: string;
   interfaces: string;
   deadline_secs: number;
+  /** How ESP boards are put into their ROM loader for discovery; "" never probes them. */
+  esp_reset: EspReset | "";
 }
 
 export function toForm(s: DiscoverySettings): DiscoveryForm {
@@ -24,6 +26,7 @@ export function toForm(s: DiscoverySettings): DiscoveryForm {
     networks: s.networks.join("\n"),
     interfaces: s.interfaces.join("\n"),
     deadline_secs: s.deadline_secs,
+    esp_reset: s.esp_reset ?? "",
   };
 }
 
@@ -45,6 +48,7 @@ export function fromForm(f: DiscoveryForm): DiscoverySettings {
     networks: lines(f.networks),
     interfaces: lines(f.interfaces),
     deadline_secs: Math.round(Number(f.deadline_secs)),
+    ...(f.esp_reset ? { esp_reset: f.esp_reset } : {}),
   };
 }
 

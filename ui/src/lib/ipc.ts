@@ -198,7 +198,12 @@ interfaces: Array<string>,
 /**
  * Seconds a discovery may take.
  */
-deadline_secs: number, };
+deadline_secs: number,
+/**
+ * Also look for ESP32-family boards' ROM loaders on the serial ports allowed above, with
+ * this reset (which reboots each board into its loader and back): `None`, never.
+ */
+esp_reset?: EspReset, };
 
 /**
  * What the plan says about one device.
