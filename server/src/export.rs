@@ -246,9 +246,9 @@ async fn vouch<S: Store>(
             continue;
         };
         match verdict(&id, &entry.sha256, &bytes, &trust) {
-            Ok((manifest, signatures, verdict)) => {
-                extras.bundle_signatures.push((id.clone(), signatures));
-                extras.bundles.push((id, manifest, verdict));
+            Ok(v) => {
+                extras.bundle_signatures.push((id.clone(), v.signatures));
+                extras.bundles.push((id, v.manifest, v.verdict));
             }
             Err(why) => {
                 tracing::warn!(%visit, bundle = %id, "audit export without this bundle's verdict: {why}");
@@ -258,14 +258,16 @@ async fn vouch<S: Store>(
     Ok(())
 }
 
-/// The server's verdict on a stored bundle file: `(manifest bytes, signatures JSON, verdict
-/// JSON)`, or why it cannot vouch for it.
-fn verdict(
-    id: &str,
-    sha256: &str,
-    bytes: &[u8],
-    trust: &TrustStore,
-) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+/// What an export carries for one bundle: its manifest bytes, its signatures (JSON) and the
+/// server's verdict (JSON).
+struct Vouched {
+    manifest: Vec<u8>,
+    signatures: Vec<u8>,
+    verdict: Vec<u8>,
+}
+
+/// The server's verdict on a stored bundle file, or why it cannot vouch for it.
+fn verdict(id: &str, sha256: &str, bytes: &[u8], trust: &TrustStore) -> Result<Vouched, String> {
     use sha2::{Digest, Sha256};
     if hex::encode(Sha256::digest(bytes)) != sha256 {
         return Err(format!("the stored file does not hash to its SHA-256 {sha256}"));
@@ -329,5 +331,5 @@ fn verdict(
     });
     let signatures = serde_json::to_vec(&signatures).map_err(|e| e.to_string())?;
     let verdict = serde_json::to_vec(&verdict).map_err(|e| e.to_string())?;
-    Ok((parts.manifest, signatures, verdict))
+    Ok(Vouched { manifest: parts.manifest, signatures, verdict })
 }
