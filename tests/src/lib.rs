@@ -1,6 +1,7 @@
 //! Small helpers shared by the end-to-end tests: locating built binaries, a private X display,
 //! a WebDriver session against the real desktop window, and a place for test artifacts.
 
+pub mod campaign;
 pub mod kit;
 pub mod webdriver;
 pub mod xvfb;

@@ -172,6 +172,7 @@ struct InFlight {
     off: u64,
     end: u64,
     deadline: Instant,
+    sent: Instant,
 }
 
 impl<L: Link> SmpClient<L> {
@@ -456,6 +457,12 @@ impl<L: Link> SmpClient<L> {
         let mut failures = 0u32;
         let mut resumed_from = None;
         let mut bad_frame: Option<String> = None;
+        // The first chunk may take the whole erase allowance to be answered. Once the ordinary
+        // request time has passed without its answer, one echo asks whether the device is busy
+        // (erasing: it answers nothing) or answers (it rebooted or lost the chunk: send it again
+        // now rather than at the end of the erase allowance).
+        let mut probed_first = false;
+        let mut probe: Option<(u8, Instant)> = None;
         progress.phase("erase");
 
         loop {
@@ -483,14 +490,21 @@ impl<L: Link> SmpClient<L> {
                 if let Some(f) = in_flight.iter().find(|f| f.off == 0) {
                     deadline = deadline.max(f.deadline);
                 }
-                in_flight.push(InFlight { seq, off: next, end, deadline });
+                in_flight.push(InFlight { seq, off: next, end, deadline, sent: Instant::now() });
                 next = end;
             }
             let Some(oldest) = in_flight.iter().map(|f| f.deadline).min() else {
                 // Nothing in flight and nothing to send: only when acked == total.
                 break;
             };
-            let left = oldest.saturating_duration_since(Instant::now());
+            let first_sent = in_flight.iter().find(|f| f.off == 0).map(|f| f.sent);
+            let probe_at = first_sent.filter(|_| !probed_first).map(|t| t + self.timeouts.request);
+            let wake = [Some(oldest), probe_at, probe.map(|(_, d)| d)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(oldest);
+            let left = wake.saturating_duration_since(Instant::now());
             // A device flooding stale answers must not keep us past the deadline.
             let received = if left.is_zero() {
                 Err(TransportError::Timeout(left))
@@ -503,23 +517,46 @@ impl<L: Link> SmpClient<L> {
                         bad_frame = Some("a packet too short for an SMP header".into());
                         continue;
                     };
-                    let Some(pos) = in_flight.iter().position(|f| f.seq == h.seq) else {
-                        continue; // A late answer to a request we already gave up on.
-                    };
-                    match ImageUpload::parse_response(&packet, h.seq) {
-                        Ok(ack) => Ok((in_flight.remove(pos), ack)),
-                        Err(SmpError::Device(e)) if e.is_transient() => {
-                            in_flight.remove(pos);
-                            Err(e.to_string())
-                        }
-                        Err(e @ SmpError::Device(_)) => return Err(e),
-                        Err(e) => {
-                            // A damaged answer counts as a lost one: a later answer acknowledges
-                            // the chunk, or its deadline makes it go again.
-                            bad_frame = Some(e.to_string());
+                    if probe.is_some_and(|(seq, _)| seq == h.seq) {
+                        probe = None;
+                        if !in_flight.iter().any(|f| f.off == 0) {
                             continue;
                         }
+                        // Alive and not erasing: the first chunk (or its answer) was lost.
+                        Err("the device answers, but not the first chunk".to_string())
+                    } else {
+                        let Some(pos) = in_flight.iter().position(|f| f.seq == h.seq) else {
+                            continue; // A late answer to a request we already gave up on.
+                        };
+                        match ImageUpload::parse_response(&packet, h.seq) {
+                            Ok(ack) => Ok((in_flight.remove(pos), ack)),
+                            Err(SmpError::Device(e)) if e.is_transient() => {
+                                in_flight.remove(pos);
+                                Err(e.to_string())
+                            }
+                            Err(e @ SmpError::Device(_)) => return Err(e),
+                            Err(e) => {
+                                // A damaged answer counts as a lost one: a later answer
+                                // acknowledges the chunk, or its deadline makes it go again.
+                                bad_frame = Some(e.to_string());
+                                continue;
+                            }
+                        }
                     }
+                }
+                Err(TransportError::Timeout(_)) if Instant::now() < oldest => {
+                    // Not a chunk's deadline: time to ask whether the device is alive, or the
+                    // probe went unanswered (the device is busy erasing: keep waiting).
+                    if probe_at.is_some_and(|t| Instant::now() >= t) {
+                        probed_first = true;
+                        let seq = self.next_seq();
+                        let echo = commands::Echo { text: "erasing?".into() };
+                        self.link.send(&echo.to_bytes(seq)).await?;
+                        probe = Some((seq, Instant::now() + self.timeouts.request));
+                    } else if probe.is_some_and(|(_, d)| Instant::now() >= d) {
+                        probe = None;
+                    }
+                    continue;
                 }
                 Err(TransportError::Timeout(_)) => Err("no answer in time".to_string()),
                 Err(TransportError::BadFrame(m)) => {
@@ -539,6 +576,20 @@ impl<L: Link> SmpClient<L> {
                     let progressed = off > acked;
                     if progressed {
                         failures = 0;
+                    }
+                    if sent.off == 0 {
+                        // The erase is over: the chunks sent behind the first waited for it
+                        // with its long deadline; from now on each is owed an answer within
+                        // the ordinary time (after the chunks queued ahead of it), so a lost
+                        // one goes again at once instead of after the erase allowance.
+                        let now = Instant::now();
+                        let mut queued = 0usize;
+                        for f in in_flight.iter_mut() {
+                            let due =
+                                now + self.timeouts.request + self.link.wire_time(queued + budget);
+                            f.deadline = f.deadline.min(due);
+                            queued += (f.end - f.off) as usize;
+                        }
                     }
                     if sent.off == 0 && resumed_from.is_none() {
                         resumed_from = Some(off);
@@ -598,6 +649,7 @@ impl<L: Link> SmpClient<L> {
                     self.link.drain();
                     in_flight.clear();
                     next = acked;
+                    (probed_first, probe) = (false, None);
                 }
             }
         }

@@ -165,6 +165,25 @@ async fn udp_upload_survives_loss_corruption_stall_and_a_reboot() {
     assert!(dev.log().iter().any(|l| l.contains("upload resumed")), "{:?}", dev.log());
 }
 
+/// A device that reboots while it takes the first chunk answers nothing for it: the client asks
+/// whether the device is alive once the ordinary request time has passed, and sends the first
+/// chunk again then, instead of waiting out the whole erase allowance.
+#[tokio::test]
+async fn a_first_chunk_lost_to_a_reboot_goes_again_without_waiting_out_the_erase() {
+    let dev = fast_device();
+    dev.faults().reboot_at = Some(10);
+    let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
+    c.timeouts.first_chunk = Duration::from_secs(20);
+    let img = image("1.6.1", 20_000, 6);
+    let rec = Recorder::default();
+    let report = c.upload(&img, UploadOptions::default(), &rec).await.unwrap();
+    assert_eq!(dev.slot_bytes(1).unwrap(), img, "{:?}", dev.log());
+    assert!(dev.log().iter().any(|l| l.contains("reboot mid-upload")), "{:?}", dev.log());
+    let notes = rec.notes.lock().unwrap().clone();
+    assert!(notes.iter().any(|n| n.contains("not the first chunk")), "{notes:?}");
+    assert!(report.elapsed < c.timeouts.first_chunk, "waited out the erase allowance: {report:?}");
+}
+
 #[tokio::test]
 async fn an_interrupted_upload_resumes_from_the_device_offset() {
     let dev = fast_device();

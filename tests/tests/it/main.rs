@@ -11,6 +11,7 @@ mod app_visit;
 mod app_window;
 mod audit_export;
 mod audit_server;
+mod campaign;
 #[cfg(target_os = "linux")]
 mod discover;
 mod listing;

@@ -59,6 +59,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "fieldpatch-lab",
                 "fieldpatch-demo",
                 "fieldpatch-server",
+                "fieldpatch-testkit",
             ][..],
         ),
     ])

@@ -1,0 +1,664 @@
+//! The fault campaign: randomized flash runs against lab devices, each with one fault drawn from
+//! what the field throws at a technician, checked against the invariants that must never break.
+//!
+//! One run: a fresh data directory and one lab device of a family (SMP over UDP, SMP on a serial
+//! pty, USB DFU on the lab bus), identified, planned and flashed through the facade
+//! ([`Fieldpatch::run_session`], what the CLI and the app call) with one fault:
+//!
+//! | fault | families | what happens |
+//! |---|---|---|
+//! | `none` | all | nothing: the baseline |
+//! | `drop_frames` | SMP | the device loses every Nth frame it receives |
+//! | `corrupt_frames` | SMP | every Nth frame it sends has one byte flipped |
+//! | `stall` | SMP | the device goes silent for up to 4 s at a random upload offset |
+//! | `reboot_mid_upload` | SMP | the device reboots at a random upload offset (the partial image stays) |
+//! | `power_loss_on_test_boot` | SMP | power is lost during the test boot: MCUboot reverts |
+//! | `fails_health_check` | SMP | the new image does not come up: the watchdog resets, MCUboot reverts |
+//! | `stalled_dnload` | DFU | the device stalls the Nth data DNLOAD and enters dfuERROR |
+//! | `verify_error` | DFU | the device reports errVERIFY at manifestation |
+//! | `garbage_status` | DFU | GETSTATUS answers random bytes |
+//! | `killed` | all | the session is cut off at a random moment (its task dropped, as a killed process leaves it), then resumed from the store by a new facade |
+//!
+//! After each run the invariants are checked, each of which must hold every time:
+//! 1. **bootable**: the device runs a confirmed image (SMP), or its old or new firmware, or
+//!    waits in its DFU bootloader (which a new download recovers);
+//! 2. **honest success**: a device reported patched runs exactly the verified new image;
+//! 3. **log**: every visit log verifies as a chain, no event id appears twice, and the device's
+//!    last outcome event says what the session says (none lost);
+//! 4. **no secret on disk**: a device secret kept in the OS keyring for the campaign appears in
+//!    no file of the data directory.
+//!
+//! Every run is reproducible from its seed: the family, the fault and its parameters come from a
+//! small deterministic generator ([`Draw`]) seeded with it.
+
+use crate::kit::{BundleSpec, Kit};
+use fieldpatch_core::Fieldpatch;
+use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::image::dfu_file::DfuSuffix;
+use fieldpatch_core::plan::Criticality;
+use fieldpatch_core::session::{DeviceStatus, SessionOptions, SessionState, Threshold};
+use fieldpatch_lab::dfu::{LabDfuFaults, LabMode};
+use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
+use fieldpatch_testkit::site::{LabSite, SiteBuilder};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// Device families the campaign flashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    SmpUdp,
+    SmpSerial,
+    Dfu,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::SmpUdp, Family::SmpSerial, Family::Dfu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::SmpUdp => "SMP over UDP",
+            Family::SmpSerial => "SMP serial",
+            Family::Dfu => "USB DFU",
+        }
+    }
+
+    /// The faults that apply to this family.
+    pub fn faults(self) -> &'static [Fault] {
+        match self {
+            Family::SmpUdp | Family::SmpSerial => &[
+                Fault::None,
+                Fault::DropFrames,
+                Fault::CorruptFrames,
+                Fault::Stall,
+                Fault::RebootMidUpload,
+                Fault::PowerLossOnTestBoot,
+                Fault::FailsHealthCheck,
+                Fault::Killed,
+            ],
+            Family::Dfu => &[
+                Fault::None,
+                Fault::StalledDnload,
+                Fault::VerifyError,
+                Fault::GarbageStatus,
+                Fault::Killed,
+            ],
+        }
+    }
+}
+
+/// One fault per run (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    None,
+    DropFrames,
+    CorruptFrames,
+    Stall,
+    RebootMidUpload,
+    PowerLossOnTestBoot,
+    FailsHealthCheck,
+    StalledDnload,
+    VerifyError,
+    GarbageStatus,
+    Killed,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::DropFrames => "drop_frames",
+            Fault::CorruptFrames => "corrupt_frames",
+            Fault::Stall => "stall",
+            Fault::RebootMidUpload => "reboot_mid_upload",
+            Fault::PowerLossOnTestBoot => "power_loss_on_test_boot",
+            Fault::FailsHealthCheck => "fails_health_check",
+            Fault::StalledDnload => "stalled_dnload",
+            Fault::VerifyError => "verify_error",
+            Fault::GarbageStatus => "garbage_status",
+            Fault::Killed => "killed",
+        }
+    }
+}
+
+/// How a run ended, when every invariant held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ending {
+    /// Patched in one go.
+    Succeeded,
+    /// Patched after the session was cut off and resumed.
+    Resumed,
+    /// The device reverted to its previous image (reported as rolled back).
+    RolledBack,
+    /// The flash failed and said so; the device is bootable or recoverable.
+    FailedCleanly,
+    /// The session stopped short of the device (it is untouched and reported as not patched).
+    NotAttempted,
+}
+
+impl Ending {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Succeeded => "succeeded",
+            Ending::Resumed => "resumed",
+            Ending::RolledBack => "rolled back",
+            Ending::FailedCleanly => "failed cleanly",
+            Ending::NotAttempted => "not attempted",
+        }
+    }
+}
+
+/// One run's record.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub seed: u64,
+    pub family: Family,
+    pub fault: Fault,
+    /// What was drawn for the fault (offsets, periods, delays).
+    pub detail: String,
+    pub ending: Ending,
+    /// Broken invariants (empty: the run is clean).
+    pub violations: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// A small deterministic generator (SplitMix64): the same seed draws the same run.
+#[derive(Debug, Clone)]
+pub struct Draw(u64);
+
+impl Draw {
+    pub fn new(seed: u64) -> Draw {
+        Draw(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..hi` (`lo` when the range is empty).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo { lo } else { lo + self.next() % (hi - lo) }
+    }
+}
+
+/// What every run flashes: a signed catalog with a 2.0.0 MCUboot image for the sensors and a DFU
+/// file for the board, made once with the `fieldpatch` binary.
+#[derive(Debug)]
+pub struct Release {
+    pub catalog: Arc<Catalog>,
+    new_image: Vec<u8>,
+    new_hash: Vec<u8>,
+    dfu_payload: Vec<u8>,
+    _kit: Kit,
+}
+
+/// The size of the new SMP image and of the DFU payload.
+const IMAGE_LEN: usize = 8 * 1024;
+
+impl Release {
+    /// Make the release in `dir`.
+    pub fn make(dir: &Path) -> Release {
+        let kit = Kit::new(dir);
+        let v2 = Version { major: 2, minor: 0, revision: 0, build: 0 };
+        let new_image = build_image(v2, &test_payload(IMAGE_LEN, 42));
+        kit.bundle(&BundleSpec {
+            id: "lab-sensor-2.0.0",
+            vendor: "Lab",
+            model: "sensor",
+            applies: ("1.0.0", "1.9.9"),
+            installs: "2.0.0",
+            cvss: "8.1",
+            format: "mcuboot",
+            payload: &new_image,
+        });
+        let dfu_payload: Vec<u8> = (0..IMAGE_LEN as u32).map(|i| (i * 31 % 251) as u8).collect();
+        let suffix = DfuSuffix {
+            bcd_device: 0xFFFF,
+            id_product: 0x0002,
+            id_vendor: 0x1209,
+            bcd_dfu: 0x0110,
+            length: 16,
+            crc: 0,
+        };
+        kit.bundle(&BundleSpec {
+            id: "lab-board-1.1.0",
+            vendor: "Lab",
+            model: "board",
+            applies: ("1.0.0", "1.0.9"),
+            installs: "1.1.0",
+            cvss: "5.0",
+            format: "dfu",
+            payload: &suffix.append_to(&dfu_payload),
+        });
+        let catalog = fieldpatch_core::session::batch::load_catalog(
+            &kit.catalog,
+            &kit.trust,
+            &fieldpatch_core::bundle::verify::VerifyPolicy::now(),
+        )
+        .expect("the campaign's catalog verifies");
+        assert!(catalog.refused.is_empty(), "{:?}", catalog.refused);
+        let new_hash = fieldpatch_core::image::mcuboot::McubootImage::parse(&new_image)
+            .ok()
+            .and_then(|i| i.image_hash().map(|h| h.to_vec()))
+            .expect("the new image has a hash");
+        Release { catalog: Arc::new(catalog), new_image, new_hash, dfu_payload, _kit: kit }
+    }
+
+    /// The new MCUboot image every SMP run flashes.
+    pub fn new_image(&self) -> &[u8] {
+        &self.new_image
+    }
+}
+
+/// The secret every run's keyring holds for its device: found on disk, it is a violation.
+pub const SECRET_NAME: &str = "device/campaign/password";
+
+/// Draw and run one run of `family` (or a family drawn from the seed) with `fault` (or one
+/// drawn), in a fresh directory under `work`.
+pub async fn run(
+    release: &Release,
+    work: &Path,
+    seed: u64,
+    family: Option<Family>,
+    fault: Option<Fault>,
+    secret: &str,
+) -> Run {
+    let started = std::time::Instant::now();
+    let mut draw = Draw::new(seed);
+    let family = family.unwrap_or(Family::ALL[draw.range(0, 3) as usize]);
+    let faults = family.faults();
+    let fault = fault.unwrap_or(faults[draw.range(0, faults.len() as u64) as usize]);
+    let dir = work.join(format!("run-{seed}"));
+    let data = dir.join("data");
+    let mut violations = Vec::new();
+    let site = match start_site(family, seed) {
+        Ok(s) => s,
+        Err(e) => {
+            return Run {
+                seed,
+                family,
+                fault,
+                detail: String::new(),
+                ending: Ending::FailedCleanly,
+                violations: vec![format!("the lab device did not start: {e}")],
+                elapsed: started.elapsed(),
+            };
+        }
+    };
+    let old_dfu = site.board.as_ref().map(|b| b.firmware());
+    let mut detail = arm(&site, family, fault, &mut draw);
+    let (ending, status) =
+        match flash(release, &site, &data, fault, &mut draw, &mut violations).await {
+            Ok((ending, status, note)) => {
+                if !note.is_empty() {
+                    detail = if detail.is_empty() { note } else { format!("{detail}; {note}") };
+                }
+                (ending, status)
+            }
+            Err(e) => {
+                violations.push(format!("the run could not be carried out: {e}"));
+                (Ending::FailedCleanly, None)
+            }
+        };
+    // Let a rebooting device settle before looking at it.
+    settle(&site).await;
+    check_device(release, &site, status.as_ref(), old_dfu.as_deref(), &mut violations);
+    check_log(&data, &site, status.as_ref(), &mut violations).await;
+    check_secret(&data, secret, &mut violations);
+    let _ = std::fs::remove_dir_all(&dir);
+    Run { seed, family, fault, detail, ending, violations, elapsed: started.elapsed() }
+}
+
+fn start_site(family: Family, seed: u64) -> Result<LabSite, String> {
+    let b = SiteBuilder::new()
+        .first_seed((seed % 200) as u8)
+        .flash_speed(2.0 * 1024.0 * 1024.0)
+        .reboot_time(Duration::from_millis(100));
+    let b = match family {
+        Family::SmpUdp => b.udp_sensors(1, "sensor", Criticality::Normal, |_| "dev".to_string()),
+        Family::SmpSerial => b.console("dev", "sensor", Criticality::Normal),
+        Family::Dfu => {
+            b.dfu_board("dev", "board", "1.0.0".parse().expect("a version"), Criticality::Normal)
+        }
+    };
+    b.start().map_err(|e| e.to_string())
+}
+
+/// Set the fault on the lab device; returns what was drawn.
+fn arm(site: &LabSite, family: Family, fault: Fault, draw: &mut Draw) -> String {
+    let smp = site.console.as_ref().or(site.sensors.first());
+    match (family, fault, smp, &site.board) {
+        (_, Fault::None | Fault::Killed, _, _) => String::new(),
+        (_, Fault::DropFrames, Some(d), _) => {
+            let n = draw.range(4, 40) as u32;
+            d.faults().drop_rx_every = Some(n);
+            format!("every {n}th frame lost")
+        }
+        (_, Fault::CorruptFrames, Some(d), _) => {
+            let n = draw.range(4, 40) as u32;
+            d.faults().corrupt_tx_every = Some(n);
+            format!("every {n}th answer corrupted")
+        }
+        (_, Fault::Stall, Some(d), _) => {
+            let at = draw.range(0, IMAGE_LEN as u64);
+            let ms = draw.range(200, 4000);
+            d.faults().stall_at = Some((at, Duration::from_millis(ms)));
+            format!("silent {ms} ms at offset {at}")
+        }
+        (_, Fault::RebootMidUpload, Some(d), _) => {
+            let at = draw.range(0, IMAGE_LEN as u64);
+            d.faults().reboot_at = Some(at);
+            format!("reboots at offset {at}")
+        }
+        (_, Fault::PowerLossOnTestBoot, Some(d), _) => {
+            d.faults().power_loss_on_test_boot = true;
+            String::new()
+        }
+        (_, Fault::FailsHealthCheck, Some(d), _) => {
+            d.faults().fail_health_check = true;
+            String::new()
+        }
+        (_, Fault::StalledDnload, _, Some(b)) => {
+            let n = draw.range(1, (IMAGE_LEN / 1024) as u64) as usize;
+            b.set_faults(LabDfuFaults { stall_on_data_dnload: Some(n), ..Default::default() });
+            format!("stalls data DNLOAD #{n}")
+        }
+        (_, Fault::VerifyError, _, Some(b)) => {
+            b.set_faults(LabDfuFaults { verify_error_at_manifest: true, ..Default::default() });
+            String::new()
+        }
+        (_, Fault::GarbageStatus, _, Some(b)) => {
+            let len = draw.range(0, 12) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| draw.next() as u8).collect();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            b.set_faults(LabDfuFaults { raw_status: Some(bytes), ..Default::default() });
+            format!("GETSTATUS answers {len} bytes {hex}")
+        }
+        _ => format!("{} does not apply to {}", fault.name(), family.name()),
+    }
+}
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        canary: false,
+        soak: Duration::ZERO,
+        wave_size: 1,
+        concurrency: 1,
+        failure_threshold: Threshold::Count(1),
+        retries: 1,
+        dry_run: false,
+        reconnect_timeout: Duration::from_secs(8),
+    }
+}
+
+/// Identify, plan and run the session (cut off and resumed for [`Fault::Killed`]); the ending,
+/// the device's final status and what happened to the cut-off session.
+async fn flash(
+    release: &Release,
+    site: &LabSite,
+    data: &Path,
+    fault: Fault,
+    draw: &mut Draw,
+    violations: &mut Vec<String>,
+) -> Result<(Ending, Option<DeviceStatus>, String), String> {
+    let usb = site.usb().unwrap_or_else(|| fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty()));
+    let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
+    let fp = Fieldpatch::open_in(data, connector.clone()).await.map_err(|e| e.to_string())?;
+    let identified = fp.identify(site.records.clone(), Duration::from_secs(10)).await;
+    if let Some((d, Some(e))) = identified.iter().find(|(_, e)| e.is_some()) {
+        return Err(format!("{} was not identified: {e}", d.id));
+    }
+    let plan = fp.plan(identified.into_iter().map(|(d, _)| d).collect(), &release.catalog).await;
+    if plan.patchable().count() != 1 {
+        return Err(format!("the plan has nothing to flash: {plan:?}"));
+    }
+    let state = SessionState::new(plan, options());
+    // FIELDPATCH_CAMPAIGN_TRACE=1 prints the session's events with their times (for one seed).
+    let t0 = std::time::Instant::now();
+    let quiet: fieldpatch_core::session::Observer =
+        if std::env::var_os("FIELDPATCH_CAMPAIGN_TRACE").is_some() {
+            Arc::new(move |d, e| {
+                if !matches!(e, fieldpatch_core::session::SessionEvent::Transfer(_)) {
+                    eprintln!("{:8.3} {d:?} {e:?}", t0.elapsed().as_secs_f64());
+                }
+            })
+        } else {
+            Arc::new(|_, _| {})
+        };
+    let pause = Arc::new(AtomicBool::new(false));
+    let mut resumed = false;
+    let mut note = String::new();
+    let final_state = if fault == Fault::Killed {
+        let after = Duration::from_millis(draw.range(20, 1500));
+        let catalog = release.catalog.clone();
+        let (q, p) = (quiet.clone(), pause.clone());
+        let run = tokio::spawn(async move { fp.run_session(state, catalog, q, p).await });
+        tokio::time::sleep(after).await;
+        run.abort();
+        let ended = match run.await {
+            Ok(r) => Some(r.map_err(|e| e.to_string())?),
+            Err(_) => None,
+        };
+        note = format!("cut off after {} ms", after.as_millis());
+        match ended {
+            Some((_, state)) => {
+                note.push_str(", after the session had ended");
+                state
+            }
+            None => {
+                // A new process, as after a restart: a new facade on the same data directory.
+                let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
+                resumed = true;
+                let state =
+                    match fp.resume_session(None, release.catalog.clone(), quiet, pause).await {
+                        Ok((_, state)) => state,
+                        Err(e) if e.code() == "session_finished" => {
+                            note.push_str(", the session had finished");
+                            fp.session(None).await.map_err(|e| e.to_string())?
+                        }
+                        Err(e) => return Err(format!("resume: {e}")),
+                    };
+                note.push_str(&format!(", resumed: {:?}", state.phase));
+                state
+            }
+        }
+    } else {
+        fp.run_session(state, release.catalog.clone(), quiet, pause)
+            .await
+            .map_err(|e| e.to_string())?
+            .1
+    };
+    let status = final_state.devices.get("dev").cloned();
+    if final_state.phase == fieldpatch_core::session::Phase::Finished
+        && matches!(status, Some(DeviceStatus::Pending | DeviceStatus::InProgress { .. }))
+    {
+        violations.push(format!(
+            "log: the session finished without an outcome for the device ({status:?})"
+        ));
+    }
+    let ending = match &status {
+        Some(DeviceStatus::Patched { .. }) if resumed => Ending::Resumed,
+        Some(DeviceStatus::Patched { .. }) => Ending::Succeeded,
+        Some(DeviceStatus::RolledBack { .. }) => Ending::RolledBack,
+        Some(DeviceStatus::Failed { .. }) => Ending::FailedCleanly,
+        Some(DeviceStatus::Pending) => Ending::NotAttempted,
+        other => {
+            violations.push(format!("the session ended with the device {other:?}"));
+            Ending::FailedCleanly
+        }
+    };
+    Ok((ending, status, note))
+}
+
+/// Wait (bounded) until the SMP device has finished any reboot.
+async fn settle(site: &LabSite) {
+    let smp = site.console.as_ref().or(site.sensors.first());
+    if let Some(d) = smp {
+        for _ in 0..100 {
+            if d.active_image().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Invariants 1 and 2: the device is bootable, and a success is the verified image.
+fn check_device(
+    release: &Release,
+    site: &LabSite,
+    status: Option<&DeviceStatus>,
+    old_dfu: Option<&[u8]>,
+    violations: &mut Vec<String>,
+) {
+    let patched = matches!(status, Some(DeviceStatus::Patched { .. }));
+    if let Some(d) = site.console.as_ref().or(site.sensors.first()) {
+        match d.active_image() {
+            None => violations.push("bootable: the device runs no image".into()),
+            Some((hash, version)) => {
+                if !d.active_confirmed() {
+                    violations.push(format!("bootable: the running {version} is not confirmed"));
+                }
+                if patched && (hash.to_vec() != release.new_hash || version != "2.0.0") {
+                    violations.push(format!(
+                        "honest success: reported patched, but the device runs {version} ({})",
+                        hex(&hash)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(b) = &site.board {
+        let now = b.firmware();
+        let known = Some(now.as_slice()) == old_dfu || now == release.dfu_payload;
+        if !known && b.mode() != LabMode::Dfu {
+            violations.push(
+                "bootable: the board holds partial firmware and is not in its DFU bootloader"
+                    .into(),
+            );
+        }
+        if patched && now != release.dfu_payload {
+            violations.push("honest success: reported patched, but the firmware differs".into());
+        }
+    }
+}
+
+/// Invariant 3: the logs verify, no event twice, the device's last outcome event is the
+/// session's.
+async fn check_log(
+    data: &Path,
+    _site: &LabSite,
+    status: Option<&DeviceStatus>,
+    violations: &mut Vec<String>,
+) {
+    let store = match fieldpatch_core::store::Store::open_in(data).await {
+        Ok(s) => s,
+        Err(e) => return violations.push(format!("log: the store does not open: {e}")),
+    };
+    match store.verify_all_logs().await {
+        Ok(checks) => {
+            for c in checks.iter().filter(|c| !c.is_ok()) {
+                violations.push(format!("log: a chain does not verify: {c:?}"));
+            }
+        }
+        Err(e) => violations.push(format!("log: cannot verify: {e}")),
+    }
+    let visits = store.visits(false).await.unwrap_or_default();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut tags: Vec<&'static str> = Vec::new();
+    for v in &visits {
+        for e in store.visit_events(v.visit_id).await.unwrap_or_default() {
+            if !ids.insert(e.body.id) {
+                violations.push(format!("log: event {} appears twice", e.body.id));
+            }
+            if e.body.device.as_deref() == Some("dev") {
+                tags.push(e.body.kind.tag());
+            }
+        }
+    }
+    let last_outcome =
+        tags.iter().rev().find(|t| matches!(**t, "confirmed" | "rolled_back" | "failed")).copied();
+    let want = match status {
+        Some(DeviceStatus::Patched { .. }) => Some("confirmed"),
+        Some(DeviceStatus::RolledBack { .. }) => Some("rolled_back"),
+        Some(DeviceStatus::Failed { .. }) => Some("failed"),
+        _ => None,
+    };
+    if want.is_some() && last_outcome != want {
+        violations.push(format!(
+            "log: the session says {want:?}, the device's last outcome event is {last_outcome:?}"
+        ));
+    }
+    let started = tags.iter().filter(|t| **t == "flash_started").count();
+    let ended =
+        tags.iter().filter(|t| matches!(**t, "confirmed" | "rolled_back" | "failed")).count();
+    if ended > started {
+        violations.push(format!("log: {ended} outcomes for {started} flash_started"));
+    }
+}
+
+/// Invariant 4: the keyring's secret is in no file of the data directory.
+fn check_secret(data: &Path, secret: &str, violations: &mut Vec<String>) {
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+            {
+                violations.push(format!("secret: found in {}", path.display()));
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Counts of a campaign, by family.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub runs: usize,
+    pub endings: std::collections::BTreeMap<&'static str, usize>,
+    pub faults: std::collections::BTreeMap<&'static str, usize>,
+    pub violations: usize,
+}
+
+/// Sum `runs` by family.
+pub fn tally(runs: &[Run]) -> std::collections::BTreeMap<Family, Tally> {
+    let mut out: std::collections::BTreeMap<Family, Tally> = Default::default();
+    for r in runs {
+        let t = out.entry(r.family).or_default();
+        t.runs += 1;
+        *t.endings.entry(r.ending.name()).or_default() += 1;
+        *t.faults.entry(r.fault.name()).or_default() += 1;
+        t.violations += r.violations.len();
+    }
+    out
+}
+
+/// Keep a fresh random device secret in the OS keyring under [`SECRET_NAME`] (through a
+/// facade opened in `dir`) and return it: every run then checks it reaches no file.
+pub async fn keep_secret(dir: &Path) -> Result<String, String> {
+    let usb = fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty());
+    let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
+    let fp = Fieldpatch::open_in(dir, connector).await.map_err(|e| e.to_string())?;
+    let secret = format!("campaign-secret-{:016x}", Draw::new(rand::random()).next());
+    let name: fieldpatch_core::credentials::CredentialName =
+        SECRET_NAME.parse().map_err(|e| format!("{e}"))?;
+    let creds = fp.credentials().await.map_err(|e| e.to_string())?;
+    creds
+        .set(&name, &fieldpatch_core::credentials::Secret::new(secret.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(secret)
+}
