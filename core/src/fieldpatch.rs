@@ -249,6 +249,37 @@ impl Fieldpatch {
         Ok(self.log().await?.note(text).await?)
     }
 
+    /// Keep `secret` under `name` in the OS keyring. A device's or site model's credential is
+    /// also noted in the visit log, by name only (its value never leaves the keyring), so an
+    /// auditor sees which credentials this laptop was given and when.
+    pub async fn set_credential(
+        &self,
+        name: &crate::credentials::CredentialName,
+        secret: &crate::credentials::Secret,
+    ) -> Result<(), Error> {
+        self.credentials().await?.set(name, secret).await?;
+        if audited(name) {
+            self.note(format!(
+                "credential {name} kept in the OS keyring (its value is not recorded)"
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Remove `name` from the OS keyring (`false`: it was not there); a device's or site
+    /// model's credential removed is noted in the visit log, as [`Fieldpatch::set_credential`].
+    pub async fn delete_credential(
+        &self,
+        name: &crate::credentials::CredentialName,
+    ) -> Result<bool, Error> {
+        let removed = self.credentials().await?.delete(name).await?;
+        if removed && audited(name) {
+            self.note(format!("credential {name} removed from the OS keyring")).await?;
+        }
+        Ok(removed)
+    }
+
     /// Verify every visit log in the local store (signatures and chain).
     pub async fn verify_logs(&self) -> Result<Vec<LogVerification>, Error> {
         Ok(self.store.verify_all_logs().await?)
@@ -722,4 +753,11 @@ impl Fieldpatch {
 
 fn local_sync(e: crate::sync::LocalSyncError) -> Error {
     Error::Sync(crate::sync::SyncError::Local(Box::new(e)))
+}
+
+/// Whether a change of `name` goes into the visit log: the credentials of devices and site
+/// models, which the technician hands to devices (not Fieldpatch's own key, token or records).
+fn audited(name: &crate::credentials::CredentialName) -> bool {
+    use crate::credentials::CredentialName;
+    matches!(name, CredentialName::Device { .. } | CredentialName::SiteModel { .. })
 }

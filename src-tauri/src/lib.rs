@@ -247,8 +247,7 @@ async fn set_credential(
             message: format!("no secret given for {name}: type the device's secret"),
         });
     }
-    let creds = real.fp.credentials().await?;
-    creds.set(&name, &secret).await.map_err(fieldpatch_core::Error::from)?;
+    real.fp.set_credential(&name, &secret).await?;
     credentials_view(&real.fp).await
 }
 
@@ -259,8 +258,7 @@ async fn delete_credential(
     name: String,
 ) -> Result<CredentialsView, BridgeError> {
     let name = device_credential(&name)?;
-    let creds = real.fp.credentials().await?;
-    creds.delete(&name).await.map_err(fieldpatch_core::Error::from)?;
+    real.fp.delete_credential(&name).await?;
     credentials_view(&real.fp).await
 }
 

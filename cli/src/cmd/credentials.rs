@@ -35,7 +35,7 @@ pub fn run(cmd: CredentialsCommand, json: bool) -> anyhow::Result<ExitCode> {
         match cmd {
             CredentialsCommand::Set { name } => {
                 let secret = read_secret(&name)?;
-                creds.set(&name, &secret).await?;
+                fp.set_credential(&name, &secret).await?;
                 println!("stored {name} in the {backend} keyring");
             }
             CredentialsCommand::Get { name, reveal } => {
@@ -47,7 +47,7 @@ pub fn run(cmd: CredentialsCommand, json: bool) -> anyhow::Result<ExitCode> {
                 }
             }
             CredentialsCommand::Delete { name } => {
-                if creds.delete(&name).await? {
+                if fp.delete_credential(&name).await? {
                     println!("deleted {name} from the {backend} keyring");
                 } else {
                     eprintln!("{name} was not stored");

@@ -129,6 +129,11 @@ fn round_trip(backend: &'static str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no credential device/dev-1/password"), "{err}");
     assert!(!env.ok(&["credentials", "list"], None).contains("device/dev-1/password"));
+    // The visit log says the device credential was kept and removed, by name only.
+    let log = env.ok(&["--json", "log", "show"], None);
+    assert!(log.contains("credential device/dev-1/password kept in the OS keyring"), "{log}");
+    assert!(log.contains("credential device/dev-1/password removed from the OS keyring"), "{log}");
+    assert!(env.ok(&["log", "verify"], None).contains("verif"), "the log verifies");
     assert!(!contains(&env.transcript.borrow(), &secret));
 }
 
