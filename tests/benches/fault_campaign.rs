@@ -4,8 +4,8 @@
 //! (`--json FILE`). Seeds count up from `--seed S` (default: from the clock, printed), so a
 //! campaign and each of its runs can be repeated.
 //!
-//! `cargo bench -p fieldpatch-e2e --bench fault_campaign -- --runs 1000` (what `scripts/campaign`
-//! runs, in a private D-Bus session with a keyring).
+//! `cargo bench -p fieldpatch-e2e --bench fault_campaign -- --runs 1000 [--family udp|serial|dfu]`
+//! (what `scripts/campaign` runs, in a private D-Bus session with a keyring).
 
 use fieldpatch_e2e::campaign::{self, Family, Release, Run};
 use std::time::Instant;
@@ -24,6 +24,17 @@ fn main() {
             .unwrap_or(1)
     });
     let json = arg("--json");
+    // --family udp|serial|dfu: one family only (to run the families side by side).
+    let families: Vec<Family> = match arg("--family").as_deref() {
+        None => Family::ALL.to_vec(),
+        Some("udp") => vec![Family::SmpUdp],
+        Some("serial") => vec![Family::SmpSerial],
+        Some("dfu") => vec![Family::Dfu],
+        Some(other) => {
+            eprintln!("--family {other}: give udp, serial or dfu");
+            std::process::exit(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let release = Release::make(tmp.path());
@@ -32,7 +43,7 @@ fn main() {
     let started = Instant::now();
     let mut all: Vec<Run> = Vec::new();
     let mut seed = first;
-    for family in Family::ALL {
+    for family in families {
         for i in 0..runs {
             let run =
                 rt.block_on(campaign::run(&release, tmp.path(), seed, Some(family), None, &secret));

@@ -454,16 +454,29 @@ async fn flash(
                 // A new process, as after a restart: a new facade on the same data directory.
                 let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
                 resumed = true;
-                let state =
-                    match fp.resume_session(None, release.catalog.clone(), quiet, pause).await {
-                        Ok((_, state)) => state,
-                        Err(e) if e.code() == "session_finished" => {
-                            note.push_str(", the session had finished");
-                            fp.session(None).await.map_err(|e| e.to_string())?
-                        }
-                        Err(e) => return Err(format!("resume: {e}")),
-                    };
+                let mut state = match fp
+                    .resume_session(None, release.catalog.clone(), quiet.clone(), pause.clone())
+                    .await
+                {
+                    Ok((_, state)) => state,
+                    Err(e) if e.code() == "session_finished" => {
+                        note.push_str(", the session had finished");
+                        fp.session(None).await.map_err(|e| e.to_string())?
+                    }
+                    Err(e) => return Err(format!("resume: {e}")),
+                };
                 note.push_str(&format!(", resumed: {:?}", state.phase));
+                // A session that stopped with the device untouched (still held by the runner
+                // that was cut off) is resumed again, as a technician would.
+                if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    state = fp
+                        .resume_session(None, release.catalog.clone(), quiet, pause)
+                        .await
+                        .map_err(|e| format!("second resume: {e}"))?
+                        .1;
+                    note.push_str(&format!(", resumed again: {:?}", state.phase));
+                }
                 state
             }
         }

@@ -436,6 +436,14 @@ pub async fn flash(
             ),
         })
         .await?;
+        // The outcome, as for a flash that ends here: an earlier attempt may have ended in
+        // `failed` (an answer lost after the device had confirmed), and the log's last word
+        // on the device must be what it runs.
+        rec(EventKind::Confirmed {
+            version: Some(image.to.to_string()),
+            image_sha256: sha_hex.clone(),
+        })
+        .await?;
         return Ok(FlashOutcome::AlreadyDone { version: image.to });
     }
 
@@ -776,10 +784,10 @@ mod tests {
         let s = dev.snapshot();
         assert_eq!(s.running_version.unwrap().to_string(), "2.0.0");
         assert!(s.confirmed);
-        // Flashing again sends nothing.
+        // Flashing again sends nothing, and the log's last word on the device is its outcome.
         let (again, tags) = run(&dev, &img).await;
         assert!(matches!(again, FlashOutcome::AlreadyDone { .. }));
-        assert_eq!(tags, ["note"]);
+        assert_eq!(tags, ["note", "confirmed"]);
         assert_eq!(dev.uploads(), 1);
     }
 

@@ -596,12 +596,15 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
             return stop(state, deps, reason).await;
         }
     }
-    let unfinished = state.lock().await.devices.values().any(|s| !s.is_final());
-    let phase = if unfinished && deps.pause.load(Ordering::SeqCst) {
-        Phase::Paused
-    } else {
-        Phase::Finished
-    };
+    let unfinished = state.lock().await.devices.values().filter(|s| !s.is_final()).count();
+    if unfinished > 0 && !deps.pause.load(Ordering::SeqCst) {
+        // Devices another runner held were left pending: the session is not over for them.
+        let reason = format!(
+            "{unfinished} device(s) were held by another Fieldpatch runner and left untouched; resume the session once it is done"
+        );
+        return stop(state, deps, reason).await;
+    }
+    let phase = if unfinished > 0 { Phase::Paused } else { Phase::Finished };
     set_phase(state, deps, phase).await?;
     Ok(state.lock().await.summary())
 }
@@ -842,6 +845,44 @@ mod tests {
             let dev = self.0.get(&d.id).ok_or(TargetError::reported_transient("no such device"))?;
             Ok(Box::new(dev.open()))
         }
+    }
+
+    /// A lab whose devices named in `held` are being flashed by another runner.
+    struct HeldLab(Lab, Vec<String>);
+
+    #[async_trait]
+    impl Connector for HeldLab {
+        async fn open(&self, d: &DeviceRecord) -> Result<Box<dyn FlashTarget>, TargetError> {
+            self.0.open(d).await
+        }
+        fn hold(&self, d: &DeviceRecord) -> Result<Option<lock::RunnerLock>, lock::LockError> {
+            if self.1.contains(&d.id) {
+                return Err(lock::LockError::Held { what: format!("the device {}", d.id) });
+            }
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_held_by_another_runner_leaves_the_session_stopped_for_a_resume() {
+        let (plan, lab) = setup(3);
+        let held = plan.devices[1].device.id.clone();
+        let mut d = deps(lab.clone(), Arc::new(Saved::default()), Arc::new(MemorySink::default()));
+        d.connector = Arc::new(HeldLab(Lab(lab.clone()), vec![held.clone()]));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!((summary.patched, summary.pending), (2, 1), "{summary:?}");
+        assert!(
+            matches!(&state.lock().await.phase, Phase::Stopped { reason } if reason.contains("held by another")),
+            "{:?}",
+            state.lock().await.phase
+        );
+        // Once the other runner is done, a resume flashes it.
+        d.connector = Arc::new(Lab(lab.clone()));
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!(summary.patched, 3, "{summary:?}");
+        assert_eq!(state.lock().await.phase, Phase::Finished);
+        assert_eq!(lab[&held].uploads(), 1);
     }
 
     struct Images;
