@@ -249,6 +249,68 @@ impl IntoResponse for ApiError {
 
 type Shared<S> = State<Arc<App<S>>>;
 
+/// A JSON request body, read by the handler once the caller is authenticated ([`Body::get`]):
+/// a body that is not JSON, not sent as JSON, or not of the operation's shape is then a 400 with
+/// the API's error body (`invalid_body`), as every other refusal, instead of the framework's
+/// plain-text 415/422, and a caller without a valid token hears 401 whatever it sent.
+struct Body<T>(Result<T, ApiError>);
+
+impl<T> Body<T> {
+    fn get(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<T, St> axum::extract::FromRequest<St> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    St: Send + Sync,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &St,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Body(Json::<T>::from_request(req, state).await.map(|Json(t)| t).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!(
+                    "{}: send the JSON body this operation describes (see /v1/openapi.json)",
+                    e.body_text()
+                ),
+            )
+        })))
+    }
+}
+
+/// Query parameters. Ones that do not parse are a 400 with the API's error body
+/// (`invalid_query`), as every other refusal.
+struct Params<T>(T);
+
+impl<T, St> axum::extract::FromRequestParts<St> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    St: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Params(t)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{}: see /v1/openapi.json for this operation's parameters", e.body_text()),
+            )),
+        }
+    }
+}
+
 async fn principal<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -569,7 +631,7 @@ pub async fn report_planned_not_patched<S: Store>(
 async fn not_at_approved<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<ReportPageQuery>,
+    Params(q): Params<ReportPageQuery>,
 ) -> Result<Response, ApiError> {
     let scope = scope(&app, &headers).await?;
     let page = match q.limit {
@@ -676,9 +738,10 @@ pub async fn issue_token_for<S: Store>(
 async fn admin_create_technician<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    Json(body): Json<NewTechnician>,
+    body: Body<NewTechnician>,
 ) -> Result<(StatusCode, Json<Technician>), ApiError> {
     admin(&app, &headers).await?;
+    let body = body.get()?;
     Ok((StatusCode::CREATED, Json(create_technician(&app.store, body).await?)))
 }
 
@@ -695,9 +758,10 @@ async fn admin_issue_token<S: Store>(
 async fn admin_sites<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    Json(sites): Json<Vec<Site>>,
+    sites: Body<Vec<Site>>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
+    let sites = sites.get()?;
     app.store.upsert_sites(&sites).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -705,9 +769,10 @@ async fn admin_sites<S: Store>(
 async fn admin_devices<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    Json(devices): Json<Vec<Device>>,
+    devices: Body<Vec<Device>>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
+    let devices = devices.get()?;
     app.store.upsert_devices(&devices).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -715,9 +780,10 @@ async fn admin_devices<S: Store>(
 async fn admin_work_orders<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
-    Json(orders): Json<Vec<WorkOrder>>,
+    orders: Body<Vec<WorkOrder>>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
+    let orders = orders.get()?;
     for w in &orders {
         app.store.upsert_work_order(w).await?;
     }
@@ -763,9 +829,10 @@ async fn admin_set_credential<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
     Path((device, kind)): Path<(String, String)>,
-    Json(body): Json<NewCredential>,
+    body: Body<NewCredential>,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &headers).await?;
+    let body = body.get()?;
     let secret = Zeroizing::new(body.secret.into_bytes());
     app.set_credential(&device, &kind, &secret).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -815,7 +882,7 @@ async fn admin_audit_export<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
     Path(site): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<AuditExportQuery>,
+    Params(q): Params<AuditExportQuery>,
 ) -> Result<Response, ApiError> {
     use crate::export::{self, ExportError};
     admin(&app, &headers).await?;

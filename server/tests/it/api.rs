@@ -293,6 +293,63 @@ async fn gaps_are_retryable_tampered_and_foreign_events_are_rejected(backend: Ba
     assert_eq!(body["code"], "bad_request");
 }
 
+both_backends!(bodies_and_parameters_that_do_not_parse_get_the_api_error_body);
+/// A body that is not JSON, not sent as JSON or not of the operation's shape, and a query
+/// parameter that does not parse, are 400s with the API's JSON error body (found by
+/// schemathesis: they were plain-text 415/422/400 answers the document did not describe).
+async fn bodies_and_parameters_that_do_not_parse_get_the_api_error_body(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.seed().await;
+    let client = reqwest::Client::new();
+    let admin = |r: reqwest::RequestBuilder| r.bearer_auth(&server.admin_token);
+    let answers = [
+        (
+            "POST",
+            "/v1/admin/sites",
+            admin(client.post(server.url("/v1/admin/sites")).body("\u{0}"))
+                .header("content-type", "application/json"),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/v1/admin/sites",
+            admin(client.post(server.url("/v1/admin/sites")).body("[]")),
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/v1/admin/sites",
+            admin(client.post(server.url("/v1/admin/sites")).json(&serde_json::json!([{"id": 7}]))),
+            "invalid_body",
+        ),
+        (
+            "GET",
+            "/v1/reports/not-at-approved-version",
+            admin(client.get(server.url("/v1/reports/not-at-approved-version?limit=-3"))),
+            "invalid_query",
+        ),
+    ];
+    // Without a token, whatever the body: 401.
+    let r = client
+        .post(server.url("/v1/admin/sites"))
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for (method, path, request, code) in answers {
+        let r = request.send().await.unwrap();
+        let status = r.status();
+        let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+        assert_eq!(body["code"], code, "{method} {path}: {body}");
+        crate::common::check_response(method, path, status.as_u16(), &body);
+    }
+}
+
 both_backends!(authorization_is_enforced);
 async fn authorization_is_enforced(backend: Backend) {
     use reqwest::Method;
