@@ -172,7 +172,7 @@ impl Draw {
         Draw(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn word(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -182,7 +182,7 @@ impl Draw {
 
     /// A number in `lo..hi` (`lo` when the range is empty).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.next() % (hi - lo) }
+        if hi <= lo { lo } else { lo + self.word() % (hi - lo) }
     }
 }
 
@@ -374,7 +374,7 @@ fn arm(site: &LabSite, family: Family, fault: Fault, draw: &mut Draw) -> String 
         }
         (_, Fault::GarbageStatus, _, Some(b)) => {
             let len = draw.range(0, 12) as usize;
-            let bytes: Vec<u8> = (0..len).map(|_| draw.next() as u8).collect();
+            let bytes: Vec<u8> = (0..len).map(|_| draw.word() as u8).collect();
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             b.set_faults(LabDfuFaults { raw_status: Some(bytes), ..Default::default() });
             format!("GETSTATUS answers {len} bytes {hex}")
@@ -681,7 +681,7 @@ pub async fn keep_secret(dir: &Path) -> Result<String, String> {
     let usb = fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty());
     let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
     let fp = Fieldpatch::open_in(dir, connector).await.map_err(|e| e.to_string())?;
-    let secret = format!("campaign-secret-{:016x}", Draw::new(rand::random()).next());
+    let secret = format!("campaign-secret-{:016x}", Draw::new(rand::random()).word());
     let name: fieldpatch_core::credentials::CredentialName =
         SECRET_NAME.parse().map_err(|e| format!("{e}"))?;
     let creds = fp.credentials().await.map_err(|e| e.to_string())?;
