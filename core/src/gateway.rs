@@ -219,32 +219,28 @@ impl Fieldpatch {
     ) -> Result<String, Error> {
         progress.phase("health check");
         let deadline = tokio::time::Instant::now() + job.health_timeout;
-        loop {
-            match client.check_health(url).await {
-                Ok(()) => {
-                    let detail = format!("{url} answered 2xx after the install");
-                    self.record(
-                        Some(job.device),
-                        EventKind::HealthCheck { passed: true, detail: detail.clone() },
-                    )
-                    .await?;
-                    return Ok(detail);
-                }
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    let detail = format!(
-                        "{e}; still failing {} s after the install: the new software is installed but the device is not healthy, check it by hand (SWUpdate offers no revert)",
-                        job.health_timeout.as_secs()
-                    );
-                    self.record(
-                        Some(job.device),
-                        EventKind::HealthCheck { passed: false, detail: detail.clone() },
-                    )
-                    .await?;
-                    return Err(Error::Invalid(format!("{}: {detail}", job.device)));
-                }
+        let every = std::time::Duration::from_millis(250);
+        match client.await_healthy(url, deadline, every).await {
+            Ok(()) => {
+                let detail = format!("{url} answered 2xx after the install");
+                self.record(
+                    Some(job.device),
+                    EventKind::HealthCheck { passed: true, detail: detail.clone() },
+                )
+                .await?;
+                Ok(detail)
+            }
+            Err(e) => {
+                let detail = format!(
+                    "{e}; still failing {} s after the install: the new software is installed but the device is not healthy, check it by hand (SWUpdate offers no revert)",
+                    job.health_timeout.as_secs()
+                );
+                self.record(
+                    Some(job.device),
+                    EventKind::HealthCheck { passed: false, detail: detail.clone() },
+                )
+                .await?;
+                Err(Error::Invalid(format!("{}: {detail}", job.device)))
             }
         }
     }

@@ -203,15 +203,7 @@ impl FlashTarget for SwupdateTarget {
         // The device's own health endpoint, until it answers 2xx or the time is up (a gateway
         // that restarts into the new software takes a while to serve again).
         if let Some(url) = self.health_url.clone() {
-            loop {
-                match self.client.check_health(&url).await {
-                    Ok(()) => break,
-                    Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            self.client.await_healthy(&url, deadline, Duration::from_millis(200)).await?;
         }
         Ok(state)
     }

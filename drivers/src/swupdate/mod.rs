@@ -583,6 +583,23 @@ impl SwupdateClient {
         }
     }
 
+    /// Ask `url` again every `every` until it answers 2xx, or until `deadline`, when the last
+    /// answer is the error (a device that restarts into new software takes a while to serve).
+    pub async fn await_healthy(
+        &self,
+        url: &str,
+        deadline: tokio::time::Instant,
+        every: Duration,
+    ) -> Result<(), SwupdateError> {
+        loop {
+            match self.check_health(url).await {
+                Ok(()) => return Ok(()),
+                Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(every).await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Asks the device to reboot into the new software (`POST /restart`).
     pub async fn restart(
         &self,
