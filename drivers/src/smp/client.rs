@@ -461,6 +461,7 @@ impl<L: Link> SmpClient<L> {
         // request time has passed without its answer, one echo asks whether the device is busy
         // (erasing: it answers nothing) or answers (it rebooted or lost the chunk: send it again
         // now rather than at the end of the erase allowance).
+        let mut went_back = 0u32;
         let mut probed_first = false;
         let mut probe: Option<(u8, Instant)> = None;
         progress.phase("erase");
@@ -576,6 +577,17 @@ impl<L: Link> SmpClient<L> {
                     let progressed = off > acked;
                     if progressed {
                         failures = 0;
+                    }
+                    if off < acked {
+                        // The device lost what it had acknowledged (it rebooted, or it closed
+                        // the finished upload while its last answer was lost). Bounded: a device
+                        // that keeps doing it would otherwise make an upload that never ends.
+                        went_back += 1;
+                        if went_back > self.timeouts.retries {
+                            return Err(SmpError::Upload(format!(
+                                "the device went back from byte {acked} to byte {off} of {total} {went_back} times; reset the device and upload again"
+                            )));
+                        }
                     }
                     if sent.off == 0 {
                         // The erase is over: the chunks sent behind the first waited for it
