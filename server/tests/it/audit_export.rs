@@ -312,25 +312,32 @@ async fn a_server_export_vouches_for_the_bundles_it_can_prove_under_its_trust_st
     // The published trust store: a root key and one release key, thresholds 1.
     let (root, release) =
         (fieldpatch_testkit::chain::random_key(), fieldpatch_testkit::chain::random_key());
-    let store = TrustStoreBody {
-        version: 1,
-        keys: vec![
-            TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root"),
-            TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release"),
-        ],
-        thresholds: std::collections::BTreeMap::from([(Role::Root, 1), (Role::Release, 1)]),
-        offline_grace_days: None,
-        expires: None,
-        vendor_certificates: Vec::new(),
-    }
-    .sign(&[&root]);
-    server
-        .admin_json(
-            reqwest::Method::PUT,
-            "/v1/admin/trust-store",
-            serde_json::to_value(&store).unwrap(),
-        )
-        .await;
+    // A trust store naming the root key and the release key (revoked or not), thresholds 1,
+    // signed by the root and published.
+    let publish_store = |version: u64, release_revoked: bool| {
+        let mut release_key =
+            TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release");
+        release_key.revoked = release_revoked;
+        let store = TrustStoreBody {
+            version,
+            keys: vec![
+                TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root"),
+                release_key,
+            ],
+            thresholds: std::collections::BTreeMap::from([(Role::Root, 1), (Role::Release, 1)]),
+            offline_grace_days: None,
+            expires: None,
+            vendor_certificates: Vec::new(),
+        }
+        .sign(&[&root]);
+        let server = &server;
+        async move {
+            let doc = serde_json::to_value(&store).unwrap();
+            server.admin_json(reqwest::Method::PUT, "/v1/admin/trust-store", doc).await;
+            store
+        }
+    };
+    let store = publish_store(1, false).await;
     // Visit 1 flashed gw-1.4.0, signed by the release key and published.
     let (log, [v1, _, _]) = visits(&alice.key);
     let bytes = bundle("gw-1.4.0", b"payload of gw-1.4.0", &release);
@@ -375,26 +382,7 @@ async fn a_server_export_vouches_for_the_bundles_it_can_prove_under_its_trust_st
 
     // The release key is revoked by a rotation: the server can no longer vouch for the bundle,
     // so a new export leaves its verdict out (the events still name it) and still verifies.
-    let mut keys = vec![TrustedKey::new(&root.verifying_key(), vec![Role::Root], "root")];
-    let mut revoked = TrustedKey::new(&release.verifying_key(), vec![Role::Release], "release");
-    revoked.revoked = true;
-    keys.push(revoked);
-    let rotated = TrustStoreBody {
-        version: 2,
-        keys,
-        thresholds: std::collections::BTreeMap::from([(Role::Root, 1), (Role::Release, 1)]),
-        offline_grace_days: None,
-        expires: None,
-        vendor_certificates: Vec::new(),
-    }
-    .sign(&[&root]);
-    server
-        .admin_json(
-            reqwest::Method::PUT,
-            "/v1/admin/trust-store",
-            serde_json::to_value(&rotated).unwrap(),
-        )
-        .await;
+    let rotated = publish_store(2, true).await;
     let again = export_site(&server, "s1", None, None).await.unwrap();
     let first = again.iter().find(|v| v.visit_id == v1).unwrap();
     audit::verify(&first.archive, Some(&server.server_key)).unwrap();
