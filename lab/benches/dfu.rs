@@ -1,10 +1,11 @@
 //! DFU throughput against the lab device (no USB bus here: this measures the driver's and the
 //! lab's own overhead, not a wire rate). Each mode runs twice: with a zero `bwPollTimeout` (the
-//! driver's overhead: it still sleeps its 1 ms minimum per busy GETSTATUS) and with the device
-//! claiming `PROGRAM_MS` per block, its simulated flash speed, which the driver must wait out.
-//! Against that speed the limit is one poll timeout per downloaded block; page erases and
-//! DfuSe's set-address commands wait a poll timeout each as well, so the ratio to the limit
-//! includes them.
+//! driver's and the lab's overhead: a block is done as soon as the device answers, nothing is
+//! waited) and with the device claiming `PROGRAM_MS` per block, its simulated flash speed, which
+//! the driver must wait out. Against that speed the limit is one poll timeout per downloaded
+//! block; page erases and DfuSe's set-address commands (one per element to write and one to read
+//! back, not one per block) wait a poll timeout each as well, so the ratio to the limit includes
+//! them.
 //!
 //! `cargo bench -p fieldpatch-lab --bench dfu`
 

@@ -4,7 +4,8 @@
 //! re-enumerate in DFU mode, DNLOAD in `wTransferSize` blocks honouring `bwPollTimeout`,
 //! GETSTATUS / CLRSTATUS / GETSTATE / ABORT, manifestation (tolerant devices return to dfuIDLE,
 //! non-tolerant ones wait for a reset), UPLOAD for readback; and the DfuSe extensions: set address
-//! pointer, page and mass erase, element-by-element download, leave.
+//! pointer, page and mass erase, element-by-element download and readback (one set-address per
+//! element, its blocks placed by their block number), leave.
 //!
 //! ## Why not `dfu-core`
 //!
@@ -947,8 +948,8 @@ impl<D: UsbControl> DfuDevice<D> {
     }
 
     /// DfuSe download: per target (alternate setting) erase the touched pages (or mass erase),
-    /// write every element in `wTransferSize` blocks, read it back where possible, and
-    /// optionally leave DFU mode.
+    /// write every element in `wTransferSize` blocks addressed by block number after one
+    /// set-address, read it back where possible, and optionally leave DFU mode.
     pub fn dfuse_download(
         &mut self,
         targets: &[DfuseTarget],
@@ -1005,10 +1006,19 @@ impl<D: UsbControl> DfuDevice<D> {
             self.ensure_idle()?;
             for e in &t.elements {
                 sent.update(&e.data);
+                // One set-address per element, then consecutive blocks from 2: the device writes
+                // block n at the pointer plus (n - 2) x wTransferSize (ST UM0424, AN3156). Every
+                // set-address costs a poll timeout like a block does, so one per block would
+                // double the time. The address is set again before the block number would wrap.
+                let mut block = u16::MAX;
                 for (i, chunk) in e.data.chunks(xfer).enumerate() {
-                    let at = e.address.wrapping_add((i * xfer) as u32);
-                    self.dfuse_command("set address", DFUSE_SET_ADDRESS, Some(at))?;
-                    self.dnload("download", 2, chunk)?;
+                    if block == u16::MAX {
+                        let at = e.address.wrapping_add((i * xfer) as u32);
+                        self.dfuse_command("set address", DFUSE_SET_ADDRESS, Some(at))?;
+                        block = 2;
+                    }
+                    self.dnload("download", block, chunk)?;
+                    block += 1;
                     done += chunk.len() as u64;
                     clock.report(done);
                 }

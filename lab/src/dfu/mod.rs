@@ -85,7 +85,9 @@ pub struct LabDfuConfig {
     pub capacity: usize,
     /// Start in run-time mode (else in DFU mode).
     pub start_in_runtime: bool,
-    /// `bwPollTimeout` reported while busy.
+    /// `bwPollTimeout` reported while busy: the time each block or command keeps the device in
+    /// dfuDNBUSY. With 0 a block is done at once (dfuDNLOAD-SYNC goes straight to
+    /// dfuDNLOAD-IDLE).
     pub poll_timeout_ms: u32,
     /// How long the device is off the bus while it re-enumerates.
     pub reenumerate_delay: Duration,
@@ -569,6 +571,12 @@ impl Inner {
                     Pending::None => Ok(()),
                 };
                 match result {
+                    // A device without a program time has the block done when it answers
+                    // (DFU 1.1: "block complete" goes from dfuDNLOAD-SYNC to dfuDNLOAD-IDLE).
+                    Ok(()) if self.cfg.poll_timeout_ms == 0 && !self.cfg.faults.busy_forever => {
+                        self.state = DNLOAD_IDLE;
+                        Ok(self.status_bytes(DNLOAD_IDLE))
+                    }
                     Ok(()) => {
                         self.state = DNBUSY;
                         Ok(self.status_bytes(DNBUSY))

@@ -1,6 +1,7 @@
 //! fieldpatch-lab's integration tests, one module per area, linked into one test binary.
 
 mod dfu_flash;
+mod dfuse_addressing;
 mod discovery;
 mod esptool;
 mod imgtool;
