@@ -8,8 +8,18 @@
 //! carries `listing.json` (signed by that key, naming every bundle by hash) and its inventory
 //! publishes that listing with the bundles. One LAN sensor is set to fail its health check after
 //! the update, so a demo session shows a rollback.
+//!
+//! Where the real SWUpdate daemon (`swupdate`) is installed, the site also has an embedded Linux
+//! gateway ([`GATEWAY_ID`]): the daemon with its web server on a loopback port, digest
+//! authentication with a password made at each start (the daemon keeps only its digest; the
+//! laptop gets the password in its keyring, [`Demo::store_gateway_password`]), its `raw` handler
+//! writing into a file in the demo's folder, and a `.swu` signed by the demo gateway vendor in the
+//! catalog. That vendor's key and certificate are part of the demo's source (`assets/`): like the
+//! demo's other keys they are public, and only the demo's own trust store names the certificate.
+//! Without the daemon the demo runs without the gateway and [`Demo::gateway_absent`] says why.
 
 use fieldpatch_core::bundle::{PayloadFormat, Role};
+use fieldpatch_core::credentials::{CredentialError, CredentialName, Secret};
 use fieldpatch_core::discovery::{
     DEFAULT_DEADLINE, DiscoverOptions, NetTarget, NetworkScope, Request, SerialScope, SystemPorts,
 };
@@ -22,6 +32,7 @@ use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_lab::smp::udp::NetConditions;
 use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder, CatalogError, labelled_key};
 use fieldpatch_testkit::site::{LabSite, SiteBuilder};
+use fieldpatch_testkit::swupdate::{Daemon, DaemonAuth, Swu, Vendor};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +45,8 @@ pub enum DemoError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("demo catalog: {0}")]
     Bundle(#[from] fieldpatch_core::bundle::BundleError),
+    #[error("cannot keep the demo gateway's password in the keyring: {0}")]
+    Keyring(String),
 }
 
 /// A running demo site. Devices stop when it is dropped.
@@ -45,10 +58,37 @@ pub struct Demo {
     /// The USB bus the demo DFU board is on.
     pub usb: LabUsbBus,
     pub smp: Vec<SmpDevice>,
+    /// Why the site has no SWUpdate gateway (`swupdate` not installed, or it would not start).
+    pub gateway_absent: Option<String>,
+    /// The SWUpdate gateway's daemon and password, when it runs.
+    gateway: Option<Gateway>,
     /// The running devices: the console on a pty (not served where the platform has no
-    /// pseudo-terminals), the LAN sensors on UDP, the gateway on the lab USB bus.
+    /// pseudo-terminals), the LAN sensors on UDP, the DFU board on the lab USB bus.
     _site: LabSite,
 }
+
+/// The demo's SWUpdate gateway: the real daemon (stopped on drop) and the password its digest
+/// file was made from.
+struct Gateway {
+    daemon: Daemon,
+    password: Secret,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("url", &self.daemon.url()).finish_non_exhaustive()
+    }
+}
+
+/// Id of the demo's SWUpdate gateway.
+pub const GATEWAY_ID: &str = "edge-gw-01";
+/// Its model, and the board name its daemon checks `.swu` images against.
+const GATEWAY_MODEL: &str = "edge-gateway";
+/// The keyring credential holding its password: scoped to the demo site, so it never stands for
+/// a real device's.
+pub const GATEWAY_CREDENTIAL: &str = "site/demo-site/edge-gateway/password";
+const GATEWAY_VENDOR_CERT: &[u8] = include_bytes!("../assets/gateway-vendor.cert.pem");
+const GATEWAY_VENDOR_KEY: &[u8] = include_bytes!("../assets/gateway-vendor.key.pem");
 
 const V1: mcuboot::Version = mcuboot::Version { major: 1, minor: 4, revision: 0, build: 0 };
 const V2: mcuboot::Version = mcuboot::Version { major: 1, minor: 5, revision: 0, build: 0 };
@@ -73,28 +113,104 @@ pub fn start(dir: &Path) -> Result<Demo, DemoError> {
         .start()
         .map_err(|e| DemoError::Device(e.to_string()))?;
     site.sensors[3].faults().fail_health_check = true;
+    let usb =
+        site.usb().ok_or_else(|| DemoError::Device("the demo site has no USB DFU board".into()))?;
 
-    let (catalog_dir, trust_path) = write_catalog(dir)?;
+    let mut devices = site.records.clone();
+    let (gateway, swu, gateway_absent) = match start_gateway(dir) {
+        Ok((gateway, record, swu)) => {
+            devices.push(record);
+            (Some(gateway), Some(swu), None)
+        }
+        Err(why) => (None, None, Some(why)),
+    };
+    let (catalog_dir, trust_path) = write_catalog(dir, swu.as_deref())?;
     Ok(Demo {
-        devices: site.records.clone(),
+        devices,
         catalog_dir,
         trust_path,
-        usb: site.usb().expect("the demo site has a DFU board"),
+        usb,
         smp: site.smp_devices(),
+        gateway_absent,
+        gateway,
         _site: site,
     })
 }
 
+/// Start the SWUpdate gateway in `dir/gateway`: the real daemon, its record and the `.swu` that
+/// updates it from 2.0.0 to 2.1.0. `Err` says why the demo runs without it.
+fn start_gateway(dir: &Path) -> Result<(Gateway, DeviceRecord, Vec<u8>), String> {
+    let absent = |why: String| format!("the demo site has no SWUpdate gateway: {why}");
+    let gw_dir = dir.join("gateway");
+    // A daemon left from an earlier start in this folder is gone with its process; start clean.
+    let _ = std::fs::remove_dir_all(&gw_dir);
+    let vendor_dir = gw_dir.join("vendor");
+    std::fs::create_dir_all(&vendor_dir).map_err(|e| absent(e.to_string()))?;
+    let vendor = Vendor { cert: vendor_dir.join("cert.pem"), key: vendor_dir.join("key.pem") };
+    std::fs::write(&vendor.cert, GATEWAY_VENDOR_CERT).map_err(|e| absent(e.to_string()))?;
+    std::fs::write(&vendor.key, GATEWAY_VENDOR_KEY).map_err(|e| absent(e.to_string()))?;
+    let password = Secret::new(
+        rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    );
+    let auth = DaemonAuth {
+        user: "admin".into(),
+        realm: GATEWAY_ID.into(),
+        password: password.expose().to_string(),
+    };
+    let daemon = Daemon::try_start_with(
+        &gw_dir.join("daemon"),
+        &format!("{GATEWAY_MODEL}:{GATEWAY_REVISION}"),
+        &vendor.cert,
+        Some(&auth),
+        false,
+    )
+    .map_err(|e| match e.contains("cannot start the SWUpdate daemon") {
+        true => absent("`swupdate` is not installed (on Debian: apt install swupdate)".into()),
+        false => absent(e),
+    })?;
+    let rootfs: Vec<u8> =
+        (0..256 * 1024u32).map(|i| (i.wrapping_mul(2246822519) >> 11) as u8).collect();
+    let swu = Swu {
+        version: "2.1.0".into(),
+        hardware: vec![GATEWAY_REVISION.into()],
+        image_name: "rootfs.img".into(),
+        image: rootfs,
+        device_path: daemon.flash.clone(),
+        signer: Some(vendor),
+        tamper: false,
+    };
+    let path = swu.try_write(&gw_dir, "edge-gateway-2.1.0.swu").map_err(absent)?;
+    let bytes = std::fs::read(&path).map_err(|e| absent(e.to_string()))?;
+    let mut record = fieldpatch_testkit::site::record(
+        GATEWAY_ID,
+        "Demo",
+        GATEWAY_MODEL,
+        DeviceAddress::Swupdate { url: daemon.url(), user: None },
+    );
+    // SWUpdate's web server does not say what runs: the inventory's record does.
+    record.identity.firmware_version = Some(Version::new(2, 0, 0, 0));
+    record.identity.hardware_revision = Some(GATEWAY_REVISION.into());
+    record.identity.serial_number = Some(fieldpatch_testkit::site::serial_number(GATEWAY_ID));
+    record.criticality = Criticality::High;
+    record.credential = Some(GATEWAY_CREDENTIAL.into());
+    Ok((Gateway { daemon, password }, record, bytes))
+}
+
+/// The demo gateway's hardware revision (its daemon's `-H BOARD:REV`).
+const GATEWAY_REVISION: &str = "2";
+
 /// The demo's keys are derived from public labels, so every start signs with the same keys: the
 /// trust store the demo's data directory pinned at its first sync stays the one in force. They
 /// sign only the demo's catalog, which only the demo's own data directory ever trusts.
-fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
+fn write_catalog(dir: &Path, gateway_swu: Option<&[u8]>) -> Result<(PathBuf, PathBuf), DemoError> {
     let now = chrono::Utc::now();
     let catalog = CatalogBuilder::new()
         .root(labelled_key("demo root"), "demo root")
         .release(labelled_key("demo release A"), "demo release A")
         .release(labelled_key("demo release B"), "demo release B")
         .catalog_key(labelled_key("demo catalog"), "demo catalog")
+        // Named whether or not the gateway runs, so the trust store is the same at every start.
+        .vendor_certificate(GATEWAY_VENDOR_CERT, "demo gateway vendor")
         .threshold(Role::Root, 1)
         .threshold(Role::Release, 2)
         .threshold(Role::Catalog, 1)
@@ -142,6 +258,17 @@ fn write_catalog(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
         format: PayloadFormat::Dfu,
         payload: &dfu,
     })?;
+    if let Some(swu) = gateway_swu {
+        bundle(BundleSpec {
+            id: "edge-gateway-2.1.0",
+            model: GATEWAY_MODEL,
+            applies: (v(2, 0, 0), v(2, 0, 9)),
+            installs: v(2, 1, 0),
+            cvss: "8.1",
+            format: PayloadFormat::Swupdate,
+            payload: swu,
+        })?;
+    }
     // The listing names the bundles just written; its version is the time, so a demo restarted
     // later publishes a newer one.
     let version = u64::try_from(now.timestamp()).unwrap_or_default();
@@ -172,6 +299,28 @@ pub struct InventoryContent {
 
 /// Id of the demo site in the inventory.
 pub const SITE_ID: &str = "demo-site";
+
+impl Demo {
+    /// Put the SWUpdate gateway's password into the keyring `fp` uses, under
+    /// [`GATEWAY_CREDENTIAL`], as a technician would before the visit (nothing when the site has
+    /// no gateway). The password changes at every start of the demo.
+    pub async fn store_gateway_password(
+        &self,
+        fp: &fieldpatch_core::Fieldpatch,
+    ) -> Result<(), DemoError> {
+        let Some(gateway) = &self.gateway else { return Ok(()) };
+        let name: CredentialName = GATEWAY_CREDENTIAL
+            .parse()
+            .map_err(|e: CredentialError| DemoError::Keyring(e.to_string()))?;
+        let keyring = fp.credentials().await.map_err(|e| DemoError::Keyring(e.to_string()))?;
+        keyring.set(&name, &gateway.password).await.map_err(|e| DemoError::Keyring(e.to_string()))
+    }
+
+    /// The gateway's flash (the file its daemon's `raw` handler writes), when it runs.
+    pub fn gateway_flash(&self) -> Option<&Path> {
+        self.gateway.as_ref().map(|g| g.daemon.flash.as_path())
+    }
+}
 
 impl Demo {
     /// The demo site as an inventory should hold it; each device is approved at the newest
@@ -336,10 +485,49 @@ mod tests {
         let (a, b) = (base.join("a"), base.join("b"));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
-        let (_, trust_a) = write_catalog(&a).unwrap();
-        let (_, trust_b) = write_catalog(&b).unwrap();
+        // One start with its SWUpdate gateway (where `swupdate` runs), one catalog without.
+        let demo = start(&a).unwrap();
+        let trust_a = demo.trust_path.clone();
+        let (_, trust_b) = write_catalog(&b, None).unwrap();
         let same = std::fs::read(&trust_a).unwrap() == std::fs::read(&trust_b).unwrap();
+        drop(demo);
         std::fs::remove_dir_all(&base).unwrap();
         assert!(same, "two starts of the demo wrote different trust stores");
+    }
+
+    /// Where `swupdate` is installed (`scripts/setup` installs it) the demo site has its gateway:
+    /// the real daemon, which refuses a request without digest credentials, and a `.swu` bundle
+    /// for it that verifies against the demo's trust store like every other bundle.
+    #[test]
+    fn the_demo_gateway_is_the_real_daemon_and_its_bundle_verifies() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::env::temp_dir().join(format!("fieldpatch-demo-gw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = start(&dir).unwrap();
+        assert_eq!(demo.gateway_absent, None);
+        let gateway = demo.devices.iter().find(|d| d.id == GATEWAY_ID).expect("the gateway");
+        assert_eq!(gateway.credential.as_deref(), Some(GATEWAY_CREDENTIAL));
+        let DeviceAddress::Swupdate { url, .. } = &gateway.address else {
+            panic!("{:?}", gateway.address)
+        };
+        let host = url.trim_start_matches("http://");
+        let mut http = std::net::TcpStream::connect(host).unwrap();
+        write!(http, "GET /upload HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        let policy = fieldpatch_core::bundle::verify::VerifyPolicy::now();
+        let catalog = fieldpatch_core::session::batch::load_catalog(
+            &demo.catalog_dir,
+            &demo.trust_path,
+            &policy,
+        )
+        .unwrap();
+        let models: Vec<String> =
+            catalog.bundles.iter().map(|b| b.bundle.manifest().target.model.clone()).collect();
+        drop(demo);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(catalog.refused.is_empty(), "{:?}", catalog.refused);
+        assert!(models.iter().any(|m| m == GATEWAY_MODEL), "{models:?}");
     }
 }

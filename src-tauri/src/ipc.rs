@@ -243,6 +243,9 @@ pub struct HomeView {
     pub online: bool,
     /// The folder the window suggests for audit exports.
     pub export_dir: String,
+    /// What the technician should know about this mode (the demo site says which of its
+    /// devices could not start, and why).
+    pub notices: Vec<String>,
 }
 
 /// An audit export written from the window, and what the offline verifier says of the file.

@@ -616,7 +616,11 @@ async fn home(app: tauri::AppHandle) -> Result<HomeView, BridgeError> {
         None => false,
     };
     let export_dir = shell.fp().data_dir().join("exports").display().to_string();
-    Ok(HomeView { overview, server, online, export_dir })
+    let notices = match &shell {
+        Shell::Demo(site) => site.demo.gateway_absent.iter().cloned().collect(),
+        Shell::Real(_) => Vec::new(),
+    };
+    Ok(HomeView { overview, server, online, export_dir, notices })
 }
 
 /// A visit's events (the newest visit without `visit_id`) and its log's verification.
@@ -720,6 +724,16 @@ async fn start_site() -> Result<Site, String> {
     let demo = fieldpatch_demo::start(&site_dir).map_err(|e| e.to_string())?;
     let connector = Arc::new(DriverConnector { usb: demo.usb.clone() });
     let fp = Fieldpatch::open_in(&demo_dir, connector).await.map_err(|e| e.to_string())?;
+    match &demo.gateway_absent {
+        Some(why) => tracing::warn!("{why}"),
+        // Without it the planner refuses the gateway (its password is missing), as it would on
+        // a real site: the window still starts.
+        None => {
+            if let Err(e) = demo.store_gateway_password(&fp).await {
+                tracing::warn!(error = %e, "the demo gateway's password is not in the keyring");
+            }
+        }
+    }
     let catalog =
         fp.load_catalog(&demo.catalog_dir, &demo.trust_path).await.map_err(|e| e.to_string())?;
     let inventory = fieldpatch_server::start_embedded(&demo_dir.join("inventory"))

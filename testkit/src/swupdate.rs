@@ -82,15 +82,25 @@ impl Swu {
 
     /// Writes the `.swu` as `dir/name` (working files in `dir/name.d`) and returns its path.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        self.try_write(dir, name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Swu::write`], saying what failed instead of panicking (the demo builds its gateway's
+    /// image with it and runs without the gateway when the tools are missing).
+    pub fn try_write(&self, dir: &Path, name: &str) -> Result<PathBuf, String> {
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         let work = dir.join(format!("{name}.d"));
-        std::fs::create_dir_all(&work).unwrap();
-        std::fs::write(work.join("sw-description"), self.description()).unwrap();
+        std::fs::create_dir_all(&work).map_err(|e| io(&work.display().to_string(), e))?;
+        std::fs::write(work.join("sw-description"), self.description())
+            .map_err(|e| io("sw-description", e))?;
         let mut payload = self.image.clone();
-        if self.tamper {
-            let last = payload.len() - 1;
-            payload[last] ^= 0x5a;
+        if self.tamper
+            && let Some(last) = payload.last_mut()
+        {
+            *last ^= 0x5a;
         }
-        std::fs::write(work.join(&self.image_name), &payload).unwrap();
+        std::fs::write(work.join(&self.image_name), &payload)
+            .map_err(|e| io(&self.image_name, e))?;
         let mut members = vec!["sw-description".to_string()];
         if let Some(v) = &self.signer {
             let status = Command::new("openssl")
@@ -102,22 +112,29 @@ impl Swu {
                 .args(["-outform", "DER", "-nosmimecap", "-binary"])
                 .current_dir(&work)
                 .status()
-                .expect("openssl runs");
-            assert!(status.success(), "openssl cms -sign failed");
+                .map_err(|e| io("cannot run openssl (install it)", e))?;
+            if !status.success() {
+                return Err("openssl cms -sign failed".into());
+            }
             members.push("sw-description.sig".into());
         }
         members.push(self.image_name.clone());
         let out = dir.join(name);
+        let file = std::fs::File::create(&out).map_err(|e| io(&out.display().to_string(), e))?;
         let mut child = Command::new("cpio")
             .args(["-o", "-H", "crc", "--quiet"])
             .current_dir(&work)
             .stdin(Stdio::piped())
-            .stdout(std::fs::File::create(&out).unwrap())
+            .stdout(file)
             .spawn()
-            .expect("cpio runs (scripts/setup installs it)");
-        child.stdin.take().unwrap().write_all(members.join("\n").as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "cpio failed");
-        out
+            .map_err(|e| io("cannot run cpio (install it)", e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(members.join("\n").as_bytes()).map_err(|e| io("cpio", e))?;
+        }
+        if !child.wait().map_err(|e| io("cpio", e))?.success() {
+            return Err("cpio failed".into());
+        }
+        Ok(out)
     }
 }
 
@@ -173,22 +190,37 @@ impl Daemon {
         auth: Option<&DaemonAuth>,
         post_update: bool,
     ) -> Daemon {
+        Daemon::try_start_with(dir, hardware, vendor_cert, auth, post_update)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Daemon::start_with`], saying what failed instead of panicking.
+    pub fn try_start_with(
+        dir: &Path,
+        hardware: &str,
+        vendor_cert: &Path,
+        auth: Option<&DaemonAuth>,
+        post_update: bool,
+    ) -> Result<Daemon, String> {
+        let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
         let www = dir.join("www");
         let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&www).unwrap();
-        std::fs::create_dir_all(&tmp).unwrap();
-        std::fs::write(www.join("index.html"), "<html>swupdate</html>\n").unwrap();
+        std::fs::create_dir_all(&www).map_err(|e| io(&www, e))?;
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        std::fs::write(www.join("index.html"), "<html>swupdate</html>\n")
+            .map_err(|e| io(&www, e))?;
         let flash = dir.join("flash.bin");
-        std::fs::write(&flash, b"").unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        std::fs::write(&flash, b"").map_err(|e| io(&flash, e))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free loopback port: {e}"))?
+            .port();
         let mut web = format!("-r {} -p {port}", www.display());
         if let Some(a) = auth {
             let file = dir.join("htdigest");
-            let ha1 = md5_hex(&format!("{}:{}:{}", a.user, a.realm, a.password));
-            std::fs::write(&file, format!("{}:{}:{ha1}\n", a.user, a.realm)).unwrap();
+            let ha1 = md5_hex(&format!("{}:{}:{}", a.user, a.realm, a.password))?;
+            std::fs::write(&file, format!("{}:{}:{ha1}\n", a.user, a.realm))
+                .map_err(|e| io(&file, e))?;
             web.push_str(&format!(
                 " --auth-domain {} --global-auth-file {}",
                 a.realm,
@@ -196,7 +228,8 @@ impl Daemon {
             ));
         }
         let log = dir.join("swupdate.log");
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::File::create(&log).map_err(|e| io(&log, e))?;
+        let err = out.try_clone().map_err(|e| io(&log, e))?;
         let mut command = Command::new("swupdate");
         command.args(["-v", "-H", hardware, "-k"]).arg(vendor_cert);
         if post_update {
@@ -207,14 +240,14 @@ impl Daemon {
             .env("TMPDIR", &tmp)
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
+            .stdout(out)
+            .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start the SWUpdate daemon (`swupdate`; scripts/setup installs it): {e}"
+            .map_err(|e| {
+                format!(
+                    "cannot start the SWUpdate daemon (`swupdate`; on Debian: apt install swupdate): {e}"
                 )
-            });
+            })?;
         let mut d = Daemon { child, port, dir: dir.to_path_buf(), log, flash };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -222,19 +255,20 @@ impl Daemon {
                 break;
             }
             if let Ok(Some(status)) = d.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "the SWUpdate daemon exited at start ({status}); its log:\n{}",
                     d.log_text()
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "the SWUpdate daemon did not listen on port {port} within 10 s; its log:\n{}",
-                d.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the SWUpdate daemon did not listen on port {port} within 10 s; its log:\n{}",
+                    d.log_text()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        d
+        Ok(d)
     }
 
     /// The file the post-update command of [`Daemon::start_with`] touches.
@@ -270,13 +304,19 @@ impl Drop for Daemon {
     }
 }
 
-fn md5_hex(s: &str) -> String {
+fn md5_hex(s: &str) -> Result<String, String> {
     let mut child = Command::new("md5sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("md5sum runs");
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+        .map_err(|e| format!("cannot run md5sum: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(s.as_bytes()).map_err(|e| format!("md5sum: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("md5sum: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "md5sum printed nothing".into())
 }

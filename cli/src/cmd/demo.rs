@@ -14,6 +14,23 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     super::runtime()?.block_on(async move {
         let demo = fieldpatch_demo::start(&dir)?;
+        // The gateway's password goes into the keyring of the data directory the CLI's next
+        // commands use, as a technician's would before a visit.
+        let gateway = match &demo.gateway_absent {
+            Some(why) => why.clone(),
+            None => match async { demo.store_gateway_password(&super::open().await?).await.map_err(anyhow::Error::from) }.await {
+                Ok(()) => format!(
+                    "SWUpdate gateway {}: its password is in this laptop's keyring as `{}`",
+                    fieldpatch_demo::GATEWAY_ID,
+                    fieldpatch_demo::GATEWAY_CREDENTIAL
+                ),
+                Err(e) => format!(
+                    "SWUpdate gateway {}: {e:#}; plans refuse it until `fieldpatch credentials set {}`",
+                    fieldpatch_demo::GATEWAY_ID,
+                    fieldpatch_demo::GATEWAY_CREDENTIAL
+                ),
+            },
+        };
         // The demo's USB board sits on the lab's in-process USB backend, which only the app
         // shares; the devices file lists what the CLI can reach (serial and UDP).
         let reachable: Vec<_> = demo
@@ -31,6 +48,7 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
                     "devices": devices,
                     "catalog": demo.catalog_dir,
                     "trust": demo.trust_path,
+                    "gateway": gateway,
                 })
             );
         } else {
@@ -41,6 +59,7 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
             println!("  devices: {}", devices.display());
             println!("  catalog: {}", demo.catalog_dir.display());
             println!("  trust:   {}", demo.trust_path.display());
+            println!("  {gateway}");
             println!(
                 "try: fieldpatch plan --devices {} --catalog {} --trust {} --out plan.json",
                 devices.display(),

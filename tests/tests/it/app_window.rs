@@ -47,6 +47,10 @@ pub(crate) fn display_with(xvfb: Xvfb) -> (Xvfb, tempfile::TempDir, DriverGroup,
     (xvfb, data, DriverGroup(driver), port)
 }
 
+/// The demo's SWUpdate gateway: the real daemon behind digest authentication, its password put
+/// in the keyring by the demo at start (`scripts/setup` installs `swupdate`).
+const GATEWAY: &str = fieldpatch_demo::GATEWAY_ID;
+
 #[test]
 fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     let app = built_binary("fieldpatch-app");
@@ -101,7 +105,7 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         session.wait_for("tr[data-device='pump-ctl-01'] td.plan", long, |t| !t.is_empty()).unwrap();
     // The technician leaves sensor-02 out of this session.
     session.click("input[data-choose='sensor-02']", long).unwrap();
-    let run_label = session.wait_for("#run", long, |t| t.contains("5 of 6")).unwrap();
+    let run_label = session.wait_for("#run", long, |t| t.contains("6 of 7")).unwrap();
     session.click("#run", long).unwrap();
     session.wait_for("#session-done", long, |t| t.contains("finished")).unwrap();
     let result = |id: &str| {
@@ -110,7 +114,7 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
             .unwrap()
     };
     let results: Vec<(String, String)> =
-        ["pump-ctl-01", "sensor-01", "sensor-02", "sensor-03", "sensor-04", "gateway-01"]
+        ["pump-ctl-01", "sensor-01", "sensor-02", "sensor-03", "sensor-04", "gateway-01", GATEWAY]
             .iter()
             .map(|id| (id.to_string(), result(id)))
             .collect();
@@ -181,7 +185,7 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     session.close().unwrap();
 
     assert!(
-        discovered.starts_with("6 device(s) found (2 in the inventory, 4 unknown), 4 missing"),
+        discovered.starts_with("6 device(s) found (2 in the inventory, 4 unknown), 5 missing"),
         "{discovered}"
     );
     let mut rows: Vec<(String, String)> = serde_json::from_value(listed["rows"].clone()).unwrap();
@@ -193,10 +197,11 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
     assert_eq!(rows, want, "{listed}");
     let mut missing: Vec<String> = serde_json::from_value(listed["missing"].clone()).unwrap();
     missing.sort();
-    assert_eq!(missing, ["sensor-01", "sensor-02", "sensor-03", "sensor-04"], "{listed}");
+    // The SWUpdate gateway answers only at its inventory address: discovery has no probe for it.
+    assert_eq!(missing, [GATEWAY, "sensor-01", "sensor-02", "sensor-03", "sensor-04"], "{listed}");
     assert!(filtered.contains("SN-GATEWAY-01"), "{filtered}");
     assert_eq!(planned, "1.4.0 → 1.5.0");
-    assert!(run_label.contains("Run session (5 of 6 devices)"), "{run_label}");
+    assert!(run_label.contains("Run session (6 of 7 devices)"), "{run_label}");
     for (id, r) in &results {
         match id.as_str() {
             "sensor-04" => assert!(r.starts_with("rolled back"), "{id}: {r}"),
@@ -219,6 +224,12 @@ fn window_shows_the_version_and_runs_a_session_on_the_demo_site() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(entries, vec!["demo".to_string()], "the demo wrote into the real data directory");
+    // The gateway was patched by the real daemon: its `raw` handler wrote the image (256 KiB)
+    // into the file standing for its flash, and the daemon's log shows the install succeeded.
+    let gateway = data.path().join("demo/site/gateway/daemon");
+    let flashed = std::fs::metadata(gateway.join("flash.bin")).map(|m| m.len()).unwrap_or(0);
+    let daemon_log = std::fs::read_to_string(gateway.join("swupdate.log")).unwrap_or_default();
+    assert_eq!(flashed, 256 * 1024, "the gateway's flash; daemon log:\n{daemon_log}");
 
     assert_eq!(forged_id["err"]["code"], "no_plan", "{forged_id}");
     for refused in [&app_version, &window_title, &emitted] {

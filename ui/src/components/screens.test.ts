@@ -39,6 +39,14 @@ describe("HomePanel", () => {
     expect(body).toContain('aria-label="Show the log of visit batch session s0"');
   });
 
+  it("says what the demo site could not start, as a status for screen readers", () => {
+    const home = new HomeStore("demo", api);
+    home.view = { ...homeView(), notices: ["the demo site has no SWUpdate gateway: `swupdate` is not installed"] };
+    const { body } = render(HomePanel, { props: { home, mode: "demo", onOpenVisit: noop, onShowVisit: noop } });
+    expect(body).toMatch(/<p class="banner warning[^"]*" role="status" data-notice="0">the demo site has no SWUpdate gateway/);
+    expect(body).not.toContain('role="alert"');
+  });
+
   it("lists work orders, each with a button that opens a visit for it, in real mode", () => {
     const home = new HomeStore("real", api);
     home.view = homeView({

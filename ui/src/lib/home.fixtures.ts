@@ -33,6 +33,7 @@ export function homeView(over: Partial<HomeView["overview"]> = {}, online = true
     server: "http://127.0.0.1:8080",
     online,
     export_dir: "/data/exports",
+    notices: [],
   };
 }
 

@@ -258,7 +258,12 @@ online: boolean,
 /**
  * The folder the window suggests for audit exports.
  */
-export_dir: string, };
+export_dir: string,
+/**
+ * What the technician should know about this mode (the demo site says which of its
+ * devices could not start, and why).
+ */
+notices: Array<string>, };
 
 /**
  * An inclusive version range (as bundle manifests state it); `None` bounds are open.
