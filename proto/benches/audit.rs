@@ -1,6 +1,7 @@
 //! Audit export figures: build and verify the archive of one visit of 1,000 devices and 100,000
 //! signed events (goal: each under 5 s), and the archive's size.
 //! Run: `cargo bench -p fieldpatch-proto --bench audit`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;

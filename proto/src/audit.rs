@@ -73,6 +73,7 @@
 //!
 //! Exports never hold secrets: everything in them is the signed events (which name credentials
 //! at most by name), public keys, and documents that are public by design.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::event::{Event, EventKind, GENESIS_HASH, verify_chain};
 use crate::signature::SignatureEntry;
@@ -503,7 +504,7 @@ fn report_pdf(lines: &[String]) -> Vec<u8> {
         // Greedy word wrap; a word longer than a line (a hash) is cut.
         let mut line = String::new();
         for word in ascii.split(' ') {
-            if !line.is_empty() && line.len() + 1 + word.len() > WIDTH {
+            if !line.is_empty() && line.len().saturating_add(1).saturating_add(word.len()) > WIDTH {
                 wrapped.push(std::mem::take(&mut line));
             }
             if !line.is_empty() {
@@ -521,15 +522,16 @@ fn report_pdf(lines: &[String]) -> Vec<u8> {
     let mut objects: Vec<String> = Vec::new();
     // 1 catalog, 2 pages, 3 font, then (page, contents) pairs.
     objects.push("<< /Type /Catalog /Pages 2 0 R >>".into());
-    let kids: Vec<String> = (0..pages.len()).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    // Page objects are 4, 6, 8...; each page's contents follow it (5, 7, 9...).
+    let kids: Vec<String> =
+        (4usize..).step_by(2).take(pages.len()).map(|n| format!("{n} 0 R")).collect();
     objects.push(format!("<< /Type /Pages /Kids [{}] /Count {} >>", kids.join(" "), pages.len()));
     objects.push(
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".into(),
     );
-    for (i, page) in pages.iter().enumerate() {
+    for (page, contents) in pages.iter().zip((5usize..).step_by(2)) {
         objects.push(format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
-            5 + 2 * i
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> /Contents {contents} 0 R >>"
         ));
         let mut s = String::from("BT\n/F1 9 Tf\n11 TL\n40 800 Td\n");
         for l in page.iter() {
@@ -541,23 +543,19 @@ fn report_pdf(lines: &[String]) -> Vec<u8> {
     }
     let mut out = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
     let mut offsets = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
+    for (o, number) in objects.iter().zip(1usize..) {
         offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        out.extend_from_slice(format!("{number} 0 obj\n{o}\nendobj\n").as_bytes());
     }
+    // Object 0 (the free list's head) and every object.
+    let size = objects.len().saturating_add(1);
     let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
+    out.extend_from_slice(format!("xref\n0 {size}\n0000000000 65535 f \n").as_bytes());
     for off in offsets {
         out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
     }
     out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
+        format!("trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
     );
     out
 }
@@ -852,47 +850,49 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
     let text = std::str::from_utf8(need("events.jsonl")?)
         .map_err(|_| AuditError::Event { line: 0, detail: "not UTF-8".into() })?;
     let mut events = Vec::new();
-    for (i, line) in text.split_terminator('\n').enumerate() {
+    for (line_no, line) in (1usize..).zip(text.split_terminator('\n')) {
         let e: Event = serde_json::from_str(line).map_err(|err| AuditError::Event {
-            line: i + 1,
+            line: line_no,
             detail: format!("not an event: {err}"),
         })?;
         if serde_json::to_string(&e).ok().as_deref() != Some(line) {
             return Err(AuditError::Event {
-                line: i + 1,
+                line: line_no,
                 detail: "not the exact signed envelope (re-serializes differently)".into(),
             });
         }
         if e.body.signer != m.technician_key {
             return Err(AuditError::Event {
-                line: i + 1,
+                line: line_no,
                 detail: "not signed by the technician key".into(),
             });
         }
         if e.body.log_id != m.log_id {
             return Err(AuditError::Event {
-                line: i + 1,
+                line: line_no,
                 detail: format!("belongs to log {}", e.body.log_id),
             });
         }
         events.push(e);
     }
-    if events.is_empty() {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(AuditError::Event { line: 0, detail: "no events".into() });
-    }
+    };
     let anchor = (m.anchor.seq > 0).then(|| (m.anchor.seq, m.anchor.hash.clone()));
     if m.anchor.seq == 0 && m.anchor.hash != GENESIS_HASH {
         return Err(AuditError::Chain("anchor seq 0 must name the genesis hash".into()));
     }
     verify_chain(&events, anchor).map_err(|e| AuditError::Chain(e.to_string()))?;
-    if events[0].body.visit_id != Some(m.visit_id) {
+    if first.body.visit_id != Some(m.visit_id) {
         return Err(AuditError::Chain(
             "the run does not start with the visit's first event".into(),
         ));
     }
+    // The first event is the visit's, so the search always finds one.
     let last_visit =
         events.iter().rposition(|e| e.body.visit_id == Some(m.visit_id)).unwrap_or_default();
-    let fingerprint = events[last_visit].hash();
+    let last_visit_event = events.get(last_visit).unwrap_or(first);
+    let fingerprint = last_visit_event.hash();
     // 4.
     let checkpoint = match file("checkpoint.json") {
         None if m.signed_by_server_key.is_some() => {
@@ -901,7 +901,7 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
             ));
         }
         None => {
-            if last_visit + 1 != events.len() {
+            if last_visit.saturating_add(1) != events.len() {
                 return Err(AuditError::Chain(
                     "events follow the visit's last event but no server checkpoint needs them"
                         .into(),
@@ -916,11 +916,10 @@ pub fn verify(archive: &[u8], pinned_server_key: Option<&str>) -> Result<Verifie
                 m.signed_by_server_key.as_deref().or(pinned_server_key).unwrap_or(&c.server_key);
             c.verify(expected).map_err(|e| AuditError::Checkpoint(e.to_string()))?;
             let cp = &c.checkpoint;
-            let last = events.last().expect("not empty");
             if cp.log_id != m.log_id {
                 return Err(AuditError::Checkpoint(format!("it is for log {}", cp.log_id)));
             }
-            if cp.last_seq < events[last_visit].body.seq {
+            if cp.last_seq < last_visit_event.body.seq {
                 return Err(AuditError::Checkpoint(format!(
                     "it covers up to seq {}, before the visit's last event",
                     cp.last_seq
@@ -1011,13 +1010,13 @@ fn check_bundles(files: &[(String, Vec<u8>)]) -> Result<(), AuditError> {
             });
         }
     }
-    if manifests.is_empty() {
+    let Some(first_manifest) = manifests.first() else {
         return Ok(());
-    }
+    };
     let bad = |id: &str, detail: String| AuditError::Bundle { id: id.to_string(), detail };
     let trust_bytes = file("trust_store.json").ok_or_else(|| {
         bad(
-            &manifests[0],
+            first_manifest,
             "bundle verdicts need the trust store in force (trust_store.json)".into(),
         )
     })?;

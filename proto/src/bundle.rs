@@ -14,6 +14,7 @@
 //!
 //! [`read_header_parts`] splits the header off a reader and says nothing of what it means: the
 //! manifest's schema, the signatures and the payloads are checked by the reader's caller.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use std::io::Read;
 
@@ -81,7 +82,8 @@ pub fn read_header_parts<R: Read>(r: &mut R, file_len: u64) -> Result<HeaderPart
     }
     let manifest = read_field(r, "manifest", MAX_MANIFEST_LEN, &mut remaining)?;
     let signatures = read_field(r, "signature block", MAX_SIGNATURES_LEN, &mut remaining)?;
-    Ok(HeaderParts { manifest, signatures, header_len: file_len - remaining })
+    // `remaining` only ever went down from `file_len`.
+    Ok(HeaderParts { manifest, signatures, header_len: file_len.saturating_sub(remaining) })
 }
 
 /// A length-prefixed field of at most `limit` bytes.
@@ -116,13 +118,13 @@ fn read_counted<R: Read>(
     remaining: &mut u64,
 ) -> Result<(), HeaderError> {
     let need = buf.len() as u64;
-    if need > *remaining {
+    let Some(left) = remaining.checked_sub(need) else {
         return Err(HeaderError::Truncated {
             what: what.into(),
             needed: need,
             available: *remaining,
         });
-    }
+    };
     r.read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             HeaderError::Truncated { what: what.into(), needed: need, available: 0 }
@@ -130,7 +132,7 @@ fn read_counted<R: Read>(
             HeaderError::Io { what: what.into(), source: e }
         }
     })?;
-    *remaining -= need;
+    *remaining = left;
     Ok(())
 }
 

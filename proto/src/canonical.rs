@@ -5,6 +5,7 @@
 //! escaping, and numbers must be integers (floats have more than one spelling, so they are refused;
 //! decimal values such as CVSS scores are carried as strings). Parsing first runs a visitor that
 //! finds duplicate object keys, because serde_json keeps the last of two equal keys silently.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;

@@ -5,6 +5,7 @@
 //! The signature is ed25519 over those bytes. An event's hash is SHA-256 over the canonical bytes
 //! followed by the 64 signature bytes, and the next event names it in `prev_hash`; the first event
 //! of a log names [`GENESIS_HASH`].
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::model::DeviceIdentity;
 use chrono::{DateTime, Utc};
@@ -207,6 +208,10 @@ pub struct Event {
 
 impl UnsignedEvent {
     /// The bytes that are signed and hashed.
+    #[allow(
+        clippy::expect_used,
+        reason = "uuids, numbers, strings, a timestamp and struct variants: serde_json cannot fail on them"
+    )]
     pub fn canonical_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an event always serializes")
     }
@@ -237,6 +242,11 @@ pub enum ChainError {
     BrokenLink { seq: u64, id: Uuid },
     #[error("event seq {seq} ({id}): belongs to log {found}, not {expected}")]
     WrongLog { seq: u64, id: Uuid, expected: Uuid, found: Uuid },
+    #[error(
+        "event seq {seq} ({id}): follows an event numbered {}, the last sequence number a log can have",
+        u64::MAX
+    )]
+    SequenceExhausted { seq: u64, id: Uuid },
 }
 
 impl Event {
@@ -269,9 +279,10 @@ impl Event {
 /// Verify a contiguous run of events of one log. `prev` is the `(seq, hash)` of the event before
 /// the first one given, or `None` when the run starts the log (seq 1, genesis hash).
 pub fn verify_chain(events: &[Event], prev: Option<(u64, String)>) -> Result<(), ChainError> {
+    // `None`: the event before was numbered `u64::MAX`, and nothing can follow it.
     let (mut expected_seq, mut expected_hash) = match prev {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS_HASH.to_string()),
+        Some((seq, hash)) => (seq.checked_add(1), hash),
+        None => (Some(1), GENESIS_HASH.to_string()),
     };
     let log_id = events.first().map(|e| e.body.log_id);
     for e in events {
@@ -285,13 +296,16 @@ pub fn verify_chain(events: &[Event], prev: Option<(u64, String)>) -> Result<(),
             });
         }
         e.verify_signature()?;
-        if seq != expected_seq {
-            return Err(ChainError::Sequence { seq, id, expected: expected_seq });
+        let Some(expected) = expected_seq else {
+            return Err(ChainError::SequenceExhausted { seq, id });
+        };
+        if seq != expected {
+            return Err(ChainError::Sequence { seq, id, expected });
         }
         if e.body.prev_hash != expected_hash {
             return Err(ChainError::BrokenLink { seq, id });
         }
-        expected_seq += 1;
+        expected_seq = seq.checked_add(1);
         expected_hash = e.hash();
     }
     Ok(())
@@ -336,6 +350,19 @@ mod tests {
         assert_eq!(back, events);
         verify_chain(&back, None).unwrap();
         verify_chain(&events[2..], Some((2, events[1].hash()))).unwrap();
+    }
+
+    #[test]
+    fn nothing_follows_the_last_sequence_number() {
+        let (_, events) = chain(2);
+        let after_max = verify_chain(&events[1..], Some((u64::MAX, events[0].hash())));
+        assert!(matches!(after_max, Err(ChainError::SequenceExhausted { seq: 2, .. })));
+        let after_max_minus_one =
+            verify_chain(&events[1..], Some((u64::MAX - 1, events[0].hash())));
+        assert!(matches!(
+            after_max_minus_one,
+            Err(ChainError::Sequence { expected: u64::MAX, .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   needed.
 //!
 //! The inventory server checks the same rules before it publishes a listing.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::canonical::{self, CanonicalIssue};
 use crate::signature::{self, CONTEXT_CATALOG_LISTING, MAX_SIGNATURES, SignatureEntry};

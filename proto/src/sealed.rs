@@ -55,10 +55,22 @@ pub enum SealError {
         "credential {kind} for device {device} cannot be opened with this technician's key (sealed for another technician, or altered)"
     )]
     Open { device: String, kind: String },
+    #[error(
+        "credential {kind} for device {device} is longer than ChaCha20-Poly1305 can encrypt; store a shorter secret"
+    )]
+    TooLong { device: String, kind: String },
 }
 
 fn aad(technician_id: &str, device: &str, kind: &str) -> Vec<u8> {
-    serde_json::to_vec(&(SEAL_INFO, technician_id, device, kind)).expect("serializes")
+    json_aad(SEAL_INFO, &[technician_id, device, kind])
+}
+
+/// `[label, parts...]` as compact JSON, the label as an array of byte values: the bytes
+/// `serde_json::to_vec` gives for the tuple, built from a `Value`, whose rendering cannot fail.
+fn json_aad(label: &[u8], parts: &[&str]) -> Vec<u8> {
+    let label = serde_json::Value::Array(label.iter().map(|&b| b.into()).collect());
+    let items = std::iter::once(label).chain(parts.iter().map(|&p| p.into())).collect();
+    serde_json::Value::Array(items).to_string().into_bytes()
 }
 
 fn derive(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<[u8; 32]> {
@@ -67,6 +79,7 @@ fn derive(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32]) -> Zeroizing<
     salt.extend_from_slice(recipient);
     let hk = Hkdf::<Sha256>::new(Some(&salt), shared);
     let mut okm = Zeroizing::new([0u8; 32]);
+    #[allow(clippy::expect_used, reason = "HKDF-SHA256 expands to up to 8,160 bytes; this is 32")]
     hk.expand(SEAL_INFO, okm.as_mut()).expect("32 bytes is a valid HKDF length");
     okm
 }
@@ -92,7 +105,7 @@ pub fn seal(
             Nonce::from_slice(&nonce),
             Payload { msg: secret, aad: &aad(technician_id, device_id, kind) },
         )
-        .expect("ChaCha20-Poly1305 encryption does not fail for in-memory buffers");
+        .map_err(|_| SealError::TooLong { device: device_id.into(), kind: kind.into() })?;
     Ok(SealedCredential {
         device_id: device_id.into(),
         kind: kind.into(),
@@ -141,13 +154,13 @@ pub fn encrypt_at_rest(
     device_id: &str,
     kind: &str,
     secret: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
+) -> Result<(Vec<u8>, Vec<u8>), SealError> {
     let nonce: [u8; 12] = rand::random();
-    let aad = serde_json::to_vec(&(REST_AAD, device_id, kind)).expect("serializes");
+    let aad = json_aad(REST_AAD, &[device_id, kind]);
     let ct = ChaCha20Poly1305::new(Key::from_slice(data_key))
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret, aad: &aad })
-        .expect("ChaCha20-Poly1305 encryption does not fail for in-memory buffers");
-    (nonce.to_vec(), ct)
+        .map_err(|_| SealError::TooLong { device: device_id.into(), kind: kind.into() })?;
+    Ok((nonce.to_vec(), ct))
 }
 
 /// Decrypt a credential stored with [`encrypt_at_rest`].
@@ -162,7 +175,7 @@ pub fn decrypt_at_rest(
     if nonce.len() != 12 {
         return Err(err());
     }
-    let aad = serde_json::to_vec(&(REST_AAD, device_id, kind)).expect("serializes");
+    let aad = json_aad(REST_AAD, &[device_id, kind]);
     ChaCha20Poly1305::new(Key::from_slice(data_key))
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
         .map(Zeroizing::new)
@@ -172,6 +185,17 @@ pub fn decrypt_at_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn associated_data_is_the_serialized_tuple() {
+        // Credentials sealed or stored before keep opening: the bytes are serde_json's.
+        for (t, d, k) in [("alice", "d1", "password"), ("é \"\\\n\u{1}", "dev/1\t", "")] {
+            let tuple = serde_json::to_vec(&(SEAL_INFO, t, d, k)).unwrap();
+            assert_eq!(aad(t, d, k), tuple);
+            let rest = serde_json::to_vec(&(REST_AAD, d, k)).unwrap();
+            assert_eq!(json_aad(REST_AAD, &[d, k]), rest);
+        }
+    }
 
     #[test]
     fn only_the_recipient_opens_and_the_binding_holds() {
@@ -190,7 +214,7 @@ mod tests {
         assert!(matches!(seal("zz", "a", "d", "k", b"x"), Err(SealError::BadRecipient(_))));
 
         let key: [u8; 32] = rand::random();
-        let (n, ct) = encrypt_at_rest(&key, "d1", "password", b"hunter2");
+        let (n, ct) = encrypt_at_rest(&key, "d1", "password", b"hunter2").unwrap();
         assert_eq!(
             decrypt_at_rest(&key, "d1", "password", &n, &ct).unwrap().as_slice(),
             b"hunter2"

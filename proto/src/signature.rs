@@ -1,6 +1,7 @@
 //! Detached ed25519 signatures over domain-separated canonical bytes, and threshold checking
 //! against a [`TrustStore`]: what bundle manifests, rollback approvals, trust stores and catalog
 //! listings are signed with, on the laptop and the inventory server alike.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::trust::{Role, TrustError, TrustStore};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -28,14 +29,11 @@ pub struct SignatureEntry {
 
 /// A key's id: the first 8 bytes of SHA-256 over the raw public key, hex.
 pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    hex::encode(Sha256::digest(key.as_bytes()).iter().take(8).copied().collect::<Vec<u8>>())
 }
 
 fn message(context: &[u8], bytes: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(context.len() + bytes.len());
-    m.extend_from_slice(context);
-    m.extend_from_slice(bytes);
-    m
+    [context, bytes].concat()
 }
 
 /// Sign `bytes` in `context` with `key`.

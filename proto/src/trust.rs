@@ -14,6 +14,7 @@
 //! has expired (beyond the signed offline grace), bundles verified against it are refused until a
 //! rotation arrives. Optional fields are not serialized when absent, so stores made before they
 //! existed keep their signed bytes.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::canonical::{self, CanonicalIssue};
 use crate::signature::{

@@ -4,6 +4,7 @@
 //! Its canonical bytes are a fixed domain-separation prefix followed by compact JSON, so a
 //! checkpoint signature can never be confused with an event signature. Checkpoints carry no time,
 //! so the acknowledgement of a replayed batch is byte-for-byte the same as the first one.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::event::Event;
 use chrono::{DateTime, Utc};
@@ -33,6 +34,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The bytes the server signs.
+    #[allow(
+        clippy::expect_used,
+        reason = "a uuid, a number and a string: serde_json cannot fail on them"
+    )]
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = CHECKPOINT_DOMAIN.to_vec();
         out.extend(serde_json::to_vec(self).expect("a checkpoint always serializes"));

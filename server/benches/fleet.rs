@@ -6,6 +6,7 @@
 //! override with FIELDPATCH_TEST_POSTGRES). Sizes: FIELDPATCH_BENCH_TECHNICIANS (default 50),
 //! FIELDPATCH_BENCH_EVENTS_EACH (default 2000), FIELDPATCH_BENCH_BATCH (default 200),
 //! FIELDPATCH_BENCH_INSTANCES (default 3).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::event::{Event, EventKind};

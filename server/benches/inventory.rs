@@ -7,6 +7,7 @@
 //! 127.0.0.1:5432; override with FIELDPATCH_TEST_POSTGRES). Sizes: FIELDPATCH_BENCH_DEVICES
 //! (default 1000000), FIELDPATCH_BENCH_SITES (default 10000), FIELDPATCH_BENCH_TECHNICIANS
 //! (default 100), FIELDPATCH_BENCH_RUNS (requests per report, default 20).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::event::{Event, EventKind};

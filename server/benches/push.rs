@@ -6,6 +6,7 @@
 //! override with FIELDPATCH_TEST_POSTGRES). Sizes: FIELDPATCH_BENCH_EVENTS (default 100000),
 //! FIELDPATCH_BENCH_BATCH (default 1000), FIELDPATCH_BENCH_CLIENTS (concurrent laptops, default 1,
 //! at most 10: the events are spread over 10 logs).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::event::{Event, EventKind};

@@ -105,7 +105,8 @@ impl<S: Store> App<S> {
                 CREDENTIAL_KINDS.join(", ")
             )));
         }
-        let (nonce, ciphertext) = sealed::encrypt_at_rest(key, device_id, kind, secret);
+        let (nonce, ciphertext) = sealed::encrypt_at_rest(key, device_id, kind, secret)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.store
             .set_credential(&StoredCredential {
                 device_id: device_id.into(),
@@ -984,6 +985,10 @@ where
     H: axum::handler::Handler<T, Arc<App<S>>>,
     T: 'static,
 {
+    #[allow(
+        clippy::expect_used,
+        reason = "the routes name standard methods (`Method::GET`...), which all have a filter"
+    )]
     let filter = axum::routing::MethodFilter::try_from(method.clone())
         .expect("the API uses standard HTTP methods only");
     (method, path, axum::routing::on(filter, handler))

@@ -20,7 +20,7 @@
 //! Every export is verified before it is handed out.
 
 use crate::store::{Store, StoreError};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use ed25519_dalek::SigningKey;
 use fieldpatch_proto::audit::{self, AuditError, Extras, Verified};
 use fieldpatch_proto::event::{Event, EventKind};
@@ -76,13 +76,14 @@ pub fn parse_bound(text: &str, end_of_day: bool) -> Result<DateTime<Utc>, Export
             "{text:?} is neither a date (YYYY-MM-DD) nor an RFC 3339 time"
         ))
     })?;
-    let t = if end_of_day {
-        day.and_hms_nano_opt(23, 59, 59, 999_999_999)
-    } else {
-        day.and_hms_opt(0, 0, 0)
-    };
-    Ok(t.expect("a valid time of day").and_utc())
+    Ok(day.and_time(if end_of_day { LAST_NANOSECOND } else { NaiveTime::MIN }).and_utc())
 }
+
+/// 23:59:59.999999999, checked when the server is compiled.
+const LAST_NANOSECOND: NaiveTime = match NaiveTime::from_hms_nano_opt(23, 59, 59, 999_999_999) {
+    Some(t) => t,
+    None => panic!("23:59:59.999999999 is a time of day"),
+};
 
 /// Export every visit of `site` opened within `from..=to` (either bound optional), oldest first,
 /// each signed by the server's `key`.

@@ -251,6 +251,7 @@ fn load_or_create_secret(dir: &Path, name: &str) -> Result<[u8; 32], ServerError
 #[derive(Debug)]
 pub struct Bound {
     listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -268,12 +269,14 @@ impl Bound {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self { listener, tls })
+        let local_addr =
+            listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Self { listener, local_addr, tls })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound TCP listener has a local address")
+        self.local_addr
     }
 
     /// Serve `app` until the task is dropped.

@@ -72,7 +72,7 @@ pub fn prepare(events: Vec<Event>, held: &BTreeMap<Uuid, u64>) -> Vec<(Event, Pr
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("signature check does not panic"))
+            .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     })
 }

@@ -387,8 +387,9 @@ impl LogLock {
 /// the log id (a collision only makes two logs take turns).
 pub fn log_lock_key(log_id: &str) -> i64 {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("fieldpatch push lock\0{log_id}"));
-    i64::from_be_bytes(d[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
+    let d: [u8; 32] = sha2::Sha256::digest(format!("fieldpatch push lock\0{log_id}")).into();
+    let [b0, b1, b2, b3, b4, b5, b6, b7, ..] = d;
+    i64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
 }
 
 /// How long a push waits for another instance's push of the same log before answering

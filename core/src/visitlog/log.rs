@@ -175,6 +175,7 @@ impl LogProblem {
                 | ChainError::MalformedSignature { seq, .. }
                 | ChainError::BadSignature { seq, .. }
                 | ChainError::Sequence { seq, .. }
+                | ChainError::SequenceExhausted { seq, .. }
                 | ChainError::BrokenLink { seq, .. }
                 | ChainError::WrongLog { seq, .. } => *seq,
             }),

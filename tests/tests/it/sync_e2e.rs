@@ -348,7 +348,7 @@ async fn provision(db: &Db, tech_key: &SigningKey, tech: &str) -> String {
             let device = format!("{site}-dev");
             let secret = format!("password-of-{device}");
             let (nonce, ciphertext) =
-                encrypt_at_rest(&DATA_KEY, &device, "password", secret.as_bytes());
+                encrypt_at_rest(&DATA_KEY, &device, "password", secret.as_bytes()).unwrap();
             s.set_credential(&StoredCredential {
                 device_id: device,
                 kind: "password".into(),
