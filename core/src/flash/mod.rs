@@ -99,6 +99,11 @@ pub enum TargetError {
     Reported(String, bool),
     #[error("device did not answer within {0:?}")]
     Timeout(Duration),
+    /// The device came back after the reset, and what it showed fails the health check;
+    /// `device_rollback`: where the device's own bootloader went back to by itself, if it did
+    /// (not Fieldpatch's doing).
+    #[error("{reason}")]
+    Unhealthy { reason: String, device_rollback: Option<String> },
     #[error("the device does not support {0}")]
     Unsupported(&'static str),
 }
@@ -126,6 +131,7 @@ impl TargetError {
             TargetError::UsbSelect(e) => e.is_transient(),
             TargetError::Reported(_, transient) => *transient,
             TargetError::Timeout(_) => true,
+            TargetError::Unhealthy { .. } => false,
         }
     }
 
@@ -141,6 +147,7 @@ impl TargetError {
             TargetError::UsbSelect(e) => e.code(),
             TargetError::Reported(..) => "device_state",
             TargetError::Timeout(_) => "device_timeout",
+            TargetError::Unhealthy { .. } => "device_unhealthy",
             TargetError::Unsupported(_) => "unsupported",
         }
     }
@@ -532,6 +539,19 @@ pub async fn flash(
             progress.phase("reconnect");
             let after = match target.reconnect(opts.reconnect_timeout).await {
                 Ok(s) => s,
+                // The device showed itself unhealthy; where its own bootloader went back to the
+                // previous image, that is its rollback, recorded as such.
+                Err(TargetError::Unhealthy { reason, device_rollback }) => {
+                    rec(EventKind::HealthCheck { passed: false, detail: reason.clone() }).await?;
+                    return match device_rollback {
+                        Some(back) => {
+                            let reason = format!("{reason}; {back}");
+                            rec(EventKind::RolledBack { reason: reason.clone() }).await?;
+                            Ok(FlashOutcome::RolledBack { reason })
+                        }
+                        None => failed(FlashStage::HealthCheck, reason).await,
+                    };
+                }
                 // The bootloader listed the verified image and booted it; the application does
                 // not speak SMP, so there is nothing to health-check: say so, claim nothing.
                 Err(e) if target.reset_into_upload() => {

@@ -110,6 +110,7 @@ async fn target(server: &EspServer) -> EspTarget<EspSerial> {
         flash_size: Some(4 * 1024 * 1024),
         expected_chip: Some(Chip::Esp32),
         upload_baud: Some(460_800),
+        ..EspTargetOptions::default()
     };
     EspTarget::connect(port, "lab ESP32", opts).await.unwrap()
 }
@@ -144,6 +145,8 @@ async fn esp_image_is_written_md5_checked_and_booted_without_claiming_health() {
     assert!(notes.contains("no trial boot and no revert"), "{notes}");
     assert!(notes.contains("recoverable"), "{notes}");
     assert!(notes.contains("cannot be checked"), "{notes}");
+    // Reset mode none drives no EN line: the health is not claimed, a power-cycle is asked for.
+    assert!(notes.contains("health not checked") && notes.contains("power-cycle"), "{notes}");
 }
 
 #[tokio::test]

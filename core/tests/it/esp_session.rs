@@ -7,7 +7,8 @@
 //! A tampered ESP bundle is refused at catalog load, and a bundle for another chip by the target,
 //! both before the lab device sees a single FLASH_DATA. Faults: a dropped frame is recovered, a
 //! flash write failure is reported with the device left in its ROM loader. With an OTA partition
-//! table the application goes only to the slot that will boot.
+//! table the application goes to the slot the device does not run (read through the ROM
+//! loader), and OTA data selecting it is written after it.
 
 use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::bundle::PayloadFormat;
@@ -298,7 +299,8 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
             && all.contains("partitions.bin at 0x8000")
             && all.contains("the application at 0x10000")
             && all.contains("device's MD5")
-            && all.contains("ESP ROM loader cannot see the application")
+            && all.contains("health not checked")
+            && all.contains("power-cycle")
             && all.contains("unverified, not confirmed"),
         "{all}"
     );
@@ -435,9 +437,9 @@ async fn a_dropped_frame_is_recovered_and_a_flash_write_failure_is_reported_in_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ota_table_application_goes_only_to_the_slot_that_boots() {
+async fn an_ota_table_application_goes_to_the_slot_the_device_does_not_run() {
     use fieldpatch_core::flash::connect::open_esp;
-    use fieldpatch_core::flash::{FlashOptions, FlashOutcome, FlashStage, flash};
+    use fieldpatch_core::flash::{FlashOptions, FlashOutcome, flash};
     use fieldpatch_core::plan::Step;
     use fieldpatch_core::progress::NoProgress;
     use fieldpatch_core::session::ImageSource;
@@ -481,16 +483,23 @@ async fn an_ota_table_application_goes_only_to_the_slot_that_boots() {
         rollback: false,
     };
     let opts = FlashOptions { reconnect_timeout: Duration::from_secs(2), ..Default::default() };
-    let run = |bundle_id: &'static str, preload_otadata: bool| {
+    // `running`: the device already holds this table, OTA data selecting ota_1 (sequence 2)
+    // and an application there.
+    let old = esp_image(0, &bytes(20_000, 15));
+    let run = |bundle_id: &'static str, running: bool| {
         let catalog = &catalog;
         let opts = &opts;
+        let (table, old) = (table.clone(), old.clone());
         async move {
             let (esp, _server, address) = lab_esp();
-            if preload_otadata {
-                // OTA data selecting a slot (sequence 2: ota_1).
-                let mut ota = vec![0xFFu8; 0x2000];
-                ota[..4].copy_from_slice(&2u32.to_le_bytes());
-                esp.preload(0xD000, &ota);
+            if running {
+                esp.preload(0x8000, &table);
+                esp.preload(0x110000, &old);
+                let mut entry = 2u32.to_le_bytes().to_vec();
+                entry.extend_from_slice(&[0xFF; 20]);
+                entry.extend_from_slice(&2u32.to_le_bytes());
+                entry.extend_from_slice(&fieldpatch_core::image::esp::ota_seq_crc(2).to_le_bytes());
+                esp.preload(0xD000, &entry);
             }
             let record = fieldpatch_testkit::site::record("m", "Lab", "meter", address.clone());
             let image = catalog.image(&record, &step(bundle_id)).unwrap();
@@ -499,21 +508,40 @@ async fn an_ota_table_application_goes_only_to_the_slot_that_boots() {
             (out, esp)
         }
     };
+    let entry = |esp: &EspDevice, at: u32| {
+        let e = esp.flash(at, 32);
+        let w = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+        (w(0), w(24), w(28))
+    };
+    let crc = fieldpatch_core::image::esp::ota_seq_crc;
 
-    // Erased OTA data boots ota_0: the application goes there.
+    // Nothing runs yet: the application goes to the slot the manifest names, and OTA data
+    // selecting it is written (ota_0: sequence 1).
     let (out, esp) = run("meter-ota0", false).await;
     assert_eq!(out, FlashOutcome::Unverified { version: v(1, 3, 0) });
     assert_eq!(esp.flash(0x10000, app.len()), app);
+    assert_eq!(entry(&esp, 0xD000), (1, u32::MAX, crc(1)));
+    assert_eq!(esp.flash(0xE000, 32), vec![0xFF; 32]);
 
-    // The device's OTA data may select ota_1: refused before a byte is written.
+    // The device runs ota_1: the application goes to ota_0 (which the manifest names too),
+    // ota_1 is left as it was, and sequence 3 in the second entry selects ota_0.
     let (out, esp) = run("meter-ota0", true).await;
-    let FlashOutcome::Failed { stage: FlashStage::Upload, reason } = out else { panic!("{out:?}") };
-    assert!(reason.contains("not erased") && reason.contains("nothing was sent"), "{reason}");
-    assert_eq!(esp.flash_data_frames(), 0);
+    assert_eq!(out, FlashOutcome::Unverified { version: v(1, 3, 0) });
+    assert_eq!(esp.flash(0x10000, app.len()), app);
+    assert_eq!(esp.flash(0x110000, old.len()), old, "the running slot is untouched");
+    assert_eq!(entry(&esp, 0xD000), (2, 2, crc(2)));
+    assert_eq!(entry(&esp, 0xE000), (3, 0, crc(3)));
 
-    // An application in ota_1 without OTA data in the bundle would never run.
+    // The same device and a bundle naming ota_1, the running slot: the application still goes
+    // to ota_0.
+    let (out, esp) = run("meter-ota1", true).await;
+    assert_eq!(out, FlashOutcome::Unverified { version: v(1, 3, 0) });
+    assert_eq!(esp.flash(0x10000, app.len()), app);
+    assert_eq!(esp.flash(0x110000, old.len()), old);
+
+    // Nothing runs yet and the bundle names ota_1: OTA data selecting it is written.
     let (out, esp) = run("meter-ota1", false).await;
-    let FlashOutcome::Failed { stage: FlashStage::Verify, reason } = out else { panic!("{out:?}") };
-    assert!(reason.contains("starts ota_0") && reason.contains("never run"), "{reason}");
-    assert_eq!(esp.flash_data_frames(), 0);
+    assert_eq!(out, FlashOutcome::Unverified { version: v(1, 3, 0) });
+    assert_eq!(esp.flash(0x110000, app.len()), app);
+    assert_eq!(entry(&esp, 0xD000), (2, u32::MAX, crc(2)));
 }

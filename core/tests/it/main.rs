@@ -12,6 +12,7 @@ mod dfu_file_tools;
 mod dfu_gate;
 mod esp_flash;
 mod esp_image;
+mod esp_ota;
 mod esp_session;
 mod mcuboot_imgtool;
 mod offline_grace;

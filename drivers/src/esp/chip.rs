@@ -111,7 +111,12 @@ impl Chip {
 /// `run_spiflash_command`), for the chips whose layout this driver knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpiRegs {
+    /// SPI_CMD (bit 18 starts a user command and clears when it is done).
     pub base: u32,
+    /// SPI_ADDR: the address phase of a user command.
+    pub addr: u32,
+    /// The address sits in the register's top bits (ESP32) rather than its bottom bits.
+    pub addr_msb: bool,
     pub usr: u32,
     pub usr1: u32,
     pub usr2: u32,
@@ -125,6 +130,8 @@ impl Chip {
     pub fn spi_regs(self) -> Option<SpiRegs> {
         let newer = |base| SpiRegs {
             base,
+            addr: base + 0x04,
+            addr_msb: false,
             usr: base + 0x18,
             usr1: base + 0x1C,
             usr2: base + 0x20,
@@ -135,6 +142,8 @@ impl Chip {
         match self {
             Chip::Esp32 => Some(SpiRegs {
                 base: 0x3FF4_2000,
+                addr: 0x3FF4_2004,
+                addr_msb: true,
                 usr: 0x3FF4_201C,
                 usr1: 0x3FF4_2020,
                 usr2: 0x3FF4_2024,

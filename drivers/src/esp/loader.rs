@@ -2,7 +2,8 @@
 //! download with the block checksum, the MD5 check and the baud change.
 
 use super::EspError;
-use super::chip::{CHIP_DETECT_MAGIC_REG, Chip, ESP32_EFUSE_RD_BASE, ESP32_RTCCALICFG1};
+use super::bootlog::{self, BootLog, Listen};
+use super::chip::{CHIP_DETECT_MAGIC_REG, Chip, ESP32_EFUSE_RD_BASE, ESP32_RTCCALICFG1, SpiRegs};
 use super::port::EspPort;
 use super::protocol::{
     self, Command, FLASH_SECTOR_SIZE, FLASH_WRITE_SIZE, Response, StatusError, rom_error,
@@ -76,6 +77,20 @@ pub struct FlashId {
     /// The size the capacity byte gives, where it follows the common encoding.
     pub size: Option<u32>,
 }
+
+/// Bytes one SPI user command reads back (the controller's sixteen data registers W0..W15).
+pub const SPI_READ_MAX: usize = 64;
+/// Bytes [`EspLoader::read_flash`] reads in one call.
+pub const FLASH_READ_MAX: usize = 1024 * 1024;
+/// SPI flash opcodes: JEDEC id, standard read (24-bit address, no dummy cycles).
+const SPI_FLASH_RDID: u8 = 0x9F;
+const SPI_FLASH_READ: u8 = 0x03;
+/// SPI_CMD: start a user command (clears when it is done); SPI_USR phases; SPI_USR1 address length.
+const SPI_CMD_USR: u32 = 1 << 18;
+const USR_COMMAND: u32 = 1 << 31;
+const USR_ADDR: u32 = 1 << 30;
+const USR_MISO: u32 = 1 << 28;
+const USR1_ADDR_LEN_SHIFT: u32 = 26;
 
 /// Attempts at one FLASH_DATA block before giving up.
 const BLOCK_ATTEMPTS: u32 = 3;
@@ -313,18 +328,116 @@ impl<P: EspPort> EspLoader<P> {
     /// Read the SPI flash's JEDEC id (RDID) through the SPI controller's user-command registers,
     /// as esptool does; the capacity byte gives the flash size. Needs [`Self::detect_chip`].
     pub async fn flash_id(&mut self) -> Result<FlashId, EspError> {
-        const SPI_CMD_USR: u32 = 1 << 18;
-        const USR_COMMAND: u32 = 1 << 31;
-        const USR_MISO: u32 = 1 << 28;
         let regs = self
             .chip
             .and_then(Chip::spi_regs)
             .ok_or(EspError::Unsupported { command: "reading the flash id on this chip" })?;
-        let old_usr = self.read_reg(regs.usr).await?;
-        let old_usr2 = self.read_reg(regs.usr2).await?;
-        self.write_reg(regs.miso_dlen, 24 - 1).await?;
-        self.write_reg(regs.usr, USR_COMMAND | USR_MISO).await?;
-        self.write_reg(regs.usr2, (7 << 28) | 0x9F).await?;
+        let saved = self.spi_save(&regs).await?;
+        let result = self.spi_read_command(&regs, SPI_FLASH_RDID, None, 3).await;
+        self.spi_restore(&regs, saved).await?;
+        let b = result?;
+        let id = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+        let capacity = (id >> 16) as u8;
+        let size = match capacity {
+            0x12..=0x1C => Some(1u32 << capacity),
+            0x20..=0x22 => Some(1u32 << (capacity - 6)),
+            _ => None,
+        };
+        Ok(FlashId {
+            manufacturer: id as u8,
+            device: (((id >> 8) & 0xFF) << 8 | (id >> 16) & 0xFF) as u16,
+            size,
+        })
+    }
+
+    /// Read `len` bytes of flash at `offset` with the flash's standard READ command (0x03, 24-bit
+    /// address), run through the SPI controller's user-command registers in pieces of at most
+    /// [`SPI_READ_MAX`] bytes (the controller's data registers W0..W15). The ROM loader of the
+    /// newer chips has no flash read command of its own; this works on every chip whose SPI
+    /// registers [`Chip::spi_regs`] knows. Bounded: at most [`FLASH_READ_MAX`] bytes per call,
+    /// inside the flash (its size, once known) and the READ command's 16 MiB. Needs
+    /// [`Self::detect_chip`] and [`Self::spi_attach`].
+    pub async fn read_flash(&mut self, offset: u32, len: usize) -> Result<Vec<u8>, EspError> {
+        let refuse = |reason: String| EspError::FlashRead { offset, len, reason };
+        if len > FLASH_READ_MAX {
+            return Err(refuse(format!(
+                "at most {FLASH_READ_MAX} bytes are read at a time through the SPI registers"
+            )));
+        }
+        let end = u64::from(offset) + len as u64;
+        if let Some(size) = self.flash_size
+            && end > u64::from(size)
+        {
+            return Err(refuse(format!("that reaches past the device's {size}-byte flash")));
+        }
+        if end > 1 << 24 {
+            return Err(refuse(
+                "the READ command's 24-bit address reaches only the first 16 MiB".into(),
+            ));
+        }
+        let regs = self.chip.and_then(Chip::spi_regs).ok_or(EspError::Unsupported {
+            command: "reading flash through the SPI registers on this chip",
+        })?;
+        let saved = self.spi_save(&regs).await?;
+        let mut out = Vec::with_capacity(len);
+        let mut result = Ok(());
+        while out.len() < len {
+            let n = (len - out.len()).min(SPI_READ_MAX);
+            let at = offset + out.len() as u32;
+            match self.spi_read_command(&regs, SPI_FLASH_READ, Some(at), n).await {
+                Ok(piece) => out.extend_from_slice(&piece),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Put the controller back as the ROM had it, also after a failed piece.
+        let restored = self.spi_restore(&regs, saved).await;
+        result?;
+        restored?;
+        Ok(out)
+    }
+
+    async fn spi_save(&mut self, regs: &SpiRegs) -> Result<[u32; 3], EspError> {
+        Ok([
+            self.read_reg(regs.usr).await?,
+            self.read_reg(regs.usr1).await?,
+            self.read_reg(regs.usr2).await?,
+        ])
+    }
+
+    async fn spi_restore(&mut self, regs: &SpiRegs, saved: [u32; 3]) -> Result<(), EspError> {
+        self.write_reg(regs.usr, saved[0]).await?;
+        self.write_reg(regs.usr1, saved[1]).await?;
+        self.write_reg(regs.usr2, saved[2]).await
+    }
+
+    /// Run one SPI flash command that sends `opcode`, then (with `addr`) a 24-bit address, and
+    /// reads `len` (1 to 64) bytes back through W0.. (the first byte in the low byte of W0), as
+    /// esptool's `run_spiflash_command` sets the user-command registers up.
+    async fn spi_read_command(
+        &mut self,
+        regs: &SpiRegs,
+        opcode: u8,
+        addr: Option<u32>,
+        len: usize,
+    ) -> Result<Vec<u8>, EspError> {
+        debug_assert!((1..=SPI_READ_MAX).contains(&len));
+        let len = len.clamp(1, SPI_READ_MAX);
+        self.write_reg(regs.miso_dlen, (len * 8 - 1) as u32).await?;
+        let mut usr = USR_COMMAND | USR_MISO;
+        if addr.is_some() {
+            usr |= USR_ADDR;
+        }
+        self.write_reg(regs.usr, usr).await?;
+        if addr.is_some() {
+            self.write_reg(regs.usr1, (24 - 1) << USR1_ADDR_LEN_SHIFT).await?;
+        }
+        self.write_reg(regs.usr2, (7 << 28) | u32::from(opcode)).await?;
+        if let Some(a) = addr {
+            self.write_reg(regs.addr, if regs.addr_msb { a << 8 } else { a }).await?;
+        }
         self.write_reg(regs.w0, 0).await?;
         self.write_reg(regs.base, SPI_CMD_USR).await?;
         let mut done = false;
@@ -337,23 +450,18 @@ impl<P: EspPort> EspLoader<P> {
         if !done {
             return Err(EspError::Malformed {
                 command: "READ_REG",
-                detail: "the SPI flash command did not complete".into(),
+                detail: format!(
+                    "the SPI flash command 0x{opcode:02X} did not complete (the controller kept \
+                     its busy bit after 10 reads): reset the device into download mode and try again"
+                ),
             });
         }
-        let id = self.read_reg(regs.w0).await? & 0x00FF_FFFF;
-        self.write_reg(regs.usr, old_usr).await?;
-        self.write_reg(regs.usr2, old_usr2).await?;
-        let capacity = (id >> 16) as u8;
-        let size = match capacity {
-            0x12..=0x1C => Some(1u32 << capacity),
-            0x20..=0x22 => Some(1u32 << (capacity - 6)),
-            _ => None,
-        };
-        Ok(FlashId {
-            manufacturer: id as u8,
-            device: (((id >> 8) & 0xFF) << 8 | (id >> 16) & 0xFF) as u16,
-            size,
-        })
+        let mut out = Vec::with_capacity(len.div_ceil(4) * 4);
+        for i in 0..len.div_ceil(4) {
+            out.extend_from_slice(&self.read_reg(regs.w0 + 4 * i as u32).await?.to_le_bytes());
+        }
+        out.truncate(len);
+        Ok(out)
     }
 
     /// Attach the SPI flash on its default pins (ESP32 family ROMs need this before flash
@@ -540,6 +648,20 @@ impl<P: EspPort> EspLoader<P> {
         Ok(())
     }
 
+    /// Reset the device into its application (EN pulsed through the reset lines) and listen to
+    /// what it prints (see [`super::bootlog`]): the host side is switched to the console's baud
+    /// rate first, so the boot log is read from its first byte. The ROM loader is left; a device
+    /// without reset lines ([`ResetMode::NoReset`]) cannot be reset from here and is refused.
+    pub async fn boot_and_listen(&mut self, listen: &Listen) -> Result<BootLog, EspError> {
+        if self.reset == ResetMode::NoReset {
+            return Err(EspError::NoResetLine { mode: self.reset.name() });
+        }
+        self.port.set_baud(listen.console_baud)?;
+        self.port.drain();
+        reset::hard_reset(&mut self.port, self.reset).await?;
+        bootlog::listen(&mut self.port, listen).await
+    }
+
     /// Leave the loader and start the application: pulse EN where the adapter has the lines,
     /// else ask the ROM to run the user code (FLASH_BEGIN of nothing, then FLASH_END).
     pub async fn run_app(&mut self) -> Result<(), EspError> {
@@ -600,6 +722,9 @@ mod tests {
         }
         fn baud(&self) -> u32 {
             115_200
+        }
+        async fn recv_raw(&mut self, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+            Err(TransportError::Timeout(timeout))
         }
     }
 

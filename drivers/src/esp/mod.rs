@@ -9,7 +9,12 @@
 //!   rate, and [`EspSerial`], the real serial port.
 //! - [`reset`]: the classic auto-reset and USB-Serial/JTAG sequences, and "no reset".
 //! - [`loader`]: [`EspLoader`]: connect and sync, detect the chip, SPI attach and parameters,
-//!   FLASH_BEGIN/DATA/END, SPI_FLASH_MD5, CHANGE_BAUDRATE, run the application.
+//!   FLASH_BEGIN/DATA/END, SPI_FLASH_MD5, CHANGE_BAUDRATE, a bounded flash read (the SPI flash's
+//!   READ command run through the SPI controller's user-command registers with
+//!   READ_REG/WRITE_REG, 64 bytes at a time, as esptool runs RDID), run the application, and
+//!   reset into it while listening to its boot log.
+//! - [`bootlog`]: what an ESP-IDF device prints on UART0 after a reset (ROM, second-stage
+//!   bootloader, application start, panics), read for a bounded time and split into boots.
 //!
 //! Callers hand in bytes that were already verified; [`EspLoader::write_verified`] has the device
 //! hash what it wrote and compares it with the MD5 of exactly those bytes.
@@ -25,6 +30,7 @@
 //! also brings a large dependency tree for a protocol of a dozen commands. This module speaks
 //! the documented ROM protocol directly, checked against esptool through the lab device.
 
+pub mod bootlog;
 pub mod chip;
 pub mod loader;
 pub mod port;
@@ -32,8 +38,11 @@ pub mod protocol;
 pub mod reset;
 pub mod slip;
 
+pub use bootlog::{Boot, BootLog, Listen};
 pub use chip::Chip;
-pub use loader::{ChipInfo, ConnectOptions, EspLoader, FlashId, Timeouts};
+pub use loader::{
+    ChipInfo, ConnectOptions, EspLoader, FLASH_READ_MAX, FlashId, SPI_READ_MAX, Timeouts,
+};
 pub use port::{EspPort, EspSerial, ROM_BAUD};
 pub use reset::ResetMode;
 
@@ -93,6 +102,13 @@ pub enum EspError {
     Md5Mismatch { offset: u32, len: u32, expected: String, device: String },
     #[error("baud rate {0} is outside what the ESP ROM loader can use (9600 to 5000000)")]
     BadBaud(u32),
+    #[error("cannot read {len} bytes of flash at 0x{offset:X}: {reason}")]
+    FlashRead { offset: u32, len: usize, reason: String },
+    #[error(
+        "the device cannot be reset into its application from here: reset mode {mode} drives no \
+         EN line; power-cycle the device (BOOT released) to start it"
+    )]
+    NoResetLine { mode: &'static str },
 }
 
 impl EspError {
@@ -149,6 +165,8 @@ impl EspError {
             EspError::TooLarge { .. } => "esp_too_large",
             EspError::Md5Mismatch { .. } => "esp_md5_mismatch",
             EspError::BadBaud(_) => "esp_bad_baud",
+            EspError::FlashRead { .. } => "esp_flash_read",
+            EspError::NoResetLine { .. } => "esp_no_reset_line",
         }
     }
 }

@@ -27,6 +27,12 @@ pub trait EspPort: Link {
     fn set_baud(&mut self, baud: u32) -> Result<(), TransportError>;
     /// The host side's baud rate.
     fn baud(&self) -> u32;
+    /// The next bytes the line delivered, unframed (console text such as a boot log), waiting
+    /// at most `timeout` for them ([`TransportError::Timeout`] when none came).
+    fn recv_raw(
+        &mut self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, TransportError>> + Send;
 }
 
 /// A serial port speaking SLIP to an ESP ROM loader.
@@ -150,5 +156,17 @@ impl EspPort for EspSerial {
 
     fn baud(&self) -> u32 {
         self.baud
+    }
+
+    async fn recv_raw(&mut self, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        // Text bypasses the SLIP decoder; a half frame it held is of no use any more.
+        self.decoder.reset();
+        self.ready.clear();
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Err(_) => Err(TransportError::Timeout(timeout)),
+            Ok(None) => Err(TransportError::Closed),
+            Ok(Some(Err(e))) => Err(TransportError::SerialIo(e)),
+            Ok(Some(Ok(bytes))) => Ok(bytes),
+        }
     }
 }

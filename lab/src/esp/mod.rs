@@ -16,12 +16,22 @@
 //!   GET_SECURITY_INFO, which the ESP32's ROM does not have;
 //! - four status bytes (status, error, two reserved), as the ESP32 ROM sends;
 //! - a flash of a set size, in memory or written through to a file;
+//! - the SPI controller's user commands as a NOR flash answers them ([`State::spi_user_command`]):
+//!   RDID, the status registers, READ (0x03) and FAST_READ (0x0B) with a 24-bit address (in the
+//!   top bits of SPI_ADDR, as on the ESP32) into W0..W15, up to 64 bytes, and the SFDP table
+//!   (0x5A); a command whose address or dummy phase does not fit it reads as the idle line;
 //! - faults ([`EspFaults`]): dropped frames, blocks that arrive with a bad checksum, a flash that
-//!   fails to keep a block (error 0x08) or silently keeps it corrupted, and a stall.
+//!   fails to keep a block (error 0x08) or silently keeps it corrupted, a stall, and an
+//!   application that crashes at boot;
+//! - the reset into the application ([`EspDevice::boot_app`], simulated by [`boot`]): the ROM,
+//!   ESP-IDF's second-stage bootloader (partition table, OTA data, slot choice, image check,
+//!   rollback when enabled) and the application's start, printed as ESP-IDF's boot log.
 //!
-//! A pty has no DTR/RTS, so the reset into download mode is [`EspDevice::enter_download_mode`]
-//! (what a technician does with the BOOT and EN buttons).
+//! A pty has no DTR/RTS, so the resets are [`EspDevice::enter_download_mode`] (what a technician
+//! does with the BOOT and EN buttons) and [`EspDevice::boot_app`]; [`serial::WiredPort`] is a
+//! port whose DTR/RTS drive EN and GPIO0 of the module through the classic auto-reset circuit.
 
+pub mod boot;
 pub mod serial;
 
 use fieldpatch_drivers::esp::chip::{
@@ -35,9 +45,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// ESP32 SPI0/1 controller registers (user commands run through them).
 const SPI_REG_BASE: u32 = 0x3FF4_2000;
 const SPI_CMD_REG: u32 = SPI_REG_BASE;
+const SPI_ADDR_REG: u32 = SPI_REG_BASE + 0x04;
+const SPI_USR_REG: u32 = SPI_REG_BASE + 0x1C;
+const SPI_USR1_REG: u32 = SPI_REG_BASE + 0x20;
 const SPI_USR2_REG: u32 = SPI_REG_BASE + 0x24;
+const SPI_MISO_DLEN_REG: u32 = SPI_REG_BASE + 0x2C;
 const SPI_W0_REG: u32 = SPI_REG_BASE + 0x80;
 const SPI_CMD_USR: u32 = 1 << 18;
+/// SPI_USR: which phases a user command has.
+const USR_ADDR: u32 = 1 << 30;
+const USR_DUMMY: u32 = 1 << 29;
+const USR_MISO: u32 = 1 << 28;
+/// The data registers W0..W15.
+const SPI_DATA_BYTES: usize = 64;
 /// UART0 clock divisor (esptool estimates the crystal from it and the baud rate).
 const UART_CLKDIV_REG: u32 = 0x3FF4_0014;
 /// APB_CTL_DATE (its top bit is part of the chip revision).
@@ -61,6 +81,9 @@ pub struct EspConfig {
     pub flash_file: Option<PathBuf>,
     /// Pace the pty at the current baud rate (8N1), as a real UART would.
     pub paced: bool,
+    /// The second-stage bootloader in flash was built with application rollback
+    /// (`CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`): see [`boot`].
+    pub rollback: bool,
 }
 
 impl Default for EspConfig {
@@ -70,6 +93,7 @@ impl Default for EspConfig {
             mac: [0x24, 0x0A, 0xC4, 0x12, 0x34, 0x56],
             flash_file: None,
             paced: false,
+            rollback: false,
         }
     }
 }
@@ -92,6 +116,9 @@ pub struct EspFaults {
     pub corrupt_at_seq: Option<u32>,
     /// Answer this many more commands, then nothing at all.
     pub stall_after: Option<u32>,
+    /// An application whose descriptor reports this version panics at boot (and the chip
+    /// reboots), see [`boot`].
+    pub crash_version: Option<String>,
 }
 
 /// What the device does with the line after a frame.
@@ -118,6 +145,10 @@ struct State {
     flash: Vec<u8>,
     regs: HashMap<u32, u32>,
     in_loader: bool,
+    /// EN held low: the chip is in reset and answers nothing.
+    held: bool,
+    /// The flash offset of the application running since the last reset into it.
+    running: Option<u32>,
     download: Option<Download>,
     params_size: Option<u32>,
     baud: u32,
@@ -183,6 +214,8 @@ impl EspDevice {
             flash,
             regs,
             in_loader: true,
+            held: false,
+            running: None,
             download: None,
             params_size: None,
             baud: 115_200,
@@ -254,11 +287,55 @@ impl EspDevice {
         self.lock().baud
     }
 
+    /// The flash offset of the application the last reset into it left running (`None`: in the
+    /// loader, or no application runs).
+    pub fn running(&self) -> Option<u32> {
+        self.lock().running
+    }
+
+    /// Hold the chip in reset (EN low): it answers nothing until [`Self::release`].
+    pub fn hold(&self) {
+        let mut s = self.lock();
+        s.held = true;
+        s.in_loader = false;
+        s.running = None;
+    }
+
+    /// Release EN: the chip starts in download mode when GPIO0 is held low, else from flash
+    /// ([`Self::boot_app`]). Returns what it prints.
+    pub fn release(&self, gpio0_low: bool) -> Vec<u8> {
+        self.lock().held = false;
+        if gpio0_low { self.enter_download_mode() } else { self.boot_app() }
+    }
+
+    /// Start from flash, as a reset with GPIO0 high does: the ROM, the second-stage bootloader
+    /// and the application as [`boot`] simulates them, at 115200 baud. Returns the boot log.
+    pub fn boot_app(&self) -> Vec<u8> {
+        let mut s = self.lock();
+        s.in_loader = false;
+        s.held = false;
+        s.download = None;
+        s.params_size = None;
+        s.baud = 115_200;
+        s.regs.insert(UART_CLKDIV_REG, (XTAL_HZ / 115_200) as u32);
+        s.boots += 1;
+        let rollback = s.config.rollback;
+        let crash = s.faults.crash_version.clone();
+        let run = boot::boot(&mut s.flash, rollback, crash.as_deref());
+        for &(start, end) in &run.writes {
+            persist(&s, start, end);
+        }
+        s.running = run.running;
+        run.text
+    }
+
     /// Reset into download mode, as holding BOOT and pressing EN does: the loader runs at
     /// 115200 baud again and any download in progress is forgotten. Returns the ROM's banner.
     pub fn enter_download_mode(&self) -> Vec<u8> {
         let mut s = self.lock();
         s.in_loader = true;
+        s.held = false;
+        s.running = None;
         s.download = None;
         s.params_size = None;
         s.baud = 115_200;
@@ -271,7 +348,7 @@ impl EspDevice {
     pub fn handle(&self, frame: &[u8]) -> Outcome {
         let mut s = self.lock();
         let mut out = Outcome::default();
-        if !s.in_loader || s.stalled {
+        if !s.in_loader || s.held || s.stalled {
             return out;
         }
         let Ok(req) = protocol::parse_request(frame) else {
@@ -335,6 +412,22 @@ fn rom_banner() -> Vec<u8> {
     b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 \
       (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
         .to_vec()
+}
+
+/// The flash's SFDP table: the header (signature "SFDP", revision 1.6, one parameter header),
+/// the basic flash parameter table's header pointing at 0x30, and its density word (size in bits
+/// minus one); everything else reads as erased.
+fn sfdp_byte(at: usize, flash_size: usize) -> u8 {
+    const HEAD: [u8; 16] =
+        [b'S', b'F', b'D', b'P', 0x06, 0x01, 0x00, 0xFF, 0x00, 0x06, 0x01, 0x10, 0x30, 0, 0, 0xFF];
+    if let Some(b) = HEAD.get(at) {
+        return *b;
+    }
+    let density = ((flash_size as u64 * 8).saturating_sub(1) as u32).to_le_bytes();
+    match at {
+        0x34..=0x37 => density[at - 0x34],
+        _ => 0xFF,
+    }
 }
 
 /// The CRC-8 esp-idf keeps beside the factory MAC (polynomial 0x8C, reflected).
@@ -470,15 +563,56 @@ impl State {
         out.replies.push(reply);
     }
 
+    /// Run the SPI user command the registers describe, as the controller and a NOR flash would:
+    /// the opcode (SPI_USR2), an address phase of SPI_USR1's length (the address in the top bits
+    /// of SPI_ADDR on the ESP32), dummy cycles, and SPI_MISO_DLEN + 1 bits read into W0..W15
+    /// (the first byte in W0's low byte; at most 64 bytes, what the data registers hold).
     fn spi_user_command(&mut self) {
-        let command = self.regs.get(&SPI_USR2_REG).copied().unwrap_or(0) & 0xFF;
-        let w0 = match command {
-            // RDID: manufacturer, memory type, capacity (log2 of the size).
-            0x9F => (self.flash.len().trailing_zeros() << 16) | (FLASH_TYPE << 8) | FLASH_VENDOR,
-            _ => 0,
+        let reg = |regs: &HashMap<u32, u32>, a: u32| regs.get(&a).copied().unwrap_or(0);
+        let usr = reg(&self.regs, SPI_USR_REG);
+        let usr1 = reg(&self.regs, SPI_USR1_REG);
+        let opcode = (reg(&self.regs, SPI_USR2_REG) & 0xFF) as u8;
+        let miso = if usr & USR_MISO != 0 {
+            ((reg(&self.regs, SPI_MISO_DLEN_REG) as usize & 0x00FF_FFFF) + 1)
+                .div_ceil(8)
+                .min(SPI_DATA_BYTES)
+        } else {
+            0
         };
-        self.regs.insert(SPI_W0_REG, w0);
-        let cmd = self.regs.get(&SPI_CMD_REG).copied().unwrap_or(0);
+        let addr = (usr & USR_ADDR != 0).then(|| {
+            let bits = (usr1 >> 26) + 1;
+            (reg(&self.regs, SPI_ADDR_REG) >> (32 - bits), bits)
+        });
+        let dummy = if usr & USR_DUMMY != 0 { (usr1 & 0xFF) + 1 } else { 0 };
+        let size = self.flash.len();
+        // What the flash drives on MISO; a command sent with the wrong address or dummy phase
+        // reads as the idle line (all ones), as would an opcode this flash does not know.
+        let idle = vec![0xFFu8; miso];
+        let data: Vec<u8> = match (opcode, addr, dummy) {
+            // RDID: manufacturer, memory type, capacity (log2 of the size).
+            (0x9F, None, 0) => {
+                let id = [FLASH_VENDOR as u8, FLASH_TYPE as u8, size.trailing_zeros() as u8];
+                (0..miso).map(|i| id.get(i).copied().unwrap_or(0xFF)).collect()
+            }
+            // RDSR, RDSR2, RDSR3: nothing busy, nothing protected.
+            (0x05 | 0x35 | 0x15, None, 0) => vec![0; miso],
+            // READ (no dummy) and FAST_READ (8 dummy cycles): the address wraps at the flash's
+            // end, as a NOR flash's internal counter does.
+            (0x03, Some((a, 24)), 0) | (0x0B, Some((a, 24)), 8) => {
+                (0..miso).map(|i| self.flash[(a as usize + i) % size]).collect()
+            }
+            // RDSFDP: 24-bit address, 8 dummy cycles.
+            (0x5A, Some((a, 24)), 8) => {
+                (0..miso).map(|i| sfdp_byte(a as usize + i, size)).collect()
+            }
+            _ => idle,
+        };
+        for (i, word) in data.chunks(4).enumerate() {
+            let mut w = [0u8; 4];
+            w[..word.len()].copy_from_slice(word);
+            self.regs.insert(SPI_W0_REG + 4 * i as u32, u32::from_le_bytes(w));
+        }
+        let cmd = reg(&self.regs, SPI_CMD_REG);
         self.regs.insert(SPI_CMD_REG, cmd & !SPI_CMD_USR);
     }
 
@@ -579,6 +713,8 @@ mod tests {
     fn rdid_through_the_spi_registers_reports_the_flash_size() {
         let dev = EspDevice::new(EspConfig { flash_size: 2 * 1024 * 1024, ..Default::default() })
             .unwrap();
+        ask(&dev, Command::WriteReg, &words(&[SPI_MISO_DLEN_REG, 23, u32::MAX, 0]), 0);
+        ask(&dev, Command::WriteReg, &words(&[SPI_USR_REG, (1 << 31) | USR_MISO, u32::MAX, 0]), 0);
         ask(&dev, Command::WriteReg, &words(&[SPI_USR2_REG, (7 << 28) | 0x9F, u32::MAX, 0]), 0);
         ask(&dev, Command::WriteReg, &words(&[SPI_CMD_REG, SPI_CMD_USR, u32::MAX, 0]), 0);
         let r = ask(&dev, Command::ReadReg, &SPI_CMD_REG.to_le_bytes(), 0);
