@@ -2,7 +2,9 @@
 //! Linux gateways run it.
 //!
 //! - `POST /upload`: a `multipart/form-data` upload of a `.swu`, streamed from the file (no copy of
-//!   the image in memory) with an exact `Content-Length`, progress reported as bytes leave.
+//!   the image in memory: 1 MiB chunks read and hashed on a blocking thread, a bounded few of them
+//!   ahead of the connection) with an exact `Content-Length`, progress reported as chunks are
+//!   handed to the connection.
 //! - HTTP digest authentication ([`digest`]) when the daemon has an auth domain: the credentials
 //!   are handed in by the caller for one job, checked with a cheap authenticated `GET /` before a
 //!   byte of the image is sent, and never logged or put into an error.
@@ -164,7 +166,94 @@ struct WsMessage {
 }
 
 const BOUNDARY: &str = "----fieldpatch-swupdate-7c1e4b2d9a0f";
-const CHUNK: usize = 64 * 1024;
+/// One piece of the image handed to the connection: large, so that reading, hashing and
+/// sending cost few system calls and thread hand-offs per MiB (the daemon on a small gateway
+/// needs the CPU more than the client does).
+const CHUNK: usize = 1024 * 1024;
+/// Chunks read ahead of the connection, at most: the memory an upload holds is bounded by
+/// `(READ_AHEAD + 2) * CHUNK` whatever the image's size.
+pub const READ_AHEAD: usize = 2;
+
+/// The image's bytes for one upload, produced on a blocking thread (reading the file and
+/// hashing it there, off the connection's thread) and handed over through a bounded channel.
+struct Feed {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    /// SHA-256 of every chunk handed over, updated before the chunk is.
+    hasher: Arc<std::sync::Mutex<Sha256>>,
+    /// Why producing failed, if it did (the connection only sees an aborted body).
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Feed {
+    /// Starts producing: `next` gives the next chunk, `None` at the end. The thread stops at the
+    /// end, at the first error (handed over as the stream's last item), or when the upload is
+    /// dropped.
+    fn start(mut next: impl FnMut() -> std::io::Result<Option<Bytes>> + Send + 'static) -> Feed {
+        let (tx, chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let (h, f) = (hasher.clone(), failed.clone());
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let item = match next() {
+                    Ok(None) => return,
+                    Ok(Some(chunk)) => {
+                        if let Ok(mut h) = h.lock() {
+                            h.update(&chunk);
+                        }
+                        Ok(chunk)
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = f.lock() {
+                            *f = Some(e.to_string());
+                        }
+                        Err(e)
+                    }
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Feed { chunks, hasher, failed }
+    }
+
+    fn into_stream(self) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+        futures_util::stream::unfold(self.chunks, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        })
+    }
+}
+
+/// Exactly `len` bytes of `file` from where it stands, in chunks of [`CHUNK`]; a file that
+/// ends early is an error, bytes past `len` are not read.
+fn file_chunks(
+    mut file: std::fs::File,
+    len: u64,
+) -> impl FnMut() -> std::io::Result<Option<Bytes>> + Send + 'static {
+    let mut left = len;
+    move || {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(CHUNK as u64);
+        // Read into fresh capacity (not zeroed first): a chunk leaves with its buffer.
+        let mut buf = Vec::with_capacity(want as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, want), &mut buf)?;
+        if (buf.len() as u64) < want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ended {} bytes short of the {len} it had when the upload started",
+                    left - buf.len() as u64
+                ),
+            ));
+        }
+        left -= want;
+        Ok(Some(Bytes::from(buf)))
+    }
+}
 
 impl SwupdateClient {
     /// A client for the daemon at `url` (`http://HOST:PORT`, no path).
@@ -304,7 +393,8 @@ impl SwupdateClient {
     }
 
     /// Uploads the `.swu` at `path` and waits for the daemon's verdict. Credentials are checked
-    /// before the upload starts; the file is streamed in 64 KiB chunks.
+    /// before the upload starts; the file is read (and hashed) on a blocking thread in 1 MiB
+    /// chunks, at most [`READ_AHEAD`] of them ahead of the connection, never the whole file.
     pub async fn install(
         &self,
         path: &Path,
@@ -317,16 +407,24 @@ impl SwupdateClient {
         };
         let file = tokio::fs::File::open(path).await.map_err(image_err)?;
         let len = file.metadata().await.map_err(image_err)?.len();
+        let file = file.into_std().await;
         let filename = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "update.swu".into());
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK);
-        self.install_stream(&filename, len, stream, credentials, progress).await
+        let source = Feed::start(file_chunks(file, len));
+        let result = self.install_stream(&filename, len, source, credentials, progress).await;
+        // A file that failed while it was read is the reason the upload broke off.
+        result.map_err(|e| match e {
+            SwupdateError::Image { reason, .. } => {
+                SwupdateError::Image { path: path.display().to_string(), reason }
+            }
+            e => e,
+        })
     }
 
     /// [`SwupdateClient::install`] of a `.swu` held in memory (named `name` in the upload): the
-    /// bytes go out in 64 KiB slices of `image`, without a further copy.
+    /// bytes go out in 1 MiB slices of `image`, without a further copy.
     pub async fn install_bytes(
         &self,
         name: &str,
@@ -336,24 +434,24 @@ impl SwupdateClient {
     ) -> Result<InstallReport, SwupdateError> {
         let image = Bytes::from(image);
         let len = image.len();
-        let stream =
-            futures_util::stream::iter((0..len).step_by(CHUNK).map(move |at| {
-                Ok::<Bytes, std::io::Error>(image.slice(at..(at + CHUNK).min(len)))
-            }));
-        self.install_stream(name, len as u64, stream, credentials, progress).await
+        let mut at = 0;
+        let source = Feed::start(move || {
+            let end = (at + CHUNK).min(len);
+            let chunk = (at < end).then(|| image.slice(at..end));
+            at = end;
+            Ok(chunk)
+        });
+        self.install_stream(name, len as u64, source, credentials, progress).await
     }
 
-    async fn install_stream<S>(
+    async fn install_stream(
         &self,
         filename: &str,
         len: u64,
-        source: S,
+        source: Feed,
         credentials: Option<&DigestCredentials>,
         progress: &dyn Progress,
-    ) -> Result<InstallReport, SwupdateError>
-    where
-        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
-    {
+    ) -> Result<InstallReport, SwupdateError> {
         let filename: String =
             filename.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect();
 
@@ -371,14 +469,12 @@ impl SwupdateClient {
         let content_length = prefix.len() as u64 + len + suffix.len() as u64;
         let sent = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+        let hasher = source.hasher.clone();
+        let feed_failed = source.failed.clone();
         let file_stream = {
-            let (sent, hasher) = (sent.clone(), hasher.clone());
-            source.map(move |chunk| {
+            let sent = sent.clone();
+            source.into_stream().map(move |chunk| {
                 if let Ok(c) = &chunk {
-                    if let Ok(mut h) = hasher.lock() {
-                        h.update(c);
-                    }
                     sent.fetch_add(c.len() as u64, Ordering::Relaxed);
                 }
                 chunk
@@ -413,6 +509,10 @@ impl SwupdateClient {
                     Ok(resp) => break resp,
                     // The daemon stops reading when it refuses an image early (a bad signature):
                     // its verdict is on the status channel.
+                    // The image could not be read to its end: that, not the link, broke it off.
+                    Err(_) if let Some(reason) = feed_failed.lock().ok().and_then(|f| f.clone()) => {
+                        return Err(SwupdateError::Image { path: filename, reason });
+                    }
                     Err(e) if !e.is_connect() => {
                         // Without a verdict of its own, a connection the daemon closed during the
                         // upload is a dropped link (it may also have answered "busy" and hung
@@ -643,6 +743,64 @@ fn refused(errors: Vec<String>) -> SwupdateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len as u64).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect()
+    }
+
+    #[test]
+    fn file_chunks_read_exactly_the_length_in_order() {
+        let len = 2 * CHUNK + CHUNK / 2 + 3;
+        let mut f = tempfile::tempfile().unwrap();
+        let data = pattern(len + 100);
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        let mut next = file_chunks(f, len as u64);
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(c) = next().unwrap() {
+            sizes.push(c.len());
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK / 2 + 3]);
+        assert_eq!(got, data[..len]);
+        assert!(next().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_shorter_than_it_was_is_an_error() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &pattern(CHUNK + 10)).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        let mut next = file_chunks(f, (2 * CHUNK) as u64);
+        assert_eq!(next().unwrap().map(|c| c.len()), Some(CHUNK));
+        let e = next().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains(&format!("{} bytes short", CHUNK - 10)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_feed_hands_chunks_over_in_order_hashed_and_ends_at_an_error() {
+        let data = Bytes::from(pattern(3 * CHUNK));
+        let mut at = 0;
+        let src = data.clone();
+        let feed = Feed::start(move || {
+            if at == src.len() {
+                return Err(std::io::Error::other("disk read error"));
+            }
+            at += CHUNK;
+            Ok(Some(src.slice(at - CHUNK..at)))
+        });
+        let (hasher, failed) = (feed.hasher.clone(), feed.failed.clone());
+        let items: Vec<_> = feed.into_stream().collect().await;
+        assert_eq!(items.len(), 4);
+        let sent: Vec<u8> = items[..3].iter().flat_map(|c| c.as_ref().unwrap().to_vec()).collect();
+        assert_eq!(sent, data);
+        assert!(items[3].is_err());
+        assert_eq!(failed.lock().unwrap().as_deref(), Some("disk read error"));
+        let hash: [u8; 32] = hasher.lock().unwrap().clone().finalize().into();
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&data)));
+    }
 
     #[test]
     fn urls_and_codes() {

@@ -7,3 +7,4 @@ mod smp_bad_input;
 mod smp_lab;
 mod smp_recovery;
 mod swupdate;
+mod swupdate_short_file;
