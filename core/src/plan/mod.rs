@@ -535,26 +535,30 @@ pub const SERIAL_RECOVERY_NO_ROLLBACK: &str = "in MCUboot serial recovery: the n
 fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Disposition {
     let unpatchable = |why| Disposition::Unpatchable { why };
     let id = &d.identity;
-    let missing: Vec<&str> = [
-        ("vendor", id.vendor.is_none()),
-        ("model", id.model.is_none()),
-        ("firmware version", id.firmware_version.is_none()),
-    ]
-    .into_iter()
-    .filter_map(|(n, m)| m.then_some(n))
-    .collect();
-    if !missing.is_empty() {
+    let (Some(vendor), Some(model), Some(current)) =
+        (id.vendor.clone(), id.model.clone(), id.firmware_version)
+    else {
+        let missing: Vec<&str> = [
+            ("vendor", id.vendor.is_none()),
+            ("model", id.model.is_none()),
+            ("firmware version", id.firmware_version.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(n, m)| m.then_some(n))
+        .collect();
         return unpatchable(Unpatchable::UnknownDevice { missing: missing.join(", ") });
-    }
-    let current = id.firmware_version.expect("checked above");
-    let vendor = id.vendor.clone().unwrap_or_default();
-    let model = id.model.clone().unwrap_or_default();
+    };
 
     let matching: Vec<&PlannableBundle> = input.catalog.iter().filter(|e| e.targets(id)).collect();
-    if matching.is_empty() {
+    // The first of the bundles that install the highest version.
+    let Some(latest_entry) = matching
+        .iter()
+        .copied()
+        .reduce(|best, e| if e.installs > best.installs { e } else { best })
+    else {
         return unpatchable(Unpatchable::NoBundle { vendor, model });
-    }
-    let latest = matching.iter().map(|e| e.installs).max().expect("non-empty");
+    };
+    let latest = latest_entry.installs;
 
     let steps = if current > latest {
         // Newer than anything approved: only an approved downgrade to `latest` moves it.
@@ -577,10 +581,9 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
                 rollback: true,
             }],
             (true, None) => {
-                let e = matching.iter().find(|e| e.installs == latest).expect("latest exists");
                 return unpatchable(Unpatchable::BundleExpired {
-                    bundle_id: e.bundle_id.clone(),
-                    usable_until: e.usable_until,
+                    bundle_id: latest_entry.bundle_id.clone(),
+                    usable_until: latest_entry.usable_until,
                 });
             }
             (false, _) => {
@@ -597,10 +600,9 @@ fn plan_device(input: &PlanInput, d: &DeviceRecord, now: DateTime<Utc>) -> Dispo
         if reached == current {
             // Nothing usable moves it: say whether expiry is what stands in the way.
             let all = shortest_path(&matching, current);
-            if let Some(step) = all.iter().find(|s| {
-                matching.iter().any(|e| e.bundle_id == s.bundle_id && e.usable_until < now)
+            if let Some(e) = all.iter().find_map(|s| {
+                matching.iter().find(|e| e.bundle_id == s.bundle_id && e.usable_until < now)
             }) {
-                let e = matching.iter().find(|e| e.bundle_id == step.bundle_id).expect("exists");
                 return unpatchable(Unpatchable::BundleExpired {
                     bundle_id: e.bundle_id.clone(),
                     usable_until: e.usable_until,
@@ -655,7 +657,8 @@ fn shortest_path(entries: &[&PlannableBundle], from: Version) -> Vec<Step> {
             }
         }
     }
-    let best = *seen.iter().next_back().expect("contains from");
+    // `seen` holds `from` at least.
+    let best = seen.last().copied().unwrap_or(from);
     let mut steps = Vec::new();
     let mut at = best;
     while at != from {

@@ -26,6 +26,10 @@ pub trait Command {
     /// The whole SMP packet (header and body) for sequence number `seq`.
     fn to_bytes(&self, seq: u8) -> Vec<u8> {
         let mut body = Vec::new();
+        #[allow(
+            clippy::expect_used,
+            reason = "a CBOR value written into a Vec: neither the encoder nor the writer can fail"
+        )]
         ciborium::into_writer(&Value::Map(self.body()), &mut body)
             .expect("CBOR encoding into a Vec cannot fail");
         let header = Header::request(Self::OP, Self::GROUP, Self::ID, seq, body.len() as u16);
