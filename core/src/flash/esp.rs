@@ -755,9 +755,9 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
             None => format!("the application at {offset:#x}"),
         });
         let how = if self.opts.connect.reset == ResetMode::NoReset {
-            "and the ROM asked to run the user code; health not checked: reset mode none drives no EN line, so the device could not be reset into its application from here: the technician must power-cycle it (BOOT released) and check that it starts"
+            "and the ROM asked to run the user code; health not checked: the ESP ROM loader cannot see the application, and reset mode none drives no EN line, so the device could not be reset into its application from here: the technician must power-cycle it (BOOT released) and check that it starts"
         } else {
-            "and the device reset into its application; its boot log could not be read"
+            "and the device reset into its application, whose boot was not checked (the ESP ROM loader cannot see the application, and its boot log was not read)"
         };
         Some(format!(
             "written ({}), each region checked with the device's MD5, {how}",
@@ -823,7 +823,7 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
                 self.placed_note.as_deref().map(|n| format!("; {n}")).unwrap_or_default()
             ),
             SlotPlan::Provision { slot, .. } => format!(
-                "{who}: no application runs in this partition layout yet, so there is nothing to fall back to: the application goes to {} ({:#x}) and OTA data selecting it is written; no trial boot and no revert. A failed or interrupted write leaves the device in its ROM loader, from which it can be written again (recoverable). Each region is checked with the device's MD5 before the device is reset into the application",
+                "{who}: the device runs no application in this partition layout yet (a new layout, or nothing in the slot that boots), so there is nothing to fall back to: the application goes to {} ({:#x}), selected by OTA data; no trial boot and no revert. A failed or interrupted write leaves the device in its ROM loader, from which it can be written again (recoverable). Each region is checked with the device's MD5 before the device is reset into the application",
                 slot.name, slot.offset
             ),
             SlotPlan::InPlace => format!(

@@ -239,3 +239,29 @@ async fn a_dropped_port_can_be_opened_again_at_once() {
     let mut loader = connect(&device, &server).await;
     loader.spi_attach().await.unwrap();
 }
+
+#[tokio::test]
+async fn flash_reads_through_the_spi_registers_return_the_flash_and_refuse_out_of_range() {
+    let (device, server) = lab();
+    let stored = payload(0x3000, 41);
+    device.preload(0x8000, &stored);
+    let mut loader = connect(&device, &server).await;
+    // Unaligned, across several 64-byte pieces, ending mid-word.
+    let read = loader.read_flash(0x8003, 301).await.unwrap();
+    assert_eq!(read, device.flash(0x8003, 301));
+    assert_eq!(loader.read_flash(0x8000, 1).await.unwrap(), vec![stored[0]]);
+    assert_eq!(loader.read_flash(0x8000, 0).await.unwrap(), Vec::<u8>::new());
+    // The last bytes of the flash, then past its end (never sent: the SPI registers untouched).
+    assert_eq!(loader.read_flash(0x3F_FFC0, 64).await.unwrap(), vec![0xFF; 64]);
+    let before = device.commands().len();
+    let err = loader.read_flash(0x3F_FFC0, 65).await.unwrap_err();
+    assert!(matches!(err, EspError::FlashRead { .. }), "{err}");
+    assert!(err.to_string().contains("past the device's 4194304-byte flash"), "{err}");
+    let err = loader.read_flash(0, 2 * 1024 * 1024).await.unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+    assert_eq!(device.commands().len(), before, "nothing sent for a refused read");
+    // The controller was put back: the flash id still reads, and writes still verify.
+    let id = loader.flash_id().await.unwrap();
+    assert_eq!(id.size, Some(4 * 1024 * 1024));
+    loader.write_verified(0x20000, &payload(5000, 42), &Record::default()).await.unwrap();
+}

@@ -16,7 +16,7 @@
 //!   GET_SECURITY_INFO, which the ESP32's ROM does not have;
 //! - four status bytes (status, error, two reserved), as the ESP32 ROM sends;
 //! - a flash of a set size, in memory or written through to a file;
-//! - the SPI controller's user commands as a NOR flash answers them ([`State::spi_user_command`]):
+//! - the SPI controller's user commands as a NOR flash answers them:
 //!   RDID, the status registers, READ (0x03) and FAST_READ (0x0B) with a 24-bit address (in the
 //!   top bits of SPI_ADDR, as on the ESP32) into W0..W15, up to 64 bytes, and the SFDP table
 //!   (0x5A); a command whose address or dummy phase does not fit it reads as the idle line;

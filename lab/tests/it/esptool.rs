@@ -1,7 +1,9 @@
 //! Faithfulness: the real `esptool` (PyPI) drives the simulated ESP32 ROM loader over a real pty
 //! with `--before no-reset --after no-reset --no-stub`: chip id and MAC, an image written at an
 //! offset and verified (esptool checks SPI_FLASH_MD5 itself after writing), also after
-//! CHANGE_BAUDRATE to 921600.
+//! CHANGE_BAUDRATE to 921600; the SPI user commands (RDID, the status registers, SFDP with its
+//! address and dummy phases) as esptool runs them, and esptool's ROM flash read (READ_FLASH_SLOW)
+//! against the flash the Fieldpatch driver reads through the SPI registers.
 
 use fieldpatch_lab::esp::serial::serve_pty;
 use fieldpatch_lab::esp::{EspConfig, EspDevice};
@@ -135,4 +137,42 @@ fn esptool_refuses_a_write_past_the_flash() {
     assert!(!success, "{out}");
     assert!(out.contains("1048576 bytes of flash"), "esptool sized the flash from RDID:\n{out}");
     assert_eq!(device.flash_data_frames(), 0);
+}
+
+#[test]
+fn esptool_runs_spi_user_commands_and_reads_the_flash_the_driver_reads() {
+    let device = EspDevice::new(EspConfig::default()).unwrap();
+    let stored = payload(0x400, 23);
+    device.preload(0xD000, &stored);
+    let server = serve_pty(device.clone()).unwrap();
+    let port = server.path();
+
+    // RDSR/RDSR2 through the user-command registers.
+    let status = ok(port, 115_200, &["read-flash-status", "--bytes", "2"]);
+    assert!(status.contains("Flash memory status: 0x0000"), "{status}");
+    // SFDP: 24-bit address in SPI_ADDR's top bits, 8 dummy cycles.
+    let sfdp = ok(port, 115_200, &["read-flash-sfdp", "0", "4"]);
+    assert!(sfdp.contains("0x53 0x46 0x44 0x50"), "the SFDP signature:\n{sfdp}");
+
+    // esptool --no-stub reads flash with the ESP32 ROM's READ_FLASH_SLOW; the driver reads the
+    // same bytes with the flash's READ command through the SPI registers.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("read.bin");
+    ok(port, 115_200, &["read-flash", "0xd000", "0x400", out.to_str().unwrap()]);
+    let by_esptool = std::fs::read(&out).unwrap();
+    assert_eq!(by_esptool, stored);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let by_driver = rt.block_on(async {
+        use fieldpatch_drivers::esp::{ConnectOptions, EspLoader, EspSerial, ROM_BAUD, ResetMode};
+        let serial = EspSerial::open(port.to_str().unwrap(), ROM_BAUD).unwrap();
+        let opts = ConnectOptions { reset: ResetMode::NoReset, ..ConnectOptions::default() };
+        let mut loader = EspLoader::connect(serial, opts).await.unwrap();
+        loader.detect_chip().await.unwrap();
+        loader.spi_attach().await.unwrap();
+        loader.read_flash(0xD000, 0x400).await.unwrap()
+    });
+    assert_eq!(by_driver, by_esptool);
+    // And esptool still sees the flash as before.
+    let flash = ok(port, 115_200, &["flash-id"]);
+    assert!(flash.contains("Detected flash size: 4MB"), "{flash}");
 }
