@@ -21,6 +21,11 @@ impl SelfSigned {
 
 /// Write `cert.pem` and `key.pem` into `dir`.
 pub fn self_signed(dir: &Path) -> SelfSigned {
+    self_signed_for(dir, "IP:127.0.0.1,DNS:localhost")
+}
+
+/// [`self_signed`] for the names in `subject_alt_names` (openssl's form: `IP:192.0.2.1`).
+pub fn self_signed_for(dir: &Path, subject_alt_names: &str) -> SelfSigned {
     let files = SelfSigned { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
     let status = Command::new("openssl")
         .args([
@@ -33,7 +38,7 @@ pub fn self_signed(dir: &Path) -> SelfSigned {
             "-nodes",
         ])
         .args(["-days", "1", "-subj", "/CN=fieldpatch-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", &format!("subjectAltName={subject_alt_names}")])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&files.key)

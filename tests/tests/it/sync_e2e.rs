@@ -254,6 +254,17 @@ impl ServerThread {
         port: u16,
         tls: Option<fieldpatch_server::TlsFiles>,
     ) -> Self {
+        Self::start_on(db, key, std::net::SocketAddr::from(([127, 0, 0, 1], port)), tls)
+    }
+
+    /// Start a server on `db` listening at `addr`; its thread is started from the calling
+    /// thread, so it serves in that thread's network namespace.
+    fn start_on(
+        db: Db,
+        key: SigningKey,
+        addr: std::net::SocketAddr,
+        tls: Option<fieldpatch_server::TlsFiles>,
+    ) -> Self {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -263,7 +274,6 @@ impl ServerThread {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let addr = format!("127.0.0.1:{port}").parse().unwrap();
                 let tls = tls.map(|f| fieldpatch_server::tls_config(&f).unwrap());
                 let bound = Bound::bind(addr, tls, false).await.unwrap();
                 port_tx.send(bound.local_addr().port()).unwrap();
@@ -868,5 +878,327 @@ async fn a_network_change_nudge_makes_watch_probe_at_once() {
     }
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap().unwrap();
+    server.kill();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sync under a restarting database and a partitioned network.
+
+use std::process::Command;
+
+/// A PostgreSQL cluster of the test's own, so it can be stopped and started without touching the
+/// shared one: `initdb` as the `postgres` user (PostgreSQL refuses to run as root) in a temporary
+/// folder, listening on a free loopback port; stopped and removed on drop.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server programs are in /usr/lib/postgresql (scripts/setup)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("pg_ctl").exists())
+            .max()
+            .expect("pg_ctl in /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+        let uid: u32 = String::from_utf8_lossy(&owner.stdout).trim().parse().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = PrivatePg { dir, bin, port };
+        pg.as_postgres("initdb", &["-A", "trust", "-U", "postgres", "--no-sync", "-D"], true);
+        pg.ctl(&["start"]);
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Run one of PostgreSQL's programs as the `postgres` user; `data` appends the data folder.
+    fn as_postgres(&self, program: &str, args: &[&str], data: bool) {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(self.bin.join(program)).args(args);
+        if data {
+            c.arg(self.data());
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl ACTION` on this cluster, waiting for it to finish.
+    fn ctl(&self, action: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        let mut args = vec!["-w", "-D"];
+        let data = self.data();
+        let data = data.to_str().unwrap().to_string();
+        args.push(&data);
+        args.extend(["-o", &options, "-l", log.to_str().unwrap()]);
+        args.extend(action);
+        self.as_postgres("pg_ctl", &args, false);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "stop", "-D"])
+            .arg(self.data())
+            .output();
+    }
+}
+
+/// Every event of `logs` is stored once, identical to the laptop's, and the laptop holds a
+/// checkpoint for each log's last event signed by the server.
+async fn stored_exactly_once(
+    db: &Db,
+    logs: &[Vec<Event>],
+    local: &JsonLocal,
+    server_key: &SigningKey,
+) {
+    let mut rows = 0;
+    for log in logs {
+        let (held, n) = stored(db, log[0].body.log_id).await;
+        rows = n;
+        let expected: Vec<(u64, String, String)> =
+            log.iter().map(|e| (e.body.seq, e.body.id.to_string(), e.hash())).collect();
+        assert_eq!(held, expected);
+        let cp = &local.checkpoints()[&log[0].body.log_id];
+        assert_eq!(cp.checkpoint.last_seq, log.len() as u64);
+        cp.verify(&hex::encode(server_key.verifying_key().as_bytes())).unwrap();
+    }
+    assert_eq!(rows as usize, logs.iter().map(Vec::len).sum::<usize>());
+}
+
+/// The inventory's database is restarted again and again while laptops push: stopped cleanly
+/// and crashed (`pg_ctl stop -m immediate`, what a power cut does to it), then started. The
+/// server keeps running; while the database is away it answers with a retryable error, the
+/// client retries, and in the end every event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarts_during_pushes_lose_and_duplicate_nothing() {
+    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
+    let db = Db::Postgres(pg.url());
+    let dir = tempfile::tempdir().unwrap();
+    let tech_key = SigningKey::generate(&mut rand::rng());
+    let server_key = SigningKey::generate(&mut rand::rng());
+    let token = provision(&db, &tech_key, "alice").await;
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
+    let mut logs: Vec<Vec<Event>> = [400, 300].iter().map(|n| make_log(&tech_key, *n)).collect();
+    for log in &logs {
+        local.append(log);
+    }
+    let server = ServerThread::start(db.clone(), server_key.clone(), 0);
+    let pg = Arc::new(pg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let restarts = Arc::new(AtomicUsize::new(0));
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let chaos = {
+        let (pg, stop, restarts, base, token) =
+            (pg.clone(), stop.clone(), restarts.clone(), base.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            // What the server answers a pull while its database is down.
+            let mut answers = Vec::new();
+            let http = reqwest::blocking::Client::new();
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rand::random_range(50..400)));
+                let n = restarts.load(Ordering::SeqCst);
+                let mode = if n % 2 == 0 { "immediate" } else { "fast" };
+                pg.ctl(&["-m", mode, "stop"]);
+                // Asked on two outages only: the server waits for its pool's acquire timeout
+                // (10 s) before it answers.
+                if n < 2 {
+                    let answer = http.get(format!("{base}/v1/pull")).bearer_auth(&token).send();
+                    answers.push(answer.map(|r| r.status().as_u16()).map_err(|e| e.to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(rand::random_range(0..300)));
+                pg.ctl(&["start"]);
+                restarts.fetch_add(1, Ordering::SeqCst);
+            }
+            answers
+        })
+    };
+    let mut cfg = SyncConfig::new(&base, &token);
+    cfg.server_key = Some(hex::encode(server_key.verifying_key().as_bytes()));
+    cfg.batch_size = 25;
+    fast_retry(&mut cfg);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut rounds, mut failed) = (0, Vec::new());
+    loop {
+        assert!(Instant::now() < deadline, "sync did not converge while the database restarted");
+        rounds += 1;
+        if rounds <= 15 {
+            let i = rounds % logs.len();
+            let more = next_events(&tech_key, &logs[i], 20);
+            local.append(&more);
+            logs[i].extend(more);
+        }
+        match fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await {
+            Err(e) => failed.push(e.to_string()),
+            Ok(r) => {
+                assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+                if r.pending_total() == 0 && rounds > 15 && restarts.load(Ordering::SeqCst) >= 6 {
+                    break;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let answers = chaos.await.unwrap();
+    let report = fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await.unwrap();
+    assert_eq!((report.pushed, report.pending_total()), (0, 0));
+    server.kill();
+    eprintln!(
+        "rounds {rounds}, database restarts {}, failed syncs {}",
+        restarts.load(Ordering::SeqCst),
+        failed.len()
+    );
+    // While the database was away the server said so with a retryable answer, never a 500.
+    assert_eq!(answers, [Ok(503), Ok(503)]);
+    for e in &failed {
+        assert!(e.contains("answered 503") || e.contains("cannot reach"), "{e}");
+    }
+    stored_exactly_once(&db, &logs, &local, &server_key).await;
+}
+
+/// The laptop and the inventory on two network namespaces joined by a veth pair, and the
+/// network partitioned in the middle of pushes: the laptop's route to the server removed (its
+/// connections fail at once) or the server's link taken down (packets vanish; the laptop's
+/// requests time out), then restored. The client converges by itself, and every event is stored
+/// exactly once.
+#[test]
+fn network_partitions_during_pushes_lose_and_duplicate_nothing() {
+    use fieldpatch_lab::netns::VethPair;
+    let pair = Arc::new(VethPair::create().expect("network namespaces (run the tests as root)"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("inventory.db"));
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tech_key = SigningKey::generate(&mut rand::rng());
+    let server_key = SigningKey::generate(&mut rand::rng());
+    let token = rt.block_on(provision(&db, &tech_key, "alice"));
+    let mut local = JsonLocal::new(&dir.path().join("laptop"));
+    local.technician = Some(("alice".into(), tech_key.clone()));
+    let mut logs: Vec<Vec<Event>> = [400, 300].iter().map(|n| make_log(&tech_key, *n)).collect();
+    for log in &logs {
+        local.append(log);
+    }
+    // The server serves in namespace `a`, at its veth address, over TLS as it must off loopback.
+    let tls = fieldpatch_testkit::tls::self_signed_for(dir.path(), &format!("IP:{}", pair.addr_a));
+    let files = fieldpatch_server::TlsFiles { cert: tls.cert.clone(), key: tls.key.clone() };
+    let at = std::net::SocketAddr::from((pair.addr_a, 0));
+    let (sdb, skey) = (db.clone(), server_key.clone());
+    let server = pair.a.run(move || ServerThread::start_on(sdb, skey, at, Some(files))).unwrap();
+    let url = format!("https://{}:{}", pair.addr_a, server.port);
+    let root = tls.cert_pem();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let partitions = Arc::new(AtomicUsize::new(0));
+    let chaos = {
+        let (pair, stop, partitions) = (pair.clone(), stop.clone(), partitions.clone());
+        std::thread::spawn(move || {
+            let route = format!("{}/24", std::net::Ipv4Addr::new(192, 0, 2, 0));
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rand::random_range(100..500)));
+                let n = partitions.load(Ordering::SeqCst);
+                let cut = Duration::from_millis(rand::random_range(200..1500));
+                if n % 2 == 0 {
+                    pair.b.ip(&["route", "del", &route, "dev", &pair.if_b]).unwrap();
+                    std::thread::sleep(cut);
+                    pair.b.ip(&["route", "add", &route, "dev", &pair.if_b]).unwrap();
+                } else {
+                    pair.a.ip(&["link", "set", &pair.if_a, "down"]).unwrap();
+                    std::thread::sleep(cut);
+                    pair.a.ip(&["link", "set", &pair.if_a, "up"]).unwrap();
+                    // The server's address comes back with its link; wait until it answers ARP.
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < until
+                        && !pair
+                            .a
+                            .ip(&["-o", "link", "show", &pair.if_a])
+                            .is_ok_and(|s| s.contains("state UP"))
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                partitions.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+
+    // The laptop syncs from namespace `b`.
+    let (ckey, ctoken, stop_client, parts, tkey) =
+        (server_key.clone(), token.clone(), stop.clone(), partitions.clone(), tech_key.clone());
+    let client = pair.b.run(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut cfg = SyncConfig::new(&url, &ctoken);
+            cfg.server_key = Some(hex::encode(ckey.verifying_key().as_bytes()));
+            cfg.root_certificate_pem = Some(root);
+            cfg.batch_size = 25;
+            fast_retry(&mut cfg);
+            cfg.timeout = Duration::from_secs(2);
+            let deadline = Instant::now() + Duration::from_secs(240);
+            let (mut rounds, mut failed) = (0usize, Vec::new());
+            loop {
+                assert!(Instant::now() < deadline, "sync did not converge across partitions");
+                rounds += 1;
+                // The laptop keeps recording while the network comes and goes.
+                if parts.load(Ordering::SeqCst) < 6 {
+                    let i = rounds % logs.len();
+                    let more = next_events(&tkey, &logs[i], 20);
+                    local.append(&more);
+                    logs[i].extend(more);
+                }
+                match fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await {
+                    Err(e) => failed.push(e.to_string()),
+                    Ok(r) => {
+                        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+                        if r.pending_total() == 0 && parts.load(Ordering::SeqCst) >= 6 {
+                            break;
+                        }
+                    }
+                }
+            }
+            stop_client.store(true, Ordering::SeqCst);
+            (local, logs, rounds, failed)
+        })
+    });
+    stop.store(true, Ordering::SeqCst);
+    chaos.join().unwrap();
+    let (local, logs, rounds, failed) = client.unwrap();
+    eprintln!(
+        "rounds {rounds}, partitions {}, failed syncs {}",
+        partitions.load(Ordering::SeqCst),
+        failed.len()
+    );
+    for e in &failed {
+        assert!(e.contains("cannot reach") || e.contains("answered 503"), "{e}");
+    }
+    rt.block_on(stored_exactly_once(&db, &logs, &local, &server_key));
     server.kill();
 }
