@@ -18,7 +18,7 @@
 //! answers carry no `match`; there is no test boot.
 
 use super::commands::{self, Command, ImageUpload, Params, UploadAck};
-use super::header::Header;
+use super::header::{HEADER_LEN, Header};
 use super::{ImageSlotState, SmpError};
 use crate::progress::{Progress, TransferProgress};
 use crate::transport::{Link, TransportError};
@@ -208,7 +208,7 @@ impl<L: Link> SmpClient<L> {
                 self.link.drain();
             }
             let seq = self.next_seq();
-            let bytes = cmd.to_bytes(seq);
+            let bytes = cmd.to_bytes(seq)?;
             self.link.send(&bytes).await?;
             // Slow serial links: allow for the request and a generous answer on the wire.
             let deadline = Instant::now() + timeout + self.link.wire_time(bytes.len() + 1024);
@@ -339,7 +339,7 @@ impl<L: Link> SmpClient<L> {
         self.mode = None;
         // Not retried: a second reset could hit the freshly booted image.
         let seq = self.next_seq();
-        self.link.send(&commands::Reset.to_bytes(seq)).await?;
+        self.link.send(&commands::Reset.to_bytes(seq)?).await?;
         let deadline = Instant::now() + self.timeouts.request + self.link.wire_time(64);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -440,8 +440,8 @@ impl<L: Link> SmpClient<L> {
             self.link.fit_packet(self.link.packet_budget(params.buf_size as usize))
         });
         let window = opts.window.unwrap_or(params.buf_count as usize).clamp(1, 32);
-        let chunk = max_data(budget, total, false, &opts, &sha);
-        let first_chunk = max_data(budget, total, true, &opts, &sha);
+        let chunk = max_data(budget, total, false, &opts, &sha)?;
+        let first_chunk = max_data(budget, total, true, &opts, &sha)?;
         if chunk == 0 || first_chunk == 0 {
             return Err(SmpError::Upload(format!(
                 "the device buffer ({} bytes) is too small to carry image data",
@@ -483,7 +483,7 @@ impl<L: Link> SmpClient<L> {
                     upgrade: (first && opts.upgrade).then_some(true),
                 };
                 let seq = self.next_seq();
-                self.link.send(&req.to_bytes(seq)).await?;
+                self.link.send(&req.to_bytes(seq)?).await?;
                 let wait = if first { self.timeouts.first_chunk } else { self.timeouts.request };
                 // The chunks queued ahead of this one must cross the wire first.
                 let queued = in_flight.iter().map(|f| (f.end - f.off) as usize).sum::<usize>();
@@ -552,7 +552,7 @@ impl<L: Link> SmpClient<L> {
                         probed_first = true;
                         let seq = self.next_seq();
                         let echo = commands::Echo { text: "erasing?".into() };
-                        self.link.send(&echo.to_bytes(seq)).await?;
+                        self.link.send(&echo.to_bytes(seq)?).await?;
                         probe = Some((seq, Instant::now() + self.timeouts.request));
                     } else if probe.is_some_and(|(_, d)| Instant::now() >= d) {
                         probe = None;
@@ -680,8 +680,15 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(2))
 }
 
-/// The most image bytes that fit in one upload request of at most `budget` bytes.
-fn max_data(budget: usize, total: u64, first: bool, opts: &UploadOptions, sha: &[u8; 32]) -> usize {
+/// The most image bytes that fit in one upload request of at most `budget` bytes (and of a body
+/// the header's 16-bit length can announce, whatever the budget).
+fn max_data(
+    budget: usize,
+    total: u64,
+    first: bool,
+    opts: &UploadOptions,
+    sha: &[u8; 32],
+) -> Result<usize, SmpError> {
     let probe = ImageUpload {
         image: opts.image,
         // The largest offset costs the most CBOR bytes.
@@ -691,7 +698,8 @@ fn max_data(budget: usize, total: u64, first: bool, opts: &UploadOptions, sha: &
         sha: first.then_some(*sha),
         upgrade: (first && opts.upgrade).then_some(true),
     };
-    let empty = probe.to_bytes(0).len(); // includes a 1-byte length prefix for the empty data
+    let budget = budget.min(HEADER_LEN + usize::from(u16::MAX));
+    let empty = probe.to_bytes(0)?.len(); // includes a 1-byte length prefix for the empty data
     let room = budget.saturating_sub(empty - 1);
     // CBOR byte-string prefix: 1 byte up to 23, 2 up to 255, 3 up to 65535.
     let d = [(1usize, 23usize), (2, 255), (3, 65535)]
@@ -699,7 +707,7 @@ fn max_data(budget: usize, total: u64, first: bool, opts: &UploadOptions, sha: &
         .filter_map(|&(prefix, max)| room.checked_sub(prefix).map(|d| d.min(max)))
         .max()
         .unwrap_or(0);
-    d.min(total as usize)
+    Ok(d.min(total as usize))
 }
 
 #[cfg(test)]
@@ -713,7 +721,7 @@ mod tests {
         for budget in [64usize, 128, 300, 512, 2044, 4096] {
             let total = 1_000_000u64;
             for first in [false, true] {
-                let d = max_data(budget, total, first, &opts, &sha);
+                let d = max_data(budget, total, first, &opts, &sha).unwrap();
                 if d == 0 {
                     assert!(first && budget < 80, "budget {budget} gave no room");
                     continue;
@@ -727,12 +735,34 @@ mod tests {
                     sha: first.then_some(sha),
                     upgrade: None,
                 };
-                let len = req.to_bytes(0).len();
+                let len = req.to_bytes(0).unwrap().len();
                 assert!(len <= budget, "budget {budget}: {len}");
                 assert!(len + 2 >= budget, "budget {budget}: only {len} used");
             }
         }
-        assert_eq!(max_data(20, 100, true, &opts, &sha), 0);
+        assert_eq!(max_data(20, 100, true, &opts, &sha).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_budget_past_the_header_limit_gives_requests_the_header_can_announce() {
+        let sha = [7u8; 32];
+        let opts = UploadOptions { max_packet: Some(1 << 20), ..UploadOptions::default() };
+        let total = 1u64 << 24;
+        for first in [false, true] {
+            let d = max_data(1 << 20, total, first, &opts, &sha).unwrap();
+            let data = vec![0u8; d];
+            let req = ImageUpload {
+                image: 0,
+                off: if first { 0 } else { total - 1 },
+                data: &data,
+                len: first.then_some(total),
+                sha: first.then_some(sha),
+                upgrade: None,
+            };
+            let len = req.to_bytes(0).unwrap().len();
+            assert!(len <= HEADER_LEN + 65_535, "{len}");
+            assert!(len + 2 >= HEADER_LEN + 65_535, "only {len} used");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One small type per SMP command: the request encodes itself with [`Command::to_bytes`] and parses
 //! its response with [`Command::parse_response`].
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use super::header::{GROUP_IMAGE, GROUP_OS, HEADER_LEN, Header, Op};
+use super::header::{GROUP_IMAGE, GROUP_OS, Header, Op};
 use super::{DeviceError, SmpError};
 use ciborium::Value;
 use serde::Serialize;
@@ -23,8 +24,9 @@ pub trait Command {
     /// A short name for error messages.
     fn name(&self) -> String;
 
-    /// The whole SMP packet (header and body) for sequence number `seq`.
-    fn to_bytes(&self, seq: u8) -> Vec<u8> {
+    /// The whole SMP packet (header and body) for sequence number `seq`; a body longer than the
+    /// header's 16-bit length can announce is [`SmpError::RequestTooLarge`].
+    fn to_bytes(&self, seq: u8) -> Result<Vec<u8>, SmpError> {
         let mut body = Vec::new();
         #[allow(
             clippy::expect_used,
@@ -32,15 +34,17 @@ pub trait Command {
         )]
         ciborium::into_writer(&Value::Map(self.body()), &mut body)
             .expect("CBOR encoding into a Vec cannot fail");
-        let header = Header::request(Self::OP, Self::GROUP, Self::ID, seq, body.len() as u16);
+        let len = u16::try_from(body.len())
+            .map_err(|_| SmpError::RequestTooLarge { what: self.name(), len: body.len() })?;
+        let header = Header::request(Self::OP, Self::GROUP, Self::ID, seq, len);
         let mut out = header.to_bytes().to_vec();
         out.extend_from_slice(&body);
-        out
+        Ok(out)
     }
 
     /// Parse a response packet to this command sent with sequence number `seq`.
     fn parse_response(packet: &[u8], seq: u8) -> Result<Self::Response, SmpError> {
-        let header = Header::parse(packet)?;
+        let (header, body) = Header::split(packet)?;
         if header.op != Self::OP.response() || header.group != Self::GROUP || header.id != Self::ID
         {
             return Err(SmpError::Mismatch(format!(
@@ -59,8 +63,7 @@ pub trait Command {
                 header.seq
             )));
         }
-        let body = &packet[HEADER_LEN..];
-        if header.len as usize != body.len() {
+        if usize::from(header.len) != body.len() {
             return Err(SmpError::Malformed(format!(
                 "header announces a {}-byte body but {} bytes arrived",
                 header.len,
@@ -504,11 +507,25 @@ mod tests {
 
     #[test]
     fn echo_request_bytes_and_response() {
-        let bytes = Echo { text: "hi".into() }.to_bytes(3);
+        let bytes = Echo { text: "hi".into() }.to_bytes(3).unwrap();
         assert_eq!(&bytes[..8], &[0x0a, 0, 0, 6, 0, 0, 3, 0]);
         assert_eq!(&bytes[8..], &[0xa1, 0x61, b'd', 0x62, b'h', b'i']);
         let rsp = response(Op::WriteRsp, 0, 0, 3, map(vec![("r", t("hi"))]));
         assert_eq!(Echo::parse_response(&rsp, 3).unwrap(), "hi");
+    }
+
+    #[test]
+    fn a_body_the_header_cannot_announce_is_an_error() {
+        // 65,535 bytes of CBOR fit: a 1-byte map header, the key "d" (2), a 3-byte text header.
+        let fits = Echo { text: "x".repeat(65_535 - 6) }.to_bytes(1).unwrap();
+        assert_eq!(&fits[2..4], &[0xff, 0xff]);
+        assert_eq!(fits.len(), 8 + 65_535);
+        let err = Echo { text: "x".repeat(65_535 - 5) }.to_bytes(1).unwrap_err();
+        assert!(
+            matches!(&err, SmpError::RequestTooLarge { what, len: 65_536 } if what == "echo"),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
     }
 
     #[test]

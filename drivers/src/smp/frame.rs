@@ -12,6 +12,7 @@
 //!
 //! The decoder and the response parsers are fuzzed by `drivers/fuzz` (from `drivers/`:
 //! `cargo +nightly fuzz run smp_frame_decoder`, `cargo +nightly fuzz run smp_response_parser`).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -54,14 +55,22 @@ pub enum FrameError {
     StrayContinuation,
 }
 
+/// Longest packet the length field can announce: it counts the SMP bytes and the CRC in a u16.
+pub const MAX_PACKET: usize = u16::MAX as usize - 2;
+
 /// Encode one SMP packet into console frames (all lines concatenated).
+///
+/// `packet` is at most [`MAX_PACKET`] bytes (the serial link refuses longer ones before they get
+/// here); a longer one is framed with its length field at 65,535, which no receiver takes for a
+/// whole packet, never with a length cut to its low 16 bits.
 pub fn encode(packet: &[u8]) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(packet.len() + 4);
-    raw.extend_from_slice(&((packet.len() + 2) as u16).to_be_bytes());
+    let len_field = u16::try_from(packet.len().saturating_add(2)).unwrap_or(u16::MAX);
+    let mut raw = Vec::with_capacity(packet.len().saturating_add(4));
+    raw.extend_from_slice(&len_field.to_be_bytes());
     raw.extend_from_slice(packet);
     raw.extend_from_slice(&crc16(packet).to_be_bytes());
     let text = STANDARD.encode(&raw);
-    let mut out = Vec::with_capacity(text.len() + text.len() / B64_PER_FRAME * 3 + 3);
+    let mut out = Vec::with_capacity(wire_len(packet.len()));
     for (i, line) in text.as_bytes().chunks(B64_PER_FRAME).enumerate() {
         out.extend_from_slice(if i == 0 { &START } else { &CONTINUE });
         out.extend_from_slice(line);
@@ -72,8 +81,14 @@ pub fn encode(packet: &[u8]) -> Vec<u8> {
 
 /// Bytes on the wire for a packet of `packet_len` SMP bytes.
 pub fn wire_len(packet_len: usize) -> usize {
-    let text = (packet_len + 4).div_ceil(3) * 4;
-    text + text.div_ceil(B64_PER_FRAME) * 3
+    // Saturates only far past any packet the length field can announce.
+    let text = base64_len(packet_len.saturating_add(4));
+    text.saturating_add(text.div_ceil(B64_PER_FRAME).saturating_mul(3))
+}
+
+/// Characters of padded base64 for `bytes` bytes (saturating at `usize::MAX`).
+fn base64_len(bytes: usize) -> usize {
+    bytes.div_ceil(3).saturating_mul(4)
 }
 
 /// Incremental decoder for console frames; never panics on any input.
@@ -116,8 +131,8 @@ impl FrameDecoder {
         // The markers are control bytes that never occur in text, so a frame may follow noise
         // that was not terminated by a newline.
         let pos = line.windows(2).rposition(|w| w == START || w == CONTINUE)?;
-        let body = &line[pos + 2..];
-        if line[pos..pos + 2] == START {
+        let (marker, body) = line.get(pos..)?.split_first_chunk::<2>()?;
+        if *marker == START {
             self.text.clear();
             self.in_packet = true;
         } else if !self.in_packet {
@@ -128,7 +143,7 @@ impl FrameDecoder {
             return Some(Err(FrameError::Base64));
         }
         self.text.extend_from_slice(body);
-        if self.text.len() > (self.max_packet + 4).div_ceil(3) * 4 + 4 {
+        if self.text.len() > base64_len(self.max_packet.saturating_add(4)).saturating_add(4) {
             let max = self.max_packet;
             self.reset();
             return Some(Err(FrameError::Oversized { len: usize::MAX, max }));
@@ -143,24 +158,26 @@ impl FrameDecoder {
                 return Some(Err(FrameError::Base64));
             }
         };
-        if raw.len() < 2 {
-            return None;
-        }
-        let announced = u16::from_be_bytes([raw[0], raw[1]]) as usize;
-        if announced > self.max_packet + 2 {
+        let (len_field, rest) = raw.split_first_chunk::<2>()?;
+        let announced = usize::from(u16::from_be_bytes(*len_field));
+        if announced > self.max_packet.saturating_add(2) {
             self.reset();
             return Some(Err(FrameError::Oversized { len: announced, max: self.max_packet }));
         }
-        let have = raw.len() - 2;
+        let have = rest.len();
         if have < announced {
             return None;
         }
         self.reset();
-        if have > announced || announced < 2 {
-            return Some(Err(FrameError::Length { announced, actual: have }));
+        let length_error = FrameError::Length { announced, actual: have };
+        if have > announced {
+            return Some(Err(length_error));
         }
-        let (packet, crc) = raw[2..].split_at(announced - 2);
-        let expected = u16::from_be_bytes([crc[0], crc[1]]);
+        // Shorter than its own CRC (`announced` below 2).
+        let Some((packet, crc)) = rest.split_last_chunk::<2>() else {
+            return Some(Err(length_error));
+        };
+        let expected = u16::from_be_bytes(*crc);
         let computed = crc16(packet);
         if expected != computed {
             return Some(Err(FrameError::Crc { expected, computed }));

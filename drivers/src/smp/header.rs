@@ -1,4 +1,5 @@
 //! The 8-byte SMP header (big-endian), shared by every transport.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::SmpError;
 
@@ -75,24 +76,31 @@ impl Header {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Header, SmpError> {
-        if bytes.len() < HEADER_LEN {
+        Header::split(bytes).map(|(header, _)| header)
+    }
+
+    /// The header of a packet and the bytes after it (the body, not checked against `len`).
+    pub fn split(bytes: &[u8]) -> Result<(Header, &[u8]), SmpError> {
+        let Some((&[b0, flags, l0, l1, g0, g1, seq, id], body)) =
+            bytes.split_first_chunk::<HEADER_LEN>()
+        else {
             return Err(SmpError::Malformed(format!(
                 "packet of {} bytes is shorter than the 8-byte SMP header",
                 bytes.len()
             )));
-        }
-        let op = Op::from_bits(bytes[0] & 0x7).ok_or_else(|| {
-            SmpError::Malformed(format!("unknown SMP operation {}", bytes[0] & 0x7))
-        })?;
-        Ok(Header {
+        };
+        let op = Op::from_bits(b0 & 0x7)
+            .ok_or_else(|| SmpError::Malformed(format!("unknown SMP operation {}", b0 & 0x7)))?;
+        let header = Header {
             op,
-            version: (bytes[0] >> 3) & 0x3,
-            flags: bytes[1],
-            len: u16::from_be_bytes([bytes[2], bytes[3]]),
-            group: u16::from_be_bytes([bytes[4], bytes[5]]),
-            seq: bytes[6],
-            id: bytes[7],
-        })
+            version: (b0 >> 3) & 0x3,
+            flags,
+            len: u16::from_be_bytes([l0, l1]),
+            group: u16::from_be_bytes([g0, g1]),
+            seq,
+            id,
+        };
+        Ok((header, body))
     }
 }
 

@@ -49,6 +49,10 @@ pub enum SmpError {
     Upload(String),
     #[error("the image is {len} bytes; SMP uploads are limited to 4 GiB")]
     TooLarge { len: usize },
+    #[error(
+        "the {what} request body is {len} bytes, more than the 65,535 an SMP header can announce: send less per request"
+    )]
+    RequestTooLarge { what: String, len: usize },
 }
 
 impl SmpError {
@@ -61,7 +65,9 @@ impl SmpError {
             SmpError::Timeout { .. } | SmpError::Malformed(_) | SmpError::Mismatch(_) => true,
             SmpError::Device(e) => e.is_transient(),
             SmpError::Failed { .. } | SmpError::Upload(_) => true,
-            SmpError::Shape(_) | SmpError::TooLarge { .. } => false,
+            SmpError::Shape(_) | SmpError::TooLarge { .. } | SmpError::RequestTooLarge { .. } => {
+                false
+            }
         }
     }
 
@@ -78,6 +84,7 @@ impl SmpError {
             SmpError::Failed { .. } => "retries_exhausted",
             SmpError::Upload(_) => "upload_failed",
             SmpError::TooLarge { .. } => "image_too_large",
+            SmpError::RequestTooLarge { .. } => "request_too_large",
         }
     }
 }

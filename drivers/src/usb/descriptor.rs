@@ -3,6 +3,7 @@
 //!
 //! Every parser takes untrusted bytes and returns an error on anything short or inconsistent; none
 //! of them panics or indexes past the input.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use serde::Serialize;
 
@@ -66,18 +67,21 @@ impl FunctionalDescriptor {
     /// Decode one functional descriptor (`bLength` 7 or 9, type 0x21).
     pub fn parse(b: &[u8]) -> Result<Self, DescriptorError> {
         const WHAT: &str = "DFU functional descriptor";
-        if b.len() < 7 {
+        let Some((&[length, kind, attributes, d0, d1, t0, t1], rest)) = b.split_first_chunk::<7>()
+        else {
             return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: 7 });
+        };
+        if kind != DT_DFU_FUNCTIONAL {
+            return Err(DescriptorError::WrongType { what: WHAT, got: kind, expected: 0x21 });
         }
-        if b[1] != DT_DFU_FUNCTIONAL {
-            return Err(DescriptorError::WrongType { what: WHAT, got: b[1], expected: 0x21 });
-        }
-        let dfu_version =
-            if b[0] >= 9 && b.len() >= 9 { u16::from_le_bytes([b[7], b[8]]) } else { 0x0100 };
+        let dfu_version = match rest.first_chunk::<2>() {
+            Some(&version) if length >= 9 => u16::from_le_bytes(version),
+            _ => 0x0100,
+        };
         Ok(Self {
-            attributes: b[2],
-            detach_timeout_ms: u16::from_le_bytes([b[3], b[4]]),
-            transfer_size: u16::from_le_bytes([b[5], b[6]]),
+            attributes,
+            detach_timeout_ms: u16::from_le_bytes([d0, d1]),
+            transfer_size: u16::from_le_bytes([t0, t1]),
             dfu_version,
         })
     }
@@ -124,78 +128,89 @@ impl AltSetting {
 /// Split a buffer of concatenated descriptors into single descriptors, checking every bLength.
 fn walk(b: &[u8]) -> Result<Vec<&[u8]>, DescriptorError> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < b.len() {
-        let length = b[at];
-        let end = at + length as usize;
-        if length < 2 || end > b.len() {
-            return Err(DescriptorError::BadLength { offset: at, length });
-        }
-        out.push(&b[at..end]);
-        at = end;
+    let mut rest = b;
+    while let Some(&length) = rest.first() {
+        let Some((d, after)) = rest.split_at_checked(usize::from(length)).filter(|_| length >= 2)
+        else {
+            // `rest` is a tail of `b`: this is where it starts.
+            let offset = b.len().saturating_sub(rest.len());
+            return Err(DescriptorError::BadLength { offset, length });
+        };
+        out.push(d);
+        rest = after;
     }
     Ok(out)
 }
 
 /// Decode a device descriptor into the device's identity.
 pub fn parse_device_descriptor(b: &[u8]) -> Result<super::UsbDeviceIds, DescriptorError> {
-    const WHAT: &str = "device descriptor";
-    if b.len() < 18 {
-        return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: 18 });
-    }
-    if b[1] != super::DT_DEVICE {
-        return Err(DescriptorError::WrongType { what: WHAT, got: b[1], expected: 0x01 });
-    }
+    let d = device_descriptor(b)?;
     Ok(super::UsbDeviceIds {
-        vendor_id: u16::from_le_bytes([b[8], b[9]]),
-        product_id: u16::from_le_bytes([b[10], b[11]]),
-        bcd_device: u16::from_le_bytes([b[12], b[13]]),
+        vendor_id: u16::from_le_bytes([d[8], d[9]]),
+        product_id: u16::from_le_bytes([d[10], d[11]]),
+        bcd_device: u16::from_le_bytes([d[12], d[13]]),
     })
+}
+
+/// The 18 bytes of a device descriptor, its type checked.
+fn device_descriptor(b: &[u8]) -> Result<&[u8; 18], DescriptorError> {
+    const WHAT: &str = "device descriptor";
+    let Some(d) = b.first_chunk::<18>() else {
+        return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: 18 });
+    };
+    if d[1] != super::DT_DEVICE {
+        return Err(DescriptorError::WrongType { what: WHAT, got: d[1], expected: 0x01 });
+    }
+    Ok(d)
 }
 
 /// The string index of the device's serial number (`iSerialNumber`) in a device descriptor;
 /// `None` when the device has no serial number (index 0).
 pub fn parse_serial_number_index(b: &[u8]) -> Result<Option<u8>, DescriptorError> {
-    parse_device_descriptor(b)?;
-    Ok(Some(b[16]).filter(|&i| i != 0))
+    let d = device_descriptor(b)?;
+    Ok(Some(d[16]).filter(|&i| i != 0))
 }
 
 /// Decode a whole configuration descriptor (as returned by GET_DESCRIPTOR with `wTotalLength`)
 /// into its interface alternate settings, each with the DFU functional descriptor that follows it.
 pub fn parse_config_descriptor(b: &[u8]) -> Result<Vec<AltSetting>, DescriptorError> {
     const WHAT: &str = "configuration descriptor";
-    if b.len() < 9 {
+    let Some(&[_, kind, total_lo, total_hi, ..]) = b.first_chunk::<9>() else {
         return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: 9 });
+    };
+    if kind != super::DT_CONFIG {
+        return Err(DescriptorError::WrongType { what: WHAT, got: kind, expected: 0x02 });
     }
-    if b[1] != super::DT_CONFIG {
-        return Err(DescriptorError::WrongType { what: WHAT, got: b[1], expected: 0x02 });
-    }
-    let total = u16::from_le_bytes([b[2], b[3]]) as usize;
-    if b.len() < total {
+    let total = usize::from(u16::from_le_bytes([total_lo, total_hi]));
+    let Some(config) = b.get(..total) else {
         return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: total });
-    }
+    };
     let mut alts: Vec<AltSetting> = Vec::new();
-    for d in walk(&b[..total])? {
-        match d[1] {
-            0x04 => {
-                if d.len() < 9 {
+    for d in walk(config)? {
+        // `walk` gives descriptors of at least 2 bytes: length and type.
+        match d.get(1).copied() {
+            Some(0x04) => {
+                let Some(
+                    &[_, _, interface, alt_setting, _, class, subclass, protocol, string_index],
+                ) = d.first_chunk::<9>()
+                else {
                     return Err(DescriptorError::TooShort {
                         what: "interface descriptor",
                         got: d.len(),
                         expected: 9,
                     });
-                }
+                };
                 alts.push(AltSetting {
-                    interface: d[2],
-                    alt_setting: d[3],
-                    class: d[5],
-                    subclass: d[6],
-                    protocol: d[7],
-                    string_index: d[8],
+                    interface,
+                    alt_setting,
+                    class,
+                    subclass,
+                    protocol,
+                    string_index,
                     dfu: None,
                 });
             }
-            DT_DFU_FUNCTIONAL => {
+            Some(DT_DFU_FUNCTIONAL) => {
                 let f = FunctionalDescriptor::parse(d)?;
                 // A DFU functional descriptor applies to the interface it follows; devices with
                 // several alternate settings often send it once, after the last one.
@@ -215,19 +230,20 @@ pub fn parse_config_descriptor(b: &[u8]) -> Result<Vec<AltSetting>, DescriptorEr
 /// Decode a string descriptor (UTF-16LE after a 2-byte header).
 pub fn parse_string_descriptor(b: &[u8]) -> Result<String, DescriptorError> {
     const WHAT: &str = "string descriptor";
-    if b.len() < 2 {
+    let Some((&[length, kind], rest)) = b.split_first_chunk::<2>() else {
         return Err(DescriptorError::TooShort { what: WHAT, got: b.len(), expected: 2 });
-    }
-    if b[1] != super::DT_STRING {
-        return Err(DescriptorError::WrongType { what: WHAT, got: b[1], expected: 0x03 });
+    };
+    if kind != super::DT_STRING {
+        return Err(DescriptorError::WrongType { what: WHAT, got: kind, expected: 0x03 });
     }
     // bLength counts the 2-byte header; a smaller one is corrupt, not an empty string.
-    if b[0] < 2 {
-        return Err(DescriptorError::BadLength { offset: 0, length: b[0] });
-    }
-    let len = (b[0] as usize).min(b.len());
-    let units: Vec<u16> =
-        b[2..len].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let Some(text_len) = length.checked_sub(2) else {
+        return Err(DescriptorError::BadLength { offset: 0, length });
+    };
+    // A bLength past the bytes that arrived: the string is what arrived.
+    let text = rest.get(..usize::from(text_len)).unwrap_or(rest);
+    let (pairs, _) = text.as_chunks::<2>();
+    let units: Vec<u16> = pairs.iter().map(|&c| u16::from_le_bytes(c)).collect();
     String::from_utf16(&units).map_err(|_| DescriptorError::BadString)
 }
 
@@ -245,12 +261,17 @@ pub struct MemorySegment {
 impl MemorySegment {
     /// One past the last byte (as u64: a segment may end at 4 GiB).
     pub fn end(&self) -> u64 {
-        self.start as u64 + self.pages as u64 * self.page_size as u64
+        // Never saturates: u32::MAX + u32::MAX * u32::MAX is below 2^64.
+        let len = u64::from(self.pages).saturating_mul(u64::from(self.page_size));
+        u64::from(self.start).saturating_add(len)
     }
     pub fn contains(&self, address: u32) -> bool {
         (self.start as u64..self.end()).contains(&(address as u64))
     }
 }
+
+/// The end of the 32-bit address space.
+const FOUR_GIB: u64 = 1 << 32;
 
 /// A DfuSe alternate setting's memory map, e.g.
 /// `@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg` (ST UM0424).
@@ -274,7 +295,9 @@ impl MemoryMap {
                 .strip_prefix("0x")
                 .or_else(|| addr.strip_prefix("0X"))
                 .ok_or_else(|| bad(format!("address {addr:?} does not start with 0x")))?;
-            let mut start = u32::from_str_radix(hex, 16)
+            // Where the next segment starts (4 GiB after one that ends there).
+            let mut next = u32::from_str_radix(hex, 16)
+                .map(u64::from)
                 .map_err(|_| bad(format!("address {addr:?} is not hexadecimal")))?;
             let list = parts.next().ok_or_else(|| bad(format!("no sectors after {addr}")))?;
             for item in list.split(',') {
@@ -283,11 +306,11 @@ impl MemoryMap {
                     item.split_once('*').ok_or_else(|| bad(format!("{item:?} lacks '*'")))?;
                 let pages: u32 =
                     count.trim().parse().map_err(|_| bad(format!("bad page count {count:?}")))?;
-                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-                let size: u32 = rest[..digits]
-                    .parse()
-                    .map_err(|_| bad(format!("bad page size in {item:?}")))?;
-                let mut tail = rest[digits..].bytes();
+                let suffix = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+                let digits = rest.strip_suffix(suffix).unwrap_or_default();
+                let size: u32 =
+                    digits.parse().map_err(|_| bad(format!("bad page size in {item:?}")))?;
+                let mut tail = suffix.bytes();
                 let (mult, kind) = match (tail.next(), tail.next()) {
                     (Some(m @ (b'K' | b'M' | b'B' | b' ')), Some(k)) => (m, k),
                     (Some(k), None) => (b' ', k),
@@ -298,13 +321,18 @@ impl MemoryMap {
                     b'M' => 1024 * 1024,
                     _ => 1,
                 };
-                if !(b'a'..=b'g').contains(&kind) {
+                // 'a'..='g' stand for 1..=7: bit 0 readable, bit 1 erasable, bit 2 writable.
+                let Some(bits) =
+                    (1u8..=7).zip(b'a'..=b'g').find(|&(_, k)| k == kind).map(|(b, _)| b)
+                else {
                     return Err(bad(format!("page type {:?} is not a..g", kind as char)));
-                }
-                let bits = kind - b'a' + 1;
+                };
                 let page_size = size
                     .checked_mul(factor)
                     .ok_or_else(|| bad(format!("size overflow in {item:?}")))?;
+                let start = u32::try_from(next).map_err(|_| {
+                    bad(format!("{item:?} starts at 4 GiB, past the address space"))
+                })?;
                 let seg = MemorySegment {
                     start,
                     pages,
@@ -313,10 +341,10 @@ impl MemoryMap {
                     erasable: bits & 2 != 0,
                     writable: bits & 4 != 0,
                 };
-                if seg.end() > u32::MAX as u64 + 1 {
+                if seg.end() > FOUR_GIB {
                     return Err(bad(format!("{item:?} runs past 4 GiB")));
                 }
-                start = seg.end() as u32;
+                next = seg.end();
                 segments.push(seg);
             }
         }
@@ -334,8 +362,9 @@ impl MemoryMap {
     /// The start of the page holding `address` and its size.
     pub fn page(&self, address: u32) -> Option<(u32, u32)> {
         let s = self.segment(address)?;
-        let idx = (address - s.start) / s.page_size.max(1);
-        Some((s.start + idx * s.page_size, s.page_size))
+        // A segment holding `address` starts at or before it and has pages of at least one byte.
+        let into_page = address.checked_sub(s.start)?.checked_rem(s.page_size)?;
+        Some((address.checked_sub(into_page)?, s.page_size))
     }
 }
 
@@ -354,5 +383,30 @@ mod tests {
             );
         }
         assert_eq!(parse_string_descriptor(&[0x02, 0x03]).unwrap(), "");
+    }
+
+    #[test]
+    fn a_segment_after_one_ending_at_4_gib_is_an_error_not_a_wrap_to_0() {
+        let map = MemoryMap::parse("@Flash /0xFFFF0000/01*064Kg").unwrap().unwrap();
+        assert_eq!(map.segments[0].end(), 1 << 32);
+        assert_eq!(map.page(0xFFFF_FFFF), Some((0xFFFF_0000, 0x1_0000)));
+        let err = MemoryMap::parse("@Flash /0xFFFF0000/01*064Kg,01*016Kg").unwrap_err();
+        assert!(err.to_string().contains("starts at 4 GiB"), "{err}");
+        let err = MemoryMap::parse("@Flash /0xFFFF0000/02*064Kg").unwrap_err();
+        assert!(err.to_string().contains("runs past 4 GiB"), "{err}");
+    }
+
+    #[test]
+    fn a_descriptor_running_past_the_configuration_names_its_offset() {
+        // Configuration (9 bytes), then an interface descriptor claiming 12 bytes of 9.
+        let mut b = vec![9, 0x02, 18, 0, 1, 1, 0, 0x80, 50];
+        b.extend_from_slice(&[12, 0x04, 0, 0, 0, 0xFE, 0x01, 0x02, 0]);
+        assert_eq!(
+            parse_config_descriptor(&b),
+            Err(DescriptorError::BadLength { offset: 9, length: 12 })
+        );
+        b[9] = 9;
+        let alts = parse_config_descriptor(&b).unwrap();
+        assert!(alts[0].is_dfu_mode());
     }
 }
