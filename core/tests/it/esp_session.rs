@@ -1,5 +1,6 @@
-//! A batch session through the facade that mixes an SMP sensor (lab, UDP) with an ESP32 in its
-//! ROM serial bootloader (the lab loader on a real pty, at an `esp:` address): the ESP bundle
+//! A batch session through the facade that mixes an SMP sensor (lab, UDP), a USB DFU board (lab
+//! bus) and an SWUpdate gateway (the real daemon, its password from the keyring) with an ESP32 in
+//! its ROM serial bootloader (the lab loader on a real pty, at an `esp:` address): the ESP bundle
 //! carries a bootloader, a partition table and an application, each at its signed flash offset;
 //! the ESP device is planned from the inventory's record (its ROM cannot say what it runs), every
 //! payload lands at its offset, checked with the device's MD5, and the log says flash_started,
@@ -14,6 +15,7 @@ use fieldpatch_core::Fieldpatch;
 use fieldpatch_core::bundle::PayloadFormat;
 use fieldpatch_core::bundle::container::assemble_raw;
 use fieldpatch_core::bundle::verify::VerifyPolicy;
+use fieldpatch_core::credentials::{CredentialName, Secret};
 use fieldpatch_core::model::Version;
 use fieldpatch_core::plan::{Criticality, DeviceAddress, Disposition, EspReset};
 use fieldpatch_core::session::batch::{load_catalog, make_plan};
@@ -24,11 +26,14 @@ use fieldpatch_lab::esp::{EspConfig, EspDevice};
 use fieldpatch_lab::smp::mcuboot::{self, build_image, test_payload};
 use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder, SignedCatalog, sign_manifest};
 use fieldpatch_testkit::site::SiteBuilder;
+use fieldpatch_testkit::swupdate::{Daemon, DaemonAuth, Swu, Vendor};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+
+const GATEWAY_PASSWORD: &str = "gw-esp-session-pass-5521";
 
 fn v(a: u8, b: u8, c: u16) -> Version {
     Version::new(a, b, c, 0)
@@ -173,7 +178,7 @@ fn options() -> SessionOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unverified() {
+async fn session_flashes_an_esp32_beside_smp_dfu_and_swupdate_devices_and_records_it_unverified() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let site = SiteBuilder::new()
@@ -184,8 +189,30 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
         .start()
         .unwrap();
     let (esp, _server, address) = lab_esp();
+    // An SWUpdate gateway: the real daemon behind digest authentication.
+    let vendor = Vendor::new(&root.join("vendor"), "Gateway Vendor");
+    let auth = DaemonAuth {
+        user: "admin".into(),
+        realm: "gw-esp-site".into(),
+        password: GATEWAY_PASSWORD.into(),
+    };
+    let daemon = Daemon::start(&root.join("daemon"), "gw100:1.0", &vendor.cert, Some(&auth));
+    let rootfs = bytes(120_000, 9);
+    let swu = Swu {
+        version: "2.1.0".into(),
+        hardware: vec!["1.0".into()],
+        image_name: "rootfs.img".into(),
+        image: rootfs.clone(),
+        device_path: daemon.flash.clone(),
+        signer: Some(vendor.clone()),
+        tamper: false,
+    };
+    let swu_bytes = std::fs::read(swu.write(root, "gw.swu")).unwrap();
 
-    let signed = CatalogBuilder::new().write(&root.join("release")).unwrap();
+    let signed = CatalogBuilder::new()
+        .vendor_certificate(&vendor.cert_pem(), "gateway vendor")
+        .write(&root.join("release"))
+        .unwrap();
     let sensor_image = build_image(
         mcuboot::Version { major: 2, minor: 0, revision: 0, build: 0 },
         &test_payload(8 * 1024, 5),
@@ -201,6 +228,25 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
             payload: &sensor_image,
         })
         .unwrap();
+    let dfu_payload = bytes(9_000, 8);
+    let dfu_file = fieldpatch_core::image::dfu_file::DfuSuffix {
+        bcd_device: 0xFFFF,
+        id_product: 0x0002,
+        id_vendor: 0x1209,
+        bcd_dfu: 0x0110,
+        length: 16,
+        crc: 0,
+    }
+    .append_to(&dfu_payload);
+    let others: [(&str, &str, PayloadFormat, &[u8]); 2] = [
+        ("lab-board-1.1.0", "board", PayloadFormat::Dfu, &dfu_file),
+        ("lab-gateway-2.1.0", "gateway", PayloadFormat::Swupdate, &swu_bytes),
+    ];
+    for (id, model, format, payload) in others {
+        let (applies, installs) = ((v(1, 0, 0), v(1, 9, 9)), v(2, 1, 0));
+        let spec = BundleSpec { id, model, applies, installs, cvss: "7.0", format, payload };
+        signed.bundle(&spec).unwrap();
+    }
     let bootloader = esp_image(0, &bytes(6_000, 3));
     let table = partition_table();
     let app = esp_image(0, &bytes(50_000, 4));
@@ -222,10 +268,22 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
     // The inventory says what the ESP runs: its ROM loader cannot.
     let mut meter = fieldpatch_testkit::site::record("meter-1", "Lab", "meter", address.clone());
     meter.identity.firmware_version = Some(v(1, 2, 0));
+    let mut gateway = fieldpatch_testkit::site::record(
+        "gw-1",
+        "Lab",
+        "gateway",
+        DeviceAddress::Swupdate { url: daemon.url(), user: None },
+    );
+    gateway.identity.firmware_version = Some(v(1, 0, 0));
+    gateway.identity.hardware_revision = Some("1.0".into());
     let mut records = site.records.clone();
     records.push(meter);
+    records.push(gateway);
 
     let fp = Fieldpatch::open_in(&root.join("laptop"), Arc::new(site.connector())).await.unwrap();
+    let keyring = fp.credentials().await.unwrap().clone();
+    let name: CredentialName = "device/gw-1/password".parse().unwrap();
+    keyring.set(&name, &Secret::new(GATEWAY_PASSWORD)).await.unwrap();
     let identified = fp.identify(records, Duration::from_secs(10)).await;
     for (d, err) in &identified {
         assert!(err.is_none(), "{}: {err:?}", d.id);
@@ -233,14 +291,15 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
     let m = identified.iter().find(|(d, _)| d.id == "meter-1").unwrap();
     assert_eq!(m.0.identity.firmware_version, Some(v(1, 2, 0)), "the inventory's version stays");
     assert_eq!(esp.flash_data_frames(), 0, "identifying writes nothing");
-    let plan = make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, None).await;
+    let plan =
+        make_plan(identified.into_iter().map(|(d, _)| d).collect(), &catalog, Some(&keyring)).await;
     let pm = plan.devices.iter().find(|d| d.device.id == "meter-1").unwrap();
     assert!(
         matches!(&pm.disposition, Disposition::Patch { steps, .. } if steps.len() == 1 && steps[0].to == v(1, 3, 0)),
         "{:?}",
         pm.disposition
     );
-    assert_eq!(plan.patchable().count(), 2, "{plan:#?}");
+    assert_eq!(plan.patchable().count(), 4, "{plan:#?}");
 
     let (summary, state) = fp
         .run_session(
@@ -251,12 +310,14 @@ async fn session_flashes_an_esp32_bundle_beside_an_smp_sensor_and_records_it_unv
         )
         .await
         .unwrap();
-    assert_eq!((summary.patched, summary.failed, summary.unverified), (1, 0, 1), "{state:#?}");
+    assert_eq!((summary.patched, summary.failed, summary.unverified), (3, 0, 1), "{state:#?}");
     assert_eq!(
         state.devices.get("meter-1"),
         Some(&DeviceStatus::Unverified { version: "1.3.0".into() })
     );
     assert_eq!(site.sensors[0].active_image().unwrap().1, "2.0.0");
+    assert_eq!(site.board.as_ref().unwrap().firmware(), dfu_payload);
+    assert_eq!(daemon.flash_bytes(), rootfs, "daemon log:\n{}", daemon.log_text());
 
     // Every payload at its offset; the device was reset into its application.
     assert_eq!(esp.flash(0x1000, bootloader.len()), bootloader);
