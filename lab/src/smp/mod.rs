@@ -4,7 +4,10 @@
 //! MCUboot semantics: two slots; an upload goes to the secondary slot; `test` marks it pending, the
 //! next reset swaps it in for one boot, and the reset after that swaps back unless the running
 //! image was confirmed; `confirm` of the secondary marks it permanent. The hash SMP reports is the
-//! image's SHA-256 TLV, the version comes from its header ([`mcuboot`]).
+//! image's SHA-256 TLV, the version comes from its header ([`mcuboot`]). As in Zephyr, while an
+//! image is pending or on its test boot the secondary slot is in use (an upload or erase is refused
+//! with "no free slot"), and a state write that would change the next boot is refused then
+//! ("already pending"), as is a hash that is not 32 bytes ("invalid hash").
 //!
 //! Timing is part of the simulation: flash writes cost time at a configured speed, the first chunk
 //! erases, a reset takes the device away for a while, and the serial link is paced at its baud rate.
@@ -201,6 +204,15 @@ struct State {
     recovery_upload: Option<recovery::RecoveryUpload>,
 }
 
+impl State {
+    /// Zephyr's `img_mgmt_slot_in_use` for the secondary: it holds an image marked for the next
+    /// boot (test or permanent), or, during a test boot, the confirmed image MCUboot reverts to.
+    /// Neither an upload nor an erase may overwrite it then.
+    fn secondary_in_use(&self) -> bool {
+        self.pending.is_some() || !self.primary_confirmed
+    }
+}
+
 /// A simulated SMP device. Clone the handle freely; transports share it.
 #[derive(Debug, Clone)]
 pub struct SmpDevice {
@@ -219,6 +231,12 @@ const OS: u16 = 0;
 const IMAGE: u16 = 1;
 const MGMT_EINVAL: i64 = 3;
 const MGMT_ENOTSUP: i64 = 8;
+// Zephyr's image group codes (`img_mgmt_err_code_t`).
+const IMG_HASH_NOT_FOUND: i64 = 8;
+const IMG_NO_FREE_SLOT: i64 = 9;
+const IMG_INVALID_HASH: i64 = 24;
+const IMG_ALREADY_PENDING: i64 = 28;
+const IMG_TEST_TO_ACTIVE_DENIED: i64 = 33;
 
 impl SmpDevice {
     pub fn new(config: DeviceConfig) -> SmpDevice {
@@ -431,9 +449,9 @@ impl SmpDevice {
             },
             (IMAGE, 5, true) => {
                 let mut s = self.state();
-                if s.pending.is_some() {
+                if s.secondary_in_use() {
                     drop(s);
-                    return ImgErr(28).into_reply(version, reply);
+                    return ImgErr(IMG_NO_FREE_SLOT).into_reply(version, reply);
                 }
                 s.slots[1] = None;
                 s.upload = None;
@@ -516,43 +534,56 @@ impl SmpDevice {
         Value::Array(out)
     }
 
+    /// Zephyr's image state write for one image in swap mode (`img_mgmt_state_write` and
+    /// `img_mgmt_set_next_boot_slot`): the slot is found by its full hash (none: the running one,
+    /// to confirm), then judged by what the next boot is: a pending test allows only the same
+    /// test again, a pending permanent swap allows nothing else, and a test boot allows only
+    /// confirming the running image (the fallback is already what the next reset boots).
     fn state_write(&self, body: &[(Value, Value)]) -> Result<(), ImgErr> {
         let confirm = matches!(get(body, "confirm"), Some(Value::Bool(true)));
         let hash = match get(body, "hash") {
-            Some(Value::Bytes(h)) => Some(h.clone()),
+            Some(Value::Bytes(h)) if h.len() == 32 => Some(h.clone()),
+            Some(Value::Bytes(h)) if h.is_empty() => None,
+            Some(Value::Bytes(_)) => return Err(ImgErr(IMG_INVALID_HASH)),
             None => None,
             Some(_) => return Err(ImgErr(-MGMT_EINVAL)),
         };
         let mut s = self.state();
         let is = |slot: &Option<Slot>, h: &[u8]| slot.as_ref().is_some_and(|sl| sl.info.hash == h);
-        match (hash, confirm) {
-            (None, false) => Err(ImgErr(-MGMT_EINVAL)),
-            (None, true) => {
-                s.primary_confirmed = true;
-                s.log.push("confirmed the running image".into());
-                Ok(())
-            }
-            (Some(h), _) if is(&s.slots[0], &h) => {
-                if !confirm {
-                    return Err(ImgErr(33));
-                }
-                s.primary_confirmed = true;
-                s.log.push("confirmed the running image".into());
-                Ok(())
-            }
-            (Some(h), confirm) if is(&s.slots[1], &h) => {
-                if !s.slots[1].as_ref().is_some_and(|sl| sl.info.valid) {
-                    return Err(ImgErr(24));
-                }
-                s.pending = Some(confirm);
-                s.log.push(format!(
-                    "secondary marked {}",
-                    if confirm { "permanent" } else { "test" }
-                ));
-                Ok(())
-            }
-            (Some(_), _) => Err(ImgErr(8)),
+        let slot = match hash {
+            None if confirm => 0,
+            // A test without a hash.
+            None => return Err(ImgErr(IMG_INVALID_HASH)),
+            Some(h) if is(&s.slots[0], &h) => 0,
+            Some(h) if is(&s.slots[1], &h) => 1,
+            Some(_) => return Err(ImgErr(IMG_HASH_NOT_FOUND)),
+        };
+        if !confirm && slot == 0 {
+            return Err(ImgErr(IMG_TEST_TO_ACTIVE_DENIED));
         }
+        match (s.pending, s.primary_confirmed) {
+            // A test of the secondary is pending: testing it again changes nothing.
+            (Some(false), _) if !confirm && slot == 1 => return Ok(()),
+            (Some(false), _) => return Err(ImgErr(IMG_ALREADY_PENDING)),
+            // A permanent swap is pending: confirming it again changes nothing.
+            (Some(true), _) if confirm && slot == 1 => return Ok(()),
+            (Some(true), _) => return Err(ImgErr(IMG_ALREADY_PENDING)),
+            // A test boot: the next reset reverts to the confirmed secondary anyway.
+            (None, false) if confirm && slot == 1 => return Ok(()),
+            (None, false) if !confirm => return Err(ImgErr(IMG_ALREADY_PENDING)),
+            _ => {}
+        }
+        if slot == 0 {
+            s.primary_confirmed = true;
+            s.log.push("confirmed the running image".into());
+            return Ok(());
+        }
+        if !s.slots[1].as_ref().is_some_and(|sl| sl.info.valid) {
+            return Err(ImgErr(IMG_INVALID_HASH));
+        }
+        s.pending = Some(confirm);
+        s.log.push(format!("secondary marked {}", if confirm { "permanent" } else { "test" }));
+        Ok(())
     }
 
     fn upload(&self, body: &[(Value, Value)]) -> Result<Option<Vec<(Value, Value)>>, ImgErr> {
@@ -568,11 +599,11 @@ impl SmpDevice {
         let mut s = self.state();
         if off == 0 {
             let len = uint("len").ok_or(ImgErr(21))? as usize;
+            if s.secondary_in_use() {
+                return Err(ImgErr(IMG_NO_FREE_SLOT));
+            }
             if len > self.config.slot_size {
                 return Err(ImgErr(30));
-            }
-            if s.pending.is_some() {
-                return Err(ImgErr(28));
             }
             let sha = match get(body, "sha") {
                 Some(Value::Bytes(b)) => Some(b.clone()),

@@ -6,5 +6,6 @@ mod discovery;
 mod esptool;
 mod imgtool;
 mod lab_bin;
+mod mcumgrctl;
 mod serial_recovery;
 mod smpmgr;
