@@ -415,7 +415,8 @@ impl SmpDevice {
         };
         let write = op == 2;
         match (group, id, write) {
-            (OS, 0, true) => match get(&body, "d") {
+            // Zephyr answers echo as a read and as a write (`os_mgmt_echo` is both handlers).
+            (OS, 0, _) => match get(&body, "d") {
                 Some(Value::Text(d)) => reply(vec![(t("r"), Value::Text(d.clone()))]),
                 _ => rc(MGMT_EINVAL),
             },
