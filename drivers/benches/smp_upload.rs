@@ -4,7 +4,9 @@
 //! 1. Serial at 115200 baud 8N1 (11520 bytes/s on the line): payload throughput as a fraction of
 //!    what the console framing allows (93 data bytes per 127-byte line). Goal: at least 90%.
 //! 2. UDP with 20 ms added round-trip: windowed upload against stop-and-wait. Goal: at least 3x.
-//! 3. The same images uploaded by `smpmgr` to the same kind of device over the same links.
+//! 3. The same images uploaded by the independent clients `smpmgr` (Python) and `mcumgrctl`
+//!    (Rust) to the same kind of device over the same links, each timed from its own process with
+//!    its start-up and connect (a bare echo or connection check) subtracted.
 
 use fieldpatch_drivers::progress::NoProgress;
 use fieldpatch_drivers::smp::{SmpClient, UploadOptions, UploadReport};
@@ -44,21 +46,58 @@ fn smpmgr() -> Option<PathBuf> {
     c.into_iter().find(|p| p.is_file())
 }
 
-/// Wall time of an `smpmgr` run, and of a bare `os echo` (interpreter start-up and connect).
-fn time_smpmgr(bin: &PathBuf, target: &[String], args: &[&str]) -> (Duration, Duration) {
+fn mcumgrctl() -> Option<PathBuf> {
+    let mut c: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("mcumgrctl")).collect())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(d) = cargo_home {
+        c.push(d.join("bin/mcumgrctl"));
+    }
+    c.into_iter().find(|p| p.is_file())
+}
+
+/// Wall time of a peer's run of `args`, and of its run of `startup` (process start-up and
+/// connect, no transfer).
+fn time_peer(
+    bin: &PathBuf,
+    target: &[String],
+    common: &[&str],
+    startup: &[&str],
+    args: &[&str],
+) -> (Duration, Duration) {
     let run = |a: &[&str]| {
         let t = Instant::now();
         let out = std::process::Command::new(bin)
             .args(target)
-            .args(["--timeout", "10"])
+            .args(common)
             .args(a)
+            .env("NO_COLOR", "1")
             .output()
-            .expect("smpmgr runs");
-        assert!(out.status.success(), "smpmgr failed: {}", String::from_utf8_lossy(&out.stderr));
+            .expect("peer runs");
+        assert!(
+            out.status.success(),
+            "{} {a:?} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         t.elapsed()
     };
-    let startup = run(&["os", "echo", "x"]);
+    let startup = run(startup);
     (run(args), startup)
+}
+
+/// Wall time of an `smpmgr` run, and of a bare `os echo` (interpreter start-up and connect).
+fn time_smpmgr(bin: &PathBuf, target: &[String], args: &[&str]) -> (Duration, Duration) {
+    time_peer(bin, target, &["--timeout", "10"], &["os", "echo", "x"], args)
+}
+
+/// Wall time of an `mcumgrctl` run, and of its connection check (start-up, the MCUmgr
+/// parameters request and an echo).
+fn time_mcumgrctl(bin: &PathBuf, target: &[String], args: &[&str]) -> (Duration, Duration) {
+    time_peer(bin, target, &["--timeout", "10000", "--quiet"], &[], args)
 }
 
 fn udp_1337(dev: &SmpDevice, net: NetConditions) -> Option<UdpServer> {
@@ -92,11 +131,10 @@ async fn main() {
         r.retries
     );
 
-    let group_serial = "SMP over serial (lab device on a pty, 115200 baud)";
     println!(
         "FIGURE {}",
         serde_json::json!({
-            "group": group_serial, "name": "upload payload rate against the framing limit",
+            "group": GROUP_SERIAL, "name": "upload payload rate against the framing limit",
             "value": ours_serial, "unit": "B/s", "runs": 1, "limit": limit, "better": "higher",
             "goal": "at least 90% of the framing limit",
         })
@@ -124,29 +162,52 @@ async fn main() {
     }
     let ours_udp = udp_rates[1];
     println!("udp windowed / stop-and-wait: {:.2}x (goal >= 3x)", udp_rates[1] / udp_rates[0]);
-    let group_udp = "SMP over UDP (lab device, 20 ms added round trip)";
     println!(
         "FIGURE {}",
         serde_json::json!({
-            "group": group_udp, "name": "windowed upload against stop-and-wait",
+            "group": GROUP_UDP, "name": "windowed upload against stop-and-wait",
             "value": udp_rates[1], "unit": "B/s", "runs": 1, "peer": "stop-and-wait (window 1)",
             "peer_value": udp_rates[0], "better": "higher", "goal": "at least 3x stop-and-wait",
             "min_ratio": 3.0,
         })
     );
 
-    // 3. smpmgr side by side.
-    let Some(bin) = smpmgr() else {
-        println!("smpmgr: not installed (run scripts/setup); comparison skipped");
-        return;
-    };
+    // 3. The independent clients side by side.
     let dir = std::env::temp_dir().join(format!("fieldpatch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let serial_file = dir.join("serial.bin");
     std::fs::write(&serial_file, image(SERIAL_IMAGE)).unwrap();
     let udp_file = dir.join("udp.bin");
     std::fs::write(&udp_file, image(UDP_IMAGE)).unwrap();
+    let files = PeerFiles { serial: &serial_file, udp: &udp_file };
+    let ours = Ours { serial: ours_serial, udp: ours_udp };
+    match smpmgr() {
+        Some(bin) => smpmgr_side_by_side(&bin, &files, ours, net),
+        None => println!("smpmgr: not installed (run scripts/setup); comparison skipped"),
+    }
+    match mcumgrctl() {
+        Some(bin) => mcumgrctl_side_by_side(&bin, &files, ours, net),
+        None => println!("mcumgrctl: not installed (run scripts/setup); comparison skipped"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
+const GROUP_SERIAL: &str = "SMP over serial (lab device on a pty, 115200 baud)";
+const GROUP_UDP: &str = "SMP over UDP (lab device, 20 ms added round trip)";
+
+struct PeerFiles<'a> {
+    serial: &'a std::path::Path,
+    udp: &'a std::path::Path,
+}
+
+/// Fieldpatch's own rates in this run, B/s.
+#[derive(Clone, Copy)]
+struct Ours {
+    serial: f64,
+    udp: f64,
+}
+
+fn smpmgr_side_by_side(bin: &PathBuf, files: &PeerFiles<'_>, ours: Ours, net: NetConditions) {
     let dev = SmpDevice::new(DeviceConfig::default());
     let server = serve_pty(dev, BAUD).unwrap();
     let target = vec![
@@ -156,16 +217,16 @@ async fn main() {
         BAUD.to_string(),
     ];
     let (t, startup) = time_smpmgr(
-        &bin,
+        bin,
         &target,
-        &["image", "upload", "--slot", "1", serial_file.to_str().unwrap()],
+        &["image", "upload", "--slot", "1", files.serial.to_str().unwrap()],
     );
     let theirs = rate(SERIAL_IMAGE, t.saturating_sub(startup));
     println!(
         "FIGURE {}",
         serde_json::json!({
-            "group": group_serial, "name": "upload against smpmgr (start-up excluded)",
-            "value": ours_serial, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
+            "group": GROUP_SERIAL, "name": "upload against smpmgr (start-up excluded)",
+            "value": ours.serial, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
             "peer_value": theirs, "better": "higher",
         })
     );
@@ -174,7 +235,7 @@ async fn main() {
         t.as_secs_f64(),
         startup.as_secs_f64(),
         theirs,
-        ours_serial / theirs
+        ours.serial / theirs
     );
 
     let dev = SmpDevice::new(DeviceConfig::default());
@@ -183,16 +244,16 @@ async fn main() {
         Some(server) => {
             let target = vec!["--ip".to_string(), server.local_addr().ip().to_string()];
             let (t, startup) = time_smpmgr(
-                &bin,
+                bin,
                 &target,
-                &["image", "upload", "--slot", "1", udp_file.to_str().unwrap()],
+                &["image", "upload", "--slot", "1", files.udp.to_str().unwrap()],
             );
             let theirs = rate(UDP_IMAGE, t.saturating_sub(startup));
             println!(
                 "FIGURE {}",
                 serde_json::json!({
-                    "group": group_udp, "name": "windowed upload against smpmgr (start-up excluded)",
-                    "value": ours_udp, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
+                    "group": GROUP_UDP, "name": "windowed upload against smpmgr (start-up excluded)",
+                    "value": ours.udp, "unit": "B/s", "runs": 1, "peer": "smpmgr image upload",
                     "peer_value": theirs, "better": "higher",
                 })
             );
@@ -201,9 +262,63 @@ async fn main() {
                 t.as_secs_f64(),
                 startup.as_secs_f64(),
                 theirs,
-                ours_udp / theirs
+                ours.udp / theirs
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn mcumgrctl_side_by_side(bin: &PathBuf, files: &PeerFiles<'_>, ours: Ours, net: NetConditions) {
+    let dev = SmpDevice::new(DeviceConfig::default());
+    let server = serve_pty(dev.clone(), BAUD).unwrap();
+    let target = vec![
+        "--serial".to_string(),
+        server.path().to_str().unwrap().to_string(),
+        "--baud".into(),
+        BAUD.to_string(),
+    ];
+    let (t, startup) =
+        time_mcumgrctl(bin, &target, &["image", "upload", files.serial.to_str().unwrap()]);
+    // A timed run that did not land the image would be no figure at all.
+    assert_eq!(dev.slot_bytes(1), Some(std::fs::read(files.serial).unwrap()), "{:?}", dev.log());
+    let theirs = rate(SERIAL_IMAGE, t.saturating_sub(startup));
+    println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": GROUP_SERIAL, "name": "upload against mcumgrctl (start-up excluded)",
+            "value": ours.serial, "unit": "B/s", "runs": 1, "peer": "mcumgrctl image upload",
+            "peer_value": theirs, "better": "higher",
+        })
+    );
+    println!(
+        "mcumgrctl serial 115200: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / mcumgrctl = {:.2}x",
+        t.as_secs_f64(),
+        startup.as_secs_f64(),
+        theirs,
+        ours.serial / theirs
+    );
+
+    // mcumgrctl takes any UDP port.
+    let dev = SmpDevice::new(DeviceConfig::default());
+    let server = serve_udp(dev.clone(), "127.0.0.1:0".parse().unwrap(), net).unwrap();
+    let target = vec!["--udp".to_string(), server.local_addr().to_string()];
+    let (t, startup) =
+        time_mcumgrctl(bin, &target, &["image", "upload", files.udp.to_str().unwrap()]);
+    assert_eq!(dev.slot_bytes(1), Some(std::fs::read(files.udp).unwrap()), "{:?}", dev.log());
+    let theirs = rate(UDP_IMAGE, t.saturating_sub(startup));
+    println!(
+        "FIGURE {}",
+        serde_json::json!({
+            "group": GROUP_UDP, "name": "windowed upload against mcumgrctl (start-up excluded)",
+            "value": ours.udp, "unit": "B/s", "runs": 1, "peer": "mcumgrctl image upload",
+            "peer_value": theirs, "better": "higher",
+        })
+    );
+    println!(
+        "mcumgrctl udp rtt 20 ms: {:.2} s wall ({:.2} s start-up and connect excluded) = {:.0} B/s; fieldpatch / mcumgrctl = {:.2}x",
+        t.as_secs_f64(),
+        startup.as_secs_f64(),
+        theirs,
+        ours.udp / theirs
+    );
 }
