@@ -23,6 +23,7 @@
 //! (dfu-util does not enforce it either, and vendors use it for the firmware version).
 //!
 //! This module only reads files; the bytes sent to the device are built by the DFU driver.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use fieldpatch_drivers::dfu::{
     DfuDevice, DfuError, DfuseElement, DfuseOptions, DfuseTarget, DownloadReport,
@@ -41,6 +42,8 @@ pub const WILDCARD: u16 = 0xFFFF;
 const DFUSE_PREFIX_LEN: usize = 11;
 const DFUSE_TARGET_PREFIX_LEN: usize = 274;
 const DFUSE_ELEMENT_HEADER_LEN: usize = 8;
+/// The end of the 32-bit address space.
+const FOUR_GIB: u64 = 1 << 32;
 
 /// The CRC-32 that `dfu-util` writes into `dwCRC` (complement of the standard CRC-32).
 pub fn dfu_crc32(bytes: &[u8]) -> u32 {
@@ -122,38 +125,30 @@ pub struct DfuFile {
     pub payload: DfuPayload,
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 impl DfuSuffix {
     /// Read and check the suffix of `file` (signature, length, CRC).
     pub fn parse(file: &[u8]) -> Result<Self, DfuFileError> {
-        if file.len() < SUFFIX_LEN {
-            return Err(DfuFileError::TooShort { len: file.len() });
-        }
-        let s = &file[file.len() - SUFFIX_LEN..];
-        if &s[8..11] != b"UFD" {
+        let too_short = || DfuFileError::TooShort { len: file.len() };
+        // dwCRC, and the bytes it covers: all before it, the suffix's first 12 among them.
+        let (covered, &crc) = file.split_last_chunk::<4>().ok_or_else(too_short)?;
+        let (_, &[dev0, dev1, pid0, pid1, vid0, vid1, dfu0, dfu1, sig @ .., length]) =
+            covered.split_last_chunk::<{ SUFFIX_LEN - 4 }>().ok_or_else(too_short)?;
+        if &sig != b"UFD" {
             return Err(DfuFileError::NoSignature);
         }
-        let length = s[11];
-        if (length as usize) < SUFFIX_LEN || length as usize > file.len() {
+        if usize::from(length) < SUFFIX_LEN || usize::from(length) > file.len() {
             return Err(DfuFileError::BadSuffixLength { length, file_len: file.len() });
         }
-        let stored = le32(s, 12);
-        let computed = dfu_crc32(&file[..file.len() - 4]);
+        let stored = u32::from_le_bytes(crc);
+        let computed = dfu_crc32(covered);
         if stored != computed {
             return Err(DfuFileError::BadCrc { stored, computed });
         }
         Ok(Self {
-            bcd_device: le16(s, 0),
-            id_product: le16(s, 2),
-            id_vendor: le16(s, 4),
-            bcd_dfu: le16(s, 6),
+            bcd_device: u16::from_le_bytes([dev0, dev1]),
+            id_product: u16::from_le_bytes([pid0, pid1]),
+            id_vendor: u16::from_le_bytes([vid0, vid1]),
+            bcd_dfu: u16::from_le_bytes([dfu0, dfu1]),
             length,
             crc: stored,
         })
@@ -161,7 +156,7 @@ impl DfuSuffix {
 
     /// The suffix bytes for `payload` (the inverse of [`DfuSuffix::parse`]; `length`/`crc` ignored).
     pub fn append_to(&self, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(payload.len() + SUFFIX_LEN);
+        let mut out = Vec::with_capacity(payload.len().saturating_add(SUFFIX_LEN));
         out.extend_from_slice(payload);
         out.extend_from_slice(&self.bcd_device.to_le_bytes());
         out.extend_from_slice(&self.id_product.to_le_bytes());
@@ -179,12 +174,17 @@ impl DfuFile {
     /// Parse a whole DFU file: suffix first (CRC over everything), then the payload.
     pub fn parse(file: &[u8]) -> Result<Self, DfuFileError> {
         let suffix = DfuSuffix::parse(file)?;
-        let body = &file[..file.len() - suffix.length as usize];
+        let suffix_len = usize::from(suffix.length);
+        // `DfuSuffix::parse` checked that the suffix fits the file.
+        let body =
+            file.len().checked_sub(suffix_len).and_then(|n| file.get(..n)).ok_or(
+                DfuFileError::BadSuffixLength { length: suffix.length, file_len: file.len() },
+            )?;
         let payload = if suffix.bcd_dfu == BCD_DFUSE {
             if !body.starts_with(b"DfuSe") {
                 return Err(DfuFileError::MissingDfusePrefix);
             }
-            DfuPayload::Dfuse(parse_dfuse(body, suffix.length as usize)?)
+            DfuPayload::Dfuse(parse_dfuse(body, suffix_len)?)
         } else {
             DfuPayload::Raw(body.to_vec())
         };
@@ -268,116 +268,123 @@ fn bad(what: impl Into<String>) -> DfuFileError {
 }
 
 fn parse_dfuse(body: &[u8], suffix_len: usize) -> Result<Vec<DfuseFileTarget>, DfuFileError> {
-    if body.len() < DFUSE_PREFIX_LEN {
+    let Some((&[_, _, _, _, _, version, s0, s1, s2, s3, n_targets], mut rest)) =
+        body.split_first_chunk::<DFUSE_PREFIX_LEN>()
+    else {
         return Err(bad(format!("prefix is {} bytes, expected 11", body.len())));
-    }
-    let version = body[5];
+    };
     if version != 0x01 {
         return Err(bad(format!("prefix version {version:#04x}, expected 0x01")));
     }
     // DFUImageSize: `dfuse-pack` (and ST's tools) count the whole file including the suffix;
     // some writers leave the suffix out. Both are accepted.
-    let image_size = le32(body, 6) as usize;
-    if image_size != body.len() && image_size != body.len() + suffix_len {
+    let image_size = u64::from(u32::from_le_bytes([s0, s1, s2, s3]));
+    let body_len = body.len() as u64;
+    if image_size != body_len && image_size != body_len.saturating_add(suffix_len as u64) {
         return Err(bad(format!(
             "prefix says the image is {image_size} bytes but the file has {} bytes (+{suffix_len} suffix)",
             body.len()
         )));
     }
-    let n_targets = body[10];
-    let mut at = DFUSE_PREFIX_LEN;
-    let mut targets = Vec::with_capacity(n_targets as usize);
+    let mut targets = Vec::with_capacity(usize::from(n_targets));
     for t in 0..n_targets {
-        let head = body
-            .get(at..at + DFUSE_TARGET_PREFIX_LEN)
-            .ok_or_else(|| bad(format!("target {t} header runs past the end of the file")))?;
-        if &head[..6] != b"Target" {
+        let Some((head, after_head)) = rest.split_first_chunk::<DFUSE_TARGET_PREFIX_LEN>() else {
+            return Err(bad(format!("target {t} header runs past the end of the file")));
+        };
+        // Constant ranges of an array: the compiler checks them.
+        if head[..6] != *b"Target" {
             return Err(bad(format!("target {t} does not start with \"Target\"")));
         }
         let alt_setting = head[6];
-        let named = le32(head, 7) != 0;
+        let named = u32::from_le_bytes([head[7], head[8], head[9], head[10]]) != 0;
         let name_bytes = &head[11..11 + 255];
         let name = named.then(|| {
-            let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
-            String::from_utf8_lossy(&name_bytes[..end]).into_owned()
+            let name = name_bytes.split(|&b| b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
         });
-        let target_size = le32(head, 266) as usize;
-        let n_elements = le32(head, 270);
-        at += DFUSE_TARGET_PREFIX_LEN;
-        let target_end = at
-            .checked_add(target_size)
-            .filter(|&e| e <= body.len())
-            .ok_or_else(|| bad(format!("target {t} size {target_size} runs past the end")))?;
+        let target_size = u32::from_le_bytes([head[266], head[267], head[268], head[269]]);
+        let n_elements = u32::from_le_bytes([head[270], head[271], head[272], head[273]]);
+        let Some((target, after_target)) =
+            usize::try_from(target_size).ok().and_then(|size| after_head.split_at_checked(size))
+        else {
+            return Err(bad(format!("target {t} size {target_size} runs past the end")));
+        };
         let mut elements = Vec::new();
+        let mut left = target;
         for e in 0..n_elements {
-            let eh = body
-                .get(at..at + DFUSE_ELEMENT_HEADER_LEN)
-                .filter(|_| at + DFUSE_ELEMENT_HEADER_LEN <= target_end)
-                .ok_or_else(|| {
-                    bad(format!("target {t} element {e} header runs past the target"))
-                })?;
-            let address = le32(eh, 0);
-            let size = le32(eh, 4) as usize;
-            at += DFUSE_ELEMENT_HEADER_LEN;
-            let data = at
-                .checked_add(size)
-                .filter(|&end| end <= target_end)
-                .map(|end| &body[at..end])
-                .ok_or_else(|| {
-                    bad(format!("target {t} element {e} ({size} bytes) runs past the target"))
-                })?;
-            if (address as u64) + (size as u64) > (u32::MAX as u64) + 1 {
+            let Some((&[a0, a1, a2, a3, s0, s1, s2, s3], after_header)) =
+                left.split_first_chunk::<DFUSE_ELEMENT_HEADER_LEN>()
+            else {
+                return Err(bad(format!("target {t} element {e} header runs past the target")));
+            };
+            let address = u32::from_le_bytes([a0, a1, a2, a3]);
+            let size = u32::from_le_bytes([s0, s1, s2, s3]);
+            let Some((data, after_data)) =
+                usize::try_from(size).ok().and_then(|size| after_header.split_at_checked(size))
+            else {
+                return Err(bad(format!(
+                    "target {t} element {e} ({size} bytes) runs past the target"
+                )));
+            };
+            if u64::from(address).saturating_add(u64::from(size)) > FOUR_GIB {
                 return Err(bad(format!(
                     "target {t} element {e} at {address:#010x} + {size} bytes wraps the address space"
                 )));
             }
             elements.push(DfuseFileElement { address, data: data.to_vec() });
-            at += size;
+            left = after_data;
         }
-        if at != target_end {
+        if !left.is_empty() {
             return Err(bad(format!(
                 "target {t} says {target_size} bytes but its elements cover {}",
-                target_size as isize - (target_end - at) as isize
+                // `left` is a tail of `target`.
+                target.len().saturating_sub(left.len())
             )));
         }
         targets.push(DfuseFileTarget { alt_setting, name, elements });
+        rest = after_target;
     }
-    if at != body.len() {
-        return Err(bad(format!("{} unexpected bytes after the last target", body.len() - at)));
+    if !rest.is_empty() {
+        return Err(bad(format!("{} unexpected bytes after the last target", rest.len())));
     }
     Ok(targets)
 }
 
 /// Build a DfuSe file (prefix, targets, suffix) the way `dfuse-pack` does. Used by the lab and
-/// tests to make files; the output round-trips through [`DfuFile::parse`].
+/// tests to make files; the output round-trips through [`DfuFile::parse`]. A container the format
+/// cannot hold (more than 255 targets, a size past 4 GiB) gets its count or size saturated, which
+/// [`DfuFile::parse`] refuses.
 pub fn build_dfuse(targets: &[DfuseFileTarget], vendor_id: u16, product_id: u16) -> Vec<u8> {
+    let le32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     let mut body = Vec::new();
-    body.extend_from_slice(b"DfuSe");
-    body.push(0x01);
-    body.extend_from_slice(&[0; 4]); // image size, patched below
-    body.push(targets.len() as u8);
     for t in targets {
         body.extend_from_slice(b"Target");
         body.push(t.alt_setting);
-        body.extend_from_slice(&(t.name.is_some() as u32).to_le_bytes());
+        body.extend_from_slice(&u32::from(t.name.is_some()).to_le_bytes());
         let mut name = [0u8; 255];
         if let Some(n) = &t.name {
-            let b = n.as_bytes();
-            let len = b.len().min(254);
-            name[..len].copy_from_slice(&b[..len]);
+            // At most 254 bytes: the name stays NUL-terminated.
+            name.iter_mut().zip(n.bytes().take(254)).for_each(|(to, from)| *to = from);
         }
         body.extend_from_slice(&name);
-        let size: usize = t.elements.iter().map(|e| DFUSE_ELEMENT_HEADER_LEN + e.data.len()).sum();
-        body.extend_from_slice(&(size as u32).to_le_bytes());
-        body.extend_from_slice(&(t.elements.len() as u32).to_le_bytes());
+        let size = t.elements.iter().fold(0usize, |sum, e| {
+            sum.saturating_add(DFUSE_ELEMENT_HEADER_LEN).saturating_add(e.data.len())
+        });
+        body.extend_from_slice(&le32(size));
+        body.extend_from_slice(&le32(t.elements.len()));
         for e in &t.elements {
             body.extend_from_slice(&e.address.to_le_bytes());
-            body.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+            body.extend_from_slice(&le32(e.data.len()));
             body.extend_from_slice(&e.data);
         }
     }
-    let total = (body.len() + SUFFIX_LEN) as u32;
-    body[6..10].copy_from_slice(&total.to_le_bytes());
+    let total = body.len().saturating_add(DFUSE_PREFIX_LEN).saturating_add(SUFFIX_LEN);
+    let mut file = Vec::with_capacity(total);
+    file.extend_from_slice(b"DfuSe");
+    file.push(0x01);
+    file.extend_from_slice(&le32(total));
+    file.push(u8::try_from(targets.len()).unwrap_or(u8::MAX));
+    file.extend_from_slice(&body);
     let suffix = DfuSuffix {
         bcd_device: WILDCARD,
         id_product: product_id,
@@ -386,7 +393,7 @@ pub fn build_dfuse(targets: &[DfuseFileTarget], vendor_id: u16, product_id: u16)
         length: SUFFIX_LEN as u8,
         crc: 0,
     };
-    suffix.append_to(&body)
+    suffix.append_to(&file)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! DER SubjectPublicKeyInfo) or carried whole in PUBKEY (0x02). Only protected TLVs are trusted for
 //! dependencies (0x40) and other metadata, because unprotected ones are not signed; a metadata TLV
 //! in the unprotected area is refused.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::model::Version;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -187,8 +188,10 @@ pub struct McubootImage<'a> {
     pub header: ImageHeader,
     pub tlvs: Vec<Tlv>,
     bytes: &'a [u8],
-    /// Length of header + image + protected TLVs: what the hash and signature cover.
-    covered_len: usize,
+    /// Header, image and protected TLVs: what the hash and signature cover.
+    covered: &'a [u8],
+    /// The image without header and TLVs.
+    body: &'a [u8],
     /// Where the TLV areas end (anything after is slot padding).
     end: usize,
 }
@@ -206,15 +209,30 @@ pub struct ImageSummary {
     pub tlvs: Vec<Tlv>,
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+impl ImageHeader {
+    /// Decode the fixed 32-byte header; returns its magic beside it. (Constant indices into an
+    /// array: the compiler checks them.)
+    fn decode(h: &[u8; HEADER_LEN]) -> (u32, ImageHeader) {
+        let header = ImageHeader {
+            load_addr: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            hdr_size: u16::from_le_bytes([h[8], h[9]]),
+            protect_tlv_size: u16::from_le_bytes([h[10], h[11]]),
+            img_size: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
+            flags: u32::from_le_bytes([h[16], h[17], h[18], h[19]]),
+            version: version_of([h[20], h[21], h[22], h[23], h[24], h[25], h[26], h[27]]),
+        };
+        (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), header)
+    }
 }
 
-fn version_at(b: &[u8], o: usize) -> Version {
-    Version::new(b[o], b[o + 1], u16_at(b, o + 2), u32_at(b, o + 4))
+/// An MCUboot version: major, minor, revision (u16), build number (u32).
+fn version_of([major, minor, r0, r1, b0, b1, b2, b3]: [u8; 8]) -> Version {
+    Version::new(major, minor, u16::from_le_bytes([r0, r1]), u32::from_le_bytes([b0, b1, b2, b3]))
+}
+
+/// Where `n` bytes from `off` end, for an error message (as u64, where no file offset overflows).
+fn end_of(off: usize, n: usize) -> u64 {
+    (off as u64).saturating_add(n as u64)
 }
 
 /// Digest of an ed25519 key's DER SubjectPublicKeyInfo: what imgtool puts in KEYHASH (with the
@@ -228,59 +246,59 @@ impl<'a> McubootImage<'a> {
     /// [`Self::verify_ed25519`].
     pub fn parse(bytes: &'a [u8]) -> Result<Self, McubootError> {
         let len = bytes.len();
-        if len < HEADER_LEN {
+        let Some(fixed) = bytes.first_chunk::<HEADER_LEN>() else {
             return Err(McubootError::TooShort { len });
-        }
-        let magic = u32_at(bytes, 0);
+        };
+        let (magic, header) = ImageHeader::decode(fixed);
         if magic != IMAGE_MAGIC {
             return Err(McubootError::BadMagic { found: magic });
         }
-        let header = ImageHeader {
-            load_addr: u32_at(bytes, 4),
-            hdr_size: u16_at(bytes, 8),
-            protect_tlv_size: u16_at(bytes, 10),
-            img_size: u32_at(bytes, 12),
-            flags: u32_at(bytes, 16),
-            version: version_at(bytes, 20),
-        };
-        if (header.hdr_size as usize) < HEADER_LEN {
+        let hdr_size = usize::from(header.hdr_size);
+        if hdr_size < HEADER_LEN {
             return Err(McubootError::HeaderSizeTooSmall { hdr_size: header.hdr_size });
         }
         let truncated =
             |what: &str, end: u64| McubootError::Truncated { what: what.into(), end, len };
-        let image_end = header.hdr_size as u64 + header.img_size as u64;
-        if image_end > len as u64 {
+        // A u16 and a u32: their sum fits a u64.
+        let image_end = u64::from(header.hdr_size).saturating_add(u64::from(header.img_size));
+        let Some((body, off)) = usize::try_from(header.img_size)
+            .ok()
+            .and_then(|n| hdr_size.checked_add(n))
+            .and_then(|end| Some((bytes.get(hdr_size..end)?, end)))
+        else {
             return Err(truncated("image", image_end));
-        }
-        let mut off = image_end as usize;
+        };
         let mut tlvs = Vec::new();
-        let prot = header.protect_tlv_size as usize;
-        if prot > 0 {
-            if off + prot > len {
-                return Err(truncated("protected TLV area", (off + prot) as u64));
-            }
-            let total = Self::area(bytes, off, TLV_PROT_INFO_MAGIC, true, &mut tlvs)?;
-            if total != prot {
+        let prot = usize::from(header.protect_tlv_size);
+        let covered_len = if prot > 0 {
+            let Some(prot_end) = off.checked_add(prot).filter(|&end| end <= len) else {
+                return Err(truncated("protected TLV area", end_of(off, prot)));
+            };
+            let (total, _) = Self::area(bytes, off, TLV_PROT_INFO_MAGIC, true, &mut tlvs)?;
+            if total != header.protect_tlv_size {
                 return Err(McubootError::ProtectedSizeMismatch {
                     header: header.protect_tlv_size,
-                    area: total as u16,
+                    area: total,
                 });
             }
-            off += prot;
-        }
-        let covered_len = off;
-        if off + 4 > len {
-            return Err(truncated("TLV area", (off + 4) as u64));
-        }
-        if prot == 0 && u16_at(bytes, off) == TLV_PROT_INFO_MAGIC {
+            prot_end
+        } else {
+            off
+        };
+        let Some((covered, rest)) = bytes.split_at_checked(covered_len) else {
+            return Err(truncated("protected TLV area", end_of(covered_len, 0)));
+        };
+        let Some(&[m0, m1, t0, t1]) = rest.first_chunk::<4>() else {
+            return Err(truncated("TLV area", end_of(covered_len, 4)));
+        };
+        if prot == 0 && u16::from_le_bytes([m0, m1]) == TLV_PROT_INFO_MAGIC {
             return Err(McubootError::ProtectedSizeMismatch {
                 header: 0,
-                area: u16_at(bytes, off + 2),
+                area: u16::from_le_bytes([t0, t1]),
             });
         }
-        let total = Self::area(bytes, off, TLV_INFO_MAGIC, false, &mut tlvs)?;
-        let end = off + total;
-        let img = McubootImage { header, tlvs, bytes, covered_len, end };
+        let (_, end) = Self::area(bytes, covered_len, TLV_INFO_MAGIC, false, &mut tlvs)?;
+        let img = McubootImage { header, tlvs, bytes, covered, body, end };
         for kind in [TLV_SHA256, TLV_ED25519, TLV_KEYHASH, TLV_PUBKEY, TLV_SIG_PURE, TLV_SEC_CNT] {
             let count = img.tlvs.iter().filter(|t| t.kind == kind).count();
             if count > 1 {
@@ -289,8 +307,8 @@ impl<'a> McubootImage<'a> {
         }
         let hashes: Vec<_> =
             img.tlvs.iter().filter(|t| HashAlg::of_tlv(t.kind).is_some()).collect();
-        if hashes.len() > 1 {
-            return Err(McubootError::DuplicateTlv { kind: hashes[1].kind, count: hashes.len() });
+        if let Some(second) = hashes.get(1) {
+            return Err(McubootError::DuplicateTlv { kind: second.kind, count: hashes.len() });
         }
         for t in &img.tlvs {
             if !t.protected && matches!(t.kind, TLV_DEPENDENCY | TLV_SEC_CNT | TLV_BOOT_RECORD) {
@@ -303,53 +321,72 @@ impl<'a> McubootImage<'a> {
         Ok(img)
     }
 
-    /// Parse one TLV area at `off`; returns its total length (info header included).
+    /// Parse one TLV area at `off`; returns its total length (info header included) and where
+    /// it ends.
     fn area(
         bytes: &[u8],
         off: usize,
         magic: u16,
         protected: bool,
         tlvs: &mut Vec<Tlv>,
-    ) -> Result<usize, McubootError> {
+    ) -> Result<(u16, usize), McubootError> {
         let len = bytes.len();
-        if off + 4 > len {
+        let Some(&[m0, m1, t0, t1]) = bytes.get(off..).and_then(|b| b.first_chunk::<4>()) else {
             return Err(McubootError::Truncated {
                 what: "TLV info".into(),
-                end: (off + 4) as u64,
+                end: end_of(off, 4),
                 len,
             });
-        }
-        let found = u16_at(bytes, off);
+        };
+        let found = u16::from_le_bytes([m0, m1]);
         if found != magic {
             return Err(McubootError::BadTlvInfoMagic { offset: off, expected: magic, found });
         }
-        let total = u16_at(bytes, off + 2) as usize;
+        let total = u16::from_le_bytes([t0, t1]);
         if total < 4 {
             return Err(McubootError::TlvOverrun { offset: off });
         }
-        let end = off + total;
-        if end > len {
-            return Err(McubootError::Truncated { what: "TLV area".into(), end: end as u64, len });
-        }
-        let mut p = off + 4;
+        let area_len = usize::from(total);
+        let Some(end) = off.checked_add(area_len).filter(|&end| end <= len) else {
+            return Err(McubootError::Truncated {
+                what: "TLV area".into(),
+                end: end_of(off, area_len),
+                len,
+            });
+        };
+        // Every position below is at most `end`, so no sum of them overflows.
+        let overrun = |offset| McubootError::TlvOverrun { offset };
+        let mut p = off.checked_add(4).ok_or(overrun(off))?;
         while p < end {
-            if p + 4 > end {
-                return Err(McubootError::TlvOverrun { offset: p });
+            let Some((&[k0, k1, l0, l1], after)) =
+                bytes.get(p..end).and_then(|b| b.split_first_chunk::<4>())
+            else {
+                return Err(overrun(p));
+            };
+            let tlen = usize::from(u16::from_le_bytes([l0, l1]));
+            if tlen > after.len() {
+                return Err(overrun(p));
             }
-            let kind = u16_at(bytes, p);
-            let tlen = u16_at(bytes, p + 2) as usize;
-            if p + 4 + tlen > end {
-                return Err(McubootError::TlvOverrun { offset: p });
-            }
-            tlvs.push(Tlv { kind, offset: p + 4, len: tlen, protected });
-            p += 4 + tlen;
+            let value = p.checked_add(4).ok_or(overrun(p))?;
+            tlvs.push(Tlv {
+                kind: u16::from_le_bytes([k0, k1]),
+                offset: value,
+                len: tlen,
+                protected,
+            });
+            p = value.checked_add(tlen).ok_or(overrun(p))?;
         }
-        Ok(total)
+        Ok((total, end))
+    }
+
+    /// The value bytes of `t` (`None` for a TLV that lies outside the image).
+    fn value(&self, t: &Tlv) -> Option<&'a [u8]> {
+        self.bytes.get(t.offset..)?.get(..t.len)
     }
 
     /// The value bytes of the first TLV of `kind`.
     pub fn tlv(&self, kind: u16) -> Option<&'a [u8]> {
-        self.tlvs.iter().find(|t| t.kind == kind).map(|t| &self.bytes[t.offset..t.offset + t.len])
+        self.tlvs.iter().find(|t| t.kind == kind).and_then(|t| self.value(t))
     }
 
     /// Signed in pure mode (signature over the covered bytes, not their digest)?
@@ -359,13 +396,12 @@ impl<'a> McubootImage<'a> {
 
     /// The bytes the hash and signature cover: header, image, protected TLVs.
     pub fn covered(&self) -> &'a [u8] {
-        &self.bytes[..self.covered_len]
+        self.covered
     }
 
     /// The image body (without header and TLVs).
     pub fn body(&self) -> &'a [u8] {
-        let start = self.header.hdr_size as usize;
-        &self.bytes[start..start + self.header.img_size as usize]
+        self.body
     }
 
     /// Total bytes of header, image and TLV areas (anything after is padding).
@@ -375,9 +411,7 @@ impl<'a> McubootImage<'a> {
 
     /// The hash TLV (SHA-256, -384 or -512) and its algorithm.
     pub fn hash_tlv(&self) -> Option<(HashAlg, &'a [u8])> {
-        self.tlvs.iter().find_map(|t| {
-            HashAlg::of_tlv(t.kind).map(|a| (a, &self.bytes[t.offset..t.offset + t.len]))
-        })
+        self.tlvs.iter().find_map(|t| Some((HashAlg::of_tlv(t.kind)?, self.value(t)?)))
     }
 
     /// The hash TLV value: the image hash devices report (SHA-256 unless signed otherwise).
@@ -389,10 +423,11 @@ impl<'a> McubootImage<'a> {
     pub fn dependencies(&self) -> Vec<Dependency> {
         self.tlvs
             .iter()
-            .filter(|t| t.kind == TLV_DEPENDENCY && t.protected && t.len == 12)
-            .map(|t| {
-                let b = &self.bytes[t.offset..t.offset + 12];
-                Dependency { image_id: b[0], flags: b[1], min_version: version_at(b, 4) }
+            .filter(|t| t.kind == TLV_DEPENDENCY && t.protected)
+            .filter_map(|t| {
+                let [image_id, flags, _, _, version @ ..] =
+                    <[u8; 12]>::try_from(self.value(t)?).ok()?;
+                Some(Dependency { image_id, flags, min_version: version_of(version) })
             })
             .collect()
     }
@@ -411,7 +446,7 @@ impl<'a> McubootImage<'a> {
             });
         }
         let actual = alg.digest(&[self.covered()]);
-        if actual[..] != tlv[..] {
+        if actual != tlv {
             return Err(McubootError::HashMismatch {
                 expected: hex::encode(tlv),
                 actual: hex::encode(actual),
@@ -438,7 +473,7 @@ impl<'a> McubootImage<'a> {
                 expected: 32,
             })?;
             let found: Vec<_> =
-                keys.iter().filter(|k| ed25519_keyhash(k, alg)[..] == kh[..]).copied().collect();
+                keys.iter().filter(|k| ed25519_keyhash(k, alg) == kh).copied().collect();
             if found.is_empty() {
                 return Err(McubootError::UnknownKey { keyhash: hex::encode(kh) });
             }
@@ -446,11 +481,7 @@ impl<'a> McubootImage<'a> {
         } else if let Some(pk) = self.tlv(TLV_PUBKEY) {
             let found: Vec<_> = keys
                 .iter()
-                .filter(|k| {
-                    pk.len() == 44
-                        && pk[..12] == ED25519_SPKI_PREFIX
-                        && pk[12..] == k.as_bytes()[..]
-                })
+                .filter(|k| pk.strip_prefix(&ED25519_SPKI_PREFIX) == Some(k.as_bytes().as_slice()))
                 .copied()
                 .collect();
             if found.is_empty() {
@@ -498,12 +529,18 @@ mod tests {
     /// Build a minimal unsigned image with a SHA-256 TLV by hand.
     fn image(body: &[u8], protected: &[(u16, Vec<u8>)]) -> Vec<u8> {
         let mut prot = Vec::new();
-        for (k, v) in protected {
-            prot.extend_from_slice(&k.to_le_bytes());
-            prot.extend_from_slice(&(v.len() as u16).to_le_bytes());
-            prot.extend_from_slice(v);
+        if !protected.is_empty() {
+            prot.extend_from_slice(&TLV_PROT_INFO_MAGIC.to_le_bytes());
+            prot.extend_from_slice(&[0, 0]); // the area's total, set below
+            for (k, v) in protected {
+                prot.extend_from_slice(&k.to_le_bytes());
+                prot.extend_from_slice(&(v.len() as u16).to_le_bytes());
+                prot.extend_from_slice(v);
+            }
+            let total = (prot.len() as u16).to_le_bytes();
+            prot[2..4].copy_from_slice(&total);
         }
-        let prot_size = if prot.is_empty() { 0 } else { prot.len() + 4 };
+        let prot_size = prot.len();
         let mut b = Vec::new();
         b.extend_from_slice(&IMAGE_MAGIC.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
@@ -514,11 +551,7 @@ mod tests {
         b.extend_from_slice(&[1, 2, 3, 0, 4, 0, 0, 0]);
         b.extend_from_slice(&0u32.to_le_bytes());
         b.extend_from_slice(body);
-        if prot_size > 0 {
-            b.extend_from_slice(&TLV_PROT_INFO_MAGIC.to_le_bytes());
-            b.extend_from_slice(&(prot_size as u16).to_le_bytes());
-            b.extend_from_slice(&prot);
-        }
+        b.extend_from_slice(&prot);
         let digest = Sha256::digest(&b);
         b.extend_from_slice(&TLV_INFO_MAGIC.to_le_bytes());
         b.extend_from_slice(&(4u16 + 4 + 32).to_le_bytes());

@@ -15,6 +15,7 @@
 //!   streams.
 //!
 //! Nothing here panics on hostile input: every malformed byte is a [`SwuError`].
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::stack::Stack;
@@ -92,63 +93,71 @@ pub struct Member {
     pub checksum: Option<u32>,
 }
 
-fn hex_field(h: &[u8], i: usize) -> Result<u32, SwuError> {
-    let f = &h[6 + i * 8..6 + (i + 1) * 8];
+/// Bytes of a cpio newc/crc member header: a 6-byte magic and 13 fields of 8 hex digits.
+const CPIO_HEADER: u64 = 110;
+
+fn hex_field(f: &[u8; 8]) -> Result<u32, SwuError> {
     let s =
         std::str::from_utf8(f).map_err(|_| SwuError::Archive("a header is not ASCII".into()))?;
     u32::from_str_radix(s, 16).map_err(|_| SwuError::Archive(format!("bad header field `{s}`")))
 }
 
-fn pad4(n: u64) -> u64 {
-    (4 - n % 4) % 4
-}
-
 /// Lists the members of a cpio newc/crc archive without reading their data.
 pub fn members<R: Read + Seek>(r: &mut R, file_len: u64) -> Result<Vec<Member>, SwuError> {
     let io = |e: std::io::Error| SwuError::Io(e.to_string());
+    let past_end =
+        |what: String| SwuError::Archive(format!("{what} runs past the end of the file"));
     let mut out = Vec::new();
+    // Every header starts 4-aligned from the start of the archive, and so does every member's
+    // data: aligning the end of the name or the data gives the same padding as cpio's.
     let mut pos = 0u64;
     loop {
         if out.len() > MAX_MEMBERS {
             return Err(SwuError::Archive(format!("more than {MAX_MEMBERS} members")));
         }
-        if pos + 110 > file_len {
+        let Some(header_end) = pos.checked_add(CPIO_HEADER).filter(|&end| end <= file_len) else {
             return Err(SwuError::Archive("truncated: no cpio trailer".into()));
-        }
+        };
         r.seek(SeekFrom::Start(pos)).map_err(io)?;
-        let mut h = [0u8; 110];
-        r.read_exact(&mut h).map_err(io)?;
-        let crc = match &h[..6] {
+        let mut magic = [0u8; 6];
+        let mut fields = [[0u8; 8]; 13];
+        r.read_exact(&mut magic).map_err(io)?;
+        r.read_exact(fields.as_flattened_mut()).map_err(io)?;
+        let crc = match &magic {
             b"070701" => false,
             b"070702" => true,
             _ => return Err(SwuError::Archive("not a cpio newc/crc archive".into())),
         };
-        let size = hex_field(&h, 6)? as u64;
-        let namesize = hex_field(&h, 11)? as u64;
-        let check = hex_field(&h, 12)?;
+        // ino, mode, uid, gid, nlink, mtime, then these; devmajor to rdevminor are not needed.
+        let [.., filesize, _, _, _, _, namesize, check] = fields;
+        let size = u64::from(hex_field(&filesize)?);
+        let namesize = u64::from(hex_field(&namesize)?);
+        let check = hex_field(&check)?;
+        let bad_name = || SwuError::Archive(format!("member name of {namesize} bytes"));
         if namesize == 0 || namesize > MAX_NAME {
-            return Err(SwuError::Archive(format!("member name of {namesize} bytes")));
+            return Err(bad_name());
         }
-        let name_end = pos + 110 + namesize;
-        if name_end > file_len {
+        let Some(name_end) = header_end.checked_add(namesize).filter(|&end| end <= file_len) else {
             return Err(SwuError::Archive("truncated member name".into()));
-        }
-        let mut name = vec![0u8; namesize as usize];
+        };
+        let mut name = vec![0u8; usize::try_from(namesize).map_err(|_| bad_name())?];
         r.read_exact(&mut name).map_err(io)?;
         if name.pop() != Some(0) {
             return Err(SwuError::Archive("member name is not NUL-terminated".into()));
         }
         let name = String::from_utf8(name)
             .map_err(|_| SwuError::Archive("member name is not UTF-8".into()))?;
-        let offset = name_end + pad4(110 + namesize);
+        let offset =
+            name_end.checked_next_multiple_of(4).ok_or_else(|| past_end(format!("`{name}`")))?;
         if name == "TRAILER!!!" {
             return Ok(out);
         }
-        let end = offset.checked_add(size).filter(|e| *e <= file_len).ok_or_else(|| {
-            SwuError::Archive(format!("member `{name}` runs past the end of the file"))
-        })?;
+        let end = offset
+            .checked_add(size)
+            .filter(|e| *e <= file_len)
+            .ok_or_else(|| past_end(format!("member `{name}`")))?;
         out.push(Member { name, offset, size, checksum: crc.then_some(check) });
-        pos = end + pad4(size);
+        pos = end.checked_next_multiple_of(4).ok_or_else(|| past_end("the archive".into()))?;
     }
 }
 
@@ -166,7 +175,7 @@ fn read_member<R: Read + Seek>(r: &mut R, m: &Member, max: u64) -> Result<Vec<u8
 
 fn check_sum(m: &Member, data: &[u8]) -> Result<(), SwuError> {
     if let Some(want) = m.checksum {
-        let got = data.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32));
+        let got = data.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
         if got != want {
             return Err(SwuError::ArchiveChecksum { name: m.name.clone() });
         }
@@ -176,18 +185,20 @@ fn check_sum(m: &Member, data: &[u8]) -> Result<(), SwuError> {
 
 /// Streams a member through SHA-256 (and the crc byte sum).
 fn hash_member<R: Read + Seek>(r: &mut R, m: &Member) -> Result<[u8; 32], SwuError> {
+    const CHUNK: usize = 64 * 1024;
     let io = |e: std::io::Error| SwuError::Io(e.to_string());
     r.seek(SeekFrom::Start(m.offset)).map_err(io)?;
     let mut left = m.size;
     let mut h = Sha256::new();
     let mut sum = 0u32;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = Vec::with_capacity(CHUNK);
     while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..n]).map_err(io)?;
-        h.update(&buf[..n]);
-        sum = buf[..n].iter().fold(sum, |a, b| a.wrapping_add(*b as u32));
-        left -= n as u64;
+        buf.resize(usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK)), 0);
+        r.read_exact(&mut buf).map_err(io)?;
+        h.update(&buf);
+        sum = buf.iter().fold(sum, |a, b| a.wrapping_add(u32::from(*b)));
+        // The buffer holds at most `left` bytes.
+        left = left.saturating_sub(buf.len() as u64);
     }
     if m.checksum.is_some_and(|c| c != sum) {
         return Err(SwuError::ArchiveChecksum { name: m.name.clone() });
@@ -225,31 +236,51 @@ impl Value {
 }
 
 struct Parser<'a> {
+    /// The whole text (for line numbers in errors).
     s: &'a [u8],
-    i: usize,
+    /// What is left to read.
+    rest: &'a [u8],
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, what: &str) -> SwuError {
-        let line = self.s[..self.i.min(self.s.len())].iter().filter(|b| **b == b'\n').count() + 1;
+        // `rest` is a tail of `s`: what was read is the rest of it.
+        let read = self.s.len().saturating_sub(self.rest.len());
+        let line = self.s.iter().take(read).filter(|b| **b == b'\n').count().saturating_add(1);
         SwuError::Description(format!("{what} (line {line})"))
+    }
+
+    /// Steps over `n` bytes (to the end if fewer are left).
+    fn advance(&mut self, n: usize) {
+        self.rest = self.rest.get(n..).unwrap_or_default();
+    }
+
+    /// The next byte, consumed.
+    fn next_byte(&mut self) -> Option<u8> {
+        let (&c, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(c)
+    }
+
+    /// The bytes from here while `f` holds for them, consumed.
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+        let n = self.rest.iter().take_while(|&&c| f(c)).count();
+        let (taken, rest) = self.rest.split_at_checked(n).unwrap_or((self.rest, &[]));
+        self.rest = rest;
+        taken
     }
 
     fn skip(&mut self) {
         loop {
-            while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-                self.i += 1;
-            }
-            let rest = &self.s[self.i..];
-            if rest.starts_with(b"#") || rest.starts_with(b"//") {
-                while self.i < self.s.len() && self.s[self.i] != b'\n' {
-                    self.i += 1;
+            self.rest = self.rest.trim_ascii_start();
+            if self.rest.starts_with(b"#") || self.rest.starts_with(b"//") {
+                self.take_while(|c| c != b'\n');
+            } else if let Some(comment) = self.rest.strip_prefix(b"/*") {
+                self.rest = match comment.windows(2).position(|w| w == b"*/") {
+                    Some(p) => comment.get(p..).and_then(|c| c.strip_prefix(b"*/")),
+                    None => None,
                 }
-            } else if rest.starts_with(b"/*") {
-                match rest[2..].windows(2).position(|w| w == b"*/") {
-                    Some(p) => self.i += p + 4,
-                    None => self.i = self.s.len(),
-                }
+                .unwrap_or_default();
             } else {
                 return;
             }
@@ -258,21 +289,16 @@ impl Parser<'_> {
 
     fn peek(&mut self) -> Option<u8> {
         self.skip();
-        self.s.get(self.i).copied()
+        self.rest.first().copied()
     }
 
     fn name(&mut self) -> Result<String, SwuError> {
         self.skip();
-        let start = self.i;
-        while self.i < self.s.len()
-            && (self.s[self.i].is_ascii_alphanumeric() || b"-_*".contains(&self.s[self.i]))
-        {
-            self.i += 1;
-        }
-        if start == self.i {
+        let name = self.take_while(|c| c.is_ascii_alphanumeric() || b"-_*".contains(&c));
+        if name.is_empty() {
             return Err(self.err("expected a setting name"));
         }
-        Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+        Ok(String::from_utf8_lossy(name).into_owned())
     }
 
     /// Settings until `end` (None: end of input).
@@ -287,20 +313,20 @@ impl Parser<'_> {
                 (None, None) => return Ok(out),
                 (None, Some(_)) => return Err(self.err("unexpected end of sw-description")),
                 (Some(c), Some(e)) if c == e => {
-                    self.i += 1;
+                    self.advance(1);
                     return Ok(out);
                 }
                 _ => {}
             }
             let name = self.name()?;
             match self.peek() {
-                Some(b'=') | Some(b':') => self.i += 1,
+                Some(b'=') | Some(b':') => self.advance(1),
                 _ => return Err(self.err(&format!("expected `=` after `{name}`"))),
             }
-            let v = self.value(depth + 1)?;
+            let v = self.value(depth.saturating_add(1))?;
             out.push((name, v));
             if matches!(self.peek(), Some(b';') | Some(b',')) {
-                self.i += 1;
+                self.advance(1);
             }
         }
     }
@@ -312,21 +338,21 @@ impl Parser<'_> {
         match self.peek() {
             None => Err(self.err("expected a value")),
             Some(b'{') => {
-                self.i += 1;
+                self.advance(1);
                 Ok(Value::Group(self.settings(Some(b'}'), depth)?))
             }
             Some(open @ (b'(' | b'[')) => {
-                self.i += 1;
+                self.advance(1);
                 let close = if open == b'(' { b')' } else { b']' };
                 let mut items = Vec::new();
                 loop {
                     if self.peek() == Some(close) {
-                        self.i += 1;
+                        self.advance(1);
                         return Ok(Value::List(items));
                     }
-                    items.push(self.value(depth + 1)?);
+                    items.push(self.value(depth.saturating_add(1))?);
                     match self.peek() {
-                        Some(b',') => self.i += 1,
+                        Some(b',') => self.advance(1),
                         Some(c) if c == close => {}
                         _ => return Err(self.err("expected `,` or the end of a list")),
                     }
@@ -335,19 +361,17 @@ impl Parser<'_> {
             Some(b'"') => {
                 let mut out = Vec::new();
                 while self.peek() == Some(b'"') {
-                    self.i += 1;
+                    self.advance(1);
                     loop {
-                        let Some(&c) = self.s.get(self.i) else {
+                        let Some(c) = self.next_byte() else {
                             return Err(self.err("unterminated string"));
                         };
-                        self.i += 1;
                         match c {
                             b'"' => break,
                             b'\\' => {
-                                let Some(&e) = self.s.get(self.i) else {
+                                let Some(e) = self.next_byte() else {
                                     return Err(self.err("unterminated string"));
                                 };
-                                self.i += 1;
                                 out.push(match e {
                                     b'n' => b'\n',
                                     b't' => b'\t',
@@ -365,13 +389,8 @@ impl Parser<'_> {
                     .map_err(|_| self.err("a string is not UTF-8"))
             }
             Some(_) => {
-                let start = self.i;
-                while self.i < self.s.len()
-                    && (self.s[self.i].is_ascii_alphanumeric() || b"+-.".contains(&self.s[self.i]))
-                {
-                    self.i += 1;
-                }
-                let word = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
+                let word = self.take_while(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c));
+                let word = std::str::from_utf8(word).unwrap_or("");
                 let lower = word.to_ascii_lowercase();
                 let trimmed = lower.trim_end_matches('l');
                 if lower == "true" || lower == "false" {
@@ -392,7 +411,7 @@ impl Parser<'_> {
 
 /// Parses libconfig text into its top-level group.
 pub fn parse_libconfig(text: &[u8]) -> Result<Value, SwuError> {
-    let mut p = Parser { s: text, i: 0 };
+    let mut p = Parser { s: text, rest: text };
     Ok(Value::Group(p.settings(None, 0)?))
 }
 
@@ -403,11 +422,12 @@ fn from_json(v: serde_json::Value, depth: usize) -> Result<Value, SwuError> {
     Ok(match v {
         serde_json::Value::Object(m) => Value::Group(
             m.into_iter()
-                .map(|(k, v)| Ok((k, from_json(v, depth + 1)?)))
+                .map(|(k, v)| Ok((k, from_json(v, depth.saturating_add(1))?)))
                 .collect::<Result<_, SwuError>>()?,
         ),
         serde_json::Value::Array(a) => {
-            Value::List(a.into_iter().map(|v| from_json(v, depth + 1)).collect::<Result<_, _>>()?)
+            let depth = depth.saturating_add(1);
+            Value::List(a.into_iter().map(|v| from_json(v, depth)).collect::<Result<_, _>>()?)
         }
         serde_json::Value::String(s) => Value::Str(s),
         serde_json::Value::Bool(b) => Value::Bool(b),
@@ -651,7 +671,9 @@ fn verify_reader<R: Read + Seek>(
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        let read =
+            buf.get(..n).ok_or_else(|| SwuError::Io(format!("a read returned {n} bytes")))?;
+        h.update(read);
     }
     Ok(VerifiedSwu { description, members, file_sha256: h.finalize().into(), file_len })
 }
@@ -664,14 +686,14 @@ mod tests {
     fn entry(out: &mut Vec<u8>, magic: &str, name: &str, data: &[u8]) {
         let sum = data.iter().fold(0u32, |a, b| a.wrapping_add(*b as u32));
         let check = if magic == "070702" { sum } else { 0 };
+        let name = format!("{name}\0");
         let fields =
-            [0, 0o100644, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, check];
+            [0, 0o100644, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32, check];
         out.extend(magic.as_bytes());
         for f in fields {
             out.extend(format!("{f:08X}").as_bytes());
         }
         out.extend(name.as_bytes());
-        out.push(0);
         while !out.len().is_multiple_of(4) {
             out.push(0);
         }
