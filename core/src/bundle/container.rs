@@ -5,6 +5,7 @@
 //! The header (everything before the payloads) is small and bounded, so it is read whole; the
 //! payloads are only ever streamed. Signing rewrites the signature block by streaming the payloads
 //! into a new file beside the old one and renaming it into place.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::BundleError;
 use super::canonical::{self, CanonicalIssue};
@@ -99,7 +100,13 @@ fn signatures_bytes(sigs: &[SignatureEntry]) -> Vec<u8> {
 pub fn read_header<R: Read>(r: &mut R, file_len: u64) -> Result<Header, BundleError> {
     let parts = fieldpatch_proto::bundle::read_header_parts(r, file_len)?;
     let (manifest_bytes, sig_bytes) = (parts.manifest, parts.signatures);
-    let remaining = file_len - parts.header_len;
+    let Some(remaining) = file_len.checked_sub(parts.header_len) else {
+        return Err(BundleError::Truncated {
+            what: "header".into(),
+            needed: parts.header_len,
+            available: file_len,
+        });
+    };
     let manifest = Manifest::from_canonical_bytes(&manifest_bytes)?;
     let signatures = parse_signatures(&sig_bytes)?;
     let declared = manifest.payload_total().ok_or_else(|| BundleError::LengthTooLarge {
@@ -117,7 +124,7 @@ pub fn read_header<R: Read>(r: &mut R, file_len: u64) -> Result<Header, BundleEr
     if declared < remaining {
         return Err(BundleError::PayloadLengthMismatch { declared, actual: remaining });
     }
-    Ok(Header { manifest, manifest_bytes, signatures, header_len: file_len - remaining })
+    Ok(Header { manifest, manifest_bytes, signatures, header_len: parts.header_len })
 }
 
 /// Parse a whole bundle held in memory, header only (for fuzzing and small tools).
@@ -167,14 +174,14 @@ pub fn payload_entry(
     let mut buf = vec![0u8; CHUNK];
     let mut length = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
+        let read = read_chunk(&mut f, &mut buf, u64::MAX)
             .map_err(|e| BundleError::io(format!("reading payload {}", path.display()), e))?;
-        if n == 0 {
+        if read.is_empty() {
             break;
         }
-        h.update(&buf[..n]);
-        length += n as u64;
+        h.update(read);
+        // A file holds fewer than u64::MAX bytes.
+        length = length.saturating_add(read.len() as u64);
     }
     Ok(PayloadEntry {
         name: name.into(),
@@ -209,19 +216,35 @@ fn copy_hashed<R: Read, W: Write>(
     let mut h = Sha256::new();
     let mut left = len;
     while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = r.read(&mut buf[..want])?;
-        if n == 0 {
+        let read = read_chunk(r, buf, left)?;
+        if read.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "payload ended early",
             ));
         }
-        h.update(&buf[..n]);
-        w.write_all(&buf[..n])?;
-        left -= n as u64;
+        h.update(read);
+        w.write_all(read)?;
+        // `read_chunk` reads at most `left` bytes.
+        left = left.saturating_sub(read.len() as u64);
     }
     Ok(h.finalize().into())
+}
+
+/// One `read` from `r` into `buf` of at most `limit` bytes: the bytes read (none at the end of
+/// the input). A reader that says it read more than it was given room for is an I/O error.
+pub(crate) fn read_chunk<'b, R: Read>(
+    r: &mut R,
+    buf: &'b mut [u8],
+    limit: u64,
+) -> std::io::Result<&'b [u8]> {
+    let room = usize::try_from(limit).map_or(buf.len(), |l| l.min(buf.len()));
+    // `room` is at most `buf.len()`: the empty fallback is never taken.
+    let buf = buf.get_mut(..room).unwrap_or_default();
+    let n = r.read(buf)?;
+    let buf: &'b [u8] = buf;
+    buf.get(..n)
+        .ok_or_else(|| std::io::Error::other(format!("a read of {room} bytes returned {n}")))
 }
 
 fn temp_beside(out: &Path) -> PathBuf {

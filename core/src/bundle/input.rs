@@ -1,6 +1,7 @@
 //! What a technician may send to a device from a file: a signed bundle (verified as everywhere
 //! else) or a bare MCUboot image whose vendor signature verifies against a trusted vendor key.
 //! Anything else is refused unless the technician explicitly allows it (and the caller logs that).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::trust::{Role, TrustStore};
 use super::verify::{AcceptRule, VerifiedBundle, VerifyPolicy};
@@ -123,7 +124,8 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, InputError> {
     let file = std::fs::File::open(path)
         .map_err(|source| InputError::Read { path: shown.clone(), source })?;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
+    // One byte past the limit tells a file of exactly `limit` bytes from a larger one.
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|source| InputError::Read { path: shown.clone(), source })?;
     if bytes.len() as u64 > limit {

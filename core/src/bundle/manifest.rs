@@ -1,4 +1,5 @@
 //! The bundle manifest: what a bundle is for, what it installs and what it carries.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::BundleError;
 use super::canonical::{self, CanonicalIssue};
@@ -329,7 +330,7 @@ pub fn check_payload_name(name: &str) -> Result<(), BundleError> {
     if name.chars().any(|c| c == '\0' || c.is_control()) {
         return unsafe_name("contains NUL or a control character");
     }
-    if name.len() >= 2 && name.as_bytes()[1] == b':' {
+    if name.as_bytes().get(1) == Some(&b':') {
         return unsafe_name("looks like a drive letter (absolute path)");
     }
     Ok(())

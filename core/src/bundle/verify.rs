@@ -6,9 +6,10 @@
 //! evidence, validity period (with offline grace), then payload digests while streaming, then
 //! MCUboot image checks (digest TLV, vendor signature when the trust store knows vendor keys),
 //! and for ESP payloads each image, partition table and flash offset, then their layout together.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::BundleError;
-use super::container::{self, CHUNK, Header};
+use super::container::{self, CHUNK, Header, read_chunk};
 use super::manifest::{Manifest, PayloadEntry, PayloadFormat};
 use super::rollback::SignedRollbackApproval;
 use super::signature::{self, CONTEXT_MANIFEST};
@@ -19,7 +20,6 @@ use chrono::{DateTime, Duration, Utc};
 use fieldpatch_proto::trust::TrustError;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 
 /// Most payload bytes held in memory (for flashing, or to check an MCUboot image).
@@ -436,22 +436,21 @@ fn hash_payload(
     let mut h = Sha256::new();
     let mut left = p.length;
     while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = file
-            .read(&mut buf[..want])
+        let read = read_chunk(file, buf, left)
             .map_err(|e| BundleError::io(format!("reading payload {:?}", p.name), e))?;
-        if n == 0 {
+        if read.is_empty() {
             return Err(BundleError::Truncated {
                 what: format!("payload {:?}", p.name),
                 needed: left,
                 available: 0,
             });
         }
-        h.update(&buf[..n]);
+        h.update(read);
         if let Some(k) = keep.as_deref_mut() {
-            k.extend_from_slice(&buf[..n]);
+            k.extend_from_slice(read);
         }
-        left -= n as u64;
+        // `read_chunk` reads at most `left` bytes.
+        left = left.saturating_sub(read.len() as u64);
     }
     let actual = hex::encode(h.finalize());
     if actual != p.sha256 {
