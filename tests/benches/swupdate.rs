@@ -113,6 +113,8 @@ fn main() {
                 // Without this header curl waits up to a second for a `100 Continue` that the
                 // daemon's web server never sends: that would measure curl's timer, not the link.
                 .args(["-H", "Expect:"])
+                // A daemon that stops reading must not hang the benchmark: curl gives up.
+                .args(["--max-time", "120"])
                 .arg("--netrc-file")
                 .arg(&netrc)
                 .arg("-F")
