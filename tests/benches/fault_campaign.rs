@@ -4,7 +4,7 @@
 //! (`--json FILE`). Seeds count up from `--seed S` (default: from the clock, printed), so a
 //! campaign and each of its runs can be repeated.
 //!
-//! `cargo bench -p fieldpatch-e2e --bench fault_campaign -- --runs 1000 [--family udp|serial|dfu]`
+//! `cargo bench -p fieldpatch-e2e --bench fault_campaign -- --runs 1000 [--family udp|serial|dfu|esp|swupdate]`
 //! (what `scripts/campaign` runs, in a private D-Bus session with a keyring).
 
 use fieldpatch_e2e::campaign::{self, Family, Release, Run};
@@ -24,14 +24,16 @@ fn main() {
             .unwrap_or(1)
     });
     let json = arg("--json");
-    // --family udp|serial|dfu: one family only (to run the families side by side).
+    // --family udp|serial|dfu|esp|swupdate: one family only (to run the families side by side).
     let families: Vec<Family> = match arg("--family").as_deref() {
         None => Family::ALL.to_vec(),
         Some("udp") => vec![Family::SmpUdp],
         Some("serial") => vec![Family::SmpSerial],
         Some("dfu") => vec![Family::Dfu],
+        Some("esp") => vec![Family::Esp],
+        Some("swupdate") => vec![Family::Swupdate],
         Some(other) => {
-            eprintln!("--family {other}: give udp, serial or dfu");
+            eprintln!("--family {other}: give udp, serial, dfu, esp or swupdate");
             std::process::exit(2);
         }
     };
@@ -121,6 +123,8 @@ fn main() {
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     }
+    // The campaign's SWUpdate daemon stops with the release, before the exit.
+    drop(release);
     if violations > 0 {
         std::process::exit(1);
     }

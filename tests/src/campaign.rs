@@ -1,46 +1,71 @@
 //! The fault campaign: randomized flash runs against lab devices, each with one fault drawn from
 //! what the field throws at a technician, checked against the invariants that must never break.
 //!
-//! One run: a fresh data directory and one lab device of a family (SMP over UDP, SMP on a serial
-//! pty, USB DFU on the lab bus), identified, planned and flashed through the facade
-//! ([`Fieldpatch::run_session`], what the CLI and the app call) with one fault:
+//! One run: a fresh data directory and one device of a family (SMP over UDP, SMP on a serial
+//! pty, USB DFU on the lab bus, an ESP32 in its ROM loader on a pty ([`esp`]), an SWUpdate
+//! gateway on the real daemon behind a loopback proxy ([`swupdate`])), identified, planned and
+//! flashed through the facade ([`Fieldpatch::run_session`], what the CLI and the app call) with
+//! one fault:
 //!
 //! | fault | families | what happens |
 //! |---|---|---|
 //! | `none` | all | nothing: the baseline |
-//! | `drop_frames` | SMP | the device loses every Nth frame it receives |
+//! | `drop_frames` | SMP, ESP | the device loses every Nth frame it receives (SMP); one to three frames from a random FLASH_DATA block, or the next frames of any kind (ESP) |
 //! | `corrupt_frames` | SMP | every Nth frame it sends has one byte flipped |
-//! | `stall` | SMP | the device goes silent for up to 4 s at a random upload offset |
+//! | `stall` | SMP, ESP, SWUpdate | the device goes silent for up to 4 s at a random upload offset (SMP); the ROM loader answers nothing after a random number of commands until it is reset (ESP); the proxy forwards nothing after a random byte of the upload until the laptop gives up (SWUpdate: longer than the upload timeout, at least 30 s) |
 //! | `reboot_mid_upload` | SMP | the device reboots at a random upload offset (the partial image stays) |
 //! | `power_loss_on_test_boot` | SMP | power is lost during the test boot: MCUboot reverts |
 //! | `fails_health_check` | SMP | the new image does not come up: the watchdog resets, MCUboot reverts |
 //! | `stalled_dnload` | DFU | the device stalls the Nth data DNLOAD and enters dfuERROR |
 //! | `verify_error` | DFU | the device reports errVERIFY at manifestation |
 //! | `garbage_status` | DFU | GETSTATUS answers random bytes |
+//! | `bad_checksum` | ESP | one to three FLASH_DATA blocks from a random one are answered with the checksum error, as if the line garbled them |
+//! | `flash_write_fail` | ESP | the flash never keeps a random block (ROM error 0x08, every time) |
+//! | `corrupt_flash` | ESP | the flash keeps a random block with one bit flipped and the ROM does not notice (only the MD5 check can) |
+//! | `crash_at_boot_rollback` | ESP | the new application panics at boot; the bootloader has rollback |
+//! | `crash_at_boot` | ESP | the same without rollback in the bootloader: the device keeps restarting |
+//! | `cut_upload` | SWUpdate | the proxy closes the upload's connection after a random byte |
+//! | `daemon_killed` | SWUpdate | the daemon is killed at a random moment of the upload or install (a power cut) and started again up to 2 s later, its flash kept |
+//! | `refused_by_daemon` | SWUpdate | the inventory records the gateway as hardware revision 2.0, so it gets the signed 2.0 image, which passes every laptop-side check; the gateway is 1.0 and its daemon refuses it |
 //! | `killed` | all | the session is cut off at a random moment (its task dropped, as a killed process leaves it), then resumed from the store by a new facade |
 //!
 //! After each run the invariants are checked, each of which must hold every time:
 //! 1. **bootable**: the device runs a confirmed image (SMP), or its old or new firmware, or
-//!    waits in its DFU bootloader (which a new download recovers);
-//! 2. **honest success**: a device reported patched runs exactly the verified new image;
+//!    waits in its DFU bootloader (which a new download recovers); an ESP boots its old or new
+//!    application byte for byte, or after a failure said so waits in its ROM loader, or
+//!    restarts over exactly the new application that crashes (see [`esp`]); a gateway's flash
+//!    holds its old content or exactly the new image once the daemon has settled;
+//! 2. **honest success**: a device reported patched (or, ESP, unverified with the version) runs
+//!    exactly the verified new image (ESP: the slot its last reset started holds it; SWUpdate:
+//!    the flash file is the new image);
 //! 3. **log**: every visit log verifies as a chain, no event id appears twice, and the device's
 //!    last outcome event says what the session says (none lost);
 //! 4. **no secret on disk**: a device secret kept in the OS keyring for the campaign appears in
-//!    no file of the data directory.
+//!    no file of the data directory. It is also the SWUpdate gateway's digest password, read
+//!    from the keyring when the gateway is opened.
 //!
 //! Every run is reproducible from its seed: the family, the fault and its parameters come from a
-//! small deterministic generator ([`Draw`]) seeded with it.
+//! small deterministic generator ([`Draw`]) seeded with it (the SWUpdate daemon is shared by the
+//! runs of a campaign, so what a run leaves in it can matter: it is settled after each run).
+
+pub mod esp;
+pub mod swupdate;
 
 use crate::kit::{BundleSpec, Kit};
 use fieldpatch_core::Fieldpatch;
+use fieldpatch_core::bundle::PayloadFormat;
 use fieldpatch_core::catalog::Catalog;
+use fieldpatch_core::flash::{FlashTarget, TargetError};
 use fieldpatch_core::image::dfu_file::DfuSuffix;
-use fieldpatch_core::plan::Criticality;
+use fieldpatch_core::plan::{Criticality, DeviceRecord};
+use fieldpatch_core::session::Connector;
 use fieldpatch_core::session::{DeviceStatus, SessionOptions, SessionState, Threshold};
 use fieldpatch_lab::dfu::{LabDfuFaults, LabMode};
 use fieldpatch_lab::smp::mcuboot::{Version, build_image, test_payload};
 use fieldpatch_testkit::site::{LabSite, SiteBuilder};
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -51,16 +76,21 @@ pub enum Family {
     SmpUdp,
     SmpSerial,
     Dfu,
+    Esp,
+    Swupdate,
 }
 
 impl Family {
-    pub const ALL: [Family; 3] = [Family::SmpUdp, Family::SmpSerial, Family::Dfu];
+    pub const ALL: [Family; 5] =
+        [Family::SmpUdp, Family::SmpSerial, Family::Dfu, Family::Esp, Family::Swupdate];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::SmpUdp => "SMP over UDP",
             Family::SmpSerial => "SMP serial",
             Family::Dfu => "USB DFU",
+            Family::Esp => "ESP32 ROM loader",
+            Family::Swupdate => "SWUpdate",
         }
     }
 
@@ -84,6 +114,25 @@ impl Family {
                 Fault::GarbageStatus,
                 Fault::Killed,
             ],
+            Family::Esp => &[
+                Fault::None,
+                Fault::DropFrames,
+                Fault::BadChecksum,
+                Fault::FlashWriteFail,
+                Fault::CorruptFlash,
+                Fault::Stall,
+                Fault::CrashAtBootRollback,
+                Fault::CrashAtBoot,
+                Fault::Killed,
+            ],
+            Family::Swupdate => &[
+                Fault::None,
+                Fault::CutUpload,
+                Fault::DaemonKilled,
+                Fault::Stall,
+                Fault::RefusedByDaemon,
+                Fault::Killed,
+            ],
         }
     }
 }
@@ -101,6 +150,14 @@ pub enum Fault {
     StalledDnload,
     VerifyError,
     GarbageStatus,
+    BadChecksum,
+    FlashWriteFail,
+    CorruptFlash,
+    CrashAtBootRollback,
+    CrashAtBoot,
+    CutUpload,
+    DaemonKilled,
+    RefusedByDaemon,
     Killed,
 }
 
@@ -117,6 +174,14 @@ impl Fault {
             Fault::StalledDnload => "stalled_dnload",
             Fault::VerifyError => "verify_error",
             Fault::GarbageStatus => "garbage_status",
+            Fault::BadChecksum => "bad_checksum",
+            Fault::FlashWriteFail => "flash_write_fail",
+            Fault::CorruptFlash => "corrupt_flash",
+            Fault::CrashAtBootRollback => "crash_at_boot_rollback",
+            Fault::CrashAtBoot => "crash_at_boot",
+            Fault::CutUpload => "cut_upload",
+            Fault::DaemonKilled => "daemon_killed",
+            Fault::RefusedByDaemon => "refused_by_daemon",
             Fault::Killed => "killed",
         }
     }
@@ -187,13 +252,25 @@ impl Draw {
 }
 
 /// What every run flashes: a signed catalog with a 2.0.0 MCUboot image for the sensors and a DFU
-/// file for the board, made once with the `fieldpatch` binary.
+/// file for the board, made once with the `fieldpatch` binary; and a second one, signed in
+/// process with the gateway vendor's certificate in its trust store, with the ESP bundles
+/// (see [`esp`]) and the gateways' `.swu` (2.1.0, hardware revision 1.0, and the same for 2.0).
+/// It also holds the campaign's SWUpdate gateway, whose daemon is shared by the runs.
 #[derive(Debug)]
 pub struct Release {
     pub catalog: Arc<Catalog>,
+    /// The ESP and SWUpdate bundles.
+    pub more: Arc<Catalog>,
     new_image: Vec<u8>,
     new_hash: Vec<u8>,
     dfu_payload: Vec<u8>,
+    esp: esp::EspRelease,
+    gateway: Arc<swupdate::Gateway>,
+    /// The gateway's flash before (`old_rootfs`) and after the update.
+    old_rootfs: Vec<u8>,
+    rootfs: Vec<u8>,
+    /// The `.swu`'s length (where the upload faults fall).
+    swu_len: u64,
     _kit: Kit,
 }
 
@@ -246,13 +323,128 @@ impl Release {
             .ok()
             .and_then(|i| i.image_hash().map(|h| h.to_vec()))
             .expect("the new image has a hash");
-        Release { catalog: Arc::new(catalog), new_image, new_hash, dfu_payload, _kit: kit }
+        let gateway = Arc::new(swupdate::Gateway::new(&dir.join("gateway")));
+        let esp = esp::EspRelease::make(&|b| sha256(b));
+        let old_rootfs: Vec<u8> =
+            (0..swupdate::ROOTFS_LEN as u32).map(|i| (i.wrapping_mul(7) >> 3) as u8).collect();
+        let rootfs: Vec<u8> = (0..swupdate::ROOTFS_LEN as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect();
+        let (more, swu_len) = more_bundles(&dir.join("more"), &esp, &gateway, &rootfs);
+        Release {
+            catalog: Arc::new(catalog),
+            more: Arc::new(more),
+            new_image,
+            new_hash,
+            dfu_payload,
+            esp,
+            gateway,
+            old_rootfs,
+            rootfs,
+            swu_len,
+            _kit: kit,
+        }
+    }
+
+    /// The catalog a family's bundles are in.
+    pub fn catalog_for(&self, family: Family) -> &Arc<Catalog> {
+        match family {
+            Family::Esp | Family::Swupdate => &self.more,
+            _ => &self.catalog,
+        }
     }
 
     /// The new MCUboot image every SMP run flashes.
     pub fn new_image(&self) -> &[u8] {
         &self.new_image
     }
+}
+
+/// Sign the ESP bundles and the gateways' `.swu` into a catalog in `dir` whose trust store has
+/// the gateway vendor's certificate; the catalog, verified, and the `.swu`'s length.
+fn more_bundles(
+    dir: &Path,
+    esp: &esp::EspRelease,
+    gateway: &swupdate::Gateway,
+    rootfs: &[u8],
+) -> (Catalog, u64) {
+    use fieldpatch_testkit::catalog::{BundleSpec, CatalogBuilder, payload_entry, sign_manifest};
+    let v = |a, b, c| fieldpatch_core::model::Version::new(a, b, c, 0);
+    let signed = CatalogBuilder::new()
+        .vendor_certificate(&gateway.vendor.cert_pem(), "campaign gateway vendor")
+        .write(dir)
+        .expect("the campaign's second catalog is written");
+    for (id, model, payloads) in esp.bundles() {
+        let spec = BundleSpec {
+            id,
+            model,
+            applies: (v(1, 0, 0), v(1, 2, 9)),
+            installs: v(1, 3, 0),
+            cvss: "8.1",
+            format: PayloadFormat::Esp,
+            payload: &payloads[0].1,
+        };
+        let mut m = signed.manifest(&spec);
+        m.payloads = payloads
+            .iter()
+            .map(|(name, b, offset)| {
+                let mut e = payload_entry(name, PayloadFormat::Esp, b);
+                e.flash_offset = Some(*offset);
+                e
+            })
+            .collect();
+        let mb = m.canonical_bytes().expect("a manifest");
+        let sigs = sign_manifest(&mb, &signed.release_keys());
+        let held: Vec<&[u8]> = payloads.iter().map(|(_, b, _)| b.as_slice()).collect();
+        let bytes = fieldpatch_core::bundle::container::assemble_raw(&mb, &sigs, &held);
+        std::fs::write(signed.catalog_dir.join(format!("{id}.fpb")), bytes)
+            .expect("the ESP bundle is written");
+    }
+    let mut swu_len = 0;
+    for (id, model, revision) in
+        [("lab-gateway-2.1.0", "gateway", "1.0"), ("lab-gateway-r2-2.1.0", "gateway-r2", "2.0")]
+    {
+        let swu = fieldpatch_testkit::swupdate::Swu {
+            version: "2.1.0".into(),
+            hardware: vec![revision.into()],
+            image_name: "rootfs.img".into(),
+            image: rootfs.to_vec(),
+            device_path: gateway.flash(),
+            signer: Some(gateway.vendor.clone()),
+            tamper: false,
+        };
+        let bytes = std::fs::read(swu.write(dir, &format!("{id}.swu"))).expect("a .swu");
+        swu_len = bytes.len() as u64;
+        signed
+            .bundle(&BundleSpec {
+                id,
+                model,
+                applies: (v(1, 0, 0), v(1, 9, 9)),
+                installs: v(2, 1, 0),
+                cvss: "7.0",
+                format: PayloadFormat::Swupdate,
+                payload: &bytes,
+            })
+            .expect("the gateway bundle is written");
+    }
+    let catalog = fieldpatch_core::session::batch::load_catalog(
+        &signed.catalog_dir,
+        &signed.trust_path,
+        &fieldpatch_core::bundle::verify::VerifyPolicy::now(),
+    )
+    .expect("the campaign's second catalog verifies");
+    assert!(catalog.refused.is_empty(), "{:?}", catalog.refused);
+    (catalog, swu_len)
+}
+
+/// SHA-256 (by the `sha256sum` tool, as the test kit does).
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let text = fieldpatch_testkit::swupdate::sha256_hex(bytes);
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = text.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+    }
+    out
 }
 
 /// The secret every run's keyring holds for its device: found on disk, it is a violation.
@@ -270,48 +462,175 @@ pub async fn run(
 ) -> Run {
     let started = std::time::Instant::now();
     let mut draw = Draw::new(seed);
-    let family = family.unwrap_or(Family::ALL[draw.range(0, 3) as usize]);
+    let family = family.unwrap_or(Family::ALL[draw.range(0, Family::ALL.len() as u64) as usize]);
     let faults = family.faults();
     let fault = fault.unwrap_or(faults[draw.range(0, faults.len() as u64) as usize]);
     let dir = work.join(format!("run-{seed}"));
     let data = dir.join("data");
     let mut violations = Vec::new();
-    let site = match start_site(family, seed) {
-        Ok(s) => s,
-        Err(e) => {
-            return Run {
-                seed,
-                family,
-                fault,
-                detail: String::new(),
-                ending: Ending::FailedCleanly,
-                violations: vec![format!("the lab device did not start: {e}")],
-                elapsed: started.elapsed(),
-            };
+    let (ending, detail) = match family {
+        Family::Esp => run_esp(release, &data, fault, &mut draw, &mut violations).await,
+        Family::Swupdate => {
+            run_swupdate(release, &data, fault, &mut draw, secret, &mut violations).await
+        }
+        Family::SmpUdp | Family::SmpSerial | Family::Dfu => {
+            run_lab(release, &data, seed, family, fault, &mut draw, &mut violations).await
         }
     };
-    let old_dfu = site.board.as_ref().map(|b| b.firmware());
-    let mut detail = arm(&site, family, fault, &mut draw);
-    let (ending, status) =
-        match flash(release, &site, &data, fault, &mut draw, &mut violations).await {
-            Ok((ending, status, note)) => {
-                if !note.is_empty() {
-                    detail = if detail.is_empty() { note } else { format!("{detail}; {note}") };
-                }
-                (ending, status)
-            }
-            Err(e) => {
-                violations.push(format!("the run could not be carried out: {e}"));
-                (Ending::FailedCleanly, None)
-            }
-        };
-    // Let a rebooting device settle before looking at it.
-    settle(&site).await;
-    check_device(release, &site, status.as_ref(), old_dfu.as_deref(), &mut violations);
-    check_log(&data, &site, status.as_ref(), &mut violations).await;
     check_secret(&data, secret, &mut violations);
     let _ = std::fs::remove_dir_all(&dir);
     Run { seed, family, fault, detail, ending, violations, elapsed: started.elapsed() }
+}
+
+/// Join what was drawn and what happened to the session.
+fn with_note(detail: String, note: String) -> String {
+    match (detail.is_empty(), note.is_empty()) {
+        (_, true) => detail,
+        (true, false) => note,
+        (false, false) => format!("{detail}; {note}"),
+    }
+}
+
+/// The ending and status of a flash, its note joined to `detail`.
+fn outcome(
+    flashed: Result<(Ending, Option<DeviceStatus>, String), String>,
+    detail: &mut String,
+    violations: &mut Vec<String>,
+) -> (Ending, Option<DeviceStatus>) {
+    match flashed {
+        Ok((ending, status, note)) => {
+            *detail = with_note(std::mem::take(detail), note);
+            (ending, status)
+        }
+        Err(e) => {
+            violations.push(format!("the run could not be carried out: {e}"));
+            (Ending::FailedCleanly, None)
+        }
+    }
+}
+
+/// A run of the SMP and DFU families (lab devices of a [`LabSite`]).
+async fn run_lab(
+    release: &Release,
+    data: &Path,
+    seed: u64,
+    family: Family,
+    fault: Fault,
+    draw: &mut Draw,
+    violations: &mut Vec<String>,
+) -> (Ending, String) {
+    let site = match start_site(family, seed) {
+        Ok(s) => s,
+        Err(e) => {
+            violations.push(format!("the lab device did not start: {e}"));
+            return (Ending::FailedCleanly, String::new());
+        }
+    };
+    let old_dfu = site.board.as_ref().map(|b| b.firmware());
+    let mut detail = arm(&site, family, fault, draw);
+    let usb = site.usb().unwrap_or_else(|| fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty()));
+    let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
+    let catalog = release.catalog_for(family);
+    let records = site.records.clone();
+    let flashed = flash(catalog, connector, records, data, fault, draw, None, violations, || {});
+    let (ending, status) = outcome(flashed.await, &mut detail, violations);
+    // Let a rebooting device settle before looking at it.
+    settle(&site).await;
+    check_device(release, &site, status.as_ref(), old_dfu.as_deref(), violations);
+    check_log(data, status.as_ref(), violations).await;
+    (ending, detail)
+}
+
+/// A connector to one run's ESP module through its wired port (locked as the drivers' connector
+/// locks an `esp:` port).
+struct EspConnector {
+    esp: Arc<esp::EspRun>,
+    locks: fieldpatch_core::flash::connect::DriverConnector<fieldpatch_lab::dfu::LabUsbBus>,
+}
+
+impl Connector for EspConnector {
+    fn open<'a, 'b, 'c>(
+        &'a self,
+        device: &'b DeviceRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<Box<dyn FlashTarget>, TargetError>> + Send + 'c>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(self.esp.open(device))
+    }
+
+    fn hold(
+        &self,
+        device: &DeviceRecord,
+    ) -> Result<
+        Option<fieldpatch_core::session::lock::RunnerLock>,
+        fieldpatch_core::session::lock::LockError,
+    > {
+        self.locks.hold(device)
+    }
+}
+
+/// A run of the ESP family (see [`esp`]).
+async fn run_esp(
+    release: &Release,
+    data: &Path,
+    fault: Fault,
+    draw: &mut Draw,
+    violations: &mut Vec<String>,
+) -> (Ending, String) {
+    let esp = match esp::EspRun::start(&release.esp, fault, draw) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            violations.push(format!("the lab module did not start: {e}"));
+            return (Ending::FailedCleanly, String::new());
+        }
+    };
+    let mut detail = esp.detail.clone();
+    let usb = fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty());
+    let locks = fieldpatch_core::flash::connect::DriverConnector { usb };
+    let connector = Arc::new(EspConnector { esp: esp.clone(), locks });
+    let catalog = release.catalog_for(Family::Esp);
+    let records = vec![esp.record.clone()];
+    let armed = || esp.arm();
+    let flashed = flash(catalog, connector, records, data, fault, draw, None, violations, armed);
+    let (ending, status) = outcome(flashed.await, &mut detail, violations);
+    esp.check(&release.esp, status.as_ref(), violations);
+    check_log(data, status.as_ref(), violations).await;
+    (ending, detail)
+}
+
+/// A run of the SWUpdate family (see [`swupdate`]).
+async fn run_swupdate(
+    release: &Release,
+    data: &Path,
+    fault: Fault,
+    draw: &mut Draw,
+    secret: &str,
+    violations: &mut Vec<String>,
+) -> (Ending, String) {
+    let gateway = &release.gateway;
+    let (old, len) = (&release.old_rootfs, release.swu_len);
+    let mut gw = match swupdate::SwupdateRun::start(gateway, old, len, fault, draw, secret).await {
+        Ok(g) => g,
+        Err(e) => {
+            violations.push(format!("the gateway did not start: {e}"));
+            return (Ending::FailedCleanly, String::new());
+        }
+    };
+    let mut detail = gw.detail.clone();
+    let usb = fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty());
+    let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
+    let catalog = release.catalog_for(Family::Swupdate);
+    let records = vec![gw.record.clone()];
+    let flashed =
+        flash(catalog, connector, records, data, fault, draw, Some(secret), violations, || {});
+    let (ending, status) = outcome(flashed.await, &mut detail, violations);
+    gw.settle(gateway, violations).await;
+    gw.check(gateway, old, &release.rootfs, status.as_ref(), violations);
+    check_log(data, status.as_ref(), violations).await;
+    (ending, detail)
 }
 
 fn start_site(family: Family, seed: u64) -> Result<LabSite, String> {
@@ -325,6 +644,7 @@ fn start_site(family: Family, seed: u64) -> Result<LabSite, String> {
         Family::Dfu => {
             b.dfu_board("dev", "board", "1.0.0".parse().expect("a version"), Criticality::Normal)
         }
+        Family::Esp | Family::Swupdate => return Err(format!("{} has no lab site", family.name())),
     };
     b.start().map_err(|e| e.to_string())
 }
@@ -396,24 +716,38 @@ fn options() -> SessionOptions {
     }
 }
 
-/// Identify, plan and run the session (cut off and resumed for [`Fault::Killed`]); the ending,
-/// the device's final status and what happened to the cut-off session.
+/// Identify, plan, `arm` the device's faults and run the session (cut off and resumed for
+/// [`Fault::Killed`]); the ending, the device's final status and what happened to the cut-off
+/// session. With `secret`, this laptop's keyring gets it as [`SECRET_NAME`] first (the
+/// gateway's password, put there as a sync would).
+#[allow(clippy::too_many_arguments)]
 async fn flash(
-    release: &Release,
-    site: &LabSite,
+    catalog: &Arc<Catalog>,
+    connector: Arc<dyn Connector>,
+    records: Vec<DeviceRecord>,
     data: &Path,
     fault: Fault,
     draw: &mut Draw,
+    secret: Option<&str>,
     violations: &mut Vec<String>,
+    arm: impl FnOnce(),
 ) -> Result<(Ending, Option<DeviceStatus>, String), String> {
-    let usb = site.usb().unwrap_or_else(|| fieldpatch_lab::dfu::LabUsbBus::new(std::iter::empty()));
-    let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
     let fp = Fieldpatch::open_in(data, connector.clone()).await.map_err(|e| e.to_string())?;
-    let identified = fp.identify(site.records.clone(), Duration::from_secs(10)).await;
+    if let Some(secret) = secret {
+        let name: fieldpatch_core::credentials::CredentialName =
+            SECRET_NAME.parse().map_err(|e| format!("{e}"))?;
+        let creds = fp.credentials().await.map_err(|e| e.to_string())?;
+        creds
+            .set(&name, &fieldpatch_core::credentials::Secret::new(secret.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let identified = fp.identify(records, Duration::from_secs(10)).await;
     if let Some((d, Some(e))) = identified.iter().find(|(_, e)| e.is_some()) {
         return Err(format!("{} was not identified: {e}", d.id));
     }
-    let plan = fp.plan(identified.into_iter().map(|(d, _)| d).collect(), &release.catalog).await;
+    let plan = fp.plan(identified.into_iter().map(|(d, _)| d).collect(), catalog).await;
+    arm();
     if plan.patchable().count() != 1 {
         return Err(format!("the plan has nothing to flash: {plan:?}"));
     }
@@ -435,9 +769,8 @@ async fn flash(
     let mut note = String::new();
     let final_state = if fault == Fault::Killed {
         let after = Duration::from_millis(draw.range(20, 1500));
-        let catalog = release.catalog.clone();
-        let (q, p) = (quiet.clone(), pause.clone());
-        let run = tokio::spawn(async move { fp.run_session(state, catalog, q, p).await });
+        let (c, q, p) = (catalog.clone(), quiet.clone(), pause.clone());
+        let run = tokio::spawn(async move { fp.run_session(state, c, q, p).await });
         tokio::time::sleep(after).await;
         run.abort();
         let ended = match run.await {
@@ -455,7 +788,7 @@ async fn flash(
                 let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
                 resumed = true;
                 let mut state = match fp
-                    .resume_session(None, release.catalog.clone(), quiet.clone(), pause.clone())
+                    .resume_session(None, catalog.clone(), quiet.clone(), pause.clone())
                     .await
                 {
                     Ok((_, state)) => state,
@@ -477,7 +810,7 @@ async fn flash(
                 if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     state = fp
-                        .resume_session(None, release.catalog.clone(), quiet, pause)
+                        .resume_session(None, catalog.clone(), quiet, pause)
                         .await
                         .map_err(|e| format!("second resume: {e}"))?
                         .1;
@@ -487,12 +820,13 @@ async fn flash(
             }
         }
     } else {
-        fp.run_session(state, release.catalog.clone(), quiet, pause)
-            .await
-            .map_err(|e| e.to_string())?
-            .1
+        fp.run_session(state, catalog.clone(), quiet, pause).await.map_err(|e| e.to_string())?.1
     };
     let status = final_state.devices.get("dev").cloned();
+    if let Some(DeviceStatus::Failed { reason } | DeviceStatus::RolledBack { reason }) = &status {
+        let short: String = reason.chars().take(200).collect();
+        note = with_note(note, format!("the session says: {short}"));
+    }
     if final_state.phase == fieldpatch_core::session::Phase::Finished
         && matches!(status, Some(DeviceStatus::Pending | DeviceStatus::InProgress { .. }))
     {
@@ -501,8 +835,10 @@ async fn flash(
         ));
     }
     let ending = match &status {
-        Some(DeviceStatus::Patched { .. }) if resumed => Ending::Resumed,
-        Some(DeviceStatus::Patched { .. }) => Ending::Succeeded,
+        Some(DeviceStatus::Patched { .. } | DeviceStatus::Unverified { .. }) if resumed => {
+            Ending::Resumed
+        }
+        Some(DeviceStatus::Patched { .. } | DeviceStatus::Unverified { .. }) => Ending::Succeeded,
         Some(DeviceStatus::RolledBack { .. }) => Ending::RolledBack,
         Some(DeviceStatus::Failed { .. }) => Ending::FailedCleanly,
         Some(DeviceStatus::Pending) => Ending::NotAttempted,
@@ -569,12 +905,7 @@ fn check_device(
 
 /// Invariant 3: the logs verify, no event twice, the device's last outcome event is the
 /// session's.
-async fn check_log(
-    data: &Path,
-    _site: &LabSite,
-    status: Option<&DeviceStatus>,
-    violations: &mut Vec<String>,
-) {
+async fn check_log(data: &Path, status: Option<&DeviceStatus>, violations: &mut Vec<String>) {
     let store = match fieldpatch_core::store::Store::open_in(data).await {
         Ok(s) => s,
         Err(e) => return violations.push(format!("log: the store does not open: {e}")),
