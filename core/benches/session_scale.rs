@@ -4,6 +4,7 @@
 //! per device and peak resident memory (the lab devices run in this process and are counted).
 //!
 //! `cargo bench -p fieldpatch-core --bench session_scale`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use fieldpatch_core::bundle::{PayloadFormat, VerifyPolicy};
 use fieldpatch_core::catalog::Catalog;

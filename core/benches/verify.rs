@@ -6,6 +6,7 @@
 //! stays far below the bundle size because payloads are hashed chunk by chunk.
 //!
 //! Run: `cargo bench -p fieldpatch-core --bench verify`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use chrono::{TimeZone, Utc};
 use ed25519_dalek::SigningKey;

@@ -1,6 +1,7 @@
 //! Visit-log figures on a real SQLite file: append latency (each append is one durable
 //! transaction: `synchronous = FULL` in WAL), verification and sync-read throughput.
 //! Run: `cargo bench -p fieldpatch-core --bench visitlog`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use ed25519_dalek::SigningKey;
 use fieldpatch_core::store::Store;

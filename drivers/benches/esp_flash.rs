@@ -6,6 +6,7 @@
 //! (which also connects, reads the chip and verifies with SPI_FLASH_MD5), each against a fresh
 //! lab device in the same run. The line limit is baud / 10 bytes per second (8N1); the ratio is
 //! the image's bytes per second over that limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 use fieldpatch_drivers::esp::{
     ConnectOptions, EspLoader, EspSerial, ROM_BAUD, ResetMode, Timeouts,

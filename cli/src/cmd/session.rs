@@ -271,10 +271,11 @@ fn observer(json: bool) -> (Observer, MultiProgress) {
     }
     let bars: Arc<Mutex<HashMap<String, ProgressBar>>> = Arc::default();
     let m = multi.clone();
+    // The template is a constant that parses; the default bar stands in should it ever not.
     let style = ProgressStyle::with_template(
         "{prefix:<14} {bar:30} {bytes:>9}/{total_bytes:<9} {binary_bytes_per_sec:>11} {msg}",
     )
-    .expect("valid template");
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     let obs: Observer = Arc::new(move |device, event| {
         let Some(device) = device else {
             if let SessionEvent::Note(n) = event {

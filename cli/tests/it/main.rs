@@ -1,5 +1,6 @@
 //! The `fieldpatch` binary's integration tests, one module per command group, linked into one
 //! test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 mod bundle_cli;
 mod credentials_cli;

@@ -24,27 +24,33 @@ struct Inner {
 pub struct FakeDevice(Arc<Mutex<Inner>>);
 
 impl FakeDevice {
+    /// A device running `version`, which must parse: it is a literal of the test using the fake.
+    #[allow(
+        clippy::expect_used,
+        reason = "a test double built from a test's literal: a version that does not parse is the test's bug"
+    )]
     pub fn new(version: &str) -> Self {
-        let v: Version = version.parse().unwrap();
+        let v: Version = version.parse().expect("the fake device's version parses");
         let d = FakeDevice::default();
-        d.0.lock().unwrap().active = (v, Sha256::digest(version.as_bytes()).to_vec());
-        d.0.lock().unwrap().confirmed = true;
+        d.0.lock().unwrap_or_else(|e| e.into_inner()).active =
+            (v, Sha256::digest(version.as_bytes()).to_vec());
+        d.0.lock().unwrap_or_else(|e| e.into_inner()).confirmed = true;
         d
     }
     pub fn set_fail_boot(&self, on: bool) {
-        self.0.lock().unwrap().fail_boot = on;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).fail_boot = on;
     }
     pub fn set_corrupt_upload(&self, on: bool) {
-        self.0.lock().unwrap().corrupt_upload = on;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).corrupt_upload = on;
     }
     pub fn set_interrupt_uploads(&self, n: u32) {
-        self.0.lock().unwrap().interrupt_uploads = n;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).interrupt_uploads = n;
     }
     pub fn uploads(&self) -> u32 {
-        self.0.lock().unwrap().uploads
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).uploads
     }
     pub fn snapshot(&self) -> DeviceState {
-        let i = self.0.lock().unwrap();
+        let i = self.0.lock().unwrap_or_else(|e| e.into_inner());
         DeviceState {
             running_version: Some(i.active.0),
             running_hash: Some(i.active.1.clone()),
@@ -74,7 +80,7 @@ impl FlashTarget for FakeTarget {
     ) -> Result<UploadReport, TargetError> {
         let total = image.len() as u64;
         {
-            let mut i = self.0.0.lock().unwrap();
+            let mut i = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
             i.uploads += 1;
             if i.interrupt_uploads > 0 {
                 i.interrupt_uploads -= 1;
@@ -93,7 +99,7 @@ impl FlashTarget for FakeTarget {
             total,
             elapsed: Duration::from_millis(total),
         });
-        let mut i = self.0.0.lock().unwrap();
+        let mut i = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut hash = Sha256::digest(image).to_vec();
         if i.corrupt_upload {
             hash[0] ^= 1;
@@ -106,7 +112,7 @@ impl FlashTarget for FakeTarget {
         true
     }
     async fn test_boot(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
-        let mut i = self.0.0.lock().unwrap();
+        let mut i = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
         let up = i.uploaded.clone().ok_or(TargetError::reported_transient("no image in slot 1"))?;
         if up.1 != image_hash {
             return Err(TargetError::reported_transient("hash does not match slot 1"));
@@ -121,7 +127,7 @@ impl FlashTarget for FakeTarget {
         Ok(())
     }
     async fn confirm(&mut self, image_hash: &[u8]) -> Result<(), TargetError> {
-        let mut i = self.0.0.lock().unwrap();
+        let mut i = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
         if i.active.1 != image_hash {
             return Err(TargetError::reported_transient("not running that image"));
         }
@@ -130,7 +136,7 @@ impl FlashTarget for FakeTarget {
         Ok(())
     }
     async fn revert(&mut self) -> Result<(), TargetError> {
-        let mut i = self.0.0.lock().unwrap();
+        let mut i = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
         if !i.confirmed {
             if let Some(prev) = i.previous.take() {
                 i.active = prev;
@@ -151,12 +157,17 @@ pub struct MemorySink(pub Mutex<Vec<(String, EventKind)>>);
 
 impl MemorySink {
     pub fn tags(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(|(_, k)| k.tag().to_string()).collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, k)| k.tag().to_string())
+            .collect()
     }
     pub fn for_device(&self, id: &str) -> Vec<String> {
         self.0
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(d, _)| d == id)
             .map(|(_, k)| k.tag().to_string())
@@ -167,7 +178,7 @@ impl MemorySink {
 #[async_trait]
 impl EventSink for MemorySink {
     async fn record(&self, device: &str, kind: EventKind) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push((device.to_string(), kind));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((device.to_string(), kind));
         Ok(())
     }
 }

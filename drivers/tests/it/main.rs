@@ -1,4 +1,5 @@
 //! fieldpatch-drivers' integration tests, one module per area, linked into one test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap fails the run
 
 mod dfu_descriptors;
 mod discovery;

@@ -1,5 +1,6 @@
 //! `fieldpatch-lab`: run simulated devices by hand.
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fieldpatch_lab::smp::mcuboot::{self, Version};
 use fieldpatch_lab::smp::{DeviceConfig, DeviceIdentity, Faults, SmpDevice};
@@ -264,7 +265,9 @@ fn main() -> anyhow::Result<()> {
         Command::MakeImage { version, size, seed, out } => {
             let img = mcuboot::build_image(version, &mcuboot::test_payload(size, seed));
             std::fs::write(&out, &img)?;
-            let info = mcuboot::parse(&img).expect("a freshly built image parses");
+            let info = mcuboot::parse(&img).with_context(|| {
+                format!("the image built for version {version} does not parse as MCUboot")
+            })?;
             let hash: String = info.hash.iter().map(|b| format!("{b:02x}")).collect();
             println!("{} {} bytes, version {}, hash {hash}", out.display(), img.len(), version);
             Ok(())
