@@ -93,7 +93,9 @@ const GATEWAY_VENDOR_KEY: &[u8] = include_bytes!("../assets/gateway-vendor.key.p
 const V1: mcuboot::Version = mcuboot::Version { major: 1, minor: 4, revision: 0, build: 0 };
 const V2: mcuboot::Version = mcuboot::Version { major: 1, minor: 5, revision: 0, build: 0 };
 
-/// Start the demo site, writing its trust store and catalog under `dir`.
+/// Start the demo site, writing its trust store and catalog under `dir`. Call it from a thread
+/// that lives as long as the [`Demo`] (the main thread): on Linux the SWUpdate gateway's daemon is
+/// killed by the kernel when that thread ends, so a killed demo leaves no daemon behind.
 pub fn start(dir: &Path) -> Result<Demo, DemoError> {
     // Where the platform has no pseudo-terminals (Windows) the demo runs without its serial
     // console device; the LAN and USB devices work everywhere.
@@ -157,12 +159,12 @@ fn start_gateway(dir: &Path) -> Result<(Gateway, DeviceRecord, Vec<u8>), String>
         realm: GATEWAY_ID.into(),
         password: password.expose().to_string(),
     };
-    let daemon = Daemon::try_start_with(
+    // Tied to this process: a demo that is killed leaves no daemon behind.
+    let daemon = Daemon::try_start_tied(
         &gw_dir.join("daemon"),
         &format!("{GATEWAY_MODEL}:{GATEWAY_REVISION}"),
         &vendor.cert,
         Some(&auth),
-        false,
     )
     .map_err(|e| match e.contains("cannot start the SWUpdate daemon") {
         true => absent("`swupdate` is not installed (on Debian: apt install swupdate)".into()),

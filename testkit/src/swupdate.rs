@@ -202,6 +202,30 @@ impl Daemon {
         auth: Option<&DaemonAuth>,
         post_update: bool,
     ) -> Result<Daemon, String> {
+        Daemon::launch(dir, hardware, vendor_cert, auth, post_update, false)
+    }
+
+    /// [`Daemon::try_start_with`] for a daemon that must not outlive its process even when that
+    /// process is killed (the demo's gateway): on Linux the kernel kills the daemon when the
+    /// thread that started it ends, so call this from a thread that lives as long as the daemon
+    /// is used (the main thread).
+    pub fn try_start_tied(
+        dir: &Path,
+        hardware: &str,
+        vendor_cert: &Path,
+        auth: Option<&DaemonAuth>,
+    ) -> Result<Daemon, String> {
+        Daemon::launch(dir, hardware, vendor_cert, auth, false, true)
+    }
+
+    fn launch(
+        dir: &Path,
+        hardware: &str,
+        vendor_cert: &Path,
+        auth: Option<&DaemonAuth>,
+        post_update: bool,
+        tied: bool,
+    ) -> Result<Daemon, String> {
         let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
         let www = dir.join("www");
         let tmp = dir.join("tmp");
@@ -235,6 +259,21 @@ impl Daemon {
         if post_update {
             command.arg("-p").arg(format!("touch {}", dir.join("restarted").display()));
         }
+        #[cfg(target_os = "linux")]
+        if tied {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: between fork and exec the child only makes one prctl call, which is
+            // async-signal-safe.
+            #[allow(unsafe_code, reason = "pre_exec is the only way to set PR_SET_PDEATHSIG")]
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = tied;
         let child = command
             .args(["-w", &web])
             .env("TMPDIR", &tmp)
