@@ -33,9 +33,11 @@ const COMMANDS: &[&str] = &[
 ];
 
 fn main() {
-    tauri_build::try_build(
+    if let Err(e) = tauri_build::try_build(
         tauri_build::Attributes::new()
             .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
-    )
-    .expect("the Tauri build step failed");
+    ) {
+        eprintln!("the Tauri build step failed: {e:#}");
+        std::process::exit(1);
+    }
 }

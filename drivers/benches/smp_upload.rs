@@ -8,6 +8,8 @@
 //!    (Rust) to the same kind of device over the same links, each timed from its own process with
 //!    its start-up and connect (a bare echo or connection check) subtracted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use fieldpatch_drivers::progress::NoProgress;
 use fieldpatch_drivers::smp::{SmpClient, UploadOptions, UploadReport};
 use fieldpatch_drivers::transport::{Link, SerialLink, UdpLink};

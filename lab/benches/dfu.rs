@@ -9,6 +9,8 @@
 //!
 //! `cargo bench -p fieldpatch-lab --bench dfu`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use fieldpatch_drivers::dfu::{DfuDevice, DfuOptions, DfuseElement, DfuseOptions, DfuseTarget};
 use fieldpatch_drivers::progress::NoProgress;
 use fieldpatch_lab::dfu::{LabDfu, LabDfuConfig};

@@ -866,7 +866,7 @@ pub fn run(demo: bool) {
         }
         builder.plugin(single.build())
     };
-    builder
+    let ran = builder
         .manage(started_as)
         .setup(move |app| {
             match shell::log_dir(app.handle(), demo).and_then(|dir| shell::init_logs(&dir)) {
@@ -926,8 +926,12 @@ pub fn run(demo: bool) {
             set_credential,
             delete_credential
         ])
-        .run(tauri::generate_context!())
-        .expect("the Fieldpatch window could not be started");
+        .run(tauri::generate_context!());
+    if let Err(e) = ran {
+        tracing::error!(error = %e, "the window could not be started");
+        eprintln!("fieldpatch: the window could not be started: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]
