@@ -366,9 +366,8 @@ impl Demo {
         let mut bundles = Vec::new();
         for b in &catalog.bundles {
             let m = b.bundle.manifest();
-            let manifest = serde_json::to_value(m).map_err(|e| {
-                DemoError::Device(format!("demo bundle {}: {e}", m.bundle_id))
-            })?;
+            let manifest = serde_json::to_value(m)
+                .map_err(|e| DemoError::Device(format!("demo bundle {}: {e}", m.bundle_id)))?;
             bundles.push((m.bundle_id.clone(), m.installs.to_string(), manifest, read(&b.path)?));
         }
         let trust_store = serde_json::from_slice(&read(&self.trust_path)?).map_err(|e| {
