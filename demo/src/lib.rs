@@ -317,11 +317,6 @@ impl Demo {
         let keyring = fp.credentials().await.map_err(|e| DemoError::Keyring(e.to_string()))?;
         keyring.set(&name, &gateway.password).await.map_err(|e| DemoError::Keyring(e.to_string()))
     }
-
-    /// The gateway's flash (the file its daemon's `raw` handler writes), when it runs.
-    pub fn gateway_flash(&self) -> Option<&Path> {
-        self.gateway.as_ref().map(|g| g.daemon.flash.as_path())
-    }
 }
 
 impl Demo {

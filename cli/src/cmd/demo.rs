@@ -18,7 +18,7 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         // commands use, as a technician's would before a visit.
         let gateway = match &demo.gateway_absent {
             Some(why) => why.clone(),
-            None => match async { demo.store_gateway_password(&super::open().await?).await.map_err(anyhow::Error::from) }.await {
+            None => match keep_gateway_password(&demo).await {
                 Ok(()) => format!(
                     "SWUpdate gateway {}: its password is in this laptop's keyring as `{}`",
                     fieldpatch_demo::GATEWAY_ID,
@@ -72,4 +72,11 @@ pub fn run(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         drop(demo);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Put the demo gateway's password into the keyring of the CLI's data directory.
+async fn keep_gateway_password(demo: &fieldpatch_demo::Demo) -> anyhow::Result<()> {
+    let fp = super::open().await?;
+    demo.store_gateway_password(&fp).await?;
+    Ok(())
 }
