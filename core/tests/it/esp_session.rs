@@ -269,7 +269,7 @@ async fn session_flashes_an_esp32_beside_smp_dfu_and_swupdate_devices_and_record
     let mut meter = fieldpatch_testkit::site::record("meter-1", "Lab", "meter", address.clone());
     meter.identity.firmware_version = Some(v(1, 2, 0));
     let mut gateway = fieldpatch_testkit::site::record(
-        "gw-1",
+        "gw-esp-1",
         "Lab",
         "gateway",
         DeviceAddress::Swupdate { url: daemon.url(), user: None },
@@ -282,7 +282,7 @@ async fn session_flashes_an_esp32_beside_smp_dfu_and_swupdate_devices_and_record
 
     let fp = Fieldpatch::open_in(&root.join("laptop"), Arc::new(site.connector())).await.unwrap();
     let keyring = fp.credentials().await.unwrap().clone();
-    let name: CredentialName = "device/gw-1/password".parse().unwrap();
+    let name: CredentialName = "device/gw-esp-1/password".parse().unwrap();
     keyring.set(&name, &Secret::new(GATEWAY_PASSWORD)).await.unwrap();
     let identified = fp.identify(records, Duration::from_secs(10)).await;
     for (d, err) in &identified {
