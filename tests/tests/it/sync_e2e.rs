@@ -499,13 +499,8 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
     let server_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
 
-    let mut local = JsonLocal::new(&dir.path().join("laptop"));
-    local.technician = Some(("alice".into(), tech_key.clone()));
-    let mut logs: Vec<Vec<Event>> =
-        [300, 250, 200].iter().map(|n| make_log(&tech_key, *n)).collect();
-    for log in &logs {
-        local.append(log);
-    }
+    let (local, mut logs) =
+        laptop_with_logs(&dir.path().join("laptop"), &tech_key, &[300, 250, 200]);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_url = format!("http://{}", listener.local_addr().unwrap());
@@ -549,10 +544,7 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
         rounds += 1;
         // The laptop keeps working while sync is being interrupted: new events keep arriving.
         if rounds <= 20 {
-            let i = rounds % logs.len();
-            let more = next_events(&tech_key, &logs[i], 15);
-            local.append(&more);
-            logs[i].extend(more);
+            record_more(&local, &tech_key, &mut logs, rounds, 15);
         }
         // The laptop itself is interrupted too: the sync future is dropped mid-flight.
         let limit = Duration::from_millis(rand::random_range(20..1500));
@@ -597,20 +589,7 @@ async fn interrupted_sync_stores_every_event_exactly_once(db: Db) {
     );
     assert!(kills >= 10 && cuts + client_aborts >= 10, "too little chaos to prove anything");
 
-    // Every event exactly once, identical to the laptop's.
-    let mut rows = 0;
-    for log in &logs {
-        let (held, n) = stored(&db, log[0].body.log_id).await;
-        rows = n;
-        let expected: Vec<(u64, String, String)> =
-            log.iter().map(|e| (e.body.seq, e.body.id.to_string(), e.hash())).collect();
-        assert_eq!(held, expected);
-        let cp = &local.checkpoints()[&log[0].body.log_id];
-        assert_eq!(cp.checkpoint.last_seq, log.len() as u64);
-        assert_eq!(cp.checkpoint.last_hash, log.last().unwrap().hash());
-        cp.verify(&hex::encode(server_key.verifying_key().as_bytes())).unwrap();
-    }
-    assert_eq!(rows as usize, logs.iter().map(Vec::len).sum::<usize>());
+    stored_exactly_once(&db, &logs, &local, &server_key).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -985,9 +964,30 @@ async fn stored_exactly_once(
         assert_eq!(held, expected);
         let cp = &local.checkpoints()[&log[0].body.log_id];
         assert_eq!(cp.checkpoint.last_seq, log.len() as u64);
+        assert_eq!(cp.checkpoint.last_hash, log.last().unwrap().hash());
         cp.verify(&hex::encode(server_key.verifying_key().as_bytes())).unwrap();
     }
     assert_eq!(rows as usize, logs.iter().map(Vec::len).sum::<usize>());
+}
+
+/// The laptop of `alice` (key `key`) in `dir`, holding one log per entry of `lengths`.
+fn laptop_with_logs(dir: &Path, key: &SigningKey, lengths: &[u64]) -> (JsonLocal, Vec<Vec<Event>>) {
+    let mut local = JsonLocal::new(dir);
+    local.technician = Some(("alice".into(), key.clone()));
+    let logs: Vec<Vec<Event>> = lengths.iter().map(|n| make_log(key, *n)).collect();
+    for log in &logs {
+        local.append(log);
+    }
+    (local, logs)
+}
+
+/// The laptop keeps working while sync is disturbed: `n` new events on one of its logs (which
+/// one turns with `round`).
+fn record_more(local: &JsonLocal, key: &SigningKey, logs: &mut [Vec<Event>], round: usize, n: u64) {
+    let i = round % logs.len();
+    let more = next_events(key, &logs[i], n);
+    local.append(&more);
+    logs[i].extend(more);
 }
 
 /// The inventory's database is restarted again and again while laptops push: stopped cleanly
@@ -1002,12 +1002,7 @@ async fn postgres_restarts_during_pushes_lose_and_duplicate_nothing() {
     let tech_key = SigningKey::generate(&mut rand::rng());
     let server_key = SigningKey::generate(&mut rand::rng());
     let token = provision(&db, &tech_key, "alice").await;
-    let mut local = JsonLocal::new(&dir.path().join("laptop"));
-    local.technician = Some(("alice".into(), tech_key.clone()));
-    let mut logs: Vec<Vec<Event>> = [400, 300].iter().map(|n| make_log(&tech_key, *n)).collect();
-    for log in &logs {
-        local.append(log);
-    }
+    let (local, mut logs) = laptop_with_logs(&dir.path().join("laptop"), &tech_key, &[400, 300]);
     let server = ServerThread::start(db.clone(), server_key.clone(), 0);
     let pg = Arc::new(pg);
     let stop = Arc::new(AtomicBool::new(false));
@@ -1048,10 +1043,7 @@ async fn postgres_restarts_during_pushes_lose_and_duplicate_nothing() {
         assert!(Instant::now() < deadline, "sync did not converge while the database restarted");
         rounds += 1;
         if rounds <= 15 {
-            let i = rounds % logs.len();
-            let more = next_events(&tech_key, &logs[i], 20);
-            local.append(&more);
-            logs[i].extend(more);
+            record_more(&local, &tech_key, &mut logs, rounds, 20);
         }
         match fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await {
             Err(e) => failed.push(e.to_string()),
@@ -1097,12 +1089,7 @@ fn network_partitions_during_pushes_lose_and_duplicate_nothing() {
     let tech_key = SigningKey::generate(&mut rand::rng());
     let server_key = SigningKey::generate(&mut rand::rng());
     let token = rt.block_on(provision(&db, &tech_key, "alice"));
-    let mut local = JsonLocal::new(&dir.path().join("laptop"));
-    local.technician = Some(("alice".into(), tech_key.clone()));
-    let mut logs: Vec<Vec<Event>> = [400, 300].iter().map(|n| make_log(&tech_key, *n)).collect();
-    for log in &logs {
-        local.append(log);
-    }
+    let (local, mut logs) = laptop_with_logs(&dir.path().join("laptop"), &tech_key, &[400, 300]);
     // The server serves in namespace `a`, at its veth address, over TLS as it must off loopback.
     let tls = fieldpatch_testkit::tls::self_signed_for(dir.path(), &format!("IP:{}", pair.addr_a));
     let files = fieldpatch_server::TlsFiles { cert: tls.cert.clone(), key: tls.key.clone() };
@@ -1169,10 +1156,7 @@ fn network_partitions_during_pushes_lose_and_duplicate_nothing() {
                 rounds += 1;
                 // The laptop keeps recording while the network comes and goes.
                 if parts.load(Ordering::SeqCst) < 6 {
-                    let i = rounds % logs.len();
-                    let more = next_events(&tkey, &logs[i], 20);
-                    local.append(&more);
-                    logs[i].extend(more);
+                    record_more(&local, &tkey, &mut logs, rounds, 20);
                 }
                 match fieldpatch_core::sync::sync(&cfg, &local, &|_| {}).await {
                     Err(e) => failed.push(e.to_string()),
