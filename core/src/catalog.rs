@@ -50,6 +50,8 @@ pub struct CatalogBundle {
     pub bundle: Arc<VerifiedBundle>,
     /// Last moment it may be used: its expiry, or the end of the offline grace period.
     pub usable_until: DateTime<Utc>,
+    /// The sites the signed catalog listing restricts it to (sorted); empty: every site.
+    pub sites: Vec<String>,
 }
 
 /// A bundle that did not verify, and why.
@@ -99,17 +101,15 @@ impl ListingGate {
         }
     }
 
-    /// Why the verified bundle at `path` may not be used, if it may not.
-    fn refuse(&self, path: &Path, bundle: &VerifiedBundle) -> Option<String> {
+    /// The sites the verified bundle at `path` is listed for (empty: every site), or why it may
+    /// not be used.
+    fn admit(&self, path: &Path, bundle: &VerifiedBundle) -> Result<Vec<String>, String> {
         let listing = match self {
-            ListingGate::NotRequired => return None,
-            ListingGate::Refused(reason) => return Some(reason.clone()),
+            ListingGate::NotRequired => return Ok(Vec::new()),
+            ListingGate::Refused(reason) => return Err(reason.clone()),
             ListingGate::Listed { listing, .. } => listing,
         };
-        let (sha256, size) = match listing::file_digest(path) {
-            Ok(d) => d,
-            Err(e) => return Some(e.to_string()),
-        };
+        let (sha256, size) = listing::file_digest(path).map_err(|e| e.to_string())?;
         let m = bundle.manifest();
         let detail = match listing.listing.bundle(&sha256) {
             None => String::new(),
@@ -117,14 +117,14 @@ impl ListingGate {
                 format!(" (that hash is listed as {} version {})", l.bundle_id, l.bundle_version)
             }
             Some(l) if l.size != size => format!(" (that hash is listed with {} bytes)", l.size),
-            Some(_) => return None,
+            Some(l) => return Ok(l.sites.clone()),
         };
         let e = fieldpatch_proto::trust::TrustError::NotListed {
             bundle_id: m.bundle_id.clone(),
             sha256,
             detail,
         };
-        Some(format!("{e}; sync the catalog"))
+        Err(format!("{e}; sync the catalog"))
     }
 
     fn usable_until(&self) -> Option<DateTime<Utc>> {
@@ -177,11 +177,14 @@ impl Catalog {
     ) {
         match VerifiedBundle::open(&path, trust, policy) {
             Ok(bundle) => {
-                if let Some(reason) = gate.refuse(&path, &bundle) {
-                    let bundle_id = Some(bundle.manifest().bundle_id.clone());
-                    self.refused.push(Refusal { path, bundle_id, reason });
-                    return;
-                }
+                let sites = match gate.admit(&path, &bundle) {
+                    Ok(sites) => sites,
+                    Err(reason) => {
+                        let bundle_id = Some(bundle.manifest().bundle_id.clone());
+                        self.refused.push(Refusal { path, bundle_id, reason });
+                        return;
+                    }
+                };
                 let mut usable_until = match &bundle.verdict().rule {
                     Some(rule) => rule.usable_until(),
                     None => bundle.manifest().expires,
@@ -193,7 +196,8 @@ impl Catalog {
                 if let Some(until) = gate.usable_until() {
                     usable_until = usable_until.min(until);
                 }
-                self.bundles.push(CatalogBundle { path, bundle: Arc::new(bundle), usable_until });
+                let bundle = Arc::new(bundle);
+                self.bundles.push(CatalogBundle { path, bundle, usable_until, sites });
             }
             Err(rejected) => self.refused.push(Refusal {
                 path,
@@ -201,6 +205,42 @@ impl Catalog {
                 reason: rejected.error.to_string(),
             }),
         }
+    }
+
+    /// The catalog of a visit at `site` (`None`: a visit that names no site): a bundle the signed
+    /// listing restricts to other sites is refused, with the reason, like any bundle that may not
+    /// be used. A catalog without site-restricted bundles is the same catalog.
+    pub fn for_site(&self, site: Option<&str>) -> Catalog {
+        let mut out = Catalog { bundles: Vec::new(), refused: self.refused.clone() };
+        for b in &self.bundles {
+            let allowed =
+                b.sites.is_empty() || site.is_some_and(|s| b.sites.iter().any(|x| x == s));
+            if allowed {
+                out.bundles.push(b.clone());
+                continue;
+            }
+            let m = b.bundle.manifest();
+            let visit = match site {
+                Some(s) => format!("this visit is at site {s}"),
+                None => "this visit names no site".to_string(),
+            };
+            out.refused.push(Refusal {
+                path: b.path.clone(),
+                bundle_id: Some(m.bundle_id.clone()),
+                reason: format!(
+                    "bundle {} version {} is published to sites {} only, and {visit}: it is used only in a visit at one of those sites (open the visit from a work order there)",
+                    m.bundle_id,
+                    m.bundle_version,
+                    b.sites.join(", ")
+                ),
+            });
+        }
+        out
+    }
+
+    /// Whether some bundle is restricted to some sites only.
+    pub fn has_site_restrictions(&self) -> bool {
+        self.bundles.iter().any(|b| !b.sites.is_empty())
     }
 
     /// What the planner needs to know of each verified bundle.
@@ -249,9 +289,12 @@ impl ImageSource for Catalog {
     }
 
     fn image(&self, _device: &DeviceRecord, step: &Step) -> Result<VerifiedImage, String> {
-        let b = self
-            .bundle(&step.bundle_id)
-            .ok_or_else(|| format!("bundle {} is not in the verified catalog", step.bundle_id))?;
+        let b = self.bundle(&step.bundle_id).ok_or_else(|| {
+            match self.refused.iter().find(|r| r.bundle_id.as_deref() == Some(&step.bundle_id)) {
+                Some(r) => format!("bundle {} may not be used: {}", step.bundle_id, r.reason),
+                None => format!("bundle {} is not in the verified catalog", step.bundle_id),
+            }
+        })?;
         if b.bundle.payloads().iter().any(|p| p.entry().format == PayloadFormat::Esp) {
             return esp_image(&step.bundle_id, &b.bundle, step);
         }

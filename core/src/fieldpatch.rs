@@ -447,10 +447,26 @@ impl Fieldpatch {
     }
 
     /// Plan `devices` against the verified catalog (credential names from the keyring when it is
-    /// reachable).
+    /// reachable) for a visit that names no site: bundles published to some sites only are left
+    /// out, as the session would refuse them. See [`Fieldpatch::plan_at_site`].
     pub async fn plan(&self, devices: Vec<DeviceRecord>, catalog: &Catalog) -> Plan {
+        self.plan_at_site(devices, catalog, None).await
+    }
+
+    /// Plan `devices` for a visit at `site` (a work order's site): a bundle the signed listing
+    /// publishes to other sites only is not planned (the session refuses it too).
+    pub async fn plan_at_site(
+        &self,
+        devices: Vec<DeviceRecord>,
+        catalog: &Catalog,
+        site: Option<&str>,
+    ) -> Plan {
         let creds = self.credentials().await.ok();
-        batch::make_plan(devices, catalog, creds).await
+        if catalog.has_site_restrictions() {
+            batch::make_plan(devices, &catalog.for_site(site), creds).await
+        } else {
+            batch::make_plan(devices, catalog, creds).await
+        }
     }
 
     /// Run (or resume) a session inside a visit of the technician's log. Refused with

@@ -29,6 +29,10 @@ pub const MAX_LISTING_BYTES: u64 = 16 << 20;
 pub const MAX_LISTED_BUNDLES: usize = 100_000;
 /// Longest bundle id a listing may carry.
 pub const MAX_BUNDLE_ID: usize = 256;
+/// Longest site id a listing may carry.
+pub const MAX_SITE_ID: usize = 256;
+/// Most sites one listed bundle may be restricted to.
+pub const MAX_LISTED_SITES: usize = 10_000;
 
 /// One bundle file of the catalog, as the listing names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +45,34 @@ pub struct ListedBundle {
     pub sha256: String,
     /// Size of the bundle file in bytes.
     pub size: u64,
+    /// The sites the bundle is published to, sorted; empty: every site. A laptop uses the bundle
+    /// only in a visit at one of them, and expects it in its pull only when one of them is among
+    /// its technician's assigned sites. (Absent from the document when empty, so a listing of
+    /// bundles for every site signs the same bytes as before sites existed.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+}
+
+impl ListedBundle {
+    /// Whether the bundle may be used in a visit at `site` (`None`: a visit that names no site,
+    /// which may use only bundles for every site).
+    pub fn is_for_site(&self, site: Option<&str>) -> bool {
+        self.sites.is_empty() || site.is_some_and(|s| self.sites.iter().any(|x| x == s))
+    }
+
+    /// Whether a technician assigned to `assigned` sites is to receive the bundle.
+    pub fn reaches(&self, assigned: &[&str]) -> bool {
+        self.sites.is_empty() || assigned.iter().any(|a| self.sites.iter().any(|s| s == a))
+    }
+
+    /// The sites in words, for messages: "every site" or "sites a, b".
+    pub fn sites_text(&self) -> String {
+        if self.sites.is_empty() {
+            "every site".into()
+        } else {
+            format!("sites {}", self.sites.join(", "))
+        }
+    }
 }
 
 /// The signed content of a catalog listing.
@@ -116,6 +148,25 @@ impl CatalogListing {
             }
             if !seen.insert(b.sha256.as_str()) {
                 return Err(invalid(format!("sha256 {} is listed twice", b.sha256)));
+            }
+            if b.sites.len() > MAX_LISTED_SITES {
+                return Err(invalid(format!(
+                    "bundle {} is restricted to {} sites; at most {MAX_LISTED_SITES} are allowed",
+                    b.bundle_id,
+                    b.sites.len()
+                )));
+            }
+            if let Some(bad) = b.sites.iter().find(|s| s.is_empty() || s.len() > MAX_SITE_ID) {
+                return Err(invalid(format!(
+                    "bundle {} names site {bad:?}: a site id must be 1 to {MAX_SITE_ID} bytes",
+                    b.bundle_id
+                )));
+            }
+            if b.sites.windows(2).any(|w| matches!(w, [a, b] if a >= b)) {
+                return Err(invalid(format!(
+                    "the sites of bundle {} must be sorted and each named once",
+                    b.bundle_id
+                )));
             }
         }
         Ok(())

@@ -9,9 +9,10 @@
 //!   checked) can be replaced by any valid store.
 //! - **Catalog listing** ([`publish_listing`]): signed by the catalog threshold of the published
 //!   trust store, naming its version, not expired, with a version higher than the published
-//!   listing, and every listed bundle published with the same SHA-256 (and id and size), for
-//!   every site: a laptop refuses a pull that lacks a listed bundle, and a bundle published to
-//!   some sites only reaches the technicians of those sites.
+//!   listing, and every listed bundle published with the same SHA-256 (and id and size) to the
+//!   sites the listing names for it (none: every site): a laptop refuses a pull that lacks a
+//!   bundle listed for one of its technician's sites, and uses a site-restricted bundle only in
+//!   a visit at one of its sites.
 //!
 //! Both are written with a compare-and-swap on the published document, so two publishes at once
 //! cannot both pass their checks against the same predecessor.
@@ -37,9 +38,9 @@ pub enum PublishError {
     )]
     ListingNotNewer { current: u64, offered: u64 },
     #[error(
-        "the catalog listing was not published: it names bundle {bundle_id} ({sha256}), which is published only to sites {sites}; a listing is for every laptop and each must receive every bundle it names. List only bundles published to every site, or publish the bundle to every site"
+        "the catalog listing was not published: it names bundle {bundle_id} ({sha256}) for {listed}, but the bundle is published to {published}; laptops expect a bundle where the listing says and use it only there, so the two must agree. Sign the listing with the sites the bundle was published to (`fieldpatch bundle sign-listing --sites {bundle_id}=SITE,...`, none for every site)"
     )]
-    ListedBundleRestricted { bundle_id: String, sha256: String, sites: String },
+    ListedBundleSites { bundle_id: String, sha256: String, listed: String, published: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,7 +52,7 @@ impl PublishError {
             PublishError::TrustStore(e) | PublishError::Listing(e) => e.code(),
             PublishError::NoTrustStore(_) => "no_trust_store",
             PublishError::ListingNotNewer { .. } => "catalog_listing_not_newer",
-            PublishError::ListedBundleRestricted { .. } => "listed_bundle_site_restricted",
+            PublishError::ListedBundleSites { .. } => "listed_bundle_sites_differ",
             PublishError::Store(StoreError::Conflict(_)) => "publish_conflict",
             PublishError::Store(_) => "storage",
         }
@@ -204,11 +205,17 @@ pub async fn publish_listing<S: Store>(
     }
     let restricted = store.bundle_sites().await?;
     for listed in &offered.listing.bundles {
-        if let Some(sites) = restricted.get(&listed.sha256.to_ascii_lowercase()) {
-            return Err(PublishError::ListedBundleRestricted {
+        let mut published =
+            restricted.get(&listed.sha256.to_ascii_lowercase()).cloned().unwrap_or_default();
+        published.sort();
+        if published != listed.sites {
+            let as_published =
+                fieldpatch_proto::listing::ListedBundle { sites: published, ..listed.clone() };
+            return Err(PublishError::ListedBundleSites {
                 bundle_id: listed.bundle_id.clone(),
                 sha256: listed.sha256.clone(),
-                sites: sites.join(", "),
+                listed: listed.sites_text(),
+                published: as_published.sites_text(),
             });
         }
     }

@@ -334,7 +334,13 @@ async fn plan(app: tauri::AppHandle) -> Result<PlanView, BridgeError> {
             message: "no device of the inventory is on the bench: run a discovery first (check the discovery settings if it finds none)".into(),
         });
     }
-    let plan = shell.fp().plan(devices, &catalog).await;
+    // A visit for a work order is at its site: bundles published to other sites only are not
+    // planned.
+    let site = match bench.work_order.lock().await.clone() {
+        Some(order) => Some(shell.fp().work_order_visit(&order).await?.0.site),
+        None => None,
+    };
+    let plan = shell.fp().plan_at_site(devices, &catalog, site.as_deref()).await;
     let mut last = bench.plan.lock().await;
     let n = last.as_ref().map_or(1, |(n, _)| n + 1);
     *last = Some((n, plan.clone()));

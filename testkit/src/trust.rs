@@ -79,5 +79,14 @@ pub fn listed(bundle_id: &str, bytes: &[u8]) -> ListedBundle {
         bundle_version: 1,
         sha256: hex::encode(Sha256::digest(bytes)),
         size: bytes.len() as u64,
+        sites: Vec::new(),
     }
+}
+
+/// How a listing names the bundle file `bytes` published to `sites` only.
+pub fn listed_for(bundle_id: &str, bytes: &[u8], sites: &[&str]) -> ListedBundle {
+    let mut l = listed(bundle_id, bytes);
+    l.sites = sites.iter().map(|s| s.to_string()).collect();
+    l.sites.sort();
+    l
 }

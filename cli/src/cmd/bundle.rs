@@ -104,6 +104,11 @@ pub enum BundleCmd {
         /// Days the listing stays valid (1 to 3650).
         #[arg(long, default_value_t = 7)]
         valid_days: i64,
+        /// A bundle published to some sites only: `BUNDLE=SITE[,SITE...]`, BUNDLE being its id
+        /// or the file's SHA-256; repeat it per bundle. The sites must be those it was published
+        /// to (`fieldpatch-server admin publish --site`). Without it a bundle is for every site.
+        #[arg(long = "sites", value_name = "BUNDLE=SITES", value_parser = parse_sites)]
+        sites: Vec<(String, Vec<String>)>,
         /// Where to write the listing (default: `listing.json` in the catalog folder, where
         /// `fieldpatch plan --catalog` reads it).
         #[arg(long)]
@@ -280,7 +285,16 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        BundleCmd::SignListing { catalog, trust, keys, version, expires, valid_days, out } => {
+        BundleCmd::SignListing {
+            catalog,
+            trust,
+            keys,
+            version,
+            expires,
+            valid_days,
+            sites,
+            out,
+        } => {
             let trust = TrustStore::load(&trust)?;
             let keys =
                 keys.iter().map(|p| super::keys::load_key(p)).collect::<Result<Vec<_>, _>>()?;
@@ -298,7 +312,8 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                 Some(v) => v,
                 None => u64::try_from(now.timestamp()).context("the clock is before 1970")?,
             };
-            let bundles = bundle::listing::list_folder(&catalog, &trust, &VerifyPolicy::now())?;
+            let mut bundles = bundle::listing::list_folder(&catalog, &trust, &VerifyPolicy::now())?;
+            bundle::listing::restrict_sites(&mut bundles, &sites)?;
             let signed = bundle::CatalogListing {
                 version,
                 expires,
@@ -321,6 +336,7 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                         "expires": l.expires,
                         "trust_store_version": l.trust_store_version,
                         "bundles": l.bundles.len(),
+                        "site_restricted": l.bundles.iter().filter(|b| !b.sites.is_empty()).count(),
                         "signers": signers,
                     })
                 );
@@ -334,6 +350,14 @@ pub fn run(cmd: BundleCmd, json: bool) -> anyhow::Result<ExitCode> {
                     signers.join(", "),
                     out.display()
                 );
+                for b in l.bundles.iter().filter(|b| !b.sites.is_empty()) {
+                    println!(
+                        "  {} version {}: {} only",
+                        b.bundle_id,
+                        b.bundle_version,
+                        b.sites_text()
+                    );
+                }
             }
         }
         BundleCmd::CheckDevice {
@@ -406,4 +430,19 @@ fn parse_offset(text: &str) -> anyhow::Result<u32> {
     parsed.map_err(|_| {
         anyhow::anyhow!("{t:?} is not an offset: give hex with 0x (0x10000) or decimal")
     })
+}
+
+/// `BUNDLE=SITE[,SITE...]` of `sign-listing --sites`.
+fn parse_sites(arg: &str) -> Result<(String, Vec<String>), String> {
+    let (bundle, sites) = arg.split_once('=').ok_or_else(|| {
+        format!("{arg:?} has no '=': give BUNDLE=SITE[,SITE...], e.g. sensor-fw=site-a,site-b")
+    })?;
+    let sites: Vec<String> =
+        sites.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if bundle.trim().is_empty() || sites.is_empty() {
+        return Err(format!(
+            "{arg:?} names no bundle or no site: give BUNDLE=SITE[,SITE...], e.g. sensor-fw=site-a"
+        ));
+    }
+    Ok((bundle.trim().to_string(), sites))
 }

@@ -196,7 +196,13 @@ pub fn plan(args: PlanArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
             identified.push(d);
         }
-        let plan = fp.plan(identified, &catalog).await;
+        // A visit for a work order is at its site: bundles published to other sites only are
+        // not planned (the session refuses them too).
+        let site = match &args.work_order {
+            Some(order) => Some(fp.work_order_visit(order).await?.0.site),
+            None => None,
+        };
+        let plan = fp.plan_at_site(identified, &catalog, site.as_deref()).await;
         if let Some(out) = &args.out {
             std::fs::write(out, serde_json::to_vec_pretty(&plan)?)
                 .with_context(|| format!("writing the plan to {}", out.display()))?;

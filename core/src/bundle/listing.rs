@@ -81,7 +81,8 @@ pub fn file_digest(path: &Path) -> Result<(String, u64), BundleError> {
 
 /// The bundle files of the catalog folder `dir` (`*.fpb`, sorted by name), each verified against
 /// `trust` under `policy`, as a listing names them. Any bundle that does not verify is an error:
-/// a listing vouches for every file it names.
+/// a listing vouches for every file it names. Every bundle is listed for every site: see
+/// [`restrict_sites`].
 pub fn list_folder(
     dir: &Path,
     trust: &TrustStore,
@@ -116,7 +117,40 @@ pub fn list_folder(
             bundle_version: manifest.bundle_version,
             sha256,
             size,
+            sites: Vec::new(),
         });
     }
     Ok(bundles)
+}
+
+/// Restrict listed bundles to the sites they are published to: each `(key, sites)` names the
+/// bundles whose id or SHA-256 is `key`. A key that names no listed bundle is an error (a typo
+/// would otherwise list a bundle for every site), as is an empty or repeated site.
+pub fn restrict_sites(
+    bundles: &mut [ListedBundle],
+    restrictions: &[(String, Vec<String>)],
+) -> Result<(), BundleError> {
+    let invalid = |reason: String| BundleError::Trust(TrustError::InvalidListing { reason });
+    for (key, sites) in restrictions {
+        let mut sites = sites.clone();
+        sites.sort();
+        sites.dedup();
+        if sites.is_empty() || sites.iter().any(String::is_empty) {
+            return Err(invalid(format!(
+                "the sites given for {key} are empty: give one or more site ids, as in {key}=site-a,site-b"
+            )));
+        }
+        let key_hash = key.to_ascii_lowercase();
+        let mut found = false;
+        for b in bundles.iter_mut().filter(|b| b.bundle_id == *key || b.sha256 == key_hash) {
+            found = true;
+            b.sites = sites.clone();
+        }
+        if !found {
+            return Err(invalid(format!(
+                "no bundle in the folder has the id or SHA-256 {key}: name a bundle the folder holds"
+            )));
+        }
+    }
+    Ok(())
 }

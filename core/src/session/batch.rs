@@ -203,6 +203,12 @@ pub async fn run_in_visit(
     state: SessionState,
 ) -> Result<(Summary, SessionState), BatchError> {
     let VisitRun { store, log, catalog, connector, observer, pause } = run;
+    // A bundle the signed listing publishes to some sites only is used only at those sites.
+    let catalog = if catalog.has_site_restrictions() {
+        Arc::new(catalog.for_site(state.visit_for.as_ref().map(|v| v.site.as_str())))
+    } else {
+        catalog
+    };
     let (visit, _) = match &state.visit_for {
         Some(v) => log.open_visit(&v.site, v.work_order.as_deref()).await?,
         None => log.open_visit(&session_label(&state), None).await?,

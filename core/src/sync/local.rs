@@ -192,7 +192,8 @@ impl StoreSync {
     /// Decide on the pull's catalog listing under the trust store in force after the pull:
     /// `None` when that store names no catalog keys (today's behaviour), else the listing to keep,
     /// after checking its signatures, trust-store version, expiry at `now`, that it does not go
-    /// back from the listing accepted before, and that the pull carries every bundle it lists.
+    /// back from the listing accepted before, and that the pull carries every bundle it lists
+    /// for every site or for one of the technician's assigned sites.
     fn accept_listing(
         &self,
         pull: &PullResponse,
@@ -217,7 +218,9 @@ impl StoreSync {
             None
         };
         offered.check_successor(previous.as_ref()).map_err(refused)?;
-        for listed in &offered.listing.bundles {
+        // A bundle published to some sites only reaches the technicians assigned to one of them.
+        let assigned: Vec<&str> = pull.sites.iter().map(|s| s.id.as_str()).collect();
+        for listed in offered.listing.bundles.iter().filter(|l| l.reaches(&assigned)) {
             let carried = pull.catalog.iter().any(|e| {
                 e.sha256.eq_ignore_ascii_case(&listed.sha256)
                     && e.bundle_id == listed.bundle_id

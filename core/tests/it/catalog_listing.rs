@@ -154,3 +154,94 @@ async fn an_expired_trust_store_stops_every_bundle_unless_the_signed_grace_holds
     let (used, _) = case(Some(30), None).await;
     assert_eq!(used, None, "never synced: no grace to count from");
 }
+
+#[tokio::test]
+async fn a_bundle_listed_for_some_sites_is_planned_and_flashed_only_at_them() {
+    use fieldpatch_core::plan::{DeviceAddress, Disposition, Step};
+    use fieldpatch_core::session::ImageSource;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = CatalogBuilder::new()
+        .catalog_key(random_key(), "catalog")
+        .write(&dir.path().join("release"))
+        .unwrap();
+    catalog.bundle(&spec("sensor-a", A)).unwrap();
+    let mut north_only = spec("sensor-b", B);
+    north_only.installs = Version::new(3, 0, 0, 0);
+    catalog.bundle(&north_only).unwrap();
+    let mut doc = catalog.listing(1, Utc::now() + Duration::days(3)).unwrap().listing;
+    for b in doc.bundles.iter_mut().filter(|b| b.bundle_id == "sensor-b") {
+        b.sites = vec!["north".into()];
+    }
+    std::fs::write(
+        catalog.catalog_dir.join("listing.json"),
+        serde_json::to_vec(&doc.sign(&catalog.catalog_keys())).unwrap(),
+    )
+    .unwrap();
+
+    let fp = Fieldpatch::open_in(
+        &dir.path().join("laptop"),
+        Arc::new(DriverConnector { usb: SystemUsb }),
+    )
+    .await
+    .unwrap();
+    let c = fp.load_catalog(&catalog.catalog_dir, &catalog.trust_path).await.unwrap();
+    assert!(c.refused.is_empty(), "{:?}", reasons(&c));
+    assert!(c.has_site_restrictions());
+    let sites = |c: &Catalog| -> Vec<(String, Vec<String>)> {
+        c.bundles.iter().map(|b| (b.bundle.manifest().bundle_id.clone(), b.sites.clone())).collect()
+    };
+    let want = vec![
+        ("sensor-a".to_string(), Vec::<String>::new()),
+        ("sensor-b".to_string(), vec!["north".to_string()]),
+    ];
+    assert_eq!(sites(&c), want);
+
+    // The planner sees sensor-b only for a visit at the north plant.
+    let mut device = fieldpatch_testkit::site::record(
+        "d1",
+        "Lab",
+        "sensor",
+        DeviceAddress::Udp { addr: "127.0.0.1:9".into() },
+    );
+    device.identity.firmware_version = Some(Version::new(1, 0, 0, 0));
+    let target = |site: Option<&'static str>| {
+        let (fp, c, device) = (&fp, &c, device.clone());
+        async move {
+            let plan = fp.plan_at_site(vec![device], c, site).await;
+            match &plan.devices[0].disposition {
+                Disposition::Patch { steps, .. } => steps.last().map(|s| s.bundle_id.clone()),
+                other => panic!("not planned: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(target(Some("north")).await.as_deref(), Some("sensor-b"));
+    assert_eq!(target(Some("south")).await.as_deref(), Some("sensor-a"));
+    assert_eq!(target(None).await.as_deref(), Some("sensor-a"));
+    assert_eq!(
+        fp.plan(vec![device.clone()], &c).await.devices[0]
+            .steps_now()
+            .last()
+            .map(|s| &s.bundle_id[..]),
+        Some("sensor-a"),
+        "a plan without a site is a plan for a visit that names none"
+    );
+
+    // A plan made elsewhere that names sensor-b cannot take its image at another site: the
+    // session's catalog refuses it with the reason.
+    let step = Step {
+        bundle_id: "sensor-b".into(),
+        from: Version::new(1, 0, 0, 0),
+        to: Version::new(3, 0, 0, 0),
+        cvss: 7.0,
+        rollback: false,
+    };
+    assert!(c.for_site(Some("north")).image(&device, &step).is_ok());
+    for site in [Some("south"), None] {
+        let at = c.for_site(site);
+        let refused: Vec<_> = at.refused.iter().filter_map(|r| r.bundle_id.as_deref()).collect();
+        assert_eq!(refused, ["sensor-b"]);
+        let err = at.image(&device, &step).unwrap_err();
+        assert!(err.contains("published to sites north only"), "{err}");
+        assert!(at.image(&device, &Step { bundle_id: "sensor-a".into(), ..step.clone() }).is_ok());
+    }
+}

@@ -43,6 +43,7 @@ fn bundle(n: u8) -> ListedBundle {
         bundle_version: 1,
         sha256: format!("{n:02x}").repeat(32),
         size: 100 + u64::from(n),
+        sites: Vec::new(),
     }
 }
 
@@ -171,6 +172,12 @@ fn listing_shapes_are_checked_before_anything_else() {
     );
     assert!(shape(&|l| l.listing.bundles[0].bundle_id.clear()).contains("bundle id"));
     assert!(shape(&|l| l.listing.bundles[0].bundle_id = "x".repeat(300)).contains("bundle id"));
+    let site = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(shape(&|l| l.listing.bundles[0].sites = site(&["s2", "s1"])).contains("sorted"));
+    assert!(shape(&|l| l.listing.bundles[0].sites = site(&["s1", "s1"])).contains("once"));
+    assert!(shape(&|l| l.listing.bundles[0].sites = site(&[""])).contains("site id"));
+    let long = "s".repeat(300);
+    assert!(shape(&|l| l.listing.bundles[0].sites = site(&[long.as_str()])).contains("site id"));
     let many = shape(&|l| {
         let s = l.signatures[0].clone();
         l.signatures = vec![s; 65];
@@ -324,6 +331,38 @@ fn stores_without_the_new_fields_keep_their_signed_bytes() {
     assert!(e.to_string().starts_with("the trust store expired on 2026-06-01"), "{e}");
     signed.store.expires = Some(expires + Duration::days(365));
     assert_eq!(TrustStore::provision(signed).unwrap_err().code(), "bad_signature");
+}
+
+#[test]
+fn bundles_for_every_site_keep_their_signed_bytes_and_restricted_ones_sign_their_sites() {
+    let everywhere = CatalogListing {
+        version: 1,
+        expires: Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(),
+        trust_store_version: 1,
+        bundles: vec![bundle(1)],
+    };
+    let text = String::from_utf8(everywhere.canonical_bytes()).unwrap();
+    assert!(!text.contains("sites"), "{text}");
+    let mut restricted = everywhere.clone();
+    restricted.bundles[0].sites = vec!["north".into(), "south".into()];
+    let text = String::from_utf8(restricted.canonical_bytes()).unwrap();
+    assert!(text.contains("\"sites\":[\"north\",\"south\"]"), "{text}");
+
+    // The sites are signed: a server cannot widen a bundle to another site.
+    let trust = store(1, 1);
+    let mut signed = restricted.clone().sign(&[&key(2)]);
+    assert!(signed.verify(&trust).is_ok());
+    signed.listing.bundles[0].sites.push("west".into());
+    assert_eq!(signed.verify(&trust).unwrap_err().code(), "bad_signature");
+    signed.listing.bundles[0].sites.clear();
+    assert_eq!(signed.verify(&trust).unwrap_err().code(), "bad_signature");
+
+    let b = &restricted.bundles[0];
+    assert!(b.is_for_site(Some("north")) && !b.is_for_site(Some("west")));
+    assert!(!b.is_for_site(None), "a visit naming no site uses only bundles for every site");
+    assert!(b.reaches(&["west", "south"]) && !b.reaches(&["west"]) && !b.reaches(&[]));
+    assert!(bundle(1).is_for_site(None) && bundle(1).reaches(&[]));
+    assert_eq!(b.sites_text(), "sites north, south");
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Per-site catalogs, on SQLite and PostgreSQL: a bundle published to some sites reaches only the
 //! technicians assigned to one of them (pull and download); bundles for every site reach
-//! everyone; a signed catalog listing, which every laptop must be able to satisfy, names only
-//! bundles for every site.
+//! everyone; a signed catalog listing names each bundle with the sites it was published to.
 
 use crate::both_backends;
 use crate::common::{AnyStore, Backend, TestServer};
@@ -9,7 +8,7 @@ use chrono::{Duration, Utc};
 use fieldpatch_proto::wire::{CatalogEntry, PullResponse};
 use fieldpatch_server::Store;
 use fieldpatch_server::publish::{publish_listing, publish_trust_store};
-use fieldpatch_testkit::trust::{TrustDocs, listed};
+use fieldpatch_testkit::trust::{TrustDocs, listed, listed_for};
 
 async fn publish(server: &TestServer, id: &str, bytes: &[u8], sites: &[&str]) -> String {
     let l = listed(id, bytes);
@@ -134,26 +133,53 @@ async fn a_bundle_published_to_some_sites_reaches_only_their_technicians(backend
         }
     };
     publish_doc(serde_json::to_value(docs.store(1, true, None, &[])).unwrap(), true).await.unwrap();
-    let restricted = docs.listing(
-        1,
+    // A listing must name each bundle for the sites it was published to: not wider, not
+    // narrower, not "every site" for a restricted one.
+    let everyone_l = listed("everyone", b"for every site");
+    let refused = [
+        vec![everyone_l.clone(), listed("north", b"for s1 only")],
+        vec![everyone_l.clone(), listed_for("north", b"for s1 only", &["s1", "s2"])],
+        vec![everyone_l.clone(), listed_for("both", b"for s1 and s2", &["s1"])],
+        vec![listed_for("everyone", b"for every site", &["s2"])],
+    ];
+    for (n, bundles) in refused.into_iter().enumerate() {
+        let wrong = docs.listing(1, 1, soon, bundles);
+        let (code, message) =
+            publish_doc(serde_json::to_value(&wrong).unwrap(), false).await.unwrap_err();
+        assert_eq!(code, "listed_bundle_sites_differ", "case {n}: {message}");
+        assert!(message.contains("published to"), "{message}");
+    }
+    let sited = docs.listing(
+        2,
         1,
         soon,
-        vec![listed("everyone", b"for every site"), listed("north", b"for s1 only")],
+        vec![
+            everyone_l,
+            listed_for("north", b"for s1 only", &["s1"]),
+            listed_for("both", b"for s1 and s2", &["s2", "s1"]),
+        ],
     );
-    let (code, message) =
-        publish_doc(serde_json::to_value(&restricted).unwrap(), false).await.unwrap_err();
-    assert_eq!(code, "listed_bundle_site_restricted");
-    assert!(message.contains("north") && message.contains("s1"), "{message}");
-    let global = docs.listing(2, 1, soon, vec![listed("everyone", b"for every site")]);
-    publish_doc(serde_json::to_value(&global).unwrap(), false).await.unwrap();
-    let pull: PullResponse = reqwest::Client::new()
-        .get(server.url("/v1/pull"))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(pull.catalog_listing, Some(serde_json::to_value(&global).unwrap()));
+    publish_doc(serde_json::to_value(&sited).unwrap(), false).await.unwrap();
+    // Every technician gets the one listing; each pull carries every bundle it lists for one of
+    // the technician's sites (bob, at s2 only, has no "north", which is listed for s1 only).
+    for (who, token) in [("alice", &alice.token), ("bob", &bob.token), ("carol", &carol.token)] {
+        let pull: PullResponse = reqwest::Client::new()
+            .get(server.url("/v1/pull"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(pull.catalog_listing, Some(serde_json::to_value(&sited).unwrap()), "{who}");
+        let assigned: Vec<&str> = pull.sites.iter().map(|s| s.id.as_str()).collect();
+        for l in sited.listing.bundles.iter().filter(|l| l.reaches(&assigned)) {
+            assert!(
+                pull.catalog.iter().any(|e| e.sha256 == l.sha256),
+                "{who} lacks {}",
+                l.bundle_id
+            );
+        }
+    }
 }

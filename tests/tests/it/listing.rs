@@ -6,7 +6,10 @@
 //!   refused and the laptop's catalog stays as it was;
 //! - a bundle the listing does not name, or names with another hash (mix and match), is refused
 //!   and not stored, while the listed ones are;
-//! - an expired listing is refused at sync.
+//! - an expired listing is refused at sync;
+//! - a bundle published to some sites only is listed with those sites: a laptop whose technician
+//!   is not assigned to one of them syncs without it, and a laptop that holds it plans it only
+//!   for a visit at one of them.
 
 use crate::sync_cli::{Laptop, Server, admin, enrol, new_laptop, serve};
 use crate::trust::{Doc, admin_refused, published, serve_anyway, sync_error};
@@ -44,22 +47,27 @@ fn spec<'a>(id: &'a str, installs: &'a str, payload: &'a [u8]) -> BundleSpec<'a>
 
 /// `admin publish` of the kit's bundle `id` (file `bundle`) as `version`.
 fn publish(site_data: &Path, kit: &Kit, id: &str, version: &str, bundle: &Path) {
+    publish_to(site_data, kit, id, version, bundle, &[]);
+}
+
+/// `admin publish` to `sites` only (none: every site).
+fn publish_to(site_data: &Path, kit: &Kit, id: &str, version: &str, bundle: &Path, sites: &[&str]) {
     let manifest = kit.dir.join(format!("{id}.tpl.json"));
-    admin(
-        site_data,
-        &[
-            "publish",
-            "--bundle-id",
-            id,
-            "--version",
-            version,
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--bundle",
-            bundle.to_str().unwrap(),
-        ],
-        None,
-    );
+    let mut args = vec![
+        "publish",
+        "--bundle-id",
+        id,
+        "--version",
+        version,
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ];
+    for site in sites {
+        args.extend(["--site", site]);
+    }
+    admin(site_data, &args, None);
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -256,4 +264,69 @@ async fn an_expired_listing_is_refused_at_sync() {
     assert_eq!(v["error"]["code"], "catalog_listing_expired", "{v}");
     assert!(err.contains("the catalog listing expired on"), "{err}");
     assert_eq!(snapshot(&s.catalog()), before, "the catalog changed");
+}
+
+#[tokio::test]
+async fn a_bundle_for_some_sites_is_listed_with_them_and_reaches_only_their_technicians() {
+    let s = site();
+    let sites = s.kit.dir.join("sites.csv");
+    std::fs::write(&sites, "id,name,address\nnorth,North plant,\nsouth,South plant,\n").unwrap();
+    admin(&s.server_data, &["import-sites", sites.to_str().unwrap()], None);
+    admin(&s.server_data, &["assign", "--technician", "alice", "--site", "south"], None);
+    let b = s.kit.bundle(&spec("lab-sensor-2.1.0", "2.1.0", &[2u8; 2048]));
+    publish_to(&s.server_data, &s.kit, "lab-sensor-2.1.0", "1", &b, &["north"]);
+
+    // A listing naming it for every site, or for other sites, is not published.
+    for extra in [&[][..], &["--sites", "lab-sensor-2.1.0=north,south"][..]] {
+        let wrong = s.kit.sign_listing(2, "listing-wrong.json", extra);
+        let err = admin_refused(&s.server_data, &["publish-listing", wrong.to_str().unwrap()]);
+        assert!(err.contains("listed_bundle_sites_differ"), "{err}");
+        assert!(err.contains("published to sites north"), "{err}");
+    }
+    // A key that names no bundle of the folder is an error, not a bundle for every site.
+    let (catalog, trust) = (s.kit.catalog.to_str().unwrap(), s.kit.trust.to_str().unwrap());
+    let out = fieldpatch_e2e::kit::fieldpatch(
+        &s.kit.dir,
+        &s.kit.dir,
+        &[
+            "bundle",
+            "sign-listing",
+            "--catalog",
+            catalog,
+            "--trust",
+            trust,
+            "--key",
+            "catalog.pem",
+            "--sites",
+            "lab-sensr-2.1.0=north",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no bundle in the folder"), "{err}");
+
+    let v2 = s.kit.sign_listing(2, "listing-v2.json", &["--sites", "lab-sensor-2.1.0=north"]);
+    let signed: serde_json::Value = serde_json::from_slice(&std::fs::read(&v2).unwrap()).unwrap();
+    let bundles = signed["listing"]["bundles"].as_array().unwrap();
+    let sites_of =
+        |id: &str| bundles.iter().find(|b| b["bundle_id"] == id).map(|b| b.get("sites").cloned());
+    assert_eq!(sites_of("lab-sensor-2.1.0"), Some(Some(serde_json::json!(["north"]))));
+    assert_eq!(sites_of("lab-sensor-2.0.0"), Some(None), "a bundle for every site names none");
+    admin(&s.server_data, &["publish-listing", v2.to_str().unwrap()], None);
+
+    // Alice works at the south plant: her pull has no 2.1.0, and the listing does not expect it.
+    let text = s.laptop.ok(&["sync"]);
+    assert!(!text.contains("not usable") && !text.contains("refused"), "{text}");
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.catalog().join("listing.json")).unwrap()).unwrap();
+    assert_eq!(kept["listing"]["version"], 2);
+    assert!(!s.catalog().join(format!("{}.fpb", sha256_of(&b))).exists());
+
+    // Assigned to the north plant too, her next pull brings it; a plan for a visit that names
+    // no site leaves it out (it is for the north plant only).
+    admin(&s.server_data, &["assign", "--technician", "alice", "--site", "north"], None);
+    s.laptop.ok(&["sync"]);
+    assert!(s.catalog().join(format!("{}.fpb", sha256_of(&b))).exists());
+    let plan = s.plan();
+    assert!(plan.contains("patch: 1.0.0 -> 2.0.0 (lab-sensor-2.0.0)"), "{plan}");
+    assert!(!plan.contains("-> 2.1.0"), "a bundle for the north plant was planned: {plan}");
 }
