@@ -149,6 +149,31 @@ pub enum EventKind {
     },
 }
 
+/// Every kind's tag, in declaration order (the server's OpenAPI document lists the same).
+pub const KIND_TAGS: &[&str] = &[
+    "log_started",
+    "visit_opened",
+    "visit_closed",
+    "device_discovered",
+    "device_missing",
+    "device_identified",
+    "device_not_patched",
+    "bundle_verified",
+    "bundle_refused",
+    "unverified_image_allowed",
+    "flash_started",
+    "progress_checkpoint",
+    "image_uploaded",
+    "test_boot_requested",
+    "health_check",
+    "confirmed",
+    "rolled_back",
+    "failed",
+    "note",
+    "device_command",
+    "device_command_result",
+];
+
 impl EventKind {
     /// The snake_case tag of this kind (as serialized).
     pub fn tag(&self) -> &'static str {
@@ -363,6 +388,21 @@ mod tests {
             after_max_minus_one,
             Err(ChainError::Sequence { expected: u64::MAX, .. })
         ));
+    }
+
+    #[test]
+    fn kind_tags_name_every_kind_the_parser_knows() {
+        // serde names every variant it knows when it meets one it does not.
+        let err = serde_json::from_str::<EventKind>(r#"{"kind":"no_such_kind"}"#)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let expected = err.split("expected one of ").nth(1).unwrap_or_default();
+        let known: Vec<&str> = expected
+            .split(", ")
+            .map(|t| t.split(" at line").next().unwrap_or(t).trim_matches('`'))
+            .collect();
+        assert_eq!(known, KIND_TAGS, "{err}");
     }
 
     #[test]

@@ -627,8 +627,8 @@ pub async fn report_planned_not_patched<S: Store>(
         .collect())
 }
 
-/// The report, whole or (with `limit`) one page: a page that may have a next one says where it
-/// starts in a `Link: <...>; rel="next"` header and in `X-Next-After`.
+/// The report, whole or (with `limit` or `after`) one page: a page that may have a next one says
+/// where it starts in a `Link: <...>; rel="next"` header and in `X-Next-After`.
 async fn not_at_approved<S: Store>(
     State(app): Shared<S>,
     headers: HeaderMap,
@@ -636,10 +636,8 @@ async fn not_at_approved<S: Store>(
 ) -> Result<Response, ApiError> {
     let scope = scope(&app, &headers).await?;
     let page = match q.limit {
-        None if q.after.is_some() => {
-            return Err(ApiError::bad_request("`after` pages a report: give `limit` too"));
-        }
-        None => None,
+        // `after` alone asks for a page of the largest size.
+        None => q.after.as_deref().map(|after| (after, MAX_REPORT_PAGE)),
         Some(l) if l == 0 || l > MAX_REPORT_PAGE => {
             return Err(ApiError::bad_request(format!(
                 "limit {l}: give a page size from 1 to {MAX_REPORT_PAGE}"

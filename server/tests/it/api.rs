@@ -9,10 +9,12 @@ use fieldpatch_testkit::chain::{chain, chain_in, note};
 use reqwest::StatusCode;
 
 async fn push(server: &TestServer, token: &str, events: &[Event]) -> PushAck {
+    let request = serde_json::to_value(PushRequest { events: events.to_vec() }).unwrap();
+    common::check_request("POST", "/v1/push", &request);
     let r = reqwest::Client::new()
         .post(server.url("/v1/push"))
         .bearer_auth(token)
-        .json(&PushRequest { events: events.to_vec() })
+        .json(&request)
         .send()
         .await
         .unwrap();
@@ -139,7 +141,11 @@ async fn push_is_verified_idempotent_and_folds_into_the_inventory(backend: Backe
         }
     }
     assert_eq!(paged, ["d2", "d3", "d9"], "every device once, in id order");
-    for bad in ["?limit=0", "?limit=10001", "?after=d2"] {
+    // `after` alone: one page of the largest size.
+    let rest: Vec<Device> =
+        get(&server, &server.admin_token, "/v1/reports/not-at-approved-version?after=d2").await;
+    assert_eq!(rest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d3", "d9"]);
+    for bad in ["?limit=0", "?limit=10001"] {
         let path = format!("/v1/reports/not-at-approved-version{bad}");
         let code = status(&server, Some(&server.admin_token), reqwest::Method::GET, &path).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
@@ -746,4 +752,79 @@ async fn concurrent_pushes_store_each_event_once(backend: Backend) {
         server.counts().await,
         fieldpatch_server::store::Counts { events: total as u64, checkpoints: 4 }
     );
+}
+
+/// The request schemas state what a schema can: the shape of signed documents, key and hash
+/// formats, the event kinds; what they cannot (signatures, thresholds, records that must exist)
+/// the server answers with a documented 4xx. Valid documents the tools make pass them.
+#[test]
+fn request_schemas_state_the_rules_a_schema_can() {
+    use fieldpatch_testkit::trust::{TrustDocs, listed, listed_for};
+    let docs = TrustDocs::new();
+    let store = serde_json::to_value(docs.store(1, true, None, &[])).unwrap();
+    common::check_request("PUT", "/v1/admin/trust-store", &store);
+    let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    let listing = docs.listing(
+        1,
+        1,
+        soon,
+        vec![listed("everyone", b"a"), listed_for("north", b"b", &["s1", "s2"])],
+    );
+    let listing = serde_json::to_value(&listing).unwrap();
+    common::check_request("PUT", "/v1/admin/catalog-listing", &listing);
+    let refused = |path: &str, body: serde_json::Value| {
+        let problems = common::request_problems("PUT", path, &body);
+        assert!(!problems.is_empty(), "{path} allows {body}");
+    };
+    for (path, doc) in [("/v1/admin/trust-store", &store), ("/v1/admin/catalog-listing", &listing)]
+    {
+        refused(path, serde_json::json!({}));
+        let mut extra = doc.clone();
+        extra["extra"] = true.into();
+        refused(path, extra);
+        let mut short = doc.clone();
+        short["signatures"][0]["signature"] = "abcd".into();
+        refused(path, short);
+    }
+    let mut twice = listing.clone();
+    twice["listing"]["bundles"][1]["sites"] = serde_json::json!(["s1", "s1"]);
+    refused("/v1/admin/catalog-listing", twice);
+    let mut role = store.clone();
+    role["store"]["keys"][0]["roles"] = serde_json::json!(["owner"]);
+    refused("/v1/admin/trust-store", role);
+
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let tech =
+        |public_key: String| serde_json::json!({"id": "t", "name": "T", "public_key": public_key});
+    let public = hex::encode(key.verifying_key().as_bytes());
+    assert!(common::request_problems("POST", "/v1/admin/technicians", &tech(public)).is_empty());
+    assert!(
+        !common::request_problems("POST", "/v1/admin/technicians", &tech("xyz".into())).is_empty()
+    );
+
+    // Event kinds: the document lists exactly the kinds the parser knows.
+    let event = common::component("Event");
+    let kinds = &common::document()["components"]["schemas"]["Event"]["properties"]["kind"]["enum"];
+    assert_eq!(kinds, &serde_json::json!(fieldpatch_proto::event::KIND_TAGS));
+    let mut e = serde_json::to_value(&chain(&key, [note("n")])[0]).unwrap();
+    assert!(common::schema_problems(&event, &e).is_empty());
+    e["kind"] = "no_such_kind".into();
+    assert!(!common::schema_problems(&event, &e).is_empty());
+
+    // The audit export's bounds: a date or an RFC 3339 time.
+    let param = |name: &str| {
+        common::document()["paths"]["/v1/admin/sites/{id}/audit-export"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["schema"]
+            .clone()
+    };
+    for ok in ["2026-12-01", "2026-12-01T10:00:00Z"] {
+        assert!(common::schema_problems(&param("from"), &ok.into()).is_empty(), "{ok}");
+    }
+    for bad in ["", "yesterday", "2026-12-01T10:00"] {
+        assert!(!common::schema_problems(&param("to"), &bad.into()).is_empty(), "{bad:?}");
+    }
 }

@@ -403,17 +403,18 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Check a JSON answer of the server against its OpenAPI document: the operation must document
-/// `status` for `method path` (a concrete path, matched against the document's templates), and
-/// `body` must validate against that response's JSON Schema (OpenAPI 3.1 schemas are JSON Schema
-/// 2020-12; `#/components/...` references resolve in the document). Panics naming every
-/// violation.
-pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::Value) {
+/// The server's OpenAPI document.
+pub fn document() -> &'static serde_json::Value {
     static DOC: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
         serde_json::from_str(include_str!("../../src/openapi.json")).expect("openapi.json is JSON")
     });
+    &DOC
+}
+
+/// The document's path template matching the concrete `path`, and its path item.
+fn operation(path: &str) -> (&'static str, &'static serde_json::Value) {
     let path = path.split('?').next().unwrap_or(path);
-    let (template, item) = DOC["paths"]
+    document()["paths"]
         .as_object()
         .expect("paths")
         .iter()
@@ -423,7 +424,54 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::
             a.len() == b.len()
                 && a.iter().zip(&b).all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
         })
-        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+        .map(|(t, item)| (t.as_str(), item))
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"))
+}
+
+/// What keeps `value` from validating against `schema` (a schema of the document; OpenAPI 3.1
+/// schemas are JSON Schema 2020-12, `#/components/...` references resolve in the document).
+pub fn schema_problems(schema: &serde_json::Value, value: &serde_json::Value) -> Vec<String> {
+    let mut root = schema.clone();
+    root["components"] = document()["components"].clone();
+    root["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("the schema does not compile: {e}"));
+    validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+}
+
+/// The document's component schema `name`.
+pub fn component(name: &str) -> serde_json::Value {
+    serde_json::json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// What keeps `body` from being a request body the document allows for `method path`.
+pub fn request_problems(method: &str, path: &str, body: &serde_json::Value) -> Vec<String> {
+    let (template, item) = operation(path);
+    let method = method.to_ascii_lowercase();
+    let schema = &item[&method]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {template} documents no JSON request body");
+    schema_problems(schema, body)
+}
+
+/// Check a request body against the OpenAPI document (see [`check_response`]).
+pub fn check_request(method: &str, path: &str, body: &serde_json::Value) {
+    let problems = request_problems(method, path, body);
+    assert!(
+        problems.is_empty(),
+        "{method} {path}: a request body the server takes is one the OpenAPI document does not allow:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Check a JSON answer of the server against its OpenAPI document: the operation must document
+/// `status` for `method path` (a concrete path, matched against the document's templates), and
+/// `body` must validate against that response's JSON Schema (OpenAPI 3.1 schemas are JSON Schema
+/// 2020-12; `#/components/...` references resolve in the document). Panics naming every
+/// violation.
+pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::Value) {
+    let (template, item) = operation(path);
     let method = method.to_ascii_lowercase();
     let response = &item[&method]["responses"][status.to_string()];
     assert!(
@@ -437,14 +485,7 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &serde_json::
         );
         return;
     };
-    let mut root = serde_json::Value::Object(schema.clone());
-    root["components"] = DOC["components"].clone();
-    root["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
-    let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| {
-        panic!("{method} {template} {status}: the schema does not compile: {e}")
-    });
-    let problems: Vec<String> =
-        validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let problems = schema_problems(&serde_json::Value::Object(schema.clone()), body);
     assert!(
         problems.is_empty(),
         "{method} {template} answered {status} with a body the OpenAPI document does not allow:\n{}",
