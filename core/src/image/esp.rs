@@ -41,6 +41,7 @@
 //! of a device.
 //!
 //! Nothing here panics on malformed bytes: every problem is an [`EspImageError`].
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use md5::Md5;
 use serde::Serialize;
@@ -400,7 +401,9 @@ pub struct Segment {
 impl Segment {
     /// Where the segment's data starts in the image.
     pub fn data_offset(&self) -> usize {
-        self.file_offset + SEGMENT_HEADER_LEN
+        // A parsed segment's header lies inside an image of at most MAX_IMAGE_LEN bytes, so this
+        // never saturates; a hand-made one past usize::MAX lands past the end of any image.
+        self.file_offset.saturating_add(SEGMENT_HEADER_LEN)
     }
 }
 
@@ -458,13 +461,16 @@ pub struct EspTarget {
     pub flash_size_bytes: u64,
 }
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+/// Where `n` bytes from `off` end, for an error message (as u64, where no offset in an image of
+/// at most MAX_IMAGE_LEN bytes overflows).
+fn end_of(off: usize, n: usize) -> u64 {
+    (off as u64).saturating_add(n as u64)
 }
 
+/// The bytes before the first NUL (all of them without one), as text.
 fn c_string(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    let text = b.split(|&c| c == 0).next().unwrap_or(b);
+    String::from_utf8_lossy(text).into_owned()
 }
 
 /// XOR of `data` into `state` (the ROM's checksum).
@@ -488,7 +494,7 @@ impl EspImage {
         if magic != IMAGE_MAGIC {
             return Err(EspImageError::BadMagic { found: magic });
         }
-        let Some(h) = bytes.get(..HEADER_LEN) else {
+        let Some((h, mut rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
             return Err(EspImageError::Truncated {
                 what: "image header".into(),
                 needed: HEADER_LEN as u64,
@@ -527,60 +533,66 @@ impl EspImage {
             raw => return Err(EspImageError::HashFlag { raw }),
         };
 
+        // `pos` is where `rest` starts in `bytes`.
         let mut pos = HEADER_LEN;
         let mut segments = Vec::with_capacity(count);
         let mut sum = CHECKSUM_SEED;
         for index in 0..count {
-            let (Some(load_address), Some(length)) = (u32_at(bytes, pos), u32_at(bytes, pos + 4))
+            let Some((&[a0, a1, a2, a3, l0, l1, l2, l3], after_header)) =
+                rest.split_first_chunk::<SEGMENT_HEADER_LEN>()
             else {
                 return Err(EspImageError::Truncated {
                     what: format!("header of segment {index}"),
-                    needed: (pos + SEGMENT_HEADER_LEN) as u64,
+                    needed: end_of(pos, SEGMENT_HEADER_LEN),
                     len: bytes.len(),
                 });
             };
-            let data_start = pos + SEGMENT_HEADER_LEN;
-            let available = bytes.len() - data_start;
-            let Some(data) = usize::try_from(length)
-                .ok()
-                .and_then(|l| data_start.checked_add(l))
-                .and_then(|end| bytes.get(data_start..end))
+            let load_address = u32::from_le_bytes([a0, a1, a2, a3]);
+            let length = u32::from_le_bytes([l0, l1, l2, l3]);
+            let Some((data, after_data)) =
+                usize::try_from(length).ok().and_then(|l| after_header.split_at_checked(l))
             else {
                 return Err(EspImageError::SegmentOverrun {
                     index,
                     load_address,
                     length,
-                    available,
+                    available: after_header.len(),
                 });
             };
             sum = checksum(data, sum);
             segments.push(Segment { load_address, length, file_offset: pos });
-            pos = data_start + data.len();
+            rest = after_data;
+            // `rest` is a suffix of `bytes`: exact, never saturates.
+            pos = bytes.len().saturating_sub(rest.len());
         }
-        // The checksum is the last byte of a 16-byte block.
-        let checksum_at = pos + (15 - pos % 16);
-        let Some(&stored) = bytes.get(checksum_at) else {
+        // The checksum is the last byte of the 16-byte block `pos` is in.
+        let checksum_at = pos | 15;
+        let Some((before_checksum, (&stored, after_checksum))) = bytes
+            .split_at_checked(checksum_at)
+            .and_then(|(before, from)| Some((before, from.split_first()?)))
+        else {
             return Err(EspImageError::Truncated {
                 what: "checksum".into(),
-                needed: checksum_at as u64 + 1,
+                needed: end_of(checksum_at, 1),
                 len: bytes.len(),
             });
         };
         if stored != sum {
             return Err(EspImageError::ChecksumMismatch { stored, computed: sum });
         }
-        let data_len = checksum_at + 1;
-        let mut image_len = data_len;
+        let mut trailing = after_checksum;
         let mut sha256 = None;
         if hash_appended {
-            let Some(stored_hash) = bytes.get(data_len..data_len + 32) else {
+            let Some((stored_hash, after_hash)) = after_checksum.split_first_chunk::<32>() else {
                 return Err(EspImageError::Truncated {
                     what: "appended SHA-256".into(),
-                    needed: data_len as u64 + 32,
+                    needed: end_of(checksum_at, 33),
                     len: bytes.len(),
                 });
             };
-            let computed = Sha256::digest(&bytes[..data_len]);
+            // Every byte up to and including the checksum.
+            let computed =
+                Sha256::new().chain_update(before_checksum).chain_update([stored]).finalize();
             if computed.as_slice() != stored_hash {
                 return Err(EspImageError::HashMismatch {
                     stored: hex::encode(stored_hash),
@@ -588,8 +600,10 @@ impl EspImage {
                 });
             }
             sha256 = Some(hex::encode(computed));
-            image_len += 32;
+            trailing = after_hash;
         }
+        // `trailing` is a suffix of `bytes`: exact, never saturates.
+        let image_len = bytes.len().saturating_sub(trailing.len());
         let app_desc = segments.iter().find_map(|s| app_descriptor(bytes, s));
         Ok(EspImage {
             chip_id,
@@ -608,7 +622,7 @@ impl EspImage {
             hash_appended,
             sha256,
             image_len,
-            trailing_len: bytes.len() - image_len,
+            trailing_len: trailing.len(),
             app_desc,
         })
     }
@@ -649,7 +663,8 @@ impl EspImage {
                 && self.min_chip_rev == 0
                 && self.min_rev_legacy != 0);
         let (min, max) = if legacy {
-            (u16::from(self.min_rev_legacy) * 100, u16::MAX)
+            // At most 255 * 100 = 25,500: never saturates.
+            (u16::from(self.min_rev_legacy).saturating_mul(100), u16::MAX)
         } else {
             (self.min_chip_rev, self.max_chip_rev)
         };
@@ -686,12 +701,13 @@ fn app_descriptor(bytes: &[u8], s: &Segment) -> Option<AppDescriptor> {
     if (s.length as usize) < APP_DESC_LEN {
         return None;
     }
-    let d = bytes.get(s.data_offset()..s.data_offset() + APP_DESC_LEN)?;
-    if u32_at(d, 0)? != APP_DESC_MAGIC {
+    // A fixed-size array: the constant ranges below are checked at compile time.
+    let d: &[u8; APP_DESC_LEN] = bytes.get(s.data_offset()..)?.first_chunk()?;
+    if u32::from_le_bytes([d[0], d[1], d[2], d[3]]) != APP_DESC_MAGIC {
         return None;
     }
     Some(AppDescriptor {
-        secure_version: u32_at(d, 4)?,
+        secure_version: u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
         version: c_string(&d[16..48]),
         project_name: c_string(&d[48..80]),
         compile_time: c_string(&d[80..96]),
@@ -726,8 +742,9 @@ impl Partition {
     }
     /// The OTA slot number of an `ota_N` application partition.
     pub fn ota_slot(&self) -> Option<u8> {
-        (self.is_app() && (PART_SUBTYPE_OTA_FIRST..=PART_SUBTYPE_OTA_LAST).contains(&self.subtype))
-            .then(|| self.subtype - PART_SUBTYPE_OTA_FIRST)
+        self.subtype
+            .checked_sub(PART_SUBTYPE_OTA_FIRST)
+            .filter(|_| self.is_app() && self.subtype <= PART_SUBTYPE_OTA_LAST)
     }
     pub fn is_factory(&self) -> bool {
         self.is_app() && self.subtype == PART_SUBTYPE_FACTORY
@@ -743,7 +760,8 @@ impl Partition {
     }
     /// One past the last byte.
     pub fn end(&self) -> u64 {
-        u64::from(self.offset) + u64::from(self.size)
+        // Two u32s: their sum fits a u64.
+        u64::from(self.offset).saturating_add(u64::from(self.size))
     }
 }
 
@@ -764,20 +782,19 @@ impl PartitionTable {
         let mut md5 = Md5::new();
         let mut partitions: Vec<Partition> = Vec::new();
         let mut md5_checked = false;
-        let mut at = 0;
-        loop {
-            if at >= PARTITION_TABLE_MAX_LEN {
-                return Err(bad(at, "no end-of-table marker in the first 0xC00 bytes".into()));
-            }
-            let Some(e) = bytes.get(at..at + PARTITION_ENTRY_LEN) else {
+        // Fixed-size entries: the constant indexes and ranges below are checked at compile time.
+        let (entries, _) = bytes.as_chunks::<PARTITION_ENTRY_LEN>();
+        let mut entries = entries.iter();
+        for at in (0..PARTITION_TABLE_MAX_LEN).step_by(PARTITION_ENTRY_LEN) {
+            let Some(e) = entries.next() else {
                 return Err(EspImageError::Truncated {
                     what: "partition table (it has no end-of-table marker)".into(),
-                    needed: (at + PARTITION_ENTRY_LEN) as u64,
+                    needed: end_of(at, PARTITION_ENTRY_LEN),
                     len: bytes.len(),
                 });
             };
             if e.iter().all(|&b| b == 0xFF) {
-                break;
+                return Ok(PartitionTable { partitions, md5_checked });
             }
             if md5_checked {
                 return Err(bad(at, "an entry follows the MD5 entry".into()));
@@ -794,7 +811,6 @@ impl PartitionTable {
                     });
                 }
                 md5_checked = true;
-                at += PARTITION_ENTRY_LEN;
                 continue;
             }
             if e[..2] != PARTITION_MAGIC {
@@ -802,8 +818,8 @@ impl PartitionTable {
             }
             md5.update(e);
             let raw_name = &e[12..28];
-            let name_end = raw_name.iter().position(|&c| c == 0).unwrap_or(raw_name.len());
-            let name = std::str::from_utf8(&raw_name[..name_end])
+            let name_bytes = raw_name.split(|&c| c == 0).next().unwrap_or(raw_name);
+            let name = std::str::from_utf8(name_bytes)
                 .map_err(|_| bad(at, "the partition name is not UTF-8".into()))?
                 .to_string();
             if name.is_empty() {
@@ -848,9 +864,8 @@ impl PartitionTable {
                 }
             }
             partitions.push(p);
-            at += PARTITION_ENTRY_LEN;
         }
-        Ok(PartitionTable { partitions, md5_checked })
+        Err(bad(PARTITION_TABLE_MAX_LEN, "no end-of-table marker in the first 0xC00 bytes".into()))
     }
 
     pub fn find(&self, name: &str) -> Option<&Partition> {
@@ -921,11 +936,14 @@ pub struct OtaData {
 impl OtaData {
     /// Parse the OTA data partition's bytes (at least 0x1020).
     pub fn parse(bytes: &[u8]) -> Result<OtaData, EspImageError> {
+        // `esp_ota_select_entry_t`: seq u32, label [20], state u32, crc u32.
         let entry = |at: usize| {
+            let &[q0, q1, q2, q3, .., t0, t1, t2, t3, c0, c1, c2, c3] =
+                bytes.get(at..)?.first_chunk::<32>()?;
             Some(OtaSelectEntry {
-                seq: u32_at(bytes, at)?,
-                state: u32_at(bytes, at + 24)?,
-                crc: u32_at(bytes, at + 28)?,
+                seq: u32::from_le_bytes([q0, q1, q2, q3]),
+                state: u32::from_le_bytes([t0, t1, t2, t3]),
+                crc: u32::from_le_bytes([c0, c1, c2, c3]),
             })
         };
         match (entry(0), entry(FLASH_SECTOR as usize)) {
@@ -945,10 +963,15 @@ impl PartitionTable {
     /// valid OTA data, else the factory partition, else `ota_0`.
     pub fn boot_partition(&self, ota: Option<&OtaData>) -> Option<&Partition> {
         let slots = self.ota_slots();
+        // ESP-IDF computes `(seq - 1) % slots` in u32: a sequence number of 0 wraps, as it
+        // does on the device.
         if let Some(e) = ota.and_then(OtaData::active)
-            && !slots.is_empty()
+            && let Some(&slot) = usize::try_from(e.seq.wrapping_sub(1))
+                .ok()
+                .and_then(|n| n.checked_rem(slots.len()))
+                .and_then(|i| slots.get(i))
         {
-            return Some(slots[(e.seq.wrapping_sub(1) as usize) % slots.len()]);
+            return Some(slot);
         }
         self.factory().or_else(|| slots.first().copied())
     }
@@ -959,10 +982,8 @@ impl PartitionTable {
     pub fn next_update_slot(&self, ota: Option<&OtaData>) -> Option<&Partition> {
         let slots = self.ota_slots();
         let boot = self.boot_partition(ota)?;
-        match slots.iter().position(|p| p.name == boot.name) {
-            Some(i) => Some(slots[(i + 1) % slots.len()]),
-            None => slots.first().copied(),
-        }
+        // The slot after the booting one, wrapping to the first; the first when no slot boots.
+        slots.iter().skip_while(|p| p.name != boot.name).nth(1).or_else(|| slots.first()).copied()
     }
 }
 
@@ -999,7 +1020,8 @@ pub struct EspPayload {
 
 impl EspPayload {
     pub fn end(&self) -> u64 {
-        u64::from(self.offset) + self.length
+        // An end past u64::MAX is past every flash; an inspected payload ends within 128 MiB.
+        u64::from(self.offset).saturating_add(self.length)
     }
     pub fn image(&self) -> Option<&EspImage> {
         match &self.kind {
@@ -1041,7 +1063,7 @@ pub fn inspect_payload(
         return Err(EspImageError::Misaligned { name: name.into(), offset, align: FLASH_SECTOR });
     }
     let length = bytes.len() as u64;
-    if u64::from(offset) + length > MAX_FLASH_BYTES {
+    if u64::from(offset).checked_add(length).is_none_or(|end| end > MAX_FLASH_BYTES) {
         return Err(EspImageError::OutOfRange {
             name: name.into(),
             offset,
@@ -1167,7 +1189,7 @@ pub fn check_layout(payloads: Vec<EspPayload>) -> Result<EspLayout, EspImageErro
         }
     }
     for pair in payloads.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
+        let [a, b] = pair else { continue };
         if a.end() > u64::from(b.offset) {
             return Err(EspImageError::Overlap {
                 name: b.name.clone(),
@@ -1205,7 +1227,9 @@ pub fn check_layout(payloads: Vec<EspPayload>) -> Result<EspLayout, EspImageErro
     });
     if let Some((tp, t)) = table {
         // The table's own sector is not a partition's.
-        let sector = u64::from(tp.offset)..u64::from(tp.offset) + PARTITION_TABLE_SECTOR as u64;
+        // A u32 plus 0x1000 fits a u64.
+        let sector = u64::from(tp.offset)
+            ..u64::from(tp.offset).saturating_add(PARTITION_TABLE_SECTOR as u64);
         if let Some(part) = t.partitions.iter().find(|q| {
             q.type_id <= PART_TYPE_DATA
                 && u64::from(q.offset) < sector.end

@@ -15,6 +15,7 @@
 //! quiet for [`Listen::quiet`] after the device printed something, until [`Listen::deadline`],
 //! or until [`Listen::max_bytes`]; nothing the device prints can make it panic or grow without
 //! bound. A crash later than `quiet` after the device's last line is not seen.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::EspError;
 use super::port::{EspPort, ROM_BAUD};
@@ -98,7 +99,8 @@ impl BootLog {
 
     /// Feed received bytes; complete lines are taken in.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.bytes += bytes.len();
+        // A count compared with a byte bound: it stops at usize::MAX rather than wrap.
+        self.bytes = self.bytes.saturating_add(bytes.len());
         for &b in bytes {
             if b == b'\n' {
                 let line = std::mem::take(&mut self.partial);
@@ -167,7 +169,8 @@ impl BootLog {
     pub fn tail(&self, n: usize) -> Vec<&str> {
         let all: Vec<&str> =
             self.boots.iter().flat_map(|b| b.lines.iter().map(String::as_str)).collect();
-        all[all.len().saturating_sub(n)..].to_vec()
+        let skip = all.len().saturating_sub(n);
+        all.into_iter().skip(skip).collect()
     }
 }
 

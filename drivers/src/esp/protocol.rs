@@ -1,6 +1,7 @@
 //! The ROM loader's packets: requests (`0x00`, opcode, length, checksum, data) and responses
 //! (`0x01`, opcode, length, value, data ending in status bytes), the opcodes, the XOR block
 //! checksum and the ROM's error codes.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 /// Initial value of the FLASH_DATA / MEM_DATA block checksum.
 pub const CHECKSUM_SEED: u8 = 0xEF;
@@ -107,7 +108,7 @@ impl Command {
 
 /// Build a request packet (before SLIP framing).
 pub fn encode_request(op: u8, data: &[u8], checksum: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + data.len());
+    let mut out = Vec::with_capacity(data.len().saturating_add(8));
     out.push(0x00);
     out.push(op);
     out.extend_from_slice(&(data.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -137,8 +138,8 @@ pub enum PacketError {
 
 /// Parse a request packet (the device side).
 pub fn parse_request(packet: &[u8]) -> Result<Request, PacketError> {
-    let (op, len, word, data) = split(packet, 0x00)?;
-    Ok(Request { op, checksum: word, data: data[..len].to_vec() })
+    let (op, word, data) = split(packet, 0x00)?;
+    Ok(Request { op, checksum: word, data: data.to_vec() })
 }
 
 /// A response packet.
@@ -153,7 +154,7 @@ pub struct Response {
 
 /// Build a response packet (the device side).
 pub fn encode_response(op: u8, value: u32, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + data.len());
+    let mut out = Vec::with_capacity(data.len().saturating_add(8));
     out.push(0x01);
     out.push(op);
     out.extend_from_slice(&(data.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -164,24 +165,24 @@ pub fn encode_response(op: u8, value: u32, data: &[u8]) -> Vec<u8> {
 
 /// Parse a response packet.
 pub fn parse_response(packet: &[u8]) -> Result<Response, PacketError> {
-    let (op, len, value, data) = split(packet, 0x01)?;
-    Ok(Response { op, value, data: data[..len].to_vec() })
+    let (op, value, data) = split(packet, 0x01)?;
+    Ok(Response { op, value, data: data.to_vec() })
 }
 
-fn split(packet: &[u8], direction: u8) -> Result<(u8, usize, u32, &[u8]), PacketError> {
-    if packet.len() < 8 {
+/// The opcode, the value or checksum word and the declared data of a packet (bytes after the
+/// declared length are ignored).
+fn split(packet: &[u8], direction: u8) -> Result<(u8, u32, &[u8]), PacketError> {
+    let Some((&[dir, op, l0, l1, w0, w1, w2, w3], rest)) = packet.split_first_chunk::<8>() else {
         return Err(PacketError::Short(packet.len()));
+    };
+    if dir != direction {
+        return Err(PacketError::Direction(dir, direction));
     }
-    if packet[0] != direction {
-        return Err(PacketError::Direction(packet[0], direction));
-    }
-    let len = usize::from(u16::from_le_bytes([packet[2], packet[3]]));
-    let word = u32::from_le_bytes([packet[4], packet[5], packet[6], packet[7]]);
-    let data = &packet[8..];
-    if data.len() < len {
-        return Err(PacketError::Length { declared: len, actual: data.len() });
-    }
-    Ok((packet[1], len, word, data))
+    let len = usize::from(u16::from_le_bytes([l0, l1]));
+    let Some(data) = rest.get(..len) else {
+        return Err(PacketError::Length { declared: len, actual: rest.len() });
+    };
+    Ok((op, u32::from_le_bytes([w0, w1, w2, w3]), data))
 }
 
 /// The status of a response: `Ok(data before the status)` or the ROM's error code.
@@ -190,18 +191,19 @@ fn split(packet: &[u8], direction: u8) -> Result<(u8, usize, u32, &[u8]), Packet
 /// The ESP32 family's ROM sends two more reserved bytes, the ESP8266 ROM and the flasher stub do
 /// not; they are ignored either way.
 pub fn status(data: &[u8], resp_data_len: usize) -> Result<&[u8], StatusError> {
-    if data.len() < resp_data_len + 2 {
-        // A failure carries no data: its status comes first.
-        if data.len() >= 2 && data[0] != 0 {
-            return Err(StatusError::Rom(data[1]));
-        }
-        return Err(StatusError::Short { len: data.len(), needed: resp_data_len + 2 });
+    if let Some((body, rest)) = data.split_at_checked(resp_data_len)
+        && let [failed, code, ..] = *rest
+    {
+        return if failed != 0 { Err(StatusError::Rom(code)) } else { Ok(body) };
     }
-    let st = &data[resp_data_len..resp_data_len + 2];
-    if st[0] != 0 {
-        return Err(StatusError::Rom(st[1]));
+    // A failure carries no data: its status comes first.
+    if let [failed, code, ..] = *data
+        && failed != 0
+    {
+        return Err(StatusError::Rom(code));
     }
-    Ok(&data[..resp_data_len])
+    // Only a `resp_data_len` within 2 of usize::MAX saturates; no slice is that long anyway.
+    Err(StatusError::Short { len: data.len(), needed: resp_data_len.saturating_add(2) })
 }
 
 /// A response's status was a failure or missing.

@@ -5,6 +5,7 @@
 //! a frame are ignored, a frame longer than the decoder's limit is dropped (and reported once), and
 //! a bad escape sequence makes the frame an error; nothing a device sends can make it panic or grow
 //! without bound.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 /// Frame delimiter.
 pub const END: u8 = 0xC0;
@@ -26,7 +27,9 @@ pub enum SlipError {
 
 /// Wrap `packet` in a SLIP frame.
 pub fn encode(packet: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(packet.len() + packet.len() / 16 + 2);
+    // A capacity hint: one escape per 16 bytes guessed, plus the two delimiters.
+    let mut out =
+        Vec::with_capacity(packet.len().saturating_add(packet.len() / 16).saturating_add(2));
     out.push(END);
     for &b in packet {
         match b {
