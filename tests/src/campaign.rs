@@ -28,6 +28,7 @@
 //! | `daemon_killed` | SWUpdate | the daemon is killed at a random moment of the upload or install (a power cut) and started again up to 2 s later, its flash kept |
 //! | `refused_by_daemon` | SWUpdate | the inventory records the gateway as hardware revision 2.0, so it gets the signed 2.0 image, which passes every laptop-side check; the gateway is 1.0 and its daemon refuses it |
 //! | `killed` | all | the session is cut off at a random moment (its task dropped, as a killed process leaves it), then resumed from the store by a new facade |
+//! | `disk_full` | all | the data directory is a small filesystem of its own (a 32 MiB tmpfs), filled to the last byte at a random moment of the session; once the session has ended or stopped, the space is freed (as a technician would) and the session resumed by a new facade |
 //!
 //! After each run the invariants are checked, each of which must hold every time:
 //! 1. **bootable**: the device runs a confirmed image (SMP), or its old or new firmware, or
@@ -106,6 +107,7 @@ impl Family {
                 Fault::PowerLossOnTestBoot,
                 Fault::FailsHealthCheck,
                 Fault::Killed,
+                Fault::DiskFull,
             ],
             Family::Dfu => &[
                 Fault::None,
@@ -113,6 +115,7 @@ impl Family {
                 Fault::VerifyError,
                 Fault::GarbageStatus,
                 Fault::Killed,
+                Fault::DiskFull,
             ],
             Family::Esp => &[
                 Fault::None,
@@ -124,6 +127,7 @@ impl Family {
                 Fault::CrashAtBootRollback,
                 Fault::CrashAtBoot,
                 Fault::Killed,
+                Fault::DiskFull,
             ],
             Family::Swupdate => &[
                 Fault::None,
@@ -132,6 +136,7 @@ impl Family {
                 Fault::Stall,
                 Fault::RefusedByDaemon,
                 Fault::Killed,
+                Fault::DiskFull,
             ],
         }
     }
@@ -159,6 +164,7 @@ pub enum Fault {
     DaemonKilled,
     RefusedByDaemon,
     Killed,
+    DiskFull,
 }
 
 impl Fault {
@@ -183,6 +189,7 @@ impl Fault {
             Fault::DaemonKilled => "daemon_killed",
             Fault::RefusedByDaemon => "refused_by_daemon",
             Fault::Killed => "killed",
+            Fault::DiskFull => "disk_full",
         }
     }
 }
@@ -468,6 +475,19 @@ pub async fn run(
     let dir = work.join(format!("run-{seed}"));
     let data = dir.join("data");
     let mut violations = Vec::new();
+    // The disk-full fault needs the data directory on a filesystem of its own.
+    let small = match fault {
+        Fault::DiskFull => match SmallFs::mount(&data, SMALL_FS_BYTES) {
+            Ok(fs) => Some(fs),
+            Err(e) => {
+                violations.push(e);
+                let (detail, ending) = (String::new(), Ending::NotAttempted);
+                let elapsed = started.elapsed();
+                return Run { seed, family, fault, detail, ending, violations, elapsed };
+            }
+        },
+        _ => None,
+    };
     let (ending, detail) = match family {
         Family::Esp => run_esp(release, &data, fault, &mut draw, &mut violations).await,
         Family::Swupdate => {
@@ -478,6 +498,7 @@ pub async fn run(
         }
     };
     check_secret(&data, secret, &mut violations);
+    drop(small);
     let _ = std::fs::remove_dir_all(&dir);
     Run { seed, family, fault, detail, ending, violations, elapsed: started.elapsed() }
 }
@@ -653,7 +674,7 @@ fn start_site(family: Family, seed: u64) -> Result<LabSite, String> {
 fn arm(site: &LabSite, family: Family, fault: Fault, draw: &mut Draw) -> String {
     let smp = site.console.as_ref().or(site.sensors.first());
     match (family, fault, smp, &site.board) {
-        (_, Fault::None | Fault::Killed, _, _) => String::new(),
+        (_, Fault::None | Fault::Killed | Fault::DiskFull, _, _) => String::new(),
         (_, Fault::DropFrames, Some(d), _) => {
             let n = draw.range(4, 40) as u32;
             d.faults().drop_rx_every = Some(n);
@@ -819,6 +840,72 @@ async fn flash(
                 state
             }
         }
+    } else if fault == Fault::DiskFull {
+        let after = Duration::from_millis(draw.range(0, 1500));
+        let (c, q, p) = (catalog.clone(), quiet.clone(), pause.clone());
+        let run = tokio::spawn(async move { fp.run_session(state, c, q, p).await });
+        tokio::time::sleep(after).await;
+        let filler = fill(data)?;
+        note = format!("the disk filled after {} ms", after.as_millis());
+        let first = tokio::time::timeout(DISK_FULL_PATIENCE, run)
+            .await
+            .map_err(|_| {
+                format!(
+                    "the session neither ended nor stopped within {} s of the disk filling",
+                    DISK_FULL_PATIENCE.as_secs()
+                )
+            })?
+            .map_err(|e| format!("the session's task failed: {e}"))?;
+        std::fs::remove_file(&filler).map_err(|e| format!("freeing the disk: {e}"))?;
+        match first {
+            Ok((_, state)) if state.phase == fieldpatch_core::session::Phase::Finished => {
+                note.push_str(", the session finished all the same");
+                state
+            }
+            first => {
+                match &first {
+                    Ok((_, state)) => note.push_str(&format!(", stopped: {:?}", state.phase)),
+                    Err(e) => {
+                        let text = e.to_string();
+                        // The technician must be told what to do about a full disk.
+                        if text.contains("disk is full") && !text.contains("Free space") {
+                            violations.push(format!("a full disk reported without advice: {text}"));
+                        }
+                        let short: String = text.chars().take(160).collect();
+                        note.push_str(&format!(", stopped: {short}"));
+                    }
+                }
+                // Space freed; a new facade resumes, as after the technician's next start.
+                let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
+                resumed = true;
+                let mut state = match fp
+                    .resume_session(None, catalog.clone(), quiet.clone(), pause.clone())
+                    .await
+                {
+                    Ok((_, state)) => state,
+                    Err(e) if e.code() == "session_finished" => {
+                        note.push_str(", the session had finished");
+                        fp.session(None).await.map_err(|e| e.to_string())?
+                    }
+                    Err(e) if e.code() == "no_session" => {
+                        note.push_str(", before the session was saved: nothing to resume");
+                        return Ok((Ending::NotAttempted, None, note));
+                    }
+                    Err(e) => return Err(format!("resume after freeing the disk: {e}")),
+                };
+                note.push_str(&format!(", resumed: {:?}", state.phase));
+                if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    state = fp
+                        .resume_session(None, catalog.clone(), quiet, pause)
+                        .await
+                        .map_err(|e| format!("second resume: {e}"))?
+                        .1;
+                    note.push_str(&format!(", resumed again: {:?}", state.phase));
+                }
+                state
+            }
+        }
     } else {
         fp.run_session(state, catalog.clone(), quiet, pause).await.map_err(|e| e.to_string())?.1
     };
@@ -848,6 +935,63 @@ async fn flash(
         }
     };
     Ok((ending, status, note))
+}
+
+/// Size of the filesystem a disk-full run's data directory lives on.
+const SMALL_FS_BYTES: u64 = 32 << 20;
+
+/// How long a session may take to end or stop once its disk is full.
+const DISK_FULL_PATIENCE: Duration = Duration::from_secs(300);
+
+/// A tmpfs of its own mounted on a directory (needs root, as CI has), unmounted on drop.
+struct SmallFs {
+    dir: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: &Path, bytes: u64) -> Result<SmallFs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the disk-full fault needs a small filesystem of its own, and mounting a tmpfs on {} failed (run the campaign as root): {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallFs { dir: dir.to_path_buf() })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazily: a file the run left open must not keep the mount.
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Fill the filesystem of `dir` to the last byte with a file of its own; returns its path.
+fn fill(dir: &Path) -> Result<std::path::PathBuf, String> {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file =
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC: full
+            Err(e) => return Err(format!("filling the disk: {e}")),
+        }
+    }
+    // The last partial block, byte by byte, so not even a small write fits.
+    while matches!(file.write(&[0u8]), Ok(1)) {}
+    Ok(path)
 }
 
 /// Wait (bounded) until the SMP device has finished any reboot.

@@ -52,9 +52,7 @@ pub enum StoreError {
         "cannot bring the local store {path} up to date: {source}; if it was written by a newer Fieldpatch, upgrade Fieldpatch"
     )]
     Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
-    #[error(
-        "local store query failed: {0}; if another Fieldpatch process holds the store for long, retry"
-    )]
+    #[error("{}", sql_message(.0))]
     Sql(#[from] sqlx::Error),
     #[error("local store row is corrupt ({what}): {detail}")]
     Corrupt { what: String, detail: String },
@@ -69,10 +67,35 @@ impl StoreError {
             StoreError::Path(e) => e.code(),
             StoreError::CreateDir { .. } | StoreError::Open { .. } => "store_open",
             StoreError::Migrate { .. } => "store_migrate",
+            StoreError::Sql(e) if is_disk_full(e) => "disk_full",
             StoreError::Sql(_) => "store",
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::Invalid(_) => "invalid_input",
         }
+    }
+}
+
+/// Whether the store could not write because its disk is full (SQLite's `SQLITE_FULL`, or the
+/// operating system's `ENOSPC`).
+pub fn is_disk_full(e: &sqlx::Error) -> bool {
+    const SQLITE_FULL: &str = "13";
+    const ENOSPC: i32 = 28;
+    match e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c == SQLITE_FULL),
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+        _ => false,
+    }
+}
+
+fn sql_message(e: &sqlx::Error) -> String {
+    if is_disk_full(e) {
+        format!(
+            "the disk that holds the Fieldpatch data directory is full ({e}): the last step was not recorded, and what was recorded before is kept. Free space on that disk, then resume (`fieldpatch session resume`, or Resume in the app)"
+        )
+    } else {
+        format!(
+            "local store query failed: {e}; if another Fieldpatch process holds the store for long, retry"
+        )
     }
 }
 
