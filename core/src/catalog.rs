@@ -207,7 +207,8 @@ impl Catalog {
         }
     }
 
-    /// The catalog of a visit at `site` (`None`: a visit that names no site): a bundle the signed
+    /// The catalog of work at `site` (a visit's site, or the inventory's site of the one device a
+    /// single-device command flashes; `None`: no site): a bundle the signed
     /// listing restricts to other sites is refused, with the reason, like any bundle that may not
     /// be used. A catalog without site-restricted bundles is the same catalog.
     pub fn for_site(&self, site: Option<&str>) -> Catalog {
@@ -220,15 +221,15 @@ impl Catalog {
                 continue;
             }
             let m = b.bundle.manifest();
-            let visit = match site {
-                Some(s) => format!("this visit is at site {s}"),
-                None => "this visit names no site".to_string(),
+            let here = match site {
+                Some(s) => format!("this work is at site {s}"),
+                None => "this work names no site (a visit without a work order, or a device the inventory places at no site)".to_string(),
             };
             out.refused.push(Refusal {
                 path: b.path.clone(),
                 bundle_id: Some(m.bundle_id.clone()),
                 reason: format!(
-                    "bundle {} version {} is published to sites {} only, and {visit}: it is used only in a visit at one of those sites (open the visit from a work order there)",
+                    "bundle {} version {} is published to sites {} only, and {here}: it is used only at one of those sites (open the visit from a work order there)",
                     m.bundle_id,
                     m.bundle_version,
                     b.sites.join(", ")

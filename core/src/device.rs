@@ -280,7 +280,9 @@ impl Fieldpatch {
     }
 
     /// The gate a signed bundle passes before it reaches one device, the same as a session's:
-    /// the bundle is verified under [`Fieldpatch::verify_policy`], and the planner decides with
+    /// the bundle is verified under [`Fieldpatch::verify_policy`] (and, when the signed listing
+    /// restricts it to some sites, the inventory must place the device at one of them), and the
+    /// planner decides with
     /// `device` (its inventory identity and the version it runs: reported by the device, or the
     /// inventory's for a device that cannot report it) whether the bundle applies. A refusal is
     /// recorded (`bundle_refused`) and returned as the planner's reason; a bundle that applies is
@@ -293,7 +295,14 @@ impl Fieldpatch {
     ) -> Result<Gate, Error> {
         let trust_store = self.trust_store(Some(trust)).await?;
         let policy = self.verify_policy(&trust_store).await?;
-        let catalog = Catalog::load_file(bundle, &trust_store, &policy);
+        let mut catalog = Catalog::load_file(bundle, &trust_store, &policy);
+        // A bundle the signed listing publishes to some sites only is for the devices the
+        // inventory places at one of them.
+        if catalog.has_site_restrictions() {
+            let known = self.store().devices(None).await?;
+            let site = known.into_iter().find(|d| d.id == device.id).and_then(|d| d.site_id);
+            catalog = catalog.for_site(site.as_deref());
+        }
         if let Some(r) = catalog.refused.first() {
             let bundle_id = r.bundle_id.clone().unwrap_or_else(|| bundle.display().to_string());
             let kind = EventKind::BundleRefused { bundle_id, reason: r.reason.clone() };
