@@ -153,16 +153,26 @@ pub struct SwupdateClient {
     timeouts: Timeouts,
 }
 
-/// One status-channel message (all fields are strings in SWUpdate's JSON).
-#[derive(Debug, Deserialize)]
-struct WsMessage {
+/// One status-channel message (all fields are strings in SWUpdate's JSON), as [`ws`] hands its
+/// text over: `status` (`status`), `step` (`name`, `percent`) or `message` (`level`, `text`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WsMessage {
     #[serde(rename = "type")]
-    kind: String,
-    status: Option<String>,
-    level: Option<String>,
-    text: Option<String>,
-    name: Option<String>,
-    percent: Option<String>,
+    pub kind: String,
+    pub status: Option<String>,
+    /// `3` for an error.
+    pub level: Option<String>,
+    pub text: Option<String>,
+    pub name: Option<String>,
+    pub percent: Option<String>,
+}
+
+impl WsMessage {
+    /// Parses one message from the daemon. Anything that is not such a JSON object is an error
+    /// (the verdict skips it: the daemon may send kinds this client does not know).
+    pub fn parse(raw: &str) -> Result<WsMessage, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
 }
 
 const BOUNDARY: &str = "----fieldpatch-swupdate-7c1e4b2d9a0f";
@@ -624,7 +634,7 @@ impl SwupdateClient {
             else {
                 return Err(self.protocol("the status channel closed before a verdict"));
             };
-            let Ok(m) = serde_json::from_str::<WsMessage>(&raw) else { continue };
+            let Ok(m) = WsMessage::parse(&raw) else { continue };
             match (m.kind.as_str(), m.status.as_deref()) {
                 ("message", _) => {
                     let text = m.text.unwrap_or_default();
@@ -646,7 +656,7 @@ impl SwupdateClient {
                     // The error text may trail the status: read briefly for it.
                     let _ = tokio::time::timeout(Duration::from_millis(500), async {
                         while let Ok(Some(raw)) = status.next_text().await {
-                            if let Ok(m) = serde_json::from_str::<WsMessage>(&raw)
+                            if let Ok(m) = WsMessage::parse(&raw)
                                 && m.kind == "message"
                                 && m.level.as_deref() == Some("3")
                             {
@@ -812,6 +822,35 @@ mod tests {
         assert_eq!(c.url(), "http://127.0.0.1:8080");
         let c = SwupdateClient::new("http://gw.local", Timeouts::default()).unwrap();
         assert_eq!(c.url(), "http://gw.local:80");
+    }
+
+    #[test]
+    fn status_messages_parse_as_the_daemon_sends_them() {
+        // SWUpdate's mongoose interface writes every field as a string, with CRLF and tabs.
+        let m = WsMessage::parse(
+            "{\r\n\t\"type\": \"message\",\r\n\t\"level\": \"3\",\r\n\t\
+             \"text\": \"[install] \\\"x\\\" failed\"\r\n}\r\n",
+        )
+        .unwrap();
+        assert_eq!((m.kind.as_str(), m.level.as_deref()), ("message", Some("3")));
+        assert_eq!(m.text.as_deref(), Some("[install] \"x\" failed"));
+        let step =
+            r#"{"type":"step","step":"1","name":"rootfs.img","percent":"40","source":"\"x\""}"#;
+        let m = WsMessage::parse(step).unwrap();
+        assert_eq!((m.name.as_deref(), m.percent.as_deref()), (Some("rootfs.img"), Some("40")));
+        let m = WsMessage::parse(r#"{"type":"status","status":"SUCCESS"}"#).unwrap();
+        assert_eq!(m.status.as_deref(), Some("SUCCESS"));
+        for junk in [
+            "",
+            "null",
+            "[]",
+            r#"{"status":"SUCCESS"}"#,
+            r#"{"type":3}"#,
+            "{\"type\":\"status\"",
+            r#"{"type":"message","level":3}"#,
+        ] {
+            assert!(WsMessage::parse(junk).is_err(), "{junk}");
+        }
     }
 
     #[test]
