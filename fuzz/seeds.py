@@ -3,10 +3,11 @@
 
 Each seed is a well-formed example of what the target parses (SMP answers on UDP and on a serial
 console, ESP ROM loader packets in SLIP frames, ESP images, partition tables and OTA data, DFU and
-DfuSe files, USB descriptors, SWUpdate archives, visit-log events, sync bodies, an audit archive),
+DfuSe files, USB descriptors, SWUpdate archives, SWUpdate's status channel (WebSocket upgrade
+answers, frames, status messages), CMS signatures, visit-log events, sync bodies, an audit archive),
 so the fuzzer starts from the valid shapes and mutates from there.
 """
-import hashlib, io, json, os, struct, sys, tarfile, zlib
+import base64, hashlib, io, json, os, struct, sys, tarfile, zlib
 
 root = sys.argv[1]
 
@@ -178,6 +179,66 @@ put("swu_archive", "description.cfg", desc)
 put("swu_archive", "board.cfg", board)
 put("swu_archive", "description.json", jdesc)
 put("swu_archive", "packed", b"C" + desc + b"\xff" + b"sig" + b"\xff" + b"f1 data")
+
+# --- SWUpdate's status channel: the WebSocket upgrade answer, frames, status messages ------------
+# The key is RFC 6455's example, which the target sends; this is the accept it asks for.
+accept = base64.b64encode(hashlib.sha1(
+    b"dGhlIHNhbXBsZSBub25jZQ==258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+def ws_frame(first, payload, mask=None):
+    n = len(payload)
+    head = bytes([first]) + (bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n) if n < 0x10000
+                             else bytes([127]) + struct.pack(">Q", n))
+    if mask is None:
+        return head + payload
+    head = head[:1] + bytes([head[1] | 0x80]) + head[2:]
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+# As SWUpdate's mongoose interface writes them: every field a string, CRLF and tabs.
+def ws_json(fields):
+    return ("{\r\n" + ",\r\n".join('\t"%s": "%s"' % kv for kv in fields) + "\r\n}\r\n").encode()
+status_msgs = [ws_json([("type", "status"), ("status", "START"), ("source", "WEBSERVER")]),
+               ws_json([("type", "step"), ("number", "1"), ("step", "1"), ("name", "rootfs.img"), ("percent", "40")]),
+               ws_json([("type", "message"), ("level", "3"), ("text", "[install] hardware not compatible")]),
+               ws_json([("type", "status"), ("status", "FAILURE")]),
+               ws_json([("type", "status"), ("status", "SUCCESS")])]
+frames = b"".join(ws_frame(0x81, m) for m in status_msgs)
+frames += ws_frame(0x89, b"ping") + ws_frame(0x01, status_msgs[0][:10]) + ws_frame(0x80, status_msgs[0][10:])
+frames += ws_frame(0x81, b"x" * 300) + ws_frame(0x81, b"masked", b"\x37\xfa\x21\x3d") + ws_frame(0x88, b"")
+switched = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+put("swupdate_ws", "switched", switched + frames)
+put("swupdate_ws", "unauthorized", b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm="gw", nonce="1"\r\n\r\n')
+put("swupdate_ws", "frames", frames)
+for i, m in enumerate(status_msgs):
+    put("swupdate_ws", "status%d.json" % i, m)
+
+# --- CMS signatures over sw-description (the target makes its own valid one) ------------------------
+def der(tag, body):
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82]) + struct.pack(">H", n)
+    return bytes([tag]) + length + body
+def oid(dotted):
+    parts = [int(p) for p in dotted.split(".")]
+    out = bytes([40 * parts[0] + parts[1]])
+    for p in parts[2:]:
+        enc = [p & 0x7F]
+        p >>= 7
+        while p:
+            enc.insert(0, 0x80 | p & 0x7F)
+            p >>= 7
+        out += bytes(enc)
+    return der(0x06, out)
+sha256_alg = der(0x30, oid("2.16.840.1.101.3.4.2.1"))
+signer = der(0x30, der(0x02, b"\x01") + der(0x30, der(0x30, der(0x31, der(0x30, oid("2.5.4.3") + der(0x0C, b"Vendor"))))
+                                              + der(0x02, b"\x07"))
+             + sha256_alg + der(0x30, oid("1.2.840.113549.1.1.1")) + der(0x04, b"\x00" * 256))
+signed_data = der(0x30, der(0x02, b"\x01") + der(0x31, sha256_alg) + der(0x30, oid("1.2.840.113549.1.7.1"))
+                  + der(0x31, signer))
+put("swu_cms", "skeleton.der", der(0x30, oid("1.2.840.113549.1.7.2") + der(0xA0, signed_data)))
+put("swu_cms", "valid", b"S")
+put("swu_cms", "flipped", b"S" + b"\x01\x00\x40\x01")
+put("swu_cms", "cut", b"S" + b"\x04\x01\x00\x00")
+put("swu_cms", "edits", b"S" + b"\x00\x00\x05\x31" + b"\x02\x00\x10\x00" + b"\x03\x02\x00\x00")
 
 # --- visit-log events, sync bodies, audit archives ------------------------------------------------
 log_id = "01890a5d-ac96-774b-bcce-b302099a8057"
