@@ -216,6 +216,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => Self::not_found(format!("{m} not found")),
             StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Exists(m) => Self::new(StatusCode::CONFLICT, "already_exists", m),
             StoreError::Conflict(m) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "concurrent_push", m)
             }

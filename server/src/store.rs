@@ -32,6 +32,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Conflict(String),
+    /// What was to be created exists already.
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// A registered technician.
@@ -660,7 +663,7 @@ macro_rules! store_impl {
                 .execute(&self.pool)
                 .await
                 .map_err(|e| match &e {
-                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Invalid(
+                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Exists(
                         format!("a technician with id {:?} or this public key already exists", t.id),
                     ),
                     _ => StoreError::Db(e),

@@ -426,6 +426,24 @@ async fn authorization_is_enforced(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A technician that exists already: a conflict, not a bad request.
+    let again = serde_json::json!({
+        "id": "alice",
+        "name": "Alice again",
+        "public_key": hex::encode(alice.key.verifying_key().as_bytes()),
+    });
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/admin/technicians"))
+        .bearer_auth(&server.admin_token)
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let body: serde_json::Value = r.json().await.unwrap();
+    common::check_response("POST", "/v1/admin/technicians", 409, &body);
+    assert_eq!(body["code"], "already_exists", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
