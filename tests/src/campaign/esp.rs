@@ -301,8 +301,11 @@ impl EspRun {
                 let log = String::from_utf8_lossy(&boot.text);
                 let tail: String =
                     log.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+                // A bootloader rolls back only between OTA slots: an application written over
+                // the factory slot that crashes keeps restarting, rollback or not.
+                let no_way_back = !self.rollback || matches!(self.layout, Layout::Factory);
                 let crash_loop = crash.is_some()
-                    && !self.rollback
+                    && no_way_back
                     && [OTA_0, OTA_1, FACTORY].iter().any(|&at| holds(at, &release.new_app));
                 if let Layout::Ota { .. } = self.layout
                     && !crash_loop
