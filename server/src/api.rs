@@ -693,7 +693,7 @@ pub async fn create_technician<S: Store>(
 ) -> Result<Technician, StoreError> {
     if fieldpatch_proto::wire::parse_key(&t.public_key).is_none() {
         return Err(StoreError::Invalid(format!(
-            "public key {:?} is not a hex ed25519 public key (64 hex digits)",
+            "public key {:?} is not an ed25519 public key: give the 64 hex digits `fieldpatch keys generate` printed for the technician (64 hex digits are not enough: they must encode a point of the curve)",
             t.public_key
         )));
     }
