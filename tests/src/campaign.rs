@@ -806,38 +806,14 @@ async fn flash(
             }
             None => {
                 // A new process, as after a restart: a new facade on the same data directory.
-                let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
                 resumed = true;
-                let mut state = match fp
-                    .resume_session(None, catalog.clone(), quiet.clone(), pause.clone())
-                    .await
-                {
-                    Ok((_, state)) => state,
-                    Err(e) if e.code() == "session_finished" => {
-                        note.push_str(", the session had finished");
-                        fp.session(None).await.map_err(|e| e.to_string())?
-                    }
-                    Err(e) if e.code() == "no_session" => {
-                        // Cut off before the session was first saved: nothing was started, and
-                        // the device must be as it was (the checks below say so).
-                        note.push_str(", before the session was saved: nothing to resume");
-                        return Ok((Ending::NotAttempted, None, note));
-                    }
-                    Err(e) => return Err(format!("resume: {e}")),
-                };
-                note.push_str(&format!(", resumed: {:?}", state.phase));
-                // A session that stopped with the device untouched (still held by the runner
-                // that was cut off) is resumed again, as a technician would.
-                if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    state = fp
-                        .resume_session(None, catalog.clone(), quiet, pause)
-                        .await
-                        .map_err(|e| format!("second resume: {e}"))?
-                        .1;
-                    note.push_str(&format!(", resumed again: {:?}", state.phase));
+                let again = resume_anew(data, connector, catalog, quiet, pause, &mut note).await?;
+                match again {
+                    Some(state) => state,
+                    // Cut off before the session was first saved: nothing was started, and the
+                    // device must be as it was (the checks below say so).
+                    None => return Ok((Ending::NotAttempted, None, note)),
                 }
-                state
             }
         }
     } else if fault == Fault::DiskFull {
@@ -876,34 +852,12 @@ async fn flash(
                     }
                 }
                 // Space freed; a new facade resumes, as after the technician's next start.
-                let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
                 resumed = true;
-                let mut state = match fp
-                    .resume_session(None, catalog.clone(), quiet.clone(), pause.clone())
-                    .await
-                {
-                    Ok((_, state)) => state,
-                    Err(e) if e.code() == "session_finished" => {
-                        note.push_str(", the session had finished");
-                        fp.session(None).await.map_err(|e| e.to_string())?
-                    }
-                    Err(e) if e.code() == "no_session" => {
-                        note.push_str(", before the session was saved: nothing to resume");
-                        return Ok((Ending::NotAttempted, None, note));
-                    }
-                    Err(e) => return Err(format!("resume after freeing the disk: {e}")),
-                };
-                note.push_str(&format!(", resumed: {:?}", state.phase));
-                if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    state = fp
-                        .resume_session(None, catalog.clone(), quiet, pause)
-                        .await
-                        .map_err(|e| format!("second resume: {e}"))?
-                        .1;
-                    note.push_str(&format!(", resumed again: {:?}", state.phase));
+                let again = resume_anew(data, connector, catalog, quiet, pause, &mut note).await?;
+                match again {
+                    Some(state) => state,
+                    None => return Ok((Ending::NotAttempted, None, note)),
                 }
-                state
             }
         }
     } else {
@@ -935,6 +889,46 @@ async fn flash(
         }
     };
     Ok((ending, status, note))
+}
+
+/// Resume the session of `data` with a new facade, as after the technician's next start (and
+/// once more when it stopped with the device still held by the runner cut off); `None` when it
+/// was cut off before it was first saved, so there is nothing to resume.
+async fn resume_anew(
+    data: &Path,
+    connector: Arc<dyn Connector>,
+    catalog: &Arc<Catalog>,
+    quiet: fieldpatch_core::session::Observer,
+    pause: Arc<AtomicBool>,
+    note: &mut String,
+) -> Result<Option<SessionState>, String> {
+    let fp = Fieldpatch::open_in(data, connector).await.map_err(|e| e.to_string())?;
+    let mut state =
+        match fp.resume_session(None, catalog.clone(), quiet.clone(), pause.clone()).await {
+            Ok((_, state)) => state,
+            Err(e) if e.code() == "session_finished" => {
+                note.push_str(", the session had finished");
+                fp.session(None).await.map_err(|e| e.to_string())?
+            }
+            Err(e) if e.code() == "no_session" => {
+                note.push_str(", before the session was saved: nothing to resume");
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("resume: {e}")),
+        };
+    note.push_str(&format!(", resumed: {:?}", state.phase));
+    // A session that stopped with the device untouched (still held by the runner that was cut
+    // off) is resumed again, as a technician would.
+    if matches!(state.phase, fieldpatch_core::session::Phase::Stopped { .. }) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        state = fp
+            .resume_session(None, catalog.clone(), quiet, pause)
+            .await
+            .map_err(|e| format!("second resume: {e}"))?
+            .1;
+        note.push_str(&format!(", resumed again: {:?}", state.phase));
+    }
+    Ok(Some(state))
 }
 
 /// Size of the filesystem a disk-full run's data directory lives on.

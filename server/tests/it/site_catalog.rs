@@ -29,8 +29,8 @@ async fn publish(server: &TestServer, id: &str, bytes: &[u8], sites: &[&str]) ->
     l.sha256
 }
 
-async fn pull_catalog(server: &TestServer, token: &str) -> Vec<String> {
-    let pull: PullResponse = reqwest::Client::new()
+async fn pull(server: &TestServer, token: &str) -> PullResponse {
+    reqwest::Client::new()
         .get(server.url("/v1/pull"))
         .bearer_auth(token)
         .send()
@@ -38,8 +38,11 @@ async fn pull_catalog(server: &TestServer, token: &str) -> Vec<String> {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    pull.catalog.into_iter().map(|e| e.bundle_id).collect()
+        .unwrap()
+}
+
+async fn pull_catalog(server: &TestServer, token: &str) -> Vec<String> {
+    pull(server, token).await.catalog.into_iter().map(|e| e.bundle_id).collect()
 }
 
 async fn download(server: &TestServer, token: &str, sha256: &str) -> u16 {
@@ -163,20 +166,12 @@ async fn a_bundle_published_to_some_sites_reaches_only_their_technicians(backend
     // Every technician gets the one listing; each pull carries every bundle it lists for one of
     // the technician's sites (bob, at s2 only, has no "north", which is listed for s1 only).
     for (who, token) in [("alice", &alice.token), ("bob", &bob.token), ("carol", &carol.token)] {
-        let pull: PullResponse = reqwest::Client::new()
-            .get(server.url("/v1/pull"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(pull.catalog_listing, Some(serde_json::to_value(&sited).unwrap()), "{who}");
-        let assigned: Vec<&str> = pull.sites.iter().map(|s| s.id.as_str()).collect();
+        let answer = pull(&server, token).await;
+        assert_eq!(answer.catalog_listing, Some(serde_json::to_value(&sited).unwrap()), "{who}");
+        let assigned: Vec<&str> = answer.sites.iter().map(|s| s.id.as_str()).collect();
         for l in sited.listing.bundles.iter().filter(|l| l.reaches(&assigned)) {
             assert!(
-                pull.catalog.iter().any(|e| e.sha256 == l.sha256),
+                answer.catalog.iter().any(|e| e.sha256 == l.sha256),
                 "{who} lacks {}",
                 l.bundle_id
             );
