@@ -214,9 +214,7 @@ impl Catalog {
     pub fn for_site(&self, site: Option<&str>) -> Catalog {
         let mut out = Catalog { bundles: Vec::new(), refused: self.refused.clone() };
         for b in &self.bundles {
-            let allowed =
-                b.sites.is_empty() || site.is_some_and(|s| b.sites.iter().any(|x| x == s));
-            if allowed {
+            if fieldpatch_proto::listing::sites_allow(&b.sites, site) {
                 out.bundles.push(b.clone());
                 continue;
             }
@@ -229,10 +227,10 @@ impl Catalog {
                 path: b.path.clone(),
                 bundle_id: Some(m.bundle_id.clone()),
                 reason: format!(
-                    "bundle {} version {} is published to sites {} only, and {here}: it is used only at one of those sites (open the visit from a work order there)",
+                    "bundle {} version {} is published to {} only, and {here}: it is used only at one of those sites (open the visit from a work order there)",
                     m.bundle_id,
                     m.bundle_version,
-                    b.sites.join(", ")
+                    fieldpatch_proto::listing::sites_in_words(&b.sites)
                 ),
             });
         }

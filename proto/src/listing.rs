@@ -53,11 +53,21 @@ pub struct ListedBundle {
     pub sites: Vec<String>,
 }
 
+/// Whether a bundle listed for `sites` (empty: every site) may be used at `site` (`None`: work
+/// that names no site, which may use only bundles for every site).
+pub fn sites_allow(sites: &[String], site: Option<&str>) -> bool {
+    sites.is_empty() || site.is_some_and(|s| sites.iter().any(|x| x == s))
+}
+
+/// Listed sites in words, for messages: "every site" or "sites a, b".
+pub fn sites_in_words(sites: &[String]) -> String {
+    if sites.is_empty() { "every site".into() } else { format!("sites {}", sites.join(", ")) }
+}
+
 impl ListedBundle {
-    /// Whether the bundle may be used in a visit at `site` (`None`: a visit that names no site,
-    /// which may use only bundles for every site).
+    /// Whether the bundle may be used in a visit at `site` (see [`sites_allow`]).
     pub fn is_for_site(&self, site: Option<&str>) -> bool {
-        self.sites.is_empty() || site.is_some_and(|s| self.sites.iter().any(|x| x == s))
+        sites_allow(&self.sites, site)
     }
 
     /// Whether a technician assigned to `assigned` sites is to receive the bundle.
@@ -67,11 +77,7 @@ impl ListedBundle {
 
     /// The sites in words, for messages: "every site" or "sites a, b".
     pub fn sites_text(&self) -> String {
-        if self.sites.is_empty() {
-            "every site".into()
-        } else {
-            format!("sites {}", self.sites.join(", "))
-        }
+        sites_in_words(&self.sites)
     }
 }
 

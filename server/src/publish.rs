@@ -209,13 +209,11 @@ pub async fn publish_listing<S: Store>(
             restricted.get(&listed.sha256.to_ascii_lowercase()).cloned().unwrap_or_default();
         published.sort();
         if published != listed.sites {
-            let as_published =
-                fieldpatch_proto::listing::ListedBundle { sites: published, ..listed.clone() };
             return Err(PublishError::ListedBundleSites {
                 bundle_id: listed.bundle_id.clone(),
                 sha256: listed.sha256.clone(),
                 listed: listed.sites_text(),
-                published: as_published.sites_text(),
+                published: fieldpatch_proto::listing::sites_in_words(&published),
             });
         }
     }
