@@ -11,6 +11,42 @@
 
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
+use std::sync::Arc;
+
+/// Where "now" comes from: the system clock, or (for tests and fault campaigns) a clock of the
+/// caller's, such as one that jumps. Every time Fieldpatch stamps or decides with is read from
+/// the [`Store`]'s clock ([`Store::clock`]), so one clock governs a whole data directory's work.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(Utc::now))
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// The current time by this clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now().to_rfc3339())
+    }
+}
 
 /// How far the clock may be behind the latest trusted time (clock drift between syncs).
 pub const TOLERANCE: TimeDelta = TimeDelta::minutes(10);
@@ -53,9 +89,28 @@ pub async fn note_trusted(store: &Store, time: DateTime<Utc>) -> Result<(), Stor
 }
 
 /// Record a successful sync at the server's `server_time`: the laptop was online then.
-pub async fn note_online(store: &Store, server_time: DateTime<Utc>) -> Result<(), StoreError> {
+///
+/// The server's time outranks what the laptop trusted before: when that is ahead of the
+/// server's time by more than [`TOLERANCE`], the laptop's clock ran ahead after its last check
+/// (the events it stamped as server-checked carry those times), and without this a clock set
+/// right would be refused until real time caught up. Those event times then no longer count
+/// ([`Store::distrust_event_times`]) and the server's time becomes the latest trusted time.
+/// Returns the trusted time given up, if one was.
+pub async fn note_online(
+    store: &Store,
+    server_time: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut given_up = None;
+    if let Some(latest) = latest_trusted(store).await?
+        && server_time.checked_add_signed(TOLERANCE).is_some_and(|s| s < latest)
+    {
+        store.distrust_event_times().await?;
+        store.set_meta(TRUSTED_TIME_META, &server_time.to_rfc3339()).await?;
+        given_up = Some(latest);
+    }
     store.set_meta(LAST_ONLINE_META, &server_time.to_rfc3339()).await?;
-    note_trusted(store, server_time).await
+    note_trusted(store, server_time).await?;
+    Ok(given_up)
 }
 
 /// When the laptop last synced with the inventory (the server's time then), if ever.
@@ -73,8 +128,16 @@ pub async fn latest_trusted(store: &Store) -> Result<Option<DateTime<Utc>>, Stor
 /// The current time for an expiry decision: the clock, unless it is behind the latest trusted
 /// time by more than [`TOLERANCE`].
 pub async fn checked_now(store: &Store) -> Result<DateTime<Utc>, ClockError> {
-    let now = Utc::now();
-    if let Some(latest) = latest_trusted(store).await?
+    check(store.clock().now(), latest_trusted(store).await?)
+}
+
+/// `now`, unless it is behind `latest` (the latest trusted time, if any) by more than
+/// [`TOLERANCE`].
+pub fn check(
+    now: DateTime<Utc>,
+    latest: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, ClockError> {
+    if let Some(latest) = latest
         && now.checked_add_signed(TOLERANCE).is_some_and(|n| n < latest)
     {
         return Err(ClockError::Behind { now, latest });
@@ -123,5 +186,38 @@ mod tests {
         let latest = latest_trusted(&store).await.unwrap().expect("a server-checked time");
         assert_eq!(latest.timestamp(), e.body.time.timestamp());
         assert!(checked_now(&store).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_clock_that_ran_ahead_after_its_check_is_forgiven_by_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = Clock::from_fn(|| Utc::now() + TimeDelta::days(200));
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        note_online(&store, Utc::now()).await.unwrap();
+        store.record_clock_check(TimeDelta::zero()).await.unwrap();
+        // After the check the clock jumps 200 days ahead: events are stamped with it, as
+        // server-checked.
+        let log =
+            crate::visitlog::VisitLog::open(&store.clone().with_clock(ahead), key).await.unwrap();
+        log.note("stamped while the clock ran ahead").await.unwrap();
+        // The clock set right looks wound back against those stamps.
+        assert_eq!(checked_now(&store).await.unwrap_err().code(), "clock_behind");
+        // The next sync (the server's time is now) gives them up, and decisions go on.
+        let given_up = note_online(&store, Utc::now()).await.unwrap();
+        assert!(given_up.is_some_and(|t| t > Utc::now() + TimeDelta::days(199)), "{given_up:?}");
+        assert!(checked_now(&store).await.is_ok());
+        // Events stamped after that count again.
+        let e = log.note("stamped after the sync, by the right clock").await;
+        drop(e);
+        let right = crate::visitlog::VisitLog::open(
+            &store,
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        )
+        .await
+        .unwrap();
+        let e = right.note("the clock right again").await.unwrap();
+        let latest = latest_trusted(&store).await.unwrap().unwrap();
+        assert!(latest >= e.body.time, "{latest} {}", e.body.time);
     }
 }

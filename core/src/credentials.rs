@@ -650,7 +650,7 @@ impl Credentials {
         )
         .bind(CredentialName::TechnicianKey.to_string())
         .bind(self.backend.as_str())
-        .bind(crate::store::now_text())
+        .bind(self.store.now_text())
         .execute(&mut *lock)
         .await
         .map_err(StoreError::Sql)?;

@@ -139,7 +139,7 @@ impl Fieldpatch {
         };
         let policy = match &trust {
             Some(t) => self.verify_policy(t).await?,
-            None => VerifyPolicy::now(),
+            None => VerifyPolicy { now: self.store().clock().now(), offline_grace: None },
         };
         Ok(clear_for_device(file, trust.as_ref(), &policy, allow_unverified)?)
     }

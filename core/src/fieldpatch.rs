@@ -192,6 +192,13 @@ impl Fieldpatch {
         })
     }
 
+    /// This instance with `clock` as "now" for everything it stamps and decides (see
+    /// [`crate::clock::Clock`]; the system clock unless given). Give it before first use.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Fieldpatch {
+        self.store = self.store.with_clock(clock);
+        self
+    }
+
     /// The data directory this instance works in.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -462,10 +469,11 @@ impl Fieldpatch {
         site: Option<&str>,
     ) -> Plan {
         let creds = self.credentials().await.ok();
+        let now = self.store.clock().now();
         if catalog.has_site_restrictions() {
-            batch::make_plan(devices, &catalog.for_site(site), creds).await
+            batch::make_plan_at(devices, &catalog.for_site(site), creds, now).await
         } else {
-            batch::make_plan(devices, catalog, creds).await
+            batch::make_plan_at(devices, catalog, creds, now).await
         }
     }
 

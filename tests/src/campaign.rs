@@ -28,6 +28,8 @@
 //! | `daemon_killed` | SWUpdate | the daemon is killed at a random moment of the upload or install (a power cut) and started again up to 2 s later, its flash kept |
 //! | `refused_by_daemon` | SWUpdate | the inventory records the gateway as hardware revision 2.0, so it gets the signed 2.0 image, which passes every laptop-side check; the gateway is 1.0 and its daemon refuses it |
 //! | `killed` | all | the session is cut off at a random moment (its task dropped, as a killed process leaves it), then resumed from the store by a new facade |
+//! | `clock_jump` | all | the laptop's clock jumps at a random moment (before the session or up to 1.5 s into it): back within the 10 min tolerance, back beyond it (by up to 30 days), or forward (by up to 60 days, often past the bundles' expiry); a data directory that had synced just before. A session that stops on a clock set back is resumed once the clock is set right |
+//! | `sigkill` | SMP | the session runs in the `fieldpatch` CLI, a process of its own reaching the lab device over its UDP socket or pty, which is SIGKILLed at a random moment; a new facade resumes the session (the other families' lab devices live inside the campaign's process: the USB bus seam, the ESP's wired port, the gateway's keyring credential, so they have `killed` only) |
 //! | `disk_full` | all | the data directory is a small filesystem of its own (a 32 MiB tmpfs), filled to the last byte at a random moment of the session; once the session has ended or stopped, the space is freed (as a technician would) and the session resumed by a new facade |
 //!
 //! After each run the invariants are checked, each of which must hold every time:
@@ -68,7 +70,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 /// Device families the campaign flashes.
@@ -108,6 +110,8 @@ impl Family {
                 Fault::FailsHealthCheck,
                 Fault::Killed,
                 Fault::DiskFull,
+                Fault::ClockJump,
+                Fault::ProcessKilled,
             ],
             Family::Dfu => &[
                 Fault::None,
@@ -116,6 +120,7 @@ impl Family {
                 Fault::GarbageStatus,
                 Fault::Killed,
                 Fault::DiskFull,
+                Fault::ClockJump,
             ],
             Family::Esp => &[
                 Fault::None,
@@ -128,6 +133,7 @@ impl Family {
                 Fault::CrashAtBoot,
                 Fault::Killed,
                 Fault::DiskFull,
+                Fault::ClockJump,
             ],
             Family::Swupdate => &[
                 Fault::None,
@@ -137,6 +143,7 @@ impl Family {
                 Fault::RefusedByDaemon,
                 Fault::Killed,
                 Fault::DiskFull,
+                Fault::ClockJump,
             ],
         }
     }
@@ -165,6 +172,8 @@ pub enum Fault {
     RefusedByDaemon,
     Killed,
     DiskFull,
+    ClockJump,
+    ProcessKilled,
 }
 
 impl Fault {
@@ -190,6 +199,8 @@ impl Fault {
             Fault::RefusedByDaemon => "refused_by_daemon",
             Fault::Killed => "killed",
             Fault::DiskFull => "disk_full",
+            Fault::ClockJump => "clock_jump",
+            Fault::ProcessKilled => "sigkill",
         }
     }
 }
@@ -278,7 +289,8 @@ pub struct Release {
     rootfs: Vec<u8>,
     /// The `.swu`'s length (where the upload faults fall).
     swu_len: u64,
-    _kit: Kit,
+    /// The signed catalog folder and trust store (what the CLI is given).
+    kit: Kit,
 }
 
 /// The size of the new SMP image and of the DFU payload.
@@ -349,7 +361,7 @@ impl Release {
             old_rootfs,
             rootfs,
             swu_len,
-            _kit: kit,
+            kit,
         }
     }
 
@@ -553,7 +565,18 @@ async fn run_lab(
     let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
     let catalog = release.catalog_for(family);
     let records = site.records.clone();
-    let flashed = flash(catalog, connector, records, data, fault, draw, None, violations, || {});
+    let flashed = flash(
+        &release.kit,
+        catalog,
+        connector,
+        records,
+        data,
+        fault,
+        draw,
+        None,
+        violations,
+        || {},
+    );
     let (ending, status) = outcome(flashed.await, &mut detail, violations);
     // Let a rebooting device settle before looking at it.
     settle(&site).await;
@@ -615,7 +638,18 @@ async fn run_esp(
     let catalog = release.catalog_for(Family::Esp);
     let records = vec![esp.record.clone()];
     let armed = || esp.arm();
-    let flashed = flash(catalog, connector, records, data, fault, draw, None, violations, armed);
+    let flashed = flash(
+        &release.kit,
+        catalog,
+        connector,
+        records,
+        data,
+        fault,
+        draw,
+        None,
+        violations,
+        armed,
+    );
     let (ending, status) = outcome(flashed.await, &mut detail, violations);
     esp.check(&release.esp, status.as_ref(), violations);
     check_log(data, status.as_ref(), violations).await;
@@ -645,8 +679,18 @@ async fn run_swupdate(
     let connector = Arc::new(fieldpatch_core::flash::connect::DriverConnector { usb });
     let catalog = release.catalog_for(Family::Swupdate);
     let records = vec![gw.record.clone()];
-    let flashed =
-        flash(catalog, connector, records, data, fault, draw, Some(secret), violations, || {});
+    let flashed = flash(
+        &release.kit,
+        catalog,
+        connector,
+        records,
+        data,
+        fault,
+        draw,
+        Some(secret),
+        violations,
+        || {},
+    );
     let (ending, status) = outcome(flashed.await, &mut detail, violations);
     gw.settle(gateway, violations).await;
     gw.check(gateway, old, &release.rootfs, status.as_ref(), violations);
@@ -674,7 +718,12 @@ fn start_site(family: Family, seed: u64) -> Result<LabSite, String> {
 fn arm(site: &LabSite, family: Family, fault: Fault, draw: &mut Draw) -> String {
     let smp = site.console.as_ref().or(site.sensors.first());
     match (family, fault, smp, &site.board) {
-        (_, Fault::None | Fault::Killed | Fault::DiskFull, _, _) => String::new(),
+        (
+            _,
+            Fault::None | Fault::Killed | Fault::DiskFull | Fault::ClockJump | Fault::ProcessKilled,
+            _,
+            _,
+        ) => String::new(),
         (_, Fault::DropFrames, Some(d), _) => {
             let n = draw.range(4, 40) as u32;
             d.faults().drop_rx_every = Some(n);
@@ -743,6 +792,7 @@ fn options() -> SessionOptions {
 /// gateway's password, put there as a sync would).
 #[allow(clippy::too_many_arguments)]
 async fn flash(
+    kit: &Kit,
     catalog: &Arc<Catalog>,
     connector: Arc<dyn Connector>,
     records: Vec<DeviceRecord>,
@@ -753,7 +803,24 @@ async fn flash(
     violations: &mut Vec<String>,
     arm: impl FnOnce(),
 ) -> Result<(Ending, Option<DeviceStatus>, String), String> {
-    let fp = Fieldpatch::open_in(data, connector.clone()).await.map_err(|e| e.to_string())?;
+    let mut fp = Fieldpatch::open_in(data, connector.clone()).await.map_err(|e| e.to_string())?;
+    // A clock-jump run's data directory reads a clock the campaign moves (seconds of offset).
+    let offset = Arc::new(AtomicI64::new(0));
+    if fault == Fault::ClockJump {
+        let o = offset.clone();
+        fp = fp.with_clock(fieldpatch_core::clock::Clock::from_fn(move || {
+            chrono::Utc::now() + chrono::TimeDelta::seconds(o.load(Ordering::SeqCst))
+        }));
+        // As after a sync just before the visit: the server's time is the latest trusted time,
+        // and the clock agreed with it (events are stamped as server-checked).
+        fieldpatch_core::clock::note_online(fp.store(), chrono::Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        fp.store()
+            .record_clock_check(chrono::TimeDelta::zero())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     if let Some(secret) = secret {
         let name: fieldpatch_core::credentials::CredentialName =
             SECRET_NAME.parse().map_err(|e| format!("{e}"))?;
@@ -788,7 +855,22 @@ async fn flash(
     let pause = Arc::new(AtomicBool::new(false));
     let mut resumed = false;
     let mut note = String::new();
-    let final_state = if fault == Fault::Killed {
+    let final_state = if fault == Fault::ProcessKilled {
+        // The session runs in a process of its own, given the plan made here.
+        drop(fp);
+        let after = Duration::from_millis(draw.range(0, 3000));
+        let (ended, text) = run_cli_killed(kit, data, &state.plan, after).await?;
+        note = text;
+        if !ended {
+            resumed = true;
+        }
+        // A new process, as after the technician starts Fieldpatch again.
+        let again = resume_anew(data, connector, catalog, quiet, pause, &mut note).await?;
+        match again {
+            Some(state) => state,
+            None => return Ok((Ending::NotAttempted, None, note)),
+        }
+    } else if fault == Fault::Killed {
         let after = Duration::from_millis(draw.range(20, 1500));
         let (c, q, p) = (catalog.clone(), quiet.clone(), pause.clone());
         let run = tokio::spawn(async move { fp.run_session(state, c, q, p).await });
@@ -816,6 +898,65 @@ async fn flash(
                 }
             }
         }
+    } else if fault == Fault::ClockJump {
+        let jump = ClockJump::draw(draw);
+        note = jump.describe();
+        let usable_until = catalog.entries().iter().map(|e| e.usable_until).min();
+        let (c, q, p) = (catalog.clone(), quiet.clone(), pause.clone());
+        if jump.after.is_none() {
+            offset.store(jump.seconds, Ordering::SeqCst);
+        }
+        let run = tokio::spawn(async move { fp.run_session(state, c, q, p).await });
+        if let Some(after) = jump.after {
+            tokio::time::sleep(after).await;
+            offset.store(jump.seconds, Ordering::SeqCst);
+        }
+        let (_, first) = run
+            .await
+            .map_err(|e| format!("the session's task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let first_status = first.devices.get("dev").cloned();
+        let patched = matches!(first_status, Some(DeviceStatus::Patched { .. }));
+        let refused_clock = matches!(&first.phase, fieldpatch_core::session::Phase::Stopped { reason } if reason.contains("clock was set back"));
+        if jump.after.is_none() && jump.seconds < -CLOCK_TOLERANCE_SECS && !refused_clock {
+            violations.push(format!(
+                "a clock set back {} s before the session did not stop it: {:?}, {first_status:?}",
+                -jump.seconds, first.phase
+            ));
+        }
+        if jump.after.is_none()
+            && patched
+            && usable_until
+                .is_some_and(|u| u < chrono::Utc::now() + chrono::TimeDelta::seconds(jump.seconds))
+        {
+            violations
+                .push("a bundle past its expiry by the laptop's clock was flashed".to_string());
+        }
+        let state = if refused_clock {
+            // The technician sets the clock right and starts Fieldpatch again.
+            offset.store(0, Ordering::SeqCst);
+            note.push_str(", the session stopped on the clock; set right and resumed");
+            resumed = true;
+            let again = resume_anew(data, connector, catalog, quiet, pause, &mut note).await?;
+            match again {
+                Some(state) => state,
+                None => return Ok((Ending::NotAttempted, None, note)),
+            }
+        } else {
+            first
+        };
+        // The clock set right and the laptop synced, expiry decisions go on: a clock that ran
+        // ahead must not lock the laptop out until real time catches up.
+        let store =
+            fieldpatch_core::store::Store::open_in(data).await.map_err(|e| e.to_string())?;
+        fieldpatch_core::clock::note_online(&store, chrono::Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = fieldpatch_core::clock::checked_now(&store).await {
+            violations.push(format!("after the clock was set right and a sync: {e}"));
+        }
+        store.close().await;
+        state
     } else if fault == Fault::DiskFull {
         let after = Duration::from_millis(draw.range(0, 1500));
         let (c, q, p) = (catalog.clone(), quiet.clone(), pause.clone());
@@ -891,6 +1032,62 @@ async fn flash(
     Ok((ending, status, note))
 }
 
+/// Run `plan` in `fieldpatch session run` (the CLI, with the campaign's session options) on
+/// `data`, and SIGKILL it `after` its start unless it has ended by then; whether it had ended,
+/// and what happened.
+async fn run_cli_killed(
+    kit: &Kit,
+    data: &Path,
+    plan: &fieldpatch_core::plan::Plan,
+    after: Duration,
+) -> Result<(bool, String), String> {
+    let work = data.parent().ok_or("the data directory has no parent")?;
+    let plan_file = work.join("plan.json");
+    let bytes = serde_json::to_vec(plan).map_err(|e| e.to_string())?;
+    std::fs::write(&plan_file, bytes).map_err(|e| format!("{}: {e}", plan_file.display()))?;
+    let mut child = tokio::process::Command::new(crate::built_binary("fieldpatch"))
+        .arg("session")
+        .arg("run")
+        .arg(&plan_file)
+        .args(["--no-canary", "--soak", "0", "--wave", "1", "--concurrency", "1"])
+        .args(["--threshold", "1", "--retries", "1", "--reconnect-timeout", "8"])
+        .arg("--catalog")
+        .arg(&kit.catalog)
+        .arg("--trust")
+        .arg(&kit.trust)
+        .env("FIELDPATCH_DATA_DIR", data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the fieldpatch CLI: {e}"))?;
+    let mut stderr = child.stderr.take();
+    let ended = tokio::time::timeout(after, child.wait()).await;
+    match ended {
+        Ok(status) => {
+            let status = status.map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            if let Some(err) = stderr.as_mut() {
+                use tokio::io::AsyncReadExt as _;
+                let _ = err.read_to_string(&mut text).await;
+            }
+            // 0: patched; 3: a device not patched (said in its status). Anything else is the
+            // CLI refusing the run itself, which the campaign must not cause.
+            if !matches!(status.code(), Some(0 | 3)) {
+                let short: String = text.chars().take(300).collect();
+                return Err(format!("the CLI session ended with {status}: {short}"));
+            }
+            Ok((true, format!("the CLI session ended ({status}) before its SIGKILL")))
+        }
+        Err(_) => {
+            child.start_kill().map_err(|e| format!("SIGKILL: {e}"))?;
+            let _ = child.wait().await;
+            Ok((false, format!("the CLI session SIGKILLed after {} ms", after.as_millis())))
+        }
+    }
+}
+
 /// Resume the session of `data` with a new facade, as after the technician's next start (and
 /// once more when it stopped with the device still held by the runner cut off); `None` when it
 /// was cut off before it was first saved, so there is nothing to resume.
@@ -910,10 +1107,18 @@ async fn resume_anew(
                 note.push_str(", the session had finished");
                 fp.session(None).await.map_err(|e| e.to_string())?
             }
-            Err(e) if e.code() == "no_session" => {
-                note.push_str(", before the session was saved: nothing to resume");
-                return Ok(None);
-            }
+            // No unfinished session: it finished before the cut (a process killed between the
+            // session's end and its exit), or it was never saved.
+            Err(e) if e.code() == "no_session" => match fp.session(None).await {
+                Ok(state) => {
+                    note.push_str(", the session had finished");
+                    state
+                }
+                Err(_) => {
+                    note.push_str(", before the session was saved: nothing to resume");
+                    return Ok(None);
+                }
+            },
             Err(e) => return Err(format!("resume: {e}")),
         };
     note.push_str(&format!(", resumed: {:?}", state.phase));
@@ -929,6 +1134,50 @@ async fn resume_anew(
         note.push_str(&format!(", resumed again: {:?}", state.phase));
     }
     Ok(Some(state))
+}
+
+/// How far back the laptop's clock may be from the latest trusted time and still be believed
+/// (`fieldpatch_core::clock::TOLERANCE`), in seconds.
+const CLOCK_TOLERANCE_SECS: i64 = fieldpatch_core::clock::TOLERANCE.num_seconds();
+
+/// What a clock-jump run does to the laptop's clock.
+#[derive(Debug, Clone, Copy)]
+struct ClockJump {
+    /// By how much (negative: back).
+    seconds: i64,
+    /// When, from the session's start (`None`: just before it).
+    after: Option<Duration>,
+}
+
+impl ClockJump {
+    fn draw(draw: &mut Draw) -> ClockJump {
+        const DAY: u64 = 86_400;
+        let seconds = match draw.range(0, 4) {
+            // Back, within the tolerance for drift between syncs.
+            0 => -(draw.range(60, CLOCK_TOLERANCE_SECS as u64 - 60) as i64),
+            // Back beyond it, by up to 30 days.
+            1 => -(draw.range(CLOCK_TOLERANCE_SECS as u64 + 60, 30 * DAY) as i64),
+            // Forward, by up to 60 days (the release's trust store lasts 30).
+            _ => draw.range(3_600, 60 * DAY) as i64,
+        };
+        let after = match draw.range(0, 3) {
+            0 => None,
+            _ => Some(Duration::from_millis(draw.range(0, 1500))),
+        };
+        ClockJump { seconds, after }
+    }
+
+    fn describe(&self) -> String {
+        let how = if self.seconds < 0 {
+            format!("back {} s", -self.seconds)
+        } else {
+            format!("forward {} s", self.seconds)
+        };
+        match self.after {
+            None => format!("the clock jumped {how} before the session"),
+            Some(a) => format!("the clock jumped {how} {} ms into the session", a.as_millis()),
+        }
+    }
 }
 
 /// Size of the filesystem a disk-full run's data directory lives on.

@@ -679,14 +679,16 @@ fn shortest_path(entries: &[&PlannableBundle], from: Version) -> Vec<Step> {
 /// Check the steps a plan chose for `device` against the verified catalog, at the moment they
 /// are about to run: each step's bundle is in the catalog, targets this device (vendor, model,
 /// hardware revision), applies to the version the step starts from and installs the version it
-/// names; the steps chain; none is a downgrade (the planner has no signed approvals for one);
-/// and the device runs the version the remaining steps start from (or one a step installs, when
+/// names, and is still usable at `now` (not past its expiry, its trust store's or the offline
+/// grace period's end); the steps chain; none is a downgrade (the planner has no signed approvals
+/// for one); and the device runs the version the remaining steps start from (or one a step installs, when
 /// a flash was interrupted). The plan selects devices and order; it never decides what is sent.
 pub fn check_steps(
     catalog: &[PlannableBundle],
     device: &DeviceIdentity,
     running: Option<Version>,
     steps: &[Step],
+    now: DateTime<Utc>,
 ) -> Result<(), String> {
     let mut previous: Option<Version> = None;
     for step in steps {
@@ -694,6 +696,14 @@ pub fn check_steps(
             .iter()
             .find(|e| e.bundle_id == step.bundle_id)
             .ok_or_else(|| format!("bundle {} is not in the verified catalog", step.bundle_id))?;
+        if entry.usable_until < now {
+            return Err(format!(
+                "bundle {} was usable until {} (its expiry, the trust store's or the offline grace period's end) and it is {} now: sync for a current catalog, then plan again",
+                step.bundle_id,
+                entry.usable_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
         if !entry.targets(device) {
             return Err(format!(
                 "bundle {} is for {} {}, not this device ({} {}, hardware {})",

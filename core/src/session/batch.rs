@@ -159,11 +159,22 @@ pub async fn identify(
     out
 }
 
-/// Plan `devices` against the verified catalog, with the credential names in the keyring.
+/// Plan `devices` against the verified catalog, with the credential names in the keyring, at
+/// the system clock's time.
 pub async fn make_plan(
     devices: Vec<DeviceRecord>,
     catalog: &Catalog,
     credentials: Option<&Credentials>,
+) -> Plan {
+    make_plan_at(devices, catalog, credentials, chrono::Utc::now()).await
+}
+
+/// [`make_plan`] at `now` (what a data directory's clock says, [`crate::store::Store::clock`]).
+pub async fn make_plan_at(
+    devices: Vec<DeviceRecord>,
+    catalog: &Catalog,
+    credentials: Option<&Credentials>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Plan {
     let mut names = std::collections::BTreeSet::new();
     if let Some(c) = credentials
@@ -177,7 +188,7 @@ pub async fn make_plan(
         credentials: names,
         rollback_approvals: Vec::new(),
     };
-    plan(&input, chrono::Utc::now())
+    plan(&input, now)
 }
 
 /// What a session runs with inside a visit: the store, the technician's log, the verified
@@ -243,6 +254,12 @@ pub async fn run_in_visit(
         store: Arc::new(StoreSessions(store.clone())),
         observer,
         pause,
+        clock: super::SessionClock {
+            clock: store.clock().clone(),
+            latest_trusted: crate::clock::latest_trusted(store)
+                .await
+                .map_err(crate::visitlog::LogError::from)?,
+        },
     };
     let shared: SharedState = Arc::new(tokio::sync::Mutex::new(state));
     let result = super::run(&shared, &deps).await;

@@ -430,6 +430,10 @@ pub type Observer = Arc<dyn Fn(Option<&str>, SessionEvent) + Send + Sync>;
 pub enum SessionError {
     #[error(transparent)]
     Log(#[from] SinkError),
+    /// The clock cannot be trusted for the expiry decision before a device; the session stops
+    /// (nothing was sent to the device) and resumes once the clock is right.
+    #[error("{0}")]
+    Clock(String),
     #[error("cannot save the session state ({0}); stopped so that a restart does not redo work")]
     Store(String),
 }
@@ -439,6 +443,7 @@ impl SessionError {
     pub fn code(&self) -> &'static str {
         match self {
             SessionError::Log(_) => "log_unwritable",
+            SessionError::Clock(_) => "clock_behind",
             SessionError::Store(_) => "store",
         }
     }
@@ -454,6 +459,24 @@ pub struct SessionDeps {
     pub observer: Observer,
     /// Set to pause: devices in flight finish, no new ones start.
     pub pause: Arc<AtomicBool>,
+    /// "Now" for the expiry decision made before each device.
+    pub clock: SessionClock,
+}
+
+/// The clock a session decides expiry with before each device: the data directory's clock,
+/// refused when it is behind the latest trusted time known when the session (re)started (it was
+/// set back during the session).
+#[derive(Debug, Clone, Default)]
+pub struct SessionClock {
+    pub clock: crate::clock::Clock,
+    pub latest_trusted: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SessionClock {
+    /// Now, checked (see [`crate::clock::check`]).
+    pub fn now(&self) -> Result<chrono::DateTime<chrono::Utc>, crate::clock::ClockError> {
+        crate::clock::check(self.clock.now(), self.latest_trusted)
+    }
 }
 
 impl std::fmt::Debug for SessionDeps {
@@ -540,7 +563,10 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
             ),
         };
         (deps.observer)(None, SessionEvent::Note(note));
-        let status = run_device(state, deps, &canary).await?;
+        let status = match run_device(state, deps, &canary).await {
+            Err(SessionError::Clock(reason)) => return stop(state, deps, reason).await,
+            other => other?,
+        };
         if !matches!(status, DeviceStatus::Patched { .. }) {
             return stop(state, deps, format!("canary {id} did not patch cleanly")).await;
         }
@@ -587,8 +613,12 @@ pub async fn run(state: &SharedState, deps: &SessionDeps) -> Result<Summary, Ses
             };
             first_err = first_err.or(err);
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        match first_err {
+            // Nothing was sent to the device that met it: the session stops, to resume once
+            // the clock is right.
+            Some(SessionError::Clock(reason)) => return stop(state, deps, reason).await,
+            Some(e) => return Err(e),
+            None => {}
         }
         let (failed, attempted) = failure_counts(&*state.lock().await);
         if opts.failure_threshold.exceeded(failed, attempted) {
@@ -711,9 +741,23 @@ async fn run_device(
         None => None,
     };
     let remaining = steps.get(start_step..).unwrap_or_default();
-    if let Err(reason) =
-        crate::plan::check_steps(&deps.images.entries(), &d.device.identity, running, remaining)
-    {
+    // Expiry is decided now, before anything is sent: a bundle usable when the session was
+    // planned may have expired since (or the clock may have been set back).
+    let now = match deps.clock.now() {
+        Ok(now) => now,
+        Err(e) => {
+            let reason = format!("before {id}: refused an expiry decision: {e}");
+            deps.sink.record(id, EventKind::Note { text: reason.clone() }).await?;
+            return Err(SessionError::Clock(reason));
+        }
+    };
+    if let Err(reason) = crate::plan::check_steps(
+        &deps.images.entries(),
+        &d.device.identity,
+        running,
+        remaining,
+        now,
+    ) {
         let bundle_id = remaining.first().map(|s| s.bundle_id.clone()).unwrap_or_default();
         deps.sink
             .record(id, EventKind::BundleRefused { bundle_id, reason: reason.clone() })
@@ -972,6 +1016,7 @@ mod tests {
             store,
             observer: Arc::new(|_, _| {}),
             pause: Arc::new(AtomicBool::new(false)),
+            clock: SessionClock::default(),
         }
     }
 
@@ -984,6 +1029,63 @@ mod tests {
             retries: 0,
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_expired_since_the_plan_is_refused_before_anything_is_sent() {
+        let (plan, lab) = setup(1);
+        let store = Arc::new(Saved::default());
+        let sink = Arc::new(MemorySink::default());
+        let mut d = deps(lab.clone(), store, sink.clone());
+        // Planned while the bundle was usable (a day left); the clock is now two days on.
+        d.clock.clock =
+            crate::clock::Clock::from_fn(|| chrono::Utc::now() + chrono::Duration::days(2));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        run(&state, &d).await.unwrap();
+        for (id, device) in &lab {
+            assert_eq!(device.uploads(), 0, "{id} was sent nothing");
+            match state.lock().await.devices.get(id) {
+                Some(DeviceStatus::Failed { reason }) => {
+                    assert!(reason.contains("usable until") && reason.contains("sync"), "{reason}")
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        let tags: Vec<&str> = sink.0.lock().unwrap().iter().map(|(_, k)| k.tag()).collect();
+        assert!(tags.contains(&"bundle_refused"), "{tags:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clock_set_back_during_a_session_stops_it_untouched_until_the_clock_is_right() {
+        let (plan, lab) = setup(2);
+        let store = Arc::new(Saved::default());
+        let sink = Arc::new(MemorySink::default());
+        let mut d = deps(lab.clone(), store, sink.clone());
+        // The latest trusted time is an hour ahead of this clock: it was set back.
+        d.clock.latest_trusted = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        run(&state, &d).await.unwrap();
+        match &state.lock().await.phase {
+            Phase::Stopped { reason } => {
+                assert!(reason.contains("clock was set back"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(lab.values().all(|dev| dev.uploads() == 0));
+        assert!(
+            state.lock().await.devices.values().all(|s| !s.is_final()),
+            "no device has an outcome: each waits for the resume"
+        );
+        let notes = sink.0.lock().unwrap().clone();
+        assert!(
+            notes.iter().any(|(_, k)| matches!(k, EventKind::Note { text } if text.contains("refused an expiry decision"))),
+            "the log says why: {notes:?}"
+        );
+        // The clock set right, the session resumes and finishes.
+        d.clock.latest_trusted = Some(chrono::Utc::now());
+        let summary = run(&state, &d).await.unwrap();
+        assert_eq!(summary.patched, 2, "{summary:?}");
+        assert_eq!(state.lock().await.phase, Phase::Finished);
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub use records::{
     BundleRecord, BundleVerdict, InventoryDevice, SavedJob, SiteRecord, WorkOrderRecord,
 };
 
+use crate::clock::Clock;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::{Path, PathBuf};
@@ -107,6 +108,8 @@ pub struct Store {
     /// Taken for the whole of one sync: syncs of this store from one process (automatic sync
     /// and "sync now") take turns.
     sync_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Where "now" comes from for everything this store stamps or decides.
+    clock: Clock,
 }
 
 impl Store {
@@ -160,7 +163,29 @@ impl Store {
                 }
             }
         }
-        Ok(Store { pool, path: path.to_path_buf(), sync_turn: Default::default() })
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+            sync_turn: Default::default(),
+            clock: Clock::system(),
+        })
+    }
+
+    /// This store with `clock` as its "now" (the system clock unless given): event times, record
+    /// times and expiry decisions all read it.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock this store reads "now" from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, as the store writes times (RFC 3339, microseconds, UTC).
+    pub(crate) fn now_text(&self) -> String {
+        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
     /// The SQLite file.
@@ -197,8 +222,4 @@ impl Store {
         .await?;
         Ok(())
     }
-}
-
-pub(crate) fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

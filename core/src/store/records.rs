@@ -1,6 +1,6 @@
 //! Typed access to the inventory, catalog, session-state and credential-name tables.
 
-use super::{Store, StoreError, now_text};
+use super::{Store, StoreError};
 use crate::model::DeviceIdentity;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -103,7 +103,7 @@ impl Store {
         .bind(&site.id)
         .bind(&site.name)
         .bind(&site.address)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -137,7 +137,7 @@ impl Store {
         .bind(&d.hardware_revision)
         .bind(&d.serial_number)
         .bind(&d.firmware_version)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -184,7 +184,7 @@ impl Store {
         .bind(transport)
         .bind(address)
         .bind(json)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -225,7 +225,7 @@ impl Store {
         .bind(&b.sha256)
         .bind(b.verdict.as_str())
         .bind(&b.verdict_detail)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -268,7 +268,7 @@ impl Store {
         .bind(&w.title)
         .bind(&w.status)
         .bind(w.detail.to_string())
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM work_order_devices WHERE work_order_id = ?")
@@ -329,7 +329,7 @@ impl Store {
         .bind(session_id)
         .bind(kind)
         .bind(state.to_string())
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -379,7 +379,7 @@ impl Store {
         )
         .bind(name)
         .bind(backend)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -425,7 +425,7 @@ impl Store {
         work_orders: &[WorkOrderRecord],
         bundles: &[BundleRecord],
     ) -> Result<(), StoreError> {
-        let now = now_text();
+        let now = self.now_text();
         let mut tx = self.pool().begin().await?;
         sqlx::query("DELETE FROM work_order_devices").execute(&mut *tx).await?;
         sqlx::query("DELETE FROM work_orders").execute(&mut *tx).await?;

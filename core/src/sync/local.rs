@@ -305,7 +305,7 @@ impl StoreSync {
             None => Err("the inventory has published no trust store".to_string()),
             Some(_) => TrustStore::load(&self.trust_path()).map_err(|e| e.to_string()),
         };
-        let policy = VerifyPolicy::now();
+        let policy = VerifyPolicy { now: self.store.clock().now(), offline_grace: None };
         pull.catalog
             .iter()
             .map(|entry| {
@@ -493,12 +493,12 @@ impl SyncLocal for StoreSync {
         }
         // Expiry decisions at sync use the latest time known: this clock, the server's, and what
         // was trusted before (a clock set back cannot revive an expired listing or store).
-        let now = [Some(chrono::Utc::now()), Some(pull.server_time)]
+        let now = [Some(self.store.clock().now()), Some(pull.server_time)]
             .into_iter()
             .chain([crate::clock::latest_trusted(&self.store).await?])
             .flatten()
             .max()
-            .unwrap_or_else(chrono::Utc::now);
+            .unwrap_or(pull.server_time);
         // The trust store is pinned on this laptop: a pulled one replaces it only as a rotation
         // signed by a threshold of the current root with a higher version, and a pull without
         // one never removes it. Then the catalog listing, under the store in force after the
@@ -588,8 +588,14 @@ impl SyncLocal for StoreSync {
         }
         // The laptop was online at the server's time: the offline grace period counts from here,
         // the clock is checked against it, and it becomes the latest trusted time.
-        crate::clock::note_online(&self.store, pull.server_time).await?;
-        self.store.record_clock_check(pull.server_time - chrono::Utc::now()).await?;
+        if let Some(ahead) = crate::clock::note_online(&self.store, pull.server_time).await? {
+            tracing::warn!(
+                trusted = %ahead,
+                server_time = %pull.server_time,
+                "the laptop's clock had run ahead of the inventory server's; the times it stamped then no longer count as trusted"
+            );
+        }
+        self.store.record_clock_check(pull.server_time - self.store.clock().now()).await?;
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ use super::continuity::LogStart;
 use super::event::{
     ChainError, Event, EventKind, GENESIS_HASH, TimeSource, UnsignedEvent, verify_chain,
 };
-use crate::store::{Store, StoreError, now_text};
+use crate::store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use sqlx::Row;
@@ -37,6 +37,8 @@ const PAGE: i64 = 1000;
 
 /// Store fact: when a sync last found the laptop clock in step with the server's.
 const CLOCK_CHECKED_META: &str = "clock.server_checked_at";
+/// Per log, the last seq whose server-checked time no longer counts as trusted (JSON object).
+const EVENT_TIMES_DISTRUSTED_META: &str = "clock.event_times_distrusted_through";
 
 /// Largest clock difference to the server that still counts as "checked".
 pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
@@ -277,14 +279,14 @@ impl VisitLog {
                 sqlx::query("INSERT INTO logs (id, signer, created_at) VALUES (?, ?, ?)")
                     .bind(id.to_string())
                     .bind(&signer)
-                    .bind(now_text())
+                    .bind(store.now_text())
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
                     "INSERT INTO sync_state (log_id, last_pushed_seq, updated_at) VALUES (?, 0, ?)",
                 )
                 .bind(id.to_string())
-                .bind(now_text())
+                .bind(store.now_text())
                 .execute(&mut *tx)
                 .await?;
                 id
@@ -351,7 +353,7 @@ impl VisitLog {
         .bind(self.log_id.to_string())
         .bind(site)
         .bind(work_order)
-        .bind(now_text())
+        .bind(self.store.now_text())
         .execute(&mut *tx)
         .await?;
         let kind = EventKind::VisitOpened {
@@ -374,7 +376,7 @@ impl VisitLog {
         let done = sqlx::query(
             "UPDATE visits SET closed_at = ? WHERE id = ? AND log_id = ? AND closed_at IS NULL",
         )
-        .bind(now_text())
+        .bind(self.store.now_text())
         .bind(visit_id.to_string())
         .bind(self.log_id.to_string())
         .execute(&mut *tx)
@@ -440,7 +442,7 @@ impl VisitLog {
             id: Uuid::now_v7(),
             log_id: self.log_id,
             seq,
-            time: chrono::Utc::now(),
+            time: self.store.clock().now(),
             time_source,
             signer: self.signer.clone(),
             visit_id: new.visit_id,
@@ -557,16 +559,39 @@ impl Store {
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
         // Only times stamped while the clock agreed with the server's: a clock that was once
         // wrong (ahead) must not make the corrected one look wound back.
-        let times: Vec<(String,)> = sqlx::query_as(
-            "SELECT time FROM events WHERE json_extract(body, '$.time_source') = 'server_checked'",
+        // Events up to the marks a sync left (their clock had run ahead) do not count.
+        let through: std::collections::BTreeMap<String, i64> = self
+            .meta(EVENT_TIMES_DISTRUSTED_META)
+            .await?
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default();
+        let times: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT log_id, seq, time FROM events
+             WHERE json_extract(body, '$.time_source') = 'server_checked'",
         )
         .fetch_all(self.pool())
         .await?;
         Ok(times
             .iter()
-            .filter_map(|(t,)| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .filter(|(log, seq, _)| through.get(log).is_none_or(|t| seq > t))
+            .filter_map(|(_, _, t)| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
             .max())
+    }
+
+    /// Stop counting the times of the events stored so far as trusted (see
+    /// [`crate::clock::note_online`]): their clock ran ahead after it was checked.
+    pub async fn distrust_event_times(&self) -> Result<(), StoreError> {
+        let heads: Vec<(String, i64)> =
+            sqlx::query_as("SELECT log_id, MAX(seq) FROM events GROUP BY log_id")
+                .fetch_all(self.pool())
+                .await?;
+        let through: std::collections::BTreeMap<String, i64> = heads.into_iter().collect();
+        let text = serde_json::to_string(&through).map_err(|e| StoreError::Corrupt {
+            what: "the distrusted event times".into(),
+            detail: e.to_string(),
+        })?;
+        self.set_meta(EVENT_TIMES_DISTRUSTED_META, &text).await
     }
 
     /// Record the outcome of comparing the laptop clock with the server's at sync
@@ -574,7 +599,7 @@ impl Store {
     /// [`TimeSource::ServerChecked`]; beyond it they fall back to [`TimeSource::SystemClock`].
     pub async fn record_clock_check(&self, skew: chrono::TimeDelta) -> Result<(), LogError> {
         if skew.abs() <= MAX_CLOCK_SKEW {
-            self.set_meta(CLOCK_CHECKED_META, &now_text()).await?;
+            self.set_meta(CLOCK_CHECKED_META, &self.now_text()).await?;
         } else {
             sqlx::query("DELETE FROM meta WHERE key = ?")
                 .bind(CLOCK_CHECKED_META)
@@ -809,7 +834,7 @@ impl Store {
         )
         .bind(log_id.to_string())
         .bind(seq as i64)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         self.log_sync_state(log_id).await
@@ -830,7 +855,7 @@ impl Store {
         )
         .bind(log_id.to_string())
         .bind(checkpoint)
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await?;
         Ok(())
