@@ -1318,11 +1318,19 @@ async fn check_log(data: &Path, status: Option<&DeviceStatus>, violations: &mut 
             }
         }
     }
-    let last_outcome =
-        tags.iter().rev().find(|t| matches!(**t, "confirmed" | "rolled_back" | "failed")).copied();
+    // A device refused before anything was sent (its bundle refused at that moment) has the
+    // refusal as its last word: the session calls that failed.
+    let last_outcome = tags
+        .iter()
+        .rev()
+        .find(|t| matches!(**t, "confirmed" | "rolled_back" | "failed" | "bundle_refused"))
+        .copied();
     let want = match status {
         Some(DeviceStatus::Patched { .. }) => Some("confirmed"),
         Some(DeviceStatus::RolledBack { .. }) => Some("rolled_back"),
+        Some(DeviceStatus::Failed { reason }) if reason.starts_with("refused before sending") => {
+            Some("bundle_refused")
+        }
         Some(DeviceStatus::Failed { .. }) => Some("failed"),
         _ => None,
     };
