@@ -828,6 +828,69 @@ fn request_schemas_state_the_rules_a_schema_can() {
     assert!(common::schema_problems(&event, &e).is_empty());
     e["kind"] = "no_such_kind".into();
     assert!(!common::schema_problems(&event, &e).is_empty());
+    // Each kind's fields: an event of every kind, as the laptop makes it, passes; the schema of
+    // its kind names exactly the fields it carries and requires those that are not optional;
+    // without one of those, or with a field of the wrong type, it does not pass.
+    let per_kind =
+        common::document()["components"]["schemas"]["Event"]["oneOf"].as_array().unwrap();
+    let events = chain(&key, every_kind().into_iter().map(|k| (Some("dev-1"), k)));
+    assert_eq!(
+        events.iter().map(|e| e.body.kind.tag()).collect::<Vec<_>>(),
+        fieldpatch_proto::event::KIND_TAGS,
+        "one event of every kind, in the parser's order"
+    );
+    for (e, schema) in events.iter().zip(per_kind) {
+        let tag = e.body.kind.tag();
+        assert_eq!(schema["title"], tag);
+        let value = serde_json::to_value(e).unwrap();
+        let problems = common::schema_problems(&event, &value);
+        assert!(problems.is_empty(), "{tag}: {problems:?}");
+        let fields: std::collections::BTreeSet<String> = serde_json::to_value(&e.body.kind)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let named: std::collections::BTreeSet<String> =
+            schema["properties"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(fields, named, "{tag}: the schema names other fields than the event carries");
+        for required in schema["required"].as_array().unwrap() {
+            let required = required.as_str().unwrap();
+            if required == "kind" {
+                continue;
+            }
+            let mut without = value.clone();
+            without.as_object_mut().unwrap().remove(required);
+            assert!(
+                !common::schema_problems(&event, &without).is_empty(),
+                "{tag} without {required} passes"
+            );
+            assert!(
+                serde_json::from_value::<Event>(without).is_err(),
+                "{tag}: {required} is required by the schema but not by the parser"
+            );
+            let mut wrong = value.clone();
+            wrong[required] = serde_json::json!([]);
+            assert!(
+                !common::schema_problems(&event, &wrong).is_empty(),
+                "{tag}: {required} as a list"
+            );
+        }
+        // What the schema leaves optional, the parser takes missing.
+        for (name, _) in schema["properties"].as_object().unwrap() {
+            if schema["required"].as_array().unwrap().iter().any(|r| r == name) {
+                continue;
+            }
+            let mut without = value.clone();
+            without.as_object_mut().unwrap().remove(name);
+            assert!(common::schema_problems(&event, &without).is_empty(), "{tag} without {name}");
+            assert!(
+                serde_json::from_value::<Event>(without).is_ok(),
+                "{tag}: the schema leaves {name} optional, the parser does not"
+            );
+        }
+    }
 
     // The audit export's bounds: a date or an RFC 3339 time.
     let param = |name: &str| {
@@ -845,4 +908,70 @@ fn request_schemas_state_the_rules_a_schema_can() {
     for bad in ["", "yesterday", "2026-12-01T10:00"] {
         assert!(!common::schema_problems(&param("to"), &bad.into()).is_empty(), "{bad:?}");
     }
+}
+
+/// One event kind of every kind the parser knows, in its order, every optional field given.
+fn every_kind() -> Vec<EventKind> {
+    use fieldpatch_proto::event::LogHeadRef;
+    use fieldpatch_proto::model::{DeviceIdentity, DeviceMode};
+    let hash = "ab".repeat(32);
+    let text = |t: &str| t.to_string();
+    vec![
+        EventKind::LogStarted {
+            previous: Some(LogHeadRef {
+                log_id: uuid::Uuid::from_u128(5),
+                seq: 9,
+                hash: hash.clone(),
+            }),
+            why: text("continues the laptop's earlier log"),
+        },
+        EventKind::VisitOpened { site: text("north"), work_order: Some(text("wo-1")) },
+        EventKind::VisitClosed { patched: 3, not_patched: 1 },
+        EventKind::DeviceDiscovered {
+            transport: text("udp"),
+            address: text("10.0.0.2:1337"),
+            via: Some(text("mdns")),
+            matched_by: Some(text("serial number")),
+        },
+        EventKind::DeviceMissing { searched: text("serial, usb, lan") },
+        EventKind::DeviceIdentified {
+            identity: DeviceIdentity {
+                vendor: Some(text("Lab")),
+                model: Some(text("sensor")),
+                hardware_revision: Some(text("1.0")),
+                serial_number: Some(text("s-1")),
+                firmware_version: Some("1.0.0".parse().unwrap()),
+                image_hash: Some(hash.clone()),
+                mode: Some(DeviceMode::Application),
+            },
+        },
+        EventKind::DeviceNotPatched { reason: text("not found") },
+        EventKind::BundleVerified {
+            bundle_id: text("b"),
+            bundle_version: text("2.0.0"),
+            rule: text("threshold"),
+        },
+        EventKind::BundleRefused { bundle_id: text("b"), reason: text("expired") },
+        EventKind::UnverifiedImageAllowed { image_sha256: hash.clone(), reason: text("asked") },
+        EventKind::FlashStarted {
+            bundle_id: Some(text("b")),
+            from_version: Some(text("1.0.0")),
+            to_version: Some(text("2.0.0")),
+            image_sha256: hash.clone(),
+            bytes: 8192,
+        },
+        EventKind::ProgressCheckpoint { bytes_done: 4096, bytes_total: 8192 },
+        EventKind::ImageUploaded {
+            image_sha256: hash.clone(),
+            device_reported_hash: Some(hash.clone()),
+        },
+        EventKind::TestBootRequested { image_sha256: hash.clone() },
+        EventKind::HealthCheck { passed: true, detail: text("answers") },
+        EventKind::Confirmed { version: Some(text("2.0.0")), image_sha256: hash.clone() },
+        EventKind::RolledBack { reason: text("health check") },
+        EventKind::Failed { stage: text("upload"), reason: text("link lost") },
+        EventKind::Note { text: text("n") },
+        EventKind::DeviceCommand { command: text("reset"), image_sha256: Some(hash) },
+        EventKind::DeviceCommandResult { command: text("reset"), ok: true, detail: text("done") },
+    ]
 }
