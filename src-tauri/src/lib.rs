@@ -18,12 +18,15 @@
 //!
 //! The window may call exactly the commands of `generate_handler!` (the app manifest in `build.rs`
 //! and `capabilities/default.json`); one instance runs per data directory and mode, and it logs
-//! to a rotating file (`shell`).
+//! to a rotating file (`shell`). On Linux the window draws in software, without OpenGL, on a
+//! machine without a GPU (`rendering`, `FIELDPATCH_GPU`).
 //!
 //! What crosses the bridge is typed once, in Rust: `ipc` and the core's own types derive `TS`,
 //! and the window's `ui/src/lib/ipc.ts` is generated from them.
 
 mod ipc;
+#[cfg(target_os = "linux")]
+mod rendering;
 mod shell;
 
 use fieldpatch_core::Fieldpatch;
@@ -859,6 +862,10 @@ async fn start_real() -> Result<Real, String> {
 
 /// Start the desktop app: on the built-in demo site with `demo`, else in real mode.
 pub fn run(demo: bool) {
+    // First of all: it sets environment variables GTK and WebKit read, while the process has
+    // a single thread.
+    #[cfg(target_os = "linux")]
+    let rendering = rendering::apply();
     let started_as = if demo { Mode::Demo } else { Mode::Real };
     let builder = tauri::Builder::default();
     // First, so that a second launch on the same data directory and mode focuses the running
@@ -884,6 +891,8 @@ pub fn run(demo: bool) {
                 // The window still opens; it reports its own errors.
                 Err(e) => eprintln!("fieldpatch-app: logs are off: {e}"),
             }
+            #[cfg(target_os = "linux")]
+            tracing::info!(rendering = ?rendering.rendering, "{}", rendering.why);
             if !demo {
                 let real = tauri::async_runtime::block_on(start_real()).inspect_err(|e| {
                     tracing::error!(error = %e, "cannot open the data directory");
