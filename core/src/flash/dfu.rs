@@ -92,7 +92,12 @@ where
             .await
             .map_err(join_err)??;
         // A DFU device cannot say what it runs: only what this connection verified it holds.
-        Ok(DeviceState { running_version: None, running_hash: self.holds.clone(), confirmed: true })
+        Ok(DeviceState {
+            running_version: None,
+            running_hash: self.holds.clone(),
+            confirmed: true,
+            pending_hash: None,
+        })
     }
 
     async fn upload(

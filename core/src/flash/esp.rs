@@ -640,6 +640,7 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
             running_version: None,
             running_hash: self.written.clone(),
             confirmed: false,
+            pending_hash: None,
         })
     }
 
@@ -739,6 +740,7 @@ impl<P: EspPort + 'static> FlashTarget for EspTarget<P> {
             running_version: None,
             running_hash: self.written.clone(),
             confirmed: true,
+            pending_hash: None,
         })
     }
 

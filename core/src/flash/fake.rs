@@ -16,6 +16,7 @@ struct Inner {
     fail_boot: bool,
     corrupt_upload: bool,
     interrupt_uploads: u32,
+    lose_test_boot_answers: u32,
     uploads: u32,
 }
 
@@ -46,6 +47,11 @@ impl FakeDevice {
     pub fn set_interrupt_uploads(&self, n: u32) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).interrupt_uploads = n;
     }
+    /// The next `n` test-boot requests mark the image pending but their answer is lost (no
+    /// reset follows).
+    pub fn set_lose_test_boot_answers(&self, n: u32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).lose_test_boot_answers = n;
+    }
     pub fn uploads(&self) -> u32 {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).uploads
     }
@@ -55,6 +61,11 @@ impl FakeDevice {
             running_version: Some(i.active.0),
             running_hash: Some(i.active.1.clone()),
             confirmed: i.confirmed,
+            pending_hash: i
+                .uploaded
+                .as_ref()
+                .filter(|u| i.pending_test && u.1 != i.active.1)
+                .map(|u| u.1.clone()),
         }
     }
     pub fn open(&self) -> FakeTarget {
@@ -118,6 +129,10 @@ impl FlashTarget for FakeTarget {
             return Err(TargetError::reported_transient("hash does not match slot 1"));
         }
         i.pending_test = true;
+        if i.lose_test_boot_answers > 0 {
+            i.lose_test_boot_answers -= 1;
+            return Err(TargetError::Timeout(Duration::from_millis(10)));
+        }
         // Reset: MCUboot swaps in the test image unless it fails to boot.
         if !i.fail_boot {
             let old = std::mem::replace(&mut i.active, up);

@@ -46,6 +46,9 @@ pub struct DeviceState {
     pub running_hash: Option<Vec<u8>>,
     /// Whether the running image is confirmed (will still run after the next reset).
     pub confirmed: bool,
+    /// The hash of an image waiting for its test boot at the next reset (MCUboot's pending
+    /// secondary slot), if the device has one.
+    pub pending_hash: Option<Vec<u8>>,
 }
 
 /// How the uploaded image was checked on the device.
@@ -454,7 +457,25 @@ pub async fn flash(
         return Ok(FlashOutcome::AlreadyDone { version: image.to });
     }
 
-    if !runs_target {
+    // An earlier attempt's test-boot request reached the device but its answer did not come
+    // back: the verified image waits for its test boot, and its slot takes no new upload.
+    let test_pending =
+        !runs_target && before.pending_hash.as_deref() == Some(image.device_hash.as_slice());
+    if test_pending {
+        rec(EventKind::Note {
+            text: format!(
+                "the device already holds image {} ({}) for a test boot (an earlier request's answer was lost); booting it",
+                hex(&image.device_hash),
+                image.to
+            ),
+        })
+        .await?;
+        rec(EventKind::TestBootRequested { image_sha256: hex(&image.device_hash) }).await?;
+        progress.phase("test boot");
+        if let Err(e) = target.test_boot(&image.device_hash).await {
+            return failed(FlashStage::TestBoot, e.to_string()).await;
+        }
+    } else if !runs_target {
         // 3. Upload, with checkpoints in the log.
         rec(EventKind::FlashStarted {
             bundle_id: image.bundle_id.clone(),
@@ -741,7 +762,12 @@ mod tests {
             "status-only device".into()
         }
         async fn state(&mut self) -> Result<DeviceState, TargetError> {
-            Ok(DeviceState { running_version: None, running_hash: None, confirmed: true })
+            Ok(DeviceState {
+                running_version: None,
+                running_hash: None,
+                confirmed: true,
+                pending_hash: None,
+            })
         }
         async fn upload(
             &mut self,
@@ -809,6 +835,26 @@ mod tests {
         assert!(matches!(again, FlashOutcome::AlreadyDone { .. }));
         assert_eq!(tags, ["note", "confirmed"]);
         assert_eq!(dev.uploads(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_test_boot_whose_answer_was_lost_is_booted_on_the_retry_not_uploaded_again() {
+        let dev = FakeDevice::new("1.0.0");
+        dev.set_lose_test_boot_answers(1);
+        let img = image(&[5u8; 4096], "2.0.0");
+        let (first, _) = run(&dev, &img).await;
+        assert!(
+            matches!(first, FlashOutcome::Failed { stage: FlashStage::TestBoot, .. }),
+            "{first:?}"
+        );
+        // The image waits for its test boot: the slot takes no new upload, so the retry boots it.
+        assert_eq!(dev.snapshot().pending_hash.as_deref(), Some(img.device_hash.as_slice()));
+        let (again, tags) = run(&dev, &img).await;
+        assert_eq!(again, FlashOutcome::Confirmed { version: "2.0.0".parse().unwrap() });
+        assert_eq!(tags, ["note", "test_boot_requested", "health_check", "confirmed"]);
+        assert_eq!(dev.uploads(), 1);
+        let s = dev.snapshot();
+        assert!(s.confirmed && s.running_version.unwrap().to_string() == "2.0.0", "{s:?}");
     }
 
     #[tokio::test]

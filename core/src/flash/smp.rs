@@ -71,6 +71,7 @@ fn in_recovery(states: &[ImageSlotState]) -> DeviceState {
         running_version: primary.and_then(|p| parse_version(&p.version)),
         running_hash: None,
         confirmed: false,
+        pending_hash: None,
     }
 }
 
@@ -88,6 +89,10 @@ fn running(states: &[ImageSlotState]) -> Result<DeviceState, TargetError> {
         running_version: parse_version(&active.version),
         running_hash: Some(active.hash.clone()),
         confirmed: active.confirmed || active.permanent,
+        pending_hash: states
+            .iter()
+            .find(|s| s.image == 0 && !s.active && s.pending && !s.permanent)
+            .map(|s| s.hash.clone()),
     })
 }
 

@@ -138,6 +138,7 @@ impl FlashTarget for SwupdateTarget {
             running_version: None,
             running_hash: self.installed.clone(),
             confirmed: true,
+            pending_hash: None,
         })
     }
 
