@@ -1022,6 +1022,13 @@ pub fn routes<S: Store>() -> Vec<Route<S>> {
     ]
 }
 
+/// A path the API does not have (an unknown path, or a known one with an empty id): the API's
+/// JSON error body, as every other answer.
+async fn no_such_path(uri: axum::http::Uri) -> ApiError {
+    let path: String = uri.path().chars().take(200).collect();
+    ApiError::not_found(format!("the API has no {path}: see /v1/openapi.json for its paths"))
+}
+
 /// The `/v1` API over `app`.
 pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     let draining = app.draining.clone();
@@ -1039,6 +1046,7 @@ pub fn router<S: Store>(app: Arc<App<S>>) -> Router {
     paths
         .into_iter()
         .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
+        .fallback(no_such_path)
         .layer(axum::middleware::from_fn(request_timeout))
         .layer(axum::middleware::from_fn(move |req, next| drain_gate(draining.clone(), req, next)))
         .layer(

@@ -354,6 +354,17 @@ async fn bodies_and_parameters_that_do_not_parse_get_the_api_error_body(backend:
         assert_eq!(body["code"], code, "{method} {path}: {body}");
         crate::common::check_response(method, path, status.as_u16(), &body);
     }
+    // A path the API does not have (here a known one with its id segment left out): a 404 with
+    // the API's JSON error body too.
+    for path in ["/v1/admin/sites/audit-export", "/v1/no-such-thing"] {
+        let r = admin(client.get(server.url(path))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let ct = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+        assert!(ct.starts_with("application/json"), "{path}: {ct}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "not_found", "{path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(path), "{path}: {body}");
+    }
 }
 
 both_backends!(authorization_is_enforced);
