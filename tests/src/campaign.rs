@@ -12,6 +12,8 @@
 //! | `none` | all | nothing: the baseline |
 //! | `drop_frames` | SMP, ESP | the device loses every Nth frame it receives (SMP); one to three frames from a random FLASH_DATA block, or the next frames of any kind (ESP) |
 //! | `corrupt_frames` | SMP | every Nth frame it sends has one byte flipped |
+//! | `duplicate_frames` | SMP | every Nth answer is sent twice |
+//! | `reorder_frames` | SMP | every Nth answer is held back and sent after the next one (or after the answer to the laptop's retry) |
 //! | `stall` | SMP, ESP, SWUpdate | the device goes silent for up to 4 s at a random upload offset (SMP); the ROM loader answers nothing after a random number of commands until it is reset (ESP); the proxy forwards nothing after a random byte of the upload until the laptop gives up (SWUpdate: longer than the upload timeout, at least 30 s) |
 //! | `reboot_mid_upload` | SMP | the device reboots at a random upload offset (the partial image stays) |
 //! | `power_loss_on_test_boot` | SMP | power is lost during the test boot: MCUboot reverts |
@@ -104,6 +106,8 @@ impl Family {
                 Fault::None,
                 Fault::DropFrames,
                 Fault::CorruptFrames,
+                Fault::DuplicateFrames,
+                Fault::ReorderFrames,
                 Fault::Stall,
                 Fault::RebootMidUpload,
                 Fault::PowerLossOnTestBoot,
@@ -155,6 +159,8 @@ pub enum Fault {
     None,
     DropFrames,
     CorruptFrames,
+    DuplicateFrames,
+    ReorderFrames,
     Stall,
     RebootMidUpload,
     PowerLossOnTestBoot,
@@ -182,6 +188,8 @@ impl Fault {
             Fault::None => "none",
             Fault::DropFrames => "drop_frames",
             Fault::CorruptFrames => "corrupt_frames",
+            Fault::DuplicateFrames => "duplicate_frames",
+            Fault::ReorderFrames => "reorder_frames",
             Fault::Stall => "stall",
             Fault::RebootMidUpload => "reboot_mid_upload",
             Fault::PowerLossOnTestBoot => "power_loss_on_test_boot",
@@ -728,6 +736,16 @@ fn arm(site: &LabSite, family: Family, fault: Fault, draw: &mut Draw) -> String 
             let n = draw.range(4, 40) as u32;
             d.faults().drop_rx_every = Some(n);
             format!("every {n}th frame lost")
+        }
+        (_, Fault::DuplicateFrames, Some(d), _) => {
+            let n = draw.range(2, 20) as u32;
+            d.faults().duplicate_tx_every = Some(n);
+            format!("every {n}th answer sent twice")
+        }
+        (_, Fault::ReorderFrames, Some(d), _) => {
+            let n = draw.range(3, 30) as u32;
+            d.faults().reorder_tx_every = Some(n);
+            format!("every {n}th answer held back and sent after the next one")
         }
         (_, Fault::CorruptFrames, Some(d), _) => {
             let n = draw.range(4, 40) as u32;

@@ -165,6 +165,29 @@ async fn udp_upload_survives_loss_corruption_stall_and_a_reboot() {
     assert!(dev.log().iter().any(|l| l.contains("upload resumed")), "{:?}", dev.log());
 }
 
+/// Answers sent twice and answers out of order (a stale answer arriving while the client waits
+/// for the next): the client takes each answer for its own request only, and the image arrives
+/// whole, then lists, tests and resets as asked.
+#[tokio::test]
+async fn udp_upload_survives_duplicated_and_reordered_answers() {
+    for (duplicate, reorder) in [(Some(3), None), (None, Some(4)), (Some(5), Some(7))] {
+        let dev = fast_device();
+        {
+            let mut f = dev.faults();
+            f.duplicate_tx_every = duplicate;
+            f.reorder_tx_every = reorder;
+        }
+        let (mut c, _s) = udp_client(&dev, NetConditions::default()).await;
+        let img = image("1.5.0", 60_000, 4);
+        let rec = Recorder::default();
+        let report = c.upload(&img, UploadOptions::default(), &rec).await.unwrap();
+        assert_eq!(dev.slot_bytes(1).unwrap(), img, "{duplicate:?} {reorder:?}: {:?}", dev.log());
+        assert_eq!(report.bytes, img.len() as u64);
+        let states = c.image_list().await.unwrap();
+        assert!(states.iter().any(|s| s.slot == 1 && s.version == "1.5.0"), "{states:?}");
+    }
+}
+
 /// A device that reboots while it takes the first chunk answers nothing for it: the client asks
 /// whether the device is alive once the ordinary request time has passed, and sends the first
 /// chunk again then, instead of waiting out the whole erase allowance.

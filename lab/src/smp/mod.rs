@@ -153,6 +153,10 @@ pub struct Faults {
     pub drop_rx_every: Option<u32>,
     /// Corrupt every Nth sent packet (one flipped byte on the wire).
     pub corrupt_tx_every: Option<u32>,
+    /// Send every Nth answer twice (as a network or a retransmitting link may deliver it).
+    pub duplicate_tx_every: Option<u32>,
+    /// Hold every Nth answer back and send it after the next one (answers out of order).
+    pub reorder_tx_every: Option<u32>,
     /// Go silent for this long once the upload reaches the given offset (then continue).
     pub stall_at: Option<(u64, Duration)>,
     /// Reboot once the upload reaches the given offset (the partial image stays in flash).
@@ -198,6 +202,8 @@ struct State {
     boots: u32,
     rx_count: u32,
     tx_count: u32,
+    /// An answer held back by the reorder fault, sent after the next one.
+    held_tx: Option<Vec<u8>>,
     log: Vec<String>,
     /// The bootloader's serial recovery answers instead of the application, with these options.
     in_recovery: Option<recovery::SerialRecovery>,
@@ -253,6 +259,7 @@ impl SmpDevice {
                 boots: 1,
                 rx_count: 0,
                 tx_count: 0,
+                held_tx: None,
                 log: vec![
                     if config.serial_recovery.is_some() {
                         "boot: serial recovery"
@@ -337,19 +344,38 @@ impl SmpDevice {
         !self.faults().drop_rx_every.is_some_and(|every| every > 0 && n.is_multiple_of(every))
     }
 
-    /// Apply the transmit corruption fault to outgoing wire bytes.
-    pub fn corrupt_tx(&self, wire: &mut [u8]) {
+    /// Apply the transmit faults to one outgoing answer (its wire bytes): the frames to send
+    /// now, in order. Corrupted (one byte changed), sent twice, or held back and sent after the
+    /// next answer.
+    pub fn outgoing(&self, mut wire: Vec<u8>) -> Vec<Vec<u8>> {
+        let n = {
+            let mut s = self.state();
+            s.tx_count += 1;
+            s.tx_count
+        };
+        // One lock at a time (the state's and the faults' are never held together here).
+        let (corrupt, duplicate, reorder) = {
+            let f = self.faults();
+            let hit = |every: Option<u32>| every.is_some_and(|e| e > 0 && n.is_multiple_of(e));
+            (hit(f.corrupt_tx_every), hit(f.duplicate_tx_every), hit(f.reorder_tx_every))
+        };
         let mut s = self.state();
-        s.tx_count += 1;
-        let n = s.tx_count;
-        drop(s);
-        if self.faults().corrupt_tx_every.is_some_and(|every| every > 0 && n.is_multiple_of(every))
-            && !wire.is_empty()
-        {
+        if corrupt && !wire.is_empty() {
             let at = wire.len() / 2;
             // Keep line structure intact on serial (never create or destroy a newline).
             wire[at] = if wire[at] == b'A' { b'B' } else { b'A' };
         }
+        if reorder && s.held_tx.is_none() {
+            s.held_tx = Some(wire);
+            return Vec::new();
+        }
+        let held = s.held_tx.take();
+        let mut out = vec![wire.clone()];
+        if duplicate {
+            out.push(wire);
+        }
+        out.extend(held);
+        out
     }
 
     /// Process one SMP packet from a buffer. Sleeps for simulated flash time.

@@ -88,10 +88,10 @@ pub fn serve_pty(device: SmpDevice, baud: u32) -> Result<SerialServer, PtyError>
             let outcome = dev.handle(&packet);
             inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(reply) = outcome.reply {
-                let mut wire = encode(&reply);
-                dev.corrupt_tx(&mut wire);
-                if replies.send(wire).is_err() {
-                    return;
+                for frame in dev.outgoing(encode(&reply)) {
+                    if replies.send(frame).is_err() {
+                        return;
+                    }
                 }
             }
         }

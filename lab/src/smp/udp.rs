@@ -95,10 +95,11 @@ pub fn serve_udp(
     let dev = device.clone();
     std::thread::spawn(move || {
         while let Ok((packet, from)) = buf_rx.recv() {
-            if let Some(mut reply) = dev.handle(&packet).reply {
-                dev.corrupt_tx(&mut reply);
-                if out_tx.send((Instant::now() + half, reply, from)).is_err() {
-                    return;
+            if let Some(reply) = dev.handle(&packet).reply {
+                for frame in dev.outgoing(reply) {
+                    if out_tx.send((Instant::now() + half, frame, from)).is_err() {
+                        return;
+                    }
                 }
             }
         }
