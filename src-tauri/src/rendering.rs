@@ -19,8 +19,9 @@
 //!
 //! What software mode costs besides the GPU: WebKitGTK (2.50) starts passing the desktop's GTK
 //! settings (font and text scaling, theme, cursor blink, animations) to the page only when it
-//! opens that EGL display, so in software mode the page does not follow them; form controls, for
-//! one, take WebKit's default font instead of the desktop's.
+//! opens that EGL display, so in software mode the page does not follow them. The page's own
+//! styles set its fonts, form controls included (`ui/src/app.css`), so it looks the same either
+//! way; desktop text scaling is what software mode does not follow.
 //!
 //! A variable the technician has set themselves (`GDK_GL`, `WEBKIT_DISABLE_DMABUF_RENDERER`,
 //! `WEBKIT_WEB_RENDER_DEVICE_FILE`) is left as it is.
