@@ -21,6 +21,7 @@ const COMMANDS: &[&str] = &[
     "visit_log",
     "sync_once",
     "export_visit",
+    "choose_export_path",
     "pause_session",
     "resume_session",
     "end_session",

@@ -723,6 +723,65 @@ async fn export_visit(
     })
 }
 
+/// The native Save-as dialog of the audit export, over the window, opened at `suggested` (the
+/// full path the window proposes: its folder and file name). Answers the chosen full path, or
+/// `None` when the technician cancels; the export itself is `export_visit`.
+#[tauri::command]
+async fn choose_export_path(
+    window: tauri::Window,
+    suggested: String,
+) -> Result<Option<String>, BridgeError> {
+    #[cfg(not(any(target_os = "android", target_os = "ios")))]
+    {
+        use tauri_plugin_dialog::DialogExt;
+        let suggested = PathBuf::from(suggested.trim());
+        let mut dialog = window
+            .dialog()
+            .file()
+            .set_parent(&window)
+            .set_title("Save the visit's audit export")
+            .add_filter("Fieldpatch audit export (.tar)", &["tar"]);
+        if let Some(dir) = suggested.parent().filter(|d| d.is_absolute()) {
+            // The proposed folder may not exist yet (the first export): start from the nearest
+            // folder that does.
+            if let Some(existing) = dir.ancestors().find(|d| d.is_dir()) {
+                dialog = dialog.set_directory(existing);
+            }
+        }
+        if let Some(name) = suggested.file_name() {
+            dialog = dialog.set_file_name(name.to_string_lossy());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        dialog.save_file(move |chosen| {
+            let _ = tx.send(chosen);
+        });
+        let chosen = rx.await.map_err(|_| BridgeError {
+            code: "dialog_closed",
+            message:
+                "the Save-as dialog closed without an answer: type the file's full path instead"
+                    .into(),
+        })?;
+        match chosen.map(|p| p.into_path()) {
+            None => Ok(None),
+            Some(Ok(path)) => Ok(Some(path.display().to_string())),
+            Some(Err(e)) => Err(BridgeError {
+                code: "invalid_input",
+                message: format!(
+                    "the chosen file is not a local path ({e}): choose a file on this laptop"
+                ),
+            }),
+        }
+    }
+    #[cfg(any(target_os = "android", target_os = "ios"))]
+    {
+        let _ = (window, suggested);
+        Err(BridgeError {
+            code: "unsupported",
+            message: "no Save-as dialog on this platform: type the file's full path".into(),
+        })
+    }
+}
+
 /// Start the built-in demo site, open Fieldpatch in the demo's own data directory and start the
 /// embedded inventory server there.
 async fn start_site() -> Result<Site, String> {
@@ -877,7 +936,7 @@ pub fn run(demo: bool) {
         if let Some(dir) = shell::data_dir() {
             single = single.dbus_id(shell::instance_id(&dir, demo));
         }
-        builder.plugin(single.build())
+        builder.plugin(single.build()).plugin(tauri_plugin_dialog::init())
     };
     let ran = builder
         .manage(started_as)
@@ -931,6 +990,7 @@ pub fn run(demo: bool) {
             visit_log,
             sync_once,
             export_visit,
+            choose_export_path,
             pause_session,
             resume_session,
             end_session,

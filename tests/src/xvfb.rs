@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A running Xvfb on its own display; killed on drop.
 #[derive(Debug)]
@@ -42,6 +43,45 @@ impl Xvfb {
     /// The `DISPLAY` value for clients.
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// The X window whose title contains `title`, waited for up to `timeout` (a native dialog a
+    /// window opened, say).
+    pub fn window_titled(&self, title: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.xdotool(&["search", "--onlyvisible", "--name", title]);
+            if let Ok(ids) = &out
+                && let Some(id) = ids.lines().next()
+            {
+                return Ok(id.trim().to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("no window titled {title:?} appeared within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run `xdotool` on this display (keys and text go to the focused window, as a keyboard's
+    /// would); its output. Each call is bounded to 30 s.
+    pub fn xdotool(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("timeout")
+            .arg("30")
+            .arg("xdotool")
+            .args(args)
+            .env("DISPLAY", &self.display)
+            .output()
+            .context("cannot run xdotool: install it (Debian: apt-get install xdotool)")?;
+        if !out.status.success() {
+            bail!(
+                "xdotool {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

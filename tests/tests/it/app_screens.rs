@@ -3,9 +3,9 @@
 //! many events wait for sync (deterministically, with automatic sync off during a session), the
 //! last sync and how long the trust store and catalog listing stay usable; turning sync back on
 //! brings a report (accepted, pending, rejected) and empties the queue; the visit log of the
-//! session's visit shows its events and a verifying chain; "Save as…" writes the audit export,
-//! which the offline verifier passes in the window and `fieldpatch_core::export::verify_file`
-//! passes again here. A session paused at once stops after the canary (whose upload shows its
+//! session's visit shows its events and a verifying chain; the audit export goes to a typed file
+//! and through the native Save-as dialog (driven by xdotool's keyboard), and the offline verifier
+//! passes each in the window and `fieldpatch_core::export::verify_file` again here. A session paused at once stops after the canary (whose upload shows its
 //! rate and time left) and resumes to the end. Every control on each screen has an accessible name, Tab reaches the
 //! screens' controls with a visible focus ring, and nothing overflows the width. Screenshots go
 //! to the test's temporary directory and to `artifacts/`.
@@ -81,8 +81,7 @@ fn save(dir: &Path, name: &str, png: &[u8]) {
 #[test]
 fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
     let app = built_binary("fieldpatch-app");
-    let (_xvfb, data, _driver, port) =
-        display_with(Xvfb::start_with_screen("1366x768x24").unwrap());
+    let (xvfb, data, _driver, port) = display_with(Xvfb::start_with_screen("1366x768x24").unwrap());
     let shots = tempfile::tempdir().unwrap();
     let session =
         Session::start_with_args(&format!("http://127.0.0.1:{port}"), &app, &["--demo"]).unwrap();
@@ -174,7 +173,8 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
         )
         .unwrap();
 
-    // Save as…: into the test's own folder; the window shows the offline verifier's verdict.
+    // Export to a typed file in the test's own folder; the window shows the offline verifier's
+    // verdict.
     let out = shots.path().join("exports").join("visit.tar");
     session
         .execute_async(&format!(
@@ -197,6 +197,55 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
         )
         .unwrap();
     save(shots.path(), "app-visit-log.png", &session.screenshot().unwrap());
+
+    // Save as… through the native GTK dialog: it opens in the folder of the path in the field
+    // with its file name; the keyboard gives it another name and Enter saves there. A second
+    // dialog cancelled with Escape changes nothing.
+    let picked = shots.path().join("picked");
+    std::fs::create_dir_all(&picked).unwrap();
+    session
+        .execute_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             const input = document.querySelector('#export-path');
+             input.value = {};
+             input.dispatchEvent(new Event('input', {{ bubbles: true }}));
+             done(true);",
+            serde_json::to_string(picked.join("suggested.tar").to_str().unwrap()).unwrap()
+        ))
+        .unwrap();
+    session.click("#export-choose", long).unwrap();
+    let dialog = xvfb.window_titled("Save the visit's audit export", long).unwrap();
+    xvfb.xdotool(&["windowfocus", "--sync", &dialog]).unwrap();
+    xvfb.xdotool(&["key", "--clearmodifiers", "ctrl+a"]).unwrap();
+    xvfb.xdotool(&["type", "--delay", "30", "from-dialog.tar"]).unwrap();
+    xvfb.xdotool(&["key", "Return"]).unwrap();
+    let chosen_out = picked.join("from-dialog.tar");
+    let through_dialog = session
+        .wait_for("#export-result, #export-error", long, |t| t.contains("from-dialog.tar"))
+        .unwrap_or_else(|e| panic!("the dialog's file was not exported: {e}"));
+    let chosen_field = session
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             done(document.querySelector('#export-path').value);",
+        )
+        .unwrap();
+    session.click("#export-choose", long).unwrap();
+    let second = xvfb.window_titled("Save the visit's audit export", long).unwrap();
+    xvfb.xdotool(&["windowfocus", "--sync", &second]).unwrap();
+    xvfb.xdotool(&["key", "Escape"]).unwrap();
+    let deadline = std::time::Instant::now() + long;
+    while xvfb.window_titled("Save the visit's audit export", Duration::ZERO).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "Escape did not close the dialog");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_cancel = session
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             done([document.querySelector('#export-path').value,
+                   document.querySelector('#export-result')?.textContent ?? null,
+                   document.querySelector('#export-error')?.textContent ?? null]);",
+        )
+        .unwrap();
     session.close().unwrap();
 
     assert_eq!(online, "online");
@@ -257,6 +306,19 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
     let v = fieldpatch_core::export::verify_file(&out, None).unwrap();
     assert!(exported.contains(&format!("{} signed event(s)", v.events)), "{exported}");
     assert!(v.checkpoint_server_key.is_some());
+
+    assert!(through_dialog.contains("verifies offline"), "{through_dialog}");
+    assert_eq!(chosen_field, chosen_out.to_str().unwrap());
+    let again = fieldpatch_core::export::verify_file(&chosen_out, None).unwrap();
+    assert_eq!(again.events, v.events);
+    assert!(!picked.join("suggested.tar").exists(), "the dialog's own name was not used");
+    assert_eq!(
+        after_cancel[0],
+        chosen_out.to_str().unwrap(),
+        "a cancelled dialog changed the file"
+    );
+    assert!(after_cancel[1].as_str().unwrap_or("").contains("from-dialog.tar"), "{after_cancel}");
+    assert!(after_cancel[2].is_null(), "a cancelled dialog is not an error: {after_cancel}");
 }
 
 /// Real mode against a `fieldpatch-server` process: after the login, Home says the inventory is

@@ -12,7 +12,7 @@ import SyncReport from "./SyncReport.svelte";
 import VisitLogPanel from "./VisitLogPanel.svelte";
 
 const never = () => new Promise<never>(() => {});
-const api: HomeApi = { home: never, visitLog: never, syncOnce: never, syncNow: never, exportVisit: never, onSync: never };
+const api: HomeApi = { home: never, visitLog: never, syncOnce: never, syncNow: never, exportVisit: never, chooseExportPath: never, onSync: never };
 const noop = () => {};
 
 describe("HomePanel", () => {
@@ -75,7 +75,8 @@ describe("VisitLogPanel", () => {
     expect(body).toMatch(/data-seq="3" data-kind="note" data-trust="bad"/);
     expect(body).toMatch(/data-seq="4" data-kind="note" data-trust="unverified"/);
     expect(body).toContain('value="/data/exports/visit-0190bbbb.tar"');
-    expect(body).toMatch(/<label>Save as <input id="export-path"/);
+    expect(body).toMatch(/<label>File <input id="export-path"/);
+    expect(body).toMatch(/<button id="export-choose" type="button">Save as…<\/button>/);
   });
 
   it("shows the verifier's verdict on the written export", () => {

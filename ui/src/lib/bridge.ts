@@ -82,6 +82,8 @@ export const syncOnce = () => call<SyncReportView>("sync_once");
 /** Write a visit's audit export to `path`, then check the file with the offline verifier. */
 export const exportVisit = (visitId: string, path: string) =>
   call<ExportView>("export_visit", { visitId, path });
+/** The native Save-as dialog, opened at `suggested`: the chosen full path, null when cancelled. */
+export const chooseExportPath = (suggested: string) => call<string | null>("choose_export_path", { suggested });
 /** Real mode: the visit is for this synced work order (null: an ad-hoc visit). */
 export const chooseWorkOrder = (workOrder: string | null) =>
   call<string | null>("choose_work_order", { workOrder });

@@ -34,6 +34,7 @@ function shell(overrides: Partial<HomeApi> = {}) {
     syncOnce: vi.fn(async () => report),
     syncNow: vi.fn(async () => {}),
     exportVisit: vi.fn(async () => exported),
+    chooseExportPath: vi.fn(async () => "/media/usb/audit/site-7.tar"),
     onSync: async (f) => ((on.sync = f), () => {}),
     ...overrides,
   };
@@ -113,6 +114,35 @@ describe("HomeStore", () => {
     await home.exportShown();
     expect(api.exportVisit).toHaveBeenCalledWith("0190bbbb-1111-7000-8000-000000000002", "/data/exports/visit-0190bbbb.tar");
     expect(home.exported?.check.result).toBe("pass");
+  });
+
+  it("exports to the file chosen in the Save-as dialog, and does nothing when it is cancelled", async () => {
+    const { api } = shell();
+    const home = new HomeStore("demo", api);
+    await home.load();
+    await home.showVisit(null);
+    await home.chooseAndExport();
+    expect(api.chooseExportPath).toHaveBeenCalledWith("/data/exports/visit-0190bbbb.tar");
+    expect(home.exportTo).toBe("/media/usb/audit/site-7.tar");
+    expect(api.exportVisit).toHaveBeenCalledWith("0190bbbb-1111-7000-8000-000000000002", "/media/usb/audit/site-7.tar");
+    expect(home.exported?.check.result).toBe("pass");
+
+    const cancelled = shell({ chooseExportPath: vi.fn(async () => null) }).api;
+    const other = new HomeStore("demo", cancelled);
+    await other.load();
+    await other.showVisit(null);
+    await other.chooseAndExport();
+    expect(other.exportTo).toBe("/data/exports/visit-0190bbbb.tar");
+    expect(cancelled.exportVisit).not.toHaveBeenCalled();
+    expect(other.exported).toBeNull();
+
+    const broken = shell({ chooseExportPath: () => Promise.reject<never>({ code: "dialog_closed", message: "type the file's full path instead" }) }).api;
+    const third = new HomeStore("demo", broken);
+    await third.load();
+    await third.showVisit(null);
+    await third.chooseAndExport();
+    expect(third.exportError?.code).toBe("dialog_closed");
+    expect(broken.exportVisit).not.toHaveBeenCalled();
   });
 
   it("keeps an export's error and a visit log's error", async () => {

@@ -6,7 +6,7 @@ import * as bridge from "./bridge";
 import { exportPath } from "./home";
 import type { BridgeError, ExportView, HomeView, Mode, SyncReportView, VisitTimeline } from "./ipc";
 
-export type HomeApi = Pick<typeof bridge, "home" | "visitLog" | "syncOnce" | "syncNow" | "exportVisit" | "onSync">;
+export type HomeApi = Pick<typeof bridge, "home" | "visitLog" | "syncOnce" | "syncNow" | "exportVisit" | "chooseExportPath" | "onSync">;
 
 export class HomeStore {
   view: HomeView | null = $state(null);
@@ -98,6 +98,23 @@ export class HomeStore {
       this.timeline = null;
       this.timelineError = e as BridgeError;
     }
+  }
+
+  /** "Save as…": the native dialog, opened at `exportTo`; a chosen file becomes `exportTo` and
+   *  the visit is exported there at once (cancelled: nothing changes). */
+  async chooseAndExport(): Promise<void> {
+    if (!this.timeline || this.exporting) return;
+    this.exportError = null;
+    let chosen: string | null;
+    try {
+      chosen = await this.#api.chooseExportPath(this.exportTo.trim());
+    } catch (e) {
+      this.exportError = e as BridgeError;
+      return;
+    }
+    if (chosen === null) return;
+    this.exportTo = chosen;
+    await this.exportShown();
   }
 
   /** Export the shown visit to `exportTo` and check the file offline. */
