@@ -709,13 +709,15 @@ async fn run_device(
     d: &DevicePlan,
 ) -> Result<DeviceStatus, SessionError> {
     let id = d.device.id.as_str();
-    let (opts, start_step) = {
+    // A device left in progress by a stop is resumed at the step it was in (that step's transfer
+    // may have been cut short).
+    let (opts, start_step, resumed) = {
         let st = shared.lock().await;
         let start = match st.devices.get(id) {
-            Some(DeviceStatus::InProgress { step }) => *step,
-            _ => 0,
+            Some(DeviceStatus::InProgress { step }) => Some(*step),
+            _ => None,
         };
-        (st.options.clone(), start)
+        (st.options.clone(), start.unwrap_or(0), start.is_some())
     };
     // One runner per device: another session (another process) flashing it is refused here.
     let _device_lock = match deps.connector.hold(&d.device) {
@@ -762,7 +764,17 @@ async fn run_device(
         deps.sink
             .record(id, EventKind::BundleRefused { bundle_id, reason: reason.clone() })
             .await?;
-        let status = DeviceStatus::Failed { reason: format!("refused before sending: {reason}") };
+        let reason = match resumed {
+            false => format!("refused before sending: {reason}"),
+            // Not untouched: a stop interrupted this device's flash, and it is as that left it.
+            true => format!(
+                "refused before sending step {} of {} again (the session stopped while it was \
+                 flashing this device; check what it runs): {reason}",
+                start_step + 1,
+                steps.len()
+            ),
+        };
+        let status = DeviceStatus::Failed { reason };
         set_status(shared, deps, id, status.clone()).await?;
         return Ok(status);
     }
@@ -1033,20 +1045,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_bundle_expired_since_the_plan_is_refused_before_anything_is_sent() {
-        let (plan, lab) = setup(1);
+        let (plan, lab) = setup(2);
         let store = Arc::new(Saved::default());
         let sink = Arc::new(MemorySink::default());
         let mut d = deps(lab.clone(), store, sink.clone());
         // Planned while the bundle was usable (a day left); the clock is now two days on.
         d.clock.clock =
             crate::clock::Clock::from_fn(|| chrono::Utc::now() + chrono::Duration::days(2));
-        let state = Arc::new(tokio::sync::Mutex::new(SessionState::new(plan, opts())));
+        // The second device is resumed: a stop interrupted its flash.
+        let resumed = plan.devices[1].device.id.clone();
+        // Without a canary: a canary refused would stop the session before the other device.
+        let mut state = SessionState::new(plan, SessionOptions { canary: false, ..opts() });
+        state.devices.insert(resumed.clone(), DeviceStatus::InProgress { step: 0 });
+        let state = Arc::new(tokio::sync::Mutex::new(state));
         run(&state, &d).await.unwrap();
         for (id, device) in &lab {
             assert_eq!(device.uploads(), 0, "{id} was sent nothing");
             match state.lock().await.devices.get(id) {
                 Some(DeviceStatus::Failed { reason }) => {
-                    assert!(reason.contains("usable until") && reason.contains("sync"), "{reason}")
+                    assert!(reason.contains("usable until") && reason.contains("sync"), "{reason}");
+                    // Only a device nothing was ever sent to is called untouched.
+                    if *id == resumed {
+                        assert!(
+                            reason.starts_with("refused before sending step 1 of 1 again")
+                                && reason.contains("stopped while it was flashing this device"),
+                            "{reason}"
+                        );
+                    } else {
+                        assert!(reason.starts_with("refused before sending: "), "{reason}");
+                    }
                 }
                 other => panic!("{id}: {other:?}"),
             }
