@@ -72,6 +72,20 @@ pub(crate) fn log_in(session: &Session, url: &str, token: &str, timeout: Duratio
     session.wait_for("#login-status", timeout, |t| t.starts_with("logged in")).unwrap();
 }
 
+/// Put `path` in the export's file field, as typing it would.
+fn set_export_path(session: &Session, path: &Path) {
+    session
+        .execute_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             const input = document.querySelector('#export-path');
+             input.value = {};
+             input.dispatchEvent(new Event('input', {{ bubbles: true }}));
+             done(true);",
+            serde_json::to_string(path.to_str().unwrap()).unwrap()
+        ))
+        .unwrap();
+}
+
 fn save(dir: &Path, name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
     std::fs::write(dir.join(name), png).unwrap();
@@ -176,16 +190,7 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
     // Export to a typed file in the test's own folder; the window shows the offline verifier's
     // verdict.
     let out = shots.path().join("exports").join("visit.tar");
-    session
-        .execute_async(&format!(
-            "const done = arguments[arguments.length - 1];
-             const input = document.querySelector('#export-path');
-             input.value = {};
-             input.dispatchEvent(new Event('input', {{ bubbles: true }}));
-             done(true);",
-            serde_json::to_string(out.to_str().unwrap()).unwrap()
-        ))
-        .unwrap();
+    set_export_path(&session, &out);
     session.click("#export", long).unwrap();
     let exported =
         session.wait_for("#export-result, #export-error", long, |t| !t.is_empty()).unwrap();
@@ -203,16 +208,7 @@ fn home_visit_log_and_export_screens_work_on_the_demo_site_at_1366x768() {
     // dialog cancelled with Escape changes nothing.
     let picked = shots.path().join("picked");
     std::fs::create_dir_all(&picked).unwrap();
-    session
-        .execute_async(&format!(
-            "const done = arguments[arguments.length - 1];
-             const input = document.querySelector('#export-path');
-             input.value = {};
-             input.dispatchEvent(new Event('input', {{ bubbles: true }}));
-             done(true);",
-            serde_json::to_string(picked.join("suggested.tar").to_str().unwrap()).unwrap()
-        ))
-        .unwrap();
+    set_export_path(&session, &picked.join("suggested.tar"));
     session.click("#export-choose", long).unwrap();
     let dialog = xvfb.window_titled("Save the visit's audit export", long).unwrap();
     xvfb.xdotool(&["windowfocus", "--sync", &dialog]).unwrap();

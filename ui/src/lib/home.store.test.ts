@@ -127,6 +127,20 @@ describe("HomeStore", () => {
     expect(api.exportVisit).toHaveBeenCalledWith("0190bbbb-1111-7000-8000-000000000002", "/media/usb/audit/site-7.tar");
     expect(home.exported?.check.result).toBe("pass");
 
+    // While the dialog is open, a second "Save as…" opens no other.
+    let answer: (p: string | null) => void = () => {};
+    const slow = shell({ chooseExportPath: vi.fn(() => new Promise<string | null>((r) => (answer = r))) }).api;
+    const waiting = new HomeStore("demo", slow);
+    await waiting.load();
+    await waiting.showVisit(null);
+    const first = waiting.chooseAndExport();
+    expect(waiting.choosing).toBe(true);
+    await waiting.chooseAndExport();
+    expect(slow.chooseExportPath).toHaveBeenCalledTimes(1);
+    answer(null);
+    await first;
+    expect(waiting.choosing).toBe(false);
+
     const cancelled = shell({ chooseExportPath: vi.fn(async () => null) }).api;
     const other = new HomeStore("demo", cancelled);
     await other.load();

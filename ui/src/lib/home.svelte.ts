@@ -23,6 +23,8 @@ export class HomeStore {
   /** The file the export goes to (suggested from the export folder and the visit). */
   exportTo = $state("");
   exporting = $state(false);
+  /** The Save-as dialog is open. */
+  choosing = $state(false);
   exported: ExportView | null = $state(null);
   exportError: BridgeError | null = $state(null);
 
@@ -103,14 +105,17 @@ export class HomeStore {
   /** "Save as…": the native dialog, opened at `exportTo`; a chosen file becomes `exportTo` and
    *  the visit is exported there at once (cancelled: nothing changes). */
   async chooseAndExport(): Promise<void> {
-    if (!this.timeline || this.exporting) return;
+    if (!this.timeline || this.exporting || this.choosing) return;
     this.exportError = null;
     let chosen: string | null;
+    this.choosing = true;
     try {
       chosen = await this.#api.chooseExportPath(this.exportTo.trim());
     } catch (e) {
       this.exportError = e as BridgeError;
       return;
+    } finally {
+      this.choosing = false;
     }
     if (chosen === null) return;
     this.exportTo = chosen;
