@@ -101,9 +101,7 @@ pub async fn note_online(
     server_time: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     let mut given_up = None;
-    if let Some(latest) = latest_trusted(store).await?
-        && server_time.checked_add_signed(TOLERANCE).is_some_and(|s| s < latest)
-    {
+    if let Some(latest) = ran_ahead_of(store, server_time).await? {
         store.distrust_event_times().await?;
         store.set_meta(TRUSTED_TIME_META, &server_time.to_rfc3339()).await?;
         given_up = Some(latest);
@@ -111,6 +109,18 @@ pub async fn note_online(
     store.set_meta(LAST_ONLINE_META, &server_time.to_rfc3339()).await?;
     note_trusted(store, server_time).await?;
     Ok(given_up)
+}
+
+/// The latest trusted time, when it is ahead of the inventory server's `server_time` by more
+/// than [`TOLERANCE`]: the laptop's clock ran ahead after its last check, and
+/// [`note_online`] at that time gives it up.
+pub async fn ran_ahead_of(
+    store: &Store,
+    server_time: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(latest_trusted(store)
+        .await?
+        .filter(|latest| server_time.checked_add_signed(TOLERANCE).is_some_and(|s| s < *latest)))
 }
 
 /// When the laptop last synced with the inventory (the server's time then), if ever.

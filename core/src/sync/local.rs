@@ -586,6 +586,12 @@ impl SyncLocal for StoreSync {
                 }
             }
         }
+        // The clock ran ahead after its last check: the visit log says so before the times it
+        // stamped then stop counting as checked (first, so that a failure here leaves the
+        // give-up to the next sync rather than losing the note).
+        if let Some(latest) = crate::clock::ran_ahead_of(&self.store, pull.server_time).await? {
+            self.note_clock_ran_ahead(latest, pull.server_time).await?;
+        }
         // The laptop was online at the server's time: the offline grace period counts from here,
         // the clock is checked against it, and it becomes the latest trusted time.
         if let Some(ahead) = crate::clock::note_online(&self.store, pull.server_time).await? {
@@ -596,6 +602,31 @@ impl SyncLocal for StoreSync {
             );
         }
         self.store.record_clock_check(pull.server_time - self.store.clock().now()).await?;
+        Ok(())
+    }
+}
+
+impl StoreSync {
+    /// Note in the technician's log that event times up to `latest` were stamped by a clock that
+    /// ran ahead of the inventory's (`server_time`), so an auditor reading those times knows
+    /// they no longer count as checked. A log with no event yet has stamped nothing.
+    async fn note_clock_ran_ahead(
+        &self,
+        latest: chrono::DateTime<chrono::Utc>,
+        server_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), LocalSyncError> {
+        let key = self.credentials.technician_key().await?;
+        let log = crate::visitlog::VisitLog::open(&self.store, key).await?;
+        if log.is_started().await? {
+            log.note(format!(
+                "this laptop's clock ran ahead after its last check: events were stamped as late \
+                 as {}, while the inventory's time at this sync is {}. Those event times no \
+                 longer count as checked; expiry decisions go on from the inventory's time.",
+                latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                server_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ))
+            .await?;
+        }
         Ok(())
     }
 }
@@ -745,6 +776,53 @@ mod tests {
         let err = local.apply_pull(&other, vec![]).await.unwrap_err();
         assert!(matches!(err, LocalSyncError::ServerKeyChanged { .. }), "{err}");
         assert_eq!(local.store.devices(None).await.unwrap()[0].id, "d1");
+    }
+
+    #[tokio::test]
+    async fn a_sync_that_gives_up_times_stamped_by_a_clock_that_ran_ahead_notes_it_in_the_log() {
+        use crate::visitlog::EventKind;
+        let dir = tempfile::tempdir().unwrap();
+        let local = setup(dir.path()).await;
+        let server_key = "ab".repeat(32);
+        let key = local.credentials.technician_key().await.unwrap();
+        let log = VisitLog::open(&local.store, key.clone()).await.unwrap();
+        log.note("before the first sync").await.unwrap();
+        local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
+        let count = |events: &[Event]| events.len();
+        let before = local.events_after(log.log_id(), 0, 100).await.unwrap();
+        assert!(
+            !before.iter().any(
+                |e| matches!(&e.body.kind, EventKind::Note { text } if text.contains("ran ahead"))
+            ),
+            "a sync with nothing to give up notes nothing"
+        );
+        // After the check the clock runs 200 days ahead, and stamps an event as checked.
+        let ahead =
+            crate::clock::Clock::from_fn(|| chrono::Utc::now() + chrono::Duration::days(200));
+        let stamped = VisitLog::open(&local.store.clone().with_clock(ahead), key.clone())
+            .await
+            .unwrap()
+            .note("stamped while the clock ran ahead")
+            .await
+            .unwrap();
+        // The next sync gives those times up, and the log says so, naming both times.
+        local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
+        let after = local.events_after(log.log_id(), 0, 100).await.unwrap();
+        assert_eq!(count(&after), count(&before) + 2, "the stamped event and one note");
+        match &after.last().unwrap().body.kind {
+            EventKind::Note { text } => {
+                let stamped_at =
+                    stamped.body.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                assert!(text.contains("ran ahead") && text.contains(&stamped_at), "{text}");
+                assert!(text.contains("no longer count as checked"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(crate::clock::checked_now(&local.store).await.is_ok());
+        // Given up once: the sync after that notes nothing more.
+        local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
+        assert_eq!(count(&local.events_after(log.log_id(), 0, 100).await.unwrap()), count(&after));
+        let _ = local.credentials.delete(&CredentialName::TechnicianKey).await;
     }
 
     #[tokio::test]
