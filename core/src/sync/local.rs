@@ -788,7 +788,6 @@ mod tests {
         let log = VisitLog::open(&local.store, key.clone()).await.unwrap();
         log.note("before the first sync").await.unwrap();
         local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
-        let count = |events: &[Event]| events.len();
         let before = local.events_after(log.log_id(), 0, 100).await.unwrap();
         assert!(
             !before.iter().any(
@@ -808,7 +807,7 @@ mod tests {
         // The next sync gives those times up, and the log says so, naming both times.
         local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
         let after = local.events_after(log.log_id(), 0, 100).await.unwrap();
-        assert_eq!(count(&after), count(&before) + 2, "the stamped event and one note");
+        assert_eq!(after.len(), before.len() + 2, "the stamped event and one note");
         match &after.last().unwrap().body.kind {
             EventKind::Note { text } => {
                 let stamped_at =
@@ -821,7 +820,7 @@ mod tests {
         assert!(crate::clock::checked_now(&local.store).await.is_ok());
         // Given up once: the sync after that notes nothing more.
         local.apply_pull(&pull(&server_key, &["d1"], vec![]), vec![]).await.unwrap();
-        assert_eq!(count(&local.events_after(log.log_id(), 0, 100).await.unwrap()), count(&after));
+        assert_eq!(local.events_after(log.log_id(), 0, 100).await.unwrap().len(), after.len());
         let _ = local.credentials.delete(&CredentialName::TechnicianKey).await;
     }
 
